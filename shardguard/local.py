@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from shardguard.crypto.group import Rng
-from shardguard.crypto.suites import suite_by_scheme
 from shardguard.protocols.dealer import trusted_dealer_keygen
 from shardguard.protocols.dkg import Dkg
 from shardguard.protocols.frost import FrostSigner
@@ -21,10 +19,12 @@ from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
 from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.repair import RepairHelper, RepairTarget
+from shardguard.protocols.suites import decode_secret, suite_by_scheme
 
-__all__ = ["keygen", "refresh", "repair", "run", "sign", "split"]
+__all__ = ["decode_secret", "keygen", "refresh", "repair", "run", "sign", "split"]
 
 R = TypeVar("R")
+Rng = Callable[[int], bytes]
 
 
 def run(parties: Mapping[int, Party[R]]) -> dict[int, R]:
@@ -43,12 +43,17 @@ def run(parties: Mapping[int, Party[R]]) -> dict[int, R]:
     return {i: p.result for i, p in parties.items()}
 
 
-def keygen(scheme: str, threshold: int, parties: int, *, rng: Rng = secrets.token_bytes, allow_single: bool = False) -> list[KeyShare]:
+def keygen(
+    scheme: str, threshold: int, parties: int, *, rng: Rng = secrets.token_bytes, allow_single: bool = False
+) -> list[KeyShare]:
     """Pedersen DKG among parties ``1..parties``."""
     suite = suite_by_scheme(scheme)
     ids = list(range(1, parties + 1))
     instance = rng(32)
-    dkg = {i: Dkg(suite, identifier=i, participants=ids, threshold=threshold, instance=instance, rng=rng, allow_single=allow_single) for i in ids}
+    dkg = {
+        i: Dkg(suite, identifier=i, participants=ids, threshold=threshold, instance=instance, rng=rng, allow_single=allow_single)
+        for i in ids
+    }
     out = run(dkg)
     return [out[i] for i in ids]
 

@@ -9,6 +9,7 @@ the identity as input or output, so the identity is handled here before any back
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from nacl import bindings as _na
 
@@ -21,6 +22,10 @@ _L = 2**252 + 27742317777372353535851937790883648493
 _P = 2**255 - 19
 _IDENTITY = b"\x01" + b"\x00" * 31
 _BASE = bytes.fromhex("5866666666666666666666666666666666666666666666666666666666666666")
+
+
+def _raw(p: Point) -> bytes:
+    return cast(bytes, p.raw)
 
 
 class Ed25519(Group):
@@ -49,29 +54,28 @@ class Ed25519(Group):
         k %= _L
         if k == 0 or p.raw == _IDENTITY:
             return self._identity
-        raw: bytes = p.raw  # type: ignore[assignment]
-        return Point(self, _na.crypto_scalarmult_ed25519_noclamp(k.to_bytes(32, "little"), raw))
+        return Point(self, _na.crypto_scalarmult_ed25519_noclamp(k.to_bytes(32, "little"), _raw(p)))
 
     def add(self, p: Point, q: Point) -> Point:
         if p.raw == _IDENTITY:
             return q
         if q.raw == _IDENTITY:
             return p
-        return Point(self, _na.crypto_core_ed25519_add(p.raw, q.raw))
+        return Point(self, _na.crypto_core_ed25519_add(_raw(p), _raw(q)))
 
     def sum(self, points: Iterable[Point]) -> Point:
         acc: bytes | None = None
         for p in points:
             if p.raw == _IDENTITY:
                 continue
-            acc = p.raw if acc is None else _na.crypto_core_ed25519_add(acc, p.raw)  # type: ignore[assignment]
+            acc = _raw(p) if acc is None else _na.crypto_core_ed25519_add(acc, _raw(p))
         return self._identity if acc is None or acc == _IDENTITY else Point(self, acc)
 
     def neg(self, p: Point) -> Point:
         if p.raw == _IDENTITY:
             return p
         # -(x, y) = (-x, y): flip the sign bit. Exact for every prime-order point (x != 0).
-        enc = bytearray(p.raw)  # type: ignore[arg-type]
+        enc = bytearray(_raw(p))
         enc[31] ^= 0x80
         return Point(self, bytes(enc))
 
@@ -84,10 +88,10 @@ class Ed25519(Group):
     def encode(self, p: Point) -> bytes:
         if p.raw == _IDENTITY:
             raise DecodeError(DecodeReason.IDENTITY, field="serialize", suite=self.name)
-        return p.raw  # type: ignore[return-value]
+        return _raw(p)
 
     def encode_any(self, p: Point) -> bytes:
-        return p.raw  # type: ignore[return-value]
+        return _raw(p)
 
     def decode(self, data: bytes, *, field: str = "") -> Point:
         """RFC 9591 §6.1 DeserializeElement: canonical, on the curve, in the prime-order

@@ -69,7 +69,9 @@ class PublicKeyPackage:
     @property
     def key_id(self) -> bytes:
         """Stable id of the group key (unchanged by refresh)."""
-        return hashlib.sha256(b"shardguard/key-id\x00" + self.suite.context_bytes + b"\x00" + self.group.encode(self.group_key)).digest()
+        return hashlib.sha256(
+            b"shardguard/key-id\x00" + self.suite.context_bytes + b"\x00" + self.group.encode(self.group_key)
+        ).digest()
 
     @property
     def group(self) -> Any:
@@ -104,9 +106,7 @@ class PublicKeyPackage:
                 threshold=_get(d, "threshold", int),
                 epoch=_get(d, "epoch", int),
                 group_key=g.decode(_hex(d, "group_key"), field="group_key"),
-                verifying_shares={
-                    int(i): g.decode(bytes.fromhex(p), field=f"verifying_shares[{i}]") for i, p in vs.items()
-                },
+                verifying_shares={int(i): g.decode(bytes.fromhex(p), field=f"verifying_shares[{i}]") for i, p in vs.items()},
             )
         except (DecodeError, UnsupportedSuite, UsageError) as e:
             raise KeyFileError(str(e)) from None
@@ -130,7 +130,7 @@ class PublicKeyPackage:
 class KeyShare:
     """One holder's secret signing share with the public package it belongs to."""
 
-    __slots__ = ("identifier", "public", "_secret")
+    __slots__ = ("_secret", "identifier", "public")
 
     def __init__(self, *, identifier: int, signing_share: int, public: PublicKeyPackage) -> None:
         check_party_id(identifier, "identifier")
@@ -154,7 +154,10 @@ class KeyShare:
         return self.public.suite
 
     def __repr__(self) -> str:
-        return f"KeyShare(identifier={self.identifier}, scheme={self.suite.scheme}, epoch={self.public.epoch}, signing_share=<redacted>)"
+        return (
+            f"KeyShare(identifier={self.identifier}, scheme={self.suite.scheme}, "
+            f"epoch={self.public.epoch}, signing_share=<redacted>)"
+        )
 
     def __reduce__(self) -> Any:
         raise TypeError("KeyShare holds a secret and cannot be pickled")

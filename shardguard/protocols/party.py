@@ -139,9 +139,13 @@ class Party(Generic[R]):
             self.state = PartyState.ABORTED
             raise
 
-    def _abort(self, reason: AbortReason, culprits: set[int] | frozenset[int] = frozenset(), *, round: int | None = None, field: str = "") -> ProtocolAbort:
+    def _abort(
+        self, reason: AbortReason, culprits: set[int] | frozenset[int] = frozenset(), *, round: int | None = None, field: str = ""
+    ) -> ProtocolAbort:
         self.state = PartyState.ABORTED
-        return ProtocolAbort(reason, round=self.round if round is None else round, culprits=culprits, session_id=self.session_id, field=field)
+        return ProtocolAbort(
+            reason, round=self.round if round is None else round, culprits=culprits, session_id=self.session_id, field=field
+        )
 
     def _received(self, rnd: int, typ: type[Payload]) -> dict[int, Payload]:
         """Payloads of one kind received so far, by sender."""
@@ -155,10 +159,14 @@ class Party(Generic[R]):
         return self._seen[(rnd, typ, sender)]
 
     def _broadcast(self, payload: Payload) -> Message:
-        return Message(session_id=self.session_id, round=self.round, sender=self.me, recipient=BROADCAST, payload=encode_payload(payload))
+        return Message(
+            session_id=self.session_id, round=self.round, sender=self.me, recipient=BROADCAST, payload=encode_payload(payload)
+        )
 
     def _send(self, to: int, payload: Payload) -> Message:
-        return Message(session_id=self.session_id, round=self.round, sender=self.me, recipient=to, payload=encode_payload(payload))
+        return Message(
+            session_id=self.session_id, round=self.round, sender=self.me, recipient=to, payload=encode_payload(payload)
+        )
 
     def _finish(self, result: R) -> None:
         self._result = result
@@ -174,5 +182,5 @@ class Party(Generic[R]):
         """Called after every admitted message; move rounds forward when complete."""
         raise NotImplementedError
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("protocol parties hold secret state and cannot be pickled or reloaded")

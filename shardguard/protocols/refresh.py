@@ -49,7 +49,9 @@ class Refresh(PedersenVss):
             key_id=public.key_id,
             epoch=public.epoch,
         )
-        super().__init__(public.suite, identifier=key_share.identifier, participants=ids, threshold=public.threshold, session_id=sid, rng=rng)
+        super().__init__(
+            public.suite, identifier=key_share.identifier, participants=ids, threshold=public.threshold, session_id=sid, rng=rng
+        )
         self._old = key_share
 
     def _polynomial(self) -> list[int]:

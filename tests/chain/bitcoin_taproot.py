@@ -32,9 +32,7 @@ PREVOUT_INDEX = 0
 #: Fee deducted from the spent amount for the single output.
 FEE_SAT = 1_000
 #: Destination: P2TR output to the x-only generator point (any 32-byte program works).
-DESTINATION_XONLY = bytes.fromhex(
-    "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
-)
+DESTINATION_XONLY = bytes.fromhex("79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
 
 _VERSION = 2
 _LOCKTIME = 0
@@ -161,9 +159,7 @@ def build_keypath_spend(
     outpoint = PREVOUT_TXID + struct.pack("<I", PREVOUT_INDEX)
     txout = _ser_txout(amount_sat - FEE_SAT, p2tr_script_pubkey(DESTINATION_XONLY))
 
-    sighash = keypath_sighash(
-        [outpoint], [(spent_spk, amount_sat)], [_SEQUENCE], [txout], 0
-    )
+    sighash = keypath_sighash([outpoint], [(spent_spk, amount_sat)], [_SEQUENCE], [txout], 0)
     signature = sign(sighash)
     if len(signature) != SIG_LEN:
         raise ValueError("BIP340 signature must be 64 bytes")

@@ -62,22 +62,14 @@ def tweak_secret(secret: int) -> TweakedKey:
     return TweakedKey(p[1:], q[1:], key, p_odd, q_odd)
 
 
-def _spend(
-    signer: coincurve.PrivateKey, output_xonly: bytes
-) -> tuple[bytes, bytes, int]:
-    return build_keypath_spend(
-        output_xonly, AMOUNT_SAT, lambda m: signer.sign_schnorr(m, AUX)
-    )
+def _spend(signer: coincurve.PrivateKey, output_xonly: bytes) -> tuple[bytes, bytes, int]:
+    return build_keypath_spend(output_xonly, AMOUNT_SAT, lambda m: signer.sign_schnorr(m, AUX))
 
 
 def test_output_key_matches_bip341_wallet_vector() -> None:
     """BIP341 wallet-test-vectors.json scriptPubKey[0] (key path only, no tree)."""
-    internal = bytes.fromhex(
-        "d6889cb081036e0faefa3a35157ad71086b123b2b144b649798b494c300a961d"
-    )
-    expected = bytes.fromhex(
-        "53a1f6e454df1aa2776a2814a721372d6258050de330b3c6d10ee8f4e0dda343"
-    )
+    internal = bytes.fromhex("d6889cb081036e0faefa3a35157ad71086b123b2b144b649798b494c300a961d")
+    expected = bytes.fromhex("53a1f6e454df1aa2776a2814a721372d6258050de330b3c6d10ee8f4e0dda343")
     assert taproot_output_key(internal) == expected
     assert p2tr_script_pubkey(expected) == bytes.fromhex("5120") + expected
 

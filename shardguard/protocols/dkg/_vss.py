@@ -89,9 +89,7 @@ class PedersenVss(Party[KeyShare]):
             reason = AbortReason.INVALID_COMMITMENT if AbortReason.INVALID_COMMITMENT in reasons else reasons.pop()
             raise self._abort(reason, set(culprits))
         self.round = 2
-        digests = tuple(
-            self._own_digest if p == self.me else self._payload_digest(1, self.ROUND1, p) for p in self.participants
-        )
+        digests = tuple(self._own_digest if p == self.me else self._payload_digest(1, self.ROUND1, p) for p in self.participants)
         coeffs = self._coefficients
         if coeffs is None:  # pragma: no cover - guarded by the state machine
             raise RuntimeError("polynomial already consumed")
@@ -105,9 +103,7 @@ class PedersenVss(Party[KeyShare]):
 
     def _finish_round2(self) -> None:
         """Round 2 steps 2–4: echo consistency, share verification, sum."""
-        mine = tuple(
-            self._own_digest if p == self.me else self._payload_digest(1, self.ROUND1, p) for p in self.participants
-        )
+        mine = tuple(self._own_digest if p == self.me else self._payload_digest(1, self.ROUND1, p) for p in self.participants)
         equivocators: set[int] = set()
         for sender, echo in self._received(2, DkgEcho).items():
             digests: tuple[bytes, ...] = echo.digests  # type: ignore[attr-defined]
@@ -120,9 +116,7 @@ class PedersenVss(Party[KeyShare]):
         round1 = self._received(1, self.ROUND1)
         shares = {s: p.share for s, p in self._received(2, DkgSecretShare).items()}  # type: ignore[attr-defined]
         bad = {
-            s
-            for s, share in shares.items()
-            if g.base_mul(share) != eval_commitment(g, self._full_commitment(round1[s]), self.me)
+            s for s, share in shares.items() if g.base_mul(share) != eval_commitment(g, self._full_commitment(round1[s]), self.me)
         }
         if bad:
             raise self._abort(AbortReason.INVALID_SHARE, bad)

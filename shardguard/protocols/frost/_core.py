@@ -46,7 +46,9 @@ def encode_group_commitment_list(suite: Ciphersuite, commitments: Sequence[Commi
     return b"".join(g.scalar_encode(i) + g.encode(d) + g.encode(e) for i, d, e in commitments)
 
 
-def binding_factor_inputs(suite: Ciphersuite, group_key: Point, commitments: Sequence[Commitment], msg: bytes) -> dict[int, bytes]:
+def binding_factor_inputs(
+    suite: Ciphersuite, group_key: Point, commitments: Sequence[Commitment], msg: bytes
+) -> dict[int, bytes]:
     """RFC 9591 §4.4 ``rho_input`` per participant."""
     g = suite.group
     prefix = g.encode(group_key) + suite.h4(msg) + suite.h5(encode_group_commitment_list(suite, commitments))
@@ -71,7 +73,15 @@ def group_commitment(suite: Ciphersuite, shares: Mapping[int, Point]) -> Point:
 
 
 def sign_share(
-    suite: Ciphersuite, *, hiding: int, binding: int, rho: int, lam: int, signing_share: int, challenge: int, nonce_factor: int = 1
+    suite: Ciphersuite,
+    *,
+    hiding: int,
+    binding: int,
+    rho: int,
+    lam: int,
+    signing_share: int,
+    challenge: int,
+    nonce_factor: int = 1,
 ) -> int:
     """RFC 9591 §5.2 ``z_i = d_i + e_i·ρ_i + λ_i·s_i·c`` (nonces multiplied by the suite's
     nonce factor: −1 for BIP340 when R has odd Y)."""
@@ -80,7 +90,14 @@ def sign_share(
 
 
 def verify_share(
-    suite: Ciphersuite, *, z: int, commitment_share: Point, verifying_share: Point, lam: int, challenge: int, nonce_factor: int = 1
+    suite: Ciphersuite,
+    *,
+    z: int,
+    commitment_share: Point,
+    verifying_share: Point,
+    lam: int,
+    challenge: int,
+    nonce_factor: int = 1,
 ) -> bool:
     """RFC 9591 §5.4 ``verify_signature_share``: ``z_i·G == R_i + (c·λ_i)·Y_i``."""
     g = suite.group

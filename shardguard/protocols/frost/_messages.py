@@ -67,5 +67,7 @@ class SignRound2(w.Payload):
             entry = w.as_list(entry, f"commitments[{k}]", 3)
             w.expect_len(entry, 3)
             i = w.as_id(entry[0], f"commitments[{k}].id")
-            items.append((i, w.point(suite, entry[1], f"commitments[{i}].hiding"), w.point(suite, entry[2], f"commitments[{i}].binding")))
+            items.append(
+                (i, w.point(suite, entry[1], f"commitments[{i}].hiding"), w.point(suite, entry[2], f"commitments[{i}].binding"))
+            )
         return cls(suite=suite, share=w.scalar(suite, fields[0], "share"), commitments=tuple(items))

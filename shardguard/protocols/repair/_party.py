@@ -87,7 +87,11 @@ class RepairHelper(Party[bool]):
         deltas[self.me] = (target - sum(deltas.values())) % n
         images = {j: g.base_mul(d) for j, d in deltas.items()}
         out = [self._send(j, RepairDelta(suite=self.suite, delta=deltas[j], commitment=images[j])) for j in others]
-        out.append(self._send(self.lost, RepairCommitments(suite=self.suite, commitments=tuple(sorted(images.items(), key=lambda kv: kv[0])))))
+        out.append(
+            self._send(
+                self.lost, RepairCommitments(suite=self.suite, commitments=tuple(sorted(images.items(), key=lambda kv: kv[0])))
+            )
+        )
         self._own_delta, self._own_image = deltas[self.me], images[self.me]
         return out
 
@@ -106,7 +110,9 @@ class RepairHelper(Party[bool]):
             raise UsageError("round 1 not started")
         images[self.me] = self._own_image
         self.round = 2
-        msg = self._send(self.lost, RepairSigma(suite=self.suite, sigma=sigma, received=tuple(sorted(images.items(), key=lambda kv: kv[0]))))
+        msg = self._send(
+            self.lost, RepairSigma(suite=self.suite, sigma=sigma, received=tuple(sorted(images.items(), key=lambda kv: kv[0])))
+        )
         self._own_delta = 0
         self._finish(True)
         return [msg]
