@@ -197,7 +197,9 @@ def load_public(directory: Path) -> PublicKeyPackage:
     if doc.get("format") != PUBLIC_FORMAT:
         raise KeyStoreError("not a ShardGuard public key file", path)
     try:
-        return PublicKeyPackage.from_dict(doc)
+        public = PublicKeyPackage.from_dict(doc)
+        public.check_consistent()
+        return public
     except KeyFileError as e:
         raise KeyStoreError(f"invalid public key file: {e}", path) from None
 

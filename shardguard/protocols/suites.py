@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from shardguard.crypto.errors import DecodeError, UnsupportedSuite
 from shardguard.crypto.suites import SUITES, suite_by_scheme
+from shardguard.protocols.errors import UsageError
 from shardguard.protocols.keys import PublicKeyPackage
 
 __all__ = ["SCHEMES", "UnsupportedSuite", "decode_secret", "suite_by_scheme", "verify_signature"]
@@ -26,4 +27,4 @@ def decode_secret(scheme: str, data: bytes) -> int:
     try:
         return suite_by_scheme(scheme).group.scalar_decode(data, field="secret", allow_zero=False)
     except DecodeError as e:
-        raise ValueError(str(e)) from None
+        raise UsageError(f"secret key: {e.reason.value}") from None

@@ -1,0 +1,119 @@
+"""End-to-end protocol flows in memory: DKG, signing by every t-subset, refresh, repair,
+dealer import. Every signature is also verified by an implementation that is not ours."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import pytest
+
+from shardguard import local
+from shardguard.crypto.shamir import interpolate
+from shardguard.interop import verify_independently
+from shardguard.protocols import KeyShare, MessageRejected, UsageError
+from shardguard.protocols.suites import SCHEMES, verify_signature
+from tests.helpers.rng import DeterministicRng
+
+CONFIGS = [(2, 2), (2, 3), (3, 5)]
+
+
+def _check(shares: list[KeyShare], msg: bytes) -> bytes:
+    sig = local.sign(shares, msg, rng=DeterministicRng(msg))
+    pub = shares[0].public
+    assert verify_signature(pub, msg, sig)
+    assert verify_independently(pub.suite.scheme, pub.public_key_bytes, msg, sig)
+    assert not verify_independently(pub.suite.scheme, pub.public_key_bytes, msg + b"!", sig)
+    return sig
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("t", "n"), CONFIGS, ids=[f"{t}of{n}" for t, n in CONFIGS])
+def test_dkg_then_every_t_subset_signs(scheme: str, t: int, n: int) -> None:
+    shares = local.keygen(scheme, t, n, rng=DeterministicRng(t * 100 + n))
+    pub = shares[0].public
+    assert all(s.public == pub for s in shares) and pub.threshold == t and pub.participants == tuple(range(1, n + 1))
+    pub.check_consistent()
+    for subset in itertools.combinations(shares, t):
+        _check(list(subset), f"{scheme}/{[s.identifier for s in subset]}".encode())
+    _check(shares, b"all n signers")  # more than t is fine too
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_larger_groups(scheme: str) -> None:
+    shares = local.keygen(scheme, 5, 9, rng=DeterministicRng(59))
+    _check([shares[i] for i in (0, 2, 4, 6, 8)], b"5 of 9")
+    _check(shares[4:], b"the other 5 of 9")
+
+
+def test_max_parties_dkg_is_refused_beyond_255() -> None:
+    with pytest.raises(UsageError):
+        local.keygen("ed25519", 2, 256)
+    with pytest.raises(UsageError):
+        local.keygen("ed25519", 4, 3)  # T > N
+
+
+def test_single_party_threshold_needs_explicit_consent() -> None:
+    with pytest.raises(UsageError, match="allow_single"):
+        local.keygen("ed25519", 1, 3)
+    shares = local.keygen("ed25519", 1, 2, allow_single=True, rng=DeterministicRng(3))
+    _check([shares[1]], b"alone")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_refresh_keeps_key_changes_shares(scheme: str) -> None:
+    shares = local.keygen(scheme, 2, 3, rng=DeterministicRng(7))
+    new = local.refresh(shares, rng=DeterministicRng(8))
+    pub, npub = shares[0].public, new[0].public
+    assert npub.group_key == pub.group_key and npub.epoch == pub.epoch + 1
+    assert all(a.signing_share != b.signing_share for a, b in zip(shares, new))
+    assert all(npub.verifying_shares[i] != pub.verifying_shares[i] for i in pub.participants)
+    npub.check_consistent()
+    for subset in itertools.combinations(new, 2):
+        _check(list(subset), b"after refresh")
+    # Old and new shares never combine: the key they interpolate to is not the group key.
+    g = pub.suite.group
+    mixed = interpolate({1: shares[0].signing_share, 2: new[1].signing_share}, g.order)
+    assert g.base_mul(mixed) != pub.group_key
+    with pytest.raises(MessageRejected):  # and the protocol refuses them anyway: epochs differ
+        local.sign([shares[0], new[1]], b"mix")
+
+
+def test_refresh_can_remove_a_holder() -> None:
+    shares = local.keygen("bip340", 2, 4, rng=DeterministicRng(9))
+    new = local.refresh(shares[:3], rng=DeterministicRng(10))
+    assert new[0].public.participants == (1, 2, 3)
+    _check([new[0], new[2]], b"without party 4")
+    with pytest.raises(UsageError):
+        local.refresh(shares[:1])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_repair_rebuilds_exactly_the_lost_share(scheme: str) -> None:
+    shares = local.keygen(scheme, 3, 5, rng=DeterministicRng(11))
+    rebuilt = local.repair([shares[0], shares[2], shares[4]], 2, shares[0].public, rng=DeterministicRng(12))
+    assert rebuilt.signing_share == shares[1].signing_share and rebuilt.identifier == 2
+    _check([rebuilt, shares[3], shares[4]], b"with a repaired share")
+    with pytest.raises(UsageError):
+        local.repair([shares[0], shares[2]], 2, shares[0].public)  # fewer than t helpers
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_trusted_dealer_import(scheme: str) -> None:
+    secret = 0x1234567890ABCDEF
+    shares = local.split(scheme, secret, 2, 3, rng=DeterministicRng(13))
+    g = shares[0].suite.group
+    if scheme != "bip340":
+        assert shares[0].public.group_key == g.base_mul(secret)
+    _check(shares[1:], b"imported")
+
+
+def test_secrets_are_not_printable_or_picklable() -> None:
+    share = local.keygen("ed25519", 2, 2, rng=DeterministicRng(14))[0]
+    s = share.signing_share
+    text = repr(share) + str(share)
+    assert "redacted" in text
+    for form in (hex(s)[2:], str(s), share.suite.group.scalar_encode(s).hex()):
+        assert form not in text
+    with pytest.raises(TypeError):
+        pickle.dumps(share)
