@@ -32,6 +32,8 @@ def test_expand_message_xmd_rfc9380_vector() -> None:
     """RFC 9380 Appendix K.1 (expand_message_xmd, SHA-256), msg = "" and "abc", len 0x20."""
     dst = b"QUUX-V01-CS02-with-expander-SHA256-128"
     assert expand_message_xmd_sha256(b"", dst, 0x20).hex() == "68a985b87eb6b46952128911f2a4412bbc302a9d759667f87f7a21d803f07235"
-    assert expand_message_xmd_sha256(b"abc", dst, 0x20).hex() == "d8ccab23b5985ccea865c6c97b6e5b8350e794e603b4b97902f53a8a0d605615"
+    assert (
+        expand_message_xmd_sha256(b"abc", dst, 0x20).hex() == "d8ccab23b5985ccea865c6c97b6e5b8350e794e603b4b97902f53a8a0d605615"
+    )
     with pytest.raises(ValueError):
         expand_message_xmd_sha256(b"", b"x" * 256, 32)

@@ -118,7 +118,10 @@ def test_repair_vectors_scalar_sums() -> None:
     for path in vector_files("repair"):
         v = load(path)
         g = suite_by_context(v["config"]["suite"]).group
-        for section, items, total in (("scalar_generation", "random_scalars", "random_scalar_sum"), ("sigma_generation", "sigmas", "sigma_sum")):
+        for section, items, total in (
+            ("scalar_generation", "random_scalars", "random_scalar_sum"),
+            ("sigma_generation", "sigmas", "sigma_sum"),
+        ):
             xs = [g.scalar_decode(h(x)) for x in v[section][items]]
             assert g.scalar_encode(sum(xs) % g.order).hex() == v[section][total]
 
