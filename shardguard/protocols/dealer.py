@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.group import Rng
 from shardguard.crypto.shamir import feldman_commit, split_secret
-from shardguard.protocols.dkg._party import check_participants, finish_key
+from shardguard.protocols.dkg._party import finish_key
 from shardguard.protocols.errors import UsageError
-from shardguard.protocols.keys import KeyShare, check_threshold
+from shardguard.protocols.keys import KeyShare, check_participants, check_threshold
 
 __all__ = ["trusted_dealer_keygen"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -19,8 +19,9 @@ from shardguard.crypto.group import Point
 from shardguard.crypto.suites import suite_by_context
 from shardguard.protocols.errors import UsageError
 from shardguard.protocols.message import check_party_id
+from shardguard.protocols.session import derive_session_id
 
-__all__ = ["KeyFileError", "KeyShare", "PublicKeyPackage", "check_threshold"]
+__all__ = ["KeyFileError", "KeyShare", "PublicKeyPackage", "check_participants", "check_threshold"]
 
 
 class KeyFileError(ValueError):
@@ -42,6 +43,16 @@ def check_threshold(threshold: int, participants: int, *, allow_single: bool = F
         raise UsageError(f"threshold {threshold} must be in 1..{participants} (T ≤ N)")
     if threshold == 1 and not allow_single:
         raise UsageError("threshold 1 lets any single party sign alone; pass allow_single=True to accept that")
+
+
+def check_participants(participants: Sequence[int], what: str = "participant") -> tuple[int, ...]:
+    """Valid (1..255), distinct party ids, returned sorted."""
+    ids = tuple(participants)
+    for i in ids:
+        check_party_id(i, f"{what} id")
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"duplicate {what} ids in {list(ids)}")
+    return tuple(sorted(ids))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +92,32 @@ class PublicKeyPackage:
     def public_key_bytes(self) -> bytes:
         """The key as the user sees it (Ed25519 32 B, secp256k1 33 B, BIP340 x-only 32 B)."""
         return self.suite.encode_public_key(self.group_key)
+
+    def quorum(self, ids: Sequence[int], role: str) -> tuple[int, ...]:
+        """Check that ``ids`` are distinct holders of this key and at least t of them."""
+        out = check_participants(ids, role)
+        unknown = set(out) - set(self.verifying_shares)
+        if unknown:
+            raise UsageError(f"{role}s {sorted(unknown)} do not hold this key")
+        if len(out) < self.threshold:
+            raise UsageError(f"too few {role}s: {len(out)} < threshold {self.threshold}")
+        return out
+
+    def session_id(
+        self, protocol: str, participants: Sequence[int], instance: bytes, *, message: bytes = b"", extra: bytes = b""
+    ) -> bytes:
+        """Session id of a protocol run on this key at this epoch (ARCHITECTURE §4)."""
+        return derive_session_id(
+            protocol,
+            self.suite.context,
+            participants=participants,
+            threshold=self.threshold,
+            instance=instance,
+            key_id=self.key_id,
+            epoch=self.epoch,
+            message=message,
+            extra=extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         g = self.suite.group

@@ -16,11 +16,9 @@ from typing import Any
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.shamir import eval_commitment, random_polynomial
 from shardguard.protocols.dkg._messages import DkgEcho, DkgSecretShare, RefreshRound1
-from shardguard.protocols.dkg._party import check_participants
 from shardguard.protocols.dkg._vss import PedersenVss
 from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.keys import KeyShare, PublicKeyPackage
-from shardguard.protocols.session import derive_session_id
 
 __all__ = ["Refresh"]
 
@@ -32,23 +30,10 @@ class Refresh(PedersenVss):
 
     def __init__(self, key_share: KeyShare, *, participants: Sequence[int], instance: bytes, rng: Rng) -> None:
         public = key_share.public
-        ids = check_participants(participants)
+        ids = public.quorum(participants, "refresh participant")
         if key_share.identifier not in ids:
             raise UsageError(f"party {key_share.identifier} is not among the refresh participants")
-        unknown = set(ids) - set(public.participants)
-        if unknown:
-            raise UsageError(f"parties {sorted(unknown)} do not hold this key")
-        if len(ids) < public.threshold:
-            raise UsageError(f"refresh needs at least t = {public.threshold} participants")
-        sid = derive_session_id(
-            self.PROTOCOL,
-            public.suite.context,
-            participants=ids,
-            threshold=public.threshold,
-            instance=instance,
-            key_id=public.key_id,
-            epoch=public.epoch,
-        )
+        sid = public.session_id(self.PROTOCOL, ids, instance)
         super().__init__(
             public.suite, identifier=key_share.identifier, participants=ids, threshold=public.threshold, session_id=sid, rng=rng
         )

@@ -12,8 +12,7 @@ from shardguard.crypto.shamir import eval_commitment, random_polynomial
 from shardguard.protocols.dkg._messages import DkgEcho, DkgRound1, DkgSecretShare
 from shardguard.protocols.dkg._vss import PedersenVss
 from shardguard.protocols.errors import AbortReason, UsageError
-from shardguard.protocols.keys import KeyShare, PublicKeyPackage, check_threshold
-from shardguard.protocols.message import check_party_id
+from shardguard.protocols.keys import KeyShare, PublicKeyPackage, check_participants, check_threshold
 from shardguard.protocols.session import derive_session_id
 
 __all__ = ["Dkg", "finish_key"]
@@ -67,15 +66,6 @@ class Dkg(PedersenVss):
 
     def _complete(self, share_sum: int, summed: list[Point]) -> KeyShare:
         return finish_key(self.suite, self.me, self.participants, self.threshold, share_sum, summed)
-
-
-def check_participants(participants: Sequence[int]) -> tuple[int, ...]:
-    ids = tuple(participants)
-    for i in ids:
-        check_party_id(i, "participant id")
-    if len(set(ids)) != len(ids):
-        raise UsageError("participant ids must be distinct")
-    return tuple(sorted(ids))
 
 
 def finish_key(

@@ -17,9 +17,8 @@ from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.frost._core import CheaterDetection, Commitment, SigningContext, prepare, sign_share
 from shardguard.protocols.frost._messages import SignRound1, SignRound2
 from shardguard.protocols.keys import KeyShare
-from shardguard.protocols.message import Message, check_party_id
+from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
-from shardguard.protocols.session import derive_session_id
 
 __all__ = ["FrostSigner"]
 
@@ -41,31 +40,12 @@ class FrostSigner(Party[bytes]):
         cheater_detection: CheaterDetection = CheaterDetection.ALL_CHEATERS,
     ) -> None:
         public = key_share.public
-        ids = tuple(signers)
-        for i in ids:
-            check_party_id(i, "signer id")
-        if len(set(ids)) != len(ids):
-            raise UsageError(f"duplicate signer ids in {list(ids)}")
-        unknown = set(ids) - set(public.participants)
-        if unknown:
-            raise UsageError(f"signers {sorted(unknown)} do not hold this key")
+        ids = public.quorum(signers, "signer")
         if key_share.identifier not in ids:
             raise UsageError(f"party {key_share.identifier} is not among the signers")
-        if len(ids) < public.threshold:
-            raise UsageError(f"too few signers: {len(ids)} < threshold {public.threshold}")
         if type(message) is not bytes:
             raise UsageError("message must be bytes")
-        ids = tuple(sorted(ids))
-        sid = derive_session_id(
-            self.PROTOCOL,
-            public.suite.context,
-            participants=ids,
-            threshold=public.threshold,
-            instance=instance,
-            key_id=public.key_id,
-            epoch=public.epoch,
-            message=message,
-        )
+        sid = public.session_id(self.PROTOCOL, ids, instance, message=message)
         super().__init__(public.suite, key_share.identifier, [i for i in ids if i != key_share.identifier], sid)
         self.signers = ids
         self.message = message

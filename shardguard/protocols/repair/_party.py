@@ -20,13 +20,11 @@ from collections.abc import Sequence
 
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.shamir import lagrange_coefficient
-from shardguard.protocols.dkg._party import check_participants
 from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.keys import KeyShare, PublicKeyPackage
 from shardguard.protocols.message import Message, check_party_id
 from shardguard.protocols.party import Party
 from shardguard.protocols.repair._messages import RepairCommitments, RepairDelta, RepairSigma
-from shardguard.protocols.session import derive_session_id
 
 __all__ = ["RepairHelper", "RepairTarget"]
 
@@ -34,29 +32,13 @@ PROTOCOL = "frost-repair"
 
 
 def _session(public: PublicKeyPackage, helpers: Sequence[int], lost: int, instance: bytes) -> tuple[tuple[int, ...], bytes]:
-    ids = check_participants(helpers)
+    ids = public.quorum(helpers, "helper")
     check_party_id(lost, "lost party id")
     if lost in ids:
         raise UsageError("the lost party cannot be one of its helpers")
-    holders = set(public.participants)
-    if lost not in holders:
+    if lost not in public.verifying_shares:
         raise UsageError(f"party {lost} does not hold this key")
-    unknown = set(ids) - holders
-    if unknown:
-        raise UsageError(f"helpers {sorted(unknown)} do not hold this key")
-    if len(ids) < public.threshold:
-        raise UsageError(f"repair needs at least t = {public.threshold} helpers, got {len(ids)}")
-    sid = derive_session_id(
-        PROTOCOL,
-        public.suite.context,
-        participants=(*ids, lost),
-        threshold=public.threshold,
-        instance=instance,
-        key_id=public.key_id,
-        epoch=public.epoch,
-        extra=bytes([lost]),
-    )
-    return ids, sid
+    return ids, public.session_id(PROTOCOL, (*ids, lost), instance, extra=bytes([lost]))
 
 
 class RepairHelper(Party[bool]):
