@@ -34,7 +34,7 @@ def test_soak(scheme: str) -> None:
             action = rnd.choice(["refresh", "repair", "none"])
             if action == "refresh":
                 shares = local.refresh(shares, rng=rng)
-            elif action == "repair":
+            elif action == "repair" and t < n:
                 lost = rnd.choice(shares)
                 helpers = rnd.sample([s for s in shares if s is not lost], t)
                 rebuilt = local.repair(helpers, lost.identifier, lost.public, rng=rng)
