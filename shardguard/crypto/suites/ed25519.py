@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+from nacl import bindings as _na
+from nacl.exceptions import BadSignatureError
+
 from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.ed25519 import ED25519
+from shardguard.crypto.group import Point
 
 __all__ = ["FROST_ED25519", "FrostEd25519"]
 
@@ -40,6 +44,18 @@ class FrostEd25519(Ciphersuite):
 
     def hdkg(self, m: bytes) -> int:
         return _h(self.context_bytes + b"dkg" + m)
+
+    def verify(self, group_key: Point, msg: bytes, sig: bytes) -> bool:
+        """RFC 8032 §5.1.7 verification by libsodium (``crypto_sign_open``): FROST(Ed25519)
+        signatures are plain Ed25519 signatures (RFC 9591 §6.1), and libsodium also refuses
+        non-canonical and small-order ``R``."""
+        if len(sig) != 64 or group_key.is_identity:
+            return False
+        try:
+            _na.crypto_sign_open(sig + msg, ED25519.encode(group_key))
+        except (BadSignatureError, ValueError):
+            return False
+        return True
 
 
 FROST_ED25519 = FrostEd25519()
