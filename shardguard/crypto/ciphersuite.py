@@ -61,9 +61,14 @@ class Ciphersuite(abc.ABC):
         """DKG proof-of-knowledge challenge ("dkg", as ZF frost)."""
 
     # -- helpers ----------------------------------------------------------------------------
-    def nonce_generate(self, secret: int, rng: Rng) -> int:
-        """RFC 9591 §4.1: ``H3(random_bytes(32) ‖ SerializeScalar(secret))``."""
-        return self.h3(rng(32) + self.group.scalar_encode(secret))
+    def nonce_generate(self, secret: int, rng: Rng, extra: bytes = b"") -> int:
+        """RFC 9591 §4.1: ``H3(random_bytes(32) ‖ SerializeScalar(secret))``.
+
+        ``extra`` (ShardGuard hedging; empty gives the RFC value) is appended to the hash
+        input: the signer passes its session id, so a repeated RNG stream (a restored VM
+        snapshot) still gives different nonces for a different message or signer set.
+        """
+        return self.h3(rng(32) + self.group.scalar_encode(secret) + extra)
 
     # -- hooks ------------------------------------------------------------------------------
     def key_sign_factor(self, group_key: Point) -> int:

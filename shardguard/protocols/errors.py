@@ -31,6 +31,7 @@ class AbortReason(enum.Enum):
     INVALID_SHARE = ("secret share does not match its commitment", True)
     INVALID_SIGNATURE_SHARE = ("signature share does not verify", True)
     INCONSISTENT_REPAIR = ("repair contributions do not add up", True)
+    INCONSISTENT_KEY = ("parties derived different key packages", True)
     INVALID_SIGNATURE = ("aggregate signature does not verify", False)
 
     def __init__(self, text: str, blames: bool) -> None:

@@ -85,6 +85,16 @@ class PublicKeyPackage:
         ).digest()
 
     @property
+    def digest(self) -> bytes:
+        """SHA-256 of the canonical package: suite, threshold, epoch, key, verifying shares."""
+        g = self.suite.group
+        h = hashlib.sha256(b"shardguard/public-key-package/v1\x00" + self.suite.context_bytes + b"\x00")
+        h.update(bytes([self.threshold]) + self.epoch.to_bytes(8, "big") + g.encode(self.group_key))
+        for i, y in self.verifying_shares.items():
+            h.update(bytes([i]) + g.encode(y))
+        return h.digest()
+
+    @property
     def group(self) -> Any:
         return self.suite.group
 
@@ -114,6 +124,7 @@ class PublicKeyPackage:
             threshold=self.threshold,
             instance=instance,
             key_id=self.key_id,
+            package=self.digest,
             epoch=self.epoch,
             message=message,
             extra=extra,

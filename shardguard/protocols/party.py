@@ -149,6 +149,15 @@ class Party(Generic[R]):
             reason, round=self.round if round is None else round, culprits=culprits, session_id=self.session_id, field=field
         )
 
+    def _echo_blame(self, sender: int, position: int) -> set[int]:
+        """Whom to report when ``sender``'s echo of ``position``'s broadcast differs from ours.
+
+        Our own broadcast and the sender's own are known to us, so then the sender lied.
+        Otherwise either ``position`` equivocated or ``sender`` lies about it: without
+        signed messages (the attested channels add them) both are reported.
+        """
+        return {sender} if position in (self.me, sender) else {position, sender}
+
     def _received(self, rnd: int, typ: type[Payload]) -> dict[int, Payload]:
         """Payloads of one kind received so far, by sender."""
         return {s: p for (r, t, s), p in self._inbox.items() if r == rnd and t is typ}

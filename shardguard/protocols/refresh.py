@@ -15,7 +15,7 @@ from typing import Any
 
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.shamir import eval_commitment, random_polynomial
-from shardguard.protocols.dkg._messages import DkgEcho, DkgSecretShare, RefreshRound1
+from shardguard.protocols.dkg._messages import DkgConfirm, DkgEcho, DkgSecretShare, RefreshRound1
 from shardguard.protocols.dkg._vss import PedersenVss
 from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.keys import KeyShare, PublicKeyPackage
@@ -26,7 +26,7 @@ __all__ = ["Refresh"]
 class Refresh(PedersenVss):
     PROTOCOL = "frost-refresh"
     ROUND1 = RefreshRound1
-    EXPECTS = {(1, RefreshRound1): True, (2, DkgEcho): True, (2, DkgSecretShare): False}
+    EXPECTS = {(1, RefreshRound1): True, (2, DkgEcho): True, (2, DkgSecretShare): False, (3, DkgConfirm): True}
 
     def __init__(self, key_share: KeyShare, *, participants: Sequence[int], instance: bytes, rng: Rng) -> None:
         public = key_share.public

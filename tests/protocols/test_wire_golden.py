@@ -14,7 +14,7 @@ import pytest
 
 from shardguard.crypto.suites import SUITES
 from shardguard.protocols import wire
-from shardguard.protocols.dkg import DkgEcho, DkgRound1, DkgSecretShare, RefreshRound1
+from shardguard.protocols.dkg import DkgConfirm, DkgEcho, DkgRound1, DkgSecretShare, RefreshRound1
 from shardguard.protocols.frost import SignRound1, SignRound2
 from shardguard.protocols.repair import RepairCommitments, RepairDelta, RepairSigma
 
@@ -31,7 +31,8 @@ def _examples(suite):  # type: ignore[no-untyped-def]
         "DkgEcho": DkgEcho(suite=suite, digests=(bytes(range(32)), bytes(32))),
         "DkgSecretShare": DkgSecretShare(suite=suite, share=12345),
         "SignRound1": SignRound1(suite=suite, hiding=p[0], binding=p[1]),
-        "SignRound2": SignRound2(suite=suite, share=42, commitments=((1, p[0], p[1]), (3, p[1], p[2]))),
+        "SignRound2": SignRound2(suite=suite, share=42, commitment_digests=((1, bytes(32)), (3, bytes(range(32))))),
+        "DkgConfirm": DkgConfirm(suite=suite, package_digest=bytes(range(1, 33))),
         "RepairDelta": RepairDelta(suite=suite, delta=9, commitment=g.base_mul(9)),
         "RepairCommitments": RepairCommitments(suite=suite, commitments=((1, p[0]), (2, p[1]))),
         "RepairSigma": RepairSigma(suite=suite, sigma=8, received=((1, p[2]), (2, p[0]))),

@@ -9,7 +9,7 @@ from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.group import Point
 from shardguard.protocols import wire as w
 
-__all__ = ["DkgEcho", "DkgRound1", "DkgSecretShare", "RefreshRound1"]
+__all__ = ["DkgConfirm", "DkgEcho", "DkgRound1", "DkgSecretShare", "RefreshRound1"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -118,3 +118,26 @@ class DkgSecretShare(w.Payload):
     def _from_fields(cls, suite: Ciphersuite, fields: list[Any]) -> DkgSecretShare:
         w.expect_len(fields, 1)
         return cls(suite=suite, share=w.scalar(suite, fields[0], "share"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class DkgConfirm(w.Payload):
+    """Round 3 broadcast: digest of the public key package the sender derived. Nobody keeps
+    a new key (or epoch) until every participant has confirmed the same package, so a DKG
+    or refresh never ends with some holders on the new key and others without it."""
+
+    TAG = 5
+    suite: Ciphersuite
+    package_digest: bytes
+
+    def __post_init__(self) -> None:
+        if type(self.package_digest) is not bytes or len(self.package_digest) != 32:
+            raise w.WireError(w.WireReason.BAD_FIELD, "package_digest")
+
+    def _fields(self) -> list[Any]:
+        return [self.package_digest]
+
+    @classmethod
+    def _from_fields(cls, suite: Ciphersuite, fields: list[Any]) -> DkgConfirm:
+        w.expect_len(fields, 1)
+        return cls(suite=suite, package_digest=w.as_bytes(fields[0], "package_digest"))

@@ -9,7 +9,7 @@ from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.pok import pok_prove, pok_verify
 from shardguard.crypto.shamir import eval_commitment, random_polynomial
-from shardguard.protocols.dkg._messages import DkgEcho, DkgRound1, DkgSecretShare
+from shardguard.protocols.dkg._messages import DkgConfirm, DkgEcho, DkgRound1, DkgSecretShare
 from shardguard.protocols.dkg._vss import PedersenVss
 from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.keys import KeyShare, PublicKeyPackage, check_participants, check_threshold
@@ -26,7 +26,7 @@ class Dkg(PedersenVss):
 
     PROTOCOL = "frost-dkg"
     ROUND1 = DkgRound1
-    EXPECTS = {(1, DkgRound1): True, (2, DkgEcho): True, (2, DkgSecretShare): False}
+    EXPECTS = {(1, DkgRound1): True, (2, DkgEcho): True, (2, DkgSecretShare): False, (3, DkgConfirm): True}
 
     def __init__(
         self,

@@ -4,8 +4,9 @@ Round 1: every participant broadcasts a Feldman commitment to a random polynomia
 adds a proof of knowledge of its constant term).
 Round 2: every participant broadcasts an echo of all round-1 payloads it saw, and sends
 ``f_i(j)`` to each other participant ``j`` over the confidential channel.
-Finish: check the echoes (equivocation), check each received share against its sender's
-commitment, sum.
+Round 3: check the echoes (equivocation) and each received share against its sender's
+commitment, derive the key package, broadcast its digest.
+Finish: once every participant confirmed the same digest, output the key share.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.shamir import eval_commitment, eval_polynomial, feldman_commit
-from shardguard.protocols.dkg._messages import DkgEcho, DkgSecretShare
+from shardguard.protocols.dkg._messages import DkgConfirm, DkgEcho, DkgSecretShare
 from shardguard.protocols.errors import AbortReason
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import Message
@@ -41,6 +42,7 @@ class PedersenVss(Party[KeyShare]):
         self._own_round1: Payload | None = None
         self._own_digest = b""
         self._own_share = 0
+        self._pending: KeyShare | None = None
 
     # -- hooks --------------------------------------------------------------------------------
     def _polynomial(self) -> list[int]:
@@ -71,9 +73,11 @@ class PedersenVss(Party[KeyShare]):
     def _advance(self) -> list[Message]:
         out: list[Message] = []
         if self.round == 1 and self._have_all(1, self.ROUND1):
-            out = self._round2()
+            out += self._round2()
         if self.round == 2 and self._have_all(2, DkgEcho) and self._have_all(2, DkgSecretShare):
-            self._finish_round2()
+            out += self._round3()
+        if self.round == 3 and self._have_all(3, DkgConfirm):
+            self._confirm()
         return out
 
     def _round2(self) -> list[Message]:
@@ -85,9 +89,10 @@ class PedersenVss(Party[KeyShare]):
             if why is not None:
                 culprits[sender] = why
         if culprits:
-            reasons = set(culprits.values())
-            reason = AbortReason.INVALID_COMMITMENT if AbortReason.INVALID_COMMITMENT in reasons else reasons.pop()
-            raise self._abort(reason, set(culprits))
+            # One abort carries one reason: report the first reason (in enum order) with
+            # exactly the parties that failed that check.
+            reason = min(set(culprits.values()), key=list(AbortReason).index)
+            raise self._abort(reason, {s for s, r in culprits.items() if r is reason})
         self.round = 2
         digests = tuple(self._own_digest if p == self.me else self._payload_digest(1, self.ROUND1, p) for p in self.participants)
         coeffs = self._coefficients
@@ -101,15 +106,17 @@ class PedersenVss(Party[KeyShare]):
         self._coefficients = None  # the polynomial is never needed again
         return out
 
-    def _finish_round2(self) -> None:
-        """Round 2 steps 2–4: echo consistency, share verification, sum."""
+    def _round3(self) -> list[Message]:
+        """Round 2 steps 2–4: echo consistency, share verification, sum; then confirm."""
         mine = tuple(self._own_digest if p == self.me else self._payload_digest(1, self.ROUND1, p) for p in self.participants)
         equivocators: set[int] = set()
         for sender, echo in self._received(2, DkgEcho).items():
             digests: tuple[bytes, ...] = echo.digests  # type: ignore[attr-defined]
             if len(digests) != len(mine):
                 raise self._abort(AbortReason.MALFORMED_PAYLOAD, {sender}, field="digests")
-            equivocators.update(p for p, a, b in zip(self.participants, digests, mine, strict=True) if a != b)
+            for p, a, b in zip(self.participants, digests, mine, strict=True):
+                if a != b:
+                    equivocators |= self._echo_blame(sender, p)
         if equivocators:
             raise self._abort(AbortReason.EQUIVOCATION, equivocators)
         g = self.suite.group
@@ -126,4 +133,19 @@ class PedersenVss(Party[KeyShare]):
         summed = [g.sum(c[k] for c in commitments) for k in range(self.threshold)]
         share_sum = (self._own_share + sum(shares.values())) % g.order
         self._own_share = 0
-        self._finish(self._complete(share_sum, summed))
+        self._pending = self._complete(share_sum, summed)
+        self.round = 3
+        return [self._broadcast(DkgConfirm(suite=self.suite, package_digest=self._pending.public.digest))]
+
+    def _confirm(self) -> None:
+        """Round 3: every participant derived the same package."""
+        pending = self._pending
+        if pending is None:  # pragma: no cover - state machine
+            raise RuntimeError("no pending key")
+        mine = pending.public.digest
+        differ = {s for s, p in self._received(3, DkgConfirm).items() if p.package_digest != mine}  # type: ignore[attr-defined]
+        if differ:
+            self._pending = None
+            raise self._abort(AbortReason.INCONSISTENT_KEY, differ)
+        self._pending = None
+        self._finish(pending)

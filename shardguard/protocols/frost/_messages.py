@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 from shardguard.crypto.ciphersuite import Ciphersuite
@@ -10,7 +11,7 @@ from shardguard.crypto.group import Point
 from shardguard.protocols import wire as w
 from shardguard.protocols.frost._core import Commitment
 
-__all__ = ["SignRound1", "SignRound2"]
+__all__ = ["SignRound1", "SignRound2", "commitment_digest"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -36,38 +37,43 @@ class SignRound1(w.Payload):
         return cls(suite=suite, hiding=w.point(suite, fields[0], "hiding"), binding=w.point(suite, fields[1], "binding"))
 
 
+def commitment_digest(suite: Ciphersuite, commitment: Commitment) -> bytes:
+    """SHA-256 of one signer's ``ser(D) ‖ ser(E)``, as echoed in round 2."""
+    _, d, e = commitment
+    return hashlib.sha256(suite.group.encode(d) + suite.group.encode(e)).digest()
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class SignRound2(w.Payload):
-    """Round 2 broadcast: signature share ``z_i`` and an echo of the commitment list the
-    sender signed over (so an equivocating round-1 sender is named, not an honest signer)."""
+    """Round 2 broadcast: signature share ``z_i`` and, per signer, the digest of the round-1
+    commitments the sender signed over (so an equivocating round-1 sender is caught, and
+    no honest signer is blamed for a share computed over a different list)."""
 
     TAG = 11
     suite: Ciphersuite
     share: int
-    commitments: tuple[Commitment, ...]
+    commitment_digests: tuple[tuple[int, bytes], ...]
 
     def __post_init__(self) -> None:
         w.check_scalar(self.suite, self.share, "share")
-        if type(self.commitments) is not tuple or not 1 <= len(self.commitments) <= 255:
-            raise w.WireError(w.WireReason.BAD_FIELD, "commitments")
-        w.check_ids([c[0] for c in self.commitments], "commitments.id")
-        for i, d, e in self.commitments:
-            w.check_point(self.suite, d, f"commitments[{i}].hiding")
-            w.check_point(self.suite, e, f"commitments[{i}].binding")
+        items = self.commitment_digests
+        if type(items) is not tuple or not 1 <= len(items) <= 255:
+            raise w.WireError(w.WireReason.BAD_FIELD, "commitment_digests")
+        w.check_ids([c[0] for c in items], "commitment_digests.id")
+        for i, digest in items:
+            if type(digest) is not bytes or len(digest) != 32:
+                raise w.WireError(w.WireReason.BAD_FIELD, f"commitment_digests[{i}]")
 
     def _fields(self) -> list[Any]:
-        g = self.suite.group
-        return [g.scalar_encode(self.share), [[i, g.encode(d), g.encode(e)] for i, d, e in self.commitments]]
+        return [self.suite.group.scalar_encode(self.share), [[i, d] for i, d in self.commitment_digests]]
 
     @classmethod
     def _from_fields(cls, suite: Ciphersuite, fields: list[Any]) -> SignRound2:
         w.expect_len(fields, 2)
         items = []
-        for k, entry in enumerate(w.as_list(fields[1], "commitments")):
-            entry = w.as_list(entry, f"commitments[{k}]", 3)
-            w.expect_len(entry, 3)
-            i = w.as_id(entry[0], f"commitments[{k}].id")
-            items.append(
-                (i, w.point(suite, entry[1], f"commitments[{i}].hiding"), w.point(suite, entry[2], f"commitments[{i}].binding"))
-            )
-        return cls(suite=suite, share=w.scalar(suite, fields[0], "share"), commitments=tuple(items))
+        for k, entry in enumerate(w.as_list(fields[1], "commitment_digests")):
+            entry = w.as_list(entry, f"commitment_digests[{k}]", 2)
+            w.expect_len(entry, 2)
+            i = w.as_id(entry[0], f"commitment_digests[{k}].id")
+            items.append((i, w.as_bytes(entry[1], f"commitment_digests[{i}]")))
+        return cls(suite=suite, share=w.scalar(suite, fields[0], "share"), commitment_digests=tuple(items))

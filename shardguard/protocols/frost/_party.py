@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from shardguard.crypto.group import Rng
 from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.frost._core import CheaterDetection, Commitment, SigningContext, prepare, sign_share
-from shardguard.protocols.frost._messages import SignRound1, SignRound2
+from shardguard.protocols.frost._messages import SignRound1, SignRound2, commitment_digest
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
@@ -56,13 +56,14 @@ class FrostSigner(Party[bytes]):
         self._own_commitment: Commitment | None = None
         self._context: SigningContext | None = None
         self._own_z = 0
+        self._digests: tuple[tuple[int, bytes], ...] = ()
 
     def _start(self) -> list[Message]:
         """Round 1 (RFC 9591 §5.1 ``commit``)."""
         g = self.suite.group
         s = self._key.signing_share
-        d = self.suite.nonce_generate(s, self._rng)
-        e = self.suite.nonce_generate(s, self._rng)
+        d = self.suite.nonce_generate(s, self._rng, self.session_id)
+        e = self.suite.nonce_generate(s, self._rng, self.session_id)
         self._nonces = (d, e)
         hiding, binding = g.base_mul(d), g.base_mul(e)
         self._own_commitment = (self.me, hiding, binding)
@@ -98,8 +99,9 @@ class FrostSigner(Party[bytes]):
         )
         self._context = ctx
         self._own_z = z
+        self._digests = tuple((c[0], commitment_digest(self.suite, c)) for c in ctx.commitments)
         self.round = 2
-        return [self._broadcast(SignRound2(suite=self.suite, share=z, commitments=ctx.commitments))]
+        return [self._broadcast(SignRound2(suite=self.suite, share=z, commitment_digests=self._digests))]
 
     def _aggregate(self) -> None:
         """RFC 9591 §5.3 ``aggregate`` after §5.4 share verification."""
@@ -107,13 +109,15 @@ class FrostSigner(Party[bytes]):
         if ctx is None:  # pragma: no cover - state machine
             raise UsageError("round 2 not reached")
         received = self._received(2, SignRound2)
-        mine = {c[0]: c for c in ctx.commitments}
+        mine = dict(self._digests)
         equivocators: set[int] = set()
         for sender, p in received.items():
-            theirs = {c[0]: c for c in p.commitments}  # type: ignore[attr-defined]
+            theirs = dict(p.commitment_digests)  # type: ignore[attr-defined]
             if theirs.keys() != mine.keys():
-                raise self._abort(AbortReason.MALFORMED_PAYLOAD, {sender}, field="commitments")
-            equivocators.update(i for i in mine if theirs[i] != mine[i])
+                raise self._abort(AbortReason.MALFORMED_PAYLOAD, {sender}, field="commitment_digests")
+            for i in mine:
+                if theirs[i] != mine[i]:
+                    equivocators |= self._echo_blame(sender, i)
         if equivocators:
             raise self._abort(AbortReason.EQUIVOCATION, equivocators, round=1)
         z_shares = {s: p.share for s, p in received.items()}  # type: ignore[attr-defined]

@@ -78,6 +78,9 @@ class RepairHelper(Party[bool]):
         return out
 
     def _advance(self) -> list[Message]:
+        if (1, RepairDelta, self.lost) in self._inbox:
+            # The lost party is a peer (it receives from us) but never contributes a summand.
+            raise self._abort(AbortReason.UNEXPECTED_MESSAGE, {self.lost}, round=1)
         others = [j for j in self.helpers if j != self.me]
         if self.round != 1 or not self._have_all(1, RepairDelta, others):
             return []
@@ -129,13 +132,15 @@ class RepairTarget(Party[KeyShare]):
                 culprits.add(i)
         if culprits:
             raise self._abort(AbortReason.INCONSISTENT_REPAIR, culprits, round=1)
-        for j, p in sigmas.items():
+        for j, p in sigmas.items():  # each helper judged on its own, whatever the arrival order
             echoed = dict(p.received)  # type: ignore[attr-defined]
             if set(echoed) != set(self.helpers):
                 culprits.add(j)
                 continue
-            culprits.update(i for i in self.helpers if echoed[i] != images[i][j])
-            if not culprits and g.base_mul(p.sigma) != g.sum(echoed.values()):  # type: ignore[attr-defined]
+            mismatched = {i for i in self.helpers if echoed[i] != images[i][j]}
+            if mismatched:
+                culprits |= {b for i in mismatched for b in self._echo_blame(j, i)}
+            elif g.base_mul(p.sigma) != g.sum(echoed.values()):  # type: ignore[attr-defined]
                 culprits.add(j)
         if culprits:
             raise self._abort(AbortReason.INCONSISTENT_REPAIR, culprits, round=2)
