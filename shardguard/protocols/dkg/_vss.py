@@ -122,16 +122,15 @@ class PedersenVss(Party[KeyShare]):
         g = self.suite.group
         round1 = self._received(1, self.ROUND1)
         shares = {s: p.share for s, p in self._received(2, DkgSecretShare).items()}  # type: ignore[attr-defined]
-        bad = {
-            s for s, share in shares.items() if g.base_mul(share) != eval_commitment(g, self._full_commitment(round1[s]), self.me)
-        }
-        if bad:
-            raise self._abort(AbortReason.INVALID_SHARE, bad)
-        commitments = [self._full_commitment(round1[s]) for s in self.peers]
-        own = self._own_round1
-        commitments.append(self._full_commitment(own))
-        summed = [g.sum(c[k] for c in commitments) for k in range(self.threshold)]
+        commitments = {s: self._full_commitment(round1[s]) for s in self.peers}
+        commitments[self.me] = self._full_commitment(self._own_round1)
+        summed = [g.sum(c[k] for c in commitments.values()) for k in range(self.threshold)]
         share_sum = (self._own_share + sum(shares.values())) % g.order
+        # All shares checked at once against the summed commitment (t multiplications, not
+        # (n−1)·t); only on failure is each share checked to name the culprits.
+        if g.base_mul(share_sum) != eval_commitment(g, summed, self.me):
+            bad = {s for s, share in shares.items() if g.base_mul(share) != eval_commitment(g, commitments[s], self.me)}
+            raise self._abort(AbortReason.INVALID_SHARE, bad)
         self._own_share = 0
         self._pending = self._complete(share_sum, summed)
         self.round = 3
