@@ -118,8 +118,8 @@ class Group(abc.ABC):
         small-order and out-of-subgroup encodings."""
 
     def msm(self, scalars: Sequence[int], points: Sequence[Point]) -> Point:
-        """``Σ k_i·P_i``."""
-        return self.sum(self.mul(p, k) for k, p in zip(scalars, points, strict=True))
+        """``Σ k_i·P_i`` (a coefficient of 1 costs no multiplication)."""
+        return self.sum(p if k == 1 else self.mul(p, k) for k, p in zip(scalars, points, strict=True))
 
     # -- scalars ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -21,8 +21,10 @@ def expand_message_xmd_sha256(msg: bytes, dst: bytes, length: int) -> bytes:
     b0 = hashlib.sha256(b"\x00" * 64 + msg + length.to_bytes(2, "big") + b"\x00" + dst_prime).digest()
     bi = hashlib.sha256(b0 + b"\x01" + dst_prime).digest()
     out = [bi]
+    b0_int = int.from_bytes(b0, "big")
     for i in range(2, ell + 1):
-        bi = hashlib.sha256(bytes(x ^ y for x, y in zip(b0, bi, strict=True)) + bytes([i]) + dst_prime).digest()
+        xored = (b0_int ^ int.from_bytes(bi, "big")).to_bytes(32, "big")
+        bi = hashlib.sha256(xored + bytes([i]) + dst_prime).digest()
         out.append(bi)
     return b"".join(out)[:length]
 

@@ -104,7 +104,7 @@ class FrostSigner(Party[bytes]):
         return [self._broadcast(SignRound2(suite=self.suite, share=z, commitment_digests=self._digests))]
 
     def _aggregate(self) -> None:
-        """RFC 9591 §5.3 ``aggregate`` after §5.4 share verification."""
+        """RFC 9591 §5.3 ``aggregate``; §5.4 share verification when the aggregate fails."""
         ctx = self._context
         if ctx is None:  # pragma: no cover - state machine
             raise UsageError("round 2 not reached")
@@ -121,11 +121,14 @@ class FrostSigner(Party[bytes]):
         if equivocators:
             raise self._abort(AbortReason.EQUIVOCATION, equivocators, round=1)
         z_shares = {s: p.share for s, p in received.items()}  # type: ignore[attr-defined]
-        bad = ctx.invalid_shares(z_shares, self._key.public.verifying_shares, self._detection)
-        if bad:
-            raise self._abort(AbortReason.INVALID_SIGNATURE_SHARE, bad)
         z_shares[self.me] = self._own_z
         sig = ctx.signature(z_shares)
+        # One check of the aggregate (as ZF frost ``aggregate``); the per-share checks of
+        # RFC 9591 §5.4 run only when it fails, to name the culprits.
         if not self.suite.verify(self._key.public.group_key, self.message, sig):
+            del z_shares[self.me]
+            bad = ctx.invalid_shares(z_shares, self._key.public.verifying_shares, self._detection)
+            if bad:
+                raise self._abort(AbortReason.INVALID_SIGNATURE_SHARE, bad)
             raise self._abort(AbortReason.INVALID_SIGNATURE)
         self._finish(sig)
