@@ -177,13 +177,14 @@ class Phase:
 
     def summary(self, round_names: Sequence[str] = ()) -> dict[str, Any]:
         if not self.total:
-            return {"median_ms": None, "min_ms": None, "max_ms": None, "n": 0, "crit_path_median_ms": None}
+            return {"median_ms": None, "min_ms": None, "max_ms": None, "n": 0, "crit_path_median_ms": None, "wire_bytes": 0}
         out: dict[str, Any] = {
             "median_ms": _r(statistics.median(self.total)),
             "min_ms": _r(min(self.total)),
             "max_ms": _r(max(self.total)),
             "n": len(self.total),
             "crit_path_median_ms": _r(statistics.median(self.crit)),
+            "wire_bytes": int(statistics.median(self.wire)),  # as the peers report it (summarize.py shows it)
         }
         for k, name in enumerate(round_names):
             out[f"{name}_crit_median_ms"] = _r(statistics.median(r[k] for r in self.rounds))
