@@ -12,6 +12,7 @@ Errors carry fields (reason, round, culprits, session id, field), never secret v
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 __all__ = ["AbortReason", "MessageRejected", "ProtocolAbort", "ProtocolError", "UsageError"]
 
@@ -82,6 +83,9 @@ class ProtocolAbort(ProtocolError):
         self.culprits = frozenset(culprits)
         self.session_id = session_id
         self.field = field
+        #: Messages the party produced in the same step before aborting; the caller should
+        #: still deliver them (e.g. our own confirmation, so the others abort too).
+        self.outgoing: list[Any] = []
         blame = f"; culprits {sorted(self.culprits)}" if self.culprits else ""
         where = f" ({field})" if field else ""
         super().__init__(f"{reason.text}{where} in round {round}{blame}")

@@ -117,3 +117,39 @@ def test_secrets_are_not_printable_or_picklable() -> None:
         assert form not in text
     with pytest.raises(TypeError):
         pickle.dumps(share)
+
+
+def test_aborting_party_still_hands_out_its_confirmation() -> None:
+    """A lying confirmation already buffered when a party finishes round 2 aborts it at once;
+    its own confirmation is still handed to the caller (``ProtocolAbort.outgoing``), so the
+    other honest parties abort too instead of waiting forever."""
+    from shardguard.crypto.suites import FROST_ED25519 as suite
+    from shardguard.protocols import BROADCAST, AbortReason, Message, ProtocolAbort
+    from shardguard.protocols.dkg import Dkg, DkgConfirm
+    from shardguard.protocols.wire import encode_payload
+
+    rng = DeterministicRng(21)
+    parties = {i: Dkg(suite, identifier=i, participants=[1, 2, 3], threshold=2, instance=b"x" * 32, rng=rng) for i in (1, 2, 3)}
+    round1 = [m for p in parties.values() for m in p.start()]
+    round2 = [out for m in round1 for i, p in parties.items() if i != m.sender for out in p.receive(m)]
+    lie = Message(
+        session_id=parties[1].session_id,
+        round=3,
+        sender=3,
+        recipient=BROADCAST,
+        payload=encode_payload(DkgConfirm(suite=suite, package_digest=bytes(32))),
+    )
+    assert parties[1].receive(lie) == []  # buffered: party 1 is still in round 2
+    with pytest.raises(ProtocolAbort) as e:
+        for m in round2:
+            if m.sender != 1 and m.recipient in (BROADCAST, 1):
+                parties[1].receive(m)
+    assert e.value.reason is AbortReason.INCONSISTENT_KEY and e.value.culprits == {3}
+    assert [(m.round, m.sender) for m in e.value.outgoing] == [(3, 1)]
+    for m in round2:
+        if m.sender != 2 and m.recipient in (BROADCAST, 2):
+            parties[2].receive(m)
+    parties[2].receive(e.value.outgoing[0])  # party 1's honest confirmation
+    with pytest.raises(ProtocolAbort) as e2:
+        parties[2].receive(lie)
+    assert e2.value.culprits == {3} and not parties[2].done

@@ -122,9 +122,11 @@ class DkgSecretShare(w.Payload):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class DkgConfirm(w.Payload):
-    """Round 3 broadcast: digest of the public key package the sender derived. Nobody keeps
-    a new key (or epoch) until every participant has confirmed the same package, so a DKG
-    or refresh never ends with some holders on the new key and others without it."""
+    """Round 3 broadcast: digest of the public key package the sender derived. A party
+    outputs its new key (or epoch) only once every participant has confirmed the same
+    package, so an abort anywhere before the confirmations leaves nobody on the new key.
+    (A confirmation lost in transit can still leave one party waiting while the others
+    finish: the last-message problem; the node's two-phase commit handles it.)"""
 
     TAG = 5
     suite: Ciphersuite

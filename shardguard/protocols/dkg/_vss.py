@@ -19,7 +19,7 @@ from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.shamir import eval_commitment, eval_polynomial, feldman_commit
 from shardguard.protocols.dkg._messages import DkgConfirm, DkgEcho, DkgSecretShare
-from shardguard.protocols.errors import AbortReason
+from shardguard.protocols.errors import AbortReason, ProtocolAbort
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
@@ -76,8 +76,13 @@ class PedersenVss(Party[KeyShare]):
             out += self._round2()
         if self.round == 2 and self._have_all(2, DkgEcho) and self._have_all(2, DkgSecretShare):
             out += self._round3()
-        if self.round == 3 and self._have_all(3, DkgConfirm):
-            self._confirm()
+        if self.round == 3:
+            try:
+                self._confirm()
+            except ProtocolAbort as e:
+                # Our own confirmation still goes out, so the others abort too, not hang.
+                e.outgoing = out
+                raise
         return out
 
     def _round2(self) -> list[Message]:
@@ -137,7 +142,7 @@ class PedersenVss(Party[KeyShare]):
         return [self._broadcast(DkgConfirm(suite=self.suite, package_digest=self._pending.public.digest))]
 
     def _confirm(self) -> None:
-        """Round 3: every participant derived the same package."""
+        """Round 3: abort on the first differing confirmation; finish once all agree."""
         pending = self._pending
         if pending is None:  # pragma: no cover - state machine
             raise RuntimeError("no pending key")
@@ -146,5 +151,6 @@ class PedersenVss(Party[KeyShare]):
         if differ:
             self._pending = None
             raise self._abort(AbortReason.INCONSISTENT_KEY, differ)
-        self._pending = None
-        self._finish(pending)
+        if self._have_all(3, DkgConfirm):
+            self._pending = None
+            self._finish(pending)
