@@ -56,7 +56,8 @@ class Party(Generic[R]):
         self.session_id = session_id
         self.state = PartyState.READY
         self.round = 0
-        self._inbox: dict[tuple[int, type[Payload], int], Payload] = {}
+        # (round, payload type) -> sender -> payload
+        self._inbox: dict[tuple[int, type[Payload]], dict[int, Payload]] = {}
         # Digest of every admitted payload (never the payload: it may hold a secret share).
         self._seen: dict[tuple[int, type[Payload], int], bytes] = {}
         self._result: R | None = None
@@ -130,7 +131,7 @@ class Party(Generic[R]):
         except WireError as e:
             raise self._abort(AbortReason.MALFORMED_PAYLOAD, {m.sender}, round=m.round, field=e.field) from None
         self._seen[key] = digest
-        self._inbox[key] = payload
+        self._inbox.setdefault(key[:2], {})[m.sender] = payload
 
     # -- helpers for subclasses -------------------------------------------------------------
     def _guard(self, step: object) -> list[Message]:
@@ -160,11 +161,12 @@ class Party(Generic[R]):
 
     def _received(self, rnd: int, typ: type[Payload]) -> dict[int, Payload]:
         """Payloads of one kind received so far, by sender."""
-        return {s: p for (r, t, s), p in self._inbox.items() if r == rnd and t is typ}
+        return dict(self._inbox.get((rnd, typ), {}))
 
     def _have_all(self, rnd: int, typ: type[Payload], senders: Sequence[int] | None = None) -> bool:
         want = self.peers if senders is None else senders
-        return all((rnd, typ, s) in self._inbox for s in want)
+        got = self._inbox.get((rnd, typ), {})
+        return len(got) >= len(want) and all(s in got for s in want)
 
     def _payload_digest(self, rnd: int, typ: type[Payload], sender: int) -> bytes:
         return self._seen[(rnd, typ, sender)]

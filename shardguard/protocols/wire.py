@@ -87,7 +87,8 @@ def _check_shape(obj: object, depth: int = 0) -> None:
         raise WireError(WireReason.BAD_SHAPE, "nesting")
     if isinstance(obj, list):
         for item in obj:
-            _check_shape(item, depth + 1)
+            if type(item) not in (int, bytes, str):  # fast path for flat lists
+                _check_shape(item, depth + 1)
     elif type(obj) not in (int, bytes, str):
         raise WireError(WireReason.BAD_SHAPE, type(obj).__name__)
 

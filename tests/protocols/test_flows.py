@@ -153,3 +153,10 @@ def test_aborting_party_still_hands_out_its_confirmation() -> None:
     with pytest.raises(ProtocolAbort) as e2:
         parties[2].receive(lie)
     assert e2.value.culprits == {3} and not parties[2].done
+
+
+def test_255_parties() -> None:
+    """The largest group: 255 holders (t = 2 keeps it quick); the first and last sign."""
+    shares = local.keygen("secp256k1", 2, 255, rng=DeterministicRng(255))
+    assert shares[-1].identifier == 255 and len(shares[0].public.participants) == 255
+    _check([shares[0], shares[-1]], b"255")

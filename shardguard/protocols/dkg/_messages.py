@@ -84,9 +84,9 @@ class DkgEcho(w.Payload):
     def __post_init__(self) -> None:
         if type(self.digests) is not tuple or not 1 <= len(self.digests) <= 255:
             raise w.WireError(w.WireReason.BAD_FIELD, "digests")
-        for k, d in enumerate(self.digests):
-            if type(d) is not bytes or len(d) != 32:
-                raise w.WireError(w.WireReason.BAD_FIELD, f"digests[{k}]")
+        if not all(type(d) is bytes and len(d) == 32 for d in self.digests):  # n² per DKG: keep it lean
+            k = next(k for k, d in enumerate(self.digests) if type(d) is not bytes or len(d) != 32)
+            raise w.WireError(w.WireReason.BAD_FIELD, f"digests[{k}]")
 
     def _fields(self) -> list[Any]:
         return [list(self.digests)]
@@ -94,8 +94,7 @@ class DkgEcho(w.Payload):
     @classmethod
     def _from_fields(cls, suite: Ciphersuite, fields: list[Any]) -> DkgEcho:
         w.expect_len(fields, 1)
-        items = w.as_list(fields[0], "digests")
-        return cls(suite=suite, digests=tuple(w.as_bytes(x, f"digests[{k}]") for k, x in enumerate(items)))
+        return cls(suite=suite, digests=tuple(w.as_list(fields[0], "digests")))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)

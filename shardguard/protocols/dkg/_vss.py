@@ -43,6 +43,7 @@ class PedersenVss(Party[KeyShare]):
         self._own_digest = b""
         self._own_share = 0
         self._pending: KeyShare | None = None
+        self._pending_digest = b""
 
     # -- hooks --------------------------------------------------------------------------------
     def _polynomial(self) -> list[int]:
@@ -138,15 +139,16 @@ class PedersenVss(Party[KeyShare]):
             raise self._abort(AbortReason.INVALID_SHARE, bad)
         self._own_share = 0
         self._pending = self._complete(share_sum, summed)
+        self._pending_digest = self._pending.public.digest
         self.round = 3
-        return [self._broadcast(DkgConfirm(suite=self.suite, package_digest=self._pending.public.digest))]
+        return [self._broadcast(DkgConfirm(suite=self.suite, package_digest=self._pending_digest))]
 
     def _confirm(self) -> None:
         """Round 3: abort on the first differing confirmation; finish once all agree."""
         pending = self._pending
         if pending is None:  # pragma: no cover - state machine
             raise RuntimeError("no pending key")
-        mine = pending.public.digest
+        mine = self._pending_digest
         differ = {s for s, p in self._received(3, DkgConfirm).items() if p.package_digest != mine}  # type: ignore[attr-defined]
         if differ:
             self._pending = None

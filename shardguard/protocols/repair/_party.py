@@ -78,7 +78,7 @@ class RepairHelper(Party[bool]):
         return out
 
     def _advance(self) -> list[Message]:
-        if (1, RepairDelta, self.lost) in self._inbox:
+        if self.lost in self._received(1, RepairDelta):
             # The lost party is a peer (it receives from us) but never contributes a summand.
             raise self._abort(AbortReason.UNEXPECTED_MESSAGE, {self.lost}, round=1)
         others = [j for j in self.helpers if j != self.me]
