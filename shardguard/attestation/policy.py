@@ -1,0 +1,161 @@
+"""Verification policy: which evidence a node accepts (ARCHITECTURE §5), loaded from TOML.
+
+```toml
+allowed_platforms = ["nitro", "sev-snp", "tdx", "sgx"]
+allow_simulated = false          # simulated evidence is for development only
+allow_debug = false              # debug enclaves/VMs expose their memory
+min_tcb_status = "UpToDate"      # worst acceptable TCB status (see result.TCB_ORDER)
+max_age_seconds = 600            # evidence with its own timestamp (Nitro) must be this fresh
+
+[measurements.nitro]             # every listed key must match one of its values
+pcr0 = ["f4d48b81…"]
+[measurements.tdx]
+mrtd = ["91eb2b44…"]
+```
+A platform with no ``[measurements.<platform>]`` table accepts any measurement only when
+``require_measurements = false`` (default true: an empty allow-list accepts nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shardguard.attestation.errors import AttestationError, AttestationReason
+from shardguard.attestation.result import TCB_ORDER, Verified
+
+__all__ = ["PLATFORMS", "VerificationPolicy"]
+
+PLATFORMS = ("nitro", "sev-snp", "tdx", "sgx")
+_KEYS = {
+    "allowed_platforms",
+    "allow_simulated",
+    "allow_debug",
+    "min_tcb_status",
+    "max_age_seconds",
+    "measurements",
+    "require_measurements",
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerificationPolicy:
+    allowed_platforms: tuple[str, ...] = PLATFORMS
+    allow_simulated: bool = False
+    allow_debug: bool = False
+    min_tcb_status: str = "UpToDate"
+    max_age_seconds: int | None = 600
+    require_measurements: bool = True
+    measurements: Mapping[str, Mapping[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for p in self.allowed_platforms:
+            if p not in PLATFORMS:
+                raise AttestationError(AttestationReason.POLICY, f"unknown platform {p!r}", field="allowed_platforms")
+        if self.min_tcb_status not in TCB_ORDER:
+            raise AttestationError(
+                AttestationReason.POLICY, f"unknown TCB status {self.min_tcb_status!r}", field="min_tcb_status"
+            )
+        if self.max_age_seconds is not None and self.max_age_seconds <= 0:
+            raise AttestationError(AttestationReason.POLICY, "must be positive", field="max_age_seconds")
+        for plat in self.measurements:
+            if plat not in (*PLATFORMS, "simulated"):
+                raise AttestationError(AttestationReason.POLICY, f"unknown platform {plat!r}", field="measurements")
+
+    @classmethod
+    def permissive_for_inspection(cls) -> VerificationPolicy:
+        """For ``attest verify`` without ``--policy``: proves the evidence (signatures,
+        chains, collateral) and reports its fields, but allows any measurement, TCB status and
+        debug flag. Simulated evidence is still refused."""
+        return cls(allow_debug=True, min_tcb_status="NoMatchingTcbLevel", max_age_seconds=None, require_measurements=False)
+
+    @classmethod
+    def from_toml(cls, text: str) -> VerificationPolicy:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise AttestationError(AttestationReason.POLICY, f"not TOML: {e}") from None
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> VerificationPolicy:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise AttestationError(AttestationReason.POLICY, f"cannot read {path}: {e}") from None
+        return cls.from_toml(text)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> VerificationPolicy:
+        unknown = set(doc) - _KEYS
+        if unknown:
+            raise AttestationError(AttestationReason.POLICY, f"unknown keys {sorted(unknown)}")
+
+        def typed(key: str, typ: type | tuple[type, ...], default: Any) -> Any:
+            v = doc.get(key, default)
+            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+                raise AttestationError(AttestationReason.POLICY, "wrong type", field=key)
+            return v
+
+        meas: dict[str, dict[str, tuple[str, ...]]] = {}
+        for plat, table in typed("measurements", dict, {}).items():
+            if not isinstance(table, dict):
+                raise AttestationError(AttestationReason.POLICY, "must be a table", field=f"measurements.{plat}")
+            meas[plat] = {}
+            for name, values in table.items():
+                if not isinstance(values, list) or not all(isinstance(x, str) for x in values):
+                    raise AttestationError(
+                        AttestationReason.POLICY, "must be a list of hex strings", field=f"measurements.{plat}.{name}"
+                    )
+                try:
+                    meas[plat][name] = tuple(bytes.fromhex(x).hex() for x in values)
+                except ValueError:
+                    raise AttestationError(AttestationReason.POLICY, "not hex", field=f"measurements.{plat}.{name}") from None
+        max_age = doc.get("max_age_seconds", 600)
+        if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool)):
+            raise AttestationError(AttestationReason.POLICY, "wrong type", field="max_age_seconds")
+        platforms = typed("allowed_platforms", list, list(PLATFORMS))
+        return cls(
+            allowed_platforms=tuple(platforms),
+            allow_simulated=typed("allow_simulated", bool, False),
+            allow_debug=typed("allow_debug", bool, False),
+            min_tcb_status=typed("min_tcb_status", str, "UpToDate"),
+            max_age_seconds=max_age,
+            require_measurements=typed("require_measurements", bool, True),
+            measurements=meas,
+        )
+
+    def check(self, v: Verified, *, now: dt.datetime) -> None:
+        """Apply the policy to verified evidence; raise the first reason it is refused."""
+        plat = v.platform
+        if v.simulated and not self.allow_simulated:
+            raise AttestationError(AttestationReason.SIMULATED, "evidence is signed by the development root", platform=plat)
+        if not v.simulated and plat not in self.allowed_platforms:
+            raise AttestationError(AttestationReason.PLATFORM, f"{plat} not in {list(self.allowed_platforms)}", platform=plat)
+        if v.debug and not self.allow_debug:
+            raise AttestationError(AttestationReason.DEBUG, "evidence comes from a debug enclave/VM", platform=plat)
+        if v.tcb_status != "n/a" and TCB_ORDER.index(v.tcb_status) > TCB_ORDER.index(self.min_tcb_status):
+            raise AttestationError(
+                AttestationReason.TCB_STATUS, f"{v.tcb_status} is worse than {self.min_tcb_status}", platform=plat
+            )
+        if self.max_age_seconds is not None and v.signing_time is not None:
+            age = (now - v.signing_time).total_seconds()
+            if age > self.max_age_seconds or age < -60:
+                raise AttestationError(
+                    AttestationReason.STALE, f"evidence time {v.signing_time.isoformat()} vs now {now.isoformat()}", platform=plat
+                )
+        allowed = self.measurements.get("simulated" if v.simulated else plat)
+        if allowed is None:
+            if self.require_measurements:
+                raise AttestationError(
+                    AttestationReason.MEASUREMENT, "the policy allows no measurement for this platform", platform=plat
+                )
+            return
+        for name, values in allowed.items():
+            got = v.measurements.get(name)
+            if got is None or got not in values:
+                raise AttestationError(AttestationReason.MEASUREMENT, f"{name} = {got} not allowed", platform=plat, field=name)

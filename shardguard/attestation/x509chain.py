@@ -1,0 +1,147 @@
+"""Certificate-chain checks shared by every verifier (pyca/cryptography, no network).
+
+Roots are pinned by the SHA-256 of their SubjectPublicKeyInfo, never by name: Intel's test
+roots carry the production root's exact subject.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import warnings
+from collections.abc import Mapping, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from shardguard.attestation.errors import AttestationError, AttestationReason
+
+__all__ = ["check_validity", "load_der", "load_pem_chain", "spki_sha256", "verify_chain", "verify_issued_by"]
+
+
+def load_der(data: bytes, *, platform: str, what: str) -> x509.Certificate:
+    """Parse one DER certificate. AMD VCEK/VLEKs have serial number 0, which cryptography
+    accepts with a deprecation warning; that warning is expected and silenced here only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return x509.load_der_x509_certificate(bytes(data))
+    except ValueError as e:
+        raise AttestationError(
+            AttestationReason.MALFORMED, f"{what}: not a DER certificate ({e})", platform=platform, field=what
+        ) from None
+
+
+def load_pem_chain(data: bytes, *, platform: str, what: str) -> list[x509.Certificate]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            certs = x509.load_pem_x509_certificates(bytes(data))
+    except ValueError as e:
+        raise AttestationError(
+            AttestationReason.MALFORMED, f"{what}: not a PEM chain ({e})", platform=platform, field=what
+        ) from None
+    if not certs:
+        raise AttestationError(AttestationReason.MALFORMED, f"{what}: empty chain", platform=platform, field=what)
+    return certs
+
+
+def spki_sha256(cert: x509.Certificate) -> bytes:
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
+
+
+def _utc(at: dt.datetime) -> dt.datetime:
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+def check_validity(cert: x509.Certificate, at: dt.datetime, *, platform: str, what: str) -> None:
+    at = _utc(at)
+    if at < cert.not_valid_before_utc:
+        raise AttestationError(
+            AttestationReason.CERT_NOT_YET_VALID,
+            f"{what} valid from {cert.not_valid_before_utc.isoformat()}",
+            platform=platform,
+            field=what,
+        )
+    if at > cert.not_valid_after_utc:
+        raise AttestationError(
+            AttestationReason.CERT_EXPIRED,
+            f"{what} expired {cert.not_valid_after_utc.isoformat()}",
+            platform=platform,
+            field=what,
+        )
+
+
+def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, platform: str, what: str) -> None:
+    """``cert``'s signature by ``issuer``'s key (ECDSA, RSA PKCS#1 v1.5 or RSA-PSS)."""
+    if cert.issuer != issuer.subject:
+        raise AttestationError(
+            AttestationReason.CHAIN_INVALID, f"{what}: issuer name does not match", platform=platform, field=what
+        )
+    key = issuer.public_key()
+    algo = cert.signature_hash_algorithm
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey) and algo is not None:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
+        elif isinstance(key, rsa.RSAPublicKey) and algo is not None:
+            params = cert.signature_algorithm_parameters
+            pad = params if isinstance(params, padding.PSS | padding.PKCS1v15) else padding.PKCS1v15()
+            key.verify(cert.signature, cert.tbs_certificate_bytes, pad, algo)
+        else:
+            raise AttestationError(AttestationReason.UNSUPPORTED, f"{what}: signature algorithm", platform=platform, field=what)
+    except InvalidSignature:
+        raise AttestationError(
+            AttestationReason.BAD_SIGNATURE, f"{what}: certificate signature", platform=platform, field=what
+        ) from None
+    except UnsupportedAlgorithm:
+        raise AttestationError(
+            AttestationReason.UNSUPPORTED, f"{what}: signature algorithm", platform=platform, field=what
+        ) from None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    *,
+    pinned: Mapping[bytes, str],
+    at: dt.datetime,
+    platform: str,
+    names: Sequence[str] | None = None,
+) -> str:
+    """Check ``chain`` (leaf first, root last): root key pinned, root self-signed, each
+    certificate signed by the next, CA flag on every issuer, all valid at ``at``.
+
+    Returns the pinned root's name. ``names`` label the certificates in error messages.
+    """
+    if not chain:
+        raise AttestationError(AttestationReason.CHAIN_INVALID, "empty chain", platform=platform)
+    labels = list(names) if names else [f"cert[{i}]" for i in range(len(chain))]
+    root = chain[-1]
+    root_name = pinned.get(spki_sha256(root))
+    if root_name is None:
+        raise AttestationError(
+            AttestationReason.UNTRUSTED_ROOT,
+            f"root key {spki_sha256(root).hex()[:16]}… is not pinned",
+            platform=platform,
+            field=labels[-1],
+        )
+    verify_issued_by(root, root, platform=platform, what=labels[-1])
+    for i, cert in enumerate(chain[:-1]):
+        issuer = chain[i + 1]
+        if not _is_ca(issuer):
+            raise AttestationError(
+                AttestationReason.CHAIN_INVALID, f"{labels[i + 1]} is not a CA", platform=platform, field=labels[i + 1]
+            )
+        verify_issued_by(cert, issuer, platform=platform, what=labels[i])
+    for cert, label in zip(chain, labels, strict=True):
+        check_validity(cert, at, platform=platform, what=label)
+    return root_name
