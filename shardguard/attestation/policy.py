@@ -71,7 +71,7 @@ class VerificationPolicy:
         """For ``attest verify`` without ``--policy``: proves the evidence (signatures,
         chains, collateral) and reports its fields, but allows any measurement, TCB status and
         debug flag. Simulated evidence is still refused."""
-        return cls(allow_debug=True, min_tcb_status="NoMatchingTcbLevel", max_age_seconds=None, require_measurements=False)
+        return cls(allow_debug=True, min_tcb_status="Unknown", max_age_seconds=None, require_measurements=False)
 
     @classmethod
     def from_toml(cls, text: str) -> VerificationPolicy:

@@ -18,6 +18,7 @@ TCB_ORDER = (
     "OutOfDateConfigurationNeeded",
     "Revoked",
     "NoMatchingTcbLevel",
+    "Unknown",  # no collateral given: signatures and chains proven, TCB status not assessed
 )
 
 
