@@ -75,8 +75,24 @@ def check_validity(cert: x509.Certificate, at: dt.datetime, *, platform: str, wh
         )
 
 
+# cryptography parses names, extensions and algorithms lazily: a malformed certificate can
+# raise any of these on first access. Every one of them means "malformed evidence".
+_LAZY_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
+
+
 def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, platform: str, what: str) -> None:
     """``cert``'s signature by ``issuer``'s key (ECDSA, RSA PKCS#1 v1.5 or RSA-PSS)."""
+    try:
+        _verify_issued_by(cert, issuer, platform=platform, what=what)
+    except AttestationError:
+        raise
+    except _LAZY_PARSE_ERRORS as e:
+        raise AttestationError(
+            AttestationReason.MALFORMED, f"{what}: {type(e).__name__}", platform=platform, field=what
+        ) from None
+
+
+def _verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, platform: str, what: str) -> None:
     if cert.issuer != issuer.subject:
         raise AttestationError(
             AttestationReason.CHAIN_INVALID, f"{what}: issuer name does not match", platform=platform, field=what
@@ -124,6 +140,22 @@ def verify_chain(
     """
     if not chain:
         raise AttestationError(AttestationReason.CHAIN_INVALID, "empty chain", platform=platform)
+    try:
+        return _verify_chain(chain, pinned=pinned, at=at, platform=platform, names=names)
+    except AttestationError:
+        raise
+    except _LAZY_PARSE_ERRORS as e:
+        raise AttestationError(AttestationReason.MALFORMED, f"certificate: {type(e).__name__}", platform=platform) from None
+
+
+def _verify_chain(
+    chain: Sequence[x509.Certificate],
+    *,
+    pinned: Mapping[bytes, str],
+    at: dt.datetime,
+    platform: str,
+    names: Sequence[str] | None,
+) -> str:
     labels = list(names) if names else [f"cert[{i}]" for i in range(len(chain))]
     root = chain[-1]
     root_name = pinned.get(spki_sha256(root))
