@@ -21,6 +21,11 @@ from shardguard.attestation.errors import AttestationError, AttestationReason
 __all__ = ["check_validity", "load_der", "load_pem_chain", "spki_sha256", "verify_chain", "verify_issued_by"]
 
 
+# cryptography parses names, extensions and algorithms lazily: a malformed certificate can
+# raise any of these on first access. Every one of them means "malformed evidence".
+_LAZY_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
+
+
 def load_der(data: bytes, *, platform: str, what: str) -> x509.Certificate:
     """Parse one DER certificate. AMD VCEK/VLEKs have serial number 0, which cryptography
     accepts with a deprecation warning; that warning is expected and silenced here only."""
@@ -28,7 +33,7 @@ def load_der(data: bytes, *, platform: str, what: str) -> x509.Certificate:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return x509.load_der_x509_certificate(bytes(data))
-    except ValueError as e:
+    except _LAZY_PARSE_ERRORS as e:
         raise AttestationError(
             AttestationReason.MALFORMED, f"{what}: not a DER certificate ({e})", platform=platform, field=what
         ) from None
@@ -39,7 +44,7 @@ def load_pem_chain(data: bytes, *, platform: str, what: str) -> list[x509.Certif
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             certs = x509.load_pem_x509_certificates(bytes(data))
-    except ValueError as e:
+    except _LAZY_PARSE_ERRORS as e:
         raise AttestationError(
             AttestationReason.MALFORMED, f"{what}: not a PEM chain ({e})", platform=platform, field=what
         ) from None
@@ -73,11 +78,6 @@ def check_validity(cert: x509.Certificate, at: dt.datetime, *, platform: str, wh
             platform=platform,
             field=what,
         )
-
-
-# cryptography parses names, extensions and algorithms lazily: a malformed certificate can
-# raise any of these on first access. Every one of them means "malformed evidence".
-_LAZY_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
 
 
 def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, platform: str, what: str) -> None:
