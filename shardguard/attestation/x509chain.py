@@ -35,7 +35,7 @@ def load_der(data: bytes, *, platform: str, what: str) -> x509.Certificate:
             return x509.load_der_x509_certificate(bytes(data))
     except _LAZY_PARSE_ERRORS as e:
         raise AttestationError(
-            AttestationReason.MALFORMED, f"{what}: not a DER certificate ({e})", platform=platform, field=what
+            AttestationReason.MALFORMED, f"{what}: not a DER certificate ({type(e).__name__}: {e})", platform=platform, field=what
         ) from None
 
 
@@ -46,7 +46,7 @@ def load_pem_chain(data: bytes, *, platform: str, what: str) -> list[x509.Certif
             certs = x509.load_pem_x509_certificates(bytes(data))
     except _LAZY_PARSE_ERRORS as e:
         raise AttestationError(
-            AttestationReason.MALFORMED, f"{what}: not a PEM chain ({e})", platform=platform, field=what
+            AttestationReason.MALFORMED, f"{what}: not a PEM chain ({type(e).__name__}: {e})", platform=platform, field=what
         ) from None
     if not certs:
         raise AttestationError(AttestationReason.MALFORMED, f"{what}: empty chain", platform=platform, field=what)
