@@ -183,6 +183,95 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_evidence(path: str, platform: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {path}: {e.strerror}")
+    if len(data) > 1 << 20:
+        _fail(f"{path} is larger than 1 MiB")
+    if platform == "nitro" and data[:1] not in (b"\x84", b"\xd2"):
+        # Nitro documents are often shipped base64-encoded.
+        import base64
+        import binascii
+
+        try:
+            data = base64.b64decode(b"".join(data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            _fail(f"{path} is neither a CBOR COSE_Sign1 document nor base64 of one")
+    return data
+
+
+def cmd_attest_verify(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from shardguard.attestation import AttestationError
+    from shardguard.attestation.policy import VerificationPolicy
+    from shardguard.attestation.verify import verify_evidence
+
+    evidence = _read_evidence(args.file, args.platform)
+    collateral = None
+    if args.collateral:
+        try:
+            collateral = Path(args.collateral).read_bytes()
+        except OSError as e:
+            _fail(f"cannot read {args.collateral}: {e.strerror}")
+    at = None
+    if args.at:
+        try:
+            at = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            _fail(f"--at must be an ISO-8601 time, got {args.at!r}")
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+    try:
+        policy = VerificationPolicy.from_file(args.policy) if args.policy else VerificationPolicy.permissive_for_inspection()
+    except AttestationError as e:
+        _fail(f"policy: {e}")
+    try:
+        verified = verify_evidence(args.platform, evidence, policy=policy, collateral=collateral, at=at)
+    except AttestationError as e:
+        if args.json:
+            print(json.dumps({"verdict": "reject", "platform": args.platform, "error": e.to_dict()}, indent=2))
+        else:
+            print(f"REJECT: {e}")
+        return 1
+    doc = {"verdict": "accept", "policy": args.policy or "inspection (any measurement, TCB and debug flag)", **verified.to_dict()}
+    human = [f"ACCEPT: {verified.platform} evidence" + (" (SIMULATED, development only)" if verified.simulated else "")]
+    human += [f"  {k}: {v}" for k, v in verified.measurements.items()]
+    human += [
+        f"  tcb_status: {verified.tcb_status}",
+        f"  debug: {verified.debug}",
+        f"  report_data: {verified.report_data.hex()}",
+    ]
+    _emit(args, doc, human)
+    return 0
+
+
+def cmd_attest_simulate(args: argparse.Namespace) -> int:
+    import base64
+
+    from shardguard.enclave.simulated import SimulatedPlatform
+
+    user_data = _hex(args.user_data, "--user-data", 64)
+    if len(user_data) != 64:
+        _fail("--user-data must be exactly 64 bytes (128 hex digits): every platform binds 64 bytes")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="shardguard-sim-") as tmp:
+        # attest() needs no persistent state; the sealing key (unused here) goes to a temp dir.
+        platform = SimulatedPlatform(state_dir=Path(args.state) if args.state else Path(tmp))
+        evidence = platform.attest(user_data)
+    if args.out:
+        Path(args.out).write_bytes(evidence.blob)
+    _emit(
+        args,
+        {"platform": "simulated", "measurement": platform.measurement, "document_b64": base64.b64encode(evidence.blob).decode()},
+        [base64.b64encode(evidence.blob).decode()] if not args.out else [f"simulated evidence written to {args.out}"],
+    )
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -239,6 +328,31 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--lost", type=int, required=True, metavar="ID", help="party whose share is lost")
     rp.add_argument("--helpers", required=True, metavar="IDS", help="comma-separated helper ids (at least T)")
     rp.set_defaults(func=cmd_repair)
+
+    at = sub.add_parser(
+        "attest", help="verify or simulate enclave attestation evidence", description="enclave attestation evidence"
+    )
+    asub = at.add_subparsers(dest="attest_command", required=True, metavar="ACTION")
+    av = asub.add_parser(
+        "verify",
+        help="verify evidence offline (exit 0 accept, 1 reject, 2 usage error)",
+        description="Verify Nitro / SEV-SNP / TDX / SGX evidence offline against pinned vendor roots, then apply a policy.",
+    )
+    av.add_argument(
+        "file", metavar="FILE", help="the evidence (Nitro: CBOR or base64; SEV-SNP: 1184-byte report; TDX/SGX: quote)"
+    )
+    av.add_argument("--platform", required=True, choices=["nitro", "sev-snp", "tdx", "sgx"])
+    av.add_argument("--collateral", metavar="F", help="SEV-SNP: VCEK/VLEK certificate (required); TDX/SGX: collateral JSON")
+    av.add_argument("--policy", metavar="F", help="verification policy (TOML); default: inspection only (any measurement)")
+    av.add_argument("--at", metavar="ISO-TIME", help="verification time (default now)")
+    av.add_argument("--json", action="store_true", help="print one JSON document for machines")
+    av.set_defaults(func=cmd_attest_verify)
+    asim = asub.add_parser("simulate", help="make SIMULATED evidence (development only; refused unless allow_simulated)")
+    asim.add_argument("--user-data", required=True, metavar="HEX", help="the 64 bytes to bind")
+    asim.add_argument("--out", metavar="F", help="write the raw CBOR document here instead of printing base64")
+    asim.add_argument("--state", metavar="DIR", help="state directory of the simulated platform (default: a temporary one)")
+    asim.add_argument("--json", action="store_true", help="print one JSON document for machines")
+    asim.set_defaults(func=cmd_attest_simulate)
     return p
 
 

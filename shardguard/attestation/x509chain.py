@@ -53,8 +53,12 @@ def load_pem_chain(data: bytes, *, platform: str, what: str) -> list[x509.Certif
     return certs
 
 
-def spki_sha256(cert: x509.Certificate) -> bytes:
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+def spki_sha256(cert: x509.Certificate, *, platform: str = "") -> bytes:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo (how roots are pinned)."""
+    try:
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except _LAZY_PARSE_ERRORS as e:
+        raise AttestationError(AttestationReason.MALFORMED, f"certificate key: {type(e).__name__}", platform=platform) from None
     return hashlib.sha256(spki).digest()
 
 

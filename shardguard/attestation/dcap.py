@@ -1,0 +1,1744 @@
+"""Intel DCAP ECDSA quotes, verified offline: TDX quotes v4 and v5, SGX quotes v3 (ARCHITECTURE §5).
+
+:mod:`.tdx` and :mod:`.sgx` are thin wrappers: this module parses the quote, proves it and,
+given collateral, assesses its TCB; they turn the verdict into a :class:`Verified`.
+
+Sources (facts only; no code was taken from any implementation):
+
+* [QL-TDX] Intel TDX DCAP Quoting Library API, appendix "Quote Format": v4 quote (48-byte header,
+  584-byte TD quote body, quote signature data, certification data types 5 and 6) and v5 quote
+  (body descriptor ``u16 type, u32 size``: 2 = TDX 1.0 body, 3 = TDX 1.5 body of 648 bytes).
+* [QL-SGX] Intel SGX ECDSA Quote Library API, appendix "Quote Format" (v3: header, 384-byte ISV
+  enclave report, signature data in which the QE report comes first, then certification data).
+  Both layouts are summarised, with offsets, in ``shared/specs/enclave-backends.md`` §4.2 and §5.3.
+* [PCK] Intel SGX PCK Certificate and CRL Profile: the SGX extensions (OID
+  1.2.840.113741.1.13.1: PPID, TCB with 16 component SVNs, PCESVN and CPUSVN, PCE-ID, FMSPC, SGX
+  Type, and for platform CAs the PlatformInstanceID and Configuration).
+* [PCS] Intel PCS API v4, "Get TCB Info" (tcbInfo v3 JSON and its TCB-level matching algorithm,
+  TDX module identities) and "Get Quoting Enclave Identity" (enclaveIdentity v2 JSON).
+* [QVL] Intel SGX/TDX DCAP Quote Verification Library, quote verification steps 4.1.2.4.x and
+  enclave identity steps 4.1.2.9.x; comments cite them by number.
+
+Check order: syntax (by declared lengths, so nothing is read past its container), then the PCK
+chain to a root pinned by key (Intel's *test* roots carry the production root's exact subject),
+then the QE report signature by the PCK leaf, the QE's binding of the attestation key, and the
+quote signature by that key. Trust in each key is established before it is used. Collateral
+(optional) is checked last: its signing chain, the signatures over the *exact* JSON text, the
+CRLs, the FMSPC/PCE-ID match, the QE identity, then the TCB level. Without collateral the TCB
+status is "Unknown": signatures and chains are proven, the TCB is not assessed.
+
+Every check is a pure function of bytes except certificate and collateral validity, which
+depend on ``at``. The pure parts are memoised by their exact input bytes (``clear_caches``), so
+verifying against the same collateral again costs little more than the quote signature;
+validity windows are re-checked on every call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+import threading
+import types
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.x509.oid import NameOID
+
+from shardguard.attestation.errors import AttestationError, AttestationReason
+from shardguard.attestation.result import TCB_ORDER
+from shardguard.attestation.x509chain import check_validity, load_pem_chain, verify_chain
+
+__all__ = [
+    "INTEL_QE_VENDOR_ID",
+    "INTEL_ROOTS",
+    "MAX_QUOTE_SIZE",
+    "Collateral",
+    "DcapVerdict",
+    "EnclaveReport",
+    "PckInfo",
+    "QeIdentity",
+    "Quote",
+    "TcbInfo",
+    "TcbLevel",
+    "TcbVerdict",
+    "TdReport",
+    "clear_caches",
+    "evaluate_tcb",
+    "load_collateral",
+    "load_pcs_collateral",
+    "parse_pck_extensions",
+    "parse_qe_identity",
+    "parse_quote",
+    "parse_tcb_info",
+    "verify_quote",
+    "verify_signed_json",
+]
+
+#: Pinned Intel roots: SHA-256 of the DER SubjectPublicKeyInfo → name. Only the production Intel
+#: SGX Root CA (CN=Intel SGX Root CA, 2018-05-21 to 2049-12-31), computed from
+#: fixtures/attestation/sgx/intel_sgx_root_ca.der, whose DER SHA-256 is
+#: 44A0196B2B99F889B8E149E95B807A350E7424964399E885A7CBB8CCFAB674D3. Intel's test roots have the
+#: same subject and different keys, so they are refused here by key.
+INTEL_ROOTS: Final[Mapping[bytes, str]] = types.MappingProxyType(
+    {bytes.fromhex("a0af031289f5d5d4132f9186068a7fc13628633ba235777472e29b6b6c67a49e"): "intel-sgx-root-ca"}
+)
+
+#: Genuine quotes are about 5 KB (Gramine caps them at 8 KiB, specs §5.1; GCP pads to 8000 B).
+#: The cap bounds the work unauthenticated input can cause.
+MAX_QUOTE_SIZE: Final = 64 * 1024
+
+_R = AttestationReason
+
+# -- quote layout constants ([QL-TDX], [QL-SGX]; specs/enclave-backends.md §4.2) -----------------
+_REPORT_LEN: Final = 384  # SGX REPORTBODY: the SGX quote body and the QE report
+_TD10_LEN: Final = 584
+_TD15_LEN: Final = 648
+_SIG_LEN: Final = 64  # ECDSA P-256 r‖s, 32 bytes each, big-endian
+_KEY_LEN: Final = 64  # P-256 point x‖y
+_ATT_KEY_ECDSA_P256: Final = 2
+_TEE_SGX: Final = 0x00000000
+_TEE_TDX: Final = 0x00000081
+_BODY_TD10: Final = 2
+_BODY_TD15: Final = 3
+_CERT_PCK_CHAIN: Final = 5  # PCK leaf → intermediate CA → root, PEM
+_CERT_QE_REPORT: Final = 6  # QE report certification data, wrapping a type 5 entry
+#: The QE vendor ID of Intel's quoting enclaves; this verifier knows only their reports.
+INTEL_QE_VENDOR_ID: Final = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+
+# -- PCK SGX extensions ([PCK]) -----------------------------------------------------------------
+_SGX_EXT_OID: Final = "1.2.840.113741.1.13.1"
+_SGX_EXT: Final = x509.ObjectIdentifier(_SGX_EXT_OID)
+#: Its DER content octets (X.690 §8.19): 1.2 → 0x2a, 840 → 86 48, 113741 → 86 f8 4d, 1, 13, 1.
+_SGX_EXT_DER: Final = bytes.fromhex("2a864886f84d010d01")
+
+#: TCB statuses a TCB level may carry ([PCS] "Get TCB Info" v3, tcbStatus); "NoMatchingTcbLevel"
+#: and "Unknown" are our own verdicts, never Intel's.
+_LEVEL_STATUSES: Final = frozenset(TCB_ORDER[:7])
+_STATUS_NO_MATCH: Final = "NoMatchingTcbLevel"
+_STATUS_UNKNOWN: Final = "Unknown"
+
+
+def _fail(reason: AttestationReason, detail: str, *, platform: str, field: str = "") -> AttestationError:
+    return AttestationError(reason, detail, platform=platform, field=field)
+
+
+def _utc(at: dt.datetime | None) -> dt.datetime:
+    if at is None:
+        return dt.datetime.now(dt.UTC)
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+# -- memoisation of pure checks --------------------------------------------------------------------
+_T = TypeVar("_T")
+
+
+class _Memo:
+    """A bounded map from exact input bytes to the result of a pure check (FIFO eviction).
+
+    Only successes are stored: ``compute`` raising stores nothing, so a failure is recomputed
+    (and re-raised) every time. Results that depend on ``at`` (validity) are never stored.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self._data: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+        self._maxsize = maxsize
+
+    def get(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        with self._lock:
+            if key in self._data:
+                return self._data[key]  # type: ignore[no-any-return]
+        value = compute()
+        with self._lock:
+            if len(self._data) >= self._maxsize:
+                del self._data[next(iter(self._data))]
+            self._data[key] = value
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_PEM_CHAINS = _Memo()
+_CHAIN_SIGS = _Memo()
+_SIG_OK = _Memo(1024)
+_PARSED_JSON = _Memo()
+_CRLS = _Memo()
+_CRL_SIGS = _Memo()
+_PCK_EXT = _Memo()
+
+
+def clear_caches() -> None:
+    """Forget every memoised check (benchmarks use it to time cold verifications)."""
+    for memo in (_PEM_CHAINS, _CHAIN_SIGS, _SIG_OK, _PARSED_JSON, _CRLS, _CRL_SIGS, _PCK_EXT):
+        memo.clear()
+
+
+# -- the quote ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class EnclaveReport:
+    """An SGX REPORTBODY (384 B, specs §5.3): the SGX quote body, and the QE report of every quote."""
+
+    raw: bytes
+    cpu_svn: bytes
+    misc_select: int
+    isv_ext_prod_id: bytes
+    attributes: bytes
+    mr_enclave: bytes
+    mr_signer: bytes
+    config_id: bytes
+    isv_prod_id: int
+    isv_svn: int
+    config_svn: int
+    isv_family_id: bytes
+    report_data: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> EnclaveReport:
+        assert len(raw) == _REPORT_LEN
+        misc_select, isv_prod_id, isv_svn, config_svn = (
+            int.from_bytes(raw[0x10:0x14], "little"),
+            int.from_bytes(raw[0x100:0x102], "little"),
+            int.from_bytes(raw[0x102:0x104], "little"),
+            int.from_bytes(raw[0x104:0x106], "little"),
+        )
+        return cls(
+            raw=raw,
+            cpu_svn=raw[0x00:0x10],
+            misc_select=misc_select,
+            isv_ext_prod_id=raw[0x20:0x30],
+            attributes=raw[0x30:0x40],
+            mr_enclave=raw[0x40:0x60],
+            mr_signer=raw[0x80:0xA0],
+            config_id=raw[0xC0:0x100],
+            isv_prod_id=isv_prod_id,
+            isv_svn=isv_svn,
+            config_svn=config_svn,
+            isv_family_id=raw[0x130:0x140],
+            report_data=raw[0x140:0x180],
+        )
+
+    @property
+    def debug(self) -> bool:
+        """ATTRIBUTES.FLAGS bit 1 (DEBUG): the enclave's memory is readable by its host (specs §5.3)."""
+        return bool(self.attributes[0] & 0x02)
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "cpu_svn": self.cpu_svn.hex(),
+            "misc_select": hex(self.misc_select),
+            "attributes": self.attributes.hex(),
+            "mr_enclave": self.mr_enclave.hex(),
+            "mr_signer": self.mr_signer.hex(),
+            "isv_prod_id": self.isv_prod_id,
+            "isv_svn": self.isv_svn,
+            "report_data": self.report_data.hex(),
+            "isv_ext_prod_id": self.isv_ext_prod_id.hex(),
+            "config_id": self.config_id.hex(),
+            "config_svn": self.config_svn,
+            "isv_family_id": self.isv_family_id.hex(),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TdReport:
+    """A TD quote body: TDX 1.0 (584 B) or TDX 1.5 (648 B) [QL-TDX]; offsets in specs §4.2."""
+
+    raw: bytes
+    tee_tcb_svn: bytes
+    mr_seam: bytes
+    mr_signer_seam: bytes
+    seam_attributes: bytes
+    td_attributes: bytes
+    xfam: bytes
+    mr_td: bytes
+    mr_config_id: bytes
+    mr_owner: bytes
+    mr_owner_config: bytes
+    rtmrs: tuple[bytes, bytes, bytes, bytes]
+    report_data: bytes
+    tee_tcb_svn2: bytes | None  # TDX 1.5 only
+    mr_servicetd: bytes | None  # TDX 1.5 only
+
+    @classmethod
+    def parse(cls, raw: bytes) -> TdReport:
+        assert len(raw) in (_TD10_LEN, _TD15_LEN)
+        v15 = len(raw) == _TD15_LEN
+        return cls(
+            raw=raw,
+            tee_tcb_svn=raw[0x00:0x10],
+            mr_seam=raw[0x10:0x40],
+            mr_signer_seam=raw[0x40:0x70],
+            seam_attributes=raw[0x70:0x78],
+            td_attributes=raw[0x78:0x80],
+            xfam=raw[0x80:0x88],
+            mr_td=raw[0x88:0xB8],
+            mr_config_id=raw[0xB8:0xE8],
+            mr_owner=raw[0xE8:0x118],
+            mr_owner_config=raw[0x118:0x148],
+            rtmrs=(raw[0x148:0x178], raw[0x178:0x1A8], raw[0x1A8:0x1D8], raw[0x1D8:0x208]),
+            report_data=raw[0x208:0x248],
+            tee_tcb_svn2=raw[0x248:0x258] if v15 else None,
+            mr_servicetd=raw[0x258:0x288] if v15 else None,
+        )
+
+    @property
+    def debug(self) -> bool:
+        """TD_ATTRIBUTES bit 0 (DEBUG): the host can read and write the TD's state (specs §4.2)."""
+        return bool(self.td_attributes[0] & 0x01)
+
+    def to_fields(self) -> dict[str, Any]:
+        out = {
+            "tee_tcb_svn": self.tee_tcb_svn.hex(),
+            "mr_seam": self.mr_seam.hex(),
+            "mr_signer_seam": self.mr_signer_seam.hex(),
+            "seam_attributes": self.seam_attributes.hex(),
+            "td_attributes": self.td_attributes.hex(),
+            "xfam": self.xfam.hex(),
+            "mr_td": self.mr_td.hex(),
+            "mr_config_id": self.mr_config_id.hex(),
+            "mr_owner": self.mr_owner.hex(),
+            "mr_owner_config": self.mr_owner_config.hex(),
+            **{f"rtmr{i}": r.hex() for i, r in enumerate(self.rtmrs)},
+            "report_data": self.report_data.hex(),
+        }
+        if self.tee_tcb_svn2 is not None and self.mr_servicetd is not None:
+            out["tee_tcb_svn2"] = self.tee_tcb_svn2.hex()
+            out["mr_servicetd"] = self.mr_servicetd.hex()
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Quote:
+    """A quote whose every length is consistent; nothing in it is proven yet.
+
+    ``signed`` is the byte range the attestation key signs (header and body, for v5 with the
+    body descriptor). ``size`` is the declared end of the quote; ``padding`` counts the zero bytes
+    after it (which carry nothing and are tolerated, README "Pitfalls").
+    """
+
+    version: int
+    att_key_type: int
+    tee_type: int
+    header_svns: tuple[int, int]  # v3: QE SVN, PCE SVN; v4/v5: reserved
+    qe_vendor_id: bytes
+    user_data: bytes
+    body_type: int  # v5 descriptor; v3 = 1 (SGX), v4 = 2 (TDX 1.0), as in the v5 numbering
+    body: EnclaveReport | TdReport
+    signed: bytes
+    signature: bytes
+    attestation_key: bytes
+    qe_report: EnclaveReport
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    outer_cert_data_type: int | None  # 6 in v4/v5, None in v3 (the QE report is not wrapped)
+    cert_data_type: int  # the type of the entry that holds the PCK chain: always 5 here
+    pck_chain_pem: bytes
+    size: int
+    padding: int
+
+    @property
+    def tee(self) -> str:
+        return {1: "SGX", _BODY_TD10: "TDX1.0", _BODY_TD15: "TDX1.5"}[self.body_type]
+
+    @property
+    def platform(self) -> str:
+        return "sgx" if self.tee_type == _TEE_SGX else "tdx"
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "tee": self.tee,
+            "quote_version": self.version,
+            "att_key_type": self.att_key_type,
+            "tee_type": hex(self.tee_type),
+            "qe_vendor_id": self.qe_vendor_id.hex(),
+            "header_svns": list(self.header_svns),
+            "user_data": self.user_data.hex(),
+            "quote_size": self.size,
+            "bytes_after_signature_data": self.padding,
+            "file_size": self.size + self.padding,
+            "outer_cert_data_type": self.outer_cert_data_type,
+            "cert_data_type": self.cert_data_type,
+            "body": self.body.to_fields(),
+            "qe_report": self.qe_report.to_fields(),
+            "qe_auth_data": self.qe_auth_data.hex(),
+            "attestation_key": self.attestation_key.hex(),
+        }
+
+
+class _Cursor:
+    """Reads a container strictly by declared lengths. Running past the end of the outer quote is
+    TRUNCATED; running past the end of an inner container (whose length the quote declared) is
+    MALFORMED: the bytes are there, the lengths contradict each other."""
+
+    def __init__(self, buf: bytes, *, platform: str, reason: AttestationReason, what: str) -> None:
+        self.buf = buf
+        self.pos = 0
+        self._platform = platform
+        self._reason = reason
+        self._what = what
+
+    def take(self, n: int, field: str) -> bytes:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise _fail(
+                self._reason,
+                f"{field} needs {n} bytes at offset {self.pos} of the {self._what}, which has {len(self.buf)}",
+                platform=self._platform,
+                field=field,
+            )
+        out = self.buf[self.pos : end]
+        self.pos = end
+        return out
+
+    def u16(self, field: str) -> int:
+        return int.from_bytes(self.take(2, field), "little")
+
+    def u32(self, field: str) -> int:
+        return int.from_bytes(self.take(4, field), "little")
+
+    def done(self, field: str) -> None:
+        if self.pos != len(self.buf):
+            raise _fail(
+                _R.MALFORMED,
+                f"{len(self.buf) - self.pos} unparsed bytes inside the {self._what}",
+                platform=self._platform,
+                field=field,
+            )
+
+
+def parse_quote(data: bytes, *, platform: str) -> Quote:
+    """Parse a DCAP quote by its declared lengths ([QL-TDX] / [QL-SGX] "Quote Format").
+
+    Accepted: v3 SGX (tee_type 0), v4 TDX (tee_type 0x81, 584-byte body) and v5 TDX (body type 2
+    or 3), attestation key type 2 (ECDSA-256-with-P-256), Intel's QE vendor ID, and certification
+    data that embeds the PCK chain (type 5, inside type 6 for v4/v5). Zero bytes after the
+    declared end are counted as ``padding``; any other trailing byte is TRAILING_DATA.
+
+    Raises:
+        AttestationError: TRUNCATED, MALFORMED, UNSUPPORTED or TRAILING_DATA.
+    """
+    data = bytes(data)
+    if len(data) > MAX_QUOTE_SIZE:
+        raise _fail(_R.MALFORMED, f"{len(data)} bytes is larger than any quote ({MAX_QUOTE_SIZE})", platform=platform)
+    cur = _Cursor(data, platform=platform, reason=_R.TRUNCATED, what="quote")
+    # Header, 48 bytes: version, att_key_type, tee_type (v3: reserved), 2×u16, QE vendor ID, user data.
+    version = cur.u16("header.version")
+    att_key_type = cur.u16("header.att_key_type")
+    tee_type = cur.u32("header.tee_type")
+    svns = (cur.u16("header.svn0"), cur.u16("header.svn1"))
+    qe_vendor_id = cur.take(16, "header.qe_vendor_id")
+    user_data = cur.take(20, "header.user_data")
+    if version not in (3, 4, 5):
+        raise _fail(_R.UNSUPPORTED, f"quote version {version} (3, 4 and 5 are known)", platform=platform, field="header.version")
+    if att_key_type != _ATT_KEY_ECDSA_P256:
+        raise _fail(
+            _R.UNSUPPORTED,
+            f"attestation key type {att_key_type} (only 2 = ECDSA-256-with-P-256)",
+            platform=platform,
+            field="header.att_key_type",
+        )
+    if version == 3 and tee_type != _TEE_SGX:
+        raise _fail(_R.UNSUPPORTED, f"v3 quote with reserved field {tee_type:#x} (SGX only)", platform=platform, field="header")
+    if version >= 4 and tee_type != _TEE_TDX:
+        # SGX quotes in v4/v5 layout exist but are not produced by our backends (Gramine emits v3).
+        raise _fail(
+            _R.UNSUPPORTED,
+            f"v{version} quote with TEE type {tee_type:#x} (only TDX, 0x81)",
+            platform=platform,
+            field="header.tee_type",
+        )
+    if qe_vendor_id != INTEL_QE_VENDOR_ID:
+        raise _fail(
+            _R.UNSUPPORTED, f"QE vendor {qe_vendor_id.hex()} is not Intel's", platform=platform, field="header.qe_vendor_id"
+        )
+
+    body: EnclaveReport | TdReport
+    if version == 3:
+        body_type = 1
+        body = EnclaveReport.parse(cur.take(_REPORT_LEN, "body"))
+    elif version == 4:
+        body_type = _BODY_TD10
+        body = TdReport.parse(cur.take(_TD10_LEN, "body"))
+    else:
+        body_type = cur.u16("body.type")
+        body_size = cur.u32("body.size")
+        expected = {_BODY_TD10: _TD10_LEN, _BODY_TD15: _TD15_LEN}.get(body_type)
+        if expected is None:
+            raise _fail(
+                _R.UNSUPPORTED, f"v5 body type {body_type} (2 = TDX 1.0, 3 = TDX 1.5)", platform=platform, field="body.type"
+            )
+        if body_size != expected:
+            raise _fail(
+                _R.MALFORMED,
+                f"v5 body type {body_type} declares {body_size} bytes, not {expected}",
+                platform=platform,
+                field="body.size",
+            )
+        body = TdReport.parse(cur.take(body_size, "body"))
+    signed = data[: cur.pos]
+
+    sig_len = cur.u32("signature_data.length")
+    sig_data = cur.take(sig_len, "signature_data")
+    size = cur.pos
+    tail = data[size:]
+    if tail.count(0) != len(tail):
+        raise _fail(
+            _R.TRAILING_DATA,
+            f"{len(tail)} bytes after the {size}-byte quote are not zero padding",
+            platform=platform,
+            field="trailing",
+        )
+
+    # Signature data: quote signature, attestation key, then the certification data.
+    sd = _Cursor(sig_data, platform=platform, reason=_R.MALFORMED, what="signature data")
+    signature = sd.take(_SIG_LEN, "signature")
+    attestation_key = sd.take(_KEY_LEN, "attestation_key")
+    outer_type: int | None = None
+    if version >= 4:
+        outer_type = sd.u16("cert_data.type")
+        if outer_type != _CERT_QE_REPORT:
+            raise _fail(
+                _R.UNSUPPORTED,
+                f"certification data type {outer_type} (only 6, QE report)",
+                platform=platform,
+                field="cert_data.type",
+            )
+        outer = _Cursor(
+            sd.take(sd.u32("cert_data.size"), "cert_data"), platform=platform, reason=_R.MALFORMED, what="QE report data"
+        )
+        sd.done("signature_data")
+    else:
+        outer = sd
+    qe_report = EnclaveReport.parse(outer.take(_REPORT_LEN, "qe_report"))
+    qe_report_signature = outer.take(_SIG_LEN, "qe_report_signature")
+    qe_auth_data = outer.take(outer.u16("qe_auth_data.length"), "qe_auth_data")
+    cert_type = outer.u16("pck_cert_data.type")
+    if cert_type != _CERT_PCK_CHAIN:
+        # Types 1-4 (PPID or a bare PCK leaf) need the PCK chain from elsewhere: not offline.
+        raise _fail(
+            _R.UNSUPPORTED,
+            f"certification data type {cert_type} (only 5, the embedded PCK chain)",
+            platform=platform,
+            field="pck_cert_data.type",
+        )
+    pem = outer.take(outer.u32("pck_cert_data.size"), "pck_cert_data")
+    outer.done("cert_data")
+    return Quote(
+        version=version,
+        att_key_type=att_key_type,
+        tee_type=tee_type,
+        header_svns=svns,
+        qe_vendor_id=qe_vendor_id,
+        user_data=user_data,
+        body_type=body_type,
+        body=body,
+        signed=signed,
+        signature=signature,
+        attestation_key=attestation_key,
+        qe_report=qe_report,
+        qe_report_signature=qe_report_signature,
+        qe_auth_data=qe_auth_data,
+        outer_cert_data_type=outer_type,
+        cert_data_type=cert_type,
+        pck_chain_pem=pem,
+        size=size,
+        padding=len(tail),
+    )
+
+
+#: cryptography decodes names, extensions, keys and algorithms lazily: any of these can come out
+#: of a malformed certificate on first access, and each means "malformed evidence".
+_LAZY_PARSE_ERRORS: Final = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
+
+
+# -- PCK certificate SGX extensions ([PCK]) -----------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class PckInfo:
+    """The PCK leaf's SGX extensions: the platform's TCB as Intel certified it."""
+
+    ppid: bytes
+    tcb_comp_svn: tuple[int, ...]  # 16 SGX TCB component SVNs
+    pcesvn: int
+    cpusvn: bytes
+    pce_id: bytes
+    fmspc: bytes
+    sgx_type: int
+    platform_instance_id: bytes | None
+    configuration: Mapping[str, bool]
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "FMSPC": self.fmspc.hex(),
+            "PCE-ID": self.pce_id.hex(),
+            "SGX Type": self.sgx_type,
+            "TCB": {"sgx_tcb_comp_svn": list(self.tcb_comp_svn), "pcesvn": self.pcesvn, "cpusvn": self.cpusvn.hex()},
+        }
+
+
+def _der(buf: bytes, pos: int) -> tuple[int, bytes, int]:
+    """One DER TLV at ``pos`` → (tag, content, next position). X.690 §8.1: single-byte tags,
+    definite minimal lengths. Raises ValueError."""
+    if pos + 2 > len(buf):
+        raise ValueError("TLV header past the end")
+    tag, first = buf[pos], buf[pos + 1]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("multi-byte tag")
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 3 or pos + n > len(buf) or buf[pos] == 0:
+            raise ValueError("bad length")
+        length = int.from_bytes(buf[pos : pos + n], "big")
+        if length < 0x80:
+            raise ValueError("non-minimal length")
+        pos += n
+    end = pos + length
+    if end > len(buf):
+        raise ValueError("content past the end")
+    return tag, buf[pos:end], end
+
+
+def _der_seq(content: bytes) -> list[tuple[int, bytes]]:
+    items, pos = [], 0
+    while pos < len(content):
+        tag, value, pos = _der(content, pos)
+        items.append((tag, value))
+    return items
+
+
+def _der_uint(content: bytes, limit: int) -> int:
+    if not content or content[0] & 0x80 or (len(content) > 1 and content[0] == 0 and not content[1] & 0x80):
+        raise ValueError("not a minimal non-negative INTEGER")
+    value = int.from_bytes(content, "big")
+    if value > limit:
+        raise ValueError("INTEGER out of range")
+    return value
+
+
+def _der_pairs(content: bytes, prefix: bytes) -> dict[int, tuple[int, bytes]]:
+    """SEQUENCE OF SEQUENCE {OID, value} → {last OID arc: (tag, value)}, for OIDs that are
+    ``prefix`` (DER content octets of the parent OID) plus one arc below 128, as every SGX
+    extension OID is. Comparing encoded bytes avoids decoding each OID to text."""
+    out: dict[int, tuple[int, bytes]] = {}
+    for tag, item in _der_seq(content):
+        if tag != 0x30:
+            raise ValueError("entry is not a SEQUENCE")
+        inner = _der_seq(item)
+        if len(inner) != 2 or inner[0][0] != 0x06:
+            raise ValueError("entry is not {OID, value}")
+        oid = inner[0][1]
+        if len(oid) != len(prefix) + 1 or not oid.startswith(prefix) or oid[-1] & 0x80:
+            raise ValueError(f"unexpected OID {oid.hex()}")
+        if oid[-1] in out:
+            raise ValueError(f"duplicate OID {oid.hex()}")
+        out[oid[-1]] = inner[1]
+    return out
+
+
+def _octets(entry: tuple[int, bytes] | None, n: int, name: str) -> bytes:
+    if entry is None or entry[0] != 0x04 or len(entry[1]) != n:
+        raise ValueError(f"{name} is not a {n}-byte OCTET STRING")
+    return entry[1]
+
+
+def _decode_sgx_extension(value: bytes) -> PckInfo:
+    tag, content, end = _der(value, 0)
+    if tag != 0x30 or end != len(value):
+        raise ValueError("extension value is not one SEQUENCE")
+    top = _der_pairs(content, _SGX_EXT_DER)
+    tcb_entry = top.get(2)
+    if tcb_entry is None or tcb_entry[0] != 0x30:
+        raise ValueError("TCB is missing")
+    tcb = _der_pairs(tcb_entry[1], _SGX_EXT_DER + b"\x02")
+    comps = []
+    for i in range(1, 17):
+        entry = tcb.get(i)
+        if entry is None or entry[0] != 0x02:
+            raise ValueError(f"TCB component {i} is missing")
+        comps.append(_der_uint(entry[1], 255))
+    pce = tcb.get(17)
+    if pce is None or pce[0] != 0x02:
+        raise ValueError("PCESVN is missing")
+    sgx_type = top.get(5)
+    if sgx_type is None or sgx_type[0] != 0x0A:
+        raise ValueError("SGX Type is missing")
+    config: dict[str, bool] = {}
+    if 7 in top:
+        names = {1: "dynamic_platform", 2: "cached_keys", 3: "smt_enabled"}
+        if top[7][0] != 0x30:
+            raise ValueError("Configuration is not a SEQUENCE")
+        for arc, (t, v) in _der_pairs(top[7][1], _SGX_EXT_DER + b"\x07").items():
+            if t != 0x01 or len(v) != 1 or arc not in names:
+                raise ValueError("bad Configuration entry")
+            config[names[arc]] = v != b"\x00"
+    return PckInfo(
+        ppid=_octets(top.get(1), 16, "PPID"),
+        tcb_comp_svn=tuple(comps),
+        pcesvn=_der_uint(pce[1], 0xFFFF),
+        cpusvn=_octets(tcb.get(18), 16, "CPUSVN"),
+        pce_id=_octets(top.get(3), 2, "PCE-ID"),
+        fmspc=_octets(top.get(4), 6, "FMSPC"),
+        sgx_type=_der_uint(sgx_type[1], 255),
+        platform_instance_id=_octets(top[6], 16, "PlatformInstanceID") if 6 in top else None,
+        configuration=types.MappingProxyType(config),
+    )
+
+
+def parse_pck_extensions(leaf: x509.Certificate, *, platform: str) -> PckInfo:
+    """The SGX extensions of a PCK certificate ([PCK]; OID 1.2.840.113741.1.13.1).
+
+    Raises:
+        AttestationError: MALFORMED if the extension is missing or does not decode.
+    """
+    try:
+        ext = leaf.extensions.get_extension_for_oid(_SGX_EXT).value
+    except x509.ExtensionNotFound:
+        raise _fail(
+            _R.MALFORMED, "PCK certificate has no SGX extensions", platform=platform, field="pck.sgx_extensions"
+        ) from None
+    except _LAZY_PARSE_ERRORS as e:  # duplicate or undecodable extensions
+        raise _fail(
+            _R.MALFORMED, f"PCK certificate extensions: {type(e).__name__}: {e}", platform=platform, field="pck.sgx_extensions"
+        ) from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise _fail(_R.MALFORMED, "SGX extensions are not raw DER", platform=platform, field="pck.sgx_extensions")
+    raw = ext.value
+    try:
+        return _PCK_EXT.get(("sgx-ext", raw), lambda: _decode_sgx_extension(raw))
+    except (ValueError, IndexError) as e:
+        raise _fail(_R.MALFORMED, f"SGX extensions: {e}", platform=platform, field="pck.sgx_extensions") from None
+
+
+# -- signatures, PEM chains -------------------------------------------------------------------------
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\r\n]*-----END CERTIFICATE-----")
+_PEM_FILLER: Final = re.compile(rb"[\s\x00]*")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Chain:
+    """A parsed PEM chain and what every verification needs of it, computed once per exact bytes
+    (cryptography re-encodes keys and re-renders names on every access)."""
+
+    pem: bytes
+    certs: tuple[x509.Certificate, ...]
+    keys: tuple[object, ...]
+    spkis: tuple[bytes, ...]  # DER SubjectPublicKeyInfo of each certificate
+    cns: tuple[str, ...]
+    labels: tuple[str, ...]  # "subject [from..to]", for display
+    not_before: dt.datetime  # the overlap of every certificate's validity
+    not_after: dt.datetime
+
+    def p256(self, i: int, *, platform: str, what: str) -> ec.EllipticCurvePublicKey:
+        key = self.keys[i]
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise _fail(_R.UNSUPPORTED, f"{what} key is not ECDSA P-256", platform=platform, field=what)
+        return key
+
+
+def _cn(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _pem_chain(pem: bytes, *, platform: str, what: str) -> _Chain:
+    """Certificates of a PEM chain. Besides the certificate blocks only whitespace and NULs (the
+    QE NUL-terminates the chain) may appear: other bytes would be unsigned, ignored content."""
+
+    def load() -> _Chain:
+        if not _PEM_FILLER.fullmatch(_PEM_BLOCK.sub(b"", pem)):
+            raise _fail(_R.MALFORMED, f"{what}: bytes outside the PEM certificate blocks", platform=platform, field=what)
+        try:
+            # load_pem_chain turns ValueError into MALFORMED; InvalidVersion is not a ValueError.
+            certs = tuple(load_pem_chain(pem, platform=platform, what=what))
+        except x509.InvalidVersion as e:
+            raise _fail(_R.MALFORMED, f"{what}: {e}", platform=platform, field=what) from None
+        try:
+            # cryptography decodes certificates lazily; touch every part verify_chain will use,
+            # so a malformed one is refused here and not as an exception from deep inside it.
+            for c in certs:
+                _ = (c.subject, c.issuer, c.extensions, c.signature_hash_algorithm, c.tbs_certificate_bytes)
+            keys = tuple(c.public_key() for c in certs)
+        except _LAZY_PARSE_ERRORS as e:
+            raise _fail(
+                _R.MALFORMED, f"{what}: undecodable certificate ({type(e).__name__}: {e})", platform=platform, field=what
+            ) from None
+        return _Chain(
+            pem=pem,
+            certs=certs,
+            keys=keys,
+            spkis=tuple(
+                k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) for k in keys
+            ),
+            cns=tuple(_cn(c) for c in certs),
+            labels=tuple(
+                f"{c.subject.rfc4514_string()} [{c.not_valid_before_utc:%Y-%m-%d}..{c.not_valid_after_utc:%Y-%m-%d}]"
+                for c in certs
+            ),
+            not_before=max(c.not_valid_before_utc for c in certs),
+            not_after=min(c.not_valid_after_utc for c in certs),
+        )
+
+    return _PEM_CHAINS.get(pem, load)
+
+
+def _roots_key(roots: Mapping[bytes, str]) -> tuple[tuple[bytes, str], ...]:
+    return tuple(sorted(roots.items()))
+
+
+def _verify_chain_memo(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.datetime, platform: str, names: Sequence[str]) -> str:
+    """``verify_chain`` at ``at``; once a chain (by its exact bytes) has passed under these pins,
+    only the part that depends on ``at`` — every certificate's validity — is checked again."""
+    done: list[str] = []
+
+    def first_time() -> str:
+        done.append(verify_chain(chain.certs, pinned=roots, at=at, platform=platform, names=names))
+        return done[0]
+
+    root_name = _CHAIN_SIGS.get((chain.pem, _roots_key(roots)), first_time)
+    if not done and not chain.not_before <= at <= chain.not_after:
+        for cert, label in zip(chain.certs, names, strict=True):
+            check_validity(cert, at, platform=platform, what=label)
+    return root_name
+
+
+class _BadSignature(Exception):
+    """Internal: a signature check failed (raised inside a memoised check so nothing is stored)."""
+
+
+def _sig_ok(key: ec.EllipticCurvePublicKey, key_id: bytes, data: bytes, sig: bytes) -> bool:
+    """ECDSA P-256/SHA-256 with a raw ``r‖s`` signature, how every DCAP structure is signed.
+    Memoised by (key, SHA-256 of the data, signature): a signature check never changes its mind."""
+    if len(sig) != _SIG_LEN:
+        return False
+
+    def check() -> bool:
+        der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        try:
+            key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise _BadSignature from None
+        return True
+
+    try:
+        return _SIG_OK.get((key_id, hashlib.sha256(data).digest(), sig), check)
+    except _BadSignature:
+        return False
+
+
+# -- collateral -------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Collateral:
+    """What a verifier needs besides the quote to assess its TCB ([PCS]; [QVL] 4.1.2.4).
+
+    ``tcb_info`` and ``qe_identity`` are the *exact* JSON text Intel signed (the ``tcbInfo`` /
+    ``enclaveIdentity`` member as it appears in the PCS response); their signatures are the raw
+    64-byte ``r‖s``; the issuer chains are PEM (TCB Signing certificate, then the root). CRLs are
+    DER. The QE identity and the CRLs are optional (PCS-format samples often lack them): what was
+    not given is not checked, and the verdict's fields say so.
+    """
+
+    tcb_info: str
+    tcb_info_signature: bytes
+    tcb_info_issuer_chain: bytes
+    qe_identity: str | None = None
+    qe_identity_signature: bytes | None = None
+    qe_identity_issuer_chain: bytes | None = None
+    root_ca_crl: bytes | None = None
+    pck_crl: bytes | None = None
+    #: Carried for completeness: the PCK CRL is checked with the quote's own PCK CA, which has
+    #: already been proven to chain to a pinned root.
+    pck_crl_issuer_chain: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tcb_info_signature) != _SIG_LEN:
+            raise _fail(_R.COLLATERAL_INVALID, "TCB info signature is not 64 bytes", platform="dcap", field="tcb_info_signature")
+        qe = (self.qe_identity, self.qe_identity_signature, self.qe_identity_issuer_chain)
+        if any(v is None for v in qe) and any(v is not None for v in qe):
+            raise _fail(
+                _R.COLLATERAL_INVALID, "QE identity needs its signature and issuer chain", platform="dcap", field="qe_identity"
+            )
+        if self.qe_identity_signature is not None and len(self.qe_identity_signature) != _SIG_LEN:
+            raise _fail(
+                _R.COLLATERAL_INVALID, "QE identity signature is not 64 bytes", platform="dcap", field="qe_identity_signature"
+            )
+
+
+def _coll_fail(detail: str, field: str = "") -> AttestationError:
+    return _fail(_R.COLLATERAL_INVALID, detail, platform="dcap", field=field)
+
+
+def _hexbytes(v: object, field: str, n: int | None = None) -> bytes:
+    if isinstance(v, str):
+        try:
+            out = bytes.fromhex(v)
+        except ValueError:
+            raise _coll_fail("not hex", field) from None
+    else:
+        raise _coll_fail(f"must be a hex string, is {type(v).__name__}", field)
+    if n is not None and len(out) != n:
+        raise _coll_fail(f"must be {n} bytes, is {len(out)}", field)
+    return out
+
+
+def load_collateral(data: bytes | str) -> Collateral:
+    """Collateral in dcap-qvl's ``QuoteCollateralV3`` JSON (the ``dcapqvl_*_collateral.json``
+    files): ``tcb_info``/``qe_identity`` as signed JSON text, ``*_signature`` and the CRLs as hex
+    (DER CRLs), ``*_issuer_chain`` as PEM. All nine keys are required.
+
+    Raises:
+        AttestationError: COLLATERAL_INVALID.
+    """
+    text = _text(data, "collateral")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise _coll_fail(f"not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise _coll_fail("not a JSON object")
+    keys = (
+        "pck_crl_issuer_chain",
+        "root_ca_crl",
+        "pck_crl",
+        "tcb_info_issuer_chain",
+        "tcb_info",
+        "tcb_info_signature",
+        "qe_identity_issuer_chain",
+        "qe_identity",
+        "qe_identity_signature",
+    )
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise _coll_fail(f"missing {missing}")
+    for k in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "tcb_info", "qe_identity_issuer_chain", "qe_identity"):
+        if not isinstance(doc[k], str):
+            raise _coll_fail("must be a string", k)
+    return Collateral(
+        tcb_info=doc["tcb_info"],
+        tcb_info_signature=_hexbytes(doc["tcb_info_signature"], "tcb_info_signature", _SIG_LEN),
+        tcb_info_issuer_chain=doc["tcb_info_issuer_chain"].encode(),
+        qe_identity=doc["qe_identity"],
+        qe_identity_signature=_hexbytes(doc["qe_identity_signature"], "qe_identity_signature", _SIG_LEN),
+        qe_identity_issuer_chain=doc["qe_identity_issuer_chain"].encode(),
+        root_ca_crl=_hexbytes(doc["root_ca_crl"], "root_ca_crl"),
+        pck_crl=_hexbytes(doc["pck_crl"], "pck_crl"),
+        pck_crl_issuer_chain=doc["pck_crl_issuer_chain"].encode(),
+    )
+
+
+_JSON_WS: Final = re.compile(r"[ \t\n\r]*")
+
+
+def _ws(text: str, pos: int) -> int:
+    m = _JSON_WS.match(text, pos)
+    assert m is not None  # the pattern matches the empty string
+    return m.end()
+
+
+def _raw_members(text: str, field: str) -> dict[str, str]:
+    """The top-level members of a JSON object as their exact source text. A PCS response body is
+    ``{"tcbInfo": {...}, "signature": "..."}`` and the signature covers the bytes of the first
+    member's value exactly as sent, so it must not be re-serialised. Duplicate keys are refused:
+    two parsers could pick different ones."""
+    dec = json.JSONDecoder()
+    members: dict[str, str] = {}
+    try:
+        pos = _ws(text, 0)
+        if text[pos : pos + 1] != "{":
+            raise ValueError("not a JSON object")
+        pos = _ws(text, pos + 1)
+        if text[pos : pos + 1] == "}":
+            pos += 1
+        else:
+            while True:
+                key, pos = dec.raw_decode(text, pos)
+                if not isinstance(key, str):
+                    raise ValueError("key is not a string")
+                pos = _ws(text, pos)
+                if text[pos : pos + 1] != ":":
+                    raise ValueError("':' expected")
+                start = _ws(text, pos + 1)
+                _, end = dec.raw_decode(text, start)
+                if key in members:
+                    raise ValueError(f"duplicate key {key!r}")
+                members[key] = text[start:end]
+                pos = _ws(text, end)
+                if text[pos : pos + 1] == ",":
+                    pos = _ws(text, pos + 1)
+                    continue
+                if text[pos : pos + 1] != "}":
+                    raise ValueError("',' or '}' expected")
+                pos += 1
+                break
+        if _ws(text, pos) != len(text):
+            raise ValueError("data after the object")
+    except (ValueError, RecursionError) as e:
+        raise _coll_fail(f"not a JSON object: {e}", field) from None
+    return members
+
+
+def _text(data: bytes | str, field: str) -> str:
+    if isinstance(data, str):
+        return data
+    try:
+        return bytes(data).decode("utf-8", "strict")
+    except UnicodeDecodeError as e:
+        raise _coll_fail(f"not UTF-8: {e}", field) from None
+
+
+def _pcs_signed(body: bytes | str, member: str, field: str) -> tuple[str, bytes]:
+    text = _text(body, field)
+    members = _raw_members(text, field)
+    if set(members) != {member, "signature"}:
+        raise _coll_fail(f"expected exactly {member!r} and 'signature', found {sorted(members)}", field)
+    sig = json.loads(members["signature"])
+    return members[member], _hexbytes(sig, f"{field}.signature", _SIG_LEN)
+
+
+def _crl_der(data: bytes | None, field: str) -> bytes | None:
+    if data is None:
+        return None
+    if data.lstrip().startswith(b"-----BEGIN X509 CRL-----"):
+        try:
+            return x509.load_pem_x509_crl(data).public_bytes(serialization.Encoding.DER)
+        except (ValueError, x509.InvalidVersion) as e:
+            raise _coll_fail(f"not a PEM CRL: {e}", field) from None
+    return bytes(data)
+
+
+def load_pcs_collateral(
+    *,
+    tcb_info: bytes | str,
+    tcb_signing_chain: bytes | str,
+    qe_identity: bytes | str | None = None,
+    root_crl: bytes | None = None,
+    pck_crl: bytes | None = None,
+) -> Collateral:
+    """Collateral from Intel PCS responses ([PCS] v4): the ``/tcb`` body ``{"tcbInfo", "signature"}``,
+    the ``/qe/identity`` body ``{"enclaveIdentity", "signature"}``, the CRLs (DER or PEM) and the
+    TCB Signing chain, which PCS sends in the ``TCB-Info-Issuer-Chain`` header rather than in the
+    body (the same chain signs the QE identity).
+
+    Raises:
+        AttestationError: COLLATERAL_INVALID.
+    """
+    chain = tcb_signing_chain.encode() if isinstance(tcb_signing_chain, str) else bytes(tcb_signing_chain)
+    tcb_raw, tcb_sig = _pcs_signed(tcb_info, "tcbInfo", "tcb_info")
+    qe_raw: str | None = None
+    qe_sig: bytes | None = None
+    if qe_identity is not None:
+        qe_raw, qe_sig = _pcs_signed(qe_identity, "enclaveIdentity", "qe_identity")
+    return Collateral(
+        tcb_info=tcb_raw,
+        tcb_info_signature=tcb_sig,
+        tcb_info_issuer_chain=chain,
+        qe_identity=qe_raw,
+        qe_identity_signature=qe_sig,
+        qe_identity_issuer_chain=chain if qe_raw is not None else None,
+        root_ca_crl=_crl_der(root_crl, "root_ca_crl"),
+        pck_crl=_crl_der(pck_crl, "pck_crl"),
+    )
+
+
+# -- TCB info and QE identity ([PCS]) -----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TcbLevel:
+    """One TCB level. For QE and TDX-module identities only ``isvsvn`` is set."""
+
+    sgx_svns: tuple[int, ...] = ()
+    pcesvn: int = 0
+    tdx_svns: tuple[int, ...] | None = None
+    isvsvn: int = 0
+    tcb_date: str
+    status: str
+    advisory_ids: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TdxModuleIdentity:
+    id: str
+    mrsigner: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    levels: tuple[TcbLevel, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TcbInfo:
+    """A tcbInfo v3 body ([PCS] "Get TCB Info"); levels in Intel's order, best first."""
+
+    id: str
+    version: int
+    issue_date: dt.datetime
+    next_update: dt.datetime
+    fmspc: bytes
+    pce_id: bytes
+    tcb_type: int
+    evaluation_data_number: int
+    levels: tuple[TcbLevel, ...]
+    tdx_module: TdxModuleIdentity | None
+    tdx_module_identities: tuple[TdxModuleIdentity, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class QeIdentity:
+    """An enclaveIdentity v2 body ([PCS] "Get Quoting Enclave Identity")."""
+
+    id: str
+    version: int
+    issue_date: dt.datetime
+    next_update: dt.datetime
+    evaluation_data_number: int
+    miscselect: bytes
+    miscselect_mask: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    mrsigner: bytes
+    isvprodid: int
+    levels: tuple[TcbLevel, ...]
+
+
+def _obj(v: object, field: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _coll_fail("must be an object", field)
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, field: str, hi: int = 2**32 - 1) -> int:
+    v = d.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+        raise _coll_fail(f"{key} must be an integer in 0..{hi}", f"{field}.{key}")
+    return v
+
+
+def _str(d: Mapping[str, Any], key: str, field: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str):
+        raise _coll_fail(f"{key} must be a string", f"{field}.{key}")
+    return v
+
+
+def _date(d: Mapping[str, Any], key: str, field: str) -> dt.datetime:
+    s = _str(d, key, field)
+    try:
+        t = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise _coll_fail(f"{key} is not an ISO 8601 time: {s!r}", f"{field}.{key}") from None
+    if t.tzinfo is None:
+        raise _coll_fail(f"{key} has no time zone", f"{field}.{key}")
+    return t.astimezone(dt.UTC)
+
+
+def _list(d: Mapping[str, Any], key: str, field: str, *, optional: bool = False) -> list[Any]:
+    v = d.get(key)
+    if v is None and optional:
+        return []
+    if not isinstance(v, list):
+        raise _coll_fail(f"{key} must be a list", f"{field}.{key}")
+    return v
+
+
+def _level_common(lv: Mapping[str, Any], field: str) -> dict[str, Any]:
+    status = _str(lv, "tcbStatus", field)
+    if status not in _LEVEL_STATUSES:
+        raise _coll_fail(f"unknown tcbStatus {status!r}", f"{field}.tcbStatus")
+    advisories = _list(lv, "advisoryIDs", field, optional=True)
+    if not all(isinstance(a, str) for a in advisories):
+        raise _coll_fail("advisoryIDs must be strings", f"{field}.advisoryIDs")
+    return {"tcb_date": _str(lv, "tcbDate", field), "status": status, "advisory_ids": tuple(advisories)}
+
+
+def _svns(v: object, field: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or len(v) != 16:
+        raise _coll_fail("must list 16 components", field)
+    return tuple(_int(_obj(c, field), "svn", field, 255) for c in v)
+
+
+def _isv_levels(levels: list[Any], field: str) -> tuple[TcbLevel, ...]:
+    out = []
+    for i, lv in enumerate(levels):
+        f = f"{field}[{i}]"
+        lv = _obj(lv, f)
+        out.append(TcbLevel(isvsvn=_int(_obj(lv.get("tcb"), f + ".tcb"), "isvsvn", f + ".tcb", 0xFFFF), **_level_common(lv, f)))
+    return tuple(out)
+
+
+def _module(d: Mapping[str, Any], field: str, ident: str) -> TdxModuleIdentity:
+    return TdxModuleIdentity(
+        id=ident,
+        mrsigner=_hexbytes(d.get("mrsigner"), f"{field}.mrsigner", 48),
+        attributes=_hexbytes(d.get("attributes"), f"{field}.attributes", 8),
+        attributes_mask=_hexbytes(d.get("attributesMask"), f"{field}.attributesMask", 8),
+        levels=_isv_levels(_list(d, "tcbLevels", field, optional=True), f"{field}.tcbLevels"),
+    )
+
+
+def _parse_tcb_info(raw: str) -> TcbInfo:
+    f = "tcb_info"
+    try:
+        doc = _obj(json.loads(raw), f)
+    except (ValueError, RecursionError) as e:
+        raise _coll_fail(f"not JSON: {e}", f) from None
+    version = _int(doc, "version", f)
+    if version != 3:
+        raise _coll_fail(f"TCB info version {version} (only 3)", f + ".version")
+    ident = _str(doc, "id", f)
+    if ident not in ("SGX", "TDX"):
+        raise _coll_fail(f"TCB info id {ident!r}", f + ".id")
+    tcb_type = _int(doc, "tcbType", f)
+    if tcb_type != 0:
+        # [PCS]: type 0 compares the 16 SVNs one by one; no other type is defined.
+        raise _coll_fail(f"tcbType {tcb_type} (only 0)", f + ".tcbType")
+    levels = []
+    for i, lv in enumerate(_list(doc, "tcbLevels", f)):
+        lf = f"{f}.tcbLevels[{i}]"
+        lv = _obj(lv, lf)
+        tcb = _obj(lv.get("tcb"), lf + ".tcb")
+        tdx = _svns(tcb.get("tdxtcbcomponents"), lf + ".tcb.tdxtcbcomponents") if ident == "TDX" else None
+        levels.append(
+            TcbLevel(
+                sgx_svns=_svns(tcb.get("sgxtcbcomponents"), lf + ".tcb.sgxtcbcomponents"),
+                pcesvn=_int(tcb, "pcesvn", lf + ".tcb", 0xFFFF),
+                tdx_svns=tdx,
+                **_level_common(lv, lf),
+            )
+        )
+    module = None
+    if "tdxModule" in doc:
+        module = _module(_obj(doc["tdxModule"], f + ".tdxModule"), f + ".tdxModule", "tdxModule")
+    identities = []
+    for i, m in enumerate(_list(doc, "tdxModuleIdentities", f, optional=True)):
+        mf = f"{f}.tdxModuleIdentities[{i}]"
+        m = _obj(m, mf)
+        identities.append(_module(m, mf, _str(m, "id", mf).upper()))
+    return TcbInfo(
+        id=ident,
+        version=version,
+        issue_date=_date(doc, "issueDate", f),
+        next_update=_date(doc, "nextUpdate", f),
+        fmspc=_hexbytes(doc.get("fmspc"), f + ".fmspc", 6),
+        pce_id=_hexbytes(doc.get("pceId"), f + ".pceId", 2),
+        tcb_type=tcb_type,
+        evaluation_data_number=_int(doc, "tcbEvaluationDataNumber", f),
+        levels=tuple(levels),
+        tdx_module=module,
+        tdx_module_identities=tuple(identities),
+    )
+
+
+def _parse_qe_identity(raw: str) -> QeIdentity:
+    f = "qe_identity"
+    try:
+        doc = _obj(json.loads(raw), f)
+    except (ValueError, RecursionError) as e:
+        raise _coll_fail(f"not JSON: {e}", f) from None
+    version = _int(doc, "version", f)
+    if version != 2:
+        raise _coll_fail(f"enclave identity version {version} (only 2)", f + ".version")
+    return QeIdentity(
+        id=_str(doc, "id", f),
+        version=version,
+        issue_date=_date(doc, "issueDate", f),
+        next_update=_date(doc, "nextUpdate", f),
+        evaluation_data_number=_int(doc, "tcbEvaluationDataNumber", f),
+        miscselect=_hexbytes(doc.get("miscselect"), f + ".miscselect", 4),
+        miscselect_mask=_hexbytes(doc.get("miscselectMask"), f + ".miscselectMask", 4),
+        attributes=_hexbytes(doc.get("attributes"), f + ".attributes", 16),
+        attributes_mask=_hexbytes(doc.get("attributesMask"), f + ".attributesMask", 16),
+        mrsigner=_hexbytes(doc.get("mrsigner"), f + ".mrsigner", 32),
+        isvprodid=_int(doc, "isvprodid", f, 0xFFFF),
+        levels=_isv_levels(_list(doc, "tcbLevels", f), f + ".tcbLevels"),
+    )
+
+
+def parse_tcb_info(raw: str) -> TcbInfo:
+    """Parse a tcbInfo v3 body (the exact signed JSON text). Raises COLLATERAL_INVALID."""
+    return _PARSED_JSON.get(("tcb", raw), lambda: _parse_tcb_info(raw))
+
+
+def parse_qe_identity(raw: str) -> QeIdentity:
+    """Parse an enclaveIdentity v2 body (the exact signed JSON text). Raises COLLATERAL_INVALID."""
+    return _PARSED_JSON.get(("qe", raw), lambda: _parse_qe_identity(raw))
+
+
+# -- TCB evaluation ([PCS] "Get TCB Info", [QVL] 4.1.2.4.9-17) ------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TcbVerdict:
+    """The TCB assessment: ``status`` is the converged verdict; the others are its inputs."""
+
+    status: str
+    advisory_ids: tuple[str, ...]
+    platform_status: str  # the matched TCB level's own status, or NoMatchingTcbLevel
+    tcb_date: str | None
+    tdx_module_status: str | None  # None: SGX, or TDX module version 0 (no identity to check)
+    qe_status: str | None  # None: no QE identity was given
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "tcb_status": self.status,
+            "advisory_ids": list(self.advisory_ids),
+            "platform_tcb_status": self.platform_status,
+            "tcb_date": self.tcb_date,
+            "tdx_module_tcb_status": self.tdx_module_status,
+            "qe_tcb_status": self.qe_status,
+        }
+
+
+def _converge(status: str, component: str | None) -> str:
+    """Fold a QE or TDX-module status into the platform's ([QVL] convergeTcbStatusWith…): an
+    out-of-date component makes a current platform OutOfDate (or OutOfDateConfigurationNeeded
+    when configuration is also needed); a revoked component revokes the whole TCB."""
+    if component is None or component == "UpToDate" or status == _STATUS_NO_MATCH:
+        return status
+    if component == _STATUS_NO_MATCH:
+        return _STATUS_NO_MATCH
+    if component == "Revoked":
+        return "Revoked"
+    if status in ("UpToDate", "SWHardeningNeeded"):
+        return "OutOfDate"
+    if status in ("ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"):
+        return "OutOfDateConfigurationNeeded"
+    return status
+
+
+def _isv_match(levels: Sequence[TcbLevel], isvsvn: int) -> TcbLevel | None:
+    # [QVL] 4.1.2.9.9: the first level whose isvsvn the report's ISVSVN reaches.
+    return next((lv for lv in levels if isvsvn >= lv.isvsvn), None)
+
+
+def _masked(value: bytes, mask: bytes) -> bytes:
+    return bytes(a & b for a, b in zip(value, mask, strict=True))
+
+
+def _check_qe_identity(qe: EnclaveReport, ident: QeIdentity, *, tdx: bool, platform: str) -> TcbLevel | None:
+    want = "TD_QE" if tdx else "QE"
+    if ident.id != want:
+        # [QVL] 4.1.2.4.14: a TDX quote needs the TD_QE identity, an SGX quote the QE identity.
+        raise _fail(_R.COLLATERAL_INVALID, f"QE identity is for {ident.id!r}, this quote needs {want!r}", platform=platform)
+    misc = qe.misc_select.to_bytes(4, "little")  # the identity's hex is the report's byte order
+    checks = (
+        # [QVL] 4.1.2.9.5-8, in Intel's order.
+        ("miscselect", _masked(misc, ident.miscselect_mask) == ident.miscselect),
+        ("attributes", _masked(qe.attributes, ident.attributes_mask) == ident.attributes),
+        ("mrsigner", qe.mr_signer == ident.mrsigner),
+        ("isvprodid", qe.isv_prod_id == ident.isvprodid),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise _fail(
+                _R.QE_IDENTITY,
+                f"QE report {name} does not match the {ident.id} identity",
+                platform=platform,
+                field=f"qe_report.{name}",
+            )
+    return _isv_match(ident.levels, qe.isv_svn)
+
+
+def _tdx_module(td: TdReport, info: TcbInfo, *, platform: str) -> TcbLevel | str | None:
+    """[QVL] 4.1.2.4.11 and 4.1.2.4.17.4: TEE_TCB_SVN[1] is the TDX module's major version; 0
+    means the legacy ``tdxModule`` entry (no TCB levels), >0 selects identity ``TDX_<version>``,
+    whose levels are matched against TEE_TCB_SVN[0]. Returns the matched level, "none" when the
+    identity has no level low enough, or None when there is no module status (version 0)."""
+    version, isvsvn = td.tee_tcb_svn[1], td.tee_tcb_svn[0]
+    if version == 0:
+        module = info.tdx_module
+        if module is None:
+            raise _fail(_R.COLLATERAL_INVALID, "TDX TCB info has no tdxModule", platform=platform, field="tcb_info.tdxModule")
+    else:
+        ident = f"TDX_{version:02X}"
+        module = next((m for m in info.tdx_module_identities if m.id == ident), None)
+        if module is None:
+            raise _fail(
+                _R.TCB_MISMATCH, f"TCB info has no identity {ident} for this TDX module", platform=platform, field="tee_tcb_svn"
+            )
+    if td.mr_signer_seam != module.mrsigner:
+        raise _fail(_R.TCB_MISMATCH, f"MRSIGNERSEAM is not the {module.id} signer", platform=platform, field="mr_signer_seam")
+    if _masked(td.seam_attributes, module.attributes_mask) != _masked(module.attributes, module.attributes_mask):
+        raise _fail(_R.TCB_MISMATCH, f"SEAMATTRIBUTES do not match {module.id}", platform=platform, field="seam_attributes")
+    if version == 0:
+        return None
+    return _isv_match(module.levels, isvsvn) or "none"
+
+
+def evaluate_tcb(quote: Quote, pck: PckInfo, tcb_info: TcbInfo, qe_identity: QeIdentity | None, *, platform: str) -> TcbVerdict:
+    """The TCB status of a quote under (already authenticated) TCB info and QE identity.
+
+    [QVL] 4.1.2.4.9-10: the TCB info must be for this TEE, FMSPC and PCE-ID. [PCS] "Get TCB
+    Info": the platform's level is the first one whose 16 SGX component SVNs and PCESVN are all ≤
+    the PCK certificate's and, for TDX, whose 16 TDX component SVNs are ≤ TEE_TCB_SVN (from
+    index 2 when TEE_TCB_SVN[1] > 0: bytes 0-1 then belong to the TDX module identity). No such
+    level: "NoMatchingTcbLevel". The TDX module's and the QE's statuses are folded in
+    ([QVL] 4.1.2.4.17) and all three levels' advisory IDs are reported.
+
+    Not implemented: the TDX 1.5 "TDRelaunchAdvised" refinement ([QVL] 4.1.2.4.17.4.3), which can
+    only soften an OutOfDate verdict; we keep the stricter status.
+
+    Raises:
+        AttestationError: COLLATERAL_INVALID, TCB_MISMATCH or QE_IDENTITY.
+    """
+    tdx = isinstance(quote.body, TdReport)
+    want = "TDX" if tdx else "SGX"
+    if tcb_info.id != want:
+        raise _fail(
+            _R.COLLATERAL_INVALID, f"TCB info is for {tcb_info.id}, the quote is {want}", platform=platform, field="tcb_info.id"
+        )
+    if tcb_info.fmspc != pck.fmspc:
+        raise _fail(
+            _R.COLLATERAL_INVALID,
+            f"TCB info is for FMSPC {tcb_info.fmspc.hex()}, the PCK certificate's is {pck.fmspc.hex()}",
+            platform=platform,
+            field="tcb_info.fmspc",
+        )
+    if tcb_info.pce_id != pck.pce_id:
+        raise _fail(
+            _R.COLLATERAL_INVALID,
+            f"TCB info is for PCE-ID {tcb_info.pce_id.hex()}, the PCK certificate's is {pck.pce_id.hex()}",
+            platform=platform,
+            field="tcb_info.pceId",
+        )
+    module_level: TcbLevel | str | None = None
+    if isinstance(quote.body, TdReport):
+        module_level = _tdx_module(quote.body, tcb_info, platform=platform)
+    qe_level: TcbLevel | str | None = None
+    if qe_identity is not None:
+        qe_level = _check_qe_identity(quote.qe_report, qe_identity, tdx=tdx, platform=platform) or "none"
+
+    level: TcbLevel | None = None
+    for lv in tcb_info.levels:
+        if lv.pcesvn > pck.pcesvn or any(p < t for p, t in zip(pck.tcb_comp_svn, lv.sgx_svns, strict=True)):
+            continue
+        if isinstance(quote.body, TdReport):
+            assert lv.tdx_svns is not None
+            start = 2 if quote.body.tee_tcb_svn[1] > 0 else 0
+            if any(quote.body.tee_tcb_svn[i] < lv.tdx_svns[i] for i in range(start, 16)):
+                continue
+        level = lv
+        break
+
+    def status_of(x: TcbLevel | str | None) -> str | None:
+        return None if x is None else _STATUS_NO_MATCH if isinstance(x, str) else x.status
+
+    module_status, qe_status = status_of(module_level), status_of(qe_level)
+    platform_status = level.status if level is not None else _STATUS_NO_MATCH
+    status = _converge(_converge(platform_status, module_status), qe_status)
+    advisories: list[str] = []
+    if status != _STATUS_NO_MATCH:
+        for x in (level, module_level, qe_level):
+            if isinstance(x, TcbLevel):
+                advisories.extend(a for a in x.advisory_ids if a not in advisories)
+    return TcbVerdict(
+        status=status,
+        advisory_ids=tuple(advisories),
+        platform_status=platform_status,
+        tcb_date=level.tcb_date if level is not None else None,
+        tdx_module_status=module_status,
+        qe_status=qe_status,
+    )
+
+
+# -- collateral authentication --------------------------------------------------------------------------
+def verify_signed_json(
+    body: str,
+    signature: bytes,
+    issuer_chain: bytes,
+    *,
+    roots: Mapping[bytes, str],
+    at: dt.datetime,
+    platform: str,
+    what: str,
+) -> _Chain:
+    """Authenticate a TCB info or QE identity body: its issuer chain (TCB Signing certificate →
+    pinned root) is valid at ``at``, and ECDSA P-256/SHA-256 ``signature`` (raw ``r‖s``) verifies
+    over the exact UTF-8 bytes of ``body``. Returns the chain.
+
+    Raises:
+        AttestationError: BAD_SIGNATURE, UNTRUSTED_ROOT, CERT_* or CHAIN_INVALID.
+    """
+    chain = _pem_chain(issuer_chain, platform=platform, what=f"{what}_issuer_chain")
+    if len(chain.certs) != 2 or chain.cns[0] != "Intel SGX TCB Signing":
+        raise _fail(
+            _R.CHAIN_INVALID,
+            "expected the Intel SGX TCB Signing certificate and the root",
+            platform=platform,
+            field=f"{what}_issuer_chain",
+        )
+    _verify_chain_memo(chain, roots=roots, at=at, platform=platform, names=("tcb_signing", "tcb_signing_root"))
+    key = chain.p256(0, platform=platform, what="tcb_signing")
+    if not _sig_ok(key, chain.spkis[0], body.encode("utf-8"), signature):
+        raise _fail(_R.BAD_SIGNATURE, f"{what} signature does not verify over its JSON text", platform=platform, field=what)
+    return chain
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Crl:
+    issuer: x509.Name
+    this_update: dt.datetime
+    next_update: dt.datetime
+    revoked: frozenset[int]
+    tbs: bytes
+    signature: bytes
+    hash_algorithm: hashes.HashAlgorithm
+
+
+def _load_crl(der: bytes, *, platform: str, field: str) -> _Crl:
+    def load() -> _Crl:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # cryptography decodes most of a CRL lazily: every access may raise ValueError.
+                crl = x509.load_der_x509_crl(der)
+                next_update = crl.next_update_utc
+                algo = crl.signature_hash_algorithm
+                parsed = (crl.issuer, crl.last_update_utc, frozenset(r.serial_number for r in crl), crl.tbs_certlist_bytes)
+        except (ValueError, TypeError, x509.InvalidVersion) as e:
+            raise _fail(_R.COLLATERAL_INVALID, f"not a DER CRL: {e}", platform=platform, field=field) from None
+        if next_update is None or not isinstance(algo, hashes.SHA256 | hashes.SHA384 | hashes.SHA512):
+            raise _fail(
+                _R.COLLATERAL_INVALID, "CRL without nextUpdate or an ECDSA-SHA2 signature", platform=platform, field=field
+            )
+        issuer, this_update, revoked, tbs = parsed
+        return _Crl(issuer, this_update, next_update, revoked, tbs, crl.signature, algo)
+
+    return _CRLS.get(der, load)
+
+
+def _check_crl(der: bytes, issuer: _Chain, index: int, *, platform: str, field: str) -> _Crl:
+    """[QVL] 4.1.2.4.6: the CRL is issued (name and signature) by certificate ``index`` of ``issuer``."""
+    crl = _load_crl(der, platform=platform, field=field)
+
+    def check() -> bool:
+        subject = issuer.certs[index].subject
+        if crl.issuer != subject:
+            raise _fail(
+                _R.COLLATERAL_INVALID,
+                f"CRL issuer {crl.issuer.rfc4514_string()} is not {subject.rfc4514_string()}",
+                platform=platform,
+                field=field,
+            )
+        key = issuer.p256(index, platform=platform, what=f"{field} issuer")
+        try:
+            key.verify(crl.signature, crl.tbs, ec.ECDSA(crl.hash_algorithm))
+        except InvalidSignature:
+            raise _fail(_R.BAD_SIGNATURE, "CRL signature does not verify", platform=platform, field=field) from None
+        return True
+
+    _CRL_SIGS.get((der, issuer.pem, index), check)
+    return crl
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class DcapVerdict:
+    """What :func:`verify_quote` proved: the parsed quote, the PCK's certified TCB, and the TCB
+    verdict (status "Unknown" without collateral)."""
+
+    quote: Quote
+    pck: PckInfo
+    pck_chain: tuple[x509.Certificate, ...]
+    pck_chain_labels: tuple[str, ...]
+    pck_chain_window: tuple[dt.datetime, dt.datetime]
+    root_name: str
+    tcb: TcbVerdict | None
+    collateral_fields: Mapping[str, Any]
+
+    @property
+    def tcb_status(self) -> str:
+        return self.tcb.status if self.tcb is not None else _STATUS_UNKNOWN
+
+    @property
+    def advisory_ids(self) -> tuple[str, ...]:
+        return self.tcb.advisory_ids if self.tcb is not None else ()
+
+    def to_fields(self) -> dict[str, Any]:
+        """Everything parsed and decided, JSON-safe (the keys of ``expected_fields.json``)."""
+        out = self.quote.to_fields()
+        out.update(
+            {
+                "pck": self.pck.to_fields(),
+                "pck_chain": list(self.pck_chain_labels),
+                "pck_chain_valid_window": [t.isoformat() for t in self.pck_chain_window],
+                "pck_ca": "processor" if "Processor" in self.pck_chain_labels[1] else "platform",
+                "root": self.root_name,
+                "fmspc": self.pck.fmspc.hex(),
+                "pce_id": self.pck.pce_id.hex(),
+                "tcb_status": self.tcb_status,
+                "advisory_ids": list(self.advisory_ids),
+                "qe_tcb_status": self.tcb.qe_status if self.tcb is not None else None,
+                "tcb": self.tcb.to_fields() if self.tcb is not None else None,
+                "collateral": dict(self.collateral_fields) if self.tcb is not None else None,
+            }
+        )
+        return out
+
+
+def _as_platform(parse: Callable[[str], _T], raw: str, platform: str) -> _T:
+    """Collateral parsers report as platform "dcap"; inside a verification the error belongs to it."""
+    try:
+        return parse(raw)
+    except AttestationError as e:
+        raise _fail(e.reason, e.detail, platform=platform, field=e.field) from None
+
+
+def _check_collateral(
+    quote: Quote,
+    pck: PckInfo,
+    chain: _Chain,
+    coll: Collateral,
+    *,
+    roots: Mapping[bytes, str],
+    at: dt.datetime,
+    platform: str,
+) -> tuple[TcbVerdict, dict[str, Any]]:
+    pck_leaf, pck_ca = chain.certs[0], chain.certs[1]
+    # Windows: [issueDate/thisUpdate, nextUpdate] of every piece; all must hold at `at`.
+    windows: list[tuple[str, dt.datetime, dt.datetime]] = []
+
+    # TCB info: [QVL] 4.1.2.4.8 (signature, issuer chain); 4.1.2.4.9-10 (TEE, FMSPC, PCE-ID).
+    tcb_chain = verify_signed_json(
+        coll.tcb_info, coll.tcb_info_signature, coll.tcb_info_issuer_chain, roots=roots, at=at, platform=platform, what="tcb_info"
+    )
+    signers = [tcb_chain]
+    tcb_info = _as_platform(parse_tcb_info, coll.tcb_info, platform)
+    windows.append(("tcb_info", tcb_info.issue_date, tcb_info.next_update))
+    qe_identity: QeIdentity | None = None
+    if coll.qe_identity is not None:
+        assert coll.qe_identity_signature is not None and coll.qe_identity_issuer_chain is not None
+        signers.append(
+            verify_signed_json(
+                coll.qe_identity,
+                coll.qe_identity_signature,
+                coll.qe_identity_issuer_chain,
+                roots=roots,
+                at=at,
+                platform=platform,
+                what="qe_identity",
+            )
+        )
+        qe_identity = _as_platform(parse_qe_identity, coll.qe_identity, platform)
+        windows.append(("qe_identity", qe_identity.issue_date, qe_identity.next_update))
+    for signer_chain in signers:
+        if signer_chain.spkis[-1] != chain.spkis[-1]:
+            raise _fail(_R.COLLATERAL_INVALID, "collateral is signed under another root than the quote", platform=platform)
+
+    # CRLs: [QVL] 4.1.2.4.6-7. The root CA CRL revokes intermediates (the PCK CA, the TCB Signing
+    # certificate); the PCK CA's CRL revokes PCK leaves.
+    if coll.root_ca_crl is not None:
+        crl = _check_crl(coll.root_ca_crl, chain, 2, platform=platform, field="root_ca_crl")
+        windows.append(("root_ca_crl", crl.this_update, crl.next_update))
+        for cert, label in ((pck_ca, "pck_ca"), *((c.certs[0], "tcb_signing") for c in signers)):
+            if cert.serial_number in crl.revoked:
+                raise _fail(_R.CERT_REVOKED, f"{label} is on the root CA CRL", platform=platform, field=label)
+    if coll.pck_crl is not None:
+        crl = _check_crl(coll.pck_crl, chain, 1, platform=platform, field="pck_crl")
+        windows.append(("pck_crl", crl.this_update, crl.next_update))
+        if pck_leaf.serial_number in crl.revoked:
+            raise _fail(_R.CERT_REVOKED, "the PCK certificate is on the PCK CA's CRL", platform=platform, field="pck")
+
+    for name, start, end in windows:
+        if not start <= at <= end:
+            raise _fail(
+                _R.COLLATERAL_INVALID,
+                f"{name} is valid {start.isoformat()} .. {end.isoformat()}, not at {at.isoformat()}",
+                platform=platform,
+                field=name,
+            )
+    verdict = evaluate_tcb(quote, pck, tcb_info, qe_identity, platform=platform)
+    fields = {
+        "window": [max(w[1] for w in windows).isoformat(), min(w[2] for w in windows).isoformat()],
+        "tcb_info_issue_date": tcb_info.issue_date.isoformat(),
+        "tcb_evaluation_data_number": tcb_info.evaluation_data_number,
+        "checked": [w[0] for w in windows],
+        "qe_identity_checked": qe_identity is not None,
+        "revocation_checked": {"root_ca_crl": coll.root_ca_crl is not None, "pck_crl": coll.pck_crl is not None},
+    }
+    return verdict, fields
+
+
+# -- the whole verification -------------------------------------------------------------------------------
+_PCK_NAMES: Final = ("pck", "pck_ca", "intel_root")
+_PCK_CA_NAMES: Final = frozenset({"Intel SGX PCK Platform CA", "Intel SGX PCK Processor CA"})
+
+
+def verify_quote(
+    data: bytes,
+    *,
+    platform: str,
+    collateral: Collateral | None = None,
+    at: dt.datetime | None = None,
+    roots: Mapping[bytes, str] = INTEL_ROOTS,
+) -> DcapVerdict:
+    """Prove a DCAP quote of ``platform`` ("tdx" or "sgx") and, given collateral, assess its TCB.
+
+    Steps ([QVL] 4.1.2.4): parse (:func:`parse_quote`); the PCK chain — leaf "Intel SGX PCK
+    Certificate" → "Intel SGX PCK Platform/Processor CA" → a root in ``roots`` — valid at ``at``
+    (4.1.2.4.4-5); the QE report signed by the PCK key (4.1.2.4.12); the QE report_data =
+    SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes, which is how the QE certifies the
+    attestation key (4.1.2.4.13); the quote signature over header and body by that key
+    (4.1.2.4.16); then the collateral, if given (see :func:`evaluate_tcb`). ``at`` defaults to now.
+
+    Raises:
+        AttestationError: with the first reason the quote is refused.
+    """
+    at = _utc(at)
+    quote = parse_quote(data, platform=platform)
+    if quote.platform != platform:
+        raise _fail(_R.UNSUPPORTED, f"this is a {quote.platform.upper()} quote", platform=platform, field="header.tee_type")
+
+    chain = _pem_chain(quote.pck_chain_pem, platform=platform, what="pck_chain")
+    if len(chain.certs) != 3:
+        raise _fail(
+            _R.CHAIN_INVALID, f"PCK chain has {len(chain.certs)} certificates, not 3", platform=platform, field="pck_chain"
+        )
+    if chain.cns[0] != "Intel SGX PCK Certificate" or chain.cns[1] not in _PCK_CA_NAMES:
+        raise _fail(_R.CHAIN_INVALID, "not an Intel SGX PCK certificate chain", platform=platform, field="pck_chain")
+    root_name = _verify_chain_memo(chain, roots=roots, at=at, platform=platform, names=_PCK_NAMES)
+    pck = parse_pck_extensions(chain.certs[0], platform=platform)
+
+    pck_key = chain.p256(0, platform=platform, what="pck")
+    if not _sig_ok(pck_key, chain.spkis[0], quote.qe_report.raw, quote.qe_report_signature):
+        raise _fail(_R.BAD_SIGNATURE, "QE report is not signed by the PCK key", platform=platform, field="qe_report_signature")
+    binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
+    if quote.qe_report.report_data != binding:
+        raise _fail(
+            _R.BAD_SIGNATURE,
+            "QE report_data does not certify this attestation key and auth data",
+            platform=platform,
+            field="qe_report.report_data",
+        )
+    try:
+        att_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + quote.attestation_key)
+    except ValueError:
+        raise _fail(_R.MALFORMED, "attestation key is not a P-256 point", platform=platform, field="attestation_key") from None
+    # Never memoised: every quote carries its own report data, so its signature is always new.
+    der = utils.encode_dss_signature(int.from_bytes(quote.signature[:32], "big"), int.from_bytes(quote.signature[32:], "big"))
+    try:
+        att_key.verify(der, quote.signed, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise _fail(
+            _R.BAD_SIGNATURE, "quote is not signed by its attestation key", platform=platform, field="signature"
+        ) from None
+
+    verdict: TcbVerdict | None = None
+    coll_fields: dict[str, Any] = {}
+    if collateral is not None:
+        verdict, coll_fields = _check_collateral(quote, pck, chain, collateral, roots=roots, at=at, platform=platform)
+    return DcapVerdict(
+        quote=quote,
+        pck=pck,
+        pck_chain=chain.certs,
+        pck_chain_labels=chain.labels,
+        pck_chain_window=(chain.not_before, chain.not_after),
+        root_name=root_name,
+        tcb=verdict,
+        collateral_fields=types.MappingProxyType(coll_fields),
+    )

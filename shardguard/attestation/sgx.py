@@ -1,0 +1,72 @@
+"""Intel SGX ECDSA quotes (v3, as Gramine's ``/dev/attestation/quote`` returns them), verified
+offline (ARCHITECTURE §5; specs/enclave-backends.md §5).
+
+The quote, its PCK chain and the collateral are proven by :func:`.dcap.verify_quote` ([QVL]
+4.1.2.4, see :mod:`.dcap` for the sources); this module only says what an enclave report means
+([QL-SGX] "ISV Enclave Report Body"; offsets in specs §5.3):
+
+* measurements: ``mrenclave`` (the enclave's code and initial data), ``mrsigner`` (the hash of
+  the key that signed its SIGSTRUCT), ``isv_prod_id`` and ``isv_svn`` (product and security
+  version the signer assigned). The two numbers are hex of the 16-bit value, big-endian
+  (``isv_prod_id`` 7 → ``"0007"``), so a policy can list them like any other measurement;
+* ``debug`` is ATTRIBUTES.FLAGS bit 1 (DEBUG): a debug enclave's memory is readable by its host;
+* ``report_data`` is the 64 bytes the enclave bound into its report (Gramine's
+  ``user_report_data``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Final
+
+from shardguard.attestation.dcap import INTEL_ROOTS, Collateral, EnclaveReport, verify_quote
+from shardguard.attestation.result import Verified
+
+__all__ = ["verify_sgx"]
+
+PLATFORM: Final = "sgx"
+
+
+def verify_sgx(
+    quote: bytes,
+    *,
+    collateral: Collateral | None = None,
+    at: dt.datetime | None = None,
+    roots: Mapping[bytes, str] = INTEL_ROOTS,
+) -> Verified:
+    """Verify an SGX quote (v3) and report what it proves.
+
+    Args:
+        quote: the raw quote. Zero padding after it is allowed.
+        collateral: TCB info, QE identity and CRLs (:func:`.dcap.load_collateral`,
+            :func:`.dcap.load_pcs_collateral`). Without it the TCB status is "Unknown".
+        at: when certificates and collateral must be valid (default: now).
+        roots: pinned root keys (SHA-256 of the SPKI → name); Intel's production root by default.
+
+    Returns:
+        A :class:`Verified` with platform "sgx"; ``fields`` holds every parsed field.
+
+    Raises:
+        AttestationError: the first reason the quote is refused.
+    """
+    verdict = verify_quote(quote, platform=PLATFORM, collateral=collateral, at=at, roots=roots)
+    body = verdict.quote.body
+    assert isinstance(body, EnclaveReport)  # verify_quote refuses a TDX quote for platform "sgx"
+    measurements = {
+        "mrenclave": body.mr_enclave.hex(),
+        "mrsigner": body.mr_signer.hex(),
+        "isv_prod_id": body.isv_prod_id.to_bytes(2, "big").hex(),
+        "isv_svn": body.isv_svn.to_bytes(2, "big").hex(),
+    }
+    fields = verdict.to_fields()
+    fields["enclave_debug"] = body.debug
+    return Verified(
+        platform=PLATFORM,
+        measurements=measurements,
+        tcb_status=verdict.tcb_status,
+        advisory_ids=verdict.advisory_ids,
+        debug=body.debug,
+        report_data=body.report_data,
+        fields=fields,
+    )

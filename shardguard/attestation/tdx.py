@@ -1,0 +1,77 @@
+"""Intel TDX quotes (v4, and v5 with TDX 1.0 or 1.5 bodies), verified offline (ARCHITECTURE §5).
+
+The quote, its PCK chain and the collateral are proven by :func:`.dcap.verify_quote` ([QVL]
+4.1.2.4, see :mod:`.dcap` for the sources); this module only says what a TD quote means:
+
+* measurements ([QL-TDX] "TD Quote Body"; offsets in specs/enclave-backends.md §4.2): ``mrtd``
+  (the initial TD image), ``rtmr0``..``rtmr3`` (runtime-extended registers: firmware, OS loader,
+  kernel/initrd, application), ``mrconfigid``/``mrowner``/``mrownerconfig`` (set by the host at
+  launch), ``mrseam``/``mrsignerseam`` (the TDX module and its signer, zero for Intel's);
+* ``debug`` is TD_ATTRIBUTES bit 0: a debug TD's memory and registers are readable by the host;
+* ``report_data`` is the 64 bytes the TD bound into the TDREPORT (nonce, keys).
+
+The policy (:class:`~.policy.VerificationPolicy`) decides what is acceptable; this module only
+proves and reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Final
+
+from shardguard.attestation.dcap import INTEL_ROOTS, Collateral, TdReport, verify_quote
+from shardguard.attestation.result import Verified
+
+__all__ = ["verify_tdx"]
+
+PLATFORM: Final = "tdx"
+
+
+def verify_tdx(
+    quote: bytes,
+    *,
+    collateral: Collateral | None = None,
+    at: dt.datetime | None = None,
+    roots: Mapping[bytes, str] = INTEL_ROOTS,
+) -> Verified:
+    """Verify a TDX quote and report what it proves.
+
+    Args:
+        quote: the raw quote (v4, or v5 with body type 2 or 3). Zero padding after it is allowed.
+        collateral: TCB info, QE identity and CRLs (:func:`.dcap.load_collateral`,
+            :func:`.dcap.load_pcs_collateral`). Without it the TCB status is "Unknown".
+        at: when certificates and collateral must be valid (default: now). Quotes carry no time
+            of their own.
+        roots: pinned root keys (SHA-256 of the SPKI → name); Intel's production root by default.
+
+    Returns:
+        A :class:`Verified` with platform "tdx"; ``fields`` holds every parsed field.
+
+    Raises:
+        AttestationError: the first reason the quote is refused.
+    """
+    verdict = verify_quote(quote, platform=PLATFORM, collateral=collateral, at=at, roots=roots)
+    body = verdict.quote.body
+    assert isinstance(body, TdReport)  # verify_quote refuses an SGX quote for platform "tdx"
+    measurements = {
+        "mrtd": body.mr_td.hex(),
+        **{f"rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)},
+        "mrconfigid": body.mr_config_id.hex(),
+        "mrowner": body.mr_owner.hex(),
+        "mrownerconfig": body.mr_owner_config.hex(),
+        "mrseam": body.mr_seam.hex(),
+        "mrsignerseam": body.mr_signer_seam.hex(),
+    }
+    fields = verdict.to_fields()
+    fields["td_debug"] = body.debug
+    fields["tee_tcb_svn"] = body.tee_tcb_svn.hex()
+    return Verified(
+        platform=PLATFORM,
+        measurements=measurements,
+        tcb_status=verdict.tcb_status,
+        advisory_ids=verdict.advisory_ids,
+        debug=body.debug,
+        report_data=body.report_data,
+        fields=fields,
+    )
