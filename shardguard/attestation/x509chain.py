@@ -122,11 +122,11 @@ def _verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, platf
         ) from None
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
-        return False
+        return None
 
 
 def verify_chain(
@@ -173,9 +173,18 @@ def _verify_chain(
     verify_issued_by(root, root, platform=platform, what=labels[-1])
     for i, cert in enumerate(chain[:-1]):
         issuer = chain[i + 1]
-        if not _is_ca(issuer):
+        bc = _basic_constraints(issuer)
+        if bc is None or not bc.ca:
             raise AttestationError(
                 AttestationReason.CHAIN_INVALID, f"{labels[i + 1]} is not a CA", platform=platform, field=labels[i + 1]
+            )
+        # RFC 5280 §4.2.1.9: at most path_length CA certificates may follow this one.
+        if bc.path_length is not None and i > bc.path_length:
+            raise AttestationError(
+                AttestationReason.CHAIN_INVALID,
+                f"{labels[i + 1]} path length {bc.path_length} exceeded",
+                platform=platform,
+                field=labels[i + 1],
             )
         verify_issued_by(cert, issuer, platform=platform, what=labels[i])
     for cert, label in zip(chain, labels, strict=True):
