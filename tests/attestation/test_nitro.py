@@ -210,6 +210,11 @@ def reasons_for_signed_change(original: bytes, mutated: bytes) -> set[R]:
             reasons |= {R.BAD_SIGNATURE} if value else {R.MALFORMED}
         else:  # public_key, user_data, nonce: same type and length, other content
             reasons |= {R.BAD_SIGNATURE}
+    if not reasons:
+        # The bytes changed but every value still compares equal in Python (a PCR index turned
+        # into the CBOR simple value 8 equals the integer 8): the verifier's strict types refuse
+        # it as malformed, or the signature check does.
+        reasons = {R.MALFORMED, R.BAD_SIGNATURE}
     return reasons
 
 
