@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from shardguard.protocols.dealer import trusted_dealer_keygen
 from shardguard.protocols.dkg import Dkg
+from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, EcdsaSignature, OtSetup
 from shardguard.protocols.frost import FrostSigner
 from shardguard.protocols.keys import KeyShare, PublicKeyPackage
 from shardguard.protocols.message import Message
@@ -21,7 +22,19 @@ from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.repair import RepairHelper, RepairTarget
 from shardguard.protocols.suites import decode_secret, suite_by_scheme
 
-__all__ = ["decode_secret", "keygen", "refresh", "repair", "run", "sign", "split"]
+__all__ = [
+    "decode_secret",
+    "ecdsa_keygen",
+    "ecdsa_refresh",
+    "ecdsa_setup",
+    "ecdsa_sign",
+    "keygen",
+    "refresh",
+    "repair",
+    "run",
+    "sign",
+    "split",
+]
 
 R = TypeVar("R")
 Rng = Callable[[int], bytes]
@@ -95,3 +108,43 @@ def repair(helpers: Sequence[KeyShare], lost: int, public: PublicKeyPackage, *, 
     if not isinstance(result, KeyShare):  # pragma: no cover - RepairTarget yields a KeyShare
         raise RuntimeError("repair produced no share")
     return result
+
+
+# -- threshold ECDSA (DKLs23) -------------------------------------------------------------------
+
+
+def ecdsa_setup(
+    shares: Sequence[KeyShare], *, chain_code: bytes | None = None, rng: Rng = secrets.token_bytes
+) -> list[EcdsaKeyShare]:
+    """Pairwise OT setup among all holders of an ``ecdsa`` key (after DKG, dealer or refresh)."""
+    instance = rng(32)
+    out = run({s.identifier: OtSetup(s, instance=instance, rng=rng, chain_code=chain_code) for s in shares})
+    return [out[s.identifier] for s in shares]
+
+
+def ecdsa_keygen(threshold: int, parties: int, *, rng: Rng = secrets.token_bytes) -> list[EcdsaKeyShare]:
+    """DKG and OT setup among parties ``1..parties``; the key gets a jointly drawn chain code."""
+    return ecdsa_setup(keygen("ecdsa", threshold, parties, rng=rng), rng=rng)
+
+
+def ecdsa_sign(
+    shares: Sequence[EcdsaKeyShare], digest: bytes, *, path: Sequence[int] = (), rng: Rng = secrets.token_bytes
+) -> EcdsaSignature:
+    """DKLs23-sign the 32-byte ``digest`` with exactly the given shares (key derived by the
+    non-hardened BIP32 ``path``, e.g. ``(0, 1)`` for ``m/0/1``)."""
+    signers = [s.identifier for s in shares]
+    instance = rng(32)
+    parties = {s.identifier: DklsSigner(s, signers=signers, digest=digest, instance=instance, rng=rng, path=path) for s in shares}
+    sigs = set(run(parties).values())
+    if len(sigs) != 1:  # pragma: no cover - every honest signer combines the same signature
+        raise RuntimeError("signers disagree on the signature")
+    return sigs.pop()
+
+
+def ecdsa_refresh(shares: Sequence[EcdsaKeyShare], *, rng: Rng = secrets.token_bytes) -> list[EcdsaKeyShare]:
+    """New Shamir shares of the same key, then fresh OT state and zero seeds (bans cleared)."""
+    chain_codes = {s.chain_code for s in shares}
+    if len(chain_codes) != 1:
+        raise ValueError("the shares disagree on the chain code")
+    new = refresh([s.share for s in shares], rng=rng)
+    return ecdsa_setup(new, chain_code=chain_codes.pop(), rng=rng)

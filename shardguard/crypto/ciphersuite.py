@@ -30,6 +30,8 @@ class Ciphersuite(abc.ABC):
     scheme: str
     group: Group
     signature_size: int
+    #: False for suites that share the DKG but sign with another protocol (ECDSA/DKLs23).
+    frost: bool = True
 
     @property
     def context_bytes(self) -> bytes:

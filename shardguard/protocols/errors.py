@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-__all__ = ["AbortReason", "MessageRejected", "ProtocolAbort", "ProtocolError", "UsageError"]
+__all__ = ["AbortReason", "MessageRejected", "PeerBanned", "ProtocolAbort", "ProtocolError", "UsageError"]
 
 
 class AbortReason(enum.Enum):
@@ -34,10 +34,17 @@ class AbortReason(enum.Enum):
     INCONSISTENT_REPAIR = ("repair contributions do not add up", True)
     INCONSISTENT_KEY = ("parties derived different key packages", True)
     INVALID_SIGNATURE = ("aggregate signature does not verify", False)
+    # DKLs23 (spec pitfall P3): these name the counterparty and ban it until the next refresh.
+    OT_CONSISTENCY = ("OT extension consistency check failed", True, True)
+    MULTIPLICATION_CHECK = ("two-party multiplication check failed", True, True)
+    PAIRWISE_CONSISTENCY = ("pairwise nonce or key consistency check failed", True, True)
 
-    def __init__(self, text: str, blames: bool) -> None:
+    def __init__(self, text: str, blames: bool, bans: bool = False) -> None:
         self.text = text
         self.blames = blames
+        #: The checking party must refuse every further session with the culprits (persisted
+        #: with its share) until a refresh: retrying would leak its secret bit by bit.
+        self.bans = bans
 
 
 class ProtocolError(Exception):
@@ -77,8 +84,11 @@ class ProtocolAbort(ProtocolError):
         culprits: frozenset[int] | set[int] = frozenset(),
         session_id: bytes = b"",
         field: str = "",
+        party: int = 0,
     ) -> None:
         self.reason = reason
+        #: The party that detected the failure (0 when raised outside a party).
+        self.party = party
         self.round = round
         self.culprits = frozenset(culprits)
         self.session_id = session_id
@@ -89,6 +99,14 @@ class ProtocolAbort(ProtocolError):
         blame = f"; culprits {sorted(self.culprits)}" if self.culprits else ""
         where = f" ({field})" if field else ""
         super().__init__(f"{reason.text}{where} in round {round}{blame}")
+
+
+class PeerBanned(UsageError):
+    """A session was asked with counterparties this share has banned (DKLs23 pitfall P3)."""
+
+    def __init__(self, parties: frozenset[int]) -> None:
+        self.parties = parties
+        super().__init__(f"parties {sorted(parties)} are banned by this share after a failed check; refresh the key first")
 
 
 class MessageRejected(ProtocolAbort):

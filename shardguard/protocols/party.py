@@ -147,7 +147,12 @@ class Party(Generic[R]):
     ) -> ProtocolAbort:
         self.state = PartyState.ABORTED
         return ProtocolAbort(
-            reason, round=self.round if round is None else round, culprits=culprits, session_id=self.session_id, field=field
+            reason,
+            round=self.round if round is None else round,
+            culprits=culprits,
+            session_id=self.session_id,
+            field=field,
+            party=self.me,
         )
 
     def _echo_blame(self, sender: int, position: int) -> set[int]:

@@ -40,6 +40,8 @@ class FrostSigner(Party[bytes]):
         cheater_detection: CheaterDetection = CheaterDetection.ALL_CHEATERS,
     ) -> None:
         public = key_share.public
+        if not public.suite.frost:
+            raise UsageError(f"{public.suite.scheme} keys sign with their own protocol, not FROST")
         ids = public.quorum(signers, "signer")
         if key_share.identifier not in ids:
             raise UsageError(f"party {key_share.identifier} is not among the signers")
