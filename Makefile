@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-frost bench-attestation install lock clean
+.PHONY: demo test lint bench bench-frost bench-ecdsa bench-attestation install lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ShardGuard needs Python >= 3.11")'
@@ -26,10 +26,13 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: bench-frost bench-attestation
+bench: bench-frost bench-ecdsa bench-attestation
 
 bench-frost: $(STAMP)
 	@$(PY) bench/bench_frost.py
+
+bench-ecdsa: $(STAMP)
+	@$(PY) bench/bench_ecdsa.py
 
 bench-attestation: $(STAMP)
 	@$(PY) bench/bench_attestation.py
