@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["expand_message_xmd_sha256", "hash_to_field_sha256", "tagged_hash"]
+__all__ = ["expand_message_xmd_sha256", "hash_to_field_sha256", "hash_to_field_sha256_multi", "tagged_hash"]
 
 
 def expand_message_xmd_sha256(msg: bytes, dst: bytes, length: int) -> bytes:
@@ -32,6 +32,19 @@ def expand_message_xmd_sha256(msg: bytes, dst: bytes, length: int) -> bytes:
 def hash_to_field_sha256(msg: bytes, dst: bytes, modulus: int) -> int:
     """RFC 9380 §5.2 ``hash_to_field`` for one element, L = 48 (k = 128), big-endian."""
     return int.from_bytes(expand_message_xmd_sha256(msg, dst, 48), "big") % modulus
+
+
+def hash_to_field_sha256_multi(msg: bytes, dst: bytes, count: int, modulus: int) -> list[int]:
+    """RFC 9380 §5.2 ``hash_to_field(msg, count)`` over a prime field (m = 1), L = 48 (k = 128).
+
+    One ``expand_message_xmd`` call (§5.3.1) of ``count · 48`` bytes; element ``i`` is
+    ``OS2IP(uniform_bytes[48·i : 48·(i+1)]) mod modulus``. ``count = 1`` equals
+    :func:`hash_to_field_sha256`.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    uniform = expand_message_xmd_sha256(msg, dst, 48 * count)
+    return [int.from_bytes(uniform[48 * i : 48 * (i + 1)], "big") % modulus for i in range(count)]
 
 
 _TAG_PREFIXES: dict[bytes, bytes] = {}
