@@ -190,6 +190,8 @@ def derive_public(parent: Point, chain_code: bytes, path: Sequence[int], *, dept
 
     ``depth`` is the parent's own depth (0 for a master key); the child's is ``depth + len(path)``.
     """
+    if isinstance(path, str):
+        raise TypeError("path is a sequence of child indices; parse a string with parse_path()")
     if parent.group is not SECP256K1:
         raise TypeError("BIP32 derivation is defined on secp256k1 points only")
     if parent.is_identity:

@@ -202,6 +202,8 @@ def test_derive_refuses_hardened_out_of_range_and_bad_inputs() -> None:
         assert err.value.reason is DerivationReason.BAD_CHAIN_CODE
     with pytest.raises(DecodeError):
         derive_public(SECP256K1.identity(), code, [1])
+    with pytest.raises(TypeError, match="parse_path"):
+        derive_public(parent, code, "m/0/1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("il", [N, N + 1, 2**256 - 1])
