@@ -105,10 +105,14 @@ def _columns(m: np.ndarray) -> np.ndarray:
 def _outputs(sid: bytes, cols: np.ndarray, width: int) -> list[tuple[int, ...]]:
     raw = cols.tobytes()
     prefix = b"shardguard/ote/out/v1\x00" + sid
-    out = []
+    fb, shake, q = int.from_bytes, hashlib.shake_256, _Q
+    out: list[tuple[int, ...]] = []
     for j in range(EXTENDED):
-        d = hashlib.shake_256(prefix + j.to_bytes(2, "big") + raw[32 * j : 32 * (j + 1)]).digest(48 * width)
-        out.append(tuple(int.from_bytes(d[48 * k : 48 * (k + 1)], "big") % _Q for k in range(width)))
+        d = shake(prefix + j.to_bytes(2, "big") + raw[32 * j : 32 * j + 32]).digest(48 * width)
+        if width == 3:  # the RVOLE's width: unrolled, this is the signing hot path
+            out.append((fb(d[:48], "big") % q, fb(d[48:96], "big") % q, fb(d[96:], "big") % q))
+        else:
+            out.append(tuple(fb(d[48 * k : 48 * k + 48], "big") % q for k in range(width)))
     return out
 
 

@@ -85,10 +85,11 @@ def alice_answer(
     v0, v1 = ext.outputs(sid, WIDTH)
     a0, a1 = inputs
     a_hat = SECP256K1.random_scalar(rng)
-    row_add = (a0, a1, a_hat)
-    a_tilde = b"".join(
-        ((x0[k] - x1[k] + row_add[k]) % _Q).to_bytes(32, "big") for x0, x1 in zip(v0, v1, strict=True) for k in range(WIDTH)
-    )
+    q = _Q
+    rows = [
+        ((x0[0] - x1[0] + a0) % q, (x0[1] - x1[1] + a1) % q, (x0[2] - x1[2] + a_hat) % q) for x0, x1 in zip(v0, v1, strict=True)
+    ]
+    a_tilde = b"".join(v.to_bytes(32, "big") for row in rows for v in row)
     th0, th1 = _theta(sid, a_tilde)
     eta = (a_hat + th0 * a0 + th1 * a1) % _Q
     mu = _mu(sid, [(x[2] + th0 * x[0] + th1 * x[1]) % _Q for x in v0])
@@ -105,8 +106,9 @@ def bob_finish(state: BobState, sid: bytes, a_tilde: bytes, eta: int, mu: bytes,
     bits = state._ext.choice_bits
     at = [int.from_bytes(a_tilde[32 * i : 32 * (i + 1)], "big") for i in range(EXTENDED * WIDTH)]
     th0, th1 = _theta(sid, a_tilde)
+    q = _Q
     d_dot = [
-        tuple((gam[k] + bit * at[WIDTH * j + k]) % _Q for k in range(WIDTH))
+        ((gam[0] + at[3 * j]) % q, (gam[1] + at[3 * j + 1]) % q, (gam[2] + at[3 * j + 2]) % q) if bit else gam
         for j, (gam, bit) in enumerate(zip(gamma, bits, strict=True))
     ]
     check = _mu(sid, [(d[2] + th0 * d[0] + th1 * d[1] - bit * eta) % _Q for d, bit in zip(d_dot, bits, strict=True)])
