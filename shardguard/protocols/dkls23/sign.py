@@ -94,8 +94,7 @@ class DklsSigner(Party[EcdsaSignature]):
         self._rng = rng
         self._gadget = gadget_vector(key.setup_id)
         self._q: int = g.order
-        self._r = g.random_scalar(rng)
-        self._phi = g.random_scalar(rng)
+        self._r, self._phi = self._hedged_nonces(rng(32))
         self._big_r = g.base_mul(self._r)
         self._nonce = b""
         self._salt = b""
@@ -108,6 +107,23 @@ class DklsSigner(Party[EcdsaSignature]):
         self._c: dict[int, tuple[int, int]] = {}
         self._share: SignShare | None = None
         self._big_r_sum: Point = g.identity()
+
+    def _hedged_nonces(self, seed: bytes) -> tuple[int, int]:
+        """``r_i`` and ``φ_i`` from fresh randomness *and* the share and session id (as RFC 9591
+        §4.1 hedges FROST nonces): a repeated RNG stream (a restored VM snapshot) still gives
+        fresh nonces for another digest, path, signer set or instance (spec pitfall P9)."""
+        g = self.suite.group
+        share = g.scalar_encode(self._key.share.signing_share)
+        out = []
+        for label in (b"r", b"phi"):
+            while True:
+                h = hashlib.shake_256(b"shardguard/dkls23/nonce/v1\x00" + label + seed + share + self.session_id)
+                k = int.from_bytes(h.digest(48), "big") % self._q
+                if k:
+                    out.append(k)
+                    break
+                seed = hashlib.sha256(seed).digest()  # probability 2^-256
+        return out[0], out[1]
 
     # -- round 1 ----------------------------------------------------------------------------
     def _start(self) -> list[Message]:
