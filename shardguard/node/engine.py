@@ -1,0 +1,150 @@
+"""Drive the sans-I/O protocols over attested channels through an untrusted relay.
+
+One :func:`drive` call runs one protocol party to its end (ARCHITECTURE §4, §6): every
+outgoing :class:`~shardguard.protocols.message.Message` is encoded, HPKE-sealed and signed for
+each recipient by a :class:`~shardguard.channel.Channel` (broadcasts once per peer), posted to
+the relay; envelopes fetched from the relay are opened by the sender's channel and fed to the
+party. The relay (the coordinator) sees only envelopes: it can delay or drop them, never read,
+forge, re-target or replay them.
+
+Envelopes of a later session of the same job (a DKLs23 setup that follows its DKG) can arrive
+early: they are kept by session id until that session starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+import cbor2
+
+from shardguard.channel import AdmittedPeer, Channel, ChannelError, NodeKeys, PeerCard
+from shardguard.protocols.errors import MessageRejected
+from shardguard.protocols.message import BROADCAST, Message
+from shardguard.protocols.party import Party
+
+__all__ = ["EngineError", "EngineTimeout", "Inbox", "Relay", "decode_message", "drive", "encode_message"]
+
+R = TypeVar("R")
+_SESSION = slice(1, 33)  # envelope header: version (1 byte), then the 32-byte session id
+
+
+class EngineError(Exception):
+    """The task cannot go on for a reason outside the protocol (transport, time)."""
+
+
+class EngineTimeout(EngineError):
+    def __init__(self, job: str, round: int) -> None:
+        self.job = job
+        self.round = round
+        super().__init__(f"job {job}: no progress before the deadline (round {round})")
+
+
+class Relay(Protocol):
+    """The transport to the coordinator's mailbox of one job."""
+
+    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+        """Queue ``(recipient node id, envelope)`` pairs."""
+
+    def fetch(self, job: str, after: int, wait: float) -> Sequence[tuple[int, str, bytes]]:
+        """``(cursor, sender node id, envelope)`` addressed to us with cursor > ``after``;
+        waits up to ``wait`` seconds for the first one."""
+
+
+def encode_message(m: Message) -> bytes:
+    return cbor2.dumps([m.round, m.sender, m.recipient, m.payload], canonical=True)
+
+
+def decode_message(data: bytes, session_id: bytes) -> Message:
+    """The inner message of an opened envelope (its session id is the channel's)."""
+    try:
+        obj = cbor2.loads(data)
+        rnd, sender, recipient, payload = obj
+        if cbor2.dumps(obj, canonical=True) != data:
+            raise ValueError("not canonical")
+        return Message(session_id=session_id, round=rnd, sender=sender, recipient=recipient, payload=payload)
+    except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
+        raise EngineError(f"malformed inner message: {type(e).__name__}") from None
+
+
+@dataclasses.dataclass
+class Inbox:
+    """Cursor into a job's mailbox plus envelopes held for sessions not started yet."""
+
+    cursor: int = 0
+    held: dict[bytes, list[tuple[str, bytes]]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+
+
+def drive(
+    party: Party[R],
+    *,
+    job: str,
+    me: NodeKeys,
+    card: PeerCard,
+    peers: Mapping[int, AdmittedPeer],
+    relay: Relay,
+    inbox: Inbox,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    poll: float = 5.0,
+) -> R:
+    """Run ``party`` to completion; return its result.
+
+    ``peers`` maps every other participant's protocol index to its admitted peer. Raises the
+    party's :class:`~shardguard.protocols.errors.ProtocolAbort` (after posting the messages it
+    carries, so the others abort too), or :class:`EngineTimeout`.
+    """
+    sid = party.session_id
+    channels = {i: Channel(me, card, peers[i], sid) for i in party.peers}
+    index_of = {peers[i].node_id: i for i in party.peers}
+    seq: dict[int, int] = dict.fromkeys(party.peers, 0)
+
+    def send(messages: Sequence[Message]) -> None:
+        out = []
+        for m in messages:
+            plain = encode_message(m)
+            for i in party.peers if m.recipient == BROADCAST else (m.recipient,):
+                seq[i] += 1
+                out.append((peers[i].node_id, channels[i].seal(plain, seq=seq[i])))
+        if out:
+            relay.post(job, out)
+
+    def feed(sender: str, envelope: bytes) -> None:
+        i = index_of.get(sender)
+        if i is None:
+            return  # not a participant of this session: ignore
+        try:
+            plain = channels[i].open(envelope)
+            m = decode_message(plain, sid)
+        except (ChannelError, EngineError):
+            return  # forged, replayed or garbled: the channel already refused it
+        if m.sender != i:
+            return  # a peer speaking for another index
+        try:
+            send(party.receive(m))
+        except MessageRejected:
+            return
+        except Exception as e:  # ProtocolAbort: let the others know, then stop
+            send(getattr(e, "outgoing", []) or [])
+            raise
+
+    send(party.start())
+    for sender, envelope in inbox.held.pop(sid, []):
+        if party.done:
+            break
+        feed(sender, envelope)
+    while not party.done:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise EngineTimeout(job, party.round)
+        for cursor, sender, envelope in relay.fetch(job, inbox.cursor, min(poll, remaining)):
+            inbox.cursor = max(inbox.cursor, cursor)
+            if envelope[_SESSION] != sid:
+                inbox.held[bytes(envelope[_SESSION])].append((sender, envelope))
+                continue
+            if not party.done:
+                feed(sender, envelope)
+    return party.result

@@ -1,0 +1,178 @@
+"""What a node does for each kind of task: build the protocol parties, drive them, keep the
+results (ARCHITECTURE §7).
+
+A task names the job, its kind (``keygen``, ``sign``, ``refresh``), the scheme, the
+participants as ``protocol index -> node id``, our own index, a coordinator-chosen 32-byte
+``instance`` and the parameters (for signing: the digest or message, path, signer indices).
+The coordinator is untrusted: every value is validated here, and the protocols bind all of
+them into their session ids, so a coordinator that tells nodes different things only gets an
+aborted session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard
+from shardguard.node.engine import Inbox, Relay, drive
+from shardguard.protocols.dkg import Dkg
+from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup, parse_path
+from shardguard.protocols.errors import ProtocolAbort, UsageError
+from shardguard.protocols.frost import FrostSigner
+from shardguard.protocols.keys import KeyShare
+from shardguard.protocols.refresh import Refresh
+from shardguard.protocols.suites import SCHEMES, suite_by_scheme
+
+__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "run_task"]
+
+KINDS = ("keygen", "sign", "refresh")
+Share = KeyShare | EcdsaKeyShare
+Rng = Callable[[int], bytes]
+
+
+class TaskError(ValueError):
+    """The task itself is malformed (bad kind, scheme, ids, parameters)."""
+
+    def __init__(self, what: str, field: str = "") -> None:
+        self.what = what
+        self.field = field
+        super().__init__(f"{what}{f' ({field})' if field else ''}")
+
+
+class ShareStore(Protocol):
+    """Where a node keeps its shares (the sealed keystore; a dict in tests)."""
+
+    def load(self, key_id: str) -> Share: ...
+
+    def stage(self, key_id: str, share: Share) -> None:
+        """Keep a new epoch beside the current one, not yet used."""
+
+    def commit(self, key_id: str, epoch: int) -> None:
+        """Make a staged epoch current (all holders confirmed it)."""
+
+    def replace(self, key_id: str, share: Share) -> None:
+        """Overwrite the current epoch in place (a ban was added)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    job: str
+    kind: str
+    scheme: str
+    threshold: int
+    participants: Mapping[int, str]
+    me: int
+    instance: bytes
+    key_id: str = ""
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise TaskError(f"unknown task kind {self.kind!r}", "kind")
+        if self.scheme not in (*SCHEMES, "ecdsa"):
+            raise TaskError(f"unknown scheme {self.scheme!r}", "scheme")
+        if type(self.instance) is not bytes or len(self.instance) != 32:
+            raise TaskError("instance must be 32 bytes", "instance")
+        if self.me not in self.participants:
+            raise TaskError("our index is not among the participants", "me")
+        if len(set(self.participants.values())) != len(self.participants):
+            raise TaskError("a node appears twice among the participants", "participants")
+
+
+def _phase_instance(instance: bytes, phase: bytes) -> bytes:
+    return hashlib.sha256(b"shardguard/node/phase/v1\x00" + phase + b"\x00" + instance).digest()
+
+
+def run_task(
+    task: Task,
+    *,
+    store: ShareStore,
+    me: NodeKeys,
+    card: PeerCard,
+    peers: Mapping[int, AdmittedPeer],
+    relay: Relay,
+    deadline: float,
+    rng: Rng = secrets.token_bytes,
+) -> dict[str, Any]:
+    """Run one task; return its public result (what the coordinator may see).
+
+    Raises :class:`TaskError`, :class:`~shardguard.protocols.errors.UsageError` (e.g. a banned
+    peer), :class:`~shardguard.protocols.errors.ProtocolAbort` (bans already persisted) or
+    :class:`~shardguard.node.engine.EngineTimeout`.
+    """
+    inbox = Inbox()
+
+    def go(party: Any) -> Any:
+        return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline)
+
+    if task.kind == "keygen":
+        return _keygen(task, store, go, rng)
+    if task.kind == "sign":
+        return _sign(task, store, go, rng)
+    return _refresh(task, store, go, rng)
+
+
+def _keygen(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:
+    suite = suite_by_scheme(task.scheme)
+    ids = sorted(task.participants)
+    base: KeyShare = go(
+        Dkg(suite, identifier=task.me, participants=ids, threshold=task.threshold, instance=task.instance, rng=rng)
+    )
+    share: Share = base
+    if task.scheme == "ecdsa":
+        share = go(OtSetup(base, instance=_phase_instance(task.instance, b"setup"), rng=rng))
+    key_id = task.key_id or share.public.key_id.hex()
+    store.stage(key_id, share)
+    return _public(share)
+
+
+def _sign(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:
+    share = store.load(task.key_id)
+    signers = task.params.get("signers")
+    if not isinstance(signers, list) or not all(type(i) is int for i in signers):
+        raise TaskError("signers must be a list of party indices", "signers")
+    if isinstance(share, EcdsaKeyShare):
+        try:
+            digest = bytes.fromhex(str(task.params.get("digest", "")))
+            path = parse_path(str(task.params.get("path", "m")))
+        except ValueError as e:
+            raise TaskError(str(e), "digest/path") from None
+        party = DklsSigner(share, signers=signers, digest=digest, instance=task.instance, rng=rng, path=path)
+        try:
+            sig = go(party)
+        except ProtocolAbort as e:
+            if e.reason.bans and e.culprits:
+                store.replace(task.key_id, share.with_bans(e.culprits))  # persist before reporting (spec P3)
+            raise
+        return dict(sig.to_dict())
+    try:
+        message = bytes.fromhex(str(task.params.get("message", "")))
+    except ValueError:
+        raise TaskError("message must be hex", "message") from None
+    signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng))
+    return {"scheme": share.suite.scheme, "public_key": share.public.public_key_bytes.hex(), "signature": signature.hex()}
+
+
+def _refresh(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:
+    share = store.load(task.key_id)
+    base = share.share if isinstance(share, EcdsaKeyShare) else share
+    ids = sorted(task.participants)
+    if set(ids) != set(base.public.participants):
+        raise UsageError("a refresh must include every holder of the key")
+    refreshed: KeyShare = go(Refresh(base, participants=ids, instance=task.instance, rng=rng))
+    new: Share = refreshed
+    if isinstance(share, EcdsaKeyShare):
+        new = go(OtSetup(refreshed, instance=_phase_instance(task.instance, b"setup"), rng=rng, chain_code=share.chain_code))
+    store.stage(task.key_id, new)
+    return _public(new)
+
+
+def _public(share: Share) -> dict[str, Any]:
+    out: dict[str, Any] = {"public": share.public.to_dict(), "key_id": share.public.key_id.hex()}
+    if isinstance(share, EcdsaKeyShare):
+        out["chain_code"] = share.chain_code.hex()
+    return out
