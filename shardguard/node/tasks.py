@@ -54,8 +54,10 @@ class ShareStore(Protocol):
     def commit(self, key_id: str, epoch: int) -> None:
         """Make a staged epoch current (all holders confirmed it)."""
 
-    def replace(self, key_id: str, share: Share) -> None:
-        """Overwrite the current epoch in place (a ban was added)."""
+    def add_bans(self, key_id: str, setup_id: bytes, parties: frozenset[int]) -> None:
+        """Atomically add ``parties`` to the ban list of the *current* share of ``key_id`` if
+        its setup id is still ``setup_id`` (a refresh since then already replaced every
+        pairwise secret, so the ban is moot and the newer share must not be overwritten)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +148,7 @@ def _sign(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> 
             sig = go(party)
         except ProtocolAbort as e:
             if e.reason.bans and e.culprits:
-                store.replace(task.key_id, share.with_bans(e.culprits))  # persist before reporting (spec P3)
+                store.add_bans(task.key_id, share.setup_id, e.culprits)  # persist before reporting (spec P3)
             raise
         return dict(sig.to_dict())
     try:

@@ -38,6 +38,7 @@ class AbortReason(enum.Enum):
     OT_CONSISTENCY = ("OT extension consistency check failed", True, True)
     MULTIPLICATION_CHECK = ("two-party multiplication check failed", True, True)
     PAIRWISE_CONSISTENCY = ("pairwise nonce or key consistency check failed", True, True)
+    PEER_BANNED = ("counterparty was banned by a concurrent session", True)
 
     def __init__(self, text: str, blames: bool, bans: bool = False) -> None:
         self.text = text

@@ -68,6 +68,7 @@ class DictStore:
     def __init__(self) -> None:
         self.current: dict[str, Any] = {}
         self.staged: dict[str, Any] = {}
+        self.lock = threading.Lock()
 
     def load(self, key_id: str) -> Any:
         return self.current[key_id]
@@ -81,6 +82,12 @@ class DictStore:
 
     def replace(self, key_id: str, share: Any) -> None:
         self.current[key_id] = share
+
+    def add_bans(self, key_id: str, setup_id: bytes, parties: frozenset[int]) -> None:
+        with self.lock:
+            share = self.current[key_id]
+            if share.setup_id == setup_id:
+                self.current[key_id] = share.with_bans(parties)
 
 
 class Node:
@@ -98,6 +105,14 @@ def admit(verifier: Node, peer: Node, policy: VerificationPolicy) -> AdmittedPee
     now = dt.datetime.now(dt.UTC)
     verified = verify_evidence(evidence.platform, evidence.blob, policy=policy, at=now)
     return admit_peer(peer.card, verified, nonce=nonce, policy=policy, now=now)
+
+
+@pytest.fixture(autouse=True)
+def fresh_ban_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shardguard.protocols.dkls23 import sign
+    from shardguard.protocols.dkls23.bans import BanRegistry
+
+    monkeypatch.setattr(sign, "REGISTRY", BanRegistry())
 
 
 @pytest.fixture(scope="module")

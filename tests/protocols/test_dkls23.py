@@ -18,6 +18,7 @@ from shardguard.crypto.bip32 import derive_public
 from shardguard.crypto.suites import ECDSA_SECP256K1
 from shardguard.protocols import wire
 from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup
+from shardguard.protocols.dkls23 import sign as sign_module
 from shardguard.protocols.dkls23._messages import (
     SetupCommit,
     SetupConfirm,
@@ -29,6 +30,7 @@ from shardguard.protocols.dkls23._messages import (
     SignOtStart,
     SignShare,
 )
+from shardguard.protocols.dkls23.bans import BanRegistry
 from shardguard.protocols.errors import AbortReason, MessageRejected, PeerBanned, ProtocolAbort, UsageError
 from shardguard.protocols.frost import FrostSigner
 from shardguard.protocols.message import Message
@@ -37,6 +39,14 @@ from tests.helpers.rng import DeterministicRng
 
 DIGEST = hashlib.sha256(b"shardguard dkls23 test").digest()
 G = ECDSA_SECP256K1.group
+
+
+@pytest.fixture(autouse=True)
+def fresh_ban_registry(monkeypatch: pytest.MonkeyPatch) -> BanRegistry:
+    """Each test starts with an empty live registry (it is process-wide by design)."""
+    registry = BanRegistry()
+    monkeypatch.setattr(sign_module, "REGISTRY", registry)
+    return registry
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +168,41 @@ def test_two_signatures_of_one_digest_use_fresh_nonces(key23: list[EcdsaKeyShare
     assert a.r != b.r
 
 
-def test_repeated_rng_stream_still_gives_fresh_nonces_for_another_digest(key23: list[EcdsaKeyShare]) -> None:
-    """A restored snapshot replays its RNG stream: the nonces are hedged with the share and
-    the session id, so signing another digest does not reuse ``R`` (spec P9)."""
-    a = run(signers(key23[:2], seed=5))
-    b = run(signers(key23[:2], digest=hashlib.sha256(b"other").digest(), seed=5))
-    assert a[1].r != b[1].r  # type: ignore[attr-defined]
+def test_repeated_rng_stream_still_gives_fresh_values_for_another_digest(key23: list[EcdsaKeyShare]) -> None:
+    """A restored snapshot replays its RNG stream: every draw of a session is hedged with the
+    share and the session id, so another digest reuses neither ``R`` nor Bob's multiplier
+    (a repeated multiplier lets a co-signer solve for the key from two signatures)."""
+    a = signers(key23[:2], seed=5)
+    b = signers(key23[:2], digest=hashlib.sha256(b"other").digest(), seed=5)
+    for p in (*a.values(), *b.values()):
+        p.start()
+    assert a[1]._bobs[2].b != b[1]._bobs[2].b  # type: ignore[attr-defined]
+    assert a[1]._big_r != b[1]._big_r  # type: ignore[attr-defined]
+    same = signers(key23[:2], seed=5)
+    same[1].start()
+    assert same[1]._bobs[2].b == a[1]._bobs[2].b  # type: ignore[attr-defined]  # same session, same stream: documented
+
+
+def test_a_failed_check_stops_concurrent_sessions_with_that_peer(key23: list[EcdsaKeyShare]) -> None:
+    """Two sessions with peer 2 are open; 2 cheats in the first; the second, already past
+    construction, refuses 2 at its own check instead of leaking another bit (spec P3)."""
+    first = signers(key23[:2], seed=21)
+    second = signers(key23[:2], seed=22)
+    out1 = {i: p.start() for i, p in first.items()}
+    out2 = {i: p.start() for i, p in second.items()}
+    bad = next(m for m in out1[2] if not m.is_broadcast)
+    payload = wire.decode_payload(ECDSA_SECP256K1, bad.payload, SignOtStart)
+    bad = dataclasses.replace(bad, payload=wire.encode_payload(dataclasses.replace(payload, u=corrupt(payload.u, 0))))
+    first[1].receive(next(m for m in out1[2] if m.is_broadcast))
+    with pytest.raises(ProtocolAbort) as e:
+        first[1].receive(bad)
+    assert e.value.reason is AbortReason.OT_CONSISTENCY and e.value.culprits == {2}
+    second[1].receive(next(m for m in out2[2] if m.is_broadcast))
+    with pytest.raises(ProtocolAbort) as e2:
+        second[1].receive(next(m for m in out2[2] if not m.is_broadcast))
+    assert e2.value.reason is AbortReason.PEER_BANNED and e2.value.culprits == {2}
+    with pytest.raises(PeerBanned):
+        signers(key23[:2], seed=23)  # and no new session starts
 
 
 # -- BIP32 ------------------------------------------------------------------------------------
@@ -261,8 +300,9 @@ def corrupt(value: object, kind: object) -> object:
 
 # (payload type, field) -> (reason, culprit is the cheater?, ban)
 EXPECTED = {
-    (SignCommit, "nonce"): (AbortReason.OT_CONSISTENCY, True),  # its OT extension no longer matches its session
+    (SignCommit, "nonce"): (AbortReason.EQUIVOCATION, True),
     (SignCommit, "commitment"): (AbortReason.EQUIVOCATION, True),
+    (SignOtStart, "nonce"): (AbortReason.OT_CONSISTENCY, True),  # keys the extension's PRG
     (SignOtStart, "u"): (AbortReason.OT_CONSISTENCY, True),
     (SignOtStart, "x_check"): (AbortReason.OT_CONSISTENCY, True),
     (SignOtStart, "t_check"): (AbortReason.OT_CONSISTENCY, True),

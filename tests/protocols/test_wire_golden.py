@@ -56,7 +56,9 @@ def _ecdsa_examples(suite):  # type: ignore[no-untyped-def]
         "SetupOtAnswer": dk.SetupOtAnswer(suite=suite, base_ot=blob(dk.BASE_OT_SIZE, 8)),
         "SetupConfirm": dk.SetupConfirm(suite=suite, digest=blob(32, 9)),
         "SignCommit": dk.SignCommit(suite=suite, nonce=blob(32, 10), commitment=blob(32, 11)),
-        "SignOtStart": dk.SignOtStart(suite=suite, u=blob(dk.U_SIZE, 12), x_check=blob(16, 13), t_check=blob(dk.CHECK_SIZE, 14)),
+        "SignOtStart": dk.SignOtStart(
+            suite=suite, nonce=blob(32, 20), u=blob(dk.U_SIZE, 12), x_check=blob(16, 13), t_check=blob(dk.CHECK_SIZE, 14)
+        ),
         "SignMultiply": dk.SignMultiply(
             suite=suite,
             echo=(blob(32, 15), blob(32, 16)),

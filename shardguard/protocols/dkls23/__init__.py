@@ -5,9 +5,19 @@ followed by :class:`OtSetup`; signing is :class:`DklsSigner`; refresh is the sha
 re-share followed by a fresh :class:`OtSetup` (chain code carried over, bans cleared).
 """
 
+from shardguard.crypto.bip32 import DerivationError, derive_public, format_path, parse_path
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare
 from shardguard.protocols.dkls23.setup import OtSetup
 from shardguard.protocols.dkls23.sign import DklsSigner
 from shardguard.protocols.dkls23.signature import EcdsaSignature
 
-__all__ = ["DklsSigner", "EcdsaKeyShare", "EcdsaSignature", "OtSetup"]
+__all__ = [
+    "DerivationError",
+    "DklsSigner",
+    "EcdsaKeyShare",
+    "EcdsaSignature",
+    "OtSetup",
+    "derive_public",
+    "format_path",
+    "parse_path",
+]

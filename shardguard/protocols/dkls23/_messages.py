@@ -157,11 +157,13 @@ class SignCommit(_Fixed):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class SignOtStart(_Fixed):
-    """Round 1 point-to-point: the sender, as RVOLE receiver ("Bob"), starts the OT extension."""
+    """Round 1 point-to-point: the sender, as RVOLE receiver ("Bob"), starts the OT extension;
+    ``nonce`` (its fresh session randomness) keys the extension's PRG."""
 
     TAG = 46
-    SPEC = (("u", U_SIZE), ("x_check", 16), ("t_check", CHECK_SIZE))
+    SPEC = (("nonce", 32), ("u", U_SIZE), ("x_check", 16), ("t_check", CHECK_SIZE))
     suite: Ciphersuite
+    nonce: bytes
     u: bytes
     x_check: bytes
     t_check: bytes

@@ -105,6 +105,8 @@ def bob_finish(state: BobState, sid: bytes, a_tilde: bytes, eta: int, mu: bytes,
     gamma = state._ext.outputs(sid, WIDTH)
     bits = state._ext.choice_bits
     at = [int.from_bytes(a_tilde[32 * i : 32 * (i + 1)], "big") for i in range(EXTENDED * WIDTH)]
+    if max(at) >= _Q:  # every row, whatever β: canonical scalars only (spec P10)
+        raise MultiplicationCheckError("a row of the answer is not a canonical scalar")
     th0, th1 = _theta(sid, a_tilde)
     q = _Q
     d_dot = [

@@ -36,10 +36,11 @@ from shardguard.crypto.shamir import lagrange_coefficient
 from shardguard.crypto.transcript import Transcript
 from shardguard.protocols.dkls23 import rvole
 from shardguard.protocols.dkls23._messages import SignCommit, SignMultiply, SignOtStart, SignShare
+from shardguard.protocols.dkls23.bans import REGISTRY
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare, PairwiseSetup, gadget_vector
 from shardguard.protocols.dkls23.setup import pair_session
 from shardguard.protocols.dkls23.signature import EcdsaSignature
-from shardguard.protocols.errors import AbortReason, PeerBanned, UsageError
+from shardguard.protocols.errors import AbortReason, PeerBanned, ProtocolAbort, UsageError
 from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
 from shardguard.protocols.wire import encode_payload
@@ -50,6 +51,23 @@ __all__ = ["DklsSigner"]
 def _commit(sid: bytes, me: int, big_r: bytes, salt: bytes) -> bytes:
     t = Transcript(b"shardguard/dkls23/nonce-commit").append(b"sid", sid).append_int(b"party", me)
     return t.append(b"R", big_r).append(b"salt", salt).digest()
+
+
+class _HedgedStream:
+    """SHAKE-256 in counter mode over ``seed ‖ share ‖ session id``: an ``Rng``."""
+
+    __slots__ = ("_counter", "_key")
+
+    def __init__(self, seed: bytes, share: bytes, session_id: bytes) -> None:
+        self._key = hashlib.sha256(b"shardguard/dkls23/session-rng/v1\x00" + seed + share + session_id).digest()
+        self._counter = 0
+
+    def __call__(self, n: int) -> bytes:
+        self._counter += 1
+        return hashlib.shake_256(self._key + self._counter.to_bytes(8, "big")).digest(n)
+
+    def __reduce__(self) -> str:
+        raise TypeError("a session RNG is secret and cannot be pickled")
 
 
 class DklsSigner(Party[EcdsaSignature]):
@@ -74,7 +92,7 @@ class DklsSigner(Party[EcdsaSignature]):
             raise UsageError(f"party {key.identifier} is not among the signers")
         if type(digest) is not bytes or len(digest) != 32:
             raise UsageError("the digest to sign must be exactly 32 bytes (hash the message first, with the chain's own hash)")
-        banned = key.banned & set(ids)
+        banned = (key.banned | REGISTRY.banned(key.setup_id, key.identifier)) & set(ids)
         if banned:
             raise PeerBanned(frozenset(banned))
         g = public.group
@@ -91,10 +109,13 @@ class DklsSigner(Party[EcdsaSignature]):
         self.public_key: Point = derived.public_key
         self._tweak = derived.tweak
         self._key = key
-        self._rng = rng
+        # Every draw of this session (r, φ, β, â, nonce, salt) comes from one stream hedged
+        # with the share and the session id: a replayed RNG (a restored VM snapshot) still
+        # gives fresh values for another digest, path, signer set or instance (spec P9).
+        self._rng: Rng = _HedgedStream(rng(32), public.suite.group.scalar_encode(key.share.signing_share), sid)
         self._gadget = gadget_vector(key.setup_id)
         self._q: int = g.order
-        self._r, self._phi = self._hedged_nonces(rng(32))
+        self._r, self._phi = g.random_scalar(self._rng), g.random_scalar(self._rng)
         self._big_r = g.base_mul(self._r)
         self._nonce = b""
         self._salt = b""
@@ -108,22 +129,16 @@ class DklsSigner(Party[EcdsaSignature]):
         self._share: SignShare | None = None
         self._big_r_sum: Point = g.identity()
 
-    def _hedged_nonces(self, seed: bytes) -> tuple[int, int]:
-        """``r_i`` and ``φ_i`` from fresh randomness *and* the share and session id (as RFC 9591
-        §4.1 hedges FROST nonces): a repeated RNG stream (a restored VM snapshot) still gives
-        fresh nonces for another digest, path, signer set or instance (spec pitfall P9)."""
-        g = self.suite.group
-        share = g.scalar_encode(self._key.share.signing_share)
-        out = []
-        for label in (b"r", b"phi"):
-            while True:
-                h = hashlib.shake_256(b"shardguard/dkls23/nonce/v1\x00" + label + seed + share + self.session_id)
-                k = int.from_bytes(h.digest(48), "big") % self._q
-                if k:
-                    out.append(k)
-                    break
-                seed = hashlib.sha256(seed).digest()  # probability 2^-256
-        return out[0], out[1]
+    def _refuse_if_banned(self, j: int) -> None:
+        """A concurrent session may have banned ``j`` since we started (spec P3)."""
+        if j in REGISTRY.banned(self._key.setup_id, self.me):
+            raise self._abort(AbortReason.PEER_BANNED, {j})
+
+    def _ban(self, j: int, reason: AbortReason, field: str) -> ProtocolAbort:
+        """Record the ban for every session of this process before anyone can run another
+        check against ``j``; the caller persists it with the share."""
+        REGISTRY.add(self._key.setup_id, self.me, {j})
+        return self._abort(reason, {j}, field=field)
 
     # -- round 1 ----------------------------------------------------------------------------
     def _start(self) -> list[Message]:
@@ -139,7 +154,8 @@ class DklsSigner(Party[EcdsaSignature]):
                 ote_sid, PairwiseSetup.split(pair.seeds0), PairwiseSetup.split(pair.seeds1), self._gadget, self._rng
             )
             self._bobs[j] = bob
-            out.append(self._send(j, SignOtStart(suite=self.suite, u=msg.u, x_check=msg.x_check, t_check=msg.t_check)))
+            start = SignOtStart(suite=self.suite, nonce=self._nonce, u=msg.u, x_check=msg.x_check, t_check=msg.t_check)
+            out.append(self._send(j, start))
         return out
 
     def _advance(self) -> list[Message]:
@@ -164,7 +180,6 @@ class DklsSigner(Party[EcdsaSignature]):
     def _round2(self) -> list[Message]:
         self.round = 2
         g, q = self.suite.group, self._q
-        commits: dict[int, Any] = self._received(1, SignCommit)
         starts: dict[int, Any] = self._received(1, SignOtStart)
         self._echo = tuple(self._own_commit if i == self.me else self._payload_digest(1, SignCommit, i) for i in self.signers)
         final_sid = (
@@ -180,21 +195,25 @@ class DklsSigner(Party[EcdsaSignature]):
         out = []
         for j in self.peers:
             pair = self._key.pair(j)
-            ote_sid = pair_session(self.session_id, b"ote", j, self.me, commits[j].nonce)
+            # Bob's own nonce, from his authenticated point-to-point message: a relay or a third
+            # party cannot make this check fail for an honest Bob (spec P4).
+            ote_sid = pair_session(self.session_id, b"ote", j, self.me, starts[j].nonce)
             msg = ExtensionMessage(starts[j].u, starts[j].x_check, starts[j].t_check)
-            try:
-                c, a_tilde, eta, mu = rvole.alice_answer(
-                    ote_sid,
-                    pair_session(final_sid, b"rvole", j, self.me),
-                    pair.delta,
-                    PairwiseSetup.split(pair.chosen),
-                    msg,
-                    (self._r, self._sk),
-                    self._gadget,
-                    self._rng,
-                )
-            except OtConsistencyError:
-                raise self._abort(AbortReason.OT_CONSISTENCY, {j}, field="u") from None
+            with REGISTRY.checking(self._key.setup_id, self.me, j):
+                self._refuse_if_banned(j)
+                try:
+                    c, a_tilde, eta, mu = rvole.alice_answer(
+                        ote_sid,
+                        pair_session(final_sid, b"rvole", j, self.me),
+                        pair.delta,
+                        PairwiseSetup.split(pair.chosen),
+                        msg,
+                        (self._r, self._sk),
+                        self._gadget,
+                        self._rng,
+                    )
+                except OtConsistencyError:
+                    raise self._ban(j, AbortReason.OT_CONSISTENCY, "u") from None
             self._c[j] = c
             out.append(
                 self._send(
@@ -236,17 +255,19 @@ class DklsSigner(Party[EcdsaSignature]):
             m = mults[j]
             if not hmac.compare_digest(_commit(self.session_id, j, g.encode(m.big_r), m.salt), commits[j].commitment):
                 raise self._abort(AbortReason.INVALID_COMMITMENT, {j}, field="big_r")
-            try:
-                d_u, d_v = rvole.bob_finish(
-                    self._bobs[j], pair_session(self._final_sid, b"rvole", self.me, j), m.a_tilde, m.eta, m.mu, self._gadget
-                )
-            except rvole.MultiplicationCheckError:
-                raise self._abort(AbortReason.MULTIPLICATION_CHECK, {j}, field="a_tilde") from None
-            chi = self._bobs[j].b
-            if g.mul(m.big_r, chi) != m.gamma_u + g.base_mul(d_u):
-                raise self._abort(AbortReason.PAIRWISE_CONSISTENCY, {j}, field="gamma_u")
-            if g.mul(m.pk, chi) != m.gamma_v + g.base_mul(d_v):
-                raise self._abort(AbortReason.PAIRWISE_CONSISTENCY, {j}, field="gamma_v")
+            with REGISTRY.checking(self._key.setup_id, self.me, j):
+                self._refuse_if_banned(j)
+                try:
+                    d_u, d_v = rvole.bob_finish(
+                        self._bobs[j], pair_session(self._final_sid, b"rvole", self.me, j), m.a_tilde, m.eta, m.mu, self._gadget
+                    )
+                except rvole.MultiplicationCheckError:
+                    raise self._ban(j, AbortReason.MULTIPLICATION_CHECK, "a_tilde") from None
+                chi = self._bobs[j].b
+                if g.mul(m.big_r, chi) != m.gamma_u + g.base_mul(d_u):
+                    raise self._ban(j, AbortReason.PAIRWISE_CONSISTENCY, "gamma_u")
+                if g.mul(m.pk, chi) != m.gamma_v + g.base_mul(d_v):
+                    raise self._ban(j, AbortReason.PAIRWISE_CONSISTENCY, "gamma_v")
             c_u, c_v = self._c[j]
             u_sum += c_u + d_u
             v_sum += c_v + d_v
