@@ -1,0 +1,449 @@
+"""The coordinator's FastAPI application: ``create_app(settings)``.
+
+Client endpoints authenticate with ``Authorization: Bearer <token>`` (scopes ``keys:write``,
+``sign:write``, ``read``, ``admin``; admin implies every scope). Node endpoints authenticate by
+the node's identity key (signed requests, :mod:`.wire`). Every error is
+``{"error": {"code", "message", "field"}}``. The node-facing API is specified in ``API.md``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import shardguard
+from shardguard.coordinator import schemas, wire
+from shardguard.coordinator.db import Database, migrate
+from shardguard.coordinator.errors import ApiError, error_body, install_handlers
+from shardguard.coordinator.metrics import Metrics
+from shardguard.coordinator.service import Coordinator, NodeIdentity, TokenInfo, decode_card
+from shardguard.coordinator.settings import Settings
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+_NODE_HEADERS = (wire.HEADER_NODE, wire.HEADER_TIMESTAMP, wire.HEADER_NONCE, wire.HEADER_SIGNATURE)
+_NODE_AUTH_DOC = {
+    "description": (
+        "Signed node request: headers X-ShardGuard-Node, X-ShardGuard-Timestamp, X-ShardGuard-Nonce and "
+        "X-ShardGuard-Signature (see API.md, 'Node authentication')."
+    )
+}
+
+
+async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking database work in a worker thread."""
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+class Notifier:
+    """Wakes long-polls of this replica when something for them happened (thread-safe; works
+    with any number of event loops). Other replicas' writes are caught by re-reading the
+    database every ``poll_interval``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def waiter(self, key: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._waiters.setdefault(key, set()).add(fut)
+        return fut
+
+    def discard(self, key: str, fut: asyncio.Future[None]) -> None:
+        with self._lock:
+            waiting = self._waiters.get(key)
+            if waiting is not None:
+                waiting.discard(fut)
+                if not waiting:
+                    del self._waiters[key]
+
+    def notify(self, key: str) -> None:
+        with self._lock:
+            waiting = self._waiters.pop(key, set())
+        for fut in waiting:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class BodyLimit:
+    """413 for bodies over ``max_bytes`` (by Content-Length, or counted while streaming)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._reject(send, 400, "bad_request", "invalid Content-Length")
+                    return
+                if declared > self.max_bytes:
+                    await self._reject(send, 413, "payload_too_large", f"request body larger than {self.max_bytes} bytes")
+                    return
+        # Read the whole (bounded) body before the app sees it, then replay it.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send, 413, "payload_too_large", f"request body larger than {self.max_bytes} bytes")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send, status: int, code: str, message: str) -> None:
+        response = JSONResponse(error_body(code, message), status_code=status, headers={"Connection": "close"})
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class HttpMetrics:
+    """Counts and times every request by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(path, method, str(status)).inc()
+            self.metrics.http_latency.labels(path, method).observe(time.perf_counter() - start)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build a coordinator app: opens the database, applies the migrations (``alembic upgrade
+    head``) and wires the routes. The background sweeper (deadlines, dispatch, clean-up) runs
+    while the app's lifespan is active (uvicorn, or ``with TestClient(app)``)."""
+    settings = settings or Settings()
+    db = Database(settings.database_url())
+    migrate(db)
+    metrics = Metrics()
+    notifier = Notifier()
+    coord = Coordinator(settings, db, metrics, notifier.notify)
+    metrics.add_queue_collector(coord.queue_counts)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweeper(coord)) if settings.sweep_interval > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            db.dispose()
+
+    app = FastAPI(
+        title="ShardGuard coordinator",
+        version=shardguard.__version__,
+        summary="Untrusted coordinator: request queue, end-to-end encrypted relay, audit mirror (ARCHITECTURE §8).",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.coordinator = coord
+    app.state.settings = settings
+    app.state.notifier = notifier
+    app.state.metrics = metrics
+    install_handlers(app)
+    _routes(app, coord, notifier)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics, metrics=metrics)
+    return app
+
+
+async def _sweeper(coord: Coordinator) -> None:
+    interval = coord.settings.sweep_interval
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run(coord.sweep)
+        except Exception:
+            _log.exception("sweep failed; retrying in %s s", interval)
+
+
+async def _long_poll(
+    notifier: Notifier, key: str, wait: float, interval: float, check: Callable[[], tuple[bool, T]]
+) -> T:
+    """Call ``check`` (in a thread) until it reports ready or ``wait`` seconds pass; sleep on
+    this replica's notifications in between, re-checking at least every ``interval``."""
+    deadline = time.monotonic() + wait
+    while True:
+        fut = notifier.waiter(key)
+        try:
+            ready, value = await run(check)
+            remaining = deadline - time.monotonic()
+            if ready or remaining <= 0:
+                return value
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout=min(remaining, interval))
+        finally:
+            notifier.discard(key, fut)
+
+
+def _target(request: Request) -> str:
+    raw = request.scope.get("raw_path") or request.url.path.encode("ascii")
+    query = request.scope.get("query_string") or b""
+    return (raw + b"?" + query if query else raw).decode("ascii", errors="replace")
+
+
+def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
+    settings = coord.settings
+    bearer = HTTPBearer(auto_error=False, description="API token (scopes keys:write, sign:write, read, admin)")
+
+    def require(scope: str) -> Callable[..., Awaitable[TokenInfo]]:
+        async def dependency(creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> TokenInfo:
+            if creds is None or not creds.credentials:
+                raise ApiError(401, "unauthorized", "missing bearer token", extra={})
+            info = await run(coord.authenticate_token, creds.credentials)
+            if info is None:
+                raise ApiError(401, "unauthorized", "invalid or revoked token")
+            if not info.allows(scope):
+                raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
+            return info
+
+        return dependency
+
+    Admin = Annotated[TokenInfo, Depends(require("admin"))]
+    Reader = Annotated[TokenInfo, Depends(require("read"))]
+    KeyWriter = Annotated[TokenInfo, Depends(require("keys:write"))]
+    Signer = Annotated[TokenInfo, Depends(require("sign:write"))]
+
+    async def node_auth(request: Request) -> NodeIdentity:
+        body = await request.body()
+        headers = {h: request.headers.get(h) for h in _NODE_HEADERS}
+        return await run(coord.authenticate_node, headers, request.method, _target(request), body)
+
+    SignedNode = Annotated[NodeIdentity, Depends(node_auth)]
+
+    def same_node(node: NodeIdentity, node_id: str) -> None:
+        if node.node_id != node_id:
+            raise ApiError(403, "forbidden", f"signed by node {node.node_id}, not {node_id}", field="node_id")
+
+    # -- service --------------------------------------------------------------------------------
+    @app.get("/v1/health", tags=["service"], response_model=schemas.Health)
+    async def health() -> JSONResponse:
+        try:
+            await run(coord.db.ping)
+            body = {"status": "ok", "database": "ok"}
+            status = 200
+        except Exception as e:
+            _log.warning("health check: database unreachable: %r", e)
+            body = {"status": "unavailable", "database": "unreachable"}
+            status = 503
+        body |= {"replica_id": settings.replica_id, "version": shardguard.__version__}
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics", tags=["service"], include_in_schema=True, response_class=Response)
+    async def metrics_endpoint(request: Request) -> Response:
+        if not settings.metrics_public:
+            await require("read")(await bearer(request))
+        data = await run(generate_latest, coord.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    # -- tokens ---------------------------------------------------------------------------------
+    @app.post("/v1/tokens", tags=["admin"], status_code=201, response_model=schemas.NewToken)
+    async def create_token(body: schemas.CreateToken, _t: Admin) -> dict[str, Any]:
+        out, token = await run(coord.create_token, list(body.scopes), body.label)
+        return {**out, "token": token}
+
+    @app.get("/v1/tokens", tags=["admin"], response_model=list[schemas.TokenOut])
+    async def list_tokens(_t: Admin) -> list[dict[str, Any]]:
+        return await run(coord.list_tokens)
+
+    @app.delete("/v1/tokens/{token_id}", tags=["admin"], response_model=schemas.TokenOut)
+    async def revoke_token(token_id: _ID, _t: Admin) -> dict[str, Any]:
+        return await run(coord.revoke_token, token_id)
+
+    # -- keys and requests ----------------------------------------------------------------------
+    @app.post("/v1/keys", tags=["keys"], status_code=202, response_model=schemas.KeyAccepted)
+    async def create_key(body: schemas.CreateKey, t: KeyWriter) -> dict[str, Any]:
+        return await run(coord.create_key, body.scheme, body.threshold, list(body.nodes), body.allow_single, t.token_id)
+
+    @app.get("/v1/keys", tags=["keys"], response_model=list[schemas.KeyOut])
+    async def list_keys(_t: Reader) -> list[dict[str, Any]]:
+        return await run(coord.list_keys)
+
+    @app.get("/v1/keys/{key_id}", tags=["keys"], response_model=schemas.KeyOut)
+    async def get_key(key_id: _ID, _t: Reader) -> dict[str, Any]:
+        return await run(coord.get_key, key_id)
+
+    @app.post("/v1/keys/{key_id}/sign", tags=["keys"], status_code=202, response_model=schemas.Accepted)
+    async def sign(key_id: _ID, body: schemas.SignRequest, t: Signer) -> dict[str, Any]:
+        return await run(
+            coord.submit_sign,
+            key_id,
+            digest=body.digest_hex,
+            message=body.message_hex,
+            path=body.path,
+            signers=body.signers,
+            requested_by=t.token_id,
+        )
+
+    @app.post("/v1/keys/{key_id}/refresh", tags=["keys"], status_code=202, response_model=schemas.Accepted)
+    async def refresh(key_id: _ID, t: KeyWriter) -> dict[str, Any]:
+        return await run(coord.submit_refresh, key_id, t.token_id)
+
+    @app.post("/v1/keys/{key_id}/repair", tags=["keys"], status_code=202, response_model=schemas.Accepted)
+    async def repair(key_id: _ID, body: schemas.Repair, t: KeyWriter) -> dict[str, Any]:
+        return await run(coord.submit_repair, key_id, body.lost, body.helpers, t.token_id)
+
+    @app.get("/v1/requests", tags=["requests"], response_model=list[schemas.RequestOut])
+    async def list_requests(
+        _t: Reader,
+        key_id: Annotated[str | None, Query(max_length=64)] = None,
+        status: Annotated[str | None, Query(pattern="^(queued|running|done|failed)$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        return await run(coord.list_requests, key_id=key_id, status=status, limit=limit)
+
+    @app.get("/v1/requests/{request_id}", tags=["requests"], response_model=schemas.RequestOut)
+    async def get_request(
+        request_id: _ID, _t: Reader, wait: Annotated[float, Query(ge=0, le=300)] = 0.0
+    ) -> dict[str, Any]:
+        """``wait``: long-poll up to that many seconds (capped by the server) until the request is done or failed."""
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            out = coord.get_request(request_id)
+            return out["status"] in ("done", "failed"), out
+
+        return await _long_poll(notifier, f"job:{request_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+
+    @app.get("/v1/nodes", tags=["nodes"], response_model=list[schemas.NodeOut])
+    async def list_nodes(_t: Reader) -> list[dict[str, Any]]:
+        return await run(coord.list_nodes)
+
+    @app.get("/v1/nodes/{node_id}", tags=["nodes"], response_model=schemas.NodeOut)
+    async def get_node(node_id: _ID, _t: Reader) -> dict[str, Any]:
+        """One node, with its peer card, evidence and collateral (base64) for offline checks."""
+        return await run(coord.get_node, node_id)
+
+    @app.get("/v1/audit", tags=["audit"])
+    async def list_audit(
+        _t: Reader,
+        node: Annotated[str | None, Query(max_length=64)] = None,
+        after: Annotated[int | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        if after is not None and node is None:
+            raise ApiError(422, "validation_error", "after pages one node's log: give node too", field="after")
+        return {"entries": await run(coord.list_audit, node, after, limit)}
+
+    # -- node API (signed requests) -------------------------------------------------------------
+    @app.post("/v1/nodes/register", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def register(body: schemas.Register, request: Request) -> dict[str, Any]:
+        card = decode_card(body.peer_card)
+        raw = await request.body()
+        headers = {h: request.headers.get(h) for h in _NODE_HEADERS}
+        await run(coord.authenticate_node, headers, request.method, _target(request), raw, card=card)
+        return await run(coord.register_node, card, body.platform, body.evidence, body.collateral, body.evidence_nonce)
+
+    @app.get("/v1/nodes/{node_id}/tasks", tags=["node API"], response_model=schemas.TaskEnvelope, openapi_extra=_NODE_AUTH_DOC)
+    async def next_task(node_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:
+        """The node's next task, handed out once; ``{"task": null}`` if none came within ``wait`` seconds."""
+        same_node(node, node_id)
+
+        def check() -> tuple[bool, dict[str, Any] | None]:
+            task = coord.claim_task(node_id)
+            return task is not None, task
+
+        task = await _long_poll(notifier, f"node:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+        return {"task": task}
+
+    @app.post("/v1/jobs/{job_id}/messages", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
+    async def post_messages(job_id: _ID, body: schemas.PostMessages, node: SignedNode) -> dict[str, Any]:
+        if len(body.messages) > settings.max_messages_per_post:
+            raise ApiError(422, "validation_error", f"at most {settings.max_messages_per_post} messages per post", field="messages")
+        msgs = [(m.to, m.seq, m.blob) for m in body.messages]
+        return await run(coord.post_messages, job_id, node.node_id, msgs)
+
+    @app.get("/v1/nodes/{node_id}/inbox", tags=["node API"], response_model=schemas.InboxOut, openapi_extra=_NODE_AUTH_DOC)
+    async def inbox(
+        node_id: _ID,
+        node: SignedNode,
+        job: Annotated[str, Query(min_length=1, max_length=64)],
+        after: Annotated[int, Query(ge=0)] = 0,
+        wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
+    ) -> dict[str, Any]:
+        """Messages for this node in ``job`` past cursor ``after``; waits up to ``wait`` s for one."""
+        same_node(node, node_id)
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            out = coord.read_inbox(node_id, job, after)
+            return bool(out["messages"]) or out["job_status"] != "running", out
+
+        return await _long_poll(notifier, f"inbox:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+
+    @app.post("/v1/tasks/{task_id}/result", tags=["node API"], response_model=schemas.ResultAck, openapi_extra=_NODE_AUTH_DOC)
+    async def task_result(task_id: _ID, body: schemas.TaskResult, node: SignedNode) -> dict[str, Any]:
+        error = body.error.model_dump() if body.error is not None else None
+        return await run(coord.post_result, task_id, node.node_id, body.status, body.result, error)
+
+    @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
+    async def post_audit(body: schemas.AuditPost, node: SignedNode) -> dict[str, Any]:
+        entries = [(e.seq, e.entry, e.hash, e.signature) for e in body.entries]
+        return await run(coord.post_audit, node, entries)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the coordinator database, applied at start (``db.migrate``)."""

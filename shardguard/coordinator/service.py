@@ -1,0 +1,1080 @@
+"""Queue, dispatch, relay and job bookkeeping on the database (synchronous; the web layer runs it
+in worker threads).
+
+Life of a job (``request_id`` in the API):
+
+1. **queued** — a client submitted it. Its participants are fixed now (all key nodes for dkg
+   and refresh, the signers for sign, helpers + lost node for repair).
+2. **running** — :meth:`Coordinator.dispatch` started it: it picked a random 32-byte
+   ``instance``, set a deadline (``lease_until`` = now + ``job_timeout``) and made one task per
+   participant. Jobs of one key run in submission order where it matters: dkg, refresh and
+   repair run alone; sign jobs run side by side but never beside or before an earlier
+   refresh/repair of their key.
+3. Each node claims its task (:meth:`Coordinator.claim_task`, ``FOR UPDATE SKIP LOCKED``: a
+   task is handed out at most once, whichever replica the node polls), runs the protocol over
+   the relay, and reports a public result or a typed error.
+4. **done** when every participant reported ``done`` with the same result; **failed** as soon
+   as one reports ``failed``, results disagree, the node re-registers with a new identity key
+   (its process restarted and lost the run), or the deadline passes (reason ``timeout``, the
+   culprits being the nodes that did not finish). Nothing is retried silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shardguard.channel.identity import CardError, PeerCard
+from shardguard.coordinator import wire
+from shardguard.coordinator.attest import summarize
+from shardguard.coordinator.db import Database
+from shardguard.coordinator.errors import ApiError
+from shardguard.coordinator.metrics import Metrics
+from shardguard.coordinator.models import ApiToken, AuditEntry, Job, Key, MailboxMessage, Node, NodeNonce, Task
+from shardguard.coordinator.settings import Settings
+
+__all__ = [
+    "EXCLUSIVE_KINDS",
+    "JOB_KINDS",
+    "SCHEMES",
+    "SCOPES",
+    "Coordinator",
+    "TokenInfo",
+    "utc_now",
+]
+
+SCHEMES = ("ecdsa", "ed25519", "secp256k1", "bip340")
+FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
+SCOPES = ("keys:write", "sign:write", "read", "admin")
+JOB_KINDS = ("dkg", "sign", "refresh", "repair")
+#: Kinds that change the shares: they run alone on their key.
+EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
+BROADCAST = "*"
+_HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
+_PATH_RE = re.compile(r"m(/(0|[1-9][0-9]{0,9}))*")
+
+_log = logging.getLogger(__name__)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data is not None else None
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_path(path: str) -> None:
+    """A non-hardened BIP32 path ``m/i/j/…`` (each index < 2^31, at most 255 levels)."""
+    if not _PATH_RE.fullmatch(path) or path.count("/") > 255:
+        raise ApiError(422, "validation_error", "must be m or m/<index>/… with decimal indices", field="path")
+    if any(int(p) >= 2**31 for p in path.split("/")[1:]):
+        raise ApiError(422, "validation_error", "hardened indices (>= 2^31) cannot be derived", field="path")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenInfo:
+    token_id: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeIdentity:
+    node_id: str
+    identity_public_key: bytes
+
+
+class Coordinator:
+    """The coordinator's logic over one :class:`Database`. Thread-safe (one session per call)."""
+
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics, notify: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self.notify = notify
+        self._bootstrap_hash = token_hash(settings.bootstrap_token) if settings.bootstrap_token else None
+
+    # -- API tokens ---------------------------------------------------------------------------
+    def create_token(self, scopes: Sequence[str], label: str = "") -> tuple[dict[str, Any], str]:
+        token = "sgt_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
+        row = ApiToken(
+            id=new_id("tok"),
+            token_hash=token_hash(token),
+            scopes=sorted(set(scopes)),
+            label=label,
+            created_at=utc_now(),
+            revoked_at=None,
+        )
+        with self.db.write() as s:
+            s.add(row)
+        return self._token_out(row), token
+
+    @staticmethod
+    def _token_out(row: ApiToken) -> dict[str, Any]:
+        return {
+            "token_id": row.id,
+            "scopes": list(row.scopes),
+            "label": row.label,
+            "created_at": iso(row.created_at),
+            "revoked_at": iso(row.revoked_at),
+        }
+
+    def authenticate_token(self, token: str) -> TokenInfo | None:
+        h = token_hash(token)
+        if self._bootstrap_hash is not None and hmac.compare_digest(h, self._bootstrap_hash):
+            return TokenInfo("bootstrap", frozenset({"admin"}))
+        with self.db.read() as s:
+            row = s.scalars(select(ApiToken).where(ApiToken.token_hash == h)).first()
+            if row is None or row.revoked_at is not None:
+                return None
+            return TokenInfo(row.id, frozenset(row.scopes))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            return [self._token_out(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        with self.db.write() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                raise ApiError(404, "not_found", f"no token {token_id!r}", field="token_id")
+            if row.revoked_at is None:
+                row.revoked_at = utc_now()
+            return self._token_out(row)
+
+    # -- node authentication ------------------------------------------------------------------
+    def _auth_fail(self, reason: str, message: str) -> ApiError:
+        self.metrics.node_auth_failures.labels(reason).inc()
+        return ApiError(401, reason, message)
+
+    def authenticate_node(
+        self,
+        headers: dict[str, str | None],
+        method: str,
+        target: str,
+        body: bytes,
+        *,
+        card: PeerCard | None = None,
+    ) -> NodeIdentity:
+        """Check a signed node request (``wire`` module). ``card``: registration, where the key
+        to verify with is the one on the card in the body. Refusals are 401 with codes
+        ``missing_signature``, ``malformed_signature``, ``stale_timestamp``, ``unknown_node``,
+        ``bad_signature`` and ``replayed_nonce``."""
+        node_id = headers.get(wire.HEADER_NODE)
+        ts_s = headers.get(wire.HEADER_TIMESTAMP)
+        nonce_s = headers.get(wire.HEADER_NONCE)
+        sig_s = headers.get(wire.HEADER_SIGNATURE)
+        if not node_id or not ts_s or not nonce_s or not sig_s:
+            raise self._auth_fail("missing_signature", "signed node request headers are missing (see API.md)")
+        ts = wire.parse_timestamp(ts_s)
+        nonce = wire.parse_nonce(nonce_s)
+        sig = wire.parse_signature(sig_s)
+        if ts is None or nonce is None or sig is None or len(node_id) > 64:
+            raise self._auth_fail("malformed_signature", "malformed node id, timestamp, nonce or signature header")
+        now = utc_now()
+        skew = self.settings.max_clock_skew
+        if abs(now.timestamp() - ts) > skew:
+            raise self._auth_fail("stale_timestamp", f"timestamp is more than {skew} s from the coordinator's clock")
+        if card is not None:
+            if card.node_id != node_id:
+                raise self._auth_fail("bad_signature", "the signing node is not the node on the card")
+            pk = card.identity_public_key
+        else:
+            with self.db.read() as s:
+                row = s.get(Node, node_id)
+                if row is None:
+                    raise self._auth_fail("unknown_node", f"node {node_id!r} is not registered")
+                pk = row.identity_public_key
+        if not wire.verify_request(pk, method, target, body, ts, nonce, node_id, sig):
+            raise self._auth_fail("bad_signature", "the request signature does not verify")
+        try:
+            with self.db.write() as s:
+                s.add(NodeNonce(node_id=node_id, nonce=nonce, expires_at=now + dt.timedelta(seconds=3 * skew)))
+                if card is None:
+                    s.execute(update(Node).where(Node.id == node_id).values(last_seen=now))
+        except IntegrityError:
+            raise self._auth_fail("replayed_nonce", "this nonce was already used") from None
+        return NodeIdentity(node_id, pk)
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def register_node(
+        self,
+        card: PeerCard,
+        platform: str,
+        evidence: bytes,
+        collateral: bytes | None,
+        evidence_nonce: bytes | None,
+    ) -> dict[str, Any]:
+        now = utc_now()
+        summary = summarize(card, platform, evidence, collateral=collateral, evidence_nonce=evidence_nonce, now=now)
+        restarted: list[str] = []
+        with self.db.write() as s:
+            row = s.get(Node, card.node_id)
+            if row is None:
+                row = Node(id=card.node_id, generation=1, registered_at=now)
+                s.add(row)
+            elif row.identity_public_key != card.identity_public_key:
+                # A new identity key: a new process, which lost whatever it was running.
+                row.generation += 1
+                row.registered_at = now
+                running = s.scalars(
+                    select(Task).where(Task.node_id == card.node_id, Task.status == "running").with_for_update()
+                ).all()
+                for task in running:
+                    job = s.get(Job, task.job_id, with_for_update=True)
+                    if job is not None and job.status == "running":
+                        self._fail_job(
+                            s,
+                            job,
+                            reason="node_restarted",
+                            culprits=[card.node_id],
+                            party=None,
+                            detail=f"node {card.node_id} re-registered with a new identity key while running its task",
+                        )
+                        restarted.append(job.id)
+            row.identity_public_key = card.identity_public_key
+            row.kem_id = int(card.kem_id)
+            row.peer_card = card.encode()
+            row.platform = platform
+            row.evidence = evidence
+            row.collateral = collateral
+            row.evidence_nonce = evidence_nonce
+            row.attestation = summary
+            row.last_seen = now
+            out = self._node_out(row, now, full=False)
+        for job_id in restarted:
+            self._notify_job(job_id)
+        if restarted:
+            self.dispatch()
+        return out
+
+    def _node_out(self, row: Node, now: dt.datetime, *, full: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "node_id": row.id,
+            "identity_public_key": row.identity_public_key.hex(),
+            "kem_id": row.kem_id,
+            "platform": row.platform,
+            "attestation": row.attestation,
+            "generation": row.generation,
+            "registered_at": iso(row.registered_at),
+            "last_seen": iso(row.last_seen),
+            "alive": (now - row.last_seen).total_seconds() <= self.settings.node_alive_seconds,
+        }
+        if full:
+            out["peer_card"] = b64(row.peer_card)
+            out["evidence"] = b64(row.evidence)
+            out["collateral"] = b64(row.collateral)
+            out["evidence_nonce"] = row.evidence_nonce.hex() if row.evidence_nonce is not None else None
+        return out
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        now = utc_now()
+        with self.db.read() as s:
+            return [self._node_out(n, now, full=False) for n in s.scalars(select(Node).order_by(Node.id))]
+
+    def get_node(self, node_id: str) -> dict[str, Any]:
+        with self.db.read() as s:
+            row = s.get(Node, node_id)
+            if row is None:
+                raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
+            return self._node_out(row, utc_now(), full=True)
+
+    # -- keys and job submission ----------------------------------------------------------------
+    def _check_nodes(self, s: Session, ids: Sequence[str], field: str) -> None:
+        if len(set(ids)) != len(ids):
+            dup = next(i for i, n in enumerate(ids) if n in ids[:i])
+            raise ApiError(422, "validation_error", f"node {ids[dup]!r} is listed twice", field=f"{field}[{dup}]")
+        known = set(s.scalars(select(Node.id).where(Node.id.in_(list(ids)))))
+        for i, n in enumerate(ids):
+            if n not in known:
+                raise ApiError(422, "validation_error", f"node {n!r} is not registered", field=f"{field}[{i}]")
+
+    def create_key(self, scheme: str, threshold: int, nodes: Sequence[str], allow_single: bool, requested_by: str) -> dict[str, Any]:
+        n = len(nodes)
+        if threshold > n:
+            raise ApiError(422, "validation_error", f"threshold {threshold} exceeds the {n} nodes", field="threshold")
+        if threshold == 1 and not allow_single:
+            raise ApiError(422, "validation_error", "t = 1 means any one node signs alone; set allow_single", field="threshold")
+        if scheme == "ecdsa" and threshold < 2:
+            raise ApiError(422, "validation_error", "DKLs23 ECDSA needs t >= 2", field="threshold")
+        now = utc_now()
+        key = Key(
+            id=new_id("key"),
+            scheme=scheme,
+            threshold=threshold,
+            node_ids=list(nodes),
+            public_key=None,
+            public_package=None,
+            epoch=0,
+            status="pending",
+            created_at=now,
+            updated_at=now,
+        )
+        participants = [{"node_id": nid, "index": i + 1} for i, nid in enumerate(nodes)]
+        with self.db.write() as s:
+            self._check_nodes(s, nodes, "nodes")
+            s.add(key)
+            s.flush()
+            job = self._new_job(s, "dkg", key, {}, participants, requested_by, now)
+        self.metrics.jobs_submitted.labels("dkg").inc()
+        self.dispatch()
+        return {"key_id": key.id, "request_id": job.id}
+
+    def _new_job(
+        self, s: Session, kind: str, key: Key, params: dict[str, Any], participants: list[dict[str, Any]], by: str, now: dt.datetime
+    ) -> Job:
+        job = Job(
+            id=new_id("req"),
+            kind=kind,
+            key_id=key.id,
+            params=params,
+            status="queued",
+            result=None,
+            error=None,
+            participants=participants,
+            attempts=0,
+            next_msg_seq=1,
+            mailbox_bytes=0,
+            requested_by=by,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(job)
+        return job
+
+    def _key_out(self, key: Key) -> dict[str, Any]:
+        return {
+            "key_id": key.id,
+            "scheme": key.scheme,
+            "threshold": key.threshold,
+            "nodes": [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)],
+            "public_key": key.public_key,
+            "public_package": key.public_package,
+            "epoch": key.epoch,
+            "status": key.status,
+            "created_at": iso(key.created_at),
+            "updated_at": iso(key.updated_at),
+        }
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            return [self._key_out(k) for k in s.scalars(select(Key).order_by(Key.created_at, Key.id))]
+
+    def get_key(self, key_id: str) -> dict[str, Any]:
+        with self.db.read() as s:
+            key = s.get(Key, key_id)
+            if key is None:
+                raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
+            return self._key_out(key)
+
+    def _active_key(self, s: Session, key_id: str) -> Key:
+        key = s.get(Key, key_id)
+        if key is None:
+            raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
+        if key.status != "active":
+            raise ApiError(409, "key_not_active", f"key {key_id} is {key.status}, not active")
+        return key
+
+    def submit_sign(
+        self,
+        key_id: str,
+        *,
+        digest: bytes | None,
+        message: bytes | None,
+        path: str | None,
+        signers: Sequence[str] | None,
+        requested_by: str,
+    ) -> dict[str, Any]:
+        now = utc_now()
+        with self.db.write() as s:
+            key = self._active_key(s, key_id)
+            params: dict[str, Any] = {}
+            if key.scheme == "ecdsa":
+                if message is not None:
+                    raise ApiError(422, "validation_error", "ecdsa signs a 32-byte digest: give digest_hex", field="message_hex")
+                if digest is None:
+                    raise ApiError(422, "validation_error", "ecdsa needs digest_hex (32 bytes)", field="digest_hex")
+                if len(digest) != 32:
+                    raise ApiError(422, "validation_error", f"must be exactly 32 bytes, got {len(digest)}", field="digest_hex")
+                params["digest_hex"] = digest.hex()
+            else:
+                if digest is not None:
+                    raise ApiError(
+                        422, "validation_error", f"{key.scheme} (FROST) signs the message itself: give message_hex", field="digest_hex"
+                    )
+                if message is None:
+                    raise ApiError(422, "validation_error", f"{key.scheme} needs message_hex", field="message_hex")
+                if len(message) > self.settings.max_sign_message_bytes:
+                    raise ApiError(
+                        422,
+                        "validation_error",
+                        f"message longer than {self.settings.max_sign_message_bytes} bytes",
+                        field="message_hex",
+                    )
+                params["message_hex"] = message.hex()
+            if path is not None:
+                if key.scheme == "ed25519":
+                    raise ApiError(422, "validation_error", "ed25519 keys have no BIP32 derivation", field="path")
+                check_path(path)
+                params["path"] = path
+            index = {nid: i + 1 for i, nid in enumerate(key.node_ids)}
+            if signers is not None:
+                for i, nid in enumerate(signers):
+                    if nid not in index:
+                        raise ApiError(422, "validation_error", f"node {nid!r} holds no share of {key_id}", field=f"signers[{i}]")
+                    if nid in signers[:i]:
+                        raise ApiError(422, "validation_error", f"node {nid!r} is listed twice", field=f"signers[{i}]")
+                if len(signers) < key.threshold:
+                    raise ApiError(
+                        422, "validation_error", f"need at least t = {key.threshold} signers, got {len(signers)}", field="signers"
+                    )
+                chosen = sorted(signers, key=index.__getitem__)
+            else:
+                chosen = self._default_signers(s, key, now)
+            params["signers"] = chosen
+            participants = [{"node_id": nid, "index": index[nid]} for nid in chosen]
+            job = self._new_job(s, "sign", key, params, participants, requested_by, now)
+        self.metrics.jobs_submitted.labels("sign").inc()
+        self.dispatch()
+        return {"request_id": job.id}
+
+    def _default_signers(self, s: Session, key: Key, now: dt.datetime) -> list[str]:
+        """t of the key's nodes, those seen recently first (then by party index)."""
+        seen: dict[str, dt.datetime] = {nid: ts for nid, ts in s.execute(select(Node.id, Node.last_seen).where(Node.id.in_(key.node_ids)))}
+        alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
+        order = sorted(
+            range(len(key.node_ids)),
+            key=lambda i: (not (key.node_ids[i] in seen and seen[key.node_ids[i]] >= alive_after), i),
+        )
+        return sorted((key.node_ids[i] for i in order[: key.threshold]), key=key.node_ids.index)
+
+    def submit_refresh(self, key_id: str, requested_by: str) -> dict[str, Any]:
+        now = utc_now()
+        with self.db.write() as s:
+            key = self._active_key(s, key_id)
+            participants = [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)]
+            job = self._new_job(s, "refresh", key, {}, participants, requested_by, now)
+        self.metrics.jobs_submitted.labels("refresh").inc()
+        self.dispatch()
+        return {"request_id": job.id}
+
+    def submit_repair(self, key_id: str, lost: str, helpers: Sequence[str] | None, requested_by: str) -> dict[str, Any]:
+        now = utc_now()
+        with self.db.write() as s:
+            key = self._active_key(s, key_id)
+            if key.scheme == "ecdsa":
+                raise ApiError(422, "validation_error", "share repair is offered for FROST keys only", field="key_id")
+            index = {nid: i + 1 for i, nid in enumerate(key.node_ids)}
+            if lost not in index:
+                raise ApiError(422, "validation_error", f"node {lost!r} holds no share of {key_id}", field="lost")
+            if helpers is None:
+                helpers = [nid for nid in self._default_signers(s, key, now) if nid != lost]
+                if len(helpers) < key.threshold:
+                    others = [nid for nid in key.node_ids if nid != lost and nid not in helpers]
+                    helpers = [*helpers, *others][: key.threshold]
+            for i, nid in enumerate(helpers):
+                if nid not in index or nid == lost:
+                    raise ApiError(422, "validation_error", f"node {nid!r} cannot help repair {lost!r}", field=f"helpers[{i}]")
+                if nid in helpers[:i]:
+                    raise ApiError(422, "validation_error", f"node {nid!r} is listed twice", field=f"helpers[{i}]")
+            if len(helpers) < key.threshold:
+                raise ApiError(422, "validation_error", f"need at least t = {key.threshold} helpers", field="helpers")
+            chosen = sorted(helpers, key=index.__getitem__)
+            participants = [{"node_id": nid, "index": index[nid]} for nid in sorted([*chosen, lost], key=index.__getitem__)]
+            job = self._new_job(s, "repair", key, {"lost": lost, "helpers": chosen}, participants, requested_by, now)
+        self.metrics.jobs_submitted.labels("repair").inc()
+        self.dispatch()
+        return {"request_id": job.id}
+
+    # -- requests -------------------------------------------------------------------------------
+    def get_request(self, job_id: str) -> dict[str, Any]:
+        with self.db.read() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ApiError(404, "not_found", f"no request {job_id!r}", field="request_id")
+            tasks = {t.node_id: t for t in s.scalars(select(Task).where(Task.job_id == job_id))}
+            return self._job_out(job, tasks)
+
+    def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+            if key_id is not None:
+                q = q.where(Job.key_id == key_id)
+            if status is not None:
+                q = q.where(Job.status == status)
+            return [self._job_out(j, None) for j in s.scalars(q)]
+
+    @staticmethod
+    def _job_out(job: Job, tasks: dict[str, Task] | None) -> dict[str, Any]:
+        parts = []
+        for p in job.participants:
+            entry = {"node_id": p["node_id"], "index": p["index"]}
+            if tasks is not None:
+                t = tasks.get(p["node_id"])
+                entry["task_status"] = t.status if t is not None else None
+            parts.append(entry)
+        return {
+            "request_id": job.id,
+            "kind": job.kind,
+            "key_id": job.key_id,
+            "status": job.status,
+            "params": job.params,
+            "result": job.result,
+            "error": job.error,
+            "participants": parts,
+            "instance": job.instance,
+            "epoch": job.epoch,
+            "attempts": job.attempts,
+            "created_at": iso(job.created_at),
+            "updated_at": iso(job.updated_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at),
+            "deadline": iso(job.lease_until),
+        }
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _blocked(self, s: Session, job: Job) -> bool:
+        earlier = or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id))
+        q = select(Job.id).where(Job.key_id == job.key_id, Job.status.in_(("queued", "running")), Job.id != job.id)
+        if job.kind in EXCLUSIVE_KINDS:
+            # Runs alone: wait for everything before it, and for anything already running.
+            q = q.where(or_(earlier, Job.status == "running"))
+        else:
+            q = q.where(Job.kind.in_(EXCLUSIVE_KINDS), or_(earlier, Job.status == "running"))
+        return s.scalars(q.limit(1)).first() is not None
+
+    def dispatch(self, limit: int = 64) -> int:
+        """Start the queued jobs that may run now. Safe to call from any replica at any time."""
+        started: list[list[str]] = []
+        now = utc_now()
+        with self.db.write() as s:
+            q = (
+                select(Job)
+                .where(Job.status == "queued")
+                .order_by(Job.created_at, Job.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            for job in s.scalars(q).all():
+                if self._blocked(s, job):
+                    continue
+                key = s.get(Key, job.key_id)
+                assert key is not None
+                if job.kind != "dkg" and key.status != "active":
+                    self._fail_job(s, job, reason="key_not_active", culprits=[], party=None, detail=f"key is {key.status}")
+                    continue
+                job.status = "running"
+                job.instance = secrets.token_bytes(32).hex()
+                job.epoch = key.epoch
+                job.attempts += 1
+                job.lease_owner = self.settings.replica_id
+                job.lease_until = now + dt.timedelta(seconds=self.settings.job_timeout)
+                job.started_at = now
+                job.updated_at = now
+                for p in job.participants:
+                    s.add(
+                        Task(
+                            id=new_id("task"),
+                            job_id=job.id,
+                            node_id=p["node_id"],
+                            party_index=p["index"],
+                            status="queued",
+                            created_at=now,
+                        )
+                    )
+                s.flush()
+                started.append([p["node_id"] for p in job.participants])
+        for nodes in started:
+            for nid in nodes:
+                self.notify(f"node:{nid}")
+        return len(started)
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def claim_task(self, node_id: str) -> dict[str, Any] | None:
+        """Hand ``node_id`` its oldest queued task, at most once across all replicas."""
+        with self.db.read() as s:
+            if s.scalars(select(Task.id).where(Task.node_id == node_id, Task.status == "queued").limit(1)).first() is None:
+                return None
+        now = utc_now()
+        with self.db.write() as s:
+            q = (
+                select(Task)
+                .where(Task.node_id == node_id, Task.status == "queued")
+                .order_by(Task.created_at, Task.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            task = s.scalars(q).first()
+            if task is None:
+                return None
+            job = s.get(Job, task.job_id)
+            key = s.get(Key, job.key_id) if job is not None else None
+            if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
+                task.status = "cancelled"
+                return None
+            task.status = "running"
+            task.claimed_at = now
+            task.lease_owner = self.settings.replica_id
+            task.lease_until = job.lease_until
+            ids = [p["node_id"] for p in job.participants]
+            nodes = {n.id: n for n in s.scalars(select(Node).where(Node.id.in_(ids)))}
+            participants = []
+            for p in job.participants:
+                n = nodes.get(p["node_id"])
+                participants.append(
+                    {
+                        "node_id": p["node_id"],
+                        "index": p["index"],
+                        "peer_card": b64(n.peer_card) if n else None,
+                        "platform": n.platform if n else None,
+                        "evidence": b64(n.evidence) if n else None,
+                        "collateral": b64(n.collateral) if n else None,
+                        "evidence_nonce": n.evidence_nonce.hex() if n and n.evidence_nonce is not None else None,
+                        "generation": n.generation if n else None,
+                    }
+                )
+            payload = {
+                "task_id": task.id,
+                "job_id": job.id,
+                "kind": job.kind,
+                "key_id": key.id,
+                "scheme": key.scheme,
+                "threshold": key.threshold,
+                "epoch": job.epoch,
+                "public_key": key.public_key,
+                "instance": job.instance,
+                "deadline": iso(job.lease_until),
+                "you": {"node_id": node_id, "index": task.party_index},
+                "committee": [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)],
+                "participants": participants,
+                "params": job.params,
+            }
+        self.metrics.tasks_claimed.inc()
+        return payload
+
+    def post_result(
+        self, task_id: str, node_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if status == "done" and result is None:
+            raise ApiError(422, "validation_error", "a done task reports its public result", field="result")
+        if status == "failed" and error is None:
+            raise ApiError(422, "validation_error", "a failed task reports its error", field="error")
+        if result is not None and len(canonical_json(result)) > self.settings.max_result_bytes:
+            raise ApiError(413, "payload_too_large", f"result larger than {self.settings.max_result_bytes} bytes", field="result")
+        now = utc_now()
+        with self.db.write() as s:
+            probe = s.get(Task, task_id)
+            if probe is None:
+                raise ApiError(404, "not_found", f"no task {task_id!r}", field="task_id")
+            if probe.node_id != node_id:
+                raise ApiError(403, "forbidden", "this task belongs to another node")
+            # Lock order everywhere: job row, then its tasks.
+            job = s.get(Job, probe.job_id, with_for_update=True, populate_existing=True)
+            task = s.get(Task, task_id, with_for_update=True, populate_existing=True)
+            assert job is not None and task is not None
+            key = s.get(Key, job.key_id)
+            assert key is not None
+            reported = result if status == "done" else error
+            if task.status in ("done", "failed"):
+                previous = task.result if task.status == "done" else task.error
+                if task.status == status and canonical_json(previous) == canonical_json(reported):
+                    return {"task_status": task.status, "job_status": job.status}
+                raise ApiError(409, "already_reported", f"task already reported {task.status}", extra={"job_status": job.status})
+            if task.status == "queued":
+                raise ApiError(409, "task_not_claimed", "the task was never handed out")
+            if task.status == "cancelled" or job.status != "running":
+                raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
+            parts = {p["node_id"] for p in job.participants}
+            task.finished_at = now
+            if status == "failed":
+                assert error is not None
+                for i, c in enumerate(error.get("culprits", [])):
+                    if c not in parts:
+                        raise ApiError(422, "validation_error", f"{c!r} is not a participant", field=f"error.culprits[{i}]")
+                task.status = "failed"
+                task.error = error
+                self._fail_job(
+                    s,
+                    job,
+                    reason=error["reason"],
+                    culprits=list(error.get("culprits", [])),
+                    party=node_id,
+                    detail=error.get("detail", ""),
+                )
+            else:
+                assert result is not None
+                self._check_result(job, key, result)
+                task.status = "done"
+                task.result = result
+                s.flush()
+                tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
+                if all(t.status == "done" for t in tasks):
+                    self._complete_job(s, job, key, tasks)
+            out = {"task_status": task.status, "job_status": job.status}
+        if out["job_status"] != "running":
+            self._notify_job(job.id, [p["node_id"] for p in job.participants])
+            self.dispatch()  # jobs of this key that waited for it may start now
+        return out
+
+    @staticmethod
+    def _check_result(job: Job, key: Key, result: dict[str, Any]) -> None:
+        need = {"dkg": "public_key", "sign": "signature", "refresh": "public_key", "repair": None}[job.kind]
+        if need is not None:
+            value = result.get(need)
+            if not isinstance(value, str) or not _HEX_RE.fullmatch(value) or len(value) > 512:
+                raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.{need}")
+
+    def _complete_job(self, s: Session, job: Job, key: Key, tasks: Sequence[Task]) -> None:
+        groups = collections.Counter(canonical_json(t.result) for t in tasks)
+        if len(groups) > 1:
+            top = groups.most_common()
+            majority = top[0][0] if top[0][1] > top[1][1] else None
+            culprits = sorted(t.node_id for t in tasks if canonical_json(t.result) != majority)
+            self._fail_job(
+                s,
+                job,
+                reason="result_mismatch",
+                culprits=culprits,
+                party=None,
+                detail=f"{len(groups)} different results were reported",
+            )
+            return
+        result = tasks[0].result
+        assert result is not None
+        now = utc_now()
+        if job.kind == "refresh" and key.public_key is not None and result.get("public_key") != key.public_key:
+            self._fail_job(
+                s,
+                job,
+                reason="public_key_changed",
+                culprits=sorted(t.node_id for t in tasks),
+                party=None,
+                detail="the refresh reported a different group public key",
+            )
+            return
+        if job.kind == "dkg":
+            key.public_key = str(result["public_key"])
+            key.public_package = result
+            key.status = "active"
+            epoch = result.get("epoch")
+            key.epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+            key.updated_at = now
+        elif job.kind == "refresh":
+            epoch = result.get("epoch")
+            key.epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else (job.epoch or 0) + 1
+            key.updated_at = now
+        job.status = "done"
+        job.result = result
+        job.finished_at = now
+        job.updated_at = now
+        self._record_end(job, "done", "")
+
+    def _fail_job(
+        self, s: Session, job: Job, *, reason: str, culprits: list[str], party: str | None, detail: str
+    ) -> None:
+        now = utc_now()
+        job.status = "failed"
+        job.error = {"reason": reason, "culprits": sorted(set(culprits)), "party": party, "detail": detail}
+        job.finished_at = now
+        job.updated_at = now
+        s.execute(
+            update(Task)
+            .where(Task.job_id == job.id, Task.status.in_(("queued", "running")))
+            .values(status="cancelled", finished_at=now)
+            .execution_options(synchronize_session="fetch")
+        )
+        if job.kind == "dkg":
+            key = s.get(Key, job.key_id)
+            if key is not None and key.status == "pending":
+                key.status = "failed"
+                key.updated_at = now
+        self._record_end(job, "failed", reason)
+
+    def _record_end(self, job: Job, status: str, reason: str) -> None:
+        known = reason if reason in _REASONS else "other"
+        self.metrics.jobs_finished.labels(job.kind, status, known).inc()
+        if job.started_at is not None and job.finished_at is not None:
+            self.metrics.job_seconds.labels(job.kind).observe((job.finished_at - job.started_at).total_seconds())
+
+    def _notify_job(self, job_id: str, nodes: Iterable[str] | None = None) -> None:
+        if nodes is None:
+            with self.db.read() as s:
+                job = s.get(Job, job_id)
+                nodes = [p["node_id"] for p in job.participants] if job is not None else []
+        for nid in nodes:
+            self.notify(f"inbox:{nid}")
+        self.notify(f"job:{job_id}")
+
+    # -- relay ----------------------------------------------------------------------------------
+    def post_messages(self, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]) -> dict[str, Any]:
+        limit = self.settings.max_message_bytes
+        for i, (_to, _seq, blob) in enumerate(messages):
+            if len(blob) > limit:
+                raise ApiError(413, "payload_too_large", f"message larger than {limit} bytes", field=f"messages[{i}].blob")
+            if not blob:
+                raise ApiError(422, "validation_error", "empty message", field=f"messages[{i}].blob")
+        seen: dict[tuple[str, int], int] = {}
+        for i, (to, seq, _blob) in enumerate(messages):
+            if (to, seq) in seen:
+                raise ApiError(422, "validation_error", "the same (to, seq) twice in one batch", field=f"messages[{i}].seq")
+            seen[(to, seq)] = i
+        now = utc_now()
+        with self.db.write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
+            parts = [p["node_id"] for p in job.participants]
+            if sender not in parts:
+                raise ApiError(403, "forbidden", f"node {sender} takes no part in job {job_id}")
+            if job.status != "running":
+                raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
+            task = s.scalars(select(Task).where(Task.job_id == job_id, Task.node_id == sender)).first()
+            if task is None or task.status not in ("running", "done"):
+                raise ApiError(409, "task_not_claimed", "claim the task before sending messages")
+            for i, (to, _seq, _blob) in enumerate(messages):
+                if to != BROADCAST and (to not in parts or to == sender):
+                    raise ApiError(422, "validation_error", f"{to!r} is not another participant of the job", field=f"messages[{i}].to")
+            existing = {
+                (m.to_node, m.seq): m.blob
+                for m in s.scalars(
+                    select(MailboxMessage).where(
+                        MailboxMessage.job_id == job_id,
+                        MailboxMessage.from_node == sender,
+                        MailboxMessage.seq.in_(sorted({seq for _to, seq, _blob in messages})),
+                    )
+                )
+            }
+            fresh: list[tuple[str, int, bytes]] = []
+            duplicates = 0
+            for i, (to, seq, blob) in enumerate(messages):
+                old = existing.get((to, seq))
+                if old is None:
+                    fresh.append((to, seq, blob))
+                elif old == blob:
+                    duplicates += 1
+                else:
+                    raise ApiError(409, "conflict", f"seq {seq} to {to} was already sent with other bytes", field=f"messages[{i}].seq")
+            total = sum(len(b) for _to, _seq, b in fresh)
+            if job.mailbox_bytes + total > self.settings.max_job_mailbox_bytes:
+                raise ApiError(413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes")
+            seq_no = job.next_msg_seq
+            for to, seq, blob in fresh:
+                s.add(
+                    MailboxMessage(
+                        job_id=job_id, job_seq=seq_no, from_node=sender, to_node=to, seq=seq, blob=blob, created_at=now
+                    )
+                )
+                seq_no += 1
+            job.next_msg_seq = seq_no
+            job.mailbox_bytes += total
+        self.metrics.relay_messages.inc(len(fresh))
+        self.metrics.relay_bytes.inc(total)
+        recipients = {p for p in parts if p != sender} if any(to == BROADCAST for to, _s, _b in fresh) else set()
+        recipients |= {to for to, _s, _b in fresh if to != BROADCAST}
+        for nid in recipients:
+            self.notify(f"inbox:{nid}")
+        return {"accepted": len(fresh), "duplicates": duplicates}
+
+    def read_inbox(self, node_id: str, job_id: str, after: int) -> dict[str, Any]:
+        with self.db.read() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ApiError(404, "not_found", f"no job {job_id!r}", field="job")
+            if node_id not in {p["node_id"] for p in job.participants}:
+                raise ApiError(403, "forbidden", f"node {node_id} takes no part in job {job_id}")
+            q = (
+                select(MailboxMessage)
+                .where(
+                    MailboxMessage.job_id == job_id,
+                    MailboxMessage.job_seq > after,
+                    MailboxMessage.from_node != node_id,
+                    MailboxMessage.to_node.in_((node_id, BROADCAST)),
+                )
+                .order_by(MailboxMessage.job_seq)
+                .limit(self.settings.inbox_batch)
+            )
+            out: list[dict[str, Any]] = []
+            size = 0
+            cursor = after
+            for m in s.scalars(q):
+                if out and size + len(m.blob) > self.settings.max_body_bytes:
+                    break
+                size += len(m.blob)
+                cursor = m.job_seq
+                out.append({"from": m.from_node, "to": m.to_node, "seq": m.seq, "blob": b64(m.blob), "cursor": m.job_seq})
+            return {"job_id": job_id, "job_status": job.status, "messages": out, "next_after": cursor}
+
+    # -- audit ----------------------------------------------------------------------------------
+    def post_audit(self, node: NodeIdentity, entries: Sequence[tuple[int, bytes, str, bytes]]) -> dict[str, Any]:
+        for i, (_seq, entry, _h, _sig) in enumerate(entries):
+            if len(entry) > self.settings.max_audit_entry_bytes:
+                raise ApiError(
+                    413, "payload_too_large", f"entry larger than {self.settings.max_audit_entry_bytes} bytes", field=f"entries[{i}].entry"
+                )
+        seqs = [e[0] for e in entries]
+        for i, seq in enumerate(seqs):
+            if seq in seqs[:i]:
+                raise ApiError(422, "validation_error", f"seq {seq} twice in one batch", field=f"entries[{i}].seq")
+        now = utc_now()
+        accepted = duplicates = 0
+        with self.db.write() as s:
+            existing = {
+                a.seq: a
+                for a in s.scalars(select(AuditEntry).where(AuditEntry.node_id == node.node_id, AuditEntry.seq.in_(seqs)))
+            }
+            for i, (seq, entry, h, sig) in enumerate(entries):
+                old = existing.get(seq)
+                if old is not None:
+                    if old.entry == entry and old.entry_hash == h and old.signature == sig:
+                        duplicates += 1
+                        continue
+                    raise ApiError(
+                        409, "audit_conflict", f"entry {seq} of {node.node_id} was already mirrored with other bytes",
+                        field=f"entries[{i}].seq",
+                    )
+                s.add(
+                    AuditEntry(
+                        node_id=node.node_id,
+                        seq=seq,
+                        entry=entry,
+                        entry_hash=h,
+                        signature=sig,
+                        identity_public_key=node.identity_public_key,
+                        received_at=now,
+                    )
+                )
+                accepted += 1
+        self.metrics.audit_entries.inc(accepted)
+        return {"accepted": accepted, "duplicates": duplicates}
+
+    def list_audit(self, node_id: str | None, after: int | None, limit: int) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            q = select(AuditEntry).order_by(AuditEntry.node_id, AuditEntry.seq).limit(limit)
+            if node_id is not None:
+                q = q.where(AuditEntry.node_id == node_id)
+                if after is not None:
+                    q = q.where(AuditEntry.seq > after)
+            return [
+                {
+                    "node_id": a.node_id,
+                    "seq": a.seq,
+                    "entry": b64(a.entry),
+                    "hash": a.entry_hash,
+                    "signature": b64(a.signature),
+                    "identity_public_key": a.identity_public_key.hex(),
+                    "received_at": iso(a.received_at),
+                }
+                for a in s.scalars(q)
+            ]
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def sweep(self) -> dict[str, int]:
+        """Fail jobs past their deadline or queue time, dispatch what may run, purge old nonces
+        and the mailboxes of long-finished jobs. Any replica may run it at any time."""
+        now = utc_now()
+        ended: list[Job] = []
+        with self.db.write() as s:
+            q = (
+                select(Job)
+                .where(Job.status == "running", Job.lease_until < now)
+                .order_by(Job.lease_until)
+                .limit(100)
+                .with_for_update(skip_locked=True)
+            )
+            for job in s.scalars(q).all():
+                tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
+                idle = sorted(t.node_id for t in tasks if t.status == "queued")
+                silent = sorted(t.node_id for t in tasks if t.status == "running")
+                parts = []
+                if idle:
+                    parts.append(f"never picked up by {', '.join(idle)}")
+                if silent:
+                    parts.append(f"no result from {', '.join(silent)}")
+                self._fail_job(
+                    s,
+                    job,
+                    reason="timeout",
+                    culprits=idle + silent,
+                    party=None,
+                    detail=f"deadline of {self.settings.job_timeout:g} s passed: " + "; ".join(parts),
+                )
+                ended.append(job)
+            cutoff = now - dt.timedelta(seconds=self.settings.queue_timeout)
+            q2 = select(Job).where(Job.status == "queued", Job.created_at < cutoff).limit(100).with_for_update(skip_locked=True)
+            for job in s.scalars(q2).all():
+                self._fail_job(
+                    s,
+                    job,
+                    reason="queue_timeout",
+                    culprits=[],
+                    party=None,
+                    detail=f"waited more than {self.settings.queue_timeout:g} s behind other jobs of its key",
+                )
+                ended.append(job)
+        for job in ended:
+            self._notify_job(job.id, [p["node_id"] for p in job.participants])
+        started = self.dispatch()
+        with self.db.write() as s:
+            s.execute(delete(NodeNonce).where(NodeNonce.expires_at < now))
+            old = select(Job.id).where(
+                Job.status.in_(("done", "failed")),
+                Job.finished_at < now - dt.timedelta(seconds=self.settings.mailbox_retention),
+                Job.mailbox_bytes > 0,
+            )
+            ids = list(s.scalars(old.limit(500)))
+            if ids:
+                s.execute(delete(MailboxMessage).where(MailboxMessage.job_id.in_(ids)))
+                s.execute(update(Job).where(Job.id.in_(ids)).values(mailbox_bytes=0))
+        return {"expired": len(ended), "started": started}
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        now = utc_now()
+        with self.db.read() as s:
+            jobs = {f"{k}/{st}": n for k, st, n in s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))}
+            alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
+            alive = s.scalar(select(func.count()).select_from(Node).where(Node.last_seen >= alive_after)) or 0
+            total = s.scalar(select(func.count()).select_from(Node)) or 0
+        return {"jobs": jobs, "nodes": {"alive": alive, "silent": total - alive}}
+
+
+_REASONS = frozenset({"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", ""})
+
+
+def decode_card(data: bytes) -> PeerCard:
+    try:
+        return PeerCard.decode(data)
+    except CardError as e:
+        raise ApiError(422, "validation_error", str(e), field="peer_card") from None

@@ -1,0 +1,72 @@
+"""Coordinator settings: one immutable dataclass, every limit in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a coordinator replica is configured with.
+
+    Storage: ``db_url`` (an SQLAlchemy URL; ``postgresql://…`` uses psycopg 3) or, when it is
+    None, the SQLite file ``sqlite_path``.
+    """
+
+    #: SQLAlchemy URL (``postgresql://user@host:port/db``, ``sqlite:///path``); None = SQLite file.
+    db_url: str | None = None
+    #: The SQLite database file used when ``db_url`` is None.
+    sqlite_path: Path = Path("shardguard-coordinator.sqlite3")
+    #: An admin token accepted without being stored (bootstrap); None to disable.
+    bootstrap_token: str | None = None
+    #: Name of this replica (lease owner); random by default.
+    replica_id: str = dataclasses.field(default_factory=lambda: "replica-" + secrets.token_hex(4))
+
+    #: Largest request body, bytes (413 beyond).
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Largest relayed ciphertext (one envelope), bytes after base64 decoding.
+    max_message_bytes: int = 320 * 1024
+    #: Most messages in one POST /v1/jobs/{job}/messages.
+    max_messages_per_post: int = 256
+    #: Total ciphertext bytes one job's mailbox may hold.
+    max_job_mailbox_bytes: int = 64 * 1024 * 1024
+    #: Largest FROST message to sign, bytes.
+    max_sign_message_bytes: int = 64 * 1024
+    #: Largest audit entry, bytes.
+    max_audit_entry_bytes: int = 64 * 1024
+    #: Largest public result JSON a node may report (bytes, as canonical JSON).
+    max_result_bytes: int = 256 * 1024
+    #: Most messages returned by one inbox read.
+    inbox_batch: int = 256
+
+    #: Seconds a dispatched job may run before it fails with reason ``timeout``.
+    job_timeout: float = 120.0
+    #: Seconds a job may wait in the queue (behind another job of its key) before it fails.
+    queue_timeout: float = 600.0
+    #: Longest long-poll a node may ask for (``wait``), seconds.
+    max_wait: float = 30.0
+    #: How often a waiting long-poll re-reads the database (catches other replicas' writes).
+    poll_interval: float = 0.5
+    #: How often the background sweeper runs (lease expiry, dispatch, clean-up); 0 disables it.
+    sweep_interval: float = 1.0
+    #: Accepted clock skew of signed node requests, seconds.
+    max_clock_skew: int = 60
+    #: A node seen within this many seconds counts as alive (default signer choice, listings).
+    node_alive_seconds: float = 30.0
+    #: Seconds a finished job's mailbox is kept before it is deleted.
+    mailbox_retention: float = 600.0
+
+    #: Whether GET /metrics needs no token (else: a token with the ``read`` scope).
+    metrics_public: bool = True
+
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL (psycopg 3 driver for PostgreSQL)."""
+        url = self.db_url or f"sqlite:///{self.sqlite_path}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url

@@ -1,0 +1,195 @@
+"""Fixtures of the coordinator suite: databases (SQLite file, throwaway PostgreSQL cluster), apps
+and clients, and a fake node that signs its requests like a real one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient` is deprecated")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from shardguard.channel.identity import NodeKeys  # noqa: E402
+from shardguard.coordinator import wire  # noqa: E402
+from shardguard.coordinator.app import create_app  # noqa: E402
+from shardguard.coordinator.db import Database, migrate  # noqa: E402
+from shardguard.coordinator.service import Coordinator  # noqa: E402
+from shardguard.coordinator.settings import Settings  # noqa: E402
+
+from .pg import PgCluster, PostgresUnavailable  # noqa: E402
+
+BOOT = "test-bootstrap-token"
+ADMIN = {"Authorization": f"Bearer {BOOT}"}
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    try:
+        cluster = PgCluster().start()
+    except PostgresUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        # A migrated template: each test gets a copy in milliseconds.
+        name = cluster.create_database()
+        db = Database(Settings(db_url=cluster.url(name)).database_url())
+        migrate(db)
+        db.dispose()
+        cluster.template = name
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    return pg_cluster.url(pg_cluster.create_database(template=pg_cluster.template))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'coordinator.sqlite3'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def make_client(db_url: str) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(**settings)`` → a TestClient (lifespan entered) on this test's database.
+    The sweeper is off unless asked for: tests call ``coord(client).sweep()`` themselves."""
+    made: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        kw: dict[str, Any] = {"db_url": db_url, "bootstrap_token": BOOT, "sweep_interval": 0, "poll_interval": 0.05}
+        kw.update(overrides)
+        client = TestClient(create_app(Settings(**kw)), raise_server_exceptions=False)
+        client.__enter__()
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def coord(client: TestClient) -> Coordinator:
+    c = client.app.state.coordinator  # type: ignore[attr-defined]
+    assert isinstance(c, Coordinator)
+    return c
+
+
+def token(client: httpx.Client, *scopes: str) -> dict[str, str]:
+    r = client.post("/v1/tokens", json={"scopes": list(scopes)}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+class FakeNode:
+    """A node as the coordinator sees it: keys, signed requests, no protocol."""
+
+    def __init__(self, client: httpx.Client, node_id: str) -> None:
+        self.client = client
+        self.node_id = node_id
+        self.keys = NodeKeys.generate(node_id)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        timestamp: int | None = None,
+        nonce: bytes | None = None,
+        sign_as: NodeKeys | None = None,
+        tamper: Callable[[dict[str, str]], None] | None = None,
+        client: httpx.Client | None = None,
+    ) -> httpx.Response:
+        target = path + ("?" + urllib.parse.urlencode(params) if params else "")
+        raw = json.dumps(body).encode() if body is not None else b""
+        headers = wire.sign_request(sign_as or self.keys, method, target, raw, timestamp=timestamp, nonce=nonce)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if tamper is not None:
+            tamper(headers)
+        return (client or self.client).request(method, target, content=raw, headers=headers)
+
+    def register(self, *, platform: str = "nitro", evidence: bytes = b"not evidence", **extra: Any) -> httpx.Response:
+        body = {
+            "peer_card": base64.b64encode(self.keys.card().encode()).decode(),
+            "platform": platform,
+            "evidence": base64.b64encode(evidence).decode(),
+            **extra,
+        }
+        return self.request("POST", "/v1/nodes/register", body)
+
+    def restart(self) -> None:
+        self.keys = NodeKeys.generate(self.node_id)
+
+    def next_task(self, wait: float = 0, client: httpx.Client | None = None) -> dict[str, Any] | None:
+        r = self.request("GET", f"/v1/nodes/{self.node_id}/tasks", params={"wait": wait}, client=client)
+        assert r.status_code == 200, r.text
+        task = r.json()["task"]
+        return task if task is None else dict(task)
+
+    def send(self, job_id: str, messages: list[tuple[str, int, bytes]], client: httpx.Client | None = None) -> httpx.Response:
+        body = {"messages": [{"to": to, "seq": seq, "blob": base64.b64encode(b).decode()} for to, seq, b in messages]}
+        return self.request("POST", f"/v1/jobs/{job_id}/messages", body, client=client)
+
+    def inbox(self, job_id: str, after: int = 0, wait: float = 0, client: httpx.Client | None = None) -> httpx.Response:
+        return self.request(
+            "GET", f"/v1/nodes/{self.node_id}/inbox", params={"job": job_id, "after": after, "wait": wait}, client=client
+        )
+
+    def report(
+        self,
+        task_id: str,
+        status: str = "done",
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        client: httpx.Client | None = None,
+    ) -> httpx.Response:
+        body: dict[str, Any] = {"status": status}
+        if result is not None:
+            body["result"] = result
+        if error is not None:
+            body["error"] = error
+        return self.request("POST", f"/v1/tasks/{task_id}/result", body, client=client)
+
+
+@pytest.fixture
+def nodes(client: TestClient) -> list[FakeNode]:
+    out = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in out:
+        r = n.register()
+        assert r.status_code == 200, r.text
+    return out
+
+
+PUBLIC_KEY = "02" + "11" * 32
+
+
+def run_dkg(client: httpx.Client, nodes: list[FakeNode], scheme: str = "ed25519", t: int = 2, pk: str = PUBLIC_KEY) -> str:
+    """Create a key and play every node's DKG task to completion; returns the key id."""
+    r = client.post("/v1/keys", json={"scheme": scheme, "threshold": t, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    key_id = r.json()["key_id"]
+    for n in nodes:
+        task = n.next_task()
+        assert task is not None and task["kind"] == "dkg"
+        assert n.report(task["task_id"], result={"public_key": pk}).status_code == 200
+    assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["status"] == "active"
+    return str(key_id)

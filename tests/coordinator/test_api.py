@@ -1,0 +1,640 @@
+"""The coordinator's API, run against SQLite and a real PostgreSQL server (every test twice)."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from shardguard.channel.identity import binding, verify_signature
+from shardguard.coordinator.models import ApiToken, MailboxMessage, Node, Task
+from shardguard.coordinator.service import utc_now
+from shardguard.enclave.simulated import SimulatedPlatform
+
+from .conftest import ADMIN, BOOT, PUBLIC_KEY, FakeNode, coord, run_dkg, token
+
+
+def err(r: Any, status: int, code: str | None = None, field: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    e = body["error"]
+    assert {"code", "message", "field"} <= set(e)
+    assert "Traceback" not in r.text
+    if code is not None:
+        assert e["code"] == code, e
+    if field is not None:
+        assert e["field"] == field, e
+    return dict(e)
+
+
+# -- service endpoints ---------------------------------------------------------------------------
+def test_health_docs_openapi(client: TestClient) -> None:
+    r = client.get("/v1/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["database"] == "ok"
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/keys", "/v1/keys/{key_id}/sign", "/v1/nodes/register", "/v1/nodes/{node_id}/tasks", "/v1/audit"):
+        assert path in spec["paths"], path
+    assert all(p.startswith("/v1/") or p == "/metrics" for p in spec["paths"])
+
+
+def test_unknown_route_and_method_are_json(client: TestClient) -> None:
+    err(client.get("/v1/nope"), 404, "not_found")
+    err(client.put("/v1/keys", headers=ADMIN), 405, "method_not_allowed")
+
+
+def test_internal_errors_never_show_a_stack_trace(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(coord(client), "list_keys", boom)
+    e = err(client.get("/v1/keys", headers=ADMIN), 500, "internal")
+    assert "secret internals" not in json.dumps(e)
+
+
+# -- client authentication -----------------------------------------------------------------------
+def test_bearer_tokens_and_scopes(client: TestClient, nodes: list[FakeNode]) -> None:
+    err(client.get("/v1/keys"), 401, "unauthorized")
+    err(client.get("/v1/keys", headers={"Authorization": "Bearer nope"}), 401, "unauthorized")
+    err(client.get("/v1/keys", headers={"Authorization": "Basic Zm9vOmJhcg=="}), 401, "unauthorized")
+    reader = token(client, "read")
+    keys = token(client, "keys:write")
+    signer = token(client, "sign:write")
+    body = {"scheme": "ed25519", "threshold": 2, "nodes": [n.node_id for n in nodes]}
+    assert client.get("/v1/keys", headers=reader).status_code == 200
+    assert "keys:write" in err(client.post("/v1/keys", json=body, headers=reader), 403, "forbidden")["message"]
+    err(client.post("/v1/keys", json=body, headers=signer), 403)
+    err(client.get("/v1/keys", headers=keys), 403)
+    err(client.post("/v1/tokens", json={"scopes": ["read"]}, headers=reader), 403)
+    r = client.post("/v1/keys", json=body, headers=keys)
+    assert r.status_code == 202
+    key_id = r.json()["key_id"]
+    err(client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=keys), 403)
+    # Tokens are listed without secrets, revoked for good, and stored only as SHA-256.
+    listed = client.get("/v1/tokens", headers=ADMIN).json()
+    assert len(listed) == 3 and all("token" not in t and "token_hash" not in t for t in listed)
+    rid = next(t["token_id"] for t in listed if t["scopes"] == ["read"])
+    assert client.delete(f"/v1/tokens/{rid}", headers=ADMIN).json()["revoked_at"] is not None
+    err(client.get("/v1/keys", headers=reader), 401, "unauthorized")
+    err(client.delete("/v1/tokens/tok_missing", headers=ADMIN), 404, "not_found", "token_id")
+    with coord(client).db.read() as s:
+        stored = [t.token_hash for t in s.scalars(select(ApiToken))]
+    secret = reader["Authorization"].split()[1]
+    assert secret not in stored and all(len(h) == 64 for h in stored)
+
+
+def test_cli_created_admin_token(db_url: str, make_client: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from shardguard.coordinator.server import main
+
+    assert main(["token", "create", "--scopes", "admin", "--label", "first", "--db", db_url]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["scopes"] == ["admin"] and created["token"].startswith("sgt_")
+    client = make_client(bootstrap_token=None)
+    assert client.get("/v1/tokens", headers={"Authorization": f"Bearer {created['token']}"}).status_code == 200
+    err(client.get("/v1/tokens", headers=ADMIN), 401)  # no bootstrap token configured here
+    assert main(["token", "create", "--scopes", "root", "--db", db_url]) == 2
+
+
+# -- validation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"scheme": "rsa", "threshold": 2, "nodes": ["node-a", "node-b"]}, "scheme"),
+        ({"scheme": "ed25519", "threshold": "2", "nodes": ["node-a", "node-b"]}, "threshold"),
+        ({"scheme": "ed25519", "threshold": 0, "nodes": ["node-a", "node-b"]}, "threshold"),
+        ({"scheme": "ed25519", "threshold": 3, "nodes": ["node-a", "node-b"]}, "threshold"),
+        ({"scheme": "ed25519", "threshold": 1, "nodes": ["node-a", "node-b"]}, "threshold"),
+        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "Node B"]}, "nodes[1]"),
+        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-x"]}, "nodes[1]"),
+        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-a"]}, "nodes[1]"),
+        ({"scheme": "ed25519", "threshold": 2, "nodes": []}, "nodes"),
+        ({"scheme": "ed25519", "threshold": 2}, "nodes"),
+        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"], "colour": "red"}, "colour"),
+        ([1, 2], "body"),
+    ],
+)
+def test_key_validation_names_the_field(client: TestClient, nodes: list[FakeNode], body: Any, field: str) -> None:
+    err(client.post("/v1/keys", json=body, headers=ADMIN), 422, "validation_error", field)
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    r = client.post("/v1/keys", content=b"{not json", headers={**ADMIN, "Content-Type": "application/json"})
+    assert "JSON" in err(r, 422, "validation_error")["message"]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "body", "field"),
+    [
+        ("ecdsa", {"digest_hex": "ab" * 31}, "digest_hex"),
+        ("ecdsa", {"digest_hex": "ab" * 33}, "digest_hex"),
+        ("ecdsa", {"digest_hex": "zz" * 32}, "digest_hex"),
+        ("ecdsa", {"message_hex": "ab" * 32}, "message_hex"),
+        ("ecdsa", {}, "digest_hex"),
+        ("ed25519", {"digest_hex": "ab" * 32}, "digest_hex"),
+        ("ed25519", {"message_hex": "abc"}, "message_hex"),
+        ("ed25519", {"message_hex": "00", "path": "m/0"}, "path"),
+        ("bip340", {"message_hex": "00", "path": "m/0'"}, "path"),
+        ("bip340", {"message_hex": "00", "path": "m/2147483648"}, "path"),
+        ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a", "node-x"]}, "signers[1]"),
+        ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a"]}, "signers"),
+        ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a", "node-a"]}, "signers[1]"),
+        ("ecdsa", {"digest_hex": "ab" * 32, "extra": 1}, "extra"),
+    ],
+)
+def test_sign_validation_names_the_field(
+    client: TestClient, nodes: list[FakeNode], scheme: str, body: dict[str, Any], field: str
+) -> None:
+    key_id = run_dkg(client, nodes, scheme)
+    err(client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN), 422, "validation_error", field)
+
+
+def test_sign_needs_an_active_key(client: TestClient, nodes: list[FakeNode]) -> None:
+    err(client.post("/v1/keys/key_missing/sign", json={"message_hex": "00"}, headers=ADMIN), 404, "not_found", "key_id")
+    r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN)
+    key_id = r.json()["key_id"]
+    err(client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN), 409, "key_not_active")
+    err(client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN), 409, "key_not_active")
+    err(client.get("/v1/requests/req_missing", headers=ADMIN), 404, "not_found")
+
+
+def test_body_size_limit(make_client: Any) -> None:
+    client = make_client(max_body_bytes=2048)
+    big = {"scheme": "ed25519", "threshold": 2, "nodes": ["n" * 60] * 60}
+    err(client.post("/v1/keys", json=big, headers=ADMIN), 413, "payload_too_large")
+
+    def chunks() -> Any:  # no Content-Length: counted while streaming
+        for _ in range(10):
+            yield b" " * 1000
+
+    err(client.post("/v1/keys", content=chunks(), headers={**ADMIN, "Content-Type": "application/json"}), 413, "payload_too_large")
+    # Under the limit the request goes through to validation as usual.
+    err(client.post("/v1/keys", json={"scheme": "x"}, headers=ADMIN), 422)
+
+
+# -- node registration and signed requests -------------------------------------------------------
+def test_registration_and_node_listing(client: TestClient) -> None:
+    a = FakeNode(client, "node-a")
+    r = a.register()
+    assert r.status_code == 200, r.text
+    att = r.json()["attestation"]
+    assert att["informational"] is True and att["verdict"] == "refused" and att["reason"] in ("MALFORMED", "TRUNCATED")
+    reader = token(client, "read")
+    listed = client.get("/v1/nodes", headers=reader).json()
+    assert [n["node_id"] for n in listed] == ["node-a"]
+    assert listed[0]["identity_public_key"] == a.keys.card().identity_public_key.hex() and listed[0]["alive"] is True
+    one = client.get("/v1/nodes/node-a", headers=reader).json()
+    assert base64.b64decode(one["peer_card"]) == a.keys.card().encode()
+    assert base64.b64decode(one["evidence"]) == b"not evidence"
+    err(client.get("/v1/nodes/node-z", headers=reader), 404, "not_found")
+    err(a.register(platform="tpm"), 422, "validation_error", "platform")
+    e = err(a.request("POST", "/v1/nodes/register", {"peer_card": "AAAA", "platform": "nitro", "evidence": ""}), 422)
+    assert e["field"] == "peer_card"
+    err(a.request("POST", "/v1/nodes/register", {"peer_card": "!!", "platform": "nitro", "evidence": ""}), 422, field="peer_card")
+
+
+def test_registration_with_simulated_evidence(client: TestClient, tmp_path: Path) -> None:
+    a = FakeNode(client, "node-a")
+    nonce = os.urandom(32)
+    evidence = SimulatedPlatform(state_dir=tmp_path).attest(binding(a.keys.card(), nonce))
+    r = a.register(platform=evidence.platform, evidence=evidence.blob, evidence_nonce=nonce.hex())
+    att = r.json()["attestation"]
+    assert att["verdict"] == "verified" and att["simulated"] is True and att["bound_to_card"] is True
+    assert len(att["measurements"]["pcr0"]) == 96
+    b = FakeNode(client, "node-b")  # someone else's evidence: genuine, but not bound to this card
+    att_b = b.register(platform=evidence.platform, evidence=evidence.blob, evidence_nonce=nonce.hex()).json()["attestation"]
+    assert att_b["verdict"] == "verified" and att_b["bound_to_card"] is False
+
+
+def test_signed_request_refusals(client: TestClient, nodes: list[FakeNode]) -> None:
+    a, b, _c = nodes
+    path = f"/v1/nodes/{a.node_id}/tasks"
+    assert a.request("GET", path).status_code == 200
+    err(client.get(path), 401, "missing_signature")
+    err(a.request("GET", path, sign_as=b.keys, tamper=lambda h: h.update({"X-ShardGuard-Node": "node-a"})), 401, "bad_signature")
+    err(a.request("GET", path, timestamp=int(time.time()) - 120), 401, "stale_timestamp")
+    err(a.request("GET", path, timestamp=int(time.time()) + 120), 401, "stale_timestamp")
+
+    nonce = os.urandom(16)
+    assert a.request("GET", path, nonce=nonce).status_code == 200
+    err(a.request("GET", path, nonce=nonce), 401, "replayed_nonce")
+    err(a.request("GET", path, tamper=lambda h: h.update({"X-ShardGuard-Nonce": "xyz"})), 401, "malformed_signature")
+    err(a.request("GET", path, tamper=lambda h: h.update({"X-ShardGuard-Timestamp": "01"})), 401, "malformed_signature")
+    err(a.request("GET", path, tamper=lambda h: h.update({"X-ShardGuard-Node": b.node_id})), 401, "bad_signature")
+    stranger = FakeNode(client, "node-z")
+    err(stranger.request("GET", "/v1/nodes/node-z/tasks"), 401, "unknown_node")
+    # A's valid signature on B's task queue: authenticated, but not allowed.
+    err(a.request("GET", f"/v1/nodes/{b.node_id}/tasks"), 403, "forbidden")
+    # The query string is signed: the same signature with another wait is refused.
+    headers: dict[str, str] = {}
+
+    def keep(h: dict[str, str]) -> None:
+        headers.update(h)
+
+    a.request("GET", path, params={"wait": 0}, tamper=keep)
+    headers["X-ShardGuard-Nonce"] = os.urandom(16).hex()
+    err(client.get(path + "?wait=0", headers=headers), 401, "bad_signature")
+    # Registration must be signed by the key on the card it presents.
+    body = {"peer_card": base64.b64encode(a.keys.card().encode()).decode(), "platform": "nitro", "evidence": ""}
+    err(a.request("POST", "/v1/nodes/register", body, sign_as=b.keys), 401, "bad_signature")
+    metrics = client.get("/metrics").text
+    assert 'shardguard_node_auth_failures_total{reason="replayed_nonce"} 1.0' in metrics
+
+
+def test_a_restarted_node_fails_its_running_jobs(client: TestClient, nodes: list[FakeNode]) -> None:
+    a, b, _c = nodes
+    r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
+    rid = r.json()["request_id"]
+    assert a.next_task() is not None
+    old = a.keys
+    a.restart()
+    assert a.register().json()["generation"] == 2
+    req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
+    assert req["status"] == "failed"
+    assert req["error"]["reason"] == "node_restarted" and req["error"]["culprits"] == ["node-a"]
+    assert client.get(f"/v1/keys/{r.json()['key_id']}", headers=ADMIN).json()["status"] == "failed"
+    err(a.request("GET", "/v1/nodes/node-a/tasks", sign_as=old), 401, "bad_signature")
+    assert b.next_task() is None  # b's queued task was cancelled
+
+
+# -- tasks and jobs ------------------------------------------------------------------------------
+def test_dkg_tasks_are_handed_out_once_and_complete(client: TestClient, nodes: list[FakeNode]) -> None:
+    r = client.post("/v1/keys", json={"scheme": "bip340", "threshold": 2, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
+    assert r.status_code == 202
+    key_id, rid = r.json()["key_id"], r.json()["request_id"]
+    assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["status"] == "pending"
+    req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
+    assert req["status"] == "running" and req["kind"] == "dkg" and req["attempts"] == 1
+    tasks = {}
+    for i, n in enumerate(nodes):
+        t = n.next_task()
+        assert t is not None
+        assert t["job_id"] == rid and t["kind"] == "dkg" and t["scheme"] == "bip340" and t["threshold"] == 2
+        assert t["you"] == {"node_id": n.node_id, "index": i + 1}
+        assert [(p["node_id"], p["index"]) for p in t["participants"]] == [("node-a", 1), ("node-b", 2), ("node-c", 3)]
+        for p, peer in zip(t["participants"], nodes):
+            assert base64.b64decode(p["peer_card"]) == peer.keys.card().encode()
+            assert base64.b64decode(p["evidence"]) == b"not evidence" and p["platform"] == "nitro"
+        assert len(bytes.fromhex(t["instance"])) == 32
+        tasks[n.node_id] = t
+        assert n.next_task() is None  # handed out once
+    assert len({t["instance"] for t in tasks.values()}) == 1
+    statuses = [p["task_status"] for p in client.get(f"/v1/requests/{rid}", headers=ADMIN).json()["participants"]]
+    assert statuses == ["running"] * 3
+    package = {"public_key": "aa" * 32, "verifying_shares": {"1": "bb" * 33}}
+    for n in nodes[:2]:
+        assert n.report(tasks[n.node_id]["task_id"], result=package).json() == {"task_status": "done", "job_status": "running"}
+    assert nodes[2].report(tasks["node-c"]["task_id"], result=package).json()["job_status"] == "done"
+    req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
+    assert req["status"] == "done" and req["result"] == package and req["error"] is None
+    key = client.get(f"/v1/keys/{key_id}", headers=token(client, "read")).json()
+    assert key["status"] == "active" and key["public_key"] == "aa" * 32 and key["epoch"] == 0
+    assert key["nodes"] == [{"node_id": "node-a", "index": 1}, {"node_id": "node-b", "index": 2}, {"node_id": "node-c", "index": 3}]
+    assert [k["key_id"] for k in client.get("/v1/keys", headers=ADMIN).json()] == [key_id]
+
+
+def test_sign_with_default_and_chosen_signers(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes, "ecdsa")
+    a, b, c = nodes
+    r = client.post(f"/v1/keys/{key_id}/sign", json={"digest_hex": "cd" * 32, "path": "m/0/7"}, headers=token(client, "sign:write"))
+    assert r.status_code == 202
+    rid = r.json()["request_id"]
+    ta, tb = a.next_task(), b.next_task()
+    assert c.next_task() is None
+    assert ta is not None and tb is not None
+    assert ta["params"] == {"digest_hex": "cd" * 32, "path": "m/0/7", "signers": ["node-a", "node-b"]}
+    assert ta["public_key"] == PUBLIC_KEY and ta["epoch"] == 0
+    assert [p["node_id"] for p in ta["participants"]] == ["node-a", "node-b"]
+    assert [p["node_id"] for p in ta["committee"]] == ["node-a", "node-b", "node-c"]
+    sig = {"signature": "30" * 64, "recovery_id": 1}
+    a.report(ta["task_id"], result=sig)
+    # A waiting client is woken by the last report.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(client.get, f"/v1/requests/{rid}", params={"wait": 10}, headers=ADMIN)
+        time.sleep(0.2)
+        b.report(tb["task_id"], result=sig)
+        t0 = time.monotonic()
+        done = fut.result(timeout=10).json()
+        assert time.monotonic() - t0 < 3
+    assert done["status"] == "done" and done["result"] == sig
+    r = client.post(f"/v1/keys/{key_id}/sign", json={"digest_hex": "cd" * 32, "signers": ["node-c", "node-b"]}, headers=ADMIN)
+    assert r.status_code == 202
+    assert a.next_task() is None
+    tc = c.next_task()
+    assert tc is not None and tc["params"]["signers"] == ["node-b", "node-c"] and tc["you"]["index"] == 3
+
+
+def test_default_signers_skip_silent_nodes(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    with coord(client).db.write() as s:
+        s.execute(update(Node).where(Node.id == "node-a").values(last_seen=utc_now() - dt.timedelta(hours=1)))
+    r = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "68656c6c6f"}, headers=ADMIN)
+    req = client.get(f"/v1/requests/{r.json()['request_id']}", headers=ADMIN).json()
+    assert req["params"]["signers"] == ["node-b", "node-c"]
+
+
+def test_disagreeing_results_fail_the_job(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    rid = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": [n.node_id for n in nodes]}, headers=ADMIN).json()[
+        "request_id"
+    ]
+    for n, sig in zip(nodes, ["aa", "aa", "bb"]):
+        t = n.next_task()
+        assert t is not None
+        n.report(t["task_id"], result={"signature": sig * 64})
+    req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
+    assert req["status"] == "failed"
+    assert req["error"]["reason"] == "result_mismatch" and req["error"]["culprits"] == ["node-c"]
+
+
+def test_a_failed_task_fails_the_job_with_its_reason(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    rid = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN).json()["request_id"]
+    ta, tb = a.next_task(), b.next_task()
+    assert ta is not None and tb is not None
+    bad = a.report(ta["task_id"], "failed", error={"reason": "ProtocolAbort", "culprits": ["node-z"]})
+    err(bad, 422, "validation_error", "error.culprits[0]")
+    err(a.report(ta["task_id"], "failed"), 422, "validation_error", "error")
+    err(a.report(ta["task_id"], "failed", error={"reason": "bad reason!"}), 422, "validation_error", "error.reason")
+    r = a.report(ta["task_id"], "failed", error={"reason": "INVALID_SHARE", "culprits": ["node-b"], "detail": "z_b does not verify"})
+    assert r.json() == {"task_status": "failed", "job_status": "failed"}
+    req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
+    assert req["error"] == {"reason": "INVALID_SHARE", "culprits": ["node-b"], "party": "node-a", "detail": "z_b does not verify"}
+    assert [p["task_status"] for p in req["participants"]] == ["failed", "cancelled"]
+    e = err(b.report(tb["task_id"], result={"signature": "aa" * 64}), 409, "job_not_running")
+    assert e["job_status"] == "failed"
+    # The key is untouched by a failed signing.
+    assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["status"] == "active"
+
+
+def test_result_reports_are_checked(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, c = nodes
+    client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN)
+    ta = a.next_task()
+    assert ta is not None
+    err(a.report("task_missing", result={"signature": "aa"}), 404, "not_found")
+    err(b.report(ta["task_id"], result={"signature": "aa"}), 403, "forbidden")
+    err(a.report(ta["task_id"]), 422, "validation_error", "result")
+    err(a.report(ta["task_id"], result={"sig": "aa"}), 422, "validation_error", "result.signature")
+    err(a.report(ta["task_id"], result={"signature": "AZ"}), 422, "validation_error", "result.signature")
+    err(a.report(ta["task_id"], status="maybe"), 422, "validation_error", "status")
+    assert a.report(ta["task_id"], result={"signature": "aa" * 64}).status_code == 200
+    assert a.report(ta["task_id"], result={"signature": "aa" * 64}).status_code == 200  # idempotent
+    err(a.report(ta["task_id"], result={"signature": "bb" * 64}), 409, "already_reported")
+    # b's task exists but was never claimed
+    with coord(client).db.read() as s:
+        tb_id = s.scalars(select(Task.id).where(Task.node_id == "node-b", Task.status == "queued")).one()
+    err(b.report(tb_id, result={"signature": "aa" * 64}), 409, "task_not_claimed")
+    assert c.next_task() is None
+
+
+def test_deadline_ends_a_job_failed_never_hung(make_client: Any) -> None:
+    client = make_client(job_timeout=0.5, sweep_interval=0.1)
+    nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in nodes:
+        n.register()
+    r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
+    rid = r.json()["request_id"]
+    ta = nodes[0].next_task()
+    assert ta is not None
+    req = client.get(f"/v1/requests/{rid}", params={"wait": 5}, headers=ADMIN).json()
+    assert req["status"] == "failed", req
+    assert req["error"]["reason"] == "timeout" and req["error"]["culprits"] == ["node-a", "node-b", "node-c"]
+    assert "no result from node-a" in req["error"]["detail"] and "never picked up by node-b, node-c" in req["error"]["detail"]
+    assert client.get(f"/v1/keys/{r.json()['key_id']}", headers=ADMIN).json()["status"] == "failed"
+    err(nodes[0].report(ta["task_id"], result={"public_key": "aa"}), 409, "job_not_running")
+    assert nodes[1].next_task() is None
+    assert 'shardguard_jobs_finished_total{kind="dkg",reason="timeout",status="failed"} 1.0' in client.get("/metrics").text
+
+
+def test_task_long_poll_wakes_on_dispatch(client: TestClient, nodes: list[FakeNode]) -> None:
+    a = nodes[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        t0 = time.monotonic()
+        fut = pool.submit(a.next_task, 10)
+        time.sleep(0.3)
+        client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN)
+        task = fut.result(timeout=10)
+    assert task is not None and task["kind"] == "dkg"
+    assert time.monotonic() - t0 < 3
+    t0 = time.monotonic()
+    assert nodes[1].next_task(wait=0.3) is not None
+    assert nodes[2].next_task(wait=0.3) is None
+    assert 0.25 < time.monotonic() - t0 < 3
+
+
+def test_refresh_runs_alone_and_bumps_the_epoch(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, c = nodes
+    s1 = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "01"}, headers=ADMIN).json()["request_id"]
+    ref = client.post(f"/v1/keys/{key_id}/refresh", headers=token(client, "keys:write"))
+    assert ref.status_code == 202
+    s2 = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "02"}, headers=ADMIN).json()["request_id"]
+    get = lambda rid: client.get(f"/v1/requests/{rid}", headers=ADMIN).json()  # noqa: E731
+    assert [get(r)["status"] for r in (s1, ref.json()["request_id"], s2)] == ["running", "queued", "queued"]
+    for n in (a, b):
+        t = n.next_task()
+        assert t is not None and t["job_id"] == s1
+        n.report(t["task_id"], result={"signature": "aa" * 64})
+    assert get(ref.json()["request_id"])["status"] == "running"
+    assert get(s2)["status"] == "queued"
+    for n in nodes:
+        t = n.next_task()
+        assert t is not None and t["kind"] == "refresh" and t["epoch"] == 0
+        n.report(t["task_id"], result={"public_key": PUBLIC_KEY, "epoch": 1})
+    assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["epoch"] == 1
+    t = a.next_task()
+    assert t is not None and t["job_id"] == s2 and t["epoch"] == 1
+    # A refresh that changes the group key is refused.
+    rid = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN).json()["request_id"]
+    b.report(b.next_task()["task_id"], result={"signature": "aa" * 64})  # type: ignore[index]
+    a.report(t["task_id"], result={"signature": "aa" * 64})
+    for n in nodes:
+        task = n.next_task()
+        assert task is not None and task["job_id"] == rid
+        n.report(task["task_id"], result={"public_key": "ff" * 33})
+    assert get(rid)["error"]["reason"] == "public_key_changed"
+    assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["epoch"] == 1
+
+
+def test_repair_request(client: TestClient, nodes: list[FakeNode]) -> None:
+    ecdsa = run_dkg(client, nodes, "ecdsa")
+    key_id = run_dkg(client, nodes)
+    err(client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-x"}, headers=ADMIN), 422, field="lost")
+    err(client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b", "helpers": ["node-b", "node-c"]}, headers=ADMIN), 422)
+    err(client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b", "helpers": ["node-c"]}, headers=ADMIN), 422, field="helpers")
+    r = client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b"}, headers=ADMIN)
+    assert r.status_code == 202
+    req = client.get(f"/v1/requests/{r.json()['request_id']}", headers=ADMIN).json()
+    assert req["params"] == {"lost": "node-b", "helpers": ["node-a", "node-c"]}
+    assert [p["node_id"] for p in req["participants"]] == ["node-a", "node-b", "node-c"]
+    err(client.post(f"/v1/keys/{ecdsa}/repair", json={"lost": "node-b"}, headers=ADMIN), 422, field="key_id")
+
+
+def test_request_listing(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN)
+    listed = client.get("/v1/requests", params={"key_id": key_id}, headers=ADMIN).json()
+    assert [r["kind"] for r in listed] == ["sign", "dkg"]
+    assert [r["kind"] for r in client.get("/v1/requests", params={"status": "done"}, headers=ADMIN).json()] == ["dkg"]
+    err(client.get("/v1/requests", params={"status": "lost"}, headers=ADMIN), 422, field="status")
+    err(client.get("/v1/requests", params={"limit": 0}, headers=ADMIN), 422, field="limit")
+
+
+# -- relay ---------------------------------------------------------------------------------------
+def test_relay_mailbox(make_client: Any) -> None:
+    client = make_client(max_message_bytes=1000, max_job_mailbox_bytes=5000)
+    a, b, c = (FakeNode(client, f"node-{x}") for x in "abc")
+    for n in (a, b, c):
+        n.register()
+    outsider = FakeNode(client, "node-d")
+    outsider.register()
+    rid = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b", "node-c"]}, headers=ADMIN).json()[
+        "request_id"
+    ]
+    err(a.send(rid, [("*", 0, b"early")]), 409, "task_not_claimed")
+    tasks = {n.node_id: n.next_task() for n in (a, b, c)}
+    assert all(tasks.values())
+    assert a.send(rid, [("*", 0, b"round1 broadcast"), ("node-b", 1, b"to b")]).json() == {"accepted": 2, "duplicates": 0}
+    assert c.send(rid, [("node-b", 0, b"c to b")]).json()["accepted"] == 1
+    inbox_b = b.inbox(rid).json()
+    assert inbox_b["job_status"] == "running"
+    got = [(m["from"], m["to"], m["seq"], base64.b64decode(m["blob"])) for m in inbox_b["messages"]]
+    assert got == [("node-a", "*", 0, b"round1 broadcast"), ("node-a", "node-b", 1, b"to b"), ("node-c", "node-b", 0, b"c to b")]
+    assert [m["from"] for m in c.inbox(rid).json()["messages"]] == ["node-a"]
+    assert a.inbox(rid).json()["messages"] == []  # never one's own messages
+    assert b.inbox(rid, after=inbox_b["next_after"]).json()["messages"] == []
+    assert len(b.inbox(rid, after=inbox_b["messages"][0]["cursor"]).json()["messages"]) == 2
+    # Re-sending the same bytes is harmless; other bytes under the same seq are refused.
+    assert a.send(rid, [("*", 0, b"round1 broadcast")]).json() == {"accepted": 0, "duplicates": 1}
+    err(a.send(rid, [("*", 0, b"equivocation")]), 409, "conflict", "messages[0].seq")
+    err(a.send(rid, [("node-b", 5, b"x"), ("node-b", 5, b"y")]), 422, "validation_error", "messages[1].seq")
+    err(a.send(rid, [("node-d", 2, b"x")]), 422, "validation_error", "messages[0].to")
+    err(a.send(rid, [("node-a", 2, b"x")]), 422, "validation_error", "messages[0].to")
+    err(a.send(rid, [("node-b", -1, b"x")]), 422, "validation_error", "messages[0].seq")
+    err(a.request("POST", f"/v1/jobs/{rid}/messages", {"messages": [{"to": "*", "seq": 3, "blob": "%%%"}]}), 422, field="messages[0].blob")
+    err(a.request("POST", f"/v1/jobs/{rid}/messages", {"messages": []}), 422, field="messages")
+    err(a.send(rid, [("node-b", 2, b"")]), 422, field="messages[0].blob")
+    err(a.send(rid, [("node-b", 2, b"x" * 1001)]), 413, "payload_too_large", "messages[0].blob")
+    err(outsider.send(rid, [("*", 0, b"x")]), 403, "forbidden")
+    err(outsider.inbox(rid), 403, "forbidden")
+    err(a.send("req_missing", [("*", 0, b"x")]), 404, "not_found")
+    err(b.inbox("req_missing"), 404, "not_found")
+    err(b.request("GET", "/v1/nodes/node-b/inbox"), 422, field="job")
+    for i in range(4):
+        assert a.send(rid, [("node-c", 10 + i, b"y" * 1000)]).status_code == 200
+    err(a.send(rid, [("node-c", 20, b"y" * 1000)]), 413, "mailbox_full")
+    # Only ciphertext is stored, exactly as sent.
+    with coord(client).db.read() as s:
+        blobs = [m.blob for m in s.scalars(select(MailboxMessage).order_by(MailboxMessage.job_seq))]
+    assert blobs == [b"round1 broadcast", b"to b", b"c to b", *[b"y" * 1000] * 4]
+    # After the job ends nothing more is relayed, and the inbox says why.
+    task_b = tasks["node-b"]
+    assert task_b is not None
+    b.report(task_b["task_id"], "failed", error={"reason": "ABORT"})
+    err(a.send(rid, [("*", 50, b"late")]), 409, "job_not_running")
+    assert b.inbox(rid, after=1000, wait=5).json()["job_status"] == "failed"
+
+
+def test_inbox_long_poll_wakes_on_message(client: TestClient, nodes: list[FakeNode]) -> None:
+    a, b, _c = nodes
+    rid = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN).json()[
+        "request_id"
+    ]
+    a.next_task()
+    b.next_task()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(b.inbox, rid, 0, 10)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        a.send(rid, [("node-b", 0, b"hello")])
+        r = fut.result(timeout=10)
+    assert time.monotonic() - t0 < 3
+    assert [base64.b64decode(m["blob"]) for m in r.json()["messages"]] == [b"hello"]
+
+
+def test_finished_mailboxes_are_purged(make_client: Any) -> None:
+    client = make_client(mailbox_retention=0)
+    a, b = FakeNode(client, "node-a"), FakeNode(client, "node-b")
+    a.register()
+    b.register()
+    rid = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN).json()[
+        "request_id"
+    ]
+    ta, tb = a.next_task(), b.next_task()
+    assert ta is not None and tb is not None
+    a.send(rid, [("node-b", 0, b"ciphertext")])
+    a.report(ta["task_id"], result={"public_key": "aa" * 32})
+    b.report(tb["task_id"], result={"public_key": "aa" * 32})
+    coord(client).sweep()
+    with coord(client).db.read() as s:
+        assert s.scalars(select(MailboxMessage)).first() is None
+
+
+# -- audit mirror --------------------------------------------------------------------------------
+def test_audit_mirror(client: TestClient, nodes: list[FakeNode]) -> None:
+    a, b, _c = nodes
+
+    def entry(n: FakeNode, seq: int, text: bytes) -> dict[str, Any]:
+        return {
+            "seq": seq,
+            "entry": base64.b64encode(text).decode(),
+            "hash": bytes(32).hex(),
+            "signature": base64.b64encode(n.keys.sign(b"audit", text)).decode(),
+        }
+
+    post = lambda n, entries: n.request("POST", "/v1/audit", {"entries": entries})  # noqa: E731
+    assert post(a, [entry(a, 0, b"genesis"), entry(a, 1, b"signed x")]).json() == {"accepted": 2, "duplicates": 0}
+    assert post(b, [entry(b, 0, b"genesis b")]).json()["accepted"] == 1
+    assert post(a, [entry(a, 1, b"signed x"), entry(a, 2, b"refused y")]).json() == {"accepted": 1, "duplicates": 1}
+    err(post(a, [entry(a, 2, b"rewritten history")]), 409, "audit_conflict", "entries[0].seq")
+    err(post(a, [entry(a, 5, b"x"), entry(a, 5, b"x")]), 422, field="entries[1].seq")
+    err(post(a, [{**entry(a, 6, b"x"), "hash": "XYZ"}]), 422, field="entries[0].hash")
+    err(client.post("/v1/audit", json={"entries": [entry(a, 7, b"x")]}), 401, "missing_signature")
+    reader = token(client, "read")
+    log = client.get("/v1/audit", params={"node": "node-a"}, headers=reader).json()["entries"]
+    assert [e["seq"] for e in log] == [0, 1, 2]
+    for e in log:  # verifiable offline with the key the node had when it mirrored the entry
+        pk = bytes.fromhex(e["identity_public_key"])
+        assert verify_signature(pk, b"audit", base64.b64decode(e["entry"]), base64.b64decode(e["signature"]))
+    assert [e["seq"] for e in client.get("/v1/audit", params={"node": "node-a", "after": 0}, headers=reader).json()["entries"]] == [1, 2]
+    assert len(client.get("/v1/audit", headers=reader).json()["entries"]) == 4
+    err(client.get("/v1/audit", params={"after": 1}, headers=reader), 422, field="after")
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def test_metrics(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN)
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for line in (
+        'shardguard_jobs{kind="dkg",status="done"} 1.0',
+        'shardguard_jobs{kind="sign",status="running"} 1.0',
+        'shardguard_jobs_submitted_total{kind="sign"} 1.0',
+        'shardguard_jobs_finished_total{kind="dkg",reason="",status="done"} 1.0',
+        "shardguard_tasks_claimed_total 3.0",
+        'shardguard_nodes{state="alive"} 3.0',
+        "shardguard_coordinator_db_up 1.0",
+        'shardguard_http_requests_total{method="GET",route="/v1/keys/{key_id}",status="200"} 1.0',
+        'shardguard_job_seconds_count{kind="dkg"} 1.0',
+    ):
+        assert line in text, line
+
+
+def test_metrics_can_require_a_token(make_client: Any) -> None:
+    client = make_client(metrics_public=False)
+    err(client.get("/metrics"), 401)
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {BOOT}"}).status_code == 200
