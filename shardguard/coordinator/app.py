@@ -226,9 +226,7 @@ async def _sweeper(coord: Coordinator) -> None:
             _log.exception("sweep failed; retrying in %s s", interval)
 
 
-async def _long_poll(
-    notifier: Notifier, key: str, wait: float, interval: float, check: Callable[[], tuple[bool, T]]
-) -> T:
+async def _long_poll(notifier: Notifier, key: str, wait: float, interval: float, check: Callable[[], tuple[bool, T]]) -> T:
     """Call ``check`` (in a thread) until it reports ready or ``wait`` seconds pass; sleep on
     this replica's notifications in between, re-checking at least every ``interval``."""
     deadline = time.monotonic() + wait
@@ -362,9 +360,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         return await run(coord.list_requests, key_id=key_id, status=status, limit=limit)
 
     @app.get("/v1/requests/{request_id}", tags=["requests"], response_model=schemas.RequestOut)
-    async def get_request(
-        request_id: _ID, _t: Reader, wait: Annotated[float, Query(ge=0, le=300)] = 0.0
-    ) -> dict[str, Any]:
+    async def get_request(request_id: _ID, _t: Reader, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:
         """``wait``: long-poll up to that many seconds (capped by the server) until the request is done or failed."""
 
         def check() -> tuple[bool, dict[str, Any]]:
@@ -417,7 +413,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     @app.post("/v1/jobs/{job_id}/messages", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
     async def post_messages(job_id: _ID, body: schemas.PostMessages, node: SignedNode) -> dict[str, Any]:
         if len(body.messages) > settings.max_messages_per_post:
-            raise ApiError(422, "validation_error", f"at most {settings.max_messages_per_post} messages per post", field="messages")
+            raise ApiError(
+                422, "validation_error", f"at most {settings.max_messages_per_post} messages per post", field="messages"
+            )
         msgs = [(m.to, m.seq, m.blob) for m in body.messages]
         return await run(coord.post_messages, job_id, node.node_id, msgs)
 

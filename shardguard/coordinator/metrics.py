@@ -63,7 +63,10 @@ class Metrics:
         )
         self.jobs_submitted = Counter("shardguard_jobs_submitted", "Jobs submitted by kind", ["kind"], registry=r)
         self.jobs_finished = Counter(
-            "shardguard_jobs_finished", "Jobs finished by kind, status and failure reason", ["kind", "status", "reason"], registry=r
+            "shardguard_jobs_finished",
+            "Jobs finished by kind, status and failure reason",
+            ["kind", "status", "reason"],
+            registry=r,
         )
         self.job_seconds = Histogram(
             "shardguard_job_seconds", "Job duration from dispatch to end, by kind", ["kind"], buckets=_JOB_BUCKETS, registry=r

@@ -25,6 +25,10 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shardguard.coordinator.settings import Settings
 
 __all__ = ["main"]
 
@@ -54,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--replica-id", default=None, help="name of this replica (default: random)")
 
     tok = sub.add_parser("token", help="manage API tokens")
-    tsub = tok.add_subparsers(dest="token_command", required=True)
+    tsub = tok.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="create a token and print it once")
     _db_args(create)
     create.add_argument("--scopes", required=True, help="comma-separated: keys:write, sign:write, read, admin")
@@ -70,53 +74,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings_kwargs(db: str | None) -> dict[str, object]:
-    if db is None:
-        return {}
-    if "://" in db:
-        return {"db_url": db}
-    return {"sqlite_path": Path(db)}
+def _settings(db: str | None, **overrides: Any) -> Settings:
+    """Settings for ``--db`` (a URL, or a path to an SQLite file) and the given overrides."""
+    from shardguard.coordinator.settings import Settings
+
+    if db is not None and "://" in db:
+        overrides["db_url"] = db
+    elif db is not None:
+        overrides["sqlite_path"] = Path(db)
+    return Settings(**overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``shardguard coordinator``; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help"):
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list = ["run", *args_list]
     args = _parser().parse_args(args_list)
 
-    from shardguard.coordinator.settings import Settings
-
-    base = _settings_kwargs(args.db)
     try:
         if args.command == "run":
-            return _run(args, base)
+            return _run(args)
         if args.command == "migrate":
             from shardguard.coordinator.db import Database, migrate
 
-            db = Database(Settings(**base).database_url())  # type: ignore[arg-type]
+            db = Database(_settings(args.db).database_url())
             migrate(db)
             db.dispose()
             print("database is at the latest schema")
             return 0
-        return _token(args, Settings(**base))  # type: ignore[arg-type]
+        return _token(args, _settings(args.db))
     except Exception as e:  # configuration errors (unreachable database…): one line, exit 2
         print(f"shardguard coordinator: error: {e}", file=sys.stderr)
         return 2
 
 
-def _token(args: argparse.Namespace, settings: object) -> int:
+def _token(args: argparse.Namespace, settings: Settings) -> int:
     from shardguard.coordinator.db import Database, migrate
     from shardguard.coordinator.metrics import Metrics
     from shardguard.coordinator.service import SCOPES, Coordinator
-    from shardguard.coordinator.settings import Settings
 
-    assert isinstance(settings, Settings)
     db = Database(settings.database_url())
     try:
         migrate(db)
         coord = Coordinator(settings, db, Metrics(), lambda _key: None)
-        if args.token_command == "create":
+        if args.action == "create":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
             bad = [s for s in scopes if s not in SCOPES]
             if bad or not scopes:
@@ -125,7 +127,7 @@ def _token(args: argparse.Namespace, settings: object) -> int:
             out, token = coord.create_token(scopes, args.label)
             print(json.dumps({**out, "token": token}))
             print("the token is shown once; only its SHA-256 is stored", file=sys.stderr)
-        elif args.token_command == "list":
+        elif args.action == "list":
             print(json.dumps(coord.list_tokens(), indent=2))
         else:
             print(json.dumps(coord.revoke_token(args.token_id)))
@@ -134,14 +136,13 @@ def _token(args: argparse.Namespace, settings: object) -> int:
         db.dispose()
 
 
-def _run(args: argparse.Namespace, base: dict[str, object]) -> int:
+def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from shardguard.coordinator.app import create_app
-    from shardguard.coordinator.settings import Settings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kwargs = dict(base)
+    kwargs: dict[str, Any] = {}
     if args.job_timeout is not None:
         kwargs["job_timeout"] = args.job_timeout
     if args.replica_id:
@@ -149,7 +150,7 @@ def _run(args: argparse.Namespace, base: dict[str, object]) -> int:
     bootstrap = os.environ.get(BOOTSTRAP_ENV)
     if bootstrap:
         kwargs["bootstrap_token"] = bootstrap
-    settings = Settings(**kwargs)  # type: ignore[arg-type]
+    settings = _settings(args.db, **kwargs)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

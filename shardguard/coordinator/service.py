@@ -322,7 +322,9 @@ class Coordinator:
             if n not in known:
                 raise ApiError(422, "validation_error", f"node {n!r} is not registered", field=f"{field}[{i}]")
 
-    def create_key(self, scheme: str, threshold: int, nodes: Sequence[str], allow_single: bool, requested_by: str) -> dict[str, Any]:
+    def create_key(
+        self, scheme: str, threshold: int, nodes: Sequence[str], allow_single: bool, requested_by: str
+    ) -> dict[str, Any]:
         n = len(nodes)
         if threshold > n:
             raise ApiError(422, "validation_error", f"threshold {threshold} exceeds the {n} nodes", field="threshold")
@@ -354,7 +356,14 @@ class Coordinator:
         return {"key_id": key.id, "request_id": job.id}
 
     def _new_job(
-        self, s: Session, kind: str, key: Key, params: dict[str, Any], participants: list[dict[str, Any]], by: str, now: dt.datetime
+        self,
+        s: Session,
+        kind: str,
+        key: Key,
+        params: dict[str, Any],
+        participants: list[dict[str, Any]],
+        by: str,
+        now: dt.datetime,
     ) -> Job:
         job = Job(
             id=new_id("req"),
@@ -433,7 +442,10 @@ class Coordinator:
             else:
                 if digest is not None:
                     raise ApiError(
-                        422, "validation_error", f"{key.scheme} (FROST) signs the message itself: give message_hex", field="digest_hex"
+                        422,
+                        "validation_error",
+                        f"{key.scheme} (FROST) signs the message itself: give message_hex",
+                        field="digest_hex",
                     )
                 if message is None:
                     raise ApiError(422, "validation_error", f"{key.scheme} needs message_hex", field="message_hex")
@@ -473,7 +485,9 @@ class Coordinator:
 
     def _default_signers(self, s: Session, key: Key, now: dt.datetime) -> list[str]:
         """t of the key's nodes, those seen recently first (then by party index)."""
-        seen: dict[str, dt.datetime] = {nid: ts for nid, ts in s.execute(select(Node.id, Node.last_seen).where(Node.id.in_(key.node_ids)))}
+        seen: dict[str, dt.datetime] = {
+            nid: ts for nid, ts in s.execute(select(Node.id, Node.last_seen).where(Node.id.in_(key.node_ids)))
+        }
         alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
         order = sorted(
             range(len(key.node_ids)),
@@ -802,9 +816,7 @@ class Coordinator:
         job.updated_at = now
         self._record_end(job, "done", "")
 
-    def _fail_job(
-        self, s: Session, job: Job, *, reason: str, culprits: list[str], party: str | None, detail: str
-    ) -> None:
+    def _fail_job(self, s: Session, job: Job, *, reason: str, culprits: list[str], party: str | None, detail: str) -> None:
         now = utc_now()
         job.status = "failed"
         job.error = {"reason": reason, "culprits": sorted(set(culprits)), "party": party, "detail": detail}
@@ -866,7 +878,9 @@ class Coordinator:
                 raise ApiError(409, "task_not_claimed", "claim the task before sending messages")
             for i, (to, _seq, _blob) in enumerate(messages):
                 if to != BROADCAST and (to not in parts or to == sender):
-                    raise ApiError(422, "validation_error", f"{to!r} is not another participant of the job", field=f"messages[{i}].to")
+                    raise ApiError(
+                        422, "validation_error", f"{to!r} is not another participant of the job", field=f"messages[{i}].to"
+                    )
             existing = {
                 (m.to_node, m.seq): m.blob
                 for m in s.scalars(
@@ -886,10 +900,14 @@ class Coordinator:
                 elif old == blob:
                     duplicates += 1
                 else:
-                    raise ApiError(409, "conflict", f"seq {seq} to {to} was already sent with other bytes", field=f"messages[{i}].seq")
+                    raise ApiError(
+                        409, "conflict", f"seq {seq} to {to} was already sent with other bytes", field=f"messages[{i}].seq"
+                    )
             total = sum(len(b) for _to, _seq, b in fresh)
             if job.mailbox_bytes + total > self.settings.max_job_mailbox_bytes:
-                raise ApiError(413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes")
+                raise ApiError(
+                    413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes"
+                )
             seq_no = job.next_msg_seq
             for to, seq, blob in fresh:
                 s.add(
@@ -942,7 +960,10 @@ class Coordinator:
         for i, (_seq, entry, _h, _sig) in enumerate(entries):
             if len(entry) > self.settings.max_audit_entry_bytes:
                 raise ApiError(
-                    413, "payload_too_large", f"entry larger than {self.settings.max_audit_entry_bytes} bytes", field=f"entries[{i}].entry"
+                    413,
+                    "payload_too_large",
+                    f"entry larger than {self.settings.max_audit_entry_bytes} bytes",
+                    field=f"entries[{i}].entry",
                 )
         seqs = [e[0] for e in entries]
         for i, seq in enumerate(seqs):
@@ -962,7 +983,9 @@ class Coordinator:
                         duplicates += 1
                         continue
                     raise ApiError(
-                        409, "audit_conflict", f"entry {seq} of {node.node_id} was already mirrored with other bytes",
+                        409,
+                        "audit_conflict",
+                        f"entry {seq} of {node.node_id} was already mirrored with other bytes",
                         field=f"entries[{i}].seq",
                     )
                 s.add(
@@ -1063,14 +1086,19 @@ class Coordinator:
     def queue_counts(self) -> dict[str, dict[str, int]]:
         now = utc_now()
         with self.db.read() as s:
-            jobs = {f"{k}/{st}": n for k, st, n in s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))}
+            jobs = {
+                f"{k}/{st}": n
+                for k, st, n in s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+            }
             alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
             alive = s.scalar(select(func.count()).select_from(Node).where(Node.last_seen >= alive_after)) or 0
             total = s.scalar(select(func.count()).select_from(Node)) or 0
         return {"jobs": jobs, "nodes": {"alive": alive, "silent": total - alive}}
 
 
-_REASONS = frozenset({"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", ""})
+_REASONS = frozenset(
+    {"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", ""}
+)
 
 
 def decode_card(data: bytes) -> PeerCard:

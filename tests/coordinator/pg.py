@@ -33,7 +33,9 @@ class PostgresUnavailable(RuntimeError):
 
 
 def find_bindir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0
+    )
     if not found:
         raise PostgresUnavailable(INSTALL_HINT)
     return Path(found[-1]).parent
@@ -74,7 +76,16 @@ class PgCluster:
 
     def start(self) -> PgCluster:
         self._run(
-            str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--locale=C",
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            self.user,
+            "-E",
+            "UTF8",
+            "--locale=C",
             "--no-sync",
         )
         opts = (

@@ -176,7 +176,9 @@ def test_body_size_limit(make_client: Any) -> None:
         for _ in range(10):
             yield b" " * 1000
 
-    err(client.post("/v1/keys", content=chunks(), headers={**ADMIN, "Content-Type": "application/json"}), 413, "payload_too_large")
+    err(
+        client.post("/v1/keys", content=chunks(), headers={**ADMIN, "Content-Type": "application/json"}), 413, "payload_too_large"
+    )
     # Under the limit the request goes through to validation as usual.
     err(client.post("/v1/keys", json={"scheme": "x"}, headers=ADMIN), 422)
 
@@ -298,14 +300,20 @@ def test_dkg_tasks_are_handed_out_once_and_complete(client: TestClient, nodes: l
     assert req["status"] == "done" and req["result"] == package and req["error"] is None
     key = client.get(f"/v1/keys/{key_id}", headers=token(client, "read")).json()
     assert key["status"] == "active" and key["public_key"] == "aa" * 32 and key["epoch"] == 0
-    assert key["nodes"] == [{"node_id": "node-a", "index": 1}, {"node_id": "node-b", "index": 2}, {"node_id": "node-c", "index": 3}]
+    assert key["nodes"] == [
+        {"node_id": "node-a", "index": 1},
+        {"node_id": "node-b", "index": 2},
+        {"node_id": "node-c", "index": 3},
+    ]
     assert [k["key_id"] for k in client.get("/v1/keys", headers=ADMIN).json()] == [key_id]
 
 
 def test_sign_with_default_and_chosen_signers(client: TestClient, nodes: list[FakeNode]) -> None:
     key_id = run_dkg(client, nodes, "ecdsa")
     a, b, c = nodes
-    r = client.post(f"/v1/keys/{key_id}/sign", json={"digest_hex": "cd" * 32, "path": "m/0/7"}, headers=token(client, "sign:write"))
+    r = client.post(
+        f"/v1/keys/{key_id}/sign", json={"digest_hex": "cd" * 32, "path": "m/0/7"}, headers=token(client, "sign:write")
+    )
     assert r.status_code == 202
     rid = r.json()["request_id"]
     ta, tb = a.next_task(), b.next_task()
@@ -344,9 +352,9 @@ def test_default_signers_skip_silent_nodes(client: TestClient, nodes: list[FakeN
 
 def test_disagreeing_results_fail_the_job(client: TestClient, nodes: list[FakeNode]) -> None:
     key_id = run_dkg(client, nodes)
-    rid = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": [n.node_id for n in nodes]}, headers=ADMIN).json()[
-        "request_id"
-    ]
+    rid = client.post(
+        f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": [n.node_id for n in nodes]}, headers=ADMIN
+    ).json()["request_id"]
     for n, sig in zip(nodes, ["aa", "aa", "bb"]):
         t = n.next_task()
         assert t is not None
@@ -366,7 +374,9 @@ def test_a_failed_task_fails_the_job_with_its_reason(client: TestClient, nodes: 
     err(bad, 422, "validation_error", "error.culprits[0]")
     err(a.report(ta["task_id"], "failed"), 422, "validation_error", "error")
     err(a.report(ta["task_id"], "failed", error={"reason": "bad reason!"}), 422, "validation_error", "error.reason")
-    r = a.report(ta["task_id"], "failed", error={"reason": "INVALID_SHARE", "culprits": ["node-b"], "detail": "z_b does not verify"})
+    r = a.report(
+        ta["task_id"], "failed", error={"reason": "INVALID_SHARE", "culprits": ["node-b"], "detail": "z_b does not verify"}
+    )
     assert r.json() == {"task_status": "failed", "job_status": "failed"}
     req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
     assert req["error"] == {"reason": "INVALID_SHARE", "culprits": ["node-b"], "party": "node-a", "detail": "z_b does not verify"}
@@ -436,7 +446,7 @@ def test_task_long_poll_wakes_on_dispatch(client: TestClient, nodes: list[FakeNo
 
 def test_refresh_runs_alone_and_bumps_the_epoch(client: TestClient, nodes: list[FakeNode]) -> None:
     key_id = run_dkg(client, nodes)
-    a, b, c = nodes
+    a, b, _c = nodes
     s1 = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "01"}, headers=ADMIN).json()["request_id"]
     ref = client.post(f"/v1/keys/{key_id}/refresh", headers=token(client, "keys:write"))
     assert ref.status_code == 202
@@ -473,7 +483,11 @@ def test_repair_request(client: TestClient, nodes: list[FakeNode]) -> None:
     key_id = run_dkg(client, nodes)
     err(client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-x"}, headers=ADMIN), 422, field="lost")
     err(client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b", "helpers": ["node-b", "node-c"]}, headers=ADMIN), 422)
-    err(client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b", "helpers": ["node-c"]}, headers=ADMIN), 422, field="helpers")
+    err(
+        client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b", "helpers": ["node-c"]}, headers=ADMIN),
+        422,
+        field="helpers",
+    )
     r = client.post(f"/v1/keys/{key_id}/repair", json={"lost": "node-b"}, headers=ADMIN)
     assert r.status_code == 202
     req = client.get(f"/v1/requests/{r.json()['request_id']}", headers=ADMIN).json()
@@ -500,9 +514,9 @@ def test_relay_mailbox(make_client: Any) -> None:
         n.register()
     outsider = FakeNode(client, "node-d")
     outsider.register()
-    rid = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b", "node-c"]}, headers=ADMIN).json()[
-        "request_id"
-    ]
+    rid = client.post(
+        "/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b", "node-c"]}, headers=ADMIN
+    ).json()["request_id"]
     err(a.send(rid, [("*", 0, b"early")]), 409, "task_not_claimed")
     tasks = {n.node_id: n.next_task() for n in (a, b, c)}
     assert all(tasks.values())
@@ -523,7 +537,11 @@ def test_relay_mailbox(make_client: Any) -> None:
     err(a.send(rid, [("node-d", 2, b"x")]), 422, "validation_error", "messages[0].to")
     err(a.send(rid, [("node-a", 2, b"x")]), 422, "validation_error", "messages[0].to")
     err(a.send(rid, [("node-b", -1, b"x")]), 422, "validation_error", "messages[0].seq")
-    err(a.request("POST", f"/v1/jobs/{rid}/messages", {"messages": [{"to": "*", "seq": 3, "blob": "%%%"}]}), 422, field="messages[0].blob")
+    err(
+        a.request("POST", f"/v1/jobs/{rid}/messages", {"messages": [{"to": "*", "seq": 3, "blob": "%%%"}]}),
+        422,
+        field="messages[0].blob",
+    )
     err(a.request("POST", f"/v1/jobs/{rid}/messages", {"messages": []}), 422, field="messages")
     err(a.send(rid, [("node-b", 2, b"")]), 422, field="messages[0].blob")
     err(a.send(rid, [("node-b", 2, b"x" * 1001)]), 413, "payload_too_large", "messages[0].blob")
@@ -549,9 +567,9 @@ def test_relay_mailbox(make_client: Any) -> None:
 
 def test_inbox_long_poll_wakes_on_message(client: TestClient, nodes: list[FakeNode]) -> None:
     a, b, _c = nodes
-    rid = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN).json()[
-        "request_id"
-    ]
+    rid = client.post(
+        "/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN
+    ).json()["request_id"]
     a.next_task()
     b.next_task()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -569,9 +587,9 @@ def test_finished_mailboxes_are_purged(make_client: Any) -> None:
     a, b = FakeNode(client, "node-a"), FakeNode(client, "node-b")
     a.register()
     b.register()
-    rid = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN).json()[
-        "request_id"
-    ]
+    rid = client.post(
+        "/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN
+    ).json()["request_id"]
     ta, tb = a.next_task(), b.next_task()
     assert ta is not None and tb is not None
     a.send(rid, [("node-b", 0, b"ciphertext")])
@@ -608,7 +626,9 @@ def test_audit_mirror(client: TestClient, nodes: list[FakeNode]) -> None:
     for e in log:  # verifiable offline with the key the node had when it mirrored the entry
         pk = bytes.fromhex(e["identity_public_key"])
         assert verify_signature(pk, b"audit", base64.b64decode(e["entry"]), base64.b64decode(e["signature"]))
-    assert [e["seq"] for e in client.get("/v1/audit", params={"node": "node-a", "after": 0}, headers=reader).json()["entries"]] == [1, 2]
+    assert [
+        e["seq"] for e in client.get("/v1/audit", params={"node": "node-a", "after": 0}, headers=reader).json()["entries"]
+    ] == [1, 2]
     assert len(client.get("/v1/audit", headers=reader).json()["entries"]) == 4
     err(client.get("/v1/audit", params={"after": 1}, headers=reader), 422, field="after")
 
