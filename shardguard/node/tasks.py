@@ -174,7 +174,12 @@ def _refresh(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) 
 
 
 def _public(share: Share) -> dict[str, Any]:
-    out: dict[str, Any] = {"public": share.public.to_dict(), "key_id": share.public.key_id.hex()}
+    out: dict[str, Any] = {
+        "public_key": share.public.public_key_bytes.hex(),
+        "epoch": share.public.epoch,
+        "public": share.public.to_dict(),
+        "key_id": share.public.key_id.hex(),
+    }
     if isinstance(share, EcdsaKeyShare):
         out["chain_code"] = share.chain_code.hex()
     return out

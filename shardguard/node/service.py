@@ -1,0 +1,356 @@
+"""The signer node as a process: ``shardguard node run`` (ARCHITECTURE §2, §6, §7; issue 6).
+
+At start the node opens its platform (the simulated one says so loudly), makes its identity and
+channel keys inside it, binds them into fresh evidence and registers with the coordinator —
+outbound connections only. Then it pulls tasks (long-poll). For each task it first verifies
+every other participant's evidence against its own verification policy and admits only those
+(a peer outside policy never receives a byte), then runs the protocol through
+:mod:`shardguard.node.engine` with every message sealed to the peer, and reports only the public
+result. New epochs (key generation, refresh) are staged in the sealed keystore and committed
+only when the coordinator reports the whole job done; a failed or interrupted job leaves the
+old epoch in use.
+
+Evidence freshness: the node binds its keys with a nonce it picks and re-registers with new
+evidence every ``reattest_seconds``; verifiers enforce ``max_age_seconds`` of their policy on
+the evidence's own timestamp (Nitro format, as the simulated platform emits). Platforms whose
+evidence carries no time (SEV-SNP, TDX, SGX) need a verifier-chosen nonce, which the relay
+flow does not provide yet: see docs/NODE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shardguard.attestation.errors import AttestationError
+from shardguard.attestation.policy import VerificationPolicy
+from shardguard.attestation.verify import verify_evidence
+from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard, admit_peer, binding
+from shardguard.coordinator.wire import sign_request
+from shardguard.enclave.platform import Platform, open_platform
+from shardguard.node.engine import EngineError, EngineTimeout
+from shardguard.node.keystore import Keystore
+from shardguard.node.tasks import Task, TaskError, run_task
+from shardguard.protocols.dkls23 import EcdsaKeyShare
+from shardguard.protocols.errors import ProtocolAbort, ProtocolError
+
+__all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]
+
+log = logging.getLogger("shardguard.node")
+_KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh"}
+
+
+class CoordinatorLink:
+    """Signed HTTP requests to the coordinator's node API (coordinator/API.md)."""
+
+    def __init__(self, base_url: str, keys: NodeKeys, *, timeout: float = 30.0) -> None:
+        self._keys = keys
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=5.0))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
+                timeout: float | None = None) -> Any:  # fmt: skip
+        url = self._http.build_request(method, path, params=params).url
+        target = url.raw_path.decode()
+        raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = sign_request(self._keys, method, target, raw)
+        if raw:
+            headers["Content-Type"] = "application/json"
+        kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        r = self._http.request(method, target, content=raw or None, headers=headers, **kw)
+        if r.status_code >= 400:
+            raise EngineError(f"coordinator refused {method} {path}: {r.status_code} {r.text[:300]}")
+        return r.json()
+
+
+class HttpRelay:
+    """:class:`~shardguard.node.engine.Relay` over the coordinator's job mailbox."""
+
+    def __init__(self, link: CoordinatorLink, node_id: str) -> None:
+        self._link = link
+        self._node = node_id
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+        with self._lock:
+            msgs = []
+            for to, blob in envelopes:
+                self._seq += 1
+                msgs.append({"to": to, "seq": self._seq, "blob": base64.b64encode(blob).decode()})
+        for i in range(0, len(msgs), 256):
+            self._link.request("POST", f"/v1/jobs/{job}/messages", body={"messages": msgs[i : i + 256]})
+
+    def fetch(self, job: str, after: int, wait: float) -> list[tuple[int, str, bytes]]:
+        out = self._link.request(
+            "GET", f"/v1/nodes/{self._node}/inbox", params={"job": job, "after": after, "wait": round(wait, 3)}, timeout=wait + 30
+        )
+        got = [(int(m["cursor"]), str(m["from"]), base64.b64decode(m["blob"])) for m in out["messages"]]
+        if not got and out.get("job_status") not in ("running", None):
+            raise EngineError(f"job {job} ended ({out.get('job_status')}) at the coordinator")
+        return got
+
+
+class KeystoreShares:
+    """:class:`~shardguard.node.tasks.ShareStore` on the sealed keystore."""
+
+    def __init__(self, keystore: Keystore) -> None:
+        self._ks = keystore
+        self._lock = threading.Lock()
+
+    def load(self, key_id: str) -> Any:
+        with self._lock:
+            return self._ks.share(key_id)
+
+    def stage(self, key_id: str, share: Any) -> None:
+        with self._lock:
+            self._ks.stage(key_id, share)
+
+    def commit(self, key_id: str, epoch: int) -> None:
+        with self._lock:
+            self._ks.commit(key_id, epoch)
+
+    def abort(self, key_id: str, epoch: int) -> None:
+        with self._lock:
+            self._ks.abort(key_id, epoch)
+
+    def add_bans(self, key_id: str, setup_id: bytes, parties: frozenset[int]) -> None:
+        with self._lock:
+            current = self._ks.share(key_id)
+            if isinstance(current, EcdsaKeyShare) and current.setup_id == setup_id:
+                self._ks.update_share(key_id, current.with_bans(parties))
+
+
+class NodeService:
+    def __init__(
+        self,
+        *,
+        coordinator: str,
+        state: Path,
+        node_id: str,
+        platform: Platform,
+        policy: VerificationPolicy,
+        workers: int = 8,
+        reattest_seconds: float = 240.0,
+    ) -> None:
+        self.node_id = node_id
+        self.platform = platform
+        self.policy = policy
+        self.keys = NodeKeys.generate(node_id)
+        self.card = self.keys.card()
+        self.keystore = Keystore.open(state / "keystore", platform)
+        self.shares = KeystoreShares(self.keystore)
+        self.link = CoordinatorLink(coordinator, self.keys)
+        self.relay = HttpRelay(self.link, node_id)
+        self._admitted: dict[tuple[str, int], AdmittedPeer] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self._stop = threading.Event()
+        self._reattest = reattest_seconds
+        self._registered_at = 0.0
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self) -> None:
+        nonce = secrets.token_bytes(32)
+        evidence = self.platform.attest(binding(self.card, nonce))
+        body: dict[str, Any] = {
+            "peer_card": base64.b64encode(self.card.encode()).decode(),
+            "platform": evidence.platform,
+            "evidence": base64.b64encode(evidence.blob).decode(),
+            "evidence_nonce": nonce.hex(),
+        }
+        coll = evidence.collateral.get("auxblob") or evidence.collateral.get("collateral")
+        if coll:
+            body["collateral"] = base64.b64encode(coll).decode()
+        self.link.request("POST", "/v1/nodes/register", body=body)
+        self._registered_at = time.monotonic()
+        log.info("registered %s (%s evidence)", self.node_id, evidence.platform)
+
+    # -- peers ----------------------------------------------------------------------------
+    def admit(self, p: Mapping[str, Any]) -> AdmittedPeer:
+        """Verify a participant's evidence under our policy; cache per (node, generation)."""
+        key = (str(p["node_id"]), int(p.get("generation") or 0))
+        cached = self._admitted.get(key)
+        if cached is not None and cached.card.encode() == base64.b64decode(p["peer_card"]):
+            return cached
+        card = PeerCard.decode(base64.b64decode(p["peer_card"]))
+        if card.node_id != p["node_id"]:
+            raise TaskError(f"the card of {p['node_id']!r} names another node", "participants")
+        now = dt.datetime.now(dt.UTC)
+        coll = base64.b64decode(p["collateral"]) if p.get("collateral") else None
+        verified = verify_evidence(p["platform"], base64.b64decode(p["evidence"]), policy=self.policy, collateral=coll, at=now)
+        admitted = admit_peer(card, verified, nonce=bytes.fromhex(p["evidence_nonce"]), policy=self.policy, now=now)
+        self._admitted[key] = admitted
+        return admitted
+
+    # -- tasks ----------------------------------------------------------------------------
+    def handle(self, raw: Mapping[str, Any]) -> None:
+        task_id = str(raw["task_id"])
+        job = str(raw["job_id"])
+        try:
+            status, result, error = "done", self._run(raw), None
+        except Exception as e:  # every failure is reported with a reason, never lost
+            status, result, error = "failed", None, self._error(e, raw)
+            log.warning("task %s (%s) failed: %s", task_id, raw.get("kind"), error)
+        ack = self.link.request("POST", f"/v1/tasks/{task_id}/result", body={"status": status, "result": result, "error": error})
+        if status == "done" and raw["kind"] in ("dkg", "refresh"):
+            self._settle(job, raw, result or {}, ack.get("job_status"))
+
+    def _run(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        kind = _KINDS.get(str(raw["kind"]))
+        if kind is None:
+            raise TaskError(f"task kind {raw['kind']!r} is not supported by this node", "kind")
+        me = int(raw["you"]["index"])
+        participants = {int(p["index"]): str(p["node_id"]) for p in raw["participants"]}
+        peers = {int(p["index"]): self.admit(p) for p in raw["participants"] if int(p["index"]) != me}
+        params = dict(raw.get("params") or {})
+        task_params: dict[str, Any] = {}
+        if kind == "sign":
+            task_params["signers"] = sorted(participants)
+            if "digest_hex" in params:
+                task_params["digest"] = params["digest_hex"]
+            if "message_hex" in params:
+                task_params["message"] = params["message_hex"]
+            task_params["path"] = params.get("path") or "m"
+        task = Task(
+            job=str(raw["job_id"]),
+            kind=kind,
+            scheme=str(raw["scheme"]),
+            threshold=int(raw["threshold"]),
+            participants=participants,
+            me=me,
+            instance=bytes.fromhex(str(raw["instance"])),
+            key_id=str(raw["key_id"]),
+            params=task_params,
+        )
+        deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
+        return run_task(task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline)
+
+    def _settle(self, job: str, raw: Mapping[str, Any], result: Mapping[str, Any], job_status: Any) -> None:
+        """Commit the staged epoch once every holder finished, drop it if the job failed."""
+        key_id = str(raw["key_id"])
+        epoch = int(result.get("public", {}).get("epoch", 0))
+        deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))) + 30
+        while job_status == "running" and time.monotonic() < deadline and not self._stop.is_set():
+            out = self.link.request(
+                "GET", f"/v1/nodes/{self.node_id}/inbox", params={"job": job, "after": 2**62, "wait": 10}, timeout=40
+            )
+            job_status = out.get("job_status")
+        if job_status == "done":
+            self.shares.commit(key_id, epoch)
+            log.info("key %s epoch %d committed", key_id, epoch)
+        elif job_status == "failed":
+            self.shares.abort(key_id, epoch)
+            log.info("key %s epoch %d dropped: job failed", key_id, epoch)
+
+    def _error(self, e: BaseException, raw: Mapping[str, Any]) -> dict[str, Any]:
+        nodes = {int(p["index"]): str(p["node_id"]) for p in raw.get("participants", [])}
+        if isinstance(e, ProtocolAbort):
+            return {
+                "reason": e.reason.name,
+                "culprits": sorted(nodes.get(i, str(i)) for i in e.culprits),
+                "detail": str(e)[:2000],
+            }
+        if isinstance(e, AttestationError):
+            return {"reason": "ATTESTATION", "culprits": [], "detail": str(e)[:2000]}
+        if isinstance(e, EngineTimeout):
+            return {"reason": "TIMEOUT", "culprits": [], "detail": str(e)[:2000]}
+        if isinstance(e, (ProtocolError, TaskError, EngineError, ValueError)):
+            return {"reason": type(e).__name__, "culprits": [], "detail": str(e)[:2000]}
+        return {"reason": "INTERNAL", "culprits": [], "detail": type(e).__name__}
+
+    # -- main loop ------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        self.register()
+        while not self._stop.is_set():
+            if time.monotonic() - self._registered_at > self._reattest:
+                self.register()
+            try:
+                out = self.link.request("GET", f"/v1/nodes/{self.node_id}/tasks", params={"wait": 10}, timeout=40)
+            except (httpx.HTTPError, EngineError) as e:
+                log.warning("coordinator unreachable: %s", e)
+                self._stop.wait(1.0)
+                continue
+            task = out.get("task")
+            if task:
+                self._pool.submit(self._handle_logged, task)
+
+    def _handle_logged(self, task: Mapping[str, Any]) -> None:
+        try:
+            self.handle(task)
+        except Exception:  # the pool would swallow it
+            log.exception("task %s could not be completed or reported", task.get("task_id"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.link.close()
+        self.keystore.close()
+
+
+def _seconds_until(iso: Any) -> float:
+    if not iso:
+        return 60.0
+    try:
+        return (dt.datetime.fromisoformat(str(iso)) - dt.datetime.now(dt.UTC)).total_seconds()
+    except ValueError:
+        return 60.0
+
+
+def _policy(args: argparse.Namespace, platform: Platform) -> VerificationPolicy:
+    if args.policy:
+        return VerificationPolicy.from_toml(Path(args.policy).read_text())
+    if args.allow_simulated:
+        # Development: peers must run the same simulated image as we do.
+        return VerificationPolicy(allow_simulated=True, measurements={"simulated": {"pcr0": (platform.measurement,)}})
+    return VerificationPolicy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="shardguard node run", description="Run one signer node.")
+    ap.add_argument("--coordinator", required=True, help="coordinator base URL, e.g. http://127.0.0.1:8700")
+    ap.add_argument("--state", required=True, type=Path, help="state directory (sealed keystore)")
+    ap.add_argument("--node-id", help="node id (default: kept in the state directory, else a random one)")
+    ap.add_argument("--platform", default="auto", help="auto | simulated | nitro | tsm | gramine")
+    ap.add_argument("--policy", help="verification policy TOML for peers")
+    ap.add_argument("--allow-simulated", action="store_true", help="development: accept peers on the simulated platform")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args.state.mkdir(parents=True, exist_ok=True)
+    id_file = args.state / "node-id"
+    node_id = args.node_id or (id_file.read_text().strip() if id_file.exists() else "node-" + secrets.token_hex(4))
+    id_file.write_text(node_id + "\n")
+    platform = open_platform(args.platform, state_dir=args.state / "platform")
+    service = NodeService(
+        coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=_policy(args, platform)
+    )
+    (args.state / "node.pid").write_text(f"{os.getpid()}\n")
+    signal.signal(signal.SIGTERM, lambda *_: service._stop.set())
+    try:
+        service.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
