@@ -1,0 +1,147 @@
+"""Python client of the coordinator's REST API, so no user writes raw HTTP (issue 6).
+
+::
+
+    from shardguard.client import Client
+    with Client("http://127.0.0.1:8750", token) as c:
+        key = c.create_key("ecdsa", threshold=2, nodes=["node-1", "node-2", "node-3"])
+        sig = c.sign(key["key_id"], digest=bytes.fromhex("…32 bytes…"), path="m/0/1")
+
+Errors from the API arrive as :class:`ApiError` with the server's ``code``, ``message`` and
+``field``; a request that ends ``failed`` raises :class:`RequestFailed` with the job's typed
+error (reason, culprits, party).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+__all__ = ["ApiError", "Client", "RequestFailed"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str = "") -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        super().__init__(f"{status} {code}: {message}{f' ({field})' if field else ''}")
+
+
+class RequestFailed(Exception):
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        err = request.get("error") or {}
+        self.reason = str(err.get("reason", "unknown"))
+        self.culprits = list(err.get("culprits") or [])
+        self.detail = str(err.get("detail", ""))
+        blame = f"; culprits {self.culprits}" if self.culprits else ""
+        super().__init__(
+            f"request {request.get('request_id')} failed: {self.reason}{blame}{': ' + self.detail if self.detail else ''}"
+        )
+
+
+class Client:
+    """A token-authenticated session with one coordinator."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        r = self._http.request(method, path, json=json, params=params, **kw)
+        if r.status_code >= 400:
+            try:
+                e = r.json()["error"]
+                raise ApiError(r.status_code, str(e.get("code", "")), str(e.get("message", "")), str(e.get("field") or ""))
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(r.status_code, "http_error", r.text[:200]) from None
+        return r.json()
+
+    # -- reads -------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/health"))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/nodes"))
+
+    def keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/keys"))
+
+    def key(self, key_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/keys/{key_id}"))
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/requests/{request_id}"))
+
+    def audit(self, **params: Any) -> Any:
+        return self._call("GET", "/v1/audit", params=params)
+
+    def wait(self, request_id: str, timeout: float = 180.0) -> dict[str, Any]:
+        """Long-poll until the request is done (returned) or failed (:class:`RequestFailed`)."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            r = dict(self._call("GET", f"/v1/requests/{request_id}", params={"wait": max(0.0, min(left, 25.0))}, timeout=60))
+            if r["status"] == "done":
+                return r
+            if r["status"] == "failed":
+                raise RequestFailed(r)
+            if left <= 0:
+                raise TimeoutError(f"request {request_id} still {r['status']} after {timeout:.0f} s")
+
+    # -- writes ------------------------------------------------------------------------------
+    def create_key(self, scheme: str, threshold: int, nodes: Sequence[str], *, wait: bool = True) -> dict[str, Any]:
+        out = dict(self._call("POST", "/v1/keys", json={"scheme": scheme, "threshold": threshold, "nodes": list(nodes)}))
+        if wait:
+            self.wait(out["request_id"])
+            return self.key(out["key_id"])
+        return out
+
+    def sign(
+        self,
+        key_id: str,
+        *,
+        digest: bytes | None = None,
+        message: bytes | None = None,
+        path: str | None = None,
+        signers: Sequence[str] | None = None,
+        wait: bool = True,
+    ) -> dict[str, Any]:
+        """ECDSA keys sign a 32-byte ``digest`` (never a raw message); FROST keys a ``message``."""
+        body: dict[str, Any] = {}
+        if digest is not None:
+            body["digest_hex"] = digest.hex()
+        if message is not None:
+            body["message_hex"] = message.hex()
+        if path is not None:
+            body["path"] = path
+        if signers is not None:
+            body["signers"] = list(signers)
+        out = dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body))
+        if not wait:
+            return out
+        return dict(self.wait(out["request_id"])["result"])
+
+    def refresh(self, key_id: str, *, wait: bool = True) -> dict[str, Any]:
+        out = dict(self._call("POST", f"/v1/keys/{key_id}/refresh"))
+        return self.wait(out["request_id"]) if wait else out
+
+    def create_token(self, scopes: Sequence[str], label: str = "") -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/tokens", json={"scopes": list(scopes), "label": label}))

@@ -1,0 +1,159 @@
+"""A developer cluster on this machine: ``shardguard dev up`` / ``status`` / ``down`` (issue 6).
+
+``up`` starts one coordinator (SQLite) and N nodes on the *simulated* platform, each a separate
+OS process with its own state directory under ``--dir`` (default ``.shardguard-dev``), waits
+until every node has registered, and writes ``cluster.json`` (URL, admin token, PIDs). ``down``
+stops exactly those processes by their recorded PIDs (checking each PID still runs our command
+line first). Development only: the simulated enclave protects nothing, and the admin token is
+kept in a 0600 file in the cluster directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shardguard.client import Client
+
+__all__ = ["Cluster", "down", "main", "up"]
+
+CLUSTER_FILE = "cluster.json"
+
+
+class Cluster(dict[str, Any]):
+    """``cluster.json``: ``url``, ``token``, ``coordinator`` {pid}, ``nodes`` [{node_id, pid, state}]."""
+
+    @classmethod
+    def load(cls, directory: Path) -> Cluster:
+        path = directory / CLUSTER_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no cluster in {directory} (run `shardguard dev up` first)")
+        return cls(json.loads(path.read_text()))
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # noqa: S603 - our own argv
+
+
+def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0) -> Cluster:
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / CLUSTER_FILE).exists():
+        existing = Cluster.load(directory)
+        if any(_alive(p, "shardguard") for p in _pids(existing)):
+            raise RuntimeError(f"a cluster is already running from {directory}; `shardguard dev down` first")
+    token = "dev-" + secrets.token_hex(24)
+    env = dict(os.environ, SHARDGUARD_BOOTSTRAP_TOKEN=token)
+    py = sys.executable
+    coord_log = directory / "coordinator.log"
+    with open(coord_log, "ab") as err:
+        coord = subprocess.Popen(  # noqa: S603 - our own argv
+            [py, "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
+             "--port", str(port), "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+        )  # fmt: skip
+    assert coord.stdout is not None
+    line = coord.stdout.readline().decode().strip()
+    if "listening on" not in line:
+        coord.kill()
+        raise RuntimeError(f"the coordinator did not start (see {coord_log})")
+    url = line.split()[-1]
+    cluster = Cluster(url=url, token=token, coordinator={"pid": coord.pid, "log": str(coord_log)}, nodes=[])
+    for i in range(1, nodes + 1):
+        state = directory / f"node-{i}"
+        proc = _spawn(
+            [py, "-m", "shardguard.node.service", "--coordinator", url, "--state", str(state), "--node-id", f"node-{i}",
+             "--platform", "simulated", "--allow-simulated", "--log-level", "WARNING"],
+            directory / f"node-{i}.log",
+        )  # fmt: skip
+        cluster["nodes"].append({"node_id": f"node-{i}", "pid": proc.pid, "state": str(state)})
+    path = directory / CLUSTER_FILE
+    path.write_text(json.dumps(cluster, indent=2) + "\n")
+    path.chmod(0o600)
+    with Client(url, token) as c:
+        end = time.monotonic() + timeout
+        while len([n for n in c.nodes() if n.get("alive", True)]) < nodes:
+            if time.monotonic() > end:
+                raise RuntimeError(f"only some nodes registered within {timeout:.0f} s (see {directory}/node-*.log)")
+            time.sleep(0.2)
+    return cluster
+
+
+def start_node(directory: Path, node_id: str) -> int:
+    """(Re)start one node of the cluster with its existing state; returns its PID."""
+    cluster = Cluster.load(directory)
+    entry = next(n for n in cluster["nodes"] if n["node_id"] == node_id)
+    proc = _spawn(
+        [sys.executable, "-m", "shardguard.node.service", "--coordinator", cluster["url"], "--state", entry["state"],
+         "--node-id", node_id, "--platform", "simulated", "--allow-simulated", "--log-level", "WARNING"],
+        directory / f"{node_id}.log",
+    )  # fmt: skip
+    entry["pid"] = proc.pid
+    (directory / CLUSTER_FILE).write_text(json.dumps(cluster, indent=2) + "\n")
+    return proc.pid
+
+
+def _pids(cluster: Cluster) -> list[int]:
+    return [int(cluster["coordinator"]["pid"]), *(int(n["pid"]) for n in cluster["nodes"])]
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def down(directory: Path, *, grace: float = 5.0) -> list[int]:
+    """Stop the cluster's processes (SIGTERM, then SIGKILL after ``grace``); return the PIDs stopped."""
+    cluster = Cluster.load(directory)
+    ours = [p for p in _pids(cluster) if _alive(p, "shardguard")]
+    for pid in ours:
+        os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end and any(_alive(p, "shardguard") for p in ours):
+        time.sleep(0.1)
+    for pid in ours:
+        if _alive(pid, "shardguard"):
+            os.kill(pid, signal.SIGKILL)
+    (directory / CLUSTER_FILE).unlink()
+    return ours
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="shardguard dev", description="A development cluster (simulated enclaves) on this machine.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("up", help="start a coordinator and N nodes")
+    u.add_argument("--nodes", type=int, default=3)
+    u.add_argument("--port", type=int, default=0)
+    for p in (u, sub.add_parser("down", help="stop them"), sub.add_parser("status", help="show them")):
+        p.add_argument("--dir", type=Path, default=Path(".shardguard-dev"))
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            c = up(args.dir, args.nodes, port=args.port)
+            print(json.dumps({"url": c["url"], "nodes": [n["node_id"] for n in c["nodes"]], "dir": str(args.dir)}))
+            print(f"admin token in {args.dir / CLUSTER_FILE} (development only)", file=sys.stderr)
+        elif args.cmd == "down":
+            print(json.dumps({"stopped": down(args.dir)}))
+        else:
+            c = Cluster.load(args.dir)
+            alive = {str(p): _alive(p, "shardguard") for p in _pids(c)}
+            print(json.dumps({"url": c["url"], "processes": alive}))
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"shardguard dev: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
