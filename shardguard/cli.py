@@ -462,6 +462,11 @@ def _parser() -> argparse.ArgumentParser:
         "(development only; production nodes keep shares in attested enclaves).",
     )
     p.add_argument("--version", action="version", version=f"shardguard {__version__}")
+    p.epilog = (
+        "Service roles: `shardguard coordinator run`, `shardguard node run`, `shardguard dev up|down|status`. "
+        "Against a coordinator: `shardguard keys create|list|show`, `shardguard sign --coordinator URL --key-id ID …`, "
+        "`shardguard refresh --coordinator URL --key-id ID`, `shardguard nodes`, `shardguard requests ID`."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -543,7 +548,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_SERVICES = {
+    "node": ("shardguard.node.service", "run"),
+    "coordinator": ("shardguard.coordinator.server", None),
+    "dev": ("shardguard.dev", None),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _SERVICES:
+        # Service roles have their own parsers: `shardguard node run …`, `shardguard coordinator
+        # run …`, `shardguard dev up|down|status`.
+        import importlib
+
+        module, verb = _SERVICES[argv[0]]
+        rest = argv[1:]
+        if verb is not None:
+            if not rest or rest[0] != verb:
+                print(f"shardguard: error: usage: shardguard {argv[0]} {verb} [options]", file=sys.stderr)
+                return 2
+            rest = rest[1:]
+        return int(importlib.import_module(module).main(rest))
+    from shardguard.remote_cli import main as remote_main
+    from shardguard.remote_cli import wants_remote
+
+    if wants_remote(argv):
+        return remote_main(argv)
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -44,7 +44,7 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> sub
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # noqa: S603 - our own argv
 
 
-def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0) -> Cluster:
+def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0, job_timeout: float | None = None) -> Cluster:
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / CLUSTER_FILE).exists():
         existing = Cluster.load(directory)
@@ -57,7 +57,8 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0)
     with open(coord_log, "ab") as err:
         coord = subprocess.Popen(  # noqa: S603 - our own argv
             [py, "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
-             "--port", str(port), "--log-level", "warning"],
+             "--port", str(port), "--log-level", "warning",
+             *(["--job-timeout", str(job_timeout)] if job_timeout else [])],
             stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
         )  # fmt: skip
     assert coord.stdout is not None
@@ -66,12 +67,14 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0)
         coord.kill()
         raise RuntimeError(f"the coordinator did not start (see {coord_log})")
     url = line.split()[-1]
-    cluster = Cluster(url=url, token=token, coordinator={"pid": coord.pid, "log": str(coord_log)}, nodes=[])
+    cluster = Cluster(
+        url=url, token=token, coordinator={"pid": coord.pid, "log": str(coord_log), "job_timeout": job_timeout}, nodes=[]
+    )
     for i in range(1, nodes + 1):
         state = directory / f"node-{i}"
         proc = _spawn(
             [py, "-m", "shardguard.node.service", "--coordinator", url, "--state", str(state), "--node-id", f"node-{i}",
-             "--platform", "simulated", "--allow-simulated", "--log-level", "WARNING"],
+             "--platform", "simulated", "--allow-simulated", "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
             directory / f"node-{i}.log",
         )  # fmt: skip
         cluster["nodes"].append({"node_id": f"node-{i}", "pid": proc.pid, "state": str(state)})
@@ -93,10 +96,26 @@ def start_node(directory: Path, node_id: str) -> int:
     entry = next(n for n in cluster["nodes"] if n["node_id"] == node_id)
     proc = _spawn(
         [sys.executable, "-m", "shardguard.node.service", "--coordinator", cluster["url"], "--state", entry["state"],
-         "--node-id", node_id, "--platform", "simulated", "--allow-simulated", "--log-level", "WARNING"],
+         "--node-id", node_id, "--platform", "simulated", "--allow-simulated", "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
         directory / f"{node_id}.log",
     )  # fmt: skip
     entry["pid"] = proc.pid
+    (directory / CLUSTER_FILE).write_text(json.dumps(cluster, indent=2) + "\n")
+    return proc.pid
+
+
+def restart_coordinator(directory: Path) -> int:
+    """Start the coordinator again on the same database and port (after a crash)."""
+    cluster = Cluster.load(directory)
+    port = cluster["url"].rsplit(":", 1)[1]
+    job_timeout = cluster["coordinator"].get("job_timeout")
+    env = dict(os.environ, SHARDGUARD_BOOTSTRAP_TOKEN=cluster["token"])
+    proc = _spawn(
+        [sys.executable, "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
+         "--port", port, "--log-level", "warning", *(["--job-timeout", str(job_timeout)] if job_timeout else [])],
+        directory / "coordinator.log", env,
+    )  # fmt: skip
+    cluster["coordinator"]["pid"] = proc.pid
     (directory / CLUSTER_FILE).write_text(json.dumps(cluster, indent=2) + "\n")
     return proc.pid
 
