@@ -86,16 +86,22 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 class BodyLimit:
-    """413 for bodies over ``max_bytes`` (by Content-Length, or counted while streaming)."""
+    """413 for bodies over ``max_bytes`` (by Content-Length, or counted while streaming).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    An oversized body is read and discarded up to ``drain_bytes`` before the 413 is sent, so an
+    ordinary client still writing its body gets the answer instead of a broken connection;
+    beyond that the connection is simply closed after the answer."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int = 16 * 1024 * 1024) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_big = f"request body larger than {self.max_bytes} bytes"
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -104,7 +110,8 @@ class BodyLimit:
                     await self._reject(send, 400, "bad_request", "invalid Content-Length")
                     return
                 if declared > self.max_bytes:
-                    await self._reject(send, 413, "payload_too_large", f"request body larger than {self.max_bytes} bytes")
+                    await self._drain(receive, 0)
+                    await self._reject(send, 413, "payload_too_large", too_big)
                     return
         # Read the whole (bounded) body before the app sees it, then replay it.
         chunks: list[bytes] = []
@@ -116,11 +123,13 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
-                await self._reject(send, 413, "payload_too_large", f"request body larger than {self.max_bytes} bytes")
+                if more:
+                    await self._drain(receive, size)
+                await self._reject(send, 413, "payload_too_large", too_big)
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         sent = False
 
@@ -132,6 +141,15 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        while size <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _reject(self, send: Send, status: int, code: str, message: str) -> None:
         response = JSONResponse(error_body(code, message), status_code=status, headers={"Connection": "close"})

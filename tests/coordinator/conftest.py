@@ -127,14 +127,16 @@ class FakeNode:
             tamper(headers)
         return (client or self.client).request(method, target, content=raw, headers=headers)
 
-    def register(self, *, platform: str = "nitro", evidence: bytes = b"not evidence", **extra: Any) -> httpx.Response:
+    def register(
+        self, *, platform: str = "nitro", evidence: bytes = b"not evidence", client: httpx.Client | None = None, **extra: Any
+    ) -> httpx.Response:
         body = {
             "peer_card": base64.b64encode(self.keys.card().encode()).decode(),
             "platform": platform,
             "evidence": base64.b64encode(evidence).decode(),
             **extra,
         }
-        return self.request("POST", "/v1/nodes/register", body)
+        return self.request("POST", "/v1/nodes/register", body, client=client)
 
     def restart(self) -> None:
         self.keys = NodeKeys.generate(self.node_id)

@@ -1,0 +1,124 @@
+"""Two coordinator replicas (two server processes) on one PostgreSQL database serve a burst of
+requests: every task is handed out exactly once and every job runs exactly once."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from .conftest import ADMIN, FakeNode
+from .pg import PgCluster
+from .procs import servers
+
+N_SIGN = 30
+WORKERS_PER_NODE = 3
+
+
+def test_two_replicas_never_hand_out_a_task_twice(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    # An empty database: both replicas migrate it at once (the advisory lock keeps them in turn).
+    url = pg_cluster.url(pg_cluster.create_database())
+    args = [["--port", "0", "--db", url, "--replica-id", f"r{i}", "--log-level", "warning"] for i in (1, 2)]
+    with servers(*args, tmp=tmp_path) as procs:
+        clients = [httpx.Client(base_url=p.url, timeout=30) for p in procs]
+        try:
+            _burst(clients)
+        finally:
+            for c in clients:
+                c.close()
+    for p in procs:
+        assert "Traceback" not in p.log.read_text(), p.log.read_text()[-3000:]
+    with psycopg.connect(url) as conn:
+        per_job = conn.execute("SELECT job_id, count(*) FROM tasks GROUP BY job_id").fetchall()
+        owners = dict(conn.execute("SELECT lease_owner, count(*) FROM tasks GROUP BY lease_owner").fetchall())
+    assert len(per_job) == N_SIGN + 1 and all(n in (2, 3) for _job, n in per_job)
+    assert set(owners) <= {"r1", "r2"} and sum(owners.values()) == 2 * N_SIGN + 3
+
+
+def _burst(clients: list[httpx.Client]) -> None:
+    nodes = [FakeNode(clients[0], f"node-{c}") for c in "abc"]
+    for n in nodes:
+        assert n.register(client=clients[1] if n.node_id == "node-b" else None).status_code == 200
+
+    claimed: list[tuple[str, str, str]] = []  # (task id, job id, node id)
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def worker(node: FakeNode, seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            poll, report = rng.sample(clients, 2)
+            try:
+                task = node.next_task(wait=0.5, client=poll)
+                if task is None:
+                    continue
+                with lock:
+                    claimed.append((task["task_id"], task["job_id"], node.node_id))
+                if task["kind"] == "dkg":
+                    result = {"public_key": "aa" * 32}
+                else:
+                    msg = bytes.fromhex(task["params"]["message_hex"])
+                    result = {"signature": hashlib.sha512(bytes.fromhex(task["instance"]) + msg).hexdigest()}
+                r = node.report(task["task_id"], result=result, client=report)
+                if r.status_code != 200:
+                    errors.append(r.text)
+            except Exception as e:  # surfaced by the assertions below
+                errors.append(repr(e))
+
+    with concurrent.futures.ThreadPoolExecutor(len(nodes) * WORKERS_PER_NODE + 4) as pool:
+        for i, n in enumerate(nodes):
+            for w in range(WORKERS_PER_NODE):
+                pool.submit(worker, n, 10 * i + w)
+        try:
+            r = clients[1].post(
+                "/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b", "node-c"]}, headers=ADMIN
+            )
+            key_id = r.json()["key_id"]
+            _wait(clients[0], r.json()["request_id"])
+
+            def submit(i: int) -> str:
+                body: dict[str, Any] = {
+                    "message_hex": f"{i:08x}",
+                    "signers": random.Random(i).sample(["node-a", "node-b", "node-c"], 2),
+                }
+                resp = clients[i % 2].post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
+                assert resp.status_code == 202, resp.text
+                return str(resp.json()["request_id"])
+
+            rids = list(pool.map(submit, range(N_SIGN)))
+            finals = [_wait(clients[i % 2], rid) for i, rid in enumerate(rids)]
+        finally:
+            stop.set()
+    assert not errors, errors[:5]
+    assert all(f["status"] == "done" and f["attempts"] == 1 for f in finals), [f for f in finals if f["status"] != "done"][:3]
+    task_ids = [t for t, _j, _n in claimed]
+    assert len(task_ids) == len(set(task_ids)) == 2 * N_SIGN + 3, "a task was handed out twice"
+    runs = collections.Counter((j, n) for _t, j, n in claimed)
+    assert max(runs.values()) == 1, "a node ran one job twice"
+    for f in finals:
+        ran = sorted(n for (j, n) in runs if j == f["request_id"])
+        assert ran == f["params"]["signers"], (f["request_id"], ran)
+    metrics = [c.get("/metrics").text for c in clients]
+    handed = [float(_metric(m, "shardguard_tasks_claimed_total")) for m in metrics]
+    assert sum(handed) == 2 * N_SIGN + 3
+
+
+def _wait(client: httpx.Client, rid: str, timeout: float = 40) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        req = client.get(f"/v1/requests/{rid}", params={"wait": 5}, headers=ADMIN).json()
+        if req["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return dict(req)
+
+
+def _metric(text: str, name: str) -> str:
+    return next(line.split()[1] for line in text.splitlines() if line.startswith(name + " "))
