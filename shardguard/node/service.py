@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from shardguard.attestation.verify import verify_evidence
 from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard, admit_peer, binding
 from shardguard.coordinator.wire import sign_request
 from shardguard.enclave.platform import Platform, open_platform
+from shardguard.node.audit import AuditLog
 from shardguard.node.engine import EngineError, EngineTimeout
 from shardguard.node.keystore import Keystore
 from shardguard.node.tasks import Task, TaskError, run_task
@@ -157,6 +159,7 @@ class NodeService:
         self.card = self.keys.card()
         self.keystore = Keystore.open(state / "keystore", platform)
         self.shares = KeystoreShares(self.keystore)
+        self.audit = AuditLog(self.keystore, self.keys)
         self.link = CoordinatorLink(coordinator, self.keys)
         self.relay = HttpRelay(self.link, node_id)
         self._admitted: dict[tuple[str, int], AdmittedPeer] = {}
@@ -208,9 +211,51 @@ class NodeService:
         except Exception as e:  # every failure is reported with a reason, never lost
             status, result, error = "failed", None, self._error(e, raw)
             log.warning("task %s (%s) failed: %s", task_id, raw.get("kind"), error)
+        self._record(raw, status, result, error)
         ack = self.link.request("POST", f"/v1/tasks/{task_id}/result", body={"status": status, "result": result, "error": error})
         if status == "done" and raw["kind"] in ("dkg", "refresh"):
             self._settle(job, raw, result or {}, ack.get("job_status"))
+
+    # -- audit ----------------------------------------------------------------------------
+    def _record(
+        self, raw: Mapping[str, Any], status: str, result: Mapping[str, Any] | None, error: Mapping[str, Any] | None
+    ) -> None:
+        """One audit entry per decision (public facts only), then mirror what is pending."""
+        params = raw.get("params") or {}
+        fields: dict[str, Any] = {"job": raw.get("job_id"), "key_id": raw.get("key_id"), "scheme": raw.get("scheme")}
+        if raw.get("kind") == "sign":
+            payload = params.get("digest_hex") or params.get("message_hex") or ""
+            fields["payload_sha256"] = hashlib.sha256(bytes.fromhex(payload)).hexdigest() if payload else ""
+            fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
+        event = {"dkg": "key_generated", "sign": "signed", "refresh": "refresh_staged"}.get(str(raw.get("kind")), "task")
+        if status == "done" and result is not None:
+            fields["public_key"] = result.get("public_key")
+            if "signature" in result:
+                fields["signature"] = result["signature"]
+            self._audit(event, **fields)
+        else:
+            err = error or {}
+            self._audit("refused", task=raw.get("kind"), reason=err.get("reason"), culprits=err.get("culprits"), **fields)
+            if err.get("reason") in ("OT_CONSISTENCY", "MULTIPLICATION_CHECK", "PAIRWISE_CONSISTENCY"):
+                self._audit("peer_banned", culprits=err.get("culprits"), **fields)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        try:
+            self.audit.append(event, **fields)
+        except Exception:  # an audit write failure must be visible, never silent
+            log.exception("audit entry %s could not be written", event)
+            raise
+        self.flush_audit()
+
+    def flush_audit(self) -> None:
+        pending = self.audit.pending()
+        if not pending:
+            return
+        try:
+            self.link.request("POST", "/v1/audit", body={"entries": pending[:256]})
+            self.audit.mirrored(r["seq"] for r in pending[:256])
+        except (httpx.HTTPError, EngineError) as e:
+            log.warning("audit mirror deferred: %s", e)
 
     def _run(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         kind = _KINDS.get(str(raw["kind"]))
@@ -254,9 +299,11 @@ class NodeService:
             job_status = out.get("job_status")
         if job_status == "done":
             self.shares.commit(key_id, epoch)
+            self._audit("epoch_committed", job=job, key_id=key_id, epoch=epoch)
             log.info("key %s epoch %d committed", key_id, epoch)
         elif job_status == "failed":
             self.shares.abort(key_id, epoch)
+            self._audit("epoch_dropped", job=job, key_id=key_id, epoch=epoch, reason="job failed")
             log.info("key %s epoch %d dropped: job failed", key_id, epoch)
 
     def _error(self, e: BaseException, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -278,6 +325,7 @@ class NodeService:
     # -- main loop ------------------------------------------------------------------------
     def run_forever(self) -> None:
         self.register()
+        self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
         while not self._stop.is_set():
             if time.monotonic() - self._registered_at > self._reattest:
                 self.register()
