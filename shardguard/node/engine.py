@@ -26,7 +26,7 @@ from shardguard.protocols.errors import MessageRejected
 from shardguard.protocols.message import BROADCAST, Message
 from shardguard.protocols.party import Party
 
-__all__ = ["EngineError", "EngineTimeout", "Inbox", "Relay", "decode_message", "drive", "encode_message"]
+__all__ = ["EngineError", "EngineTimeout", "Inbox", "Relay", "decode_message", "drive", "encode_message", "exchange"]
 
 R = TypeVar("R")
 _SESSION = slice(1, 33)  # envelope header: version (1 byte), then the 32-byte session id
@@ -148,3 +148,48 @@ def drive(
             if not party.done:
                 feed(sender, envelope)
     return party.result
+
+
+def exchange(
+    *,
+    job: str,
+    session_id: bytes,
+    me: NodeKeys,
+    card: PeerCard,
+    peers: Mapping[int, AdmittedPeer],
+    relay: Relay,
+    inbox: Inbox,
+    messages: Mapping[int, bytes],
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    poll: float = 5.0,
+) -> dict[int, bytes]:
+    """Send ``messages[i]`` to every peer ``i`` and receive one message from each, sealed and
+    signed like protocol envelopes, under their own ``session_id`` (one round, no party)."""
+    channels = {i: Channel(me, card, peers[i], session_id) for i in peers}
+    index_of = {peers[i].node_id: i for i in peers}
+    relay.post(job, [(peers[i].node_id, channels[i].seal(messages[i], seq=1)) for i in peers])
+    got: dict[int, bytes] = {}
+
+    def take(sender: str, envelope: bytes) -> None:
+        i = index_of.get(sender)
+        if i is None or i in got:
+            return
+        try:
+            got[i] = channels[i].open(envelope)
+        except ChannelError:
+            return
+
+    for sender, envelope in inbox.held.pop(session_id, []):
+        take(sender, envelope)
+    while len(got) < len(peers):
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise EngineTimeout(job, 0)
+        for cursor, sender, envelope in relay.fetch(job, inbox.cursor, min(poll, remaining)):
+            inbox.cursor = max(inbox.cursor, cursor)
+            if envelope[_SESSION] != session_id:
+                inbox.held[bytes(envelope[_SESSION])].append((sender, envelope))
+            else:
+                take(sender, envelope)
+    return got

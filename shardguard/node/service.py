@@ -45,8 +45,8 @@ from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard, admit_peer, bin
 from shardguard.coordinator.wire import sign_request
 from shardguard.enclave.platform import Platform, open_platform
 from shardguard.node.audit import AuditLog
-from shardguard.node.engine import EngineError, EngineTimeout
-from shardguard.node.keystore import Keystore
+from shardguard.node.engine import EngineError, EngineTimeout, Inbox, exchange
+from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.tasks import Task, TaskError, run_task
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
@@ -108,6 +108,14 @@ class HttpRelay:
         if not got and out.get("job_status") not in ("running", None):
             raise EngineError(f"job {job} ended ({out.get('job_status')}) at the coordinator")
         return got
+
+
+class StalePeer(Exception):
+    """A peer announced an older keystore state than it had shown us: it was rolled back."""
+
+    def __init__(self, node: str, detail: str) -> None:
+        self.node = node
+        super().__init__(f"{node} is serving an older state than it announced before: {detail}")
 
 
 class KeystoreShares:
@@ -285,7 +293,61 @@ class NodeService:
             params=task_params,
         )
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
-        return run_task(task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline)
+        inbox = Inbox()
+        self._witness(task, peers, inbox, deadline)
+        return run_task(
+            task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox
+        )
+
+    def _witness(self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float) -> None:
+        """Rollback defence (ARCHITECTURE §7, ROTE-style): before any protocol, every participant
+        tells every other its keystore's (counter, digest) and the last one it recorded for
+        that peer. A peer that went backwards, or a peer that saw us at a newer state than the
+        one we loaded (this state directory is an old copy), stops the task here."""
+        counter, digest = self.keystore.announcement()
+        seen = self.keystore.peer_counters()
+
+        def note(node: str) -> bytes:
+            pc = seen.get(node)
+            return json.dumps(
+                {"counter": counter, "digest": digest.hex(), "seen_you": None if pc is None else [pc.counter, pc.digest.hex()]}
+            ).encode()
+
+        sid = hashlib.sha256(b"shardguard/node/witness/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
+        got = exchange(
+            job=task.job,
+            session_id=sid,
+            me=self.keys,
+            card=self.card,
+            peers=peers,
+            relay=self.relay,
+            inbox=inbox,
+            messages={i: note(p.node_id) for i, p in peers.items()},
+            deadline=deadline,
+        )
+        confirmations: dict[str, tuple[int, bytes] | None] = {}
+        for i, raw in got.items():
+            node = peers[i].node_id
+            try:
+                msg = json.loads(raw)
+                peer_counter, peer_digest = int(msg["counter"]), bytes.fromhex(msg["digest"])
+                sy = msg["seen_you"]
+                confirmations[node] = None if sy is None else (int(sy[0]), bytes.fromhex(sy[1]))
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise TaskError(f"malformed witness message from {node}", "witness") from None
+            try:
+                self.keystore.record_peer_counter(node, peer_counter, peer_digest)
+            except KeystoreError as e:
+                if e.reason is KeystoreReason.PEER_ROLLBACK:
+                    raise StalePeer(node, str(e)) from None
+                raise
+        try:
+            self.keystore.require_fresh(confirmations, 1)
+        except KeystoreError as e:
+            if e.reason is not KeystoreReason.UNCONFIRMED:  # STALE_STATE: refuse, loudly
+                raise
+            # No peer has witnessed us yet (a new cluster, or peers that never saw this node):
+            # nothing proves staleness; from now on they do witness.
 
     def _settle(self, job: str, raw: Mapping[str, Any], result: Mapping[str, Any], job_status: Any) -> None:
         """Commit the staged epoch once every holder finished, drop it if the job failed."""
@@ -314,6 +376,10 @@ class NodeService:
                 "culprits": sorted(nodes.get(i, str(i)) for i in e.culprits),
                 "detail": str(e)[:2000],
             }
+        if isinstance(e, StalePeer):
+            return {"reason": "STALE_PEER", "culprits": [e.node], "detail": str(e)[:2000]}
+        if isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE:
+            return {"reason": "STALE_STATE", "culprits": [self.node_id], "detail": str(e)[:2000]}
         if isinstance(e, AttestationError):
             return {"reason": "ATTESTATION", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, EngineTimeout):

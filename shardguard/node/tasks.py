@@ -99,6 +99,7 @@ def run_task(
     relay: Relay,
     deadline: float,
     rng: Rng = secrets.token_bytes,
+    inbox: Inbox | None = None,
 ) -> dict[str, Any]:
     """Run one task; return its public result (what the coordinator may see).
 
@@ -106,7 +107,7 @@ def run_task(
     peer), :class:`~shardguard.protocols.errors.ProtocolAbort` (bans already persisted) or
     :class:`~shardguard.node.engine.EngineTimeout`.
     """
-    inbox = Inbox()
+    inbox = inbox if inbox is not None else Inbox()
 
     def go(party: Any) -> Any:
         return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline)
