@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import shardguard
+from shardguard.channel.identity import MAX_NONCE_LEN, MIN_NONCE_LEN
 from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.db import Database, migrate
 from shardguard.coordinator.errors import ApiError, error_body, install_handlers
@@ -411,6 +412,8 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     @app.post("/v1/nodes/register", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def register(body: schemas.Register, request: Request) -> dict[str, Any]:
         card = decode_card(body.peer_card)
+        if body.evidence_nonce is not None and not MIN_NONCE_LEN <= len(body.evidence_nonce) <= MAX_NONCE_LEN:
+            raise ApiError(422, "validation_error", f"must be {MIN_NONCE_LEN}..{MAX_NONCE_LEN} bytes", field="evidence_nonce")
         raw = await request.body()
         headers = {h: request.headers.get(h) for h in _NODE_HEADERS}
         await run(coord.authenticate_node, headers, request.method, _target(request), raw, card=card)
@@ -453,6 +456,16 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             return bool(out["messages"]) or out["job_status"] != "running", out
 
         return await _long_poll(notifier, f"inbox:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+
+    @app.get("/v1/jobs/{job_id}", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def job_status(job_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:
+        """A participant's view of its job; ``wait``: long-poll until it is done or failed."""
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            out = coord.job_for_node(job_id, node.node_id)
+            return out["status"] in ("done", "failed"), out
+
+        return await _long_poll(notifier, f"job:{job_id}", min(wait, settings.max_wait), settings.poll_interval, check)
 
     @app.post("/v1/tasks/{task_id}/result", tags=["node API"], response_model=schemas.ResultAck, openapi_extra=_NODE_AUTH_DOC)
     async def task_result(task_id: _ID, body: schemas.TaskResult, node: SignedNode) -> dict[str, Any]:

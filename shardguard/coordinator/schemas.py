@@ -111,7 +111,7 @@ class TaskResult(_Strict):
 class AuditIn(_Strict):
     seq: int = Field(ge=0, le=2**63 - 1)
     entry: B64
-    hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{2,128}$")]
+    hash: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}){1,64}$")]
     signature: B64
 
 

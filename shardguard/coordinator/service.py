@@ -850,6 +850,20 @@ class Coordinator:
             self.notify(f"inbox:{nid}")
         self.notify(f"job:{job_id}")
 
+    def job_for_node(self, job_id: str, node_id: str) -> dict[str, Any]:
+        """A participant's view of its job: status, public result or error (node API)."""
+        with self.db.read() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
+            if node_id not in {p["node_id"] for p in job.participants}:
+                raise ApiError(403, "forbidden", f"node {node_id} takes no part in job {job_id}")
+            tasks = {t.node_id: t for t in s.scalars(select(Task).where(Task.job_id == job_id))}
+            out = self._job_out(job, tasks)
+            return {k: out[k] for k in ("request_id", "kind", "key_id", "status", "result", "error", "participants", "epoch")} | {
+                "job_id": job.id
+            }
+
     # -- relay ----------------------------------------------------------------------------------
     def post_messages(self, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]) -> dict[str, Any]:
         limit = self.settings.max_message_bytes

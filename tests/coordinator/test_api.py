@@ -199,6 +199,8 @@ def test_registration_and_node_listing(client: TestClient) -> None:
     assert base64.b64decode(one["evidence"]) == b"not evidence"
     err(client.get("/v1/nodes/node-z", headers=reader), 404, "not_found")
     err(a.register(platform="tpm"), 422, "validation_error", "platform")
+    err(a.register(evidence_nonce="00" * 15), 422, "validation_error", "evidence_nonce")
+    err(a.register(evidence_nonce="0"), 422, "validation_error", "evidence_nonce")
     e = err(a.request("POST", "/v1/nodes/register", {"peer_card": "AAAA", "platform": "nitro", "evidence": ""}), 422)
     assert e["field"] == "peer_card"
     err(a.request("POST", "/v1/nodes/register", {"peer_card": "!!", "platform": "nitro", "evidence": ""}), 422, field="peer_card")
@@ -295,7 +297,17 @@ def test_dkg_tasks_are_handed_out_once_and_complete(client: TestClient, nodes: l
     package = {"public_key": "aa" * 32, "verifying_shares": {"1": "bb" * 33}}
     for n in nodes[:2]:
         assert n.report(tasks[n.node_id]["task_id"], result=package).json() == {"task_status": "done", "job_status": "running"}
-    assert nodes[2].report(tasks["node-c"]["task_id"], result=package).json()["job_status"] == "done"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a node waiting for the whole job's outcome
+        fut = pool.submit(nodes[0].request, "GET", f"/v1/jobs/{rid}", params={"wait": 10})
+        time.sleep(0.2)
+        assert nodes[2].report(tasks["node-c"]["task_id"], result=package).json()["job_status"] == "done"
+        view = fut.result(timeout=10).json()
+    assert view["job_id"] == rid and view["status"] == "done" and view["result"] == package
+    assert [p["task_status"] for p in view["participants"]] == ["done"] * 3
+    outsider = FakeNode(client, "node-d")
+    outsider.register()
+    err(outsider.request("GET", f"/v1/jobs/{rid}"), 403, "forbidden")
+    err(outsider.request("GET", "/v1/jobs/req_missing"), 404, "not_found")
     req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
     assert req["status"] == "done" and req["result"] == package and req["error"] is None
     key = client.get(f"/v1/keys/{key_id}", headers=token(client, "read")).json()
