@@ -106,25 +106,32 @@ def test_cli_created_admin_token(db_url: str, make_client: Any, capsys: pytest.C
 
 
 # -- validation ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"scheme": "rsa", "threshold": 2, "nodes": ["node-a", "node-b"]}, "scheme"),
-        ({"scheme": "ed25519", "threshold": "2", "nodes": ["node-a", "node-b"]}, "threshold"),
-        ({"scheme": "ed25519", "threshold": 0, "nodes": ["node-a", "node-b"]}, "threshold"),
-        ({"scheme": "ed25519", "threshold": 3, "nodes": ["node-a", "node-b"]}, "threshold"),
-        ({"scheme": "ed25519", "threshold": 1, "nodes": ["node-a", "node-b"]}, "threshold"),
-        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "Node B"]}, "nodes[1]"),
-        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-x"]}, "nodes[1]"),
-        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-a"]}, "nodes[1]"),
-        ({"scheme": "ed25519", "threshold": 2, "nodes": []}, "nodes"),
-        ({"scheme": "ed25519", "threshold": 2}, "nodes"),
-        ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"], "colour": "red"}, "colour"),
-        ([1, 2], "body"),
-    ],
-)
-def test_key_validation_names_the_field(client: TestClient, nodes: list[FakeNode], body: Any, field: str) -> None:
-    err(client.post("/v1/keys", json=body, headers=ADMIN), 422, "validation_error", field)
+KEY_CASES: list[tuple[Any, str]] = [
+    ({"scheme": "rsa", "threshold": 2, "nodes": ["node-a", "node-b"]}, "scheme"),
+    ({"scheme": "ed25519", "threshold": "2", "nodes": ["node-a", "node-b"]}, "threshold"),
+    ({"scheme": "ed25519", "threshold": 0, "nodes": ["node-a", "node-b"]}, "threshold"),
+    ({"scheme": "ed25519", "threshold": 3, "nodes": ["node-a", "node-b"]}, "threshold"),
+    ({"scheme": "ed25519", "threshold": 1, "nodes": ["node-a", "node-b"]}, "threshold"),
+    ({"scheme": "ecdsa", "threshold": 1, "nodes": ["node-a"], "allow_single": True}, "threshold"),
+    ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "Node B"]}, "nodes[1]"),
+    ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-x"]}, "nodes[1]"),
+    ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-a"]}, "nodes[1]"),
+    ({"scheme": "ed25519", "threshold": 2, "nodes": []}, "nodes"),
+    ({"scheme": "ed25519", "threshold": 2}, "nodes"),
+    ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"], "allow_single": "yes"}, "allow_single"),
+    ({"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"], "colour": "red"}, "colour"),
+    ([1, 2], "body"),
+]
+
+
+def test_key_validation_names_the_field(client: TestClient, nodes: list[FakeNode]) -> None:
+    for body, field in KEY_CASES:
+        err(client.post("/v1/keys", json=body, headers=ADMIN), 422, "validation_error", field)
+    assert client.get("/v1/keys", headers=ADMIN).json() == []
+    r = client.post(
+        "/v1/keys", json={"scheme": "ed25519", "threshold": 1, "nodes": ["node-a"], "allow_single": True}, headers=ADMIN
+    )
+    assert r.status_code == 202
 
 
 def test_malformed_json_is_422(client: TestClient) -> None:
@@ -132,30 +139,34 @@ def test_malformed_json_is_422(client: TestClient) -> None:
     assert "JSON" in err(r, 422, "validation_error")["message"]
 
 
-@pytest.mark.parametrize(
-    ("scheme", "body", "field"),
-    [
-        ("ecdsa", {"digest_hex": "ab" * 31}, "digest_hex"),
-        ("ecdsa", {"digest_hex": "ab" * 33}, "digest_hex"),
-        ("ecdsa", {"digest_hex": "zz" * 32}, "digest_hex"),
-        ("ecdsa", {"message_hex": "ab" * 32}, "message_hex"),
-        ("ecdsa", {}, "digest_hex"),
-        ("ed25519", {"digest_hex": "ab" * 32}, "digest_hex"),
-        ("ed25519", {"message_hex": "abc"}, "message_hex"),
-        ("ed25519", {"message_hex": "00", "path": "m/0"}, "path"),
-        ("bip340", {"message_hex": "00", "path": "m/0'"}, "path"),
-        ("bip340", {"message_hex": "00", "path": "m/2147483648"}, "path"),
-        ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a", "node-x"]}, "signers[1]"),
-        ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a"]}, "signers"),
-        ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a", "node-a"]}, "signers[1]"),
-        ("ecdsa", {"digest_hex": "ab" * 32, "extra": 1}, "extra"),
-    ],
-)
-def test_sign_validation_names_the_field(
-    client: TestClient, nodes: list[FakeNode], scheme: str, body: dict[str, Any], field: str
-) -> None:
-    key_id = run_dkg(client, nodes, scheme)
-    err(client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN), 422, "validation_error", field)
+SIGN_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("ecdsa", {"digest_hex": "ab" * 31}, "digest_hex"),
+    ("ecdsa", {"digest_hex": "ab" * 33}, "digest_hex"),
+    ("ecdsa", {"digest_hex": "zz" * 32}, "digest_hex"),
+    ("ecdsa", {"digest_hex": 5}, "digest_hex"),
+    ("ecdsa", {"message_hex": "ab" * 32}, "message_hex"),
+    ("ecdsa", {}, "digest_hex"),
+    ("ed25519", {"digest_hex": "ab" * 32}, "digest_hex"),
+    ("ed25519", {"message_hex": "abc"}, "message_hex"),
+    ("ed25519", {"message_hex": "00" * (64 * 1024 + 1)}, "message_hex"),
+    ("ed25519", {"message_hex": "00", "path": "m/0"}, "path"),
+    ("bip340", {"message_hex": "00", "path": "m/0'"}, "path"),
+    ("bip340", {"message_hex": "00", "path": "m/2147483648"}, "path"),
+    ("bip340", {"message_hex": "00", "path": "0/1"}, "path"),
+    ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a", "node-x"]}, "signers[1]"),
+    ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a"]}, "signers"),
+    ("ecdsa", {"digest_hex": "ab" * 32, "signers": ["node-a", "node-a"]}, "signers[1]"),
+    ("ecdsa", {"digest_hex": "ab" * 32, "extra": 1}, "extra"),
+]
+
+
+def test_sign_validation_names_the_field(client: TestClient, nodes: list[FakeNode]) -> None:
+    keys = {scheme: run_dkg(client, nodes, scheme) for scheme in ("ecdsa", "ed25519", "bip340")}
+    for scheme, body, field in SIGN_CASES:
+        err(client.post(f"/v1/keys/{keys[scheme]}/sign", json=body, headers=ADMIN), 422, "validation_error", field)
+    assert client.get("/v1/requests", params={"status": "queued"}, headers=ADMIN).json() == []
+    ok = client.post(f"/v1/keys/{keys['bip340']}/sign", json={"message_hex": "", "path": "m/0/2147483647"}, headers=ADMIN)
+    assert ok.status_code == 202
 
 
 def test_sign_needs_an_active_key(client: TestClient, nodes: list[FakeNode]) -> None:
