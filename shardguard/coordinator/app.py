@@ -245,11 +245,25 @@ async def _sweeper(coord: Coordinator) -> None:
             _log.exception("sweep failed; retrying in %s s", interval)
 
 
-async def _long_poll(notifier: Notifier, key: str, wait: float, interval: float, check: Callable[[], tuple[bool, T]]) -> T:
+async def _long_poll(
+    notifier: Notifier,
+    key: str,
+    wait: float,
+    interval: float,
+    check: Callable[[], tuple[bool, T]],
+    *,
+    gone: tuple[Callable[[], Awaitable[bool]], T] | None = None,
+) -> T:
     """Call ``check`` (in a thread) until it reports ready or ``wait`` seconds pass; sleep on
-    this replica's notifications in between, re-checking at least every ``interval``."""
+    this replica's notifications in between, re-checking at least every ``interval``. With
+    ``gone = (disconnected, idle)``: once the client has disconnected, return ``idle`` before
+    ``check`` runs again — for checks that hand something out, so nothing goes to nobody."""
     deadline = time.monotonic() + wait
+    first = True
     while True:
+        if gone is not None and not first and await gone[0]():
+            return gone[1]
+        first = False
         fut = notifier.waiter(key)
         try:
             ready, value = await run(check)
@@ -420,7 +434,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         return await run(coord.register_node, card, body.platform, body.evidence, body.collateral, body.evidence_nonce)
 
     @app.get("/v1/nodes/{node_id}/tasks", tags=["node API"], response_model=schemas.TaskEnvelope, openapi_extra=_NODE_AUTH_DOC)
-    async def next_task(node_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:
+    async def next_task(
+        node_id: _ID, node: SignedNode, request: Request, wait: Annotated[float, Query(ge=0, le=300)] = 0.0
+    ) -> dict[str, Any]:
         """The node's next task, handed out once; ``{"task": null}`` if none came within ``wait`` seconds."""
         same_node(node, node_id)
 
@@ -428,7 +444,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             task = coord.claim_task(node_id)
             return task is not None, task
 
-        task = await _long_poll(notifier, f"node:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+        wait = min(wait, settings.max_wait)
+        gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any] | None] = (request.is_disconnected, None)
+        task = await _long_poll(notifier, f"node:{node_id}", wait, settings.poll_interval, check, gone=gone)
         return {"task": task}
 
     @app.post("/v1/jobs/{job_id}/messages", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)

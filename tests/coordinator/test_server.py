@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -27,8 +28,13 @@ def test_server_process_serves_and_stops_cleanly(tmp_path: Path) -> None:
             nodes = [FakeNode(http, f"node-{c}") for c in "ab"]
             for n in nodes:
                 assert n.register().status_code == 200
+            # A long-poll whose client went away hands nothing out: the task waits for the next poll.
+            with httpx.Client(base_url=url, timeout=0.5) as impatient, contextlib.suppress(httpx.ReadTimeout):
+                nodes[0].next_task(wait=10, client=impatient)
+                raise AssertionError("the long-poll should have outlived the client")
             r = http.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN)
             assert r.status_code == 202
+            time.sleep(0.3)
             for n in nodes:
                 task = n.next_task(wait=5)
                 assert task is not None and task["kind"] == "dkg"
