@@ -1,66 +1,70 @@
-"""``make demo``: the end-to-end local story on the embedded defaults.
+"""``make demo``: the whole story against a developer cluster on this machine (issue 6).
 
-For each FROST scheme: DKG 2-of-3, sign, verify with an independent library, refresh, sign
-again with another pair of signers, check that old and new shares do not mix, repair a lost
-share. For threshold ECDSA (DKLs23) 2-of-3: DKG and OT setup, sign an EIP-191 digest, verify
-with OpenSSL and libsecp256k1, show the Ethereum address and recover it from the signature,
-sign for a BIP32 child key, refresh (fresh OT state), sign again, old and new shares refused.
-Prints a table of what happened and how long each step took.
+A coordinator and three signer nodes start as separate processes (simulated enclaves) in a
+temporary directory. Through the coordinator's API only (:class:`shardguard.client.Client`):
+attested DKG of an ``ecdsa``, an ``ed25519`` and a ``bip340`` key (2-of-3); a signature of each
+(ECDSA over an EIP-191 digest, with the key's Ethereum address recovered from the signature);
+every signature checked by a library that is not ShardGuard's; a refresh of each key and a
+signature again; ``kill -9`` of one node and signatures by the other two; the node restarted
+from its sealed state and signing again; the nodes' audit entries, each signature over its hash
+checked with OpenSSL; tear-down, always (also on an error or Ctrl-C). A progress display while
+it runs, then a summary table (step, scheme, result, time). Exit status 1 if any step failed,
+130 if interrupted.
 """
 
 from __future__ import annotations
 
-import functools
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shardguard import local
+import shardguard
+from shardguard import dev
+from shardguard.client import Client
 from shardguard.interop import recover_ecdsa, verify_ecdsa, verify_independently
 from shardguard.keyfiles import ethereum_address, keccak256
-from shardguard.protocols import KeyShare, ProtocolError
-from shardguard.protocols.dkls23 import EcdsaSignature
-from shardguard.protocols.suites import SCHEMES, verify_signature
 
-T = TypeVar("T")
+NODES = ("node-1", "node-2", "node-3")
+SCHEMES = ("ecdsa", "ed25519", "bip340")
+VICTIM = "node-2"
+#: Seconds a job may run in the demo cluster: a stuck step fails instead of hanging the demo.
+JOB_TIMEOUT = 20.0
+VERIFIERS = {"ecdsa": "OpenSSL + libsecp256k1", "ed25519": "libsodium + OpenSSL", "bip340": "libsecp256k1 schnorrsig"}
+WARNING = (
+    "SIMULATED ENCLAVES: every node runs on the simulated platform, which protects nothing "
+    "(its sealing key sits in clear in the state directory and its evidence is signed by a "
+    "public development key). This demo shows the protocols and the service, not a secure "
+    "deployment."
+)
+# The node's audit record format (shardguard/node/audit.py), checked here with OpenSSL only:
+#   hash = SHA-256(AUDIT_CONTEXT ‖ 0x00 ‖ entry)
+#   sig  = Ed25519(identity key) over frame(IDENTITY_DOMAIN) ‖ frame(AUDIT_CONTEXT) ‖ hash
+AUDIT_CONTEXT = b"shardguard/audit/v1"
+IDENTITY_DOMAIN = b"shardguard/attested-channel/v1"
 
-INDEPENDENT = {"ed25519": "libsodium + OpenSSL", "bip340": "libsecp256k1 schnorrsig", "secp256k1": "libsecp256k1 point ops"}
 
-
-def _timed(fn: Callable[[], T]) -> tuple[T, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1000
-
-
-def _scheme_story(scheme: str) -> list[tuple[str, str, float]]:
-    rows: list[tuple[str, str, float]] = []
-    shares, ms = _timed(lambda: local.keygen(scheme, 2, 3))
-    pk = shares[0].public.public_key_bytes
-    rows.append(("DKG 2-of-3", f"public key {pk.hex()[:24]}…", ms))
-    msg = b"ShardGuard demo: pay 1 BTC to Alice"
-    sig, ms = _timed(lambda: local.sign([shares[0], shares[2]], msg))
-    ok = verify_independently(scheme, pk, msg, sig)
-    rows.append(
-        ("sign with parties 1,3", f"{len(sig)}-byte signature; {INDEPENDENT[scheme]}: {'VALID' if ok else 'INVALID'}", ms)
-    )
-    if not ok:
-        raise SystemExit(f"{scheme}: independent verification failed")
-    new, ms = _timed(lambda: local.refresh(shares))
-    rows.append(("refresh", f"epoch {new[0].public.epoch}; same public key: {new[0].public.public_key_bytes == pk}", ms))
-    sig2, ms = _timed(lambda: local.sign([new[0], new[1]], msg))
-    ok2 = verify_independently(scheme, pk, msg, sig2)
-    rows.append(("sign again with parties 1,2", f"{INDEPENDENT[scheme]}: {'VALID' if ok2 else 'INVALID'}", ms))
-    mixed = _mixed_signature_fails(shares[0], new[1], msg)
-    rows.append(("old share 1 + new share 2", "cannot sign: " + ("refused" if mixed else "NOT REFUSED"), 0.0))
-    rebuilt, ms = _timed(lambda: local.repair([new[0], new[2]], 2, new[0].public))
-    rows.append(("repair share 2 from 1,3", f"rebuilt share matches verifying share: {rebuilt.public == new[1].public}", ms))
-    if not (ok2 and mixed):
-        raise SystemExit(f"{scheme}: demo check failed")
-    return rows
+class StepFailed(Exception):
+    """A check of the story did not hold."""
 
 
 def _eip191_digest(message: bytes) -> bytes:
@@ -68,90 +72,339 @@ def _eip191_digest(message: bytes) -> bytes:
     return keccak256(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
 
 
-def _keccak_cross_check(data: bytes) -> str:
-    """Our Keccak-256 against pycryptodome's, when it is installed (``make demo`` has it)."""
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "big") + data
+
+
+def audit_signature_ok(identity_public_key: bytes, entry_hash_hex: str, signature: bytes) -> bool:
+    """The node's Ed25519 signature over an audit entry's hash, checked by OpenSSL."""
+    signed = _frame(IDENTITY_DOMAIN) + _frame(AUDIT_CONTEXT) + bytes.fromhex(entry_hash_hex)
     try:
-        from Crypto.Hash import keccak
-    except ImportError:
-        return "pycryptodome not installed: not cross-checked"
-    same = keccak.new(digest_bits=256, data=data).digest() == keccak256(data)
-    if not same:
-        raise SystemExit("ecdsa: our Keccak-256 disagrees with pycryptodome")
-    return "Keccak-256 agrees with pycryptodome"
+        Ed25519PublicKey.from_public_bytes(identity_public_key).verify(signature, signed)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
-def _ecdsa_story() -> list[tuple[str, str, float]]:
-    rows: list[tuple[str, str, float]] = []
-    shares, ms = _timed(lambda: local.ecdsa_keygen(2, 3))
-    pk = shares[0].public.public_key_bytes
-    address = ethereum_address(pk)
-    rows.append(("DKG + OT setup 2-of-3", f"public key {pk.hex()[:24]}…", ms))
-    rows.append(("Ethereum address", f"{address} (EIP-55); {_keccak_cross_check(pk)}", 0.0))
-    digest = _eip191_digest(b"ShardGuard demo: pay 1 ETH to Alice")
+def check_audit(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Check every mirrored entry: its hash, its signature (by the identity key the coordinator
+    recorded, or another identity key the same node announced in a ``node_started`` entry, as
+    an entry written before a crash is mirrored after the restart) and the hash chain between
+    consecutive entries of one node. Returns per-node counts and what failed."""
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_node.setdefault(str(e["node_id"]), []).append(e)
+    report: dict[str, Any] = {"nodes": {}, "bad": []}
+    for node, recs in sorted(by_node.items()):
+        recs.sort(key=lambda r: int(r["seq"]))
+        bodies = [json.loads(base64.b64decode(r["entry"])) for r in recs]
+        known = {bytes.fromhex(b["identity_public_key"]) for b in bodies if b.get("identity_public_key")}
+        events: Counter[str] = Counter()
+        prev: tuple[int, str] | None = None
+        for r, body in zip(recs, bodies, strict=True):
+            seq = int(r["seq"])
+            events[str(body.get("event"))] += 1
+            raw = base64.b64decode(r["entry"])
+            if hashlib.sha256(AUDIT_CONTEXT + b"\x00" + raw).hexdigest() != r["hash"]:
+                report["bad"].append(f"{node}#{seq}: hash")
+            sig = base64.b64decode(r["signature"])
+            keys = [bytes.fromhex(r["identity_public_key"])] if r.get("identity_public_key") else []
+            if not any(audit_signature_ok(k, r["hash"], sig) for k in [*keys, *known]):
+                report["bad"].append(f"{node}#{seq}: signature")
+            if body.get("seq") != seq or body.get("node") != node:
+                report["bad"].append(f"{node}#{seq}: seq/node inside")
+            if prev is not None and prev[0] + 1 == seq and body.get("prev") != prev[1]:
+                report["bad"].append(f"{node}#{seq}: chain")
+            prev = (seq, str(r["hash"]))
+        report["nodes"][node] = {"entries": len(recs), "events": events, "bodies": bodies}
+    return report
 
-    def check(sig: EcdsaSignature, key: bytes) -> str:
-        ok = sig.public_key == key and verify_ecdsa(key, digest, sig.to_bytes())
-        if not ok:
-            raise SystemExit("ecdsa: independent verification failed")
-        return "OpenSSL + libsecp256k1: VALID (low-s)"
 
-    sig, ms = _timed(lambda: local.ecdsa_sign([shares[0], shares[2]], digest))
-    rows.append(("sign EIP-191 digest with parties 1,3", f"64-byte r‖s, recovery id {sig.recovery_id}; {check(sig, pk)}", ms))
-    recovered = recover_ecdsa(digest, sig.to_bytes(), sig.recovery_id)
-    signer = ethereum_address(recovered) if recovered else "nothing"
-    if signer != address:
-        raise SystemExit("ecdsa: the recovered signer is not the key's address")
-    rows.append(("recover the signer (ecrecover)", f"{signer}: matches the key's address", 0.0))
-    child, ms = _timed(lambda: local.ecdsa_sign([shares[1], shares[2]], digest, path=(0, 1)))
-    child_result = f"child address {ethereum_address(child.public_key)}; {check(child, child.public_key)}"
-    rows.append(("sign for BIP32 m/0/1 with parties 2,3", child_result, ms))
-    new, ms = _timed(lambda: local.ecdsa_refresh(shares))
-    same = new[0].public.public_key_bytes == pk and new[0].chain_code == shares[0].chain_code
-    fresh = all(n.setup_id != shares[0].setup_id and not n.banned for n in new)
-    rows.append(("refresh", f"epoch {new[0].public.epoch}; same key and chain code: {same}; fresh OT setup: {fresh}", ms))
-    sig2, ms = _timed(lambda: local.ecdsa_sign([new[0], new[1]], digest))
-    rows.append(("sign again with parties 1,2", check(sig2, pk), ms))
+def fetch_audit(client: Client, nodes: tuple[str, ...] = NODES) -> list[dict[str, Any]]:
+    """Every mirrored entry of every node (GET /v1/audit, paged per node)."""
+    out: list[dict[str, Any]] = []
+    for node in nodes:
+        after: int | None = None
+        while True:
+            params: dict[str, Any] = {"node": node, "limit": 1000}
+            if after is not None:
+                params["after"] = after
+            page = client.audit(**params)
+            got = page.get("entries", []) if isinstance(page, dict) else list(page)
+            out.extend(got)
+            if len(got) < 1000:
+                break
+            after = int(got[-1]["seq"])
+    return out
+
+
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Wait until a killed process is gone (reaping it if it is our child)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        if "zombie" in status.lower():
+            return
+        time.sleep(0.05)
+
+
+class Story:
+    """The steps, in order; each returns ``(scheme, result)`` and raises on a failed check."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.client: Client | None = None
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.address = ""
+        self.audit_rows: list[tuple[str, str, str, str, str]] = []
+
+    @property
+    def c(self) -> Client:
+        assert self.client is not None
+        return self.client
+
+    def steps(self) -> list[tuple[str, Callable[[], tuple[str, str]]]]:
+        sign, each = self.sign, SCHEMES
+        return [
+            ("bring up a coordinator and 3 nodes", self.up),
+            *((f"attested DKG 2-of-3 ({s})", partial(self.dkg, s)) for s in each),
+            *(("sign with node-1, node-3", partial(sign, s, ["node-1", "node-3"])) for s in each),
+            *(("refresh (all holders)", partial(self.refresh, s)) for s in each),
+            *(("sign again with node-2, node-3", partial(sign, s, ["node-2", "node-3"])) for s in each),
+            (f"kill -9 {VICTIM}", self.kill),
+            *((f"sign without {VICTIM} (node-1, node-3)", partial(sign, s, ["node-1", "node-3"])) for s in each),
+            (f"restart {VICTIM} from its sealed state", self.restart),
+            *((f"sign with the restarted {VICTIM}", partial(sign, s, ["node-1", VICTIM])) for s in ("ecdsa",)),
+            ("audit entries of every node", self.audit),
+        ]
+
+    # -- steps -------------------------------------------------------------------------------
+    def up(self) -> tuple[str, str]:
+        cluster = dev.up(self.dir, len(NODES), job_timeout=JOB_TIMEOUT)
+        self.client = Client(cluster["url"], cluster["token"], timeout=JOB_TIMEOUT + 10)
+        nodes = self.c.nodes()
+        kinds = Counter(
+            f"{(n.get('attestation') or {}).get('verdict', '?')}"
+            f"{' simulated' if (n.get('attestation') or {}).get('simulated') else ''} {n['platform']}-format"
+            for n in nodes
+        )
+        evidence = ", ".join(f"{count}× {kind}" for kind, count in sorted(kinds.items()))
+        return "", f"{cluster['url']}; {len(nodes)} nodes registered with evidence: {evidence}"
+
+    def dkg(self, scheme: str) -> tuple[str, str]:
+        key = self.c.create_key(scheme, 2, list(NODES))
+        if key.get("status") != "active" or not key.get("public_key"):
+            raise StepFailed(f"key not active: {key.get('status')}")
+        self.keys[scheme] = key
+        pk = str(key["public_key"])
+        extra = ""
+        if scheme == "ecdsa":
+            self.address = ethereum_address(bytes.fromhex(pk))
+            extra = f"; Ethereum address {self.address}"
+        return scheme, f"{key['key_id']}, public key {pk[:20]}…{extra}"
+
+    def sign(self, scheme: str, signers: list[str]) -> tuple[str, str]:
+        key = self.keys[scheme]
+        pk = bytes.fromhex(str(key["public_key"]))
+        if scheme == "ecdsa":
+            payload = _eip191_digest(f"ShardGuard demo: pay 1 ETH to Alice ({time.time_ns()})".encode())
+            out = self.c.sign(key["key_id"], digest=payload, signers=signers)
+        else:
+            payload = (
+                hashlib.sha256(f"ShardGuard demo: taproot spend {time.time_ns()}".encode()).digest()
+                if scheme == "bip340"
+                else f"ShardGuard demo: pay 1 unit to Alice ({time.time_ns()})".encode()
+            )
+            out = self.c.sign(key["key_id"], message=payload, signers=signers)
+        sig = bytes.fromhex(str(out["signature"]))
+        if not verify_independently(scheme, pk, payload, sig):
+            raise StepFailed(f"{VERIFIERS[scheme]}: INVALID signature")
+        flipped = bytes([payload[0] ^ 1]) + payload[1:]
+        if verify_independently(scheme, pk, flipped, sig):
+            raise StepFailed("a signature verified for another message")
+        what = {"ecdsa": "EIP-191 digest", "ed25519": f"{len(payload)}-byte message", "bip340": "32-byte message"}[scheme]
+        result = f"{what}: {VERIFIERS[scheme]} VALID"
+        if scheme == "ecdsa":
+            if out.get("public_key") != key["public_key"] or not verify_ecdsa(pk, payload, sig):
+                raise StepFailed("not the key's signature")
+            recovered = recover_ecdsa(payload, sig, int(out["recovery_id"]))
+            signer = ethereum_address(recovered) if recovered else "nothing"
+            if signer != self.address:
+                raise StepFailed(f"ecrecover gave {signer}, not {self.address}")
+            result += f" (low-s); ecrecover → {signer} ✓"
+        return scheme, result
+
+    def refresh(self, scheme: str) -> tuple[str, str]:
+        key = self.keys[scheme]
+        self.c.refresh(key["key_id"])
+        now = self.c.key(key["key_id"])
+        if now["public_key"] != key["public_key"]:
+            raise StepFailed("the public key changed")
+        if int(now["epoch"]) != int(key.get("epoch", 0)) + 1:
+            raise StepFailed(f"epoch {now['epoch']} after the refresh")
+        self.keys[scheme] = now
+        return scheme, f"new shares, epoch {now['epoch']}; same public key"
+
+    def kill(self) -> tuple[str, str]:
+        pid = int(next(n["pid"] for n in dev.Cluster.load(self.dir)["nodes"] if n["node_id"] == VICTIM))
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+        return "", f"SIGKILL to PID {pid} (its shares stay sealed in its state directory)"
+
+    def restart(self) -> tuple[str, str]:
+        before = {n["node_id"]: n.get("generation") for n in self.c.nodes()}
+        pid = dev.start_node(self.dir, VICTIM)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            now = {n["node_id"]: n.get("generation") for n in self.c.nodes()}
+            if now.get(VICTIM) != before.get(VICTIM):
+                return "", f"PID {pid}; re-registered with fresh evidence (generation {now[VICTIM]})"
+            time.sleep(0.1)
+        raise StepFailed(f"{VICTIM} did not re-register within 30 s")
+
+    def audit(self) -> tuple[str, str]:
+        entries = fetch_audit(self.c)
+        report = check_audit(entries)
+        if report["bad"]:
+            raise StepFailed(f"{len(report['bad'])} bad entries: {', '.join(report['bad'][:5])}")
+        for node, info in report["nodes"].items():
+            for body in info["bodies"]:
+                detail = " ".join(
+                    f"{k}={str(body[k])[:18]}"
+                    for k in ("scheme", "key_id", "epoch", "reason", "platform")
+                    if body.get(k) is not None
+                )
+                self.audit_rows.append((node, str(body["seq"]), str(body.get("time", ""))[11:23], str(body.get("event")), detail))
+        counts = ", ".join(f"{n} {i['entries']}" for n, i in report["nodes"].items()) or "none yet"
+        if not entries:
+            return "", "no entries mirrored yet"
+        return "", f"{len(entries)} entries ({counts}); every hash, Ed25519 signature (OpenSSL) and chain link valid"
+
+    def down(self) -> str:
+        if self.client is not None:
+            self.client.close()
+        if not (self.dir / dev.CLUSTER_FILE).exists():
+            return "nothing to stop"
+        return f"stopped PIDs {dev.down(self.dir)}"
+
+
+@contextmanager
+def pinned_code_image(directory: Path) -> Iterator[Path]:
+    """Run the cluster's processes from a copy of the package taken now.
+
+    A node's measurement (PCR0 of the simulated platform) is the hash of the package's code,
+    and its peers admit only their own measurement. Like an enclave image, the copy keeps it
+    fixed while the demo runs, so a node restarted after the checkout was edited is still the
+    same image (a node running other code would be refused, and rightly so). The processes
+    are started with the copy first on ``PYTHONPATH``, from ``directory`` as working directory.
+    """
+    image = directory / "image"
+    shutil.copytree(Path(shardguard.__file__).resolve().parent, image / "shardguard")
+    old_cwd, old_path = os.getcwd(), os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(image), *([old_path] if old_path else [])])
+    os.chdir(directory)
     try:
-        local.ecdsa_sign([shares[0], new[1]], digest)
-        mixed = False
-    except ProtocolError:
-        mixed = True
-    rows.append(("old share 1 + new share 2", "cannot sign: " + ("refused" if mixed else "NOT REFUSED"), 0.0))
-    if not (same and fresh and mixed):
-        raise SystemExit("ecdsa: demo check failed")
-    return rows
+        yield image
+    finally:
+        os.chdir(old_cwd)
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
 
 
-def _mixed_signature_fails(old: KeyShare, new: KeyShare, msg: bytes) -> bool:
-    """Old and new epochs never combine: the epochs differ, so the protocol refuses the pair;
-    and even forced together the shares interpolate to a wrong key."""
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def raise_interrupt(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
-        sig = local.sign([old, KeyShare(identifier=new.identifier, signing_share=new.signing_share, public=new.public)], msg)
-    except ProtocolError:
-        return True
-    return not verify_signature(old.public, msg, sig)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    del argv
     console = Console()
-    console.print("[bold]ShardGuard demo[/bold] — local mode: all parties in this process, shares in memory.")
-    console.print("[yellow]Local mode gives no enclave protection; it shows the protocols, not the deployment.[/yellow]")
-    table = Table(title="DKG → sign → independent verify → refresh → sign → repair")
-    for col in ("scheme", "step", "result"):
+    console.print(Panel(WARNING, title="[bold red]WARNING[/bold red]", border_style="red"))
+    console.print("[bold]ShardGuard demo[/bold]: a coordinator and 3 signer nodes, each its own process, on loopback.")
+    rows: list[tuple[str, str, str, str]] = []
+    status = 0
+    t_start = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="shardguard-demo-") as tmp,
+        _sigterm_as_interrupt(),
+        pinned_code_image(Path(tmp)),
+    ):
+        story = Story(Path(tmp) / "cluster")
+        console.print(f"[dim]cluster directory: {story.dir}[/dim]")
+        steps = story.steps()
+        progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console, transient=True,
+        )  # fmt: skip
+        try:
+            with progress:
+                bar = progress.add_task("starting", total=len(steps) + 1)
+                for name, step in steps:
+                    progress.update(bar, description=name)
+                    t0 = time.perf_counter()
+                    try:
+                        scheme, result = step()
+                    except (Exception, KeyboardInterrupt) as e:
+                        ms = (time.perf_counter() - t0) * 1000
+                        interrupted = isinstance(e, KeyboardInterrupt)
+                        rows.append((name, "", "INTERRUPTED" if interrupted else f"FAILED: {type(e).__name__}: {e}", f"{ms:.0f}"))
+                        progress.console.print(f"[red]✗ {name}: {rows[-1][2]}[/red]")
+                        status = 130 if interrupted else 1
+                        break
+                    ms = (time.perf_counter() - t0) * 1000
+                    rows.append((name, scheme, result, f"{ms:.0f}"))
+                    progress.console.print(f"[green]✓[/green] {name} {scheme} [dim]({ms:.0f} ms)[/dim]")
+                    progress.advance(bar)
+                progress.update(bar, description="tear down")
+                t0 = time.perf_counter()
+                rows.append(("tear down", "", story.down(), f"{(time.perf_counter() - t0) * 1000:.0f}"))
+                progress.advance(bar)
+        except (Exception, KeyboardInterrupt) as e:  # tear down whatever happened
+            status = status or (130 if isinstance(e, KeyboardInterrupt) else 1)
+            try:
+                rows.append(("tear down", "", story.down(), ""))
+            except Exception as down_error:  # report it, never mask the first error
+                rows.append(("tear down", "", f"FAILED: {down_error}", ""))
+    elapsed = time.perf_counter() - t_start
+
+    if story.audit_rows:
+        audit = Table(title="Audit entries mirrored by the coordinator (each signed by its node's identity key)")
+        for col in ("node", "seq", "time (UTC)", "event", "details"):
+            audit.add_column(col)
+        for r in story.audit_rows:
+            audit.add_row(*r)
+        console.print(audit)
+    table = Table(title="ShardGuard demo: DKG → sign → verify → refresh → sign → kill a node → sign → audit")
+    for col in ("step", "scheme", "result"):
         table.add_column(col)
     table.add_column("ms", justify="right")
-    stories: list[tuple[str, Callable[[], list[tuple[str, str, float]]]]] = [
-        *((scheme, functools.partial(_scheme_story, scheme)) for scheme in SCHEMES),
-        ("ecdsa", _ecdsa_story),
-    ]
-    for scheme, story in stories:
-        with console.status(f"{scheme}…"):
-            for step, result, ms in story():
-                table.add_row(scheme, step, result, f"{ms:.1f}" if ms else "")
-        table.add_section()
+    for step_name, scheme, result, took in rows:
+        style = "red" if result.startswith(("FAILED", "INTERRUPTED")) else None
+        table.add_row(step_name, scheme, result, took, style=style)
     console.print(table)
-    console.print("[green]All signatures verified by libraries that are not ShardGuard's.[/green]")
+    if status == 0:
+        console.print(
+            f"[green]All {len(steps) + 1} steps passed in {elapsed:.1f} s; "
+            "every signature verified by libraries that are not ShardGuard's.[/green]"
+        )
+    else:
+        console.print(f"[red]The demo {'was interrupted' if status == 130 else 'FAILED'} after {elapsed:.1f} s.[/red]")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
