@@ -27,6 +27,7 @@ from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.db import Database, migrate
 from shardguard.coordinator.errors import ApiError, error_body, install_handlers
 from shardguard.coordinator.metrics import Metrics
+from shardguard.coordinator.notify import PgBridge
 from shardguard.coordinator.service import Coordinator, NodeIdentity, TokenInfo, decode_card
 from shardguard.coordinator.settings import Settings
 
@@ -52,31 +53,40 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 class Notifier:
     """Wakes long-polls of this replica when something for them happened (thread-safe; works
-    with any number of event loops). Other replicas' writes are caught by re-reading the
-    database every ``poll_interval``."""
+    with any number of event loops). Other replicas' writes arrive through
+    :class:`~shardguard.coordinator.notify.PgBridge` (PostgreSQL LISTEN/NOTIFY), and every
+    long-poll re-reads the database at least every ``poll_interval`` anyway."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def waiter(self, key: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._waiters.setdefault(key, set()).add(fut)
+            self._waiters.setdefault(key, []).append(fut)
         return fut
 
     def discard(self, key: str, fut: asyncio.Future[None]) -> None:
         with self._lock:
             waiting = self._waiters.get(key)
-            if waiting is not None:
-                waiting.discard(fut)
+            if waiting is not None and fut in waiting:
+                waiting.remove(fut)
                 if not waiting:
                     del self._waiters[key]
 
-    def notify(self, key: str) -> None:
+    def notify(self, key: str, n: int | None = None) -> None:
+        """Wake the ``n`` longest-waiting long-polls on ``key`` (all of them when None)."""
         with self._lock:
-            waiting = self._waiters.pop(key, set())
-        for fut in waiting:
+            waiting = self._waiters.get(key)
+            if not waiting:
+                return
+            woken, rest = (waiting, []) if n is None else (waiting[:n], waiting[n:])
+            if rest:
+                self._waiters[key] = rest
+            else:
+                del self._waiters[key]
+        for fut in woken:
             with contextlib.suppress(RuntimeError):  # its loop has closed
                 fut.get_loop().call_soon_threadsafe(_resolve, fut)
 
@@ -200,11 +210,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     migrate(db)
     metrics = Metrics()
     notifier = Notifier()
-    coord = Coordinator(settings, db, metrics, notifier.notify)
+    bridge = PgBridge(db.url, notifier, settings.replica_id) if db.dialect == "postgresql" else None
+
+    def notify(key: str, n: int | None) -> None:
+        notifier.notify(key, n)
+        if bridge is not None:
+            bridge.publish(key, n)
+
+    coord = Coordinator(settings, db, metrics, notify)
     metrics.add_queue_collector(coord.queue_counts)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if bridge is not None:
+            bridge.start()
         task = asyncio.create_task(_sweeper(coord)) if settings.sweep_interval > 0 else None
         try:
             yield
@@ -213,6 +232,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if bridge is not None:
+                await run(bridge.stop)
             db.dispose()
 
     app = FastAPI(
@@ -265,15 +286,21 @@ async def _long_poll(
             return gone[1]
         first = False
         fut = notifier.waiter(key)
+        leaving = True
         try:
             ready, value = await run(check)
             remaining = deadline - time.monotonic()
             if ready or remaining <= 0:
                 return value
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, timeout=min(remaining, interval))
+                await asyncio.wait_for(asyncio.shield(fut), timeout=min(remaining, interval))
+            leaving = False
         finally:
             notifier.discard(key, fut)
+            if leaving and fut.done():
+                # We were woken but are leaving (answered, timed out, gone): pass the wake on,
+                # it may have been meant for something we did not take.
+                notifier.notify(key, 1)
 
 
 def _target(request: Request) -> str:
@@ -473,7 +500,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             out = coord.read_inbox(node_id, job, after)
             return bool(out["messages"]) or out["job_status"] != "running", out
 
-        return await _long_poll(notifier, f"inbox:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+        return await _long_poll(notifier, f"inbox:{node_id}:{job}", min(wait, settings.max_wait), settings.poll_interval, check)
 
     @app.get("/v1/jobs/{job_id}", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def job_status(job_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class Database:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine)
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(sg_write=True), expire_on_commit=False)
 
@@ -83,7 +85,14 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
-        with self._write() as s, s.begin():
+        if self._write_lock is None:
+            with self._write() as s, s.begin():
+                yield s
+            return
+        # SQLite: one writer at a time anyway; queueing our own threads on a lock wakes the
+        # next one as soon as the previous commits, where SQLite's busy handler would poll
+        # with sleeps of up to 100 ms.
+        with self._write_lock, self._write() as s, s.begin():
             yield s
 
     def ping(self) -> None:

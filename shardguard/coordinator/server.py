@@ -117,7 +117,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     db = Database(settings.database_url())
     try:
         migrate(db)
-        coord = Coordinator(settings, db, Metrics(), lambda _key: None)
+        coord = Coordinator(settings, db, Metrics(), lambda _key, _n: None)
         if args.action == "create":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
             bad = [s for s in scopes if s not in SCOPES]
@@ -153,7 +153,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args.db, **kwargs)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every keep-alive answer waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(2048)

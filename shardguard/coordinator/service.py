@@ -31,10 +31,11 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -64,6 +65,8 @@ JOB_KINDS = ("dkg", "sign", "refresh", "repair")
 #: Kinds that change the shares: they run alone on their key.
 EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
 BROADCAST = "*"
+#: A node's last_seen is written at most this often (every signed request refreshes it).
+_LAST_SEEN_EVERY = 1.0
 _HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
 _PATH_RE = re.compile(r"m(/(0|[1-9][0-9]{0,9}))*")
 
@@ -120,12 +123,14 @@ class NodeIdentity:
 class Coordinator:
     """The coordinator's logic over one :class:`Database`. Thread-safe (one session per call)."""
 
-    def __init__(self, settings: Settings, db: Database, metrics: Metrics, notify: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics, notify: Callable[[str, int | None], None]) -> None:
         self.settings = settings
         self.db = db
         self.metrics = metrics
         self.notify = notify
         self._bootstrap_hash = token_hash(settings.bootstrap_token) if settings.bootstrap_token else None
+        # node id -> when this replica last wrote its last_seen
+        self._last_seen_written: dict[str, float] = {}
 
     # -- API tokens ---------------------------------------------------------------------------
     def create_token(self, scopes: Sequence[str], label: str = "") -> tuple[dict[str, Any], str]:
@@ -208,25 +213,29 @@ class Coordinator:
         skew = self.settings.max_clock_skew
         if abs(now.timestamp() - ts) > skew:
             raise self._auth_fail("stale_timestamp", f"timestamp is more than {skew} s from the coordinator's clock")
-        if card is not None:
-            if card.node_id != node_id:
-                raise self._auth_fail("bad_signature", "the signing node is not the node on the card")
-            pk = card.identity_public_key
-        else:
-            with self.db.read() as s:
-                row = s.get(Node, node_id)
-                if row is None:
-                    raise self._auth_fail("unknown_node", f"node {node_id!r} is not registered")
-                pk = row.identity_public_key
-        if not wire.verify_request(pk, method, target, body, ts, nonce, node_id, sig):
-            raise self._auth_fail("bad_signature", "the request signature does not verify")
+        if card is not None and card.node_id != node_id:
+            raise self._auth_fail("bad_signature", "the signing node is not the node on the card")
+        seen = self._last_seen_written.get(node_id, 0.0)
+        touch = card is None and time.monotonic() - seen > _LAST_SEEN_EVERY
         try:
+            # One transaction: the node's current key, the signature, the nonce, last_seen.
             with self.db.write() as s:
-                s.add(NodeNonce(node_id=node_id, nonce=nonce, expires_at=now + dt.timedelta(seconds=3 * skew)))
-                if card is None:
+                if card is not None:
+                    pk = card.identity_public_key
+                else:
+                    found = s.scalar(select(Node.identity_public_key).where(Node.id == node_id))
+                    if found is None:
+                        raise self._auth_fail("unknown_node", f"node {node_id!r} is not registered")
+                    pk = found
+                if not wire.verify_request(pk, method, target, body, ts, nonce, node_id, sig):
+                    raise self._auth_fail("bad_signature", "the request signature does not verify")
+                s.execute(insert(NodeNonce).values(node_id=node_id, nonce=nonce, expires_at=now + dt.timedelta(seconds=3 * skew)))
+                if touch:
                     s.execute(update(Node).where(Node.id == node_id).values(last_seen=now))
         except IntegrityError:
             raise self._auth_fail("replayed_nonce", "this nonce was already used") from None
+        if touch:
+            self._last_seen_written[node_id] = time.monotonic()
         return NodeIdentity(node_id, pk)
 
     # -- nodes ----------------------------------------------------------------------------------
@@ -351,9 +360,8 @@ class Coordinator:
             s.add(key)
             s.flush()
             job = self._new_job(s, "dkg", key, {}, participants, requested_by, now)
-        self.metrics.jobs_submitted.labels("dkg").inc()
-        self.dispatch()
-        return {"key_id": key.id, "request_id": job.id}
+            self._submit(s, job, key, now)
+        return {"key_id": key.id, **self._started(job, "dkg")}
 
     def _new_job(
         self,
@@ -479,9 +487,8 @@ class Coordinator:
             params["signers"] = chosen
             participants = [{"node_id": nid, "index": index[nid]} for nid in chosen]
             job = self._new_job(s, "sign", key, params, participants, requested_by, now)
-        self.metrics.jobs_submitted.labels("sign").inc()
-        self.dispatch()
-        return {"request_id": job.id}
+            self._submit(s, job, key, now)
+        return self._started(job, "sign")
 
     def _default_signers(self, s: Session, key: Key, now: dt.datetime) -> list[str]:
         """t of the key's nodes, those seen recently first (then by party index)."""
@@ -501,9 +508,8 @@ class Coordinator:
             key = self._active_key(s, key_id)
             participants = [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)]
             job = self._new_job(s, "refresh", key, {}, participants, requested_by, now)
-        self.metrics.jobs_submitted.labels("refresh").inc()
-        self.dispatch()
-        return {"request_id": job.id}
+            self._submit(s, job, key, now)
+        return self._started(job, "refresh")
 
     def submit_repair(self, key_id: str, lost: str, helpers: Sequence[str] | None, requested_by: str) -> dict[str, Any]:
         now = utc_now()
@@ -529,9 +535,8 @@ class Coordinator:
             chosen = sorted(helpers, key=index.__getitem__)
             participants = [{"node_id": nid, "index": index[nid]} for nid in sorted([*chosen, lost], key=index.__getitem__)]
             job = self._new_job(s, "repair", key, {"lost": lost, "helpers": chosen}, participants, requested_by, now)
-        self.metrics.jobs_submitted.labels("repair").inc()
-        self.dispatch()
-        return {"request_id": job.id}
+            self._submit(s, job, key, now)
+        return self._started(job, "repair")
 
     # -- requests -------------------------------------------------------------------------------
     def get_request(self, job_id: str) -> dict[str, Any]:
@@ -590,6 +595,51 @@ class Coordinator:
             q = q.where(Job.kind.in_(EXCLUSIVE_KINDS), or_(earlier, Job.status == "running"))
         return s.scalars(q.limit(1)).first() is not None
 
+    def _start_job(self, s: Session, job: Job, key: Key, now: dt.datetime) -> bool:
+        """Dispatch one queued job that is not blocked: instance, deadline, one task per
+        participant. False if it cannot run (its key is no longer active: it fails)."""
+        if job.kind != "dkg" and key.status != "active":
+            self._fail_job(s, job, reason="key_not_active", culprits=[], party=None, detail=f"key is {key.status}")
+            return False
+        job.status = "running"
+        job.instance = secrets.token_bytes(32).hex()
+        job.epoch = key.epoch
+        job.attempts += 1
+        job.lease_owner = self.settings.replica_id
+        job.lease_until = now + dt.timedelta(seconds=self.settings.job_timeout)
+        job.started_at = now
+        job.updated_at = now
+        for p in job.participants:
+            s.add(
+                Task(
+                    id=new_id("task"),
+                    job_id=job.id,
+                    node_id=p["node_id"],
+                    party_index=p["index"],
+                    status="queued",
+                    created_at=now,
+                )
+            )
+        s.flush()
+        return True
+
+    def _submit(self, s: Session, job: Job, key: Key, now: dt.datetime) -> bool:
+        """Start a just-submitted job in its own transaction when nothing of its key is ahead
+        (no other replica can see it before commit, so it cannot be dispatched twice)."""
+        s.flush()
+        return not self._blocked(s, job) and self._start_job(s, job, key, now)
+
+    def _started(self, job: Job, kind: str) -> dict[str, Any]:
+        self.metrics.jobs_submitted.labels(kind).inc()
+        if job.status == "running":
+            for p in job.participants:
+                self.notify(f"node:{p['node_id']}", 1)
+        return {"request_id": job.id}
+
+    @staticmethod
+    def _has_queued(s: Session, key_id: str) -> bool:
+        return s.scalars(select(Job.id).where(Job.key_id == key_id, Job.status == "queued").limit(1)).first() is not None
+
     def dispatch(self, limit: int = 64) -> int:
         """Start the queued jobs that may run now. Safe to call from any replica at any time."""
         started: list[list[str]] = []
@@ -607,33 +657,11 @@ class Coordinator:
                     continue
                 key = s.get(Key, job.key_id)
                 assert key is not None
-                if job.kind != "dkg" and key.status != "active":
-                    self._fail_job(s, job, reason="key_not_active", culprits=[], party=None, detail=f"key is {key.status}")
-                    continue
-                job.status = "running"
-                job.instance = secrets.token_bytes(32).hex()
-                job.epoch = key.epoch
-                job.attempts += 1
-                job.lease_owner = self.settings.replica_id
-                job.lease_until = now + dt.timedelta(seconds=self.settings.job_timeout)
-                job.started_at = now
-                job.updated_at = now
-                for p in job.participants:
-                    s.add(
-                        Task(
-                            id=new_id("task"),
-                            job_id=job.id,
-                            node_id=p["node_id"],
-                            party_index=p["index"],
-                            status="queued",
-                            created_at=now,
-                        )
-                    )
-                s.flush()
-                started.append([p["node_id"] for p in job.participants])
+                if self._start_job(s, job, key, now):
+                    started.append([p["node_id"] for p in job.participants])
         for nodes in started:
             for nid in nodes:
-                self.notify(f"node:{nid}")
+                self.notify(f"node:{nid}", 1)
         return len(started)
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -758,9 +786,11 @@ class Coordinator:
                 if all(t.status == "done" for t in tasks):
                     self._complete_job(s, job, key, tasks)
             out = {"task_status": task.status, "job_status": job.status}
+            waiting = job.status != "running" and self._has_queued(s, job.key_id)
         if out["job_status"] != "running":
             self._notify_job(job.id, [p["node_id"] for p in job.participants])
-            self.dispatch()  # jobs of this key that waited for it may start now
+            if waiting:
+                self.dispatch()  # jobs of this key that waited for it may start now
         return out
 
     @staticmethod
@@ -847,8 +877,8 @@ class Coordinator:
                 job = s.get(Job, job_id)
                 nodes = [p["node_id"] for p in job.participants] if job is not None else []
         for nid in nodes:
-            self.notify(f"inbox:{nid}")
-        self.notify(f"job:{job_id}")
+            self.notify(f"inbox:{nid}:{job_id}", None)
+        self.notify(f"job:{job_id}", None)
 
     def job_for_node(self, job_id: str, node_id: str) -> dict[str, Any]:
         """A participant's view of its job: status, public result or error (node API)."""
@@ -937,7 +967,7 @@ class Coordinator:
         recipients = {p for p in parts if p != sender} if any(to == BROADCAST for to, _s, _b in fresh) else set()
         recipients |= {to for to, _s, _b in fresh if to != BROADCAST}
         for nid in recipients:
-            self.notify(f"inbox:{nid}")
+            self.notify(f"inbox:{nid}:{job_id}", None)
         return {"accepted": len(fresh), "duplicates": duplicates}
 
     def read_inbox(self, node_id: str, job_id: str, after: int) -> dict[str, Any]:

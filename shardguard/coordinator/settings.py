@@ -49,8 +49,9 @@ class Settings:
     queue_timeout: float = 600.0
     #: Longest long-poll a node may ask for (``wait``), seconds.
     max_wait: float = 30.0
-    #: How often a waiting long-poll re-reads the database (catches other replicas' writes).
-    poll_interval: float = 0.5
+    #: How often a waiting long-poll re-reads the database anyway (wake-ups come at once from this
+    #: replica and, on PostgreSQL, from the others by LISTEN/NOTIFY; this is the safety net).
+    poll_interval: float = 2.0
     #: How often the background sweeper runs (lease expiry, dispatch, clean-up); 0 disables it.
     sweep_interval: float = 1.0
     #: Accepted clock skew of signed node requests, seconds.

@@ -64,7 +64,7 @@ class PgCluster:
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             self._prefix = ["runuser", "-u", "postgres", "--"]
         self._started = False
-        #: A migrated database that tests copy (CREATE DATABASE … TEMPLATE).
+        #: The migrated database the tests share (emptied before each).
         self.template: str | None = None
 
     def _run(self, *args: str, timeout: float = 60) -> None:
