@@ -30,7 +30,8 @@ def test_two_replicas_never_hand_out_a_task_twice(pg_cluster: PgCluster, tmp_pat
     with servers(*args, tmp=tmp_path) as procs:
         clients = [httpx.Client(base_url=p.url, timeout=30) for p in procs]
         try:
-            _burst(clients)
+            key_id = _burst(clients)
+            _cross_replica_wakeup(clients, key_id)
         finally:
             for c in clients:
                 c.close()
@@ -38,12 +39,15 @@ def test_two_replicas_never_hand_out_a_task_twice(pg_cluster: PgCluster, tmp_pat
         assert "Traceback" not in p.log.read_text(), p.log.read_text()[-3000:]
     with psycopg.connect(url) as conn:
         per_job = conn.execute("SELECT job_id, count(*) FROM tasks GROUP BY job_id").fetchall()
-        owners = dict(conn.execute("SELECT lease_owner, count(*) FROM tasks GROUP BY lease_owner").fetchall())
-    assert len(per_job) == N_SIGN + 1 and all(n in (2, 3) for _job, n in per_job)
-    assert set(owners) <= {"r1", "r2"} and sum(owners.values()) == 2 * N_SIGN + 3
+        owners = dict(
+            conn.execute("SELECT lease_owner, count(*) FROM tasks WHERE claimed_at IS NOT NULL GROUP BY lease_owner").fetchall()
+        )
+    # dkg + the burst + the wake-up probe (of which only node-a's task was handed out)
+    assert len(per_job) == N_SIGN + 2 and all(n in (2, 3) for _job, n in per_job)
+    assert set(owners) <= {"r1", "r2"} and sum(owners.values()) == 2 * N_SIGN + 3 + 1
 
 
-def _burst(clients: list[httpx.Client]) -> None:
+def _burst(clients: list[httpx.Client]) -> str:
     nodes = [FakeNode(clients[0], f"node-{c}") for c in "abc"]
     for n in nodes:
         assert n.register(client=clients[1] if n.node_id == "node-b" else None).status_code == 200
@@ -110,6 +114,25 @@ def _burst(clients: list[httpx.Client]) -> None:
     metrics = [c.get("/metrics").text for c in clients]
     handed = [float(_metric(m, "shardguard_tasks_claimed_total")) for m in metrics]
     assert sum(handed) == 2 * N_SIGN + 3
+    return str(key_id)
+
+
+def _cross_replica_wakeup(clients: list[httpx.Client], key_id: str) -> None:
+    """A node long-polling replica 2 hears of a job submitted to replica 1 at once
+    (LISTEN/NOTIFY), well before the 2 s safety-net re-read."""
+    a = FakeNode(clients[1], "node-a")
+    a.restart()
+    assert a.register().status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(a.next_task, 10)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = clients[0].post(f"/v1/keys/{key_id}/sign", json={"message_hex": "ff", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+        assert r.status_code == 202
+        task = fut.result(timeout=15)
+        elapsed = time.monotonic() - t0
+    assert task is not None and task["job_id"] == r.json()["request_id"]
+    assert elapsed < 1.0, elapsed
 
 
 def _wait(client: httpx.Client, rid: str, timeout: float = 40) -> dict[str, Any]:
