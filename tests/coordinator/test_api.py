@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from shardguard.channel.identity import binding, verify_signature
 from shardguard.coordinator.models import ApiToken, MailboxMessage, Node, Task
@@ -60,6 +61,13 @@ def test_internal_errors_never_show_a_stack_trace(client: TestClient, monkeypatc
     monkeypatch.setattr(coord(client), "list_keys", boom)
     e = err(client.get("/v1/keys", headers=ADMIN), 500, "internal")
     assert "secret internals" not in json.dumps(e)
+
+    def down() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("secret dsn"))
+
+    monkeypatch.setattr(coord(client), "list_keys", down)
+    e = err(client.get("/v1/keys", headers=ADMIN), 503, "unavailable")
+    assert "secret" not in json.dumps(e)
 
 
 # -- client authentication -----------------------------------------------------------------------
