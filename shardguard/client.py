@@ -143,5 +143,13 @@ class Client:
         out = dict(self._call("POST", f"/v1/keys/{key_id}/refresh"))
         return self.wait(out["request_id"]) if wait else out
 
+    def repair(self, key_id: str, lost: str, *, helpers: Sequence[str] | None = None, wait: bool = True) -> dict[str, Any]:
+        """Rebuild ``lost``'s share of a FROST key from t helpers (the node restarted empty)."""
+        body: dict[str, Any] = {"lost": lost}
+        if helpers is not None:
+            body["helpers"] = list(helpers)
+        out = dict(self._call("POST", f"/v1/keys/{key_id}/repair", json=body))
+        return self.wait(out["request_id"]) if wait else out
+
     def create_token(self, scopes: Sequence[str], label: str = "") -> dict[str, Any]:
         return dict(self._call("POST", "/v1/tokens", json={"scopes": list(scopes), "label": label}))

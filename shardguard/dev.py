@@ -4,7 +4,9 @@
 OS process with its own state directory under ``--dir`` (default ``.shardguard-dev``), waits
 until every node has registered, and writes ``cluster.json`` (URL, admin token, PIDs). ``down``
 stops exactly those processes by their recorded PIDs (checking each PID still runs our command
-line first). Development only: the simulated enclave protects nothing, and the admin token is
+line first). Children run with ``python -P`` so that ``$PYTHONPATH`` (e.g. a pinned copy of the
+package, whose code the simulated measurement hashes) decides what they import, not the current
+directory. Development only: the simulated enclave protects nothing, and the admin token is
 kept in a 0600 file in the cluster directory.
 """
 
@@ -56,7 +58,7 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0,
     coord_log = directory / "coordinator.log"
     with open(coord_log, "ab") as err:
         coord = subprocess.Popen(  # noqa: S603 - our own argv
-            [py, "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
+            [py, "-P", "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
              "--port", str(port), "--log-level", "warning",
              *(["--job-timeout", str(job_timeout)] if job_timeout else [])],
             stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
@@ -73,7 +75,7 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0,
     for i in range(1, nodes + 1):
         state = directory / f"node-{i}"
         proc = _spawn(
-            [py, "-m", "shardguard.node.service", "--coordinator", url, "--state", str(state), "--node-id", f"node-{i}",
+            [py, "-P", "-m", "shardguard.node.service", "--coordinator", url, "--state", str(state), "--node-id", f"node-{i}",
              "--platform", "simulated", "--allow-simulated", "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
             directory / f"node-{i}.log",
         )  # fmt: skip
@@ -95,8 +97,9 @@ def start_node(directory: Path, node_id: str) -> int:
     cluster = Cluster.load(directory)
     entry = next(n for n in cluster["nodes"] if n["node_id"] == node_id)
     proc = _spawn(
-        [sys.executable, "-m", "shardguard.node.service", "--coordinator", cluster["url"], "--state", entry["state"],
-         "--node-id", node_id, "--platform", "simulated", "--allow-simulated", "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
+        [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", cluster["url"], "--state", entry["state"],
+         "--node-id", node_id, "--platform", "simulated", "--allow-simulated",
+         "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
         directory / f"{node_id}.log",
     )  # fmt: skip
     entry["pid"] = proc.pid
@@ -111,7 +114,7 @@ def restart_coordinator(directory: Path) -> int:
     job_timeout = cluster["coordinator"].get("job_timeout")
     env = dict(os.environ, SHARDGUARD_BOOTSTRAP_TOKEN=cluster["token"])
     proc = _spawn(
-        [sys.executable, "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
+        [sys.executable, "-P", "-m", "shardguard.coordinator.server", "run", "--db", str(directory / "coordinator.sqlite3"),
          "--port", port, "--log-level", "warning", *(["--job-timeout", str(job_timeout)] if job_timeout else [])],
         directory / "coordinator.log", env,
     )  # fmt: skip

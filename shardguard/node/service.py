@@ -45,16 +45,18 @@ from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard, admit_peer, bin
 from shardguard.coordinator.wire import sign_request
 from shardguard.enclave.platform import Platform, open_platform
 from shardguard.node.audit import AuditLog
-from shardguard.node.engine import EngineError, EngineTimeout, Inbox, exchange
+from shardguard.node.engine import EngineError, EngineTimeout, Inbox, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.tasks import Task, TaskError, run_task
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
+from shardguard.protocols.keys import PublicKeyPackage
+from shardguard.protocols.repair import RepairHelper, RepairTarget
 
 __all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]
 
 log = logging.getLogger("shardguard.node")
-_KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh"}
+_KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh", "repair": "repair"}
 
 
 class CoordinatorLink:
@@ -221,7 +223,8 @@ class NodeService:
             log.warning("task %s (%s) failed: %s", task_id, raw.get("kind"), error)
         self._record(raw, status, result, error)
         ack = self.link.request("POST", f"/v1/tasks/{task_id}/result", body={"status": status, "result": result, "error": error})
-        if status == "done" and raw["kind"] in ("dkg", "refresh"):
+        lost_here = raw["kind"] == "repair" and (raw.get("params") or {}).get("lost") == self.node_id
+        if status == "done" and (raw["kind"] in ("dkg", "refresh") or lost_here):
             self._settle(job, raw, result or {}, ack.get("job_status"))
 
     # -- audit ----------------------------------------------------------------------------
@@ -235,7 +238,9 @@ class NodeService:
             payload = params.get("digest_hex") or params.get("message_hex") or ""
             fields["payload_sha256"] = hashlib.sha256(bytes.fromhex(payload)).hexdigest() if payload else ""
             fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
-        event = {"dkg": "key_generated", "sign": "signed", "refresh": "refresh_staged"}.get(str(raw.get("kind")), "task")
+        event = {"dkg": "key_generated", "sign": "signed", "refresh": "refresh_staged", "repair": "repair"}.get(
+            str(raw.get("kind")), "task"
+        )
         if status == "done" and result is not None:
             fields["public_key"] = result.get("public_key")
             if "signature" in result:
@@ -294,10 +299,59 @@ class NodeService:
         )
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
         inbox = Inbox()
+        if kind == "repair":
+            return self._repair(raw, participants, me, peers, inbox, deadline)
         self._witness(task, peers, inbox, deadline)
         return run_task(
             task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox
         )
+
+    def _repair(
+        self,
+        raw: Mapping[str, Any],
+        participants: Mapping[int, str],
+        me: int,
+        peers: Mapping[int, AdmittedPeer],
+        inbox: Inbox,
+        deadline: float,
+    ) -> dict[str, Any]:
+        """Share repair (RTS) for a node that lost its state (FROST keys). The helpers tell the
+        lost node the public key package over the sealed channels — all must agree, so the
+        coordinator cannot substitute one — and its record of their counters starts afresh."""
+        key_id = str(raw["key_id"])
+        lost_node = str((raw.get("params") or {}).get("lost", ""))
+        index = {n: i for i, n in participants.items()}
+        if lost_node not in index:
+            raise TaskError("the lost node is not among the participants", "lost")
+        lost = index[lost_node]
+        helpers = sorted(i for i in participants if i != lost)
+        instance = bytes.fromhex(str(raw["instance"]))
+        job = str(raw["job_id"])
+        sid = hashlib.sha256(b"shardguard/node/repair-package/v1\x00" + job.encode() + b"\x00" + instance).digest()
+        if me == lost:
+            got = exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
+                           messages=dict.fromkeys(peers, b"{}"), deadline=deadline)  # fmt: skip
+            packages = {bytes(v) for v in got.values()}
+            if len(packages) != 1:
+                raise TaskError("the helpers disagree on the key's public package", "package")
+            public = PublicKeyPackage.from_dict(json.loads(packages.pop()))
+            party: Any = RepairTarget(public, identifier=lost, helpers=helpers, instance=instance)
+        else:
+            share = self.shares.load(key_id)
+            if isinstance(share, EcdsaKeyShare):
+                raise TaskError("share repair through the service is offered for FROST keys only", "key_id")
+            package = json.dumps(share.public.to_dict(), sort_keys=True).encode()
+            exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers={lost: peers[lost]}, relay=self.relay,
+                     inbox=inbox, messages={lost: package}, deadline=deadline)  # fmt: skip
+            self.keystore.forget_peer(lost_node)  # its state is gone by definition; witness it afresh
+            party = RepairHelper(share, helpers=helpers, lost=lost, instance=instance, rng=secrets.token_bytes)
+            public = share.public
+        result = drive(party, job=job, me=self.keys, card=self.card, peers=peers if me == lost else
+                       {i: p for i, p in peers.items() if i in (*helpers, lost)}, relay=self.relay, inbox=inbox,
+                       deadline=deadline)  # fmt: skip
+        if me == lost:
+            self.shares.stage(key_id, result)
+        return {"repaired": lost_node, "public_key": public.public_key_bytes.hex(), "epoch": public.epoch}
 
     def _witness(self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float) -> None:
         """Rollback defence (ARCHITECTURE §7, ROTE-style): before any protocol, every participant
@@ -352,7 +406,7 @@ class NodeService:
     def _settle(self, job: str, raw: Mapping[str, Any], result: Mapping[str, Any], job_status: Any) -> None:
         """Commit the staged epoch once every holder finished, drop it if the job failed."""
         key_id = str(raw["key_id"])
-        epoch = int(result.get("public", {}).get("epoch", 0))
+        epoch = int(result.get("epoch", result.get("public", {}).get("epoch", 0)))
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))) + 30
         while job_status == "running" and time.monotonic() < deadline and not self._stop.is_set():
             out = self.link.request(

@@ -29,7 +29,7 @@ from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
 __all__ = ["KINDS", "ShareStore", "Task", "TaskError", "run_task"]
 
-KINDS = ("keygen", "sign", "refresh")
+KINDS = ("keygen", "sign", "refresh", "repair")
 Share = KeyShare | EcdsaKeyShare
 Rng = Callable[[int], bytes]
 
@@ -116,7 +116,9 @@ def run_task(
         return _keygen(task, store, go, rng)
     if task.kind == "sign":
         return _sign(task, store, go, rng)
-    return _refresh(task, store, go, rng)
+    if task.kind == "refresh":
+        return _refresh(task, store, go, rng)
+    raise TaskError("repair runs in the node service (the lost node has no share to load)", "kind")
 
 
 def _keygen(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from shardguard import dev
 from shardguard.client import Client, RequestFailed
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.interop import verify_independently
-from shardguard.node.keystore import Keystore
+from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 
 NODES = ["node-1", "node-2", "node-3"]
 JOB_TIMEOUT = 12.0
@@ -84,6 +84,18 @@ def sign(client: Client, key: dict[str, Any], signers: list[str] | None = None, 
     return out
 
 
+def open_when_released(path: Path, platform: SimulatedPlatform) -> Keystore:
+    """The killed node's lock goes away once the kernel has closed its files."""
+    end = time.monotonic() + 10
+    while True:
+        try:
+            return Keystore.open(path, platform, read_only=True)
+        except KeystoreError as e:
+            if e.reason is not KeystoreReason.LOCKED or time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
 def node_pid(d: Path, node: str) -> int:
     return int(next(n["pid"] for n in dev.Cluster.load(d)["nodes"] if n["node_id"] == node))
 
@@ -136,7 +148,7 @@ def test_nothing_secret_reaches_the_coordinator(cluster: tuple[Path, Client], ke
     for n in NODES:
         kill9(node_pid(d, n))  # the running node holds the keystore lock
         platform = SimulatedPlatform(state_dir=d / n / "platform")
-        with Keystore.open(d / n / "keystore", platform, read_only=True) as ks:
+        with open_when_released(d / n / "keystore", platform) as ks:
             key_ids = ks.keys()  # a mapping of key id -> status
             for key_id in key_ids:
                 share = ks.share(key_id)
@@ -220,7 +232,7 @@ def test_a_node_that_refuses_its_peers_evidence(cluster: tuple[Path, Client], ke
     cl = dev.Cluster.load(d)
     with open(d / "node-3.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shardguard.node.service", "--coordinator", cl["url"], "--state", entry["state"],
+            [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", cl["url"], "--state", entry["state"],
              "--node-id", "node-3", "--platform", "simulated", "--policy", str(policy)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -264,3 +276,19 @@ def test_a_state_directory_restored_from_an_old_copy_is_refused(
     newest.rename(state)
     restart(d, client, "node-2")
     sign(client, keys["ed25519"], ["node-1", "node-2"])
+
+
+def test_a_node_that_lost_its_state_is_repaired_by_its_peers(
+    cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]]
+) -> None:
+    d, client = cluster
+    state = Path(next(n["state"] for n in dev.Cluster.load(d)["nodes"] if n["node_id"] == "node-2"))
+    kill9(node_pid(d, "node-2"))
+    shutil.rmtree(state)  # the disk is gone
+    restart(d, client, "node-2")
+    for scheme in ("ed25519", "bip340"):
+        with pytest.raises(RequestFailed):
+            client.sign(keys[scheme]["key_id"], message=b"before repair", signers=["node-2", "node-3"])
+        client.repair(keys[scheme]["key_id"], "node-2")
+        sign(client, keys[scheme], ["node-2", "node-3"])
+        sign(client, keys[scheme], ["node-1", "node-2"])
