@@ -38,6 +38,12 @@ bench-attestation: $(STAMP)
 	@$(PY) bench/bench_attestation.py
 	@$(PY) bench/bench_attestation_dcap.py
 
+# Load through the API on a developer cluster (coordinator + 3 node processes on loopback):
+# 2-of-3 Ed25519 and ECDSA signing with 16 concurrent clients; ~1-2 min, so not part of `bench`.
+.PHONY: bench-service
+bench-service: $(STAMP)
+	@$(PY) bench/bench_service.py
+
 # Re-pin after editing pyproject.toml (needs pip-tools in the venv).
 lock: $(STAMP)
 	$(PY) -m pip install -q pip-tools

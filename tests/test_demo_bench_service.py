@@ -1,0 +1,69 @@
+"""``make bench-service`` (bench/bench_service.py): the parts that turn raw data into its report.
+
+The bench itself needs a cluster and a minute; these check its parsers on fixed inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_service.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_service", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_service"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+METRICS = """\
+# HELP shardguard_http_request_seconds HTTP request latency by route (long-polls included)
+# TYPE shardguard_http_request_seconds histogram
+shardguard_http_request_seconds_bucket{le="0.001",method="GET",route="/v1/nodes/{node_id}/inbox"} 3.0
+shardguard_http_request_seconds_count{method="GET",route="/v1/nodes/{node_id}/inbox"} 45.0
+shardguard_http_request_seconds_sum{method="GET",route="/v1/nodes/{node_id}/inbox"} 0.9
+shardguard_http_request_seconds_count{method="POST",route="/v1/keys/{key_id}/sign"} 5.0
+shardguard_http_request_seconds_sum{method="POST",route="/v1/keys/{key_id}/sign"} 0.05
+shardguard_jobs_submitted_total{kind="sign"} 5.0
+"""
+
+
+def test_metrics_routes_with_braces_are_parsed(bench: ModuleType) -> None:
+    m = bench.parse_metrics(METRICS)
+    assert m == {
+        ("count", "GET /v1/nodes/{node_id}/inbox"): 45.0,
+        ("sum", "GET /v1/nodes/{node_id}/inbox"): 0.9,
+        ("count", "POST /v1/keys/{key_id}/sign"): 5.0,
+        ("sum", "POST /v1/keys/{key_id}/sign"): 0.05,
+    }
+    out = bench.server_breakdown({}, m, 5)
+    assert out["http_requests_per_signature"] == 10.0
+    assert out["routes"]["GET /v1/nodes/{node_id}/inbox"] == {"per_signature": 9.0, "mean_ms": 20.0, "ms_per_signature": 180.0}
+
+
+def test_percentiles(bench: ModuleType) -> None:
+    p = bench.percentiles([float(x) for x in range(1, 101)])
+    assert (p["p50"], p["p90"], p["p99"], p["min"], p["max"], p["n"]) == (50.5, 90.0, 99.0, 1.0, 100.0, 100)
+    assert bench.percentiles([])["p50"] is None
+
+
+def test_hot_frames_from_py_spy_raw_output(bench: ModuleType, tmp_path: Path) -> None:
+    raw = tmp_path / "spy.txt"
+    raw.write_text(
+        "thread (0x1);main (shardguard/node/service.py:10);request (shardguard/node/service.py:79);send (httpx/_client.py:5) 3\n"
+        "thread (0x1);main (shardguard/node/service.py:10);seal (shardguard/channel/channel.py:40) 1\n"
+    )
+    hot = bench.hot_frames(raw)
+    assert hot["samples"] == 4
+    assert hot["inclusive"]["shardguard/node/service.py:10 main"] == 1.0
+    assert hot["inclusive"]["shardguard/node/service.py:79 request"] == 0.75
+    assert hot["leaf"] == {"send (_client.py)": 0.75, "seal (channel.py)": 0.25}
