@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from shardguard.crypto.ciphersuite import Ciphersuite
@@ -163,6 +163,17 @@ class Party(Generic[R]):
         signed messages (the attested channels add them) both are reported.
         """
         return {sender} if position in (self.me, sender) else {position, sender}
+
+    def _check_echoes(self, mine: Sequence[bytes], echoes: Mapping[int, Sequence[bytes]], order: Sequence[int]) -> None:
+        """Compare every peer's echo of a broadcast round (digests in ``order``) with ours; a
+        differing entry aborts with :meth:`_echo_blame`'s culprits."""
+        for j in self.peers:
+            echo = echoes[j]
+            if len(echo) != len(order):
+                raise self._abort(AbortReason.MALFORMED_PAYLOAD, {j}, field="echo")
+            for pos, (ours, theirs) in enumerate(zip(mine, echo, strict=True)):
+                if not hmac.compare_digest(ours, theirs):
+                    raise self._abort(AbortReason.EQUIVOCATION, self._echo_blame(j, order[pos]), field="echo")
 
     def _received(self, rnd: int, typ: type[Payload]) -> dict[int, Payload]:
         """Payloads of one kind received so far, by sender."""

@@ -11,45 +11,29 @@ from __future__ import annotations
 from coincurve import PublicKey
 from coincurve.ecdsa import cdata_to_der, deserialize_compact
 
-from shardguard.crypto.ciphersuite import Ciphersuite
 from shardguard.crypto.errors import DecodeError, DecodeReason
 from shardguard.crypto.group import Point
-from shardguard.crypto.hashing import hash_to_field_sha256
 from shardguard.crypto.secp256k1 import SECP256K1
+from shardguard.crypto.suites.secp256k1 import FrostSecp256k1
 
 __all__ = ["ECDSA_SECP256K1", "EcdsaSecp256k1", "recover_public_key"]
 
 _N = SECP256K1.order
 
 
-class EcdsaSecp256k1(Ciphersuite):
+class EcdsaSecp256k1(FrostSecp256k1):
+    """Shares the secp256k1 suite's hash-to-field construction under its own context string."""
+
     context = "DKLs23-secp256k1-ECDSA-v1"
     scheme = "ecdsa"
-    group = SECP256K1
     signature_size = 64
     frost = False
-
-    def _h2f(self, label: bytes, m: bytes) -> int:
-        return hash_to_field_sha256(m, self.context_bytes + label, _N)
-
-    # The FROST hashes exist only to satisfy the interface; FROST signing refuses this suite.
-    def h1(self, m: bytes) -> int:
-        return self._h2f(b"rho", m)
-
-    def h2(self, m: bytes) -> int:
-        return self._h2f(b"chal", m)
-
-    def h3(self, m: bytes) -> int:
-        return self._h2f(b"nonce", m)
 
     def h4(self, m: bytes) -> bytes:
         raise NotImplementedError("DKLs23 signs a 32-byte digest; it never hashes a message")
 
     def h5(self, m: bytes) -> bytes:
         raise NotImplementedError("no FROST commitment list in DKLs23")
-
-    def hdkg(self, m: bytes) -> int:
-        return self._h2f(b"dkg", m)
 
     def decode_signature(self, sig: bytes) -> tuple[Point, int]:
         raise NotImplementedError("an ECDSA signature is (r, s), not (R, z)")

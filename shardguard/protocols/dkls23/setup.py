@@ -147,13 +147,7 @@ class OtSetup(Party[EcdsaKeyShare]):
         self.round = 3
         reveals: dict[int, Any] = self._received(2, SetupReveal)
         commits: dict[int, Any] = self._received(1, SetupCommit)
-        for j in self.peers:
-            echo = reveals[j].echo
-            if len(echo) != len(self.participants):
-                raise self._abort(AbortReason.MALFORMED_PAYLOAD, {j}, field="echo")
-            for pos, (mine, theirs) in enumerate(zip(self._echo, echo, strict=True)):
-                if not hmac.compare_digest(mine, theirs):
-                    raise self._abort(AbortReason.EQUIVOCATION, self._echo_blame(j, self.participants[pos]))
+        self._check_echoes(self._echo, {j: reveals[j].echo for j in self.peers}, self.participants)
         for j in self.peers:
             r = reveals[j]
             if not hmac.compare_digest(_commit(self.session_id, j, r.contribution, r.salt), commits[j].commitment):

@@ -241,13 +241,7 @@ class DklsSigner(Party[EcdsaSignature]):
         g, q = self.suite.group, self._q
         commits: dict[int, Any] = self._received(1, SignCommit)
         mults: dict[int, Any] = self._received(2, SignMultiply)
-        for j in self.peers:
-            echo = mults[j].echo
-            if len(echo) != len(self.signers):
-                raise self._abort(AbortReason.MALFORMED_PAYLOAD, {j}, field="echo")
-            for pos, (mine, theirs) in enumerate(zip(self._echo, echo, strict=True)):
-                if not hmac.compare_digest(mine, theirs):
-                    raise self._abort(AbortReason.EQUIVOCATION, self._echo_blame(j, self.signers[pos]), field="echo")
+        self._check_echoes(self._echo, {j: mults[j].echo for j in self.peers}, self.signers)
         u_sum = self._r * self._phi
         v_sum = self._sk * self._phi
         psi_sum = 0
