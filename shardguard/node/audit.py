@@ -7,7 +7,8 @@ committed or dropped, a ban — is an entry::
     hash  = SHA-256("shardguard/audit/v1" 0x00 ‖ entry)        (so "prev" chains every entry)
     sig   = Ed25519 by the node's identity key over frame(AUDIT_CONTEXT) ‖ frame(hash)
 
-The head (``seq``, ``hash``) and the entries not yet mirrored are kept in the sealed keystore,
+The head (``seq``, ``hash``) and the entries not yet mirrored are kept in one sealed keystore
+record (one durable write per entry),
 so the chain continues across restarts (a restarted node signs with its new identity key; the
 coordinator's mirror records which attested key signed each entry). The coordinator mirrors the
 entries but cannot forge, reorder or drop one unnoticed: :func:`verify_chain` checks the chain
@@ -33,8 +34,7 @@ __all__ = ["AUDIT_CONTEXT", "AuditLog", "entry_hash", "verify_chain"]
 
 AUDIT_CONTEXT = b"shardguard/audit/v1"
 _GENESIS = "00" * 32
-_HEAD = "audit-head"
-_PENDING = "audit-pending"
+_STATE = "audit"  # {"seq", "hash", "pending": [...]}: one keystore write per entry
 _MAX_PENDING = 1000
 
 
@@ -56,15 +56,15 @@ class AuditLog:
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Add one entry (persisted before this returns); return its mirror record."""
         with self._lock:
-            head = self._ks.get_state(_HEAD, {"seq": 0, "hash": _GENESIS})
-            seq = int(head["seq"]) + 1
+            state = self._ks.get_state(_STATE, {"seq": 0, "hash": _GENESIS, "pending": []})
+            seq = int(state["seq"]) + 1
             body = {
                 **fields,
                 "seq": seq,
                 "time": self._clock().isoformat(timespec="milliseconds"),
                 "node": self._keys.node_id,
                 "event": event,
-                "prev": head["hash"],
+                "prev": state["hash"],
             }
             entry = _canonical(body)
             h = entry_hash(entry)
@@ -75,21 +75,24 @@ class AuditLog:
                 "hash": h,
                 "signature": base64.b64encode(sig).decode(),
             }
-            pending = [*list(self._ks.get_state(_PENDING, []))[-(_MAX_PENDING - 1) :], record]
-            self._ks.put_state(_PENDING, pending)
-            self._ks.put_state(_HEAD, {"seq": seq, "hash": h})
+            pending = [*list(state["pending"])[-(_MAX_PENDING - 1) :], record]
+            self._ks.put_state(_STATE, {"seq": seq, "hash": h, "pending": pending})
             return record
 
     def pending(self) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._ks.get_state(_PENDING, []))
+            return list(self._ks.get_state(_STATE, {"pending": []})["pending"])
 
     def mirrored(self, seqs: Iterable[int]) -> None:
         """Forget entries the coordinator has acknowledged."""
         done = set(seqs)
         with self._lock:
-            left = [r for r in self._ks.get_state(_PENDING, []) if r["seq"] not in done]
-            self._ks.put_state(_PENDING, left)
+            state = self._ks.get_state(_STATE, None)
+            if state is None:
+                return
+            left = [r for r in state["pending"] if r["seq"] not in done]
+            if len(left) != len(state["pending"]):
+                self._ks.put_state(_STATE, {**state, "pending": left})
 
 
 def verify_chain(records: Iterable[Mapping[str, Any]], identity_keys: Mapping[int, bytes] | bytes) -> list[dict[str, Any]]:

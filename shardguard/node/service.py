@@ -177,6 +177,7 @@ class NodeService:
         self._witness_keys: dict[str, bytes] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._stop = threading.Event()
+        self._audit_due = threading.Event()
         self._reattest = reattest_seconds
         self._registered_at = 0.0
 
@@ -260,7 +261,13 @@ class NodeService:
         except Exception:  # an audit write failure must be visible, never silent
             log.exception("audit entry %s could not be written", event)
             raise
-        self.flush_audit()
+        self._audit_due.set()  # mirrored by the background flusher, off the signing path
+
+    def _audit_flusher(self) -> None:
+        while not self._stop.is_set():
+            self._audit_due.wait(2.0)
+            self._audit_due.clear()
+            self.flush_audit()
 
     def flush_audit(self) -> None:
         pending = self.audit.pending()
@@ -453,6 +460,7 @@ class NodeService:
     # -- main loop ------------------------------------------------------------------------
     def run_forever(self) -> None:
         self.register()
+        threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
         self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
         while not self._stop.is_set():
             if time.monotonic() - self._registered_at > self._reattest:
@@ -475,6 +483,7 @@ class NodeService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.flush_audit()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.keystore.close()
