@@ -9,6 +9,7 @@ Errors print one line on stderr; nothing on disk is left half-written.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from collections.abc import Sequence
@@ -583,6 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, KeyStoreError, KeyFileError, ProtocolError, UnsupportedSuite) as e:
         print(f"shardguard: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `shardguard … | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         print(f"shardguard: error: {e.strerror or e} ({e.filename or ''})", file=sys.stderr)
         return 2

@@ -5,10 +5,10 @@ The simulated backend (:mod:`shardguard.enclave.simulated`) signs Nitro-shaped e
 with a leaf certificate issued by this root. The root's **private key is public**: it ships in
 ``shardguard/enclave/_dev_root_key.py``, so anyone can forge evidence that chains here.
 
-Verifiers therefore trust this root only through ``simulated_roots`` (``verify_nitro``), which
-``attestation.verify`` passes only when the policy says ``allow_simulated``; a document that
-chains here is reported as ``Verified(simulated=True)`` and refused by every production policy
-(``AttestationReason.SIMULATED``). Never add :data:`DEV_ROOTS` to a platform's pinned roots.
+Verifiers recognise this root only through ``simulated_roots`` (``verify_nitro``). ``verify_evidence``
+always passes it, so that such a document is *named* (``Verified(simulated=True)``) rather than
+reported as an unknown root — and then the policy refuses it (``AttestationReason.SIMULATED``)
+unless the policy says ``allow_simulated``. Never add :data:`DEV_ROOTS` to a platform's pinned roots.
 
 Like every root, it is pinned by the SHA-256 of its SubjectPublicKeyInfo, not by its name.
 P-384, ECDSA-SHA384, valid 2026-01-01 to 2046-01-01, CA with keyCertSign/cRLSign.
