@@ -9,8 +9,8 @@ Errors print one line on stderr; nothing on disk is left half-written.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
