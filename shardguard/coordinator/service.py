@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -131,6 +131,9 @@ class Coordinator:
         self._bootstrap_hash = token_hash(settings.bootstrap_token) if settings.bootstrap_token else None
         # node id -> when this replica last wrote its last_seen
         self._last_seen_written: dict[str, float] = {}
+        # node id -> its identity key as this replica last read it (checked again on every
+        # nonce insert, so a stale entry can only refuse, never accept)
+        self._node_keys: dict[str, bytes] = {}
 
     # -- API tokens ---------------------------------------------------------------------------
     def create_token(self, scopes: Sequence[str], label: str = "") -> tuple[dict[str, Any], str]:
@@ -217,26 +220,62 @@ class Coordinator:
             raise self._auth_fail("bad_signature", "the signing node is not the node on the card")
         seen = self._last_seen_written.get(node_id, 0.0)
         touch = card is None and time.monotonic() - seen > _LAST_SEEN_EVERY
+        # The signature is checked before any write transaction (it needs no lock), against the
+        # node's key as this replica last read it; the nonce is then recorded by one INSERT that
+        # only inserts while that key is still the node's current one, so a request is accepted
+        # only if it verifies with the key current when its nonce is recorded.
+        if card is not None:
+            pk = card.identity_public_key
+        else:
+            pk = self._node_key(node_id, refresh=False)
+        if not wire.verify_request(pk, method, target, body, ts, nonce, node_id, sig):
+            if card is not None:
+                raise self._auth_fail("bad_signature", "the request signature does not verify")
+            # Maybe our copy of the node's key is stale (it re-registered): read it again.
+            fresh = self._node_key(node_id, refresh=True)
+            if fresh == pk or not wire.verify_request(fresh, method, target, body, ts, nonce, node_id, sig):
+                raise self._auth_fail("bad_signature", "the request signature does not verify")
+            pk = fresh
+        expires = now + dt.timedelta(seconds=3 * skew)
         try:
-            # One transaction: the node's current key, the signature, the nonce, last_seen.
             with self.db.write() as s:
                 if card is not None:
-                    pk = card.identity_public_key
+                    s.execute(insert(NodeNonce).values(node_id=node_id, nonce=nonce, expires_at=expires))
+                    recorded = True
                 else:
-                    found = s.scalar(select(Node.identity_public_key).where(Node.id == node_id))
-                    if found is None:
-                        raise self._auth_fail("unknown_node", f"node {node_id!r} is not registered")
-                    pk = found
-                if not wire.verify_request(pk, method, target, body, ts, nonce, node_id, sig):
-                    raise self._auth_fail("bad_signature", "the request signature does not verify")
-                s.execute(insert(NodeNonce).values(node_id=node_id, nonce=nonce, expires_at=now + dt.timedelta(seconds=3 * skew)))
-                if touch:
-                    s.execute(update(Node).where(Node.id == node_id).values(last_seen=now))
+                    cols = NodeNonce.__table__.c
+                    current = select(
+                        literal(node_id, cols.node_id.type),
+                        literal(nonce, cols.nonce.type),
+                        literal(expires, cols.expires_at.type),
+                    ).where(exists().where(Node.id == node_id, Node.identity_public_key == pk))
+                    # (RETURNING, not rowcount: psycopg reports -1 for INSERT … SELECT)
+                    stmt = insert(NodeNonce).from_select(["node_id", "nonce", "expires_at"], current).returning(NodeNonce.node_id)
+                    recorded = s.execute(stmt).first() is not None
+                    if recorded and touch:
+                        s.execute(update(Node).where(Node.id == node_id).values(last_seen=now))
         except IntegrityError:
             raise self._auth_fail("replayed_nonce", "this nonce was already used") from None
+        if not recorded:
+            # The node's key changed (or the node went) between our read and the insert.
+            self._node_keys.pop(node_id, None)
+            raise self._auth_fail("bad_signature", "the request signature does not verify with the node's current key")
         if touch:
             self._last_seen_written[node_id] = time.monotonic()
         return NodeIdentity(node_id, pk)
+
+    def _node_key(self, node_id: str, *, refresh: bool) -> bytes:
+        """The node's identity key as last read by this replica (``refresh``: read it now)."""
+        pk = None if refresh else self._node_keys.get(node_id)
+        if pk is None:
+            with self.db.engine.connect() as conn:
+                pk = conn.scalar(select(Node.identity_public_key).where(Node.id == node_id))
+                conn.rollback()
+            if pk is None:
+                self._node_keys.pop(node_id, None)
+                raise self._auth_fail("unknown_node", f"node {node_id!r} is not registered")
+            self._node_keys[node_id] = pk
+        return pk
 
     # -- nodes ----------------------------------------------------------------------------------
     def register_node(
@@ -284,6 +323,7 @@ class Coordinator:
             row.attestation = summary
             row.last_seen = now
             out = self._node_out(row, now, full=False)
+        self._node_keys[card.node_id] = card.identity_public_key
         for job_id in restarted:
             self._notify_job(job_id)
         if restarted:

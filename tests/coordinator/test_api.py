@@ -289,6 +289,27 @@ def test_a_restarted_node_fails_its_running_jobs(client: TestClient, nodes: list
     assert b.next_task() is None  # b's queued task was cancelled
 
 
+def test_a_replica_with_a_stale_node_key_refuses_the_old_key_and_learns_the_new(make_client: Any) -> None:
+    """Each replica keeps the node keys it read; the nonce insert re-checks the key, so a key
+    replaced through another replica is refused at once and the new one is learned."""
+    one, two, three = make_client(), make_client(), make_client()
+    a = FakeNode(one, "node-a")
+    assert a.register().status_code == 200
+    path = "/v1/nodes/node-a/tasks"
+    for replica in (two, three):  # both now hold the first key
+        assert a.request("GET", path, client=replica).status_code == 200
+    old = a.keys
+    a.restart()
+    assert a.register().json()["generation"] == 2  # through replica one
+    # two: the new key does not verify with the stale one, so it reads the key again
+    assert a.request("GET", path, client=two).status_code == 200
+    err(a.request("GET", path, sign_as=old, client=two), 401, "bad_signature")
+    # three: the old key verifies with its stale copy, but the nonce insert checks the current key
+    err(a.request("GET", path, sign_as=old, client=three), 401, "bad_signature")
+    assert a.request("GET", path, client=three).status_code == 200
+    err(a.request("GET", path, sign_as=old, client=one), 401, "bad_signature")
+
+
 # -- tasks and jobs ------------------------------------------------------------------------------
 def test_dkg_tasks_are_handed_out_once_and_complete(client: TestClient, nodes: list[FakeNode]) -> None:
     r = client.post("/v1/keys", json={"scheme": "bip340", "threshold": 2, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
