@@ -463,7 +463,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     @app.get("/v1/nodes/{node_id}/tasks", tags=["node API"], response_model=schemas.TaskEnvelope, openapi_extra=_NODE_AUTH_DOC)
     async def next_task(
         node_id: _ID, node: SignedNode, request: Request, wait: Annotated[float, Query(ge=0, le=300)] = 0.0
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """The node's next task, handed out once; ``{"task": null}`` if none came within ``wait`` seconds."""
         same_node(node, node_id)
 
@@ -474,16 +474,16 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         wait = min(wait, settings.max_wait)
         gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any] | None] = (request.is_disconnected, None)
         task = await _long_poll(notifier, f"node:{node_id}", wait, settings.poll_interval, check, gone=gone)
-        return {"task": task}
+        return JSONResponse({"task": task})
 
     @app.post("/v1/jobs/{job_id}/messages", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
-    async def post_messages(job_id: _ID, body: schemas.PostMessages, node: SignedNode) -> dict[str, Any]:
+    async def post_messages(job_id: _ID, body: schemas.PostMessages, node: SignedNode) -> JSONResponse:
         if len(body.messages) > settings.max_messages_per_post:
             raise ApiError(
                 422, "validation_error", f"at most {settings.max_messages_per_post} messages per post", field="messages"
             )
         msgs = [(m.to, m.seq, m.blob) for m in body.messages]
-        return await run(coord.post_messages, job_id, node.node_id, msgs)
+        return JSONResponse(await run(coord.post_messages, job_id, node.node_id, msgs))
 
     @app.get("/v1/nodes/{node_id}/inbox", tags=["node API"], response_model=schemas.InboxOut, openapi_extra=_NODE_AUTH_DOC)
     async def inbox(
@@ -492,7 +492,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         job: Annotated[str, Query(min_length=1, max_length=64)],
         after: Annotated[int, Query(ge=0)] = 0,
         wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Messages for this node in ``job`` past cursor ``after``; waits up to ``wait`` s for one."""
         same_node(node, node_id)
 
@@ -500,7 +500,8 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             out = coord.read_inbox(node_id, job, after)
             return bool(out["messages"]) or out["job_status"] != "running", out
 
-        return await _long_poll(notifier, f"inbox:{node_id}:{job}", min(wait, settings.max_wait), settings.poll_interval, check)
+        out = await _long_poll(notifier, f"inbox:{node_id}:{job}", min(wait, settings.max_wait), settings.poll_interval, check)
+        return JSONResponse(out)
 
     @app.get("/v1/jobs/{job_id}", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def job_status(job_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:
@@ -513,11 +514,11 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         return await _long_poll(notifier, f"job:{job_id}", min(wait, settings.max_wait), settings.poll_interval, check)
 
     @app.post("/v1/tasks/{task_id}/result", tags=["node API"], response_model=schemas.ResultAck, openapi_extra=_NODE_AUTH_DOC)
-    async def task_result(task_id: _ID, body: schemas.TaskResult, node: SignedNode) -> dict[str, Any]:
+    async def task_result(task_id: _ID, body: schemas.TaskResult, node: SignedNode) -> JSONResponse:
         error = body.error.model_dump() if body.error is not None else None
-        return await run(coord.post_result, task_id, node.node_id, body.status, body.result, error)
+        return JSONResponse(await run(coord.post_result, task_id, node.node_id, body.status, body.result, error))
 
     @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
-    async def post_audit(body: schemas.AuditPost, node: SignedNode) -> dict[str, Any]:
+    async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
         entries = [(e.seq, e.entry, e.hash, e.signature) for e in body.entries]
-        return await run(coord.post_audit, node, entries)
+        return JSONResponse(await run(coord.post_audit, node, entries))

@@ -1011,14 +1011,16 @@ class Coordinator:
         return {"accepted": len(fresh), "duplicates": duplicates}
 
     def read_inbox(self, node_id: str, job_id: str, after: int) -> dict[str, Any]:
-        with self.db.read() as s:
-            job = s.get(Job, job_id)
-            if job is None:
+        # Core statements (no ORM objects): the hottest read of the relay.
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(Job.status, Job.participants).where(Job.id == job_id)).first()
+            if row is None:
                 raise ApiError(404, "not_found", f"no job {job_id!r}", field="job")
-            if node_id not in {p["node_id"] for p in job.participants}:
+            status, participants = row
+            if node_id not in {p["node_id"] for p in participants}:
                 raise ApiError(403, "forbidden", f"node {node_id} takes no part in job {job_id}")
             q = (
-                select(MailboxMessage)
+                select(MailboxMessage.from_node, MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob, MailboxMessage.job_seq)
                 .where(
                     MailboxMessage.job_id == job_id,
                     MailboxMessage.job_seq > after,
@@ -1031,13 +1033,15 @@ class Coordinator:
             out: list[dict[str, Any]] = []
             size = 0
             cursor = after
-            for m in s.scalars(q):
-                if out and size + len(m.blob) > self.settings.max_body_bytes:
+            limit = self.settings.max_body_bytes
+            for from_node, to_node, seq, blob, job_seq in conn.execute(q):
+                if out and size + len(blob) > limit:
                     break
-                size += len(m.blob)
-                cursor = m.job_seq
-                out.append({"from": m.from_node, "to": m.to_node, "seq": m.seq, "blob": b64(m.blob), "cursor": m.job_seq})
-            return {"job_id": job_id, "job_status": job.status, "messages": out, "next_after": cursor}
+                size += len(blob)
+                cursor = job_seq
+                out.append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
+            conn.rollback()
+            return {"job_id": job_id, "job_status": status, "messages": out, "next_after": cursor}
 
     # -- audit ----------------------------------------------------------------------------------
     def post_audit(self, node: NodeIdentity, entries: Sequence[tuple[int, bytes, str, bytes]]) -> dict[str, Any]:
