@@ -31,20 +31,33 @@ Every check is a pure function of bytes except certificate and collateral validi
 depend on ``at``. The pure parts are memoised by their exact input bytes (``clear_caches``), so
 verifying against the same collateral again costs little more than the quote signature;
 validity windows are re-checked on every call.
+
+A first ("cold") verification is dominated by its nine ECDSA P-256 verifications; the rest is
+kept small without skipping any check: each certificate is decoded once per verification
+(``_Cert``: cryptography loads it, its extensions and key; the TBSCertificate, names and SPKI are
+sliced from the DER, never re-encoded), names are compared as encoded (decoded only when the
+encodings differ), the pinned Intel root is decoded and its self-signature checked once at
+import, CRLs are asked only about the serials that matter, and fast paths take the layouts Intel
+uses (strict PEM, plain names, the SGX extension, TCB levels) while anything else goes through
+the general code; ``tests/attestation/test_dcap_fastpaths.py`` checks that they agree.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 import hashlib
 import json
+import operator
 import re
+import struct
 import threading
 import types
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeGuard, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -54,7 +67,7 @@ from cryptography.x509.oid import NameOID
 
 from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.result import TCB_ORDER
-from shardguard.attestation.x509chain import check_validity, load_pem_chain, verify_chain
+from shardguard.attestation.x509chain import load_pem_chain, verify_issued_by
 
 __all__ = [
     "INTEL_QE_VENDOR_ID",
@@ -104,6 +117,17 @@ _TD15_LEN: Final = 648
 _SIG_LEN: Final = 64  # ECDSA P-256 r‖s, 32 bytes each, big-endian
 _KEY_LEN: Final = 64  # P-256 point x‖y
 _ATT_KEY_ECDSA_P256: Final = 2
+#: Quote header (specs §4.2, §5.3): version, attestation key type, TEE type, two u16, QE vendor
+#: ID, user data.
+_HEADER: Final = struct.Struct("<HHIHH16s20s")
+#: REPORTBODY (specs §5.3): CPUSVN, MISCSELECT, reserved, ISVEXTPRODID, ATTRIBUTES, MRENCLAVE,
+#: reserved, MRSIGNER, reserved, CONFIGID, ISVPRODID, ISVSVN, CONFIGSVN, reserved, ISVFAMILYID,
+#: REPORTDATA.
+_REPORT_BODY: Final = struct.Struct("<16sI12x16s16s32s32x32s32x64sHHH42x16s64s")
+#: TD quote body (specs §4.2): TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM, SEAMATTRIBUTES, TDATTRIBUTES,
+#: XFAM, MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0-3, REPORTDATA (+ TEE_TCB_SVN2, MRSERVICETD).
+_TD10_BODY: Final = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
+_TD15_BODY: Final = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s16s48s")
 _TEE_SGX: Final = 0x00000000
 _TEE_TDX: Final = 0x00000081
 _BODY_TD10: Final = 2
@@ -138,6 +162,22 @@ def _utc(at: dt.datetime | None) -> dt.datetime:
 
 # -- memoisation of pure checks --------------------------------------------------------------------
 _T = TypeVar("_T")
+
+
+def _record(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor for the frozen slots dataclass ``cls`` taking every field, in order (by
+    position or name, no defaults), for the verification's hot paths. It fills the slots through
+    their descriptors, as the generated ``__init__`` does through ``object.__setattr__``, at a
+    third of the cost. Only for classes without ``__post_init__`` or default factories: the
+    object is exactly the one ``cls(**fields)`` builds."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    assert not hasattr(cls, "__post_init__") and all(isinstance(cls.__dict__[n], types.MemberDescriptorType) for n in names)
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls} | {f"_set_{n}": cls.__dict__[n].__set__ for n in names}
+    body = "".join(f"    _set_{n}(o, {n})\n" for n in names)
+    exec(f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n", env)  # noqa: S102
+    make: Callable[..., _T] = env["make"]
+    make.__qualname__ = f"_record({cls.__name__})"
+    return make
 
 
 class _Memo:
@@ -205,27 +245,8 @@ class EnclaveReport:
     @classmethod
     def parse(cls, raw: bytes) -> EnclaveReport:
         assert len(raw) == _REPORT_LEN
-        misc_select, isv_prod_id, isv_svn, config_svn = (
-            int.from_bytes(raw[0x10:0x14], "little"),
-            int.from_bytes(raw[0x100:0x102], "little"),
-            int.from_bytes(raw[0x102:0x104], "little"),
-            int.from_bytes(raw[0x104:0x106], "little"),
-        )
-        return cls(
-            raw=raw,
-            cpu_svn=raw[0x00:0x10],
-            misc_select=misc_select,
-            isv_ext_prod_id=raw[0x20:0x30],
-            attributes=raw[0x30:0x40],
-            mr_enclave=raw[0x40:0x60],
-            mr_signer=raw[0x80:0xA0],
-            config_id=raw[0xC0:0x100],
-            isv_prod_id=isv_prod_id,
-            isv_svn=isv_svn,
-            config_svn=config_svn,
-            isv_family_id=raw[0x130:0x140],
-            report_data=raw[0x140:0x180],
-        )
+        # The struct's fields are the dataclass's, in order, after ``raw``.
+        return _new_enclave_report(raw, *_REPORT_BODY.unpack(raw))
 
     @property
     def debug(self) -> bool:
@@ -273,23 +294,8 @@ class TdReport:
     def parse(cls, raw: bytes) -> TdReport:
         assert len(raw) in (_TD10_LEN, _TD15_LEN)
         v15 = len(raw) == _TD15_LEN
-        return cls(
-            raw=raw,
-            tee_tcb_svn=raw[0x00:0x10],
-            mr_seam=raw[0x10:0x40],
-            mr_signer_seam=raw[0x40:0x70],
-            seam_attributes=raw[0x70:0x78],
-            td_attributes=raw[0x78:0x80],
-            xfam=raw[0x80:0x88],
-            mr_td=raw[0x88:0xB8],
-            mr_config_id=raw[0xB8:0xE8],
-            mr_owner=raw[0xE8:0x118],
-            mr_owner_config=raw[0x118:0x148],
-            rtmrs=(raw[0x148:0x178], raw[0x178:0x1A8], raw[0x1A8:0x1D8], raw[0x1D8:0x208]),
-            report_data=raw[0x208:0x248],
-            tee_tcb_svn2=raw[0x248:0x258] if v15 else None,
-            mr_servicetd=raw[0x258:0x288] if v15 else None,
-        )
+        f = (_TD15_BODY if v15 else _TD10_BODY).unpack(raw)
+        return _new_td_report(raw, *f[:10], f[10:14], f[14], f[15] if v15 else None, f[16] if v15 else None)
 
     @property
     def debug(self) -> bool:
@@ -315,6 +321,10 @@ class TdReport:
             out["tee_tcb_svn2"] = self.tee_tcb_svn2.hex()
             out["mr_servicetd"] = self.mr_servicetd.hex()
         return out
+
+
+_new_enclave_report = _record(EnclaveReport)
+_new_td_report = _record(TdReport)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -375,6 +385,9 @@ class Quote:
         }
 
 
+_new_quote = _record(Quote)
+
+
 class _Cursor:
     """Reads a container strictly by declared lengths. Running past the end of the outer quote is
     TRUNCATED; running past the end of an inner container (whose length the quote declared) is
@@ -432,12 +445,17 @@ def parse_quote(data: bytes, *, platform: str) -> Quote:
         raise _fail(_R.MALFORMED, f"{len(data)} bytes is larger than any quote ({MAX_QUOTE_SIZE})", platform=platform)
     cur = _Cursor(data, platform=platform, reason=_R.TRUNCATED, what="quote")
     # Header, 48 bytes: version, att_key_type, tee_type (v3: reserved), 2×u16, QE vendor ID, user data.
-    version = cur.u16("header.version")
-    att_key_type = cur.u16("header.att_key_type")
-    tee_type = cur.u32("header.tee_type")
-    svns = (cur.u16("header.svn0"), cur.u16("header.svn1"))
-    qe_vendor_id = cur.take(16, "header.qe_vendor_id")
-    user_data = cur.take(20, "header.user_data")
+    if len(data) >= _HEADER.size:
+        version, att_key_type, tee_type, svn0, svn1, qe_vendor_id, user_data = _HEADER.unpack_from(data)
+        svns = (svn0, svn1)
+        cur.pos = _HEADER.size
+    else:  # field by field, to say which one is cut off
+        version = cur.u16("header.version")
+        att_key_type = cur.u16("header.att_key_type")
+        tee_type = cur.u32("header.tee_type")
+        svns = (cur.u16("header.svn0"), cur.u16("header.svn1"))
+        qe_vendor_id = cur.take(16, "header.qe_vendor_id")
+        user_data = cur.take(20, "header.user_data")
     if version not in (3, 4, 5):
         raise _fail(_R.UNSUPPORTED, f"quote version {version} (3, 4 and 5 are known)", platform=platform, field="header.version")
     if att_key_type != _ATT_KEY_ECDSA_P256:
@@ -533,7 +551,7 @@ def parse_quote(data: bytes, *, platform: str) -> Quote:
         )
     pem = outer.take(outer.u32("pck_cert_data.size"), "pck_cert_data")
     outer.done("cert_data")
-    return Quote(
+    return _new_quote(
         version=version,
         att_key_type=att_key_type,
         tee_type=tee_type,
@@ -585,6 +603,9 @@ class PckInfo:
         }
 
 
+_new_pck_info = _record(PckInfo)
+
+
 def _der(buf: bytes, pos: int) -> tuple[int, bytes, int]:
     """One DER TLV at ``pos`` → (tag, content, next position). X.690 §8.1: single-byte tags,
     definite minimal lengths. Raises ValueError."""
@@ -632,19 +653,123 @@ def _der_pairs(content: bytes, prefix: bytes) -> dict[int, tuple[int, bytes]]:
     ``prefix`` (DER content octets of the parent OID) plus one arc below 128, as every SGX
     extension OID is. Comparing encoded bytes avoids decoding each OID to text."""
     out: dict[int, tuple[int, bytes]] = {}
-    for tag, item in _der_seq(content):
+    pos, n, oid_len = 0, len(content), len(prefix) + 1
+    while pos < n:
+        tag, item, pos = _der(content, pos)
         if tag != 0x30:
             raise ValueError("entry is not a SEQUENCE")
-        inner = _der_seq(item)
-        if len(inner) != 2 or inner[0][0] != 0x06:
+        oid_tag, oid, inner = _der(item, 0) if item else (0, b"", 0)
+        if oid_tag != 0x06 or inner >= len(item):
             raise ValueError("entry is not {OID, value}")
-        oid = inner[0][1]
-        if len(oid) != len(prefix) + 1 or not oid.startswith(prefix) or oid[-1] & 0x80:
+        value_tag, value, inner = _der(item, inner)
+        if inner != len(item):
+            raise ValueError("entry is not {OID, value}")
+        if len(oid) != oid_len or not oid.startswith(prefix) or oid[-1] & 0x80:
             raise ValueError(f"unexpected OID {oid.hex()}")
         if oid[-1] in out:
             raise ValueError(f"duplicate OID {oid.hex()}")
-        out[oid[-1]] = inner[1]
+        out[oid[-1]] = (value_tag, value)
     return out
+
+
+def _tcb_pattern(capture: bool) -> bytes:
+    """The TCB entry's content as Intel encodes it: components 1..16, PCESVN (17) and CPUSVN
+    (18) in order, each SEQUENCE {OID, minimal INTEGER ≤ 255 / ≤ 65535 | 16-byte OCTET STRING}.
+    What it matches, the general decoder accepts with the same values. With ``capture``, group
+    2i-1 or 2i holds component i, one of 33..36 the PCESVN, 37 the CPUSVN."""
+
+    def entry(arc: int, values: Sequence[tuple[int, bytes]]) -> bytes:
+        oid = _SGX_EXT_DER + bytes([2, arc])
+        head = bytes([0x06, len(oid)]) + oid
+        alts = (re.escape(bytes([0x30, len(head) + n]) + head) + value for n, value in values)
+        return b"(?:" + b"|".join(alts) + b")"
+
+    o = b"(" if capture else b"(?:"
+    u8 = [(3, rb"\x02\x01" + o + rb"[\x00-\x7f])"), (4, rb"\x02\x02" + o + rb"\x00[\x80-\xff])")]
+    u16 = [*u8, (4, rb"\x02\x02" + o + rb"[\x01-\x7f][\x00-\xff])"), (5, rb"\x02\x03" + o + rb"\x00[\x80-\xff][\x00-\xff])")]
+    parts = [entry(i, u8) for i in range(1, 17)] + [entry(17, u16), entry(18, [(18, rb"\x04\x10" + o + rb".{16})")])]
+    return b"".join(parts)
+
+
+def _sgx_extension_pattern() -> bytes:
+    """The whole SGX extension value as Intel encodes it for PCK certificates of the Processor CA
+    (PPID, TCB, PCE-ID, FMSPC, SGX Type) and of the Platform CA (then also PlatformInstanceID and
+    a Configuration of its three flags), in that order. The three two-byte DER lengths (the
+    value, the TCB entry and the TCB SEQUENCE) are checked by ``_decode_sgx_extension_fast``."""
+
+    def head(n: int, *arcs: int) -> bytes:
+        oid = _SGX_EXT_DER + bytes(arcs)
+        return re.escape(bytes([0x30, n, 0x06, len(oid)]) + oid)
+
+    oid2 = _SGX_EXT_DER + b"\x02"
+    return (
+        rb"\x30\x82(?P<n_all>..)"
+        + head(0x1E, 1)
+        + rb"\x04\x10(?P<ppid>.{16})"
+        + rb"(?P<tcb_entry>\x30\x82(?P<n_entry>..)"
+        + re.escape(bytes([0x06, len(oid2)]) + oid2)
+        + rb"\x30\x82(?P<n_tcb>..)(?P<tcb>"
+        + _tcb_pattern(capture=False)
+        + rb"))"
+        + head(0x10, 3)
+        + rb"\x04\x02(?P<pce_id>..)"
+        + head(0x14, 4)
+        + rb"\x04\x06(?P<fmspc>.{6})"
+        + rb"(?:"
+        + head(0x0F, 5)
+        + rb"\x0a\x01(?P<sgx_type>[\x00-\x7f])|"
+        + head(0x10, 5)
+        + rb"\x0a\x02(?P<sgx_type2>\x00[\x80-\xff]))"
+        + rb"(?:"
+        + head(0x1E, 6)
+        + rb"\x04\x10(?P<platform_instance_id>.{16})"
+        + head(0x44, 7)
+        + rb"\x30\x36"
+        + head(0x10, 7, 1)
+        + rb"\x01\x01(?P<dynamic_platform>.)"
+        + head(0x10, 7, 2)
+        + rb"\x01\x01(?P<cached_keys>.)"
+        + head(0x10, 7, 3)
+        + rb"\x01\x01(?P<smt_enabled>.)"
+        + rb")?"
+    )
+
+
+_TCB_ENTRY: Final = re.compile(_tcb_pattern(capture=True), re.DOTALL)
+_SGX_EXT_LAYOUT: Final = re.compile(_sgx_extension_pattern(), re.DOTALL)
+
+
+def _decode_sgx_extension_fast(value: bytes) -> PckInfo | None:
+    """``_decode_sgx_extension`` of a value in Intel's layout (``_SGX_EXT_LAYOUT``), with the same
+    result; None for any other value."""
+    m = _SGX_EXT_LAYOUT.fullmatch(value)
+    if m is None:
+        return None
+    tcb_start, tcb_end, entry_start = m.start("tcb"), m.end("tcb"), m.start("tcb_entry")
+    # Long-form lengths: minimal (first byte non-zero, so ≥ 0x100) and equal to what they cover.
+    for name, covered in (("n_all", len(value) - 4), ("n_entry", tcb_end - entry_start - 4), ("n_tcb", tcb_end - tcb_start)):
+        n = m[name]
+        if n[0] == 0 or int.from_bytes(n, "big") != covered:
+            return None
+    tcb = _TCB_ENTRY.fullmatch(value, tcb_start, tcb_end)
+    assert tcb is not None  # the same pattern, capturing
+    g = tcb.groups()
+    flags = m.group("dynamic_platform", "cached_keys", "smt_enabled")
+    return _new_pck_info(
+        ppid=m["ppid"],
+        tcb_comp_svn=tuple([int.from_bytes(g[i] if g[i] is not None else g[i + 1], "big") for i in range(0, 32, 2)]),
+        pcesvn=int.from_bytes(next(v for v in g[32:36] if v is not None), "big"),
+        cpusvn=g[36],
+        pce_id=m["pce_id"],
+        fmspc=m["fmspc"],
+        sgx_type=int.from_bytes(m["sgx_type"] or m["sgx_type2"], "big"),
+        platform_instance_id=m["platform_instance_id"],
+        configuration=types.MappingProxyType(
+            {}
+            if flags[0] is None
+            else {"dynamic_platform": flags[0] != b"\x00", "cached_keys": flags[1] != b"\x00", "smt_enabled": flags[2] != b"\x00"}
+        ),
+    )
 
 
 def _octets(entry: tuple[int, bytes] | None, n: int, name: str) -> bytes:
@@ -654,6 +779,9 @@ def _octets(entry: tuple[int, bytes] | None, n: int, name: str) -> bytes:
 
 
 def _decode_sgx_extension(value: bytes) -> PckInfo:
+    fast = _decode_sgx_extension_fast(value)
+    if fast is not None:
+        return fast
     tag, content, end = _der(value, 0)
     if tag != 0x30 or end != len(value):
         raise ValueError("extension value is not one SEQUENCE")
@@ -661,16 +789,24 @@ def _decode_sgx_extension(value: bytes) -> PckInfo:
     tcb_entry = top.get(2)
     if tcb_entry is None or tcb_entry[0] != 0x30:
         raise ValueError("TCB is missing")
-    tcb = _der_pairs(tcb_entry[1], _SGX_EXT_DER + b"\x02")
-    comps = []
-    for i in range(1, 17):
-        entry = tcb.get(i)
-        if entry is None or entry[0] != 0x02:
-            raise ValueError(f"TCB component {i} is missing")
-        comps.append(_der_uint(entry[1], 255))
-    pce = tcb.get(17)
-    if pce is None or pce[0] != 0x02:
-        raise ValueError("PCESVN is missing")
+    tcb_match = _TCB_ENTRY.fullmatch(tcb_entry[1])
+    pce: tuple[int, bytes] | None
+    if tcb_match is not None:
+        g = tcb_match.groups()
+        comps = [int.from_bytes(g[i] if g[i] is not None else g[i + 1], "big") for i in range(0, 32, 2)]
+        pce = (0x02, next(v for v in g[32:36] if v is not None))
+        tcb = {18: (0x04, g[36])}
+    else:
+        tcb = _der_pairs(tcb_entry[1], _SGX_EXT_DER + b"\x02")
+        comps = []
+        for i in range(1, 17):
+            entry = tcb.get(i)
+            if entry is None or entry[0] != 0x02:
+                raise ValueError(f"TCB component {i} is missing")
+            comps.append(_der_uint(entry[1], 255))
+        pce = tcb.get(17)
+        if pce is None or pce[0] != 0x02:
+            raise ValueError("PCESVN is missing")
     sgx_type = top.get(5)
     if sgx_type is None or sgx_type[0] != 0x0A:
         raise ValueError("SGX Type is missing")
@@ -724,27 +860,116 @@ def parse_pck_extensions(leaf: x509.Certificate, *, platform: str) -> PckInfo:
 # -- signatures, PEM chains -------------------------------------------------------------------------
 _PEM_BLOCK: Final = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\r\n]*-----END CERTIFICATE-----")
 _PEM_FILLER: Final = re.compile(rb"[\s\x00]*")
+#: The layout every PCK and TCB Signing chain has (RFC 7468 "strict": BEGIN line, base64 lines
+#: ending in LF or CRLF, END line), which every PEM parser reads alike; other layouts go through
+#: cryptography's PEM parser (see :func:`_pem_ders`).
+_PEM_STRICT: Final = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n((?:[A-Za-z0-9+/=]+\r?\n)+)-----END CERTIFICATE-----")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Chain:
-    """A parsed PEM chain and what every verification needs of it, computed once per exact bytes
-    (cryptography re-encodes keys and re-renders names on every access)."""
+def _hdr(buf: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, end) of the TLV at ``pos``, for DER that cryptography has already
+    parsed (so well formed); raises IndexError past the end."""
+    tag, first = buf[pos], buf[pos + 1]
+    if first < 0x80:
+        return tag, pos + 2, pos + 2 + first
+    start = pos + 2 + (first & 0x7F)
+    return tag, start, start + int.from_bytes(buf[pos + 2 : start], "big")
 
-    pem: bytes
-    certs: tuple[x509.Certificate, ...]
-    keys: tuple[object, ...]
-    spkis: tuple[bytes, ...]  # DER SubjectPublicKeyInfo of each certificate
-    cns: tuple[str, ...]
-    labels: tuple[str, ...]  # "subject [from..to]", for display
-    not_before: dt.datetime  # the overlap of every certificate's validity
-    not_after: dt.datetime
 
-    def p256(self, i: int, *, platform: str, what: str) -> ec.EllipticCurvePublicKey:
-        key = self.keys[i]
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise _fail(_R.UNSUPPORTED, f"{what} key is not ECDSA P-256", platform=platform, field=what)
-        return key
+def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """The exact TBSCertificate, issuer, subject and SubjectPublicKeyInfo encodings of a
+    certificate (RFC 5280 §4.1), sliced from its DER: nothing is re-encoded."""
+    _, c, _ = _hdr(der, 0)
+    _, t, end = _hdr(der, c)
+    tag, _, pos = _hdr(der, t)  # [0] version, or the serial number (v1)
+    if tag == 0xA0:
+        _, _, pos = _hdr(der, pos)  # serial number
+    _, _, pos = _hdr(der, pos)  # signature algorithm
+    _, _, e = _hdr(der, pos)
+    issuer, pos = der[pos:e], e
+    _, _, pos = _hdr(der, pos)  # validity
+    _, _, e = _hdr(der, pos)
+    subject, pos = der[pos:e], e
+    _, _, e = _hdr(der, pos)
+    if e > end:
+        raise IndexError("SubjectPublicKeyInfo past the TBSCertificate")
+    return der[c:end], issuer, subject, der[pos:e]
+
+
+#: RFC 4514 short names of the attributes (2.5.4.<arc>) that Intel's names use, as cryptography
+#: renders them; with the length limits under which cryptography renders them without warning.
+_NAME_ARCS: Final = {
+    arc: (name, lo, hi, name + "=")
+    for arc, name, lo, hi in (
+        (3, "CN", 1, 64),
+        (6, "C", 2, 2),
+        (7, "L", 0, 255),
+        (8, "ST", 0, 255),
+        (10, "O", 0, 255),
+        (11, "OU", 0, 255),
+    )
+}
+#: One RDN of a plain name, up to its value: SET, SEQUENCE, OID 2.5.4.<arc in _NAME_ARCS>, tag.
+_PLAIN_RDN: Final = re.compile(
+    rb"\x31[\x09-\x7f]\x30[\x07-\x7d]\x06\x03\x55\x04[\x03\x06\x07\x08\x0a\x0b][\x0c\x13][\x00-\x76]", re.DOTALL
+)
+#: Attribute values that RFC 4514 (and cryptography's escaping) leave as they are: as a UTF8String,
+#: printable ASCII without the characters it escapes, no space first or last, no "#" first; as a
+#: PrintableString, the same within its character set (X.680 §41.4), which cryptography enforces.
+_PLAIN_VALUE: Final = re.compile(
+    rb"[^\x00-\x20#\\\"+,;<>\x7f-\xff](?:[^\x00-\x1f\\\"+,;<>\x7f-\xff]*[^\x00-\x20\\\"+,;<>\x7f-\xff])?"
+)
+_PLAIN_PRINTABLE: Final = re.compile(rb"[A-Za-z0-9'()\-./:=?](?:[A-Za-z0-9 '()\-./:=?]*[A-Za-z0-9'()\-./:=?])?")
+
+
+def _plain_name(raw: bytes) -> tuple[str, str] | None:
+    """(RFC 4514 string, first CN) of a DER Name, exactly as cryptography renders them, when the
+    name is plain: every RDN one attribute of a type in ``_NAME_ARCS`` whose value is a short
+    PrintableString or UTF8String of printable ASCII needing no escape. None otherwise (the
+    caller asks cryptography). cryptography decodes every plain name without error."""
+    n = len(raw)
+    if n < 2 or raw[0] != 0x30:
+        return None
+    first = raw[1]
+    if first < 0x80:
+        pos, length = 2, first
+    elif first == 0x81 and n > 2:
+        pos, length = 3, raw[2]
+    elif first == 0x82 and n > 3:
+        pos, length = 4, raw[2] << 8 | raw[3]
+    else:
+        return None
+    if pos + length != n:
+        return None
+    parts: list[str] = []
+    cn = ""
+    rdn, arcs = _PLAIN_RDN.match, _NAME_ARCS
+    while pos < n:
+        # SET { SEQUENCE { OID 2.5.4.<arc>, PrintableString | UTF8String } }, all lengths short
+        # and consistent: SET = value + 9, SEQUENCE = value + 7.
+        m = rdn(raw, pos)
+        if m is None:
+            return None
+        lv, spec = raw[pos + 10], arcs[raw[pos + 8]]
+        end = pos + 11 + lv
+        if raw[pos + 1] != lv + 9 or raw[pos + 3] != lv + 7 or end > n or not spec[1] <= lv <= spec[2]:
+            return None
+        if lv and not (_PLAIN_PRINTABLE if raw[pos + 9] == 0x13 else _PLAIN_VALUE).fullmatch(raw, pos + 11, end):
+            return None
+        text = raw[pos + 11 : end].decode("ascii")
+        if spec[0] == "CN" and not cn:
+            cn = text
+        parts.append(spec[3] + text)
+        pos = end
+    if not parts:
+        return None
+    parts.reverse()
+    return ",".join(parts), cn
+
+
+def _ymd(t: dt.datetime) -> str:
+    """``f"{t:%Y-%m-%d}"``, without strftime for the usual four-digit years."""
+    return t.date().isoformat() if t.year >= 1000 else f"{t:%Y-%m-%d}"
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -752,64 +977,361 @@ def _cn(cert: x509.Certificate) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
+@dataclasses.dataclass(slots=True)
+class _Cert:
+    """One certificate of a chain, decoded once: everything the checks read, from its exact DER.
+    (Not frozen only because a frozen dataclass is slower to build; nothing assigns to it.)"""
+
+    cert: x509.Certificate
+    der: bytes
+    tbs: bytes  # the signed TBSCertificate, as it is in ``der``
+    issuer_der: bytes
+    subject_der: bytes
+    spki_der: bytes  # as it is in ``der``: identifies the key (memo keys)
+    key: object
+    hash_alg: hashes.HashAlgorithm | None
+    extensions: x509.Extensions
+    subject: str  # RFC 4514
+    cn: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    #: Set only for the pinned roots decoded at import: their self-signature is proven.
+    self_signed: bool = False
+    _label: str | None = None
+
+    @property
+    def label(self) -> str:
+        """ "subject [from..to]", for display."""
+        if self._label is None:
+            self._label = f"{self.subject} [{_ymd(self.not_before)}..{_ymd(self.not_after)}]"
+        return self._label
+
+    def basic_constraints(self) -> x509.BasicConstraints | None:
+        try:
+            return self.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            return None
+
+
+def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
+    """Decode a certificate and every part of it the checks use, so a malformed one is refused
+    here (cryptography decodes lazily; each access may raise one of ``_LAZY_PARSE_ERRORS``, and
+    ``_tbs_parts`` IndexError) and not from deep inside a check. The subject is rendered without
+    cryptography when it is plain (:func:`_plain_name`)."""
+    if cert is None:
+        cert = x509.load_der_x509_certificate(der)
+    tbs, issuer_der, subject_der, spki_der = _tbs_parts(der)
+    plain = _plain_name(subject_der)
+    if plain is None:
+        subject = cert.subject
+        plain = (subject.rfc4514_string(), _cn(cert))
+    extensions = cert.extensions
+    hash_alg = cert.signature_hash_algorithm
+    key = cert.public_key()
+    return _Cert(  # positionally: the fields in order
+        cert,
+        der,
+        tbs,
+        issuer_der,
+        subject_der,
+        spki_der,
+        key,
+        hash_alg,
+        extensions,
+        plain[0],
+        plain[1],
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
+
+
+_BEGIN_CERT: Final = b"-----BEGIN CERTIFICATE-----"
+_END_CERT: Final = b"-----END CERTIFICATE-----"
+_FILLER_BYTES: Final = b" \t\n\r\x0b\x0c\x00"  # what _PEM_FILLER matches
+_B64_VALUE: Final = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def _b64_canonical(b64: bytes) -> bytes | None:
+    """Decode ``b64`` if it is canonical base64 (RFC 4648 §3.5: padded to a multiple of 4, only
+    the alphabet, zero pad bits), the only form cryptography's PEM parser decodes; else None."""
+    if not b64 or len(b64) & 3:
+        return None
+    try:
+        der = binascii.a2b_base64(b64, strict_mode=True)
+    except binascii.Error:
+        return None
+    if b64[-1] == 0x3D:  # "=": the bits below the last character's must be zero
+        pad = 2 if b64[-2] == 0x3D else 1
+        last = _B64_VALUE.get(b64[-pad - 1])
+        if last is None or last & (0x0F if pad == 2 else 0x03):
+            return None
+    return der
+
+
+def _pem_ders(pem: bytes) -> list[bytes] | None:
+    """The DER of each certificate of a PEM chain in the strict layout (``_PEM_STRICT`` with LF
+    line ends: the BEGIN line, non-empty base64 lines, the END line; only whitespace and NULs
+    between blocks; canonical base64), which cryptography's PEM parser also accepts and decodes
+    to the same bytes. None for anything else (the general path then decides). Checked without
+    a regular expression: the blocks are found with ``bytes.find``, their line structure checked
+    by their line breaks, their base64 by a strict decoder."""
+    if b"\r" in pem:
+        return None
+    ders: list[bytes] = []
+    pos = 0
+    while True:
+        start = pem.find(_BEGIN_CERT, pos)
+        if start < 0:
+            break
+        if pem[pos:start].strip(_FILLER_BYTES):
+            return None
+        start += len(_BEGIN_CERT)
+        end = pem.find(_END_CERT, start)
+        if end < 0:
+            return None
+        body = pem[start:end]
+        if body[:1] != b"\n" or body[-1:] != b"\n" or b"\n\n" in body:
+            return None
+        der = _INTEL_ROOT_DER if body == _INTEL_ROOT_PEM_BODY else _b64_canonical(body.translate(None, b"\n"))
+        if der is None:
+            return None
+        ders.append(der)
+        pos = end + len(_END_CERT)
+    if not ders or pem[pos:].strip(_FILLER_BYTES):
+        return None
+    return ders
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Chain:
+    """A parsed PEM chain (leaf first) and what every verification needs of it, computed once per
+    exact bytes."""
+
+    pem: bytes
+    items: tuple[_Cert, ...]
+    root_spki_sha256: bytes  # SHA-256 of the root's DER SubjectPublicKeyInfo: how roots are pinned
+
+    @property
+    def certs(self) -> tuple[x509.Certificate, ...]:
+        return tuple(c.cert for c in self.items)
+
+    @property
+    def cns(self) -> tuple[str, ...]:
+        return tuple(c.cn for c in self.items)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """ "subject [from..to]" of each certificate, for display."""
+        return tuple(c.label for c in self.items)
+
+    @property
+    def not_before(self) -> dt.datetime:
+        """The start of the overlap of every certificate's validity."""
+        return max([c.not_before for c in self.items])
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return min([c.not_after for c in self.items])
+
+    def p256(self, i: int, *, platform: str, what: str) -> ec.EllipticCurvePublicKey:
+        key = self.items[i].key
+        if not _is_p256(key):
+            raise _fail(_R.UNSUPPORTED, f"{what} key is not ECDSA P-256", platform=platform, field=what)
+        return key
+
+
+#: Intel SGX Root CA (fixtures/attestation/sgx/intel_sgx_root_ca.der, DER SHA-256 44A0196B…74D3),
+#: the certificate every genuine PCK and TCB Signing chain ends with. It is decoded and its
+#: self-signature checked once, at import; a chain whose last certificate is exactly these bytes
+#: reuses that. Whether it is *trusted* is still decided per call, by ``roots``.
+_INTEL_ROOT_DER: Final = base64.b64decode(
+    "MIICjzCCAjSgAwIBAgIUImUM1lqdNInzg7SVUr9QGzknBqwwCgYIKoZIzj0EAwIwaDEaMBgGA1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0Ex"
+    "GjAYBgNVBAoMEUludGVsIENvcnBvcmF0aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJBgNVBAYTAlVTMB4X"
+    "DTE4MDUyMTEwNDUxMFoXDTQ5MTIzMTIzNTk1OVowaDEaMBgGA1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0ExGjAYBgNVBAoMEUludGVsIENv"
+    "cnBvcmF0aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJBgNVBAYTAlVTMFkwEwYHKoZIzj0CAQYIKoZIzj0D"
+    "AQcDQgAEC6nEwMDIYZOj/iPWsCzaEKi71OiOSLRFhWGjbnBVJfVnkY4u3IjkDYYL0MxO4mqsyYjlBalTVYxFP2sJBK5zlKOBuzCBuDAf"
+    "BgNVHSMEGDAWgBQiZQzWWp00ifODtJVSv1AbOScGrDBSBgNVHR8ESzBJMEegRaBDhkFodHRwczovL2NlcnRpZmljYXRlcy50cnVzdGVk"
+    "c2VydmljZXMuaW50ZWwuY29tL0ludGVsU0dYUm9vdENBLmRlcjAdBgNVHQ4EFgQUImUM1lqdNInzg7SVUr9QGzknBqwwDgYDVR0PAQH/"
+    "BAQDAgEGMBIGA1UdEwEB/wQIMAYBAf8CAQEwCgYIKoZIzj0EAwIDSQAwRgIhAOW/5QkR+S9CiSDcNoowLuPRLsWGf/Yi7GSX94BgwTwg"
+    "AiEA4J0lrHoMs+Xo5o/sX6O9QWxHRAvZUGOdRQ7cvqRXaqI="
+)
+
+
+#: Its PEM body (64-column lines, LF), as the genuine chains carry it: recognised without decoding.
+_INTEL_ROOT_PEM_BODY: Final = (
+    b"\n"
+    + b"\n".join(base64.b64encode(_INTEL_ROOT_DER)[i : i + 64] for i in range(0, 4 * -(-len(_INTEL_ROOT_DER) // 3), 64))
+    + b"\n"
+)
+
+
+def _decode_pinned_root(der: bytes) -> tuple[_Cert, bytes]:
+    assert hashlib.sha256(der).hexdigest() == "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+    root = _decode_cert(der)
+    key = root.key
+    assert isinstance(key, ec.EllipticCurvePublicKey) and root.hash_alg is not None and root.issuer_der == root.subject_der
+    key.verify(root.cert.signature, root.tbs, ec.ECDSA(root.hash_alg))  # raises if it were not self-signed
+    spki = hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
+    assert INTEL_ROOTS.get(spki) == "intel-sgx-root-ca"
+    root.self_signed = True
+    return root, spki
+
+
+#: DER → (decoded root, SHA-256 of its SPKI), for the roots proven at import.
+_KNOWN_ROOTS: Final[Mapping[bytes, tuple[_Cert, bytes]]] = types.MappingProxyType(
+    {_INTEL_ROOT_DER: _decode_pinned_root(_INTEL_ROOT_DER)}
+)
+
+
 def _pem_chain(pem: bytes, *, platform: str, what: str) -> _Chain:
     """Certificates of a PEM chain. Besides the certificate blocks only whitespace and NULs (the
     QE NUL-terminates the chain) may appear: other bytes would be unsigned, ignored content."""
 
     def load() -> _Chain:
-        if not _PEM_FILLER.fullmatch(_PEM_BLOCK.sub(b"", pem)):
-            raise _fail(_R.MALFORMED, f"{what}: bytes outside the PEM certificate blocks", platform=platform, field=what)
+        ders = _pem_ders(pem)
+        certs: list[x509.Certificate | None]
+        if ders is None:
+            if not _PEM_FILLER.fullmatch(_PEM_BLOCK.sub(b"", pem)):
+                raise _fail(_R.MALFORMED, f"{what}: bytes outside the PEM certificate blocks", platform=platform, field=what)
+            try:
+                # load_pem_chain turns ValueError into MALFORMED; InvalidVersion is not a ValueError.
+                loaded = load_pem_chain(pem, platform=platform, what=what)
+            except x509.InvalidVersion as e:
+                raise _fail(_R.MALFORMED, f"{what}: {e}", platform=platform, field=what) from None
+            certs = list(loaded)
+            ders = [c.public_bytes(serialization.Encoding.DER) for c in loaded]
+        else:
+            certs = [None] * len(ders)
+        items: list[_Cert] = []
+        root_spki: bytes | None = None
         try:
-            # load_pem_chain turns ValueError into MALFORMED; InvalidVersion is not a ValueError.
-            certs = tuple(load_pem_chain(pem, platform=platform, what=what))
-        except x509.InvalidVersion as e:
-            raise _fail(_R.MALFORMED, f"{what}: {e}", platform=platform, field=what) from None
-        try:
-            # cryptography decodes certificates lazily; touch every part verify_chain will use,
-            # so a malformed one is refused here and not as an exception from deep inside it.
-            for c in certs:
-                _ = (c.subject, c.issuer, c.extensions, c.signature_hash_algorithm, c.tbs_certificate_bytes)
-            keys = tuple(c.public_key() for c in certs)
-        except _LAZY_PARSE_ERRORS as e:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # serial numbers ≤ 0 or too long are warned about
+                for i, (der, cert) in enumerate(zip(ders, certs, strict=True)):
+                    known = _KNOWN_ROOTS.get(der) if i == len(ders) - 1 else None
+                    if known is not None:
+                        items.append(known[0])
+                        root_spki = known[1]
+                    else:
+                        items.append(_decode_cert(der, cert))
+                # An issuer name that is not byte for byte the next certificate's subject (which
+                # decoded) is decoded too: a chain check compares it.
+                for i, c in enumerate(items):
+                    nxt = items[i + 1] if i + 1 < len(items) else c
+                    if c.issuer_der != nxt.subject_der:
+                        _ = c.cert.issuer
+                if root_spki is None:
+                    root_key = items[-1].cert.public_key()
+                    root_spki = hashlib.sha256(
+                        root_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+                    ).digest()
+        except (*_LAZY_PARSE_ERRORS, IndexError) as e:
             raise _fail(
                 _R.MALFORMED, f"{what}: undecodable certificate ({type(e).__name__}: {e})", platform=platform, field=what
             ) from None
-        return _Chain(
-            pem=pem,
-            certs=certs,
-            keys=keys,
-            spkis=tuple(
-                k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) for k in keys
-            ),
-            cns=tuple(_cn(c) for c in certs),
-            labels=tuple(
-                f"{c.subject.rfc4514_string()} [{c.not_valid_before_utc:%Y-%m-%d}..{c.not_valid_after_utc:%Y-%m-%d}]"
-                for c in certs
-            ),
-            not_before=max(c.not_valid_before_utc for c in certs),
-            not_after=min(c.not_valid_after_utc for c in certs),
-        )
+        return _Chain(pem=pem, items=tuple(items), root_spki_sha256=root_spki)
 
     return _PEM_CHAINS.get(pem, load)
+
+
+#: cryptography's EC public key class. ``isinstance`` against its ABC goes through ABCMeta (slow);
+#: the exact class is checked first, the ABC only for anything else.
+_EC_PUBLIC_KEY_CLASS: Final = type(ec.derive_private_key(1, ec.SECP256R1()).public_key())
+
+
+def _is_p256(key: object) -> TypeGuard[ec.EllipticCurvePublicKey]:
+    if type(key) is _EC_PUBLIC_KEY_CLASS or isinstance(key, ec.EllipticCurvePublicKey):
+        curve = key.curve
+        return type(curve) is ec.SECP256R1 or isinstance(curve, ec.SECP256R1)
+    return False
+
+
+#: ECDSA with each hash algorithm a certificate may name, built once.
+_ECDSA_WITH: Final[Mapping[type[hashes.HashAlgorithm], ec.ECDSA]] = {
+    h: ec.ECDSA(h()) for h in (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+}
 
 
 def _roots_key(roots: Mapping[bytes, str]) -> tuple[tuple[bytes, str], ...]:
     return tuple(sorted(roots.items()))
 
 
+def _issued_by(cert: _Cert, issuer: _Cert, *, platform: str, what: str) -> None:
+    """:func:`.x509chain.verify_issued_by` on decoded certificates: names compared as encoded
+    (as decoded when the encodings differ), the signature over the TBSCertificate as encoded."""
+    if cert.issuer_der != issuer.subject_der and cert.cert.issuer != issuer.cert.subject:
+        raise _fail(_R.CHAIN_INVALID, f"{what}: issuer name does not match", platform=platform, field=what)
+    key, hash_alg = issuer.key, cert.hash_alg
+    if hash_alg is None or not (type(key) is _EC_PUBLIC_KEY_CLASS or isinstance(key, ec.EllipticCurvePublicKey)):
+        verify_issued_by(cert.cert, issuer.cert, platform=platform, what=what)  # RSA, or refused there
+        return
+    try:
+        key.verify(cert.cert.signature, cert.tbs, _ECDSA_WITH.get(type(hash_alg)) or ec.ECDSA(hash_alg))
+    except InvalidSignature:
+        raise _fail(_R.BAD_SIGNATURE, f"{what}: certificate signature", platform=platform, field=what) from None
+    except UnsupportedAlgorithm:
+        raise _fail(_R.UNSUPPORTED, f"{what}: signature algorithm", platform=platform, field=what) from None
+
+
+def _check_validity(c: _Cert, at: dt.datetime, *, platform: str, what: str) -> None:
+    if at < c.not_before:
+        raise _fail(_R.CERT_NOT_YET_VALID, f"{what} valid from {c.not_before.isoformat()}", platform=platform, field=what)
+    if at > c.not_after:
+        raise _fail(_R.CERT_EXPIRED, f"{what} expired {c.not_after.isoformat()}", platform=platform, field=what)
+
+
+def _verify_chain(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.datetime, platform: str, names: Sequence[str]) -> str:
+    """:func:`.x509chain.verify_chain` on a decoded chain, check for check and in its order: root
+    key pinned, root self-signed, each certificate signed by the next, CA flag (and path length)
+    on every issuer, all valid at ``at``. Returns the pinned root's name."""
+    items = chain.items
+    root = items[-1]
+    root_name = roots.get(chain.root_spki_sha256)
+    if root_name is None:
+        raise _fail(
+            _R.UNTRUSTED_ROOT,
+            f"root key {chain.root_spki_sha256.hex()[:16]}… is not pinned",
+            platform=platform,
+            field=names[-1],
+        )
+    try:
+        if not root.self_signed:
+            _issued_by(root, root, platform=platform, what=names[-1])
+        for i in range(len(items) - 1):
+            bc = items[i + 1].basic_constraints()
+            if bc is None or not bc.ca:
+                raise _fail(_R.CHAIN_INVALID, f"{names[i + 1]} is not a CA", platform=platform, field=names[i + 1])
+            # RFC 5280 §4.2.1.9: at most path_length CA certificates may follow this one.
+            if bc.path_length is not None and i > bc.path_length:
+                raise _fail(
+                    _R.CHAIN_INVALID,
+                    f"{names[i + 1]} path length {bc.path_length} exceeded",
+                    platform=platform,
+                    field=names[i + 1],
+                )
+            _issued_by(items[i], items[i + 1], platform=platform, what=names[i])
+    except AttestationError:
+        raise
+    except _LAZY_PARSE_ERRORS as e:
+        raise _fail(_R.MALFORMED, f"certificate: {type(e).__name__}", platform=platform) from None
+    for c, label in zip(items, names, strict=True):
+        _check_validity(c, at, platform=platform, what=label)
+    return root_name
+
+
 def _verify_chain_memo(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.datetime, platform: str, names: Sequence[str]) -> str:
-    """``verify_chain`` at ``at``; once a chain (by its exact bytes) has passed under these pins,
+    """``_verify_chain`` at ``at``; once a chain (by its exact bytes) has passed under these pins,
     only the part that depends on ``at`` — every certificate's validity — is checked again."""
     done: list[str] = []
 
     def first_time() -> str:
-        done.append(verify_chain(chain.certs, pinned=roots, at=at, platform=platform, names=names))
+        done.append(_verify_chain(chain, roots=roots, at=at, platform=platform, names=names))
         return done[0]
 
     root_name = _CHAIN_SIGS.get((chain.pem, _roots_key(roots)), first_time)
-    if not done and not chain.not_before <= at <= chain.not_after:
-        for cert, label in zip(chain.certs, names, strict=True):
-            check_validity(cert, at, platform=platform, what=label)
+    if not done:
+        for c, label in zip(chain.items, names, strict=True):
+            _check_validity(c, at, platform=platform, what=label)
     return root_name
 
 
@@ -817,22 +1339,38 @@ class _BadSignature(Exception):
     """Internal: a signature check failed (raised inside a memoised check so nothing is stored)."""
 
 
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+_ECDSA_PREHASHED_SHA256: Final = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+
+def _raw_sig_valid(key: ec.EllipticCurvePublicKey, data: bytes, sig: bytes, *, digest: bytes | None = None) -> bool:
+    """ECDSA P-256/SHA-256 with a raw 64-byte ``r‖s`` signature (over ``data``, whose SHA-256
+    ``digest`` may be given when already computed)."""
+    der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    try:
+        if digest is None:
+            key.verify(der, data, _ECDSA_SHA256)
+        else:
+            key.verify(der, digest, _ECDSA_PREHASHED_SHA256)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _sig_ok(key: ec.EllipticCurvePublicKey, key_id: bytes, data: bytes, sig: bytes) -> bool:
     """ECDSA P-256/SHA-256 with a raw ``r‖s`` signature, how every DCAP structure is signed.
     Memoised by (key, SHA-256 of the data, signature): a signature check never changes its mind."""
     if len(sig) != _SIG_LEN:
         return False
+    digest = hashlib.sha256(data).digest()
 
     def check() -> bool:
-        der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
-        try:
-            key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            raise _BadSignature from None
+        if not _raw_sig_valid(key, data, sig, digest=digest):
+            raise _BadSignature
         return True
 
     try:
-        return _SIG_OK.get((key_id, hashlib.sha256(data).digest(), sig), check)
+        return _SIG_OK.get((key_id, digest, sig), check)
     except _BadSignature:
         return False
 
@@ -1109,6 +1647,12 @@ class QeIdentity:
     levels: tuple[TcbLevel, ...]
 
 
+_new_tcb_level = _record(TcbLevel)
+_new_module = _record(TdxModuleIdentity)
+_new_tcb_info = _record(TcbInfo)
+_new_qe_identity = _record(QeIdentity)
+
+
 def _obj(v: object, field: str) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise _coll_fail("must be an object", field)
@@ -1159,23 +1703,86 @@ def _level_common(lv: Mapping[str, Any], field: str) -> dict[str, Any]:
     return {"tcb_date": _str(lv, "tcbDate", field), "status": status, "advisory_ids": tuple(advisories)}
 
 
+# The fast paths below accept exactly what the field-by-field checks accept (parsed JSON has
+# exact types, so ``type(x) is int`` is ``isinstance(x, int) and not a bool``), in a few C-level
+# operations; on anything else they return None and the field-by-field checks raise the error.
+_GET_SVN: Final = operator.itemgetter("svn")
+
+
+def _svns_fast(v: object, bools: bool = True) -> tuple[int, ...] | None:
+    """16 ``{"svn": 0..255}``. ``bools=False``: the JSON text has no ``true``/``false`` at all,
+    so no value can be a bool (which ``bytes()`` would take for 0 or 1)."""
+    if type(v) is list and len(v) == 16:
+        try:
+            svns = tuple(map(_GET_SVN, v))  # TypeError unless every component is a dict
+            bytes(svns)  # TypeError unless all are ints (or bools), ValueError unless in 0..255
+        except (TypeError, KeyError, ValueError):
+            return None
+        if not bools or set(map(type, svns)) == {int}:
+            return svns
+    return None
+
+
 def _svns(v: object, field: str) -> tuple[int, ...]:
+    svns = _svns_fast(v)
+    if svns is not None:
+        return svns
     if not isinstance(v, list) or len(v) != 16:
         raise _coll_fail("must list 16 components", field)
     return tuple(_int(_obj(c, field), "svn", field, 255) for c in v)
 
 
+def _common_fast(lv: dict[str, Any]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(tcbDate, tcbStatus, advisoryIDs) of a level, or None (see ``_level_common``)."""
+    status, date, advisories = lv.get("tcbStatus"), lv.get("tcbDate"), lv.get("advisoryIDs")
+    if type(status) is not str or status not in _LEVEL_STATUSES or type(date) is not str:
+        return None
+    if advisories is None:
+        return date, status, ()
+    if type(advisories) is not list or set(map(type, advisories)) - {str}:
+        return None
+    return date, status, tuple(advisories)
+
+
+def _isv_level_fast(lv: object) -> TcbLevel | None:
+    if type(lv) is not dict:
+        return None
+    tcb, common = lv.get("tcb"), _common_fast(lv)
+    if type(tcb) is not dict or common is None:
+        return None
+    isvsvn = tcb.get("isvsvn")
+    if type(isvsvn) is not int or not 0 <= isvsvn <= 0xFFFF:
+        return None
+    return _new_tcb_level((), 0, None, isvsvn, *common)
+
+
+def _tcb_level_fast(lv: object, tdx: bool, bools: bool) -> TcbLevel | None:
+    if type(lv) is not dict:
+        return None
+    tcb, common = lv.get("tcb"), _common_fast(lv)
+    if type(tcb) is not dict or common is None:
+        return None
+    tdx_svns = _svns_fast(tcb.get("tdxtcbcomponents"), bools) if tdx else None
+    sgx_svns, pcesvn = _svns_fast(tcb.get("sgxtcbcomponents"), bools), tcb.get("pcesvn")
+    if sgx_svns is None or (tdx and tdx_svns is None) or type(pcesvn) is not int or not 0 <= pcesvn <= 0xFFFF:
+        return None
+    return _new_tcb_level(sgx_svns, pcesvn, tdx_svns, 0, *common)
+
+
 def _isv_levels(levels: list[Any], field: str) -> tuple[TcbLevel, ...]:
     out = []
     for i, lv in enumerate(levels):
-        f = f"{field}[{i}]"
-        lv = _obj(lv, f)
-        out.append(TcbLevel(isvsvn=_int(_obj(lv.get("tcb"), f + ".tcb"), "isvsvn", f + ".tcb", 0xFFFF), **_level_common(lv, f)))
+        level = _isv_level_fast(lv)
+        if level is None:
+            f = f"{field}[{i}]"
+            lv = _obj(lv, f)
+            level = TcbLevel(isvsvn=_int(_obj(lv.get("tcb"), f + ".tcb"), "isvsvn", f + ".tcb", 0xFFFF), **_level_common(lv, f))
+        out.append(level)
     return tuple(out)
 
 
 def _module(d: Mapping[str, Any], field: str, ident: str) -> TdxModuleIdentity:
-    return TdxModuleIdentity(
+    return _new_module(
         id=ident,
         mrsigner=_hexbytes(d.get("mrsigner"), f"{field}.mrsigner", 48),
         attributes=_hexbytes(d.get("attributes"), f"{field}.attributes", 8),
@@ -1201,16 +1808,22 @@ def _parse_tcb_info(raw: str) -> TcbInfo:
         # [PCS]: type 0 compares the 16 SVNs one by one; no other type is defined.
         raise _coll_fail(f"tcbType {tcb_type} (only 0)", f + ".tcbType")
     levels = []
+    tdx = ident == "TDX"
+    bools = "true" in raw or "false" in raw
     for i, lv in enumerate(_list(doc, "tcbLevels", f)):
+        level = _tcb_level_fast(lv, tdx, bools)
+        if level is not None:
+            levels.append(level)
+            continue
         lf = f"{f}.tcbLevels[{i}]"
         lv = _obj(lv, lf)
         tcb = _obj(lv.get("tcb"), lf + ".tcb")
-        tdx = _svns(tcb.get("tdxtcbcomponents"), lf + ".tcb.tdxtcbcomponents") if ident == "TDX" else None
+        tdx_svns = _svns(tcb.get("tdxtcbcomponents"), lf + ".tcb.tdxtcbcomponents") if tdx else None
         levels.append(
             TcbLevel(
                 sgx_svns=_svns(tcb.get("sgxtcbcomponents"), lf + ".tcb.sgxtcbcomponents"),
                 pcesvn=_int(tcb, "pcesvn", lf + ".tcb", 0xFFFF),
-                tdx_svns=tdx,
+                tdx_svns=tdx_svns,
                 **_level_common(lv, lf),
             )
         )
@@ -1222,7 +1835,7 @@ def _parse_tcb_info(raw: str) -> TcbInfo:
         mf = f"{f}.tdxModuleIdentities[{i}]"
         m = _obj(m, mf)
         identities.append(_module(m, mf, _str(m, "id", mf).upper()))
-    return TcbInfo(
+    return _new_tcb_info(
         id=ident,
         version=version,
         issue_date=_date(doc, "issueDate", f),
@@ -1246,7 +1859,7 @@ def _parse_qe_identity(raw: str) -> QeIdentity:
     version = _int(doc, "version", f)
     if version != 2:
         raise _coll_fail(f"enclave identity version {version} (only 2)", f + ".version")
-    return QeIdentity(
+    return _new_qe_identity(
         id=_str(doc, "id", f),
         version=version,
         issue_date=_date(doc, "issueDate", f),
@@ -1295,6 +1908,9 @@ class TcbVerdict:
         }
 
 
+_new_tcb_verdict = _record(TcbVerdict)
+
+
 def _converge(status: str, component: str | None) -> str:
     """Fold a QE or TDX-module status into the platform's ([QVL] convergeTcbStatusWith…): an
     out-of-date component makes a current platform OutOfDate (or OutOfDateConfigurationNeeded
@@ -1318,7 +1934,9 @@ def _isv_match(levels: Sequence[TcbLevel], isvsvn: int) -> TcbLevel | None:
 
 
 def _masked(value: bytes, mask: bytes) -> bytes:
-    return bytes(a & b for a, b in zip(value, mask, strict=True))
+    if len(value) != len(mask):
+        raise ValueError("value and mask differ in length")
+    return (int.from_bytes(value, "big") & int.from_bytes(mask, "big")).to_bytes(len(value), "big")
 
 
 def _check_qe_identity(qe: EnclaveReport, ident: QeIdentity, *, tdx: bool, platform: str) -> TcbLevel | None:
@@ -1415,13 +2033,15 @@ def evaluate_tcb(quote: Quote, pck: PckInfo, tcb_info: TcbInfo, qe_identity: QeI
         qe_level = _check_qe_identity(quote.qe_report, qe_identity, tdx=tdx, platform=platform) or "none"
 
     level: TcbLevel | None = None
+    # Both sides always have 16 components (the parsers insist), so map() compares them all.
+    tee_tcb_svn = tuple(quote.body.tee_tcb_svn) if isinstance(quote.body, TdReport) else None
+    start = 2 if tee_tcb_svn is not None and tee_tcb_svn[1] > 0 else 0
     for lv in tcb_info.levels:
-        if lv.pcesvn > pck.pcesvn or any(p < t for p, t in zip(pck.tcb_comp_svn, lv.sgx_svns, strict=True)):
+        if lv.pcesvn > pck.pcesvn or not all(map(operator.ge, pck.tcb_comp_svn, lv.sgx_svns)):
             continue
-        if isinstance(quote.body, TdReport):
+        if tee_tcb_svn is not None:
             assert lv.tdx_svns is not None
-            start = 2 if quote.body.tee_tcb_svn[1] > 0 else 0
-            if any(quote.body.tee_tcb_svn[i] < lv.tdx_svns[i] for i in range(start, 16)):
+            if not all(map(operator.ge, tee_tcb_svn[start:], lv.tdx_svns[start:])):
                 continue
         level = lv
         break
@@ -1437,7 +2057,7 @@ def evaluate_tcb(quote: Quote, pck: PckInfo, tcb_info: TcbInfo, qe_identity: QeI
         for x in (level, module_level, qe_level):
             if isinstance(x, TcbLevel):
                 advisories.extend(a for a in x.advisory_ids if a not in advisories)
-    return TcbVerdict(
+    return _new_tcb_verdict(
         status=status,
         advisory_ids=tuple(advisories),
         platform_status=platform_status,
@@ -1466,7 +2086,7 @@ def verify_signed_json(
         AttestationError: BAD_SIGNATURE, UNTRUSTED_ROOT, CERT_* or CHAIN_INVALID.
     """
     chain = _pem_chain(issuer_chain, platform=platform, what=f"{what}_issuer_chain")
-    if len(chain.certs) != 2 or chain.cns[0] != "Intel SGX TCB Signing":
+    if len(chain.items) != 2 or chain.items[0].cn != "Intel SGX TCB Signing":
         raise _fail(
             _R.CHAIN_INVALID,
             "expected the Intel SGX TCB Signing certificate and the root",
@@ -1475,20 +2095,46 @@ def verify_signed_json(
         )
     _verify_chain_memo(chain, roots=roots, at=at, platform=platform, names=("tcb_signing", "tcb_signing_root"))
     key = chain.p256(0, platform=platform, what="tcb_signing")
-    if not _sig_ok(key, chain.spkis[0], body.encode("utf-8"), signature):
+    if not _sig_ok(key, chain.items[0].spki_der, body.encode("utf-8"), signature):
         raise _fail(_R.BAD_SIGNATURE, f"{what} signature does not verify over its JSON text", platform=platform, field=what)
     return chain
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class _Crl:
-    issuer: x509.Name
+    crl: x509.CertificateRevocationList
+    issuer_der: bytes  # as encoded in the CRL
     this_update: dt.datetime
     next_update: dt.datetime
-    revoked: frozenset[int]
-    tbs: bytes
+    tbs: bytes  # the signed TBSCertList, as it is in the DER
     signature: bytes
     hash_algorithm: hashes.HashAlgorithm
+    _looked_up: dict[int, bool] = dataclasses.field(default_factory=dict)
+
+    def revokes(self, serial: int) -> bool:
+        """Whether ``serial`` is on the CRL. Only the serials asked about are looked up (the
+        entries were all decoded when the CRL was loaded), and each answer is kept."""
+        hit = self._looked_up.get(serial)
+        if hit is None:
+            if serial > 0:
+                hit = self.crl.get_revoked_certificate_by_serial_number(serial) is not None
+            else:  # cryptography looks up only positive serials; compare every entry's
+                hit = any(r.serial_number == serial for r in self.crl)
+            self._looked_up[serial] = hit
+        return hit
+
+
+def _crl_parts(der: bytes) -> tuple[bytes, bytes]:
+    """The exact TBSCertList and issuer encodings of a CRL (RFC 5280 §5.1) cryptography parsed."""
+    _, c, _ = _hdr(der, 0)
+    _, t, end = _hdr(der, c)
+    tag, _, pos = _hdr(der, t)  # version (v2), or the signature algorithm (v1)
+    if tag == 0x02:
+        _, _, pos = _hdr(der, pos)  # signature algorithm
+    _, _, e = _hdr(der, pos)
+    if e > end:
+        raise IndexError("issuer past the TBSCertList")
+    return der[c:end], der[pos:e]
 
 
 def _load_crl(der: bytes, *, platform: str, field: str) -> _Crl:
@@ -1497,18 +2143,23 @@ def _load_crl(der: bytes, *, platform: str, field: str) -> _Crl:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # cryptography decodes most of a CRL lazily: every access may raise ValueError.
+                # (Its revoked entries are all decoded here; the issuer name in _check_crl.)
                 crl = x509.load_der_x509_crl(der)
                 next_update = crl.next_update_utc
                 algo = crl.signature_hash_algorithm
-                parsed = (crl.issuer, crl.last_update_utc, frozenset(r.serial_number for r in crl), crl.tbs_certlist_bytes)
-        except (ValueError, TypeError, x509.InvalidVersion) as e:
+                this_update = crl.last_update_utc
+                tbs, issuer_der = _crl_parts(der)
+        except (ValueError, TypeError, x509.InvalidVersion, IndexError) as e:
             raise _fail(_R.COLLATERAL_INVALID, f"not a DER CRL: {e}", platform=platform, field=field) from None
-        if next_update is None or not isinstance(algo, hashes.SHA256 | hashes.SHA384 | hashes.SHA512):
+        if (
+            next_update is None
+            or algo is None
+            or not (type(algo) in _ECDSA_WITH or isinstance(algo, hashes.SHA256 | hashes.SHA384 | hashes.SHA512))
+        ):
             raise _fail(
                 _R.COLLATERAL_INVALID, "CRL without nextUpdate or an ECDSA-SHA2 signature", platform=platform, field=field
             )
-        issuer, this_update, revoked, tbs = parsed
-        return _Crl(issuer, this_update, next_update, revoked, tbs, crl.signature, algo)
+        return _Crl(crl, issuer_der, this_update, next_update, tbs, crl.signature, algo)
 
     return _CRLS.get(der, load)
 
@@ -1518,17 +2169,22 @@ def _check_crl(der: bytes, issuer: _Chain, index: int, *, platform: str, field: 
     crl = _load_crl(der, platform=platform, field=field)
 
     def check() -> bool:
-        subject = issuer.certs[index].subject
-        if crl.issuer != subject:
-            raise _fail(
-                _R.COLLATERAL_INVALID,
-                f"CRL issuer {crl.issuer.rfc4514_string()} is not {subject.rfc4514_string()}",
-                platform=platform,
-                field=field,
-            )
+        subject = issuer.items[index]
+        if crl.issuer_der != subject.subject_der:  # else the same name, encoded alike
+            try:
+                name = crl.crl.issuer
+            except (ValueError, TypeError, x509.InvalidVersion) as e:
+                raise _fail(_R.COLLATERAL_INVALID, f"not a DER CRL: {e}", platform=platform, field=field) from None
+            if name != subject.cert.subject:
+                raise _fail(
+                    _R.COLLATERAL_INVALID,
+                    f"CRL issuer {name.rfc4514_string()} is not {subject.subject}",
+                    platform=platform,
+                    field=field,
+                )
         key = issuer.p256(index, platform=platform, what=f"{field} issuer")
         try:
-            key.verify(crl.signature, crl.tbs, ec.ECDSA(crl.hash_algorithm))
+            key.verify(crl.signature, crl.tbs, _ECDSA_WITH.get(type(crl.hash_algorithm)) or ec.ECDSA(crl.hash_algorithm))
         except InvalidSignature:
             raise _fail(_R.BAD_SIGNATURE, "CRL signature does not verify", platform=platform, field=field) from None
         return True
@@ -1581,6 +2237,9 @@ class DcapVerdict:
         return out
 
 
+_new_dcap_verdict = _record(DcapVerdict)
+
+
 def _as_platform(parse: Callable[[str], _T], raw: str, platform: str) -> _T:
     """Collateral parsers report as platform "dcap"; inside a verification the error belongs to it."""
     try:
@@ -1599,7 +2258,7 @@ def _check_collateral(
     at: dt.datetime,
     platform: str,
 ) -> tuple[TcbVerdict, dict[str, Any]]:
-    pck_leaf, pck_ca = chain.certs[0], chain.certs[1]
+    pck_leaf, pck_ca = chain.items[0].cert, chain.items[1].cert
     # Windows: [issueDate/thisUpdate, nextUpdate] of every piece; all must hold at `at`.
     windows: list[tuple[str, dt.datetime, dt.datetime]] = []
 
@@ -1627,7 +2286,7 @@ def _check_collateral(
         qe_identity = _as_platform(parse_qe_identity, coll.qe_identity, platform)
         windows.append(("qe_identity", qe_identity.issue_date, qe_identity.next_update))
     for signer_chain in signers:
-        if signer_chain.spkis[-1] != chain.spkis[-1]:
+        if signer_chain.root_spki_sha256 != chain.root_spki_sha256:
             raise _fail(_R.COLLATERAL_INVALID, "collateral is signed under another root than the quote", platform=platform)
 
     # CRLs: [QVL] 4.1.2.4.6-7. The root CA CRL revokes intermediates (the PCK CA, the TCB Signing
@@ -1635,13 +2294,13 @@ def _check_collateral(
     if coll.root_ca_crl is not None:
         crl = _check_crl(coll.root_ca_crl, chain, 2, platform=platform, field="root_ca_crl")
         windows.append(("root_ca_crl", crl.this_update, crl.next_update))
-        for cert, label in ((pck_ca, "pck_ca"), *((c.certs[0], "tcb_signing") for c in signers)):
-            if cert.serial_number in crl.revoked:
+        for cert, label in ((pck_ca, "pck_ca"), *((c.items[0].cert, "tcb_signing") for c in signers)):
+            if crl.revokes(cert.serial_number):
                 raise _fail(_R.CERT_REVOKED, f"{label} is on the root CA CRL", platform=platform, field=label)
     if coll.pck_crl is not None:
         crl = _check_crl(coll.pck_crl, chain, 1, platform=platform, field="pck_crl")
         windows.append(("pck_crl", crl.this_update, crl.next_update))
-        if pck_leaf.serial_number in crl.revoked:
+        if crl.revokes(pck_leaf.serial_number):
             raise _fail(_R.CERT_REVOKED, "the PCK certificate is on the PCK CA's CRL", platform=platform, field="pck")
 
     for name, start, end in windows:
@@ -1695,17 +2354,17 @@ def verify_quote(
         raise _fail(_R.UNSUPPORTED, f"this is a {quote.platform.upper()} quote", platform=platform, field="header.tee_type")
 
     chain = _pem_chain(quote.pck_chain_pem, platform=platform, what="pck_chain")
-    if len(chain.certs) != 3:
+    if len(chain.items) != 3:
         raise _fail(
-            _R.CHAIN_INVALID, f"PCK chain has {len(chain.certs)} certificates, not 3", platform=platform, field="pck_chain"
+            _R.CHAIN_INVALID, f"PCK chain has {len(chain.items)} certificates, not 3", platform=platform, field="pck_chain"
         )
-    if chain.cns[0] != "Intel SGX PCK Certificate" or chain.cns[1] not in _PCK_CA_NAMES:
+    if chain.items[0].cn != "Intel SGX PCK Certificate" or chain.items[1].cn not in _PCK_CA_NAMES:
         raise _fail(_R.CHAIN_INVALID, "not an Intel SGX PCK certificate chain", platform=platform, field="pck_chain")
     root_name = _verify_chain_memo(chain, roots=roots, at=at, platform=platform, names=_PCK_NAMES)
-    pck = parse_pck_extensions(chain.certs[0], platform=platform)
+    pck = parse_pck_extensions(chain.items[0].cert, platform=platform)
 
     pck_key = chain.p256(0, platform=platform, what="pck")
-    if not _sig_ok(pck_key, chain.spkis[0], quote.qe_report.raw, quote.qe_report_signature):
+    if not _sig_ok(pck_key, chain.items[0].spki_der, quote.qe_report.raw, quote.qe_report_signature):
         raise _fail(_R.BAD_SIGNATURE, "QE report is not signed by the PCK key", platform=platform, field="qe_report_signature")
     binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
     if quote.qe_report.report_data != binding:
@@ -1720,19 +2379,14 @@ def verify_quote(
     except ValueError:
         raise _fail(_R.MALFORMED, "attestation key is not a P-256 point", platform=platform, field="attestation_key") from None
     # Never memoised: every quote carries its own report data, so its signature is always new.
-    der = utils.encode_dss_signature(int.from_bytes(quote.signature[:32], "big"), int.from_bytes(quote.signature[32:], "big"))
-    try:
-        att_key.verify(der, quote.signed, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise _fail(
-            _R.BAD_SIGNATURE, "quote is not signed by its attestation key", platform=platform, field="signature"
-        ) from None
+    if not _raw_sig_valid(att_key, quote.signed, quote.signature):
+        raise _fail(_R.BAD_SIGNATURE, "quote is not signed by its attestation key", platform=platform, field="signature")
 
     verdict: TcbVerdict | None = None
     coll_fields: dict[str, Any] = {}
     if collateral is not None:
         verdict, coll_fields = _check_collateral(quote, pck, chain, collateral, roots=roots, at=at, platform=platform)
-    return DcapVerdict(
+    return _new_dcap_verdict(
         quote=quote,
         pck=pck,
         pck_chain=chain.certs,

@@ -1,0 +1,345 @@
+"""The DCAP verifier's fast paths decide exactly as the general code they shortcut.
+
+Each fast path (issue 5: cold verification speed) accepts a subset of its inputs — the layouts
+genuine Intel quotes and collateral use — and hands everything else to the general code. These
+tests check, on the genuine samples and on mutations of them, that whenever a fast path answers,
+its answer is the general code's (or cryptography's, which the general code calls):
+
+* PEM chains: ``_pem_ders`` vs cryptography's PEM parser;
+* names: ``_plain_name`` vs cryptography's ``Name`` decoding and RFC 4514 rendering;
+* PCK SGX extensions: the whole-value pattern vs the TLV walker;
+* TCB info / QE identity: the one-pass level checks vs the field-by-field ones;
+* records built by ``_record`` vs the dataclasses' own constructors;
+* CRL look-ups vs every revoked serial;
+* the Intel root decoded at import vs the genuine chains' last certificate.
+"""
+
+from __future__ import annotations
+
+import binascii
+import copy
+import dataclasses
+import datetime as dt
+import json
+import random
+import warnings
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shardguard.attestation import dcap
+from shardguard.attestation.errors import AttestationError, AttestationReason
+
+from .conftest import fixture_bytes
+from .test_dcap import AT, DCAPQVL_COLLATERAL, SAMPLES, TDX10, layout, platform_of, quote_bytes
+
+R = AttestationReason
+
+
+def _pck_chain_pem(name: str) -> bytes:
+    q = quote_bytes(name)
+    return q[slice(*layout(q).pem)]
+
+
+def _collateral_docs() -> list[dict[str, Any]]:
+    return [json.loads(fixture_bytes(path).decode()) for path in DCAPQVL_COLLATERAL.values()]
+
+
+def _mutations(data: bytes, rng: random.Random, n: int, alphabet: bytes) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            pos, kind = rng.randrange(len(b)), rng.random()
+            if kind < 0.5:
+                b[pos] = rng.choice(alphabet) if rng.random() < 0.6 else rng.randrange(256)
+            elif kind < 0.75:
+                del b[pos : pos + rng.randint(1, 3)]
+            else:
+                b[pos:pos] = bytes([rng.choice(alphabet)])
+        out.append(bytes(b))
+    return out
+
+
+# -- PEM ------------------------------------------------------------------------------------------------
+def _cryptography_ders(pem: bytes) -> list[bytes] | None:
+    """What the general path accepts: the block/filler check, then cryptography's PEM parser."""
+    if not dcap._PEM_FILLER.fullmatch(dcap._PEM_BLOCK.sub(b"", pem)):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
+    except (ValueError, x509.InvalidVersion):
+        return None
+
+
+def _parses(der: bytes) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x509.load_der_x509_certificate(der)
+    except (ValueError, x509.InvalidVersion):
+        return False
+    return True
+
+
+def test_genuine_chains_take_the_pem_fast_path_and_end_with_the_root_decoded_at_import() -> None:
+    for name in SAMPLES:
+        pem = _pck_chain_pem(name)
+        ders = dcap._pem_ders(pem)
+        assert ders is not None and ders == _cryptography_ders(pem), name
+        assert ders[-1] is dcap._INTEL_ROOT_DER  # recognised by its PEM body, not decoded
+    assert fixture_bytes("sgx/intel_sgx_root_ca.der") == dcap._INTEL_ROOT_DER
+    root, spki = dcap._KNOWN_ROOTS[dcap._INTEL_ROOT_DER]
+    assert root.self_signed and dcap.INTEL_ROOTS[spki] == "intel-sgx-root-ca"
+
+
+def test_pem_fast_path_agrees_with_cryptography_on_mutations() -> None:
+    rng = random.Random(5)
+    alphabet = b"AZaz09+/=\n\r \x00-BEGINDCRTFA"
+    pems = [_pck_chain_pem(name) for name in (TDX10, "sgx/dcapqvl_sgx_v3_quote.bin")]
+    pems.append(pems[0].replace(b"\n", b"\r\n"))
+    taken = 0
+    for pem in pems:
+        for mutated in _mutations(pem, rng, 1500, alphabet):
+            ders = dcap._pem_ders(mutated)
+            if ders is not None:  # the fast path answered: cryptography must agree exactly
+                taken += 1
+                if not all(_parses(der) for der in ders):
+                    ders = None  # the fast path's caller then refuses it as MALFORMED, as cryptography does
+                assert ders == _cryptography_ders(mutated), mutated
+    assert taken > 200  # many mutations of base64 text keep the layout
+
+
+def test_base64_canonical_is_exactly_a_round_trip() -> None:
+    rng = random.Random(6)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n"
+    for _ in range(20000):
+        if rng.random() < 0.5:
+            s = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        else:
+            b = bytearray(binascii.b2a_base64(rng.randbytes(rng.randint(0, 10)), newline=False))
+            if b and rng.random() < 0.7:
+                b[rng.randrange(len(b))] = rng.choice(alphabet)
+            s = bytes(b)
+        der: bytes | None
+        try:
+            der = binascii.a2b_base64(s)
+            if not s or binascii.b2a_base64(der, newline=False) != s:
+                der = None
+        except binascii.Error:
+            der = None
+        assert dcap._b64_canonical(s) == der, s
+
+
+# -- names ------------------------------------------------------------------------------------------------
+def _cryptography_name(raw: bytes) -> tuple[str, str] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            name = x509.Name.from_bytes(raw)
+            cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+            return name.rfc4514_string(), str(cns[0].value) if cns else ""
+    except ValueError:
+        return None
+
+
+def test_plain_names_render_as_cryptography_renders_them() -> None:
+    names = []
+    for name in SAMPLES:
+        for c in x509.load_pem_x509_certificates(_pck_chain_pem(name).rstrip(b"\x00")):
+            names += [c.subject.public_bytes(), c.issuer.public_bytes()]
+    special = [
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, v), x509.NameAttribute(NameOID.COUNTRY_NAME, "US")]).public_bytes()
+        for v in ("a b", " lead", "trail ", "#x", "a,b", "a+b", 'q"', "é", "x" * 64, "semi;colon", "eq=ual")
+    ]
+    for raw in set(names + special):
+        got = dcap._plain_name(raw)
+        assert got is None or got == _cryptography_name(raw), raw
+    assert all(dcap._plain_name(raw) is not None for raw in names)  # Intel's names are plain
+    rng = random.Random(7)
+    alphabet = bytes([0x20, 0x23, 0x2C, 0x2B, 0x5C, 0x22, 0x3D, 0x00, 0x7F, 0x80, 0xC3, 0x41, 0x31, 0x30, 0x06, 0x0C, 0x13, 0x7B])
+    taken = 0
+    for raw in names[:6]:
+        for mutated in _mutations(raw, rng, 3000, alphabet):
+            got = dcap._plain_name(mutated)
+            if got is not None:
+                taken += 1
+                assert got == _cryptography_name(mutated), mutated.hex()
+    assert taken > 300
+
+
+# -- PCK SGX extensions ------------------------------------------------------------------------------
+def _sgx_extension(name: str) -> bytes:
+    leaf = x509.load_pem_x509_certificates(_pck_chain_pem(name).rstrip(b"\x00"))[0]
+    value: bytes = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.2.840.113741.1.13.1")).value.value  # type: ignore[attr-defined]
+    return value
+
+
+def _general_sgx_extension(value: bytes, monkeypatch: pytest.MonkeyPatch) -> dcap.PckInfo | None:
+    with monkeypatch.context() as m:
+        m.setattr(dcap, "_decode_sgx_extension_fast", lambda v: None)
+        m.setattr(dcap, "_TCB_ENTRY", type("NoMatch", (), {"fullmatch": staticmethod(lambda *a: None)}))
+        try:
+            return dcap._decode_sgx_extension(value)
+        except ValueError:
+            return None
+
+
+def test_sgx_extension_fast_path_agrees_with_the_tlv_walker(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {_sgx_extension(name) for name in SAMPLES}
+    for value in values:  # both Processor-CA (5 entries) and Platform-CA (7 entries) layouts
+        fast = dcap._decode_sgx_extension_fast(value)
+        assert fast is not None and fast == _general_sgx_extension(value, monkeypatch)
+    rng = random.Random(8)
+    taken = 0
+    for value in values:
+        for mutated in _mutations(value, rng, 1500, bytes([0x00, 0x01, 0x02, 0x04, 0x0A, 0x30, 0x7F, 0x80, 0x81, 0x82, 0xFF])):
+            fast = dcap._decode_sgx_extension_fast(mutated)
+            general = _general_sgx_extension(mutated, monkeypatch)
+            if fast is not None:
+                taken += 1
+                assert fast == general, mutated.hex()
+            try:
+                full: dcap.PckInfo | None = dcap._decode_sgx_extension(mutated)
+            except ValueError:
+                full = None
+            assert full == general, mutated.hex()
+    assert taken > 100
+
+
+# -- TCB info and QE identity -------------------------------------------------------------------------
+def _no_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dcap, "_svns_fast", lambda v, bools=True: None)
+    monkeypatch.setattr(dcap, "_tcb_level_fast", lambda lv, tdx, bools: None)
+    monkeypatch.setattr(dcap, "_isv_level_fast", lambda lv: None)
+
+
+def _outcome(parse: Any, raw: str) -> tuple[Any, ...]:
+    try:
+        return ("ok", parse(raw))
+    except AttestationError as e:
+        return ("error", e.reason, e.field, e.detail)
+
+
+_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    255,
+    256,
+    65535,
+    65536,
+    1.0,
+    "x",
+    "UpToDate",
+    [],
+    {},
+    {"svn": 1},
+    {"svn": True},
+    "00",
+]
+
+
+def _mutate_json(doc: Any, rng: random.Random) -> Any:
+    doc = copy.deepcopy(doc)
+    paths: list[tuple[Any, Any]] = []
+
+    def walk(node: Any) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            paths.append((node, key))
+            walk(child)
+
+    walk(doc)
+    parent, key = rng.choice(paths)
+    if rng.random() < 0.2 and isinstance(parent, dict):
+        del parent[key]
+    elif isinstance(parent[key], int) and not isinstance(parent[key], bool) and rng.random() < 0.5:
+        parent[key] += rng.choice([-1, 1, 250, 70000])
+    else:
+        parent[key] = copy.deepcopy(rng.choice(_VALUES))
+    return doc
+
+
+@pytest.mark.parametrize("kind", ["tcb_info", "qe_identity"])
+def test_tcb_level_fast_paths_agree_with_the_field_by_field_checks(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = dcap._parse_tcb_info if kind == "tcb_info" else dcap._parse_qe_identity
+    rng = random.Random(9)
+    cases = []
+    for coll in _collateral_docs():
+        doc = json.loads(coll[kind])
+        cases.append(coll[kind])
+        cases += [json.dumps(_mutate_json(doc, rng), separators=(",", ":")) for _ in range(250)]
+    fast = [_outcome(parse, raw) for raw in cases]
+    _no_fast_paths(monkeypatch)
+    general = [_outcome(parse, raw) for raw in cases]
+    assert fast == general
+    assert sum(o[0] == "ok" for o in fast) > 50
+
+
+# -- records, CRLs ----------------------------------------------------------------------------------
+def test_records_are_the_dataclasses_own() -> None:
+    v = dcap.verify_quote(
+        quote_bytes(TDX10),
+        platform="tdx",
+        collateral=dcap.load_collateral(fixture_bytes(DCAPQVL_COLLATERAL[TDX10]).decode()),
+        at=AT[TDX10],
+    )
+    assert v.tcb is not None
+    records: list[Any] = [v, v.quote, v.quote.body, v.quote.qe_report, v.pck, v.tcb]
+    for obj in records:
+        cls = type(obj)
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        built = cls(**values)
+        assert built == obj and repr(built) == repr(obj)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, dataclasses.fields(obj)[0].name, None)
+    info = dcap.parse_tcb_info(json.loads(fixture_bytes(DCAPQVL_COLLATERAL[TDX10]).decode())["tcb_info"])
+    others: list[Any] = [info, info.levels[0], info.tdx_module, *info.tdx_module_identities]
+    for obj in others:
+        assert obj is not None
+        assert type(obj)(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}) == obj
+        assert hash(obj) == hash(type(obj)(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}))
+
+
+def test_crl_lookups_agree_with_every_revoked_serial() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl")])
+    rng = random.Random(10)
+    serials = [1, 127, 128, 255, 256, 2**63, 2**159 - 1] + [rng.getrandbits(rng.randint(1, 159)) | 1 for _ in range(40)]
+    revoked = serials[::2]
+    b = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(name)
+        .last_update(dt.datetime(2025, 1, 1))
+        .next_update(dt.datetime(2026, 1, 1))
+    )
+    for s in revoked:
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(s).revocation_date(dt.datetime(2025, 1, 1)).build()
+        )
+    der = b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    crl = dcap._load_crl(der, platform="tdx", field="pck_crl")
+    everything = {r.serial_number for r in x509.load_der_x509_crl(der)}
+    for s in [*serials, 0, -5, 2**200]:
+        assert crl.revokes(s) is (s in everything)
+        assert crl.revokes(s) is (s in everything)  # the kept answer
+
+
+def test_genuine_root_is_not_trusted_under_other_pins() -> None:
+    # The Intel root is decoded at import, but only ``roots`` decides whether it is trusted.
+    other = {bytes(32): "someone-else"}
+    for name in (TDX10, "sgx/dcapqvl_sgx_v3_quote.bin"):
+        dcap.clear_caches()
+        with pytest.raises(AttestationError) as ei:
+            dcap.verify_quote(quote_bytes(name), platform=platform_of(name), at=AT[name], roots=other)
+        assert ei.value.reason is R.UNTRUSTED_ROOT and ei.value.field == "intel_root"
