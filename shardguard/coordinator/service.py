@@ -224,10 +224,7 @@ class Coordinator:
         # node's key as this replica last read it; the nonce is then recorded by one INSERT that
         # only inserts while that key is still the node's current one, so a request is accepted
         # only if it verifies with the key current when its nonce is recorded.
-        if card is not None:
-            pk = card.identity_public_key
-        else:
-            pk = self._node_key(node_id, refresh=False)
+        pk = card.identity_public_key if card is not None else self._node_key(node_id, refresh=False)
         if not wire.verify_request(pk, method, target, body, ts, nonce, node_id, sig):
             if card is not None:
                 raise self._auth_fail("bad_signature", "the request signature does not verify")
@@ -1020,7 +1017,13 @@ class Coordinator:
             if node_id not in {p["node_id"] for p in participants}:
                 raise ApiError(403, "forbidden", f"node {node_id} takes no part in job {job_id}")
             q = (
-                select(MailboxMessage.from_node, MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob, MailboxMessage.job_seq)
+                select(
+                    MailboxMessage.from_node,
+                    MailboxMessage.to_node,
+                    MailboxMessage.seq,
+                    MailboxMessage.blob,
+                    MailboxMessage.job_seq,
+                )
                 .where(
                     MailboxMessage.job_id == job_id,
                     MailboxMessage.job_seq > after,
