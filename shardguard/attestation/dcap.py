@@ -193,9 +193,10 @@ class _Memo:
         self._maxsize = maxsize
 
     def get(self, key: Hashable, compute: Callable[[], _T]) -> _T:
-        with self._lock:
-            if key in self._data:
-                return self._data[key]  # type: ignore[no-any-return]
+        try:
+            return self._data[key]  # type: ignore[no-any-return]  # a dict read needs no lock
+        except KeyError:
+            pass
         value = compute()
         with self._lock:
             if len(self._data) >= self._maxsize:
@@ -388,6 +389,47 @@ class Quote:
 _new_quote = _record(Quote)
 
 
+_U16: Final = struct.Struct("<H")
+_U16_U32: Final = struct.Struct("<HI")
+
+
+def _sig_data_fast(sd: bytes, version: int) -> tuple[bytes, bytes, int | None, bytes, bytes, bytes, int, bytes] | None:
+    """The signature data of a well-formed quote in one pass: (signature, attestation key, outer
+    certification data type, QE report, its signature, QE auth data, certification data type,
+    PCK chain). None unless every declared length fits exactly and both types are the supported
+    ones; ``parse_quote`` then reads it field by field to say what is wrong."""
+    n = len(sd)
+    pos = _SIG_LEN + _KEY_LEN
+    outer_type: int | None = None
+    if version >= 4:
+        if n < pos + 6:
+            return None
+        outer_type, size = _U16_U32.unpack_from(sd, pos)
+        pos += 6
+        if outer_type != _CERT_QE_REPORT or pos + size != n:
+            return None
+    qe = pos
+    pos += _REPORT_LEN + _SIG_LEN
+    if n < pos + 2:
+        return None
+    auth_end = pos + 2 + _U16.unpack_from(sd, pos)[0]
+    if n < auth_end + 6:
+        return None
+    cert_type, pem_len = _U16_U32.unpack_from(sd, auth_end)
+    if cert_type != _CERT_PCK_CHAIN or auth_end + 6 + pem_len != n:
+        return None
+    return (
+        sd[:_SIG_LEN],
+        sd[_SIG_LEN : _SIG_LEN + _KEY_LEN],
+        outer_type,
+        sd[qe : qe + _REPORT_LEN],
+        sd[qe + _REPORT_LEN : pos],
+        sd[pos + 2 : auth_end],
+        cert_type,
+        sd[auth_end + 6 :],
+    )
+
+
 class _Cursor:
     """Reads a container strictly by declared lengths. Running past the end of the outer quote is
     TRUNCATED; running past the end of an inner container (whose length the quote declared) is
@@ -518,10 +560,34 @@ def parse_quote(data: bytes, *, platform: str) -> Quote:
         )
 
     # Signature data: quote signature, attestation key, then the certification data.
+    fast = _sig_data_fast(sig_data, version)
+    if fast is not None:
+        signature, attestation_key, outer_type, qe_raw, qe_report_signature, qe_auth_data, cert_type, pem = fast
+        return _new_quote(
+            version=version,
+            att_key_type=att_key_type,
+            tee_type=tee_type,
+            header_svns=svns,
+            qe_vendor_id=qe_vendor_id,
+            user_data=user_data,
+            body_type=body_type,
+            body=body,
+            signed=signed,
+            signature=signature,
+            attestation_key=attestation_key,
+            qe_report=EnclaveReport.parse(qe_raw),
+            qe_report_signature=qe_report_signature,
+            qe_auth_data=qe_auth_data,
+            outer_cert_data_type=outer_type,
+            cert_data_type=cert_type,
+            pck_chain_pem=pem,
+            size=size,
+            padding=len(tail),
+        )
     sd = _Cursor(sig_data, platform=platform, reason=_R.MALFORMED, what="signature data")
     signature = sd.take(_SIG_LEN, "signature")
     attestation_key = sd.take(_KEY_LEN, "attestation_key")
-    outer_type: int | None = None
+    outer_type = None
     if version >= 4:
         outer_type = sd.u16("cert_data.type")
         if outer_type != _CERT_QE_REPORT:
@@ -998,6 +1064,7 @@ class _Cert:
     #: Set only for the pinned roots decoded at import: their self-signature is proven.
     self_signed: bool = False
     _label: str | None = None
+    _bc: object = None  # BasicConstraints, ExtensionNotFound, or None before the first look-up
 
     @property
     def label(self) -> str:
@@ -1007,10 +1074,12 @@ class _Cert:
         return self._label
 
     def basic_constraints(self) -> x509.BasicConstraints | None:
-        try:
-            return self.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            return None
+        if self._bc is None:
+            try:
+                self._bc = self.extensions.get_extension_for_class(x509.BasicConstraints).value
+            except x509.ExtensionNotFound:
+                self._bc = x509.ExtensionNotFound
+        return self._bc if isinstance(self._bc, x509.BasicConstraints) else None
 
 
 def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
@@ -1174,6 +1243,7 @@ def _decode_pinned_root(der: bytes) -> tuple[_Cert, bytes]:
     spki = hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
     assert INTEL_ROOTS.get(spki) == "intel-sgx-root-ca"
     root.self_signed = True
+    root.basic_constraints()  # looked up once, here
     return root, spki
 
 
@@ -1782,6 +1852,22 @@ def _isv_levels(levels: list[Any], field: str) -> tuple[TcbLevel, ...]:
 
 
 def _module(d: Mapping[str, Any], field: str, ident: str) -> TdxModuleIdentity:
+    mrsigner, attributes, mask, levels = d.get("mrsigner"), d.get("attributes"), d.get("attributesMask"), d.get("tcbLevels")
+    if type(mrsigner) is str and type(attributes) is str and type(mask) is str and type(levels) is list:
+        try:  # the common case; anything else is refused below, field by field
+            raw = bytes.fromhex(mrsigner), bytes.fromhex(attributes), bytes.fromhex(mask)
+        except ValueError:
+            pass
+        else:
+            parsed = []
+            for lv in levels:
+                level = _isv_level_fast(lv)
+                if level is None:
+                    break
+                parsed.append(level)
+            else:
+                if len(raw[0]) == 48 and len(raw[1]) == 8 and len(raw[2]) == 8:
+                    return _new_module(ident, *raw, tuple(parsed))
     return _new_module(
         id=ident,
         mrsigner=_hexbytes(d.get("mrsigner"), f"{field}.mrsigner", 48),

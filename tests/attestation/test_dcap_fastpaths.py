@@ -286,6 +286,40 @@ def test_tcb_level_fast_paths_agree_with_the_field_by_field_checks(kind: str, mo
     assert sum(o[0] == "ok" for o in fast) > 50
 
 
+# -- quotes -------------------------------------------------------------------------------------------
+def test_signature_data_fast_path_agrees_with_the_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(12)
+    cases = []
+    for name in SAMPLES:
+        q = quote_bytes(name)
+        cases.append((name, q))
+        for _ in range(300):
+            b = bytearray(q)
+            pos = rng.randrange(layout(q).body[1], len(b))  # the signature data and what follows
+            kind = rng.random()
+            if kind < 0.5:
+                b[pos] ^= rng.choice([0x01, 0x02, 0x80, 0xFF])
+            elif kind < 0.75:
+                del b[pos : pos + rng.randint(1, 4)]
+            else:
+                b[pos:pos] = bytes(rng.randint(1, 4))
+            cases.append((name, bytes(b)))
+
+    def outcomes() -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for name, data in cases:
+            try:
+                out.append(("ok", dcap.parse_quote(data, platform=platform_of(name))))
+            except AttestationError as e:
+                out.append(("error", e.reason, e.field, e.detail))
+        return out
+
+    fast = outcomes()
+    monkeypatch.setattr(dcap, "_sig_data_fast", lambda sd, version: None)
+    assert fast == outcomes()
+    assert 100 < sum(o[0] == "ok" for o in fast) < len(cases) - 100
+
+
 # -- records, CRLs ----------------------------------------------------------------------------------
 def test_records_are_the_dataclasses_own() -> None:
     v = dcap.verify_quote(
