@@ -20,7 +20,10 @@ One JSON line per (lib, sample) on stdout::
   keyed by their exact bytes); the quote signature and every validity window are checked each
   time.
 * ``lib = "shardguard-cold"``: every memo is cleared before each verification (a process that
-  has never seen this platform or this collateral). Omitted with ``--no-cold``.
+  has never seen this platform or this collateral): the quote, both certificate chains, the
+  CRLs and the JSON are parsed from their bytes and every signature is verified again. Only
+  module constants survive: the pinned Intel root certificate, decoded (and its self-signature
+  checked) at import. Omitted with ``--no-cold``.
 
 Ours and dcap-qvl's calls alternate, so both see the same machine state; ``ratio`` =
 ``median_ms / dcap_qvl_median_ms``. Every verdict (status and advisory IDs) of both is compared;

@@ -1243,7 +1243,7 @@ def _decode_pinned_root(der: bytes) -> tuple[_Cert, bytes]:
     spki = hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
     assert INTEL_ROOTS.get(spki) == "intel-sgx-root-ca"
     root.self_signed = True
-    root.basic_constraints()  # looked up once, here
+    _ = root.basic_constraints(), root.label  # looked up and rendered once, here
     return root, spki
 
 
