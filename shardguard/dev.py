@@ -63,8 +63,7 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0,
              *(["--job-timeout", str(job_timeout)] if job_timeout else [])],
             stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
         )  # fmt: skip
-    assert coord.stdout is not None
-    line = coord.stdout.readline().decode().strip()
+    line = coord.stdout.readline().decode().strip() if coord.stdout is not None else ""
     if "listening on" not in line:
         coord.kill()
         raise RuntimeError(f"the coordinator did not start (see {coord_log})")

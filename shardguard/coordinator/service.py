@@ -693,7 +693,8 @@ class Coordinator:
                 if self._blocked(s, job):
                     continue
                 key = s.get(Key, job.key_id)
-                assert key is not None
+                if key is None:  # a job always names an existing key (foreign key); never start one that doesn't
+                    continue
                 if self._start_job(s, job, key, now):
                     started.append([p["node_id"] for p in job.participants])
         for nodes in started:
@@ -783,9 +784,9 @@ class Coordinator:
             # Lock order everywhere: job row, then its tasks.
             job = s.get(Job, probe.job_id, with_for_update=True, populate_existing=True)
             task = s.get(Task, task_id, with_for_update=True, populate_existing=True)
-            assert job is not None and task is not None
-            key = s.get(Key, job.key_id)
-            assert key is not None
+            key = s.get(Key, job.key_id) if job is not None else None
+            if job is None or task is None or key is None:
+                raise ApiError(404, "not_found", f"no task {task_id!r}", field="task_id")
             reported = result if status == "done" else error
             if task.status in ("done", "failed"):
                 previous = task.result if task.status == "done" else task.error

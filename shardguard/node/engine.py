@@ -132,22 +132,38 @@ def drive(
             raise
 
     send(party.start())
-    for sender, envelope in inbox.held.pop(sid, []):
-        if party.done:
-            break
-        feed(sender, envelope)
-    while not party.done:
+    _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round)
+    return party.result
+
+
+def _pump(
+    relay: Relay,
+    job: str,
+    inbox: Inbox,
+    session_id: bytes,
+    finished: Callable[[], bool],
+    take: Callable[[str, bytes], None],
+    deadline: float,
+    clock: Callable[[], float],
+    poll: float,
+    round_now: Callable[[], int],
+) -> None:
+    """Hand ``take`` every envelope of ``session_id`` (those held earlier first) until
+    ``finished()``; envelopes of other sessions of the job are held for later."""
+    for sender, envelope in inbox.held.pop(session_id, []):
+        if finished():
+            return
+        take(sender, envelope)
+    while not finished():
         remaining = deadline - clock()
         if remaining <= 0:
-            raise EngineTimeout(job, party.round)
+            raise EngineTimeout(job, round_now())
         for cursor, sender, envelope in relay.fetch(job, inbox.cursor, min(poll, remaining)):
             inbox.cursor = max(inbox.cursor, cursor)
-            if envelope[_SESSION] != sid:
+            if envelope[_SESSION] != session_id:
                 inbox.held[bytes(envelope[_SESSION])].append((sender, envelope))
-                continue
-            if not party.done:
-                feed(sender, envelope)
-    return party.result
+            elif not finished():
+                take(sender, envelope)
 
 
 def exchange(
@@ -180,16 +196,5 @@ def exchange(
         except ChannelError:
             return
 
-    for sender, envelope in inbox.held.pop(session_id, []):
-        take(sender, envelope)
-    while len(got) < len(peers):
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise EngineTimeout(job, 0)
-        for cursor, sender, envelope in relay.fetch(job, inbox.cursor, min(poll, remaining)):
-            inbox.cursor = max(inbox.cursor, cursor)
-            if envelope[_SESSION] != session_id:
-                inbox.held[bytes(envelope[_SESSION])].append((sender, envelope))
-            else:
-                take(sender, envelope)
+    _pump(relay, job, inbox, session_id, lambda: len(got) == len(peers), take, deadline, clock, poll, lambda: 0)
     return got

@@ -409,14 +409,16 @@ class _Manifest:
 def _swap_entry(m: _Manifest, placeholder: _Entry, final: _Entry) -> None:
     """Replace the entry ``placeholder`` (digest not yet known) of manifest ``m`` with ``final``."""
     if placeholder.kind == _STATE:
-        assert m.state[placeholder.key_id] == placeholder
+        if m.state.get(placeholder.key_id) != placeholder:
+            raise KeystoreError(KeystoreReason.CONFLICT, placeholder.file, "manifest entry changed under a write")
         m.state[placeholder.key_id] = final
         return
     k = m.keys[placeholder.key_id]
     if k.current == placeholder:
         k.current = final
     else:
-        assert k.pending[placeholder.epoch] == placeholder
+        if k.pending.get(placeholder.epoch) != placeholder:
+            raise KeystoreError(KeystoreReason.CONFLICT, placeholder.file, "manifest entry changed under a write")
         k.pending[placeholder.epoch] = final
 
 
@@ -859,7 +861,10 @@ class Keystore:
         """Commit ``new`` (whose counter is the current + 1) with ``records`` written first
         (crash-safety rules 1–3 and 7 of the module docstring)."""
         old = self._manifest
-        assert new.counter == old.counter + 1
+        if new.counter != old.counter + 1:
+            raise KeystoreError(
+                KeystoreReason.CONFLICT, self._dir, f"manifest counter {new.counter} does not follow {old.counter}"
+            )
         new.prev = self._digest.hex()
         new.history = [*old.history, (old.counter, self._digest.hex())][-HISTORY:]
         encoded = []

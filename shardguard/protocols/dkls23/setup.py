@@ -187,5 +187,6 @@ class OtSetup(Party[EcdsaKeyShare]):
         bad = {j for j in self.peers if not hmac.compare_digest(confirms[j].digest, self._digest)}
         if bad:
             raise self._abort(AbortReason.INCONSISTENT_KEY, bad)
-        assert self._pending is not None
+        if self._pending is None:  # round 3 always follows round 2, which sets it
+            raise UsageError("setup finished before its share was built")
         self._finish(self._pending)

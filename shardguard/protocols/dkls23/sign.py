@@ -286,7 +286,8 @@ class DklsSigner(Party[EcdsaSignature]):
     # -- output -----------------------------------------------------------------------------
     def _combine(self) -> None:
         g, q = self.suite.group, self._q
-        assert self._share is not None
+        if self._share is None:  # round 3 always follows our own round-3 share
+            raise UsageError("signing combined before our own share was made")
         shares: list[Any] = [self._share, *self._received(3, SignShare).values()]
         u = sum(x.u for x in shares) % q
         w = sum(x.w for x in shares) % q
