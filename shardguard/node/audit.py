@@ -14,6 +14,13 @@ coordinator's mirror records which attested key signed each entry). The coordina
 entries but cannot forge, reorder or drop one unnoticed: :func:`verify_chain` checks the chain
 and every signature offline. Entries hold public facts only (ids, digests, reasons) — never a
 share, nonce or plaintext payload.
+
+A full or read-only state disk: :meth:`AuditLog.append` raises the keystore's error (an entry
+that cannot be kept is never reported as written). :meth:`AuditLog.mirrored` does not raise for
+it: the coordinator already holds those entries and only *forgetting* them failed, so they are
+kept out of :meth:`AuditLog.pending` in memory and dropped from the record by the next write
+that succeeds (a restart before that re-sends them; the coordinator takes identical entries as
+duplicates). The background flusher calling it therefore survives the fault.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from shardguard.channel import NodeKeys
 from shardguard.channel.identity import verify_signature
-from shardguard.node.keystore import Keystore
+from shardguard.node.keystore import Keystore, KeystoreError
 
 __all__ = ["AUDIT_CONTEXT", "AuditLog", "entry_hash", "verify_chain"]
 
@@ -36,6 +44,8 @@ AUDIT_CONTEXT = b"shardguard/audit/v1"
 _GENESIS = "00" * 32
 _STATE = "audit"  # {"seq", "hash", "pending": [...]}: one keystore write per entry
 _MAX_PENDING = 1000
+
+log = logging.getLogger("shardguard.node.audit")
 
 
 def _canonical(value: Any) -> bytes:
@@ -52,6 +62,9 @@ class AuditLog:
         self._keys = keys
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._lock = threading.Lock()
+        # Sequence numbers the coordinator acknowledged but the record still lists as pending
+        # (the write that forgets them failed); empty again after the next successful write.
+        self._acked: set[int] = set()
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Add one entry (persisted before this returns); return its mirror record."""
@@ -75,24 +88,35 @@ class AuditLog:
                 "hash": h,
                 "signature": base64.b64encode(sig).decode(),
             }
-            pending = [*list(state["pending"])[-(_MAX_PENDING - 1) :], record]
+            kept = [r for r in state["pending"] if r["seq"] not in self._acked]
+            pending = [*kept[-(_MAX_PENDING - 1) :], record]
             self._ks.put_state(_STATE, {"seq": seq, "hash": h, "pending": pending})
+            self._acked.clear()
             return record
 
     def pending(self) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._ks.get_state(_STATE, {"pending": []})["pending"])
+            return [r for r in self._ks.get_state(_STATE, {"pending": []})["pending"] if r["seq"] not in self._acked]
 
     def mirrored(self, seqs: Iterable[int]) -> None:
-        """Forget entries the coordinator has acknowledged."""
-        done = set(seqs)
+        """Forget entries the coordinator has acknowledged. If the keystore cannot write (full
+        or read-only disk), they are forgotten in memory only and the next successful write
+        drops them (see the module docstring); this does not raise for that."""
         with self._lock:
             state = self._ks.get_state(_STATE, None)
             if state is None:
                 return
+            done = set(seqs) | self._acked
             left = [r for r in state["pending"] if r["seq"] not in done]
-            if len(left) != len(state["pending"]):
+            if len(left) == len(state["pending"]):
+                return
+            try:
                 self._ks.put_state(_STATE, {**state, "pending": left})
+            except KeystoreError as e:
+                self._acked = {int(r["seq"]) for r in state["pending"] if r["seq"] in done}
+                log.warning("mirrored audit entries stay in the keystore record until it can be written: %s", e)
+                return
+            self._acked.clear()
 
 
 def verify_chain(records: Iterable[Mapping[str, Any]], identity_keys: Mapping[int, bytes] | bytes) -> list[dict[str, Any]]:

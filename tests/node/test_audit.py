@@ -11,7 +11,7 @@ import pytest
 from shardguard.channel import NodeKeys
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node.audit import AuditLog, verify_chain
-from shardguard.node.keystore import Keystore
+from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 
 
 @pytest.fixture
@@ -65,3 +65,30 @@ def test_the_chain_continues_after_a_restart_with_new_keys(tmp_path: Path) -> No
     keys = {1: k1.card().identity_public_key, 2: k2.card().identity_public_key}
     body = verify_chain(records, keys)
     assert body[1]["prev"] == records[0]["hash"]
+
+
+def test_mirrored_survives_a_disk_that_cannot_be_written(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forgetting acknowledged entries on a full or read-only disk does not raise (the node's
+    mirroring thread would die); they leave ``pending()`` at once and the record at the next
+    successful write. Appending still raises: an entry is never reported kept when it is not."""
+    keys = NodeKeys.generate("node-1")
+    log = AuditLog(store, keys)
+    for i in range(3):
+        log.append("signed", job=f"j{i}")
+    real = store.put_state
+
+    def full(name: str, value: object) -> bool:
+        raise KeystoreError(KeystoreReason.DISK_FULL, store.directory, "write failed: No space left on device")
+
+    monkeypatch.setattr(store, "put_state", full)
+    log.mirrored([1, 2])
+    assert [r["seq"] for r in log.pending()] == [3]
+    assert [r["seq"] for r in AuditLog(store, keys).pending()] == [1, 2, 3]  # on disk: not yet forgotten
+    with pytest.raises(KeystoreError) as e:
+        log.append("signed", job="j3")
+    assert e.value.reason is KeystoreReason.DISK_FULL
+    assert [r["seq"] for r in log.pending()] == [3]
+    monkeypatch.setattr(store, "put_state", real)
+    log.append("signed", job="j3")
+    assert [r["seq"] for r in AuditLog(store, keys).pending()] == [3, 4]
+    verify_chain(log.pending(), keys.card().identity_public_key)
