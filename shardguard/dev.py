@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ CLUSTER_FILE = "cluster.json"
 
 
 class Cluster(dict[str, Any]):
-    """``cluster.json``: ``url``, ``token``, ``coordinator`` {pid}, ``nodes`` [{node_id, pid, state}]."""
+    """``cluster.json``: ``url``, ``token``, ``coordinator`` {pid}, ``nodes`` [{node_id, pid, state[, wrap]}]."""
 
     @classmethod
     def load(cls, directory: Path) -> Cluster:
@@ -46,7 +47,17 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> sub
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # noqa: S603 - our own argv
 
 
-def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0, job_timeout: float | None = None) -> Cluster:
+def up(
+    directory: Path,
+    nodes: int = 3,
+    *,
+    port: int = 0,
+    timeout: float = 60.0,
+    job_timeout: float | None = None,
+    wrap: Mapping[str, Sequence[str]] | None = None,
+) -> Cluster:
+    """Start the cluster. ``wrap`` maps a node id to a command prefix its process is started
+    under (see :func:`start_node`); nodes not named start plainly."""
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / CLUSTER_FILE).exists():
         existing = Cluster.load(directory)
@@ -72,13 +83,13 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0,
         url=url, token=token, coordinator={"pid": coord.pid, "log": str(coord_log), "job_timeout": job_timeout}, nodes=[]
     )
     for i in range(1, nodes + 1):
-        state = directory / f"node-{i}"
-        proc = _spawn(
-            [py, "-P", "-m", "shardguard.node.service", "--coordinator", url, "--state", str(state), "--node-id", f"node-{i}",
-             "--platform", "simulated", "--allow-simulated", "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
-            directory / f"node-{i}.log",
-        )  # fmt: skip
-        cluster["nodes"].append({"node_id": f"node-{i}", "pid": proc.pid, "state": str(state)})
+        node_id, state = f"node-{i}", str(directory / f"node-{i}")
+        prefix = list((wrap or {}).get(node_id, ()))
+        proc = _spawn(_node_argv(url, state, node_id, prefix), directory / f"{node_id}.log")
+        entry: dict[str, Any] = {"node_id": node_id, "pid": proc.pid, "state": state}
+        if prefix:
+            entry["wrap"] = prefix
+        cluster["nodes"].append(entry)
     path = directory / CLUSTER_FILE
     path.write_text(json.dumps(cluster, indent=2) + "\n")
     path.chmod(0o600)
@@ -91,16 +102,27 @@ def up(directory: Path, nodes: int = 3, *, port: int = 0, timeout: float = 60.0,
     return cluster
 
 
-def start_node(directory: Path, node_id: str) -> int:
-    """(Re)start one node of the cluster with its existing state; returns its PID."""
+def _node_argv(url: str, state: str, node_id: str, wrap: Sequence[str] = ()) -> list[str]:
+    return [*wrap, sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", url, "--state", state,
+            "--node-id", node_id, "--platform", "simulated", "--allow-simulated",
+            "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")]  # fmt: skip
+
+
+def start_node(directory: Path, node_id: str, *, wrap: Sequence[str] | None = None) -> int:
+    """(Re)start one node of the cluster with its existing state; returns its PID.
+
+    ``wrap`` is a command prefix the node is started under, e.g. ``["nsenter", "--mount",
+    "--target", PID, "--"]`` to run it in another mount namespace (the disk-fault tests put its
+    state directory on a tmpfs there). The prefix must end by exec'ing the node, so that the
+    recorded PID is the node's. ``None`` reuses the prefix recorded in ``cluster.json`` for
+    this node (none if it never had one); ``()`` starts it plainly."""
     cluster = Cluster.load(directory)
     entry = next(n for n in cluster["nodes"] if n["node_id"] == node_id)
-    proc = _spawn(
-        [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", cluster["url"], "--state", entry["state"],
-         "--node-id", node_id, "--platform", "simulated", "--allow-simulated",
-         "--log-level", os.environ.get("SHARDGUARD_NODE_LOG", "WARNING")],
-        directory / f"{node_id}.log",
-    )  # fmt: skip
+    prefix = list(entry.get("wrap", ()) if wrap is None else wrap)
+    proc = _spawn(_node_argv(cluster["url"], entry["state"], node_id, prefix), directory / f"{node_id}.log")
+    entry.pop("wrap", None)
+    if prefix:
+        entry["wrap"] = prefix
     entry["pid"] = proc.pid
     (directory / CLUSTER_FILE).write_text(json.dumps(cluster, indent=2) + "\n")
     return proc.pid
