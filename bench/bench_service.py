@@ -13,7 +13,8 @@ then per scheme:
    until the count (``--ed25519`` / ``--ecdsa``) is reached or ``--time-limit`` seconds passed
    (requests in flight then finish). Signer pairs rotate over the three 2-subsets.
 
-Latency is the client's: from ``POST /v1/keys/{id}/sign`` to the long-poll answering ``done``.
+Latency is the client's: from ``POST /v1/keys/{id}/sign?wait=…`` (submit and long-poll in one call)
+to its answer ``done``.
 Every signature is verified afterwards by an independent library (libsodium + OpenSSL,
 OpenSSL + libsecp256k1), outside the timed path. One JSON line per scheme on stdout, progress
 on stderr; the exit status is 1 if a request failed or a signature did not verify.
@@ -271,10 +272,9 @@ def sign_once(client: Client, key: dict[str, Any], signers: list[str], out: Outc
     ecdsa = key["scheme"] == "ecdsa"
     t0, wall0 = time.perf_counter(), time.time()
     try:
-        accepted = client.sign(
-            key["key_id"], digest=payload if ecdsa else None, message=None if ecdsa else payload, signers=signers, wait=False
+        req = client.sign_request(
+            key["key_id"], digest=payload if ecdsa else None, message=None if ecdsa else payload, signers=signers, timeout=120
         )
-        req = client.wait(accepted["request_id"], timeout=120)
     except Exception as e:  # counted and reported; the bench goes on
         with lock:
             out.errors.append(f"{type(e).__name__}: {e}")

@@ -124,20 +124,33 @@ class Client:
         signers: Sequence[str] | None = None,
         wait: bool = True,
     ) -> dict[str, Any]:
-        """ECDSA keys sign a 32-byte ``digest`` (never a raw message); FROST keys a ``message``."""
-        body: dict[str, Any] = {}
-        if digest is not None:
-            body["digest_hex"] = digest.hex()
-        if message is not None:
-            body["message_hex"] = message.hex()
-        if path is not None:
-            body["path"] = path
-        if signers is not None:
-            body["signers"] = list(signers)
-        out = dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body))
+        """ECDSA keys sign a 32-byte ``digest`` (never a raw message); FROST keys a ``message``.
+        Returns the public result (``wait``) or the accepted request (``wait=False``)."""
         if not wait:
+            body = _sign_body(digest, message, path, signers)
+            return dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body))
+        return dict(self.sign_request(key_id, digest=digest, message=message, path=path, signers=signers)["result"])
+
+    def sign_request(
+        self,
+        key_id: str,
+        *,
+        digest: bytes | None = None,
+        message: bytes | None = None,
+        path: str | None = None,
+        signers: Sequence[str] | None = None,
+        timeout: float = 180.0,
+    ) -> dict[str, Any]:
+        """Submit a signature and wait for it: the whole request record once done (timestamps,
+        signers, result), :class:`RequestFailed` if it failed. One call when the signature comes
+        within the server's long-poll, as it normally does."""
+        body = _sign_body(digest, message, path, signers)
+        out = dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body, params={"wait": min(25.0, timeout)}, timeout=60))
+        if out.get("status") == "done":
             return out
-        return dict(self.wait(out["request_id"])["result"])
+        if out.get("status") == "failed":
+            raise RequestFailed(out)
+        return self.wait(out["request_id"], timeout=timeout)
 
     def refresh(self, key_id: str, *, wait: bool = True) -> dict[str, Any]:
         out = dict(self._call("POST", f"/v1/keys/{key_id}/refresh"))
@@ -153,3 +166,16 @@ class Client:
 
     def create_token(self, scopes: Sequence[str], label: str = "") -> dict[str, Any]:
         return dict(self._call("POST", "/v1/tokens", json={"scopes": list(scopes), "label": label}))
+
+
+def _sign_body(digest: bytes | None, message: bytes | None, path: str | None, signers: Sequence[str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if digest is not None:
+        body["digest_hex"] = digest.hex()
+    if message is not None:
+        body["message_hex"] = message.hex()
+    if path is not None:
+        body["path"] = path
+    if signers is not None:
+        body["signers"] = list(signers)
+    return body

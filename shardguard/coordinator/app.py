@@ -9,6 +9,7 @@ the node's identity key (signed requests, :mod:`.wire`). Every error is
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,7 @@ class Notifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._task_hints: set[str] = set()
 
     def waiter(self, key: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -76,7 +78,26 @@ class Notifier:
                     del self._waiters[key]
 
     def notify(self, key: str, n: int | None = None) -> None:
-        """Wake the ``n`` longest-waiting long-polls on ``key`` (all of them when None)."""
+        """Wake the ``n`` longest-waiting long-polls on ``key`` (all of them when None). What
+        wakes a node's task or inbox long-poll also wakes its event stream (``events:<node>``)."""
+        kind, _, rest = key.partition(":")
+        if kind == "node":
+            with self._lock:
+                self._task_hints.add(rest)
+        if kind in ("node", "inbox"):
+            self._wake(f"events:{rest.partition(':')[0]}", None)
+        self._wake(key, n)
+
+    def take_task_hint(self, node_id: str) -> bool:
+        """Whether a task for ``node_id`` may have been queued since the last call (so an event
+        stream woken by a message need not look for tasks as well)."""
+        with self._lock:
+            if node_id in self._task_hints:
+                self._task_hints.discard(node_id)
+                return True
+            return False
+
+    def _wake(self, key: str, n: int | None) -> None:
         with self._lock:
             waiting = self._waiters.get(key)
             if not waiting:
@@ -390,9 +411,18 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     async def get_key(key_id: _ID, _t: Reader) -> dict[str, Any]:
         return await run(coord.get_key, key_id)
 
-    @app.post("/v1/keys/{key_id}/sign", tags=["keys"], status_code=202, response_model=schemas.Accepted)
-    async def sign(key_id: _ID, body: schemas.SignRequest, t: Signer) -> dict[str, Any]:
-        return await run(
+    ended: dict[int | str, dict[str, Any]] = {
+        200: {"model": schemas.RequestOut, "description": "with ``wait``: the request once it ended"}
+    }
+
+    @app.post("/v1/keys/{key_id}/sign", tags=["keys"], status_code=202, response_model=schemas.Accepted, responses=ended)
+    async def sign(
+        key_id: _ID, body: schemas.SignRequest, t: Signer, wait: Annotated[float, Query(ge=0, le=300)] = 0.0
+    ) -> JSONResponse:
+        """Queue a signature. ``wait``: also long-poll up to that many seconds (capped by the
+        server) and answer **200** with the request as ``GET /v1/requests/{id}`` would — done,
+        failed, or still running when the wait ran out — saving the client a second call."""
+        out = await run(
             coord.submit_sign,
             key_id,
             digest=body.digest_hex,
@@ -401,6 +431,16 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             signers=body.signers,
             requested_by=t.token_id,
         )
+        if wait <= 0:
+            return JSONResponse(out, status_code=202)
+        request_id = str(out["request_id"])
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            r = coord.get_request(request_id)
+            return r["status"] in ("done", "failed"), r
+
+        wait = min(wait, settings.max_wait)
+        return JSONResponse(await _long_poll(notifier, f"job:{request_id}", wait, settings.poll_interval, check))
 
     @app.post("/v1/keys/{key_id}/refresh", tags=["keys"], status_code=202, response_model=schemas.Accepted)
     async def refresh(key_id: _ID, t: KeyWriter) -> dict[str, Any]:
@@ -502,6 +542,43 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
         out = await _long_poll(notifier, f"inbox:{node_id}:{job}", min(wait, settings.max_wait), settings.poll_interval, check)
         return JSONResponse(out)
+
+    @app.post("/v1/nodes/{node_id}/events", tags=["node API"], response_model=schemas.EventsOut, openapi_extra=_NODE_AUTH_DOC)
+    async def events(node_id: _ID, body: schemas.Events, node: SignedNode, request: Request) -> JSONResponse:
+        """Everything new for the node in one long-poll: up to ``claim`` queued tasks (handed out
+        once) and, for each job in ``cursors``, messages past its cursor and its status once it
+        is no longer running. Answers as soon as there is anything, else after ``wait``."""
+        same_node(node, node_id)
+        cursors = dict(body.cursors)
+        last_claim = -math.inf
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            nonlocal last_claim
+            # Look for tasks on the first check, when a task was queued for this node (on any
+            # replica: the wake-up says so), and at least every poll interval as a safety net.
+            now = time.monotonic()
+            hinted = notifier.take_task_hint(node_id)
+            tasks: list[dict[str, Any]] = []
+            if body.claim and (hinted or now - last_claim >= settings.poll_interval):
+                last_claim = now
+                tasks = coord.claim_tasks(node_id, body.claim)
+            jobs = coord.read_events(node_id, cursors)
+            return bool(tasks or jobs), {"tasks": tasks, "jobs": jobs}
+
+        idle: dict[str, Any] = {"tasks": [], "jobs": []}
+        gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any]] = (request.is_disconnected, idle)
+        out = await _long_poll(notifier, f"events:{node_id}", min(body.wait, settings.max_wait), settings.poll_interval,
+                               check, gone=gone)  # fmt: skip
+        return JSONResponse(out)
+
+    @app.post("/v1/nodes/{node_id}/outbox", tags=["node API"], response_model=schemas.OutboxOut, openapi_extra=_NODE_AUTH_DOC)
+    async def outbox(node_id: _ID, body: schemas.Outbox, node: SignedNode) -> JSONResponse:
+        """Messages of several jobs and task results in one post; each job's messages and each
+        result succeed or fail on their own (see API.md)."""
+        same_node(node, node_id)
+        msgs = [(m.job, m.to, m.seq, m.blob) for m in body.messages]
+        results = [(r.task_id, r.status, r.result, r.error.model_dump() if r.error is not None else None) for r in body.results]
+        return JSONResponse(await run(coord.post_outbox, node, msgs, results))
 
     @app.get("/v1/jobs/{job_id}", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def job_status(job_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:

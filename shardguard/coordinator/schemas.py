@@ -119,6 +119,30 @@ class AuditPost(_Strict):
     entries: list[AuditIn] = Field(min_length=1, max_length=256)
 
 
+JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class Events(_Strict):
+    cursors: dict[JobId, Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        default_factory=dict, max_length=256, description="job id → the cursor past which to read (0 = from the start)"
+    )
+    claim: int = Field(default=0, ge=0, le=64, description="hand out up to this many queued tasks")
+    wait: float = Field(default=0.0, ge=0, le=300, description="long-poll: seconds to wait for news")
+
+
+class OutboxMessage(OutMessage):
+    job: JobId
+
+
+class OutboxResult(TaskResult):
+    task_id: JobId
+
+
+class Outbox(_Strict):
+    messages: list[OutboxMessage] = Field(default_factory=list, max_length=1024)
+    results: list[OutboxResult] = Field(default_factory=list, max_length=64)
+
+
 # -- responses (for the OpenAPI document; handlers return plain dicts) ---------------------------
 class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -212,6 +236,16 @@ class InboxOut(_Out):
 class Counts(_Out):
     accepted: int
     duplicates: int
+
+
+class EventsOut(_Out):
+    tasks: list[dict[str, Any]]
+    jobs: list[InboxOut]
+
+
+class OutboxOut(_Out):
+    jobs: dict[str, dict[str, Any]]
+    results: dict[str, dict[str, Any]]
 
 
 class ResultAck(_Out):

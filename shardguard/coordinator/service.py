@@ -32,7 +32,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
@@ -1047,6 +1047,102 @@ class Coordinator:
             conn.rollback()
             return {"job_id": job_id, "job_status": status, "messages": out, "next_after": cursor}
 
+    # -- node event stream (one long-poll and one post per node, across its jobs) -----------------
+    def claim_tasks(self, node_id: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the node's queued tasks, oldest first, each handed out once."""
+        out: list[dict[str, Any]] = []
+        while len(out) < limit:
+            task = self.claim_task(node_id)
+            if task is None:
+                break
+            out.append(task)
+        return out
+
+    def read_events(self, node_id: str, cursors: Mapping[str, int]) -> list[dict[str, Any]]:
+        """News of the node's jobs past its cursors: new messages (as :meth:`read_inbox`), and
+        the status of every job that is no longer running. Jobs the node takes no part in, or
+        that do not exist, are reported as ``not_found`` (the same answer for both)."""
+        if not cursors:
+            return []
+        with self.db.engine.connect() as conn:
+            known: dict[str, str] = {}
+            for job_id, status, participants in conn.execute(
+                select(Job.id, Job.status, Job.participants).where(Job.id.in_(sorted(cursors)))
+            ):
+                if node_id in {p["node_id"] for p in participants}:
+                    known[job_id] = status
+            news: dict[str, dict[str, Any]] = {
+                j: {"job_id": j, "job_status": known.get(j, "not_found"), "messages": [], "next_after": cursors[j]}
+                for j in cursors
+            }
+            if known:
+                q = (
+                    select(
+                        MailboxMessage.job_id,
+                        MailboxMessage.from_node,
+                        MailboxMessage.to_node,
+                        MailboxMessage.seq,
+                        MailboxMessage.blob,
+                        MailboxMessage.job_seq,
+                    )
+                    .where(
+                        or_(*(and_(MailboxMessage.job_id == j, MailboxMessage.job_seq > cursors[j]) for j in sorted(known))),
+                        MailboxMessage.from_node != node_id,
+                        MailboxMessage.to_node.in_((node_id, BROADCAST)),
+                    )
+                    .order_by(MailboxMessage.id)
+                    .limit(self.settings.inbox_batch)
+                )
+                size = 0
+                limit = self.settings.max_body_bytes
+                full: set[str] = set()
+                for job_id, from_node, to_node, seq, blob, job_seq in conn.execute(q):
+                    item = news[job_id]
+                    # Per job the cursor only moves forward over contiguous answers: once one
+                    # message of a job is left out, the later ones of that job wait too.
+                    if job_id in full or (size and size + len(blob) > limit):
+                        full.add(job_id)
+                        continue
+                    size += len(blob)
+                    item["next_after"] = max(item["next_after"], job_seq)
+                    item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
+            conn.rollback()
+        return [n for n in news.values() if n["messages"] or n["job_status"] != "running"]
+
+    def post_outbox(
+        self,
+        node: NodeIdentity,
+        messages: Sequence[tuple[str, str, int, bytes]],
+        results: Sequence[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]],
+    ) -> dict[str, Any]:
+        """Several jobs' messages, then task results, in one call. Each job and each result
+        succeeds or fails on its own (a finished job refuses its late messages without
+        affecting the others); failures come back as the error body the single-item
+        endpoints would have answered."""
+        by_job: dict[str, list[tuple[str, int, bytes]]] = {}
+        where: dict[str, list[int]] = {}
+        for i, (job_id, to, seq, blob) in enumerate(messages):
+            by_job.setdefault(job_id, []).append((to, seq, blob))
+            where.setdefault(job_id, []).append(i)
+        jobs: dict[str, Any] = {}
+        for job_id, msgs in by_job.items():
+            try:
+                jobs[job_id] = self.post_messages(job_id, node.node_id, msgs)
+            except ApiError as e:
+                # Name the offending message by its place in this whole post.
+                field = e.field
+                m = _MESSAGE_FIELD_RE.match(field or "")
+                if m is not None:
+                    field = f"messages[{where[job_id][int(m.group(1))]}]{m.group(2)}"
+                jobs[job_id] = {"error": _error_item(e, field)}
+        acks: dict[str, Any] = {}
+        for i, (task_id, status, result, error) in enumerate(results):
+            try:
+                acks[task_id] = self.post_result(task_id, node.node_id, status, result, error)
+            except ApiError as e:
+                acks[task_id] = {"error": _error_item(e, f"results[{i}].{e.field}" if e.field else f"results[{i}]")}
+        return {"jobs": jobs, "results": acks}
+
     # -- audit ----------------------------------------------------------------------------------
     def post_audit(self, node: NodeIdentity, entries: Sequence[tuple[int, bytes, str, bytes]]) -> dict[str, Any]:
         for i, (_seq, entry, _h, _sig) in enumerate(entries):
@@ -1191,6 +1287,14 @@ class Coordinator:
 _REASONS = frozenset(
     {"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", ""}
 )
+
+
+_MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
+
+
+def _error_item(e: ApiError, field: str | None) -> dict[str, Any]:
+    """One item's failure inside a batch answer: what the single-item endpoint would answer."""
+    return {"status": e.status, "code": e.code, "message": e.message, "field": field, **e.extra}
 
 
 def decode_card(data: bytes) -> PeerCard:

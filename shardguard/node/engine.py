@@ -26,7 +26,7 @@ from shardguard.protocols.errors import MessageRejected
 from shardguard.protocols.message import BROADCAST, Message
 from shardguard.protocols.party import Party
 
-__all__ = ["EngineError", "EngineTimeout", "Inbox", "Relay", "decode_message", "drive", "encode_message", "exchange"]
+__all__ = ["EngineError", "EngineTimeout", "Inbox", "Notes", "Relay", "decode_message", "drive", "encode_message", "exchange"]
 
 R = TypeVar("R")
 _SESSION = slice(1, 33)  # envelope header: version (1 byte), then the 32-byte session id
@@ -166,6 +166,57 @@ def _pump(
                 take(sender, envelope)
 
 
+class Notes:
+    """One message to every peer and one from each, sealed and signed like protocol envelopes
+    under their own ``session_id`` (one round, no party). Posting happens at construction; the
+    answers are either awaited (:meth:`receive`) or taken only if they already came
+    (:meth:`received`), so a caller that does not need them now sends its own without a
+    round trip of its own."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        session_id: bytes,
+        me: NodeKeys,
+        card: PeerCard,
+        peers: Mapping[int, AdmittedPeer],
+        relay: Relay,
+        inbox: Inbox,
+        messages: Mapping[int, bytes],
+    ) -> None:
+        self._job = job
+        self._sid = session_id
+        self._relay = relay
+        self._inbox = inbox
+        self._peers = dict(peers)
+        self._channels = {i: Channel(me, card, peers[i], session_id) for i in peers}
+        self._index_of = {peers[i].node_id: i for i in peers}
+        self.got: dict[int, bytes] = {}
+        relay.post(job, [(peers[i].node_id, self._channels[i].seal(messages[i], seq=1)) for i in peers])
+
+    def _take(self, sender: str, envelope: bytes) -> None:
+        i = self._index_of.get(sender)
+        if i is None or i in self.got:
+            return
+        try:
+            self.got[i] = self._channels[i].open(envelope)
+        except ChannelError:
+            return
+
+    def receive(self, deadline: float, clock: Callable[[], float] = time.monotonic, poll: float = 5.0) -> dict[int, bytes]:
+        """Wait for one message from every peer (:class:`EngineTimeout` at ``deadline``)."""
+        _pump(self._relay, self._job, self._inbox, self._sid, lambda: len(self.got) == len(self._peers), self._take,
+              deadline, clock, poll, lambda: 0)  # fmt: skip
+        return self.got
+
+    def received(self) -> dict[int, bytes]:
+        """The answers that have already arrived (held by the inbox), without waiting."""
+        for sender, envelope in self._inbox.held.pop(self._sid, []):
+            self._take(sender, envelope)
+        return self.got
+
+
 def exchange(
     *,
     job: str,
@@ -180,21 +231,6 @@ def exchange(
     clock: Callable[[], float] = time.monotonic,
     poll: float = 5.0,
 ) -> dict[int, bytes]:
-    """Send ``messages[i]`` to every peer ``i`` and receive one message from each, sealed and
-    signed like protocol envelopes, under their own ``session_id`` (one round, no party)."""
-    channels = {i: Channel(me, card, peers[i], session_id) for i in peers}
-    index_of = {peers[i].node_id: i for i in peers}
-    relay.post(job, [(peers[i].node_id, channels[i].seal(messages[i], seq=1)) for i in peers])
-    got: dict[int, bytes] = {}
-
-    def take(sender: str, envelope: bytes) -> None:
-        i = index_of.get(sender)
-        if i is None or i in got:
-            return
-        try:
-            got[i] = channels[i].open(envelope)
-        except ChannelError:
-            return
-
-    _pump(relay, job, inbox, session_id, lambda: len(got) == len(peers), take, deadline, clock, poll, lambda: 0)
-    return got
+    """Send ``messages[i]`` to every peer ``i`` and receive one message from each (:class:`Notes`)."""
+    notes = Notes(job=job, session_id=session_id, me=me, card=card, peers=peers, relay=relay, inbox=inbox, messages=messages)
+    return notes.receive(deadline, clock, poll)

@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,74 +42,21 @@ from shardguard.attestation.errors import AttestationError
 from shardguard.attestation.policy import VerificationPolicy
 from shardguard.attestation.verify import verify_evidence
 from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard, admit_peer, binding
-from shardguard.coordinator.wire import sign_request
 from shardguard.enclave.platform import Platform, open_platform
 from shardguard.node.audit import AuditLog
-from shardguard.node.engine import EngineError, EngineTimeout, Inbox, drive, exchange
+from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
+from shardguard.node.link import CoordinatorLink, EventStream
 from shardguard.node.tasks import Task, TaskError, run_task
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
 from shardguard.protocols.keys import PublicKeyPackage
 from shardguard.protocols.repair import RepairHelper, RepairTarget
 
-__all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]
+__all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]  # CoordinatorLink: from .link
 
 log = logging.getLogger("shardguard.node")
 _KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh", "repair": "repair"}
-
-
-class CoordinatorLink:
-    """Signed HTTP requests to the coordinator's node API (coordinator/API.md)."""
-
-    def __init__(self, base_url: str, keys: NodeKeys, *, timeout: float = 30.0) -> None:
-        self._keys = keys
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=5.0))
-
-    def close(self) -> None:
-        self._http.close()
-
-    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
-                timeout: float | None = None) -> Any:  # fmt: skip
-        url = self._http.build_request(method, path, params=params).url
-        target = url.raw_path.decode()
-        raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = sign_request(self._keys, method, target, raw)
-        if raw:
-            headers["Content-Type"] = "application/json"
-        kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        r = self._http.request(method, target, content=raw or None, headers=headers, **kw)
-        if r.status_code >= 400:
-            raise EngineError(f"coordinator refused {method} {path}: {r.status_code} {r.text[:300]}")
-        return r.json()
-
-
-class HttpRelay:
-    """:class:`~shardguard.node.engine.Relay` over the coordinator's job mailbox."""
-
-    def __init__(self, link: CoordinatorLink, node_id: str) -> None:
-        self._link = link
-        self._node = node_id
-        self._seq = 0
-        self._lock = threading.Lock()
-
-    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
-        with self._lock:
-            msgs = []
-            for to, blob in envelopes:
-                self._seq += 1
-                msgs.append({"to": to, "seq": self._seq, "blob": base64.b64encode(blob).decode()})
-        for i in range(0, len(msgs), 256):
-            self._link.request("POST", f"/v1/jobs/{job}/messages", body={"messages": msgs[i : i + 256]})
-
-    def fetch(self, job: str, after: int, wait: float) -> list[tuple[int, str, bytes]]:
-        out = self._link.request(
-            "GET", f"/v1/nodes/{self._node}/inbox", params={"job": job, "after": after, "wait": round(wait, 3)}, timeout=wait + 30
-        )
-        got = [(int(m["cursor"]), str(m["from"]), base64.b64decode(m["blob"])) for m in out["messages"]]
-        if not got and out.get("job_status") not in ("running", None):
-            raise EngineError(f"job {job} ended ({out.get('job_status')}) at the coordinator")
-        return got
 
 
 class StalePeer(Exception):
@@ -159,7 +106,7 @@ class NodeService:
         node_id: str,
         platform: Platform,
         policy: VerificationPolicy,
-        workers: int = 8,
+        workers: int = 32,
         reattest_seconds: float = 240.0,
     ) -> None:
         self.node_id = node_id
@@ -171,10 +118,16 @@ class NodeService:
         self.shares = KeystoreShares(self.keystore)
         self.audit = AuditLog(self.keystore, self.keys)
         self.link = CoordinatorLink(coordinator, self.keys)
-        self.relay = HttpRelay(self.link, node_id)
+        self._workers = workers
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self.stream = EventStream(self.link, node_id, on_task=self._submit, free_slots=self._free_slots)
+        self.relay = self.stream
         self._admitted: dict[tuple[str, int], AdmittedPeer] = {}
-        # Identity key of each peer when we last recorded its counter (see _witness).
+        # Identity key of each peer when we last recorded its counter, and whether peers have
+        # confirmed our own state since this process started (see _witness).
         self._witness_keys: dict[str, bytes] = {}
+        self._fresh = False
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._stop = threading.Event()
         self._audit_due = threading.Event()
@@ -224,11 +177,20 @@ class NodeService:
         except Exception as e:  # every failure is reported with a reason, never lost
             status, result, error = "failed", None, self._error(e, raw)
             log.warning("task %s (%s) failed: %s", task_id, raw.get("kind"), error)
-        self._record(raw, status, result, error)
-        ack = self.link.request("POST", f"/v1/tasks/{task_id}/result", body={"status": status, "result": result, "error": error})
-        lost_here = raw["kind"] == "repair" and (raw.get("params") or {}).get("lost") == self.node_id
-        if status == "done" and (raw["kind"] in ("dkg", "refresh") or lost_here):
-            self._settle(job, raw, result or {}, ack.get("job_status"))
+        try:
+            self._record(raw, status, result, error)
+        except Exception as e:
+            # The decision could not be logged (e.g. the state disk is full): release nothing
+            # whose audit entry is missing, and say why instead of leaving the task unreported.
+            status, result, error = "failed", None, self._error(e, raw)
+            log.warning("task %s (%s) failed: its audit entry could not be written: %s", task_id, raw.get("kind"), error)
+        try:
+            ack = self.stream.report(task_id, {"status": status, "result": result, "error": error})
+            lost_here = raw["kind"] == "repair" and (raw.get("params") or {}).get("lost") == self.node_id
+            if status == "done" and (raw["kind"] in ("dkg", "refresh") or lost_here):
+                self._settle(job, raw, result or {}, ack.get("job_status"))
+        finally:
+            self.stream.close(job)
 
     # -- audit ----------------------------------------------------------------------------
     def _record(
@@ -265,7 +227,9 @@ class NodeService:
 
     def _audit_flusher(self) -> None:
         while not self._stop.is_set():
-            self._audit_due.wait(2.0)
+            if self._audit_due.wait(2.0):
+                # Gather what the tasks running now will append, then mirror it in one post.
+                self._stop.wait(0.2)
             self._audit_due.clear()
             self.flush_audit()
 
@@ -310,10 +274,12 @@ class NodeService:
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
-        self._witness(task, peers, inbox, deadline)
-        return run_task(
+        later = self._witness(task, peers, inbox, deadline)
+        result = run_task(
             task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox
         )
+        later()
+        return result
 
     def _repair(
         self,
@@ -362,11 +328,19 @@ class NodeService:
             self.shares.stage(key_id, result)
         return {"repaired": lost_node, "public_key": public.public_key_bytes.hex(), "epoch": public.epoch}
 
-    def _witness(self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float) -> None:
-        """Rollback defence (ARCHITECTURE §7, ROTE-style): before any protocol, every participant
-        tells every other its keystore's (counter, digest) and the last one it recorded for
-        that peer. A peer that went backwards, or a peer that saw us at a newer state than the
-        one we loaded (this state directory is an old copy), stops the task here."""
+    def _witness(self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float) -> Callable[[], None]:
+        """Rollback defence (ARCHITECTURE §7, ROTE-style): every participant tells every other
+        its keystore's (counter, digest) and the last one it recorded for that peer. A peer that
+        went backwards, or a peer that saw us at a newer state than the one we loaded (this
+        state directory is an old copy), stops the task here.
+
+        The notes are always sent (in the same post as the protocol's first round). They are
+        awaited before the protocol only while they can still change a decision: until peers
+        have confirmed our own state since this process started, and for a peer whose current
+        process (identity key) we have not yet witnessed. A rollback needs a restart, and a
+        restart brings a new identity key — so a peer already witnessed in its current process
+        cannot have been rolled back since. Otherwise the notes are read after the protocol
+        (returned callable) to keep the recorded counters current."""
         counter, digest = self.keystore.announcement()
         seen = self.keystore.peer_counters()
 
@@ -377,17 +351,29 @@ class NodeService:
             ).encode()
 
         sid = hashlib.sha256(b"shardguard/node/witness/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
-        got = exchange(
-            job=task.job,
-            session_id=sid,
-            me=self.keys,
-            card=self.card,
-            peers=peers,
-            relay=self.relay,
-            inbox=inbox,
-            messages={i: note(p.node_id) for i, p in peers.items()},
-            deadline=deadline,
-        )
+        notes = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
+                      messages={i: note(p.node_id) for i, p in peers.items()})  # fmt: skip
+        needed = not self._fresh or any(self._witness_keys.get(p.node_id) != p.card.identity_public_key for p in peers.values())
+        if needed:
+            self._check_witness(notes.receive(deadline), peers)
+            return lambda: None
+
+        def later() -> None:
+            got = notes.received()
+            if not got:
+                return
+            try:
+                self._check_witness(got, peers)
+            except (StalePeer, KeystoreError, TaskError) as e:
+                # Cannot happen without a restart (see above); if it does, trust nothing
+                # already witnessed: the next task waits for every note again.
+                log.error("witness notes after job %s: %s", task.job, e)
+                self._fresh = False
+                self._witness_keys.clear()
+
+        return later
+
+    def _check_witness(self, got: Mapping[int, bytes], peers: Mapping[int, AdmittedPeer]) -> None:
         confirmations: dict[str, tuple[int, bytes] | None] = {}
         for i, raw in got.items():
             node = peers[i].node_id
@@ -412,6 +398,7 @@ class NodeService:
                     raise StalePeer(node, str(e)) from None
         try:
             self.keystore.require_fresh(confirmations, 1)
+            self._fresh = True
         except KeystoreError as e:
             if e.reason is not KeystoreReason.UNCONFIRMED:  # STALE_STATE: refuse, loudly
                 raise
@@ -423,11 +410,8 @@ class NodeService:
         key_id = str(raw["key_id"])
         epoch = int(result.get("epoch", result.get("public", {}).get("epoch", 0)))
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))) + 30
-        while job_status == "running" and time.monotonic() < deadline and not self._stop.is_set():
-            out = self.link.request(
-                "GET", f"/v1/nodes/{self.node_id}/inbox", params={"job": job, "after": 2**62, "wait": 10}, timeout=40
-            )
-            job_status = out.get("job_status")
+        if job_status == "running":
+            job_status = self.stream.wait_ended(job, max(0.0, deadline - time.monotonic()))
         if job_status == "done":
             self.shares.commit(key_id, epoch)
             self._audit("epoch_committed", job=job, key_id=key_id, epoch=epoch)
@@ -449,6 +433,9 @@ class NodeService:
             return {"reason": "STALE_PEER", "culprits": [e.node], "detail": str(e)[:2000]}
         if isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE:
             return {"reason": "STALE_STATE", "culprits": [self.node_id], "detail": str(e)[:2000]}
+        if isinstance(e, KeystoreError):
+            # DISK_FULL, READ_ONLY, IO_ERROR, …: this node's state disk, named as such.
+            return {"reason": f"KEYSTORE_{e.reason.name}", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, AttestationError):
             return {"reason": "ATTESTATION", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, EngineTimeout):
@@ -462,29 +449,41 @@ class NodeService:
         self.register()
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
         self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
+        self.stream.start()
         while not self._stop.is_set():
-            if time.monotonic() - self._registered_at > self._reattest:
-                self.register()
-            try:
-                out = self.link.request("GET", f"/v1/nodes/{self.node_id}/tasks", params={"wait": 10}, timeout=40)
-            except (httpx.HTTPError, EngineError) as e:
-                log.warning("coordinator unreachable: %s", e)
-                self._stop.wait(1.0)
+            left = self._reattest - (time.monotonic() - self._registered_at)
+            if left > 0:
+                self._stop.wait(min(left, 5.0))
                 continue
-            task = out.get("task")
-            if task:
-                self._pool.submit(self._handle_logged, task)
+            try:
+                self.register()
+            except (httpx.HTTPError, EngineError) as e:
+                log.warning("re-registration failed (retrying): %s", e)
+                self._stop.wait(1.0)
+
+    def _free_slots(self) -> int:
+        with self._busy_lock:
+            return self._workers - self._busy
+
+    def _submit(self, task: Mapping[str, Any]) -> None:
+        with self._busy_lock:
+            self._busy += 1
+        self._pool.submit(self._handle_logged, task)
 
     def _handle_logged(self, task: Mapping[str, Any]) -> None:
         try:
             self.handle(task)
         except Exception:  # the pool would swallow it
             log.exception("task %s could not be completed or reported", task.get("task_id"))
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     def stop(self) -> None:
         self._stop.set()
         self.flush_audit()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.stream.stop()
         self.link.close()
         self.keystore.close()
 
