@@ -446,9 +446,11 @@ class NodeService:
 
     # -- main loop ------------------------------------------------------------------------
     def run_forever(self) -> None:
+        # The first write comes before registration: a node that cannot write its state (full
+        # or read-only disk) stops here, before the coordinator hands it any task.
+        self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
         self.register()
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
-        self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
         self.stream.start()
         while not self._stop.is_set():
             left = self._reattest - (time.monotonic() - self._registered_at)
