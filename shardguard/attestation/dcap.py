@@ -180,6 +180,9 @@ def _record(cls: type[_T]) -> Callable[..., _T]:
     return make
 
 
+_MISSING: Final = object()
+
+
 class _Memo:
     """A bounded map from exact input bytes to the result of a pure check (FIFO eviction).
 
@@ -193,10 +196,11 @@ class _Memo:
         self._maxsize = maxsize
 
     def get(self, key: Hashable, compute: Callable[[], _T]) -> _T:
-        try:
-            return self._data[key]  # type: ignore[no-any-return]  # a dict read needs no lock
-        except KeyError:
-            pass
+        # A dict read needs no lock; a sentinel, because a raised KeyError costs more than the
+        # look-up on every cold call.
+        value = self._data.get(key, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
         value = compute()
         with self._lock:
             if len(self._data) >= self._maxsize:
@@ -742,7 +746,8 @@ def _tcb_pattern(capture: bool) -> bytes:
     """The TCB entry's content as Intel encodes it: components 1..16, PCESVN (17) and CPUSVN
     (18) in order, each SEQUENCE {OID, minimal INTEGER ≤ 255 / ≤ 65535 | 16-byte OCTET STRING}.
     What it matches, the general decoder accepts with the same values. With ``capture``, group
-    2i-1 or 2i holds component i, one of 33..36 the PCESVN, 37 the CPUSVN."""
+    2i-1 or 2i holds component i as its one value byte (after the sign octet, if any), one of
+    33..36 the PCESVN's value bytes, 37 the CPUSVN."""
 
     def entry(arc: int, values: Sequence[tuple[int, bytes]]) -> bytes:
         oid = _SGX_EXT_DER + bytes([2, arc])
@@ -751,7 +756,7 @@ def _tcb_pattern(capture: bool) -> bytes:
         return b"(?:" + b"|".join(alts) + b")"
 
     o = b"(" if capture else b"(?:"
-    u8 = [(3, rb"\x02\x01" + o + rb"[\x00-\x7f])"), (4, rb"\x02\x02" + o + rb"\x00[\x80-\xff])")]
+    u8 = [(3, rb"\x02\x01" + o + rb"[\x00-\x7f])"), (4, rb"\x02\x02\x00" + o + rb"[\x80-\xff])")]
     u16 = [*u8, (4, rb"\x02\x02" + o + rb"[\x01-\x7f][\x00-\xff])"), (5, rb"\x02\x03" + o + rb"\x00[\x80-\xff][\x00-\xff])")]
     parts = [entry(i, u8) for i in range(1, 17)] + [entry(17, u16), entry(18, [(18, rb"\x04\x10" + o + rb".{16})")])]
     return b"".join(parts)
@@ -823,7 +828,8 @@ def _decode_sgx_extension_fast(value: bytes) -> PckInfo | None:
     flags = m.group("dynamic_platform", "cached_keys", "smt_enabled")
     return _new_pck_info(
         ppid=m["ppid"],
-        tcb_comp_svn=tuple([int.from_bytes(g[i] if g[i] is not None else g[i + 1], "big") for i in range(0, 32, 2)]),
+        # Exactly one group of each pair matched, capturing that component's one value byte.
+        tcb_comp_svn=tuple(b"".join(filter(None, g[:32]))),
         pcesvn=int.from_bytes(next(v for v in g[32:36] if v is not None), "big"),
         cpusvn=g[36],
         pce_id=m["pce_id"],
@@ -1033,6 +1039,40 @@ def _plain_name(raw: bytes) -> tuple[str, str] | None:
     return ",".join(parts), cn
 
 
+def _rendered_names(cns: Sequence[str]) -> Mapping[bytes, tuple[str, str]]:
+    """DER → (RFC 4514 string, CN) for Intel's certificate names (CN, then O=Intel Corporation,
+    L=Santa Clara, ST=CA, C=US, encoded as Intel encodes them), rendered once at import by
+    cryptography itself: a name that is exactly one of these needs no decoding. This is display
+    text only; no trust decision reads it except the CN checks on chain shape, which get the
+    same CN cryptography would."""
+    out: dict[bytes, tuple[str, str]] = {}
+    for cn in cns:
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Intel Corporation"),
+                x509.NameAttribute(NameOID.LOCALITY_NAME, "Santa Clara"),
+                x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            ]
+        )
+        der, text = name.public_bytes(), name.rfc4514_string()
+        assert _plain_name(der) == (text, cn)  # the general fast path agrees
+        out[der] = (text, cn)
+    return types.MappingProxyType(out)
+
+
+_INTEL_NAMES: Final = _rendered_names(
+    (
+        "Intel SGX PCK Certificate",
+        "Intel SGX PCK Platform CA",
+        "Intel SGX PCK Processor CA",
+        "Intel SGX TCB Signing",
+        "Intel SGX Root CA",
+    )
+)
+
+
 def _ymd(t: dt.datetime) -> str:
     """``f"{t:%Y-%m-%d}"``, without strftime for the usual four-digit years."""
     return t.date().isoformat() if t.year >= 1000 else f"{t:%Y-%m-%d}"
@@ -1090,7 +1130,7 @@ def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
     if cert is None:
         cert = x509.load_der_x509_certificate(der)
     tbs, issuer_der, subject_der, spki_der = _tbs_parts(der)
-    plain = _plain_name(subject_der)
+    plain = _INTEL_NAMES.get(subject_der) or _plain_name(subject_der)
     if plain is None:
         subject = cert.subject
         plain = (subject.rfc4514_string(), _cn(cert))
@@ -2195,7 +2235,7 @@ class _Crl:
     tbs: bytes  # the signed TBSCertList, as it is in the DER
     signature: bytes
     hash_algorithm: hashes.HashAlgorithm
-    _looked_up: dict[int, bool] = dataclasses.field(default_factory=dict)
+    _looked_up: dict[int, bool]  # given, not a default factory: that makes __init__ slower
 
     def revokes(self, serial: int) -> bool:
         """Whether ``serial`` is on the CRL. Only the serials asked about are looked up (the
@@ -2245,7 +2285,7 @@ def _load_crl(der: bytes, *, platform: str, field: str) -> _Crl:
             raise _fail(
                 _R.COLLATERAL_INVALID, "CRL without nextUpdate or an ECDSA-SHA2 signature", platform=platform, field=field
             )
-        return _Crl(crl, issuer_der, this_update, next_update, tbs, crl.signature, algo)
+        return _Crl(crl, issuer_der, this_update, next_update, tbs, crl.signature, algo, {})
 
     return _CRLS.get(der, load)
 
