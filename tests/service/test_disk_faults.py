@@ -12,19 +12,19 @@ the same write paths without processes).
 
 For each fault — disk full (a filler file written until ENOSPC), then read-only (``mount -o
 remount,ro``) — sign and refresh requests of an ed25519 and an ecdsa key that involve node-1
-must end ``done`` or ``failed`` with a reason before their deadline; node-1 keeps running (or
-restarts cleanly); its keystore still loads every share at the epoch the coordinator has, with
-nothing pending and no temp file left; a failed refresh leaves the old epoch signing on every
-node; and once the disk is writable again the keys sign through node-1, verified by PyNaCl +
-OpenSSL (ed25519) and OpenSSL + libsecp256k1 via coincurve (ecdsa); node-1's audit entries of
-those signatures reach the coordinator (its mirroring thread survived the fault) and its
-mirrored chain verifies. node-1 killed and restarted on a full disk runs or exits with the
-reason in its log, and starts cleanly on the same tmpfs once there is room.
+must end ``done`` or ``failed`` with a reason before their deadline (a failure reported by
+node-1 itself, at once, naming DISK_FULL / READ_ONLY; the ENOSPC / EROFS is in its log); node-1
+keeps running (or restarts cleanly); its keystore still loads every share at the epoch the
+coordinator has, with nothing pending and no temp file left; a failed refresh leaves the old
+epoch signing on every node; and once the disk is writable again the keys sign through node-1,
+verified by PyNaCl + OpenSSL (ed25519) and OpenSSL + libsecp256k1 via coincurve (ecdsa);
+node-1's audit entries of those signatures reach the coordinator (its mirroring thread survived
+the fault) and its mirrored chain verifies. node-1 killed and restarted on a full disk runs or
+exits with the reason in its log, and starts cleanly on the same tmpfs once there is room.
 
-Two defects outside the files this test's author could change are pinned by strict xfail
-tests at the end (they turn into failures once fixed, so the marker gets removed): the faulty
-node never reports its task (the request fails only at its deadline, as a peer's TIMEOUT), and
-a node that cannot write at start registers before it exits.
+A defect outside the files this test's author could change is pinned by a strict xfail test
+at the end (it turns into a failure once fixed, so the marker gets removed): a node that cannot
+write at start registers with the coordinator before it exits.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ SWEEP_SLACK = 5.0
 TMPFS_SIZE = 4 << 20
 PAGE = 4096
 FULL = "node-1"
-#: What the fault tests saw, for the two xfail tests at the end: per fault, each request as it
-#: ended; for the restart on a full disk, whether node-1 exited and whether it had registered.
+#: For the xfail test at the end: whether node-1, restarted on a full disk, exited, and
+#: whether it had registered with the coordinator first.
 outcomes: dict[str, Any] = {}
 
 
@@ -210,6 +210,18 @@ def settle(client: Client, reqs: list[tuple[str, str]]) -> dict[str, dict[str, A
     return out
 
 
+def reported_by_the_faulty_node(ended: dict[str, dict[str, Any]], want: str) -> None:
+    """node-1 failed each request itself, at once, naming the disk fault — not a peer's
+    timeout at the deadline that names no cause."""
+    for what, r in ended.items():
+        if r["status"] != "failed":
+            continue
+        err = r["error"] or {}
+        assert err.get("reason") in (want, f"KEYSTORE_{want}") and err.get("party") == FULL, f"{what}: {err}"
+        took = (dt.datetime.fromisoformat(r["finished_at"]) - dt.datetime.fromisoformat(r["started_at"])).total_seconds()
+        assert took < JOB_TIMEOUT / 2, f"{what} took {took:.1f} s to fail"
+
+
 def keystore_loads(ns: Namespace, scratch: Path, client: Client, keys: dict[str, dict[str, Any]]) -> None:
     """node-1's keystore, copied off the tmpfs as it is now (the running node holds its lock),
     opens with every record validated; every key is at the coordinator's epoch, none pending."""
@@ -285,11 +297,9 @@ def test_full_state_disk(cluster: tuple[Path, Client, Namespace], keys: dict[str
     filler = fill(ns)
     try:
         ended = settle(client, submit(client, keys))
-        outcomes["full"] = ended
         assert ended["sign ecdsa"]["status"] == "failed" or ended["sign ed25519"]["status"] == "failed", ended
-        assert "No space left on device" in node_log(d)[log_before:] or any(
-            "DISK_FULL" in str(r.get("error")) for r in ended.values()
-        ), "node-1 never met the full disk"
+        assert "No space left on device" in node_log(d)[log_before:], "node-1 never met the full disk"
+        reported_by_the_faulty_node(ended, "DISK_FULL")
         assert os.statvfs(ns.path()).f_bavail == 0  # still full: nothing was freed by deleting state
         alive_or_restarted(d, client)
         keystore_loads(ns, tmp_path / "copy", client, keys)
@@ -313,11 +323,9 @@ def test_read_only_state_disk(cluster: tuple[Path, Client, Namespace], keys: dic
         probe = ns.run("sh", "-c", f"echo x > {ns.mountpoint}/probe")
         assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe  # as node-1 sees it
         ended = settle(client, submit(client, keys))
-        outcomes["read-only"] = ended
         assert ended["sign ecdsa"]["status"] == "failed" or ended["sign ed25519"]["status"] == "failed", ended
-        assert "Read-only file system" in node_log(d)[log_before:] or any(
-            "READ_ONLY" in str(r.get("error")) for r in ended.values()
-        ), "node-1 never met the read-only disk"
+        assert "Read-only file system" in node_log(d)[log_before:], "node-1 never met the read-only disk"
+        reported_by_the_faulty_node(ended, "READ_ONLY")
         alive_or_restarted(d, client)
         keystore_loads(ns, tmp_path / "copy", client, keys)
     finally:
@@ -365,23 +373,6 @@ def _running(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text().lower()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/service.py: NodeService.handle() writes the audit entry before it reports, so a failed audit write "
-    "leaves the task unreported (the request fails only at its deadline, as a timeout), and _error() maps a "
-    "KeystoreError to INTERNAL; see the issue 6 disk-fault report",
-)
-def test_the_node_on_the_faulty_disk_reports_why() -> None:
-    """What the requests above should have said: node-1 itself failed them, at once, with
-    DISK_FULL / READ_ONLY — not a timeout at the deadline that names no cause."""
-    assert {"full", "read-only"} <= set(outcomes), "run the whole module"
-    for fault, want in (("full", "DISK_FULL"), ("read-only", "READ_ONLY")):
-        for what, r in outcomes[fault].items():
-            err = r.get("error") or {}
-            if r["status"] == "failed":
-                assert (err.get("reason"), err.get("party")) == (want, FULL), f"{fault}: {what}: {err}"
 
 
 @pytest.mark.xfail(
