@@ -20,11 +20,8 @@ epoch signing on every node; and once the disk is writable again the keys sign t
 verified by PyNaCl + OpenSSL (ed25519) and OpenSSL + libsecp256k1 via coincurve (ecdsa);
 node-1's audit entries of those signatures reach the coordinator (its mirroring thread survived
 the fault) and its mirrored chain verifies. node-1 killed and restarted on a full disk runs or
-exits with the reason in its log, and starts cleanly on the same tmpfs once there is room.
-
-A defect outside the files this test's author could change is pinned by a strict xfail test
-at the end (it turns into a failure once fixed, so the marker gets removed): a node that cannot
-write at start registers with the coordinator before it exits.
+exits with the reason in its log, never having registered, and starts cleanly on the same tmpfs
+once there is room.
 """
 
 from __future__ import annotations
@@ -58,9 +55,6 @@ SWEEP_SLACK = 5.0
 TMPFS_SIZE = 4 << 20
 PAGE = 4096
 FULL = "node-1"
-#: For the xfail test at the end: whether node-1, restarted on a full disk, exited, and
-#: whether it had registered with the coordinator first.
-outcomes: dict[str, Any] = {}
 
 
 @dataclasses.dataclass
@@ -337,8 +331,9 @@ def test_read_only_state_disk(cluster: tuple[Path, Client, Namespace], keys: dic
 
 def test_restart_on_a_full_disk(cluster: tuple[Path, Client, Namespace], keys: dict[str, dict[str, Any]]) -> None:
     """node-1 is killed and started again while its disk is full: it runs, or it exits with
-    its reason in the log; either way the restart after the disk has room again (through the
-    recorded nsenter prefix, so on the same tmpfs) finds every share and signs."""
+    its reason in the log *before* registering (no task is handed to a dead node); either way
+    the restart after the disk has room again (through the recorded nsenter prefix, so on the
+    same tmpfs) finds every share and signs."""
     d, client, ns = cluster
     kill9(node_pid(d, FULL))
     filler = fill(ns)
@@ -351,10 +346,10 @@ def test_restart_on_a_full_disk(cluster: tuple[Path, Client, Namespace], keys: d
             time.sleep(0.2)
         time.sleep(1.0)  # a node that fails its first write after registering exits about now
         registered, exited = _generation(client) != before, not _running(pid)
-        outcomes["restart"] = {"exited": exited, "registered": registered}
         if exited:
             log = node_log(d)[log_before:]
             assert "No space left on device" in log, log
+            assert not registered, "node-1 registered, then exited: the coordinator would hand tasks to a dead node"
         else:
             kill9(pid)
     finally:
@@ -373,16 +368,3 @@ def _running(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text().lower()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/service.py: NodeService.run_forever() registers with the coordinator before its first keystore write "
-    "(the node_started audit entry); on a full disk that write fails and the process exits, leaving the coordinator "
-    "a registered node that never claims a task; see the issue 6 disk-fault report",
-)
-def test_a_node_that_cannot_start_is_never_announced() -> None:
-    """A node restarted on a full disk may exit (test_restart_on_a_full_disk accepts that), but
-    then it must exit before it registers, so that no task is handed to a dead node."""
-    assert "restart" in outcomes, "run the whole module"
-    assert not (outcomes["restart"]["exited"] and outcomes["restart"]["registered"])
