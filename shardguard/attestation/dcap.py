@@ -948,14 +948,17 @@ def _hdr(buf: bytes, pos: int) -> tuple[int, int, int]:
     return tag, start, start + int.from_bytes(buf[pos + 2 : start], "big")
 
 
-def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes, bool]:
     """The exact TBSCertificate, issuer, subject and SubjectPublicKeyInfo encodings of a
-    certificate (RFC 5280 §4.1), sliced from its DER: nothing is re-encoded."""
+    certificate (RFC 5280 §4.1), sliced from its DER: nothing is re-encoded; and whether the
+    serial number is a positive INTEGER (the only thing cryptography warns about on loading).
+    Meaningful only for DER that cryptography parses; raises IndexError past the end."""
     _, c, _ = _hdr(der, 0)
     _, t, end = _hdr(der, c)
-    tag, _, pos = _hdr(der, t)  # [0] version, or the serial number (v1)
+    tag, serial, pos = _hdr(der, t)  # [0] version, or the serial number (v1)
     if tag == 0xA0:
-        _, _, pos = _hdr(der, pos)  # serial number
+        tag, serial, pos = _hdr(der, pos)  # serial number
+    positive = tag == 0x02 and serial < pos and der[serial] < 0x80 and der[serial:pos].count(0) != pos - serial
     _, _, pos = _hdr(der, pos)  # signature algorithm
     _, _, e = _hdr(der, pos)
     issuer, pos = der[pos:e], e
@@ -965,7 +968,7 @@ def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     _, _, e = _hdr(der, pos)
     if e > end:
         raise IndexError("SubjectPublicKeyInfo past the TBSCertificate")
-    return der[c:end], issuer, subject, der[pos:e]
+    return der[c:end], issuer, subject, der[pos:e], positive
 
 
 #: RFC 4514 short names of the attributes (2.5.4.<arc>) that Intel's names use, as cryptography
@@ -1126,14 +1129,23 @@ def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
     """Decode a certificate and every part of it the checks use, so a malformed one is refused
     here (cryptography decodes lazily; each access may raise one of ``_LAZY_PARSE_ERRORS``, and
     ``_tbs_parts`` IndexError) and not from deep inside a check. The subject is rendered without
-    cryptography when it is plain (:func:`_plain_name`)."""
-    if cert is None:
-        cert = x509.load_der_x509_certificate(der)
-    tbs, issuer_der, subject_der, spki_der = _tbs_parts(der)
+    cryptography when it is plain (:func:`_plain_name`).
+
+    cryptography warns about a serial number ≤ 0 when it loads a certificate, and about odd
+    attribute lengths when it decodes a name; those warnings are silenced (evidence is not the
+    caller's code to fix). Silencing costs more than a decode, so it is done only when one of
+    them can happen: a serial that is not positive, or a name that is not plain."""
+    tbs, issuer_der, subject_der, spki_der, serial_positive = _tbs_parts(der)
     plain = _INTEL_NAMES.get(subject_der) or _plain_name(subject_der)
-    if plain is None:
-        subject = cert.subject
-        plain = (subject.rfc4514_string(), _cn(cert))
+    if plain is None or not (serial_positive or cert is not None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if cert is None:
+                cert = x509.load_der_x509_certificate(der)
+            if plain is None:
+                plain = (cert.subject.rfc4514_string(), _cn(cert))
+    elif cert is None:
+        cert = x509.load_der_x509_certificate(der)
     extensions = cert.extensions
     hash_alg = cert.signature_hash_algorithm
     key = cert.public_key()
@@ -1249,10 +1261,15 @@ class _Chain:
         return key
 
 
+_new_chain = _record(_Chain)
+
+
 #: Intel SGX Root CA (fixtures/attestation/sgx/intel_sgx_root_ca.der, DER SHA-256 44A0196B…74D3),
 #: the certificate every genuine PCK and TCB Signing chain ends with. It is decoded and its
 #: self-signature checked once, at import; a chain whose last certificate is exactly these bytes
 #: reuses that. Whether it is *trusted* is still decided per call, by ``roots``.
+_INTEL_ROOTS_KEY: Final = tuple(sorted(INTEL_ROOTS.items()))
+
 _INTEL_ROOT_DER: Final = base64.b64decode(
     "MIICjzCCAjSgAwIBAgIUImUM1lqdNInzg7SVUr9QGzknBqwwCgYIKoZIzj0EAwIwaDEaMBgGA1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0Ex"
     "GjAYBgNVBAoMEUludGVsIENvcnBvcmF0aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJBgNVBAYTAlVTMB4X"
@@ -1315,31 +1332,31 @@ def _pem_chain(pem: bytes, *, platform: str, what: str) -> _Chain:
         items: list[_Cert] = []
         root_spki: bytes | None = None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # serial numbers ≤ 0 or too long are warned about
-                for i, (der, cert) in enumerate(zip(ders, certs, strict=True)):
-                    known = _KNOWN_ROOTS.get(der) if i == len(ders) - 1 else None
-                    if known is not None:
-                        items.append(known[0])
-                        root_spki = known[1]
-                    else:
-                        items.append(_decode_cert(der, cert))
-                # An issuer name that is not byte for byte the next certificate's subject (which
-                # decoded) is decoded too: a chain check compares it.
-                for i, c in enumerate(items):
-                    nxt = items[i + 1] if i + 1 < len(items) else c
-                    if c.issuer_der != nxt.subject_der:
+            for i, (der, cert) in enumerate(zip(ders, certs, strict=True)):
+                known = _KNOWN_ROOTS.get(der) if i == len(ders) - 1 else None
+                if known is not None:
+                    items.append(known[0])
+                    root_spki = known[1]
+                else:
+                    items.append(_decode_cert(der, cert))  # silences the warnings loading may cause
+            # An issuer name that is not byte for byte the next certificate's subject (which
+            # decoded) is decoded too: a chain check compares it.
+            for i, c in enumerate(items):
+                nxt = items[i + 1] if i + 1 < len(items) else c
+                if c.issuer_der != nxt.subject_der:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # odd attribute lengths are warned about
                         _ = c.cert.issuer
-                if root_spki is None:
-                    root_key = items[-1].cert.public_key()
-                    root_spki = hashlib.sha256(
-                        root_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-                    ).digest()
+            if root_spki is None:
+                root_key = items[-1].cert.public_key()
+                root_spki = hashlib.sha256(
+                    root_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+                ).digest()
         except (*_LAZY_PARSE_ERRORS, IndexError) as e:
             raise _fail(
                 _R.MALFORMED, f"{what}: undecodable certificate ({type(e).__name__}: {e})", platform=platform, field=what
             ) from None
-        return _Chain(pem=pem, items=tuple(items), root_spki_sha256=root_spki)
+        return _new_chain(pem, tuple(items), root_spki)
 
     return _PEM_CHAINS.get(pem, load)
 
@@ -1363,7 +1380,7 @@ _ECDSA_WITH: Final[Mapping[type[hashes.HashAlgorithm], ec.ECDSA]] = {
 
 
 def _roots_key(roots: Mapping[bytes, str]) -> tuple[tuple[bytes, str], ...]:
-    return tuple(sorted(roots.items()))
+    return _INTEL_ROOTS_KEY if roots is INTEL_ROOTS else tuple(sorted(roots.items()))  # INTEL_ROOTS is read-only
 
 
 def _issued_by(cert: _Cert, issuer: _Cert, *, platform: str, what: str) -> None:
@@ -2266,15 +2283,14 @@ def _crl_parts(der: bytes) -> tuple[bytes, bytes]:
 def _load_crl(der: bytes, *, platform: str, field: str) -> _Crl:
     def load() -> _Crl:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # cryptography decodes most of a CRL lazily: every access may raise ValueError.
-                # (Its revoked entries are all decoded here; the issuer name in _check_crl.)
-                crl = x509.load_der_x509_crl(der)
-                next_update = crl.next_update_utc
-                algo = crl.signature_hash_algorithm
-                this_update = crl.last_update_utc
-                tbs, issuer_der = _crl_parts(der)
+            # cryptography decodes most of a CRL lazily: every access may raise ValueError.
+            # (Its revoked entries are all decoded here; the issuer name in _check_crl.) None of
+            # this warns, not even serial numbers ≤ 0 (tests: test_crl_loading_does_not_warn).
+            crl = x509.load_der_x509_crl(der)
+            next_update = crl.next_update_utc
+            algo = crl.signature_hash_algorithm
+            this_update = crl.last_update_utc
+            tbs, issuer_der = _crl_parts(der)
         except (ValueError, TypeError, x509.InvalidVersion, IndexError) as e:
             raise _fail(_R.COLLATERAL_INVALID, f"not a DER CRL: {e}", platform=platform, field=field) from None
         if (

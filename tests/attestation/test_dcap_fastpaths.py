@@ -377,3 +377,82 @@ def test_genuine_root_is_not_trusted_under_other_pins() -> None:
         with pytest.raises(AttestationError) as ei:
             dcap.verify_quote(quote_bytes(name), platform=platform_of(name), at=AT[name], roots=other)
         assert ei.value.reason is R.UNTRUSTED_ROOT and ei.value.field == "intel_root"
+
+
+# -- warnings: silenced only where cryptography can emit them ------------------------------------------
+def _patched_serial(der: bytes, old: bytes, new: bytes) -> bytes:
+    i = der.index(old)
+    return der[:i] + new + der[i + len(old) :]
+
+
+def _self_signed(serial: int, name: x509.Name) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(dt.datetime(2025, 1, 1))
+        .not_valid_after(dt.datetime(2026, 1, 1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_crl_loading_does_not_warn() -> None:
+    # _load_crl silences nothing: cryptography does not warn about a CRL, not even about revoked
+    # serial numbers that are negative or zero (which it does warn about in certificates).
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crl")])
+    der = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(name)
+        .last_update(dt.datetime(2025, 1, 1))
+        .next_update(dt.datetime(2026, 1, 1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(0x7A).revocation_date(dt.datetime(2025, 1, 1)).build()
+        )
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    for serial in (b"\x02\x01\xfa", b"\x02\x01\x00", b"\x02\x01\x7a"):
+        patched = _patched_serial(der, b"\x02\x01\x7a", serial)
+        dcap.clear_caches()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            crl = dcap._load_crl(patched, platform="tdx", field="pck_crl")
+            assert crl.revokes(int.from_bytes(serial[2:], "big", signed=True))
+            assert [r.serial_number for r in crl.crl] == [int.from_bytes(serial[2:], "big", signed=True)]
+    dcap.clear_caches()
+    for genuine in _collateral_docs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            dcap._load_crl(bytes.fromhex(genuine["pck_crl"]), platform="tdx", field="pck_crl")
+
+
+@pytest.mark.parametrize(
+    ("serial", "country"),
+    [(0x7A, "US"), (-6, "US"), (0, "US"), (0x7A, "USA")],  # plain; negative; zero; an odd country name
+)
+def test_certificate_warnings_are_silenced_and_only_when_they_can_happen(serial: int, country: str) -> None:
+    # The serial is patched in after signing: CertificateBuilder refuses serials ≤ 0, and decoding
+    # happens before any signature check. "USA" makes cryptography warn when it decodes the name.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = x509.NameAttribute(NameOID.COUNTRY_NAME, country, _validate=False)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warns"), c])
+    der = _patched_serial(_self_signed(0x7A, name), b"\x02\x01\x7a", b"\x02\x01" + (serial & 0xFF).to_bytes(1, "big"))
+    positive = dcap._tbs_parts(der)[4]
+    assert positive is (serial > 0)
+    pem = b"-----BEGIN CERTIFICATE-----\n" + binascii.b2a_base64(der, newline=False) + b"\n-----END CERTIFICATE-----\n"
+    dcap.clear_caches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escapes fails the test
+        chain = dcap._pem_chain(pem, platform="tdx", what="pck_chain")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = x509.load_der_x509_certificate(der)
+        assert (chain.items[0].subject, chain.items[0].cn) == (want.subject.rfc4514_string(), "warns")
+        assert want.serial_number == serial
