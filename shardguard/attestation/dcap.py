@@ -319,7 +319,10 @@ class TdReport:
             "mr_config_id": self.mr_config_id.hex(),
             "mr_owner": self.mr_owner.hex(),
             "mr_owner_config": self.mr_owner_config.hex(),
-            **{f"rtmr{i}": r.hex() for i, r in enumerate(self.rtmrs)},
+            "rtmr0": self.rtmrs[0].hex(),
+            "rtmr1": self.rtmrs[1].hex(),
+            "rtmr2": self.rtmrs[2].hex(),
+            "rtmr3": self.rtmrs[3].hex(),
             "report_data": self.report_data.hex(),
         }
         if self.tee_tcb_svn2 is not None and self.mr_servicetd is not None:
@@ -363,7 +366,7 @@ class Quote:
 
     @property
     def tee(self) -> str:
-        return {1: "SGX", _BODY_TD10: "TDX1.0", _BODY_TD15: "TDX1.5"}[self.body_type]
+        return _TEE_NAMES[self.body_type]
 
     @property
     def platform(self) -> str:
@@ -391,6 +394,7 @@ class Quote:
 
 
 _new_quote = _record(Quote)
+_TEE_NAMES: Final = {1: "SGX", _BODY_TD10: "TDX1.0", _BODY_TD15: "TDX1.5"}
 
 
 _U16: Final = struct.Struct("<H")

@@ -53,13 +53,14 @@ def verify_sgx(
     verdict = verify_quote(quote, platform=PLATFORM, collateral=collateral, at=at, roots=roots)
     body = verdict.quote.body
     assert isinstance(body, EnclaveReport)  # verify_quote refuses a TDX quote for platform "sgx"
+    fields = verdict.to_fields()
+    h = fields["body"]  # the body's fields, already in hex: not rendered twice
     measurements = {
-        "mrenclave": body.mr_enclave.hex(),
-        "mrsigner": body.mr_signer.hex(),
+        "mrenclave": h["mr_enclave"],
+        "mrsigner": h["mr_signer"],
         "isv_prod_id": body.isv_prod_id.to_bytes(2, "big").hex(),
         "isv_svn": body.isv_svn.to_bytes(2, "big").hex(),
     }
-    fields = verdict.to_fields()
     fields["enclave_debug"] = body.debug
     return Verified(
         platform=PLATFORM,

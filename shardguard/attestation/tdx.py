@@ -54,18 +54,22 @@ def verify_tdx(
     verdict = verify_quote(quote, platform=PLATFORM, collateral=collateral, at=at, roots=roots)
     body = verdict.quote.body
     assert isinstance(body, TdReport)  # verify_quote refuses an SGX quote for platform "tdx"
-    measurements = {
-        "mrtd": body.mr_td.hex(),
-        **{f"rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)},
-        "mrconfigid": body.mr_config_id.hex(),
-        "mrowner": body.mr_owner.hex(),
-        "mrownerconfig": body.mr_owner_config.hex(),
-        "mrseam": body.mr_seam.hex(),
-        "mrsignerseam": body.mr_signer_seam.hex(),
-    }
     fields = verdict.to_fields()
+    h = fields["body"]  # the body's fields, already in hex: not rendered twice
+    measurements = {
+        "mrtd": h["mr_td"],
+        "rtmr0": h["rtmr0"],
+        "rtmr1": h["rtmr1"],
+        "rtmr2": h["rtmr2"],
+        "rtmr3": h["rtmr3"],
+        "mrconfigid": h["mr_config_id"],
+        "mrowner": h["mr_owner"],
+        "mrownerconfig": h["mr_owner_config"],
+        "mrseam": h["mr_seam"],
+        "mrsignerseam": h["mr_signer_seam"],
+    }
     fields["td_debug"] = body.debug
-    fields["tee_tcb_svn"] = body.tee_tcb_svn.hex()
+    fields["tee_tcb_svn"] = h["tee_tcb_svn"]
     return Verified(
         platform=PLATFORM,
         measurements=measurements,
