@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -705,65 +705,120 @@ class Coordinator:
     # -- tasks ----------------------------------------------------------------------------------
     def claim_task(self, node_id: str) -> dict[str, Any] | None:
         """Hand ``node_id`` its oldest queued task, at most once across all replicas."""
-        with self.db.read() as s:
-            if s.scalars(select(Task.id).where(Task.node_id == node_id, Task.status == "queued").limit(1)).first() is None:
-                return None
+        tasks = self.claim_tasks(node_id, 1)
+        return tasks[0] if tasks else None
+
+    def claim_tasks(self, node_id: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the node's queued tasks, oldest first, each handed out at most once
+        across all replicas (``FOR UPDATE SKIP LOCKED``; SQLite: the one writer lock). Core
+        statements, one transaction for the whole batch: this runs on every task."""
+        if limit <= 0:
+            return []
+        with self.db.engine.connect() as conn:
+            queued = conn.execute(_QUEUED_TASK, {"node": node_id}).first()
+            conn.rollback()
+        if queued is None:
+            return []
         now = utc_now()
+        out: list[dict[str, Any]] = []
         with self.db.write() as s:
-            q = (
-                select(Task)
+            conn = s.connection()
+            rows = conn.execute(
+                select(Task.id, Task.job_id, Task.party_index)
                 .where(Task.node_id == node_id, Task.status == "queued")
                 .order_by(Task.created_at, Task.id)
-                .limit(1)
+                .limit(limit)
                 .with_for_update(skip_locked=True)
-            )
-            task = s.scalars(q).first()
-            if task is None:
-                return None
-            job = s.get(Job, task.job_id)
-            key = s.get(Key, job.key_id) if job is not None else None
-            if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
-                task.status = "cancelled"
-                return None
-            task.status = "running"
-            task.claimed_at = now
-            task.lease_owner = self.settings.replica_id
-            task.lease_until = job.lease_until
-            ids = [p["node_id"] for p in job.participants]
-            nodes = {n.id: n for n in s.scalars(select(Node).where(Node.id.in_(ids)))}
-            participants = []
-            for p in job.participants:
-                n = nodes.get(p["node_id"])
-                participants.append(
-                    {
-                        "node_id": p["node_id"],
-                        "index": p["index"],
-                        "peer_card": b64(n.peer_card) if n else None,
-                        "platform": n.platform if n else None,
-                        "evidence": b64(n.evidence) if n else None,
-                        "collateral": b64(n.collateral) if n else None,
-                        "evidence_nonce": n.evidence_nonce.hex() if n and n.evidence_nonce is not None else None,
-                        "generation": n.generation if n else None,
-                    }
+            ).all()
+            if not rows:
+                return []
+            jobs = {
+                r.id: r
+                for r in conn.execute(
+                    select(
+                        Job.id,
+                        Job.kind,
+                        Job.key_id,
+                        Job.status,
+                        Job.epoch,
+                        Job.instance,
+                        Job.lease_until,
+                        Job.participants,
+                        Job.params,
+                    ).where(Job.id.in_(sorted({r.job_id for r in rows})))
                 )
-            payload = {
-                "task_id": task.id,
-                "job_id": job.id,
-                "kind": job.kind,
-                "key_id": key.id,
-                "scheme": key.scheme,
-                "threshold": key.threshold,
-                "epoch": job.epoch,
-                "public_key": key.public_key,
-                "instance": job.instance,
-                "deadline": iso(job.lease_until),
-                "you": {"node_id": node_id, "index": task.party_index},
-                "committee": [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)],
-                "participants": participants,
-                "params": job.params,
             }
-        self.metrics.tasks_claimed.inc()
-        return payload
+            keys = {
+                k.id: k
+                for k in conn.execute(
+                    select(Key.id, Key.scheme, Key.threshold, Key.public_key, Key.node_ids).where(
+                        Key.id.in_(sorted({j.key_id for j in jobs.values()}))
+                    )
+                )
+            }
+            ids = {p["node_id"] for j in jobs.values() for p in j.participants}
+            nodes = {
+                n.id: n
+                for n in conn.execute(
+                    select(
+                        Node.id,
+                        Node.peer_card,
+                        Node.platform,
+                        Node.evidence,
+                        Node.collateral,
+                        Node.evidence_nonce,
+                        Node.generation,
+                    ).where(Node.id.in_(sorted(ids)))
+                )
+            }
+            for task_id, job_id, party_index in rows:
+                job = jobs.get(job_id)
+                key = keys.get(job.key_id) if job is not None else None
+                if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
+                    conn.execute(update(Task).where(Task.id == task_id).values(status="cancelled"))
+                    continue
+                conn.execute(
+                    update(Task)
+                    .where(Task.id == task_id)
+                    .values(status="running", claimed_at=now, lease_owner=self.settings.replica_id, lease_until=job.lease_until)
+                )
+                out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes))
+        self.metrics.tasks_claimed.inc(len(out))
+        return out
+
+    @staticmethod
+    def _task_payload(task_id: str, node_id: str, party_index: int, job: Any, key: Any, nodes: dict[str, Any]) -> dict[str, Any]:
+        participants = []
+        for p in job.participants:
+            n = nodes.get(p["node_id"])
+            participants.append(
+                {
+                    "node_id": p["node_id"],
+                    "index": p["index"],
+                    "peer_card": b64(n.peer_card) if n else None,
+                    "platform": n.platform if n else None,
+                    "evidence": b64(n.evidence) if n else None,
+                    "collateral": b64(n.collateral) if n else None,
+                    "evidence_nonce": n.evidence_nonce.hex() if n and n.evidence_nonce is not None else None,
+                    "generation": n.generation if n else None,
+                }
+            )
+        return {
+            "task_id": task_id,
+            "job_id": job.id,
+            "kind": job.kind,
+            "key_id": key.id,
+            "scheme": key.scheme,
+            "threshold": key.threshold,
+            "epoch": job.epoch,
+            "public_key": key.public_key,
+            "instance": job.instance,
+            "deadline": iso(job.lease_until),
+            "you": {"node_id": node_id, "index": party_index},
+            "committee": [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)],
+            "participants": participants,
+            "params": job.params,
+        }
 
     def post_result(
         self, task_id: str, node_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
@@ -946,8 +1001,14 @@ class Coordinator:
                 raise ApiError(422, "validation_error", "the same (to, seq) twice in one batch", field=f"messages[{i}].seq")
             seen[(to, seq)] = i
         now = utc_now()
+        # Core statements (no ORM objects): this runs for every round of every job.
         with self.db.write() as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            conn = s.connection()
+            job = conn.execute(
+                select(Job.status, Job.participants, Job.next_msg_seq, Job.mailbox_bytes)
+                .where(Job.id == job_id)
+                .with_for_update()
+            ).first()
             if job is None:
                 raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
             parts = [p["node_id"] for p in job.participants]
@@ -955,8 +1016,8 @@ class Coordinator:
                 raise ApiError(403, "forbidden", f"node {sender} takes no part in job {job_id}")
             if job.status != "running":
                 raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
-            task = s.scalars(select(Task).where(Task.job_id == job_id, Task.node_id == sender)).first()
-            if task is None or task.status not in ("running", "done"):
+            task_status = conn.scalar(select(Task.status).where(Task.job_id == job_id, Task.node_id == sender))
+            if task_status not in ("running", "done"):
                 raise ApiError(409, "task_not_claimed", "claim the task before sending messages")
             for i, (to, _seq, _blob) in enumerate(messages):
                 if to != BROADCAST and (to not in parts or to == sender):
@@ -964,9 +1025,9 @@ class Coordinator:
                         422, "validation_error", f"{to!r} is not another participant of the job", field=f"messages[{i}].to"
                     )
             existing = {
-                (m.to_node, m.seq): m.blob
-                for m in s.scalars(
-                    select(MailboxMessage).where(
+                (to_node, seq): blob
+                for to_node, seq, blob in conn.execute(
+                    select(MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob).where(
                         MailboxMessage.job_id == job_id,
                         MailboxMessage.from_node == sender,
                         MailboxMessage.seq.in_(sorted({seq for _to, seq, _blob in messages})),
@@ -990,16 +1051,28 @@ class Coordinator:
                 raise ApiError(
                     413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes"
                 )
-            seq_no = job.next_msg_seq
-            for to, seq, blob in fresh:
-                s.add(
-                    MailboxMessage(
-                        job_id=job_id, job_seq=seq_no, from_node=sender, to_node=to, seq=seq, blob=blob, created_at=now
-                    )
+            if fresh:
+                first = job.next_msg_seq
+                conn.execute(
+                    insert(MailboxMessage),
+                    [
+                        {
+                            "job_id": job_id,
+                            "job_seq": first + k,
+                            "from_node": sender,
+                            "to_node": to,
+                            "seq": seq,
+                            "blob": blob,
+                            "created_at": now,
+                        }
+                        for k, (to, seq, blob) in enumerate(fresh)
+                    ],
                 )
-                seq_no += 1
-            job.next_msg_seq = seq_no
-            job.mailbox_bytes += total
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(next_msg_seq=first + len(fresh), mailbox_bytes=job.mailbox_bytes + total)
+                )
         self.metrics.relay_messages.inc(len(fresh))
         self.metrics.relay_bytes.inc(total)
         recipients = {p for p in parts if p != sender} if any(to == BROADCAST for to, _s, _b in fresh) else set()
@@ -1048,16 +1121,6 @@ class Coordinator:
             return {"job_id": job_id, "job_status": status, "messages": out, "next_after": cursor}
 
     # -- node event stream (one long-poll and one post per node, across its jobs) -----------------
-    def claim_tasks(self, node_id: str, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` of the node's queued tasks, oldest first, each handed out once."""
-        out: list[dict[str, Any]] = []
-        while len(out) < limit:
-            task = self.claim_task(node_id)
-            if task is None:
-                break
-            out.append(task)
-        return out
-
     def read_events(self, node_id: str, cursors: Mapping[str, int]) -> list[dict[str, Any]]:
         """News of the node's jobs past its cursors: new messages (as :meth:`read_inbox`), and
         the status of every job that is no longer running. Jobs the node takes no part in, or
@@ -1289,6 +1352,7 @@ _REASONS = frozenset(
 )
 
 
+_QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
 
 

@@ -522,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.state.mkdir(parents=True, exist_ok=True)
     id_file = args.state / "node-id"
     node_id = args.node_id or (id_file.read_text().strip() if id_file.exists() else "node-" + secrets.token_hex(4))
-    id_file.write_text(node_id + "\n")
+    if not id_file.exists() or id_file.read_text().strip() != node_id:
+        id_file.write_text(node_id + "\n")  # only when it changes: a read-only disk fails in the keystore, clearly
     platform = open_platform(args.platform, state_dir=args.state / "platform")
     service = NodeService(
         coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=_policy(args, platform)
