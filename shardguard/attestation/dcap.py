@@ -1446,7 +1446,8 @@ def _verify_chain(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.datetime,
     except _LAZY_PARSE_ERRORS as e:
         raise _fail(_R.MALFORMED, f"certificate: {type(e).__name__}", platform=platform) from None
     for c, label in zip(items, names, strict=True):
-        _check_validity(c, at, platform=platform, what=label)
+        if not c.not_before <= at <= c.not_after:  # the call only to say which bound failed
+            _check_validity(c, at, platform=platform, what=label)
     return root_name
 
 
@@ -1462,7 +1463,8 @@ def _verify_chain_memo(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.date
     root_name = _CHAIN_SIGS.get((chain.pem, _roots_key(roots)), first_time)
     if not done:
         for c, label in zip(chain.items, names, strict=True):
-            _check_validity(c, at, platform=platform, what=label)
+            if not c.not_before <= at <= c.not_after:  # the call only to say which bound failed
+                _check_validity(c, at, platform=platform, what=label)
     return root_name
 
 
@@ -1888,16 +1890,33 @@ def _isv_level_fast(lv: object) -> TcbLevel | None:
 
 
 def _tcb_level_fast(lv: object, tdx: bool, bools: bool) -> TcbLevel | None:
+    # _common_fast and, for SGX, _svns_fast written out: this runs for every level of every TCB
+    # info, and a Python call costs as much as the checks it would wrap.
     if type(lv) is not dict:
         return None
-    tcb, common = lv.get("tcb"), _common_fast(lv)
-    if type(tcb) is not dict or common is None:
+    tcb, status, date, advisories = lv.get("tcb"), lv.get("tcbStatus"), lv.get("tcbDate"), lv.get("advisoryIDs")
+    if type(tcb) is not dict or type(status) is not str or status not in _LEVEL_STATUSES or type(date) is not str:
         return None
-    tdx_svns = _svns_fast(tcb.get("tdxtcbcomponents"), bools) if tdx else None
-    sgx_svns, pcesvn = _svns_fast(tcb.get("sgxtcbcomponents"), bools), tcb.get("pcesvn")
-    if sgx_svns is None or (tdx and tdx_svns is None) or type(pcesvn) is not int or not 0 <= pcesvn <= 0xFFFF:
+    if advisories is None:
+        advisories = ()
+    elif type(advisories) is not list or set(map(type, advisories)) - {str}:
         return None
-    return _new_tcb_level(sgx_svns, pcesvn, tdx_svns, 0, *common)
+    comps, pcesvn = tcb.get("sgxtcbcomponents"), tcb.get("pcesvn")
+    if type(comps) is not list or len(comps) != 16 or type(pcesvn) is not int or not 0 <= pcesvn <= 0xFFFF:
+        return None
+    try:
+        sgx_svns = tuple(map(_GET_SVN, comps))  # TypeError unless every component is a dict
+        bytes(sgx_svns)  # TypeError unless all are ints (or bools), ValueError unless in 0..255
+    except (TypeError, KeyError, ValueError):
+        return None
+    if bools and set(map(type, sgx_svns)) != {int}:
+        return None
+    tdx_svns = None
+    if tdx:
+        tdx_svns = _svns_fast(tcb.get("tdxtcbcomponents"), bools)
+        if tdx_svns is None:
+            return None
+    return _new_tcb_level(sgx_svns, pcesvn, tdx_svns, 0, date, status, tuple(advisories))
 
 
 def _isv_levels(levels: list[Any], field: str) -> tuple[TcbLevel, ...]:
