@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -118,6 +118,11 @@ class TokenInfo:
 class NodeIdentity:
     node_id: str
     identity_public_key: bytes
+
+
+#: What :meth:`Coordinator._append_messages` did: participants, accepted, duplicates, bytes,
+#: and the recipients (``to``) of the accepted messages.
+_Appended = tuple[list[str], int, int, int, list[str]]
 
 
 class Coordinator:
@@ -234,23 +239,17 @@ class Coordinator:
                 raise self._auth_fail("bad_signature", "the request signature does not verify")
             pk = fresh
         expires = now + dt.timedelta(seconds=3 * skew)
+        nonce_row = {"node": node_id, "nonce": nonce, "expires": expires, "pk": pk, "now": now}
         try:
-            with self.db.write() as s:
+            with self.db.write_core() as conn:
                 if card is not None:
-                    s.execute(insert(NodeNonce).values(node_id=node_id, nonce=nonce, expires_at=expires))
+                    conn.execute(_INSERT_NONCE, nonce_row)
                     recorded = True
                 else:
-                    cols = NodeNonce.__table__.c
-                    current = select(
-                        literal(node_id, cols.node_id.type),
-                        literal(nonce, cols.nonce.type),
-                        literal(expires, cols.expires_at.type),
-                    ).where(exists().where(Node.id == node_id, Node.identity_public_key == pk))
                     # (RETURNING, not rowcount: psycopg reports -1 for INSERT … SELECT)
-                    stmt = insert(NodeNonce).from_select(["node_id", "nonce", "expires_at"], current).returning(NodeNonce.node_id)
-                    recorded = s.execute(stmt).first() is not None
+                    recorded = conn.execute(_INSERT_NONCE_IF_KEY, nonce_row).first() is not None
                     if recorded and touch:
-                        s.execute(update(Node).where(Node.id == node_id).values(last_seen=now))
+                        conn.execute(_TOUCH_NODE, nonce_row)
         except IntegrityError:
             raise self._auth_fail("replayed_nonce", "this nonce was already used") from None
         if not recorded:
@@ -989,6 +988,12 @@ class Coordinator:
 
     # -- relay ----------------------------------------------------------------------------------
     def post_messages(self, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]) -> dict[str, Any]:
+        self._check_messages(messages)
+        with self.db.write_core() as conn:
+            appended = self._append_messages(conn, job_id, sender, messages)
+        return self._relayed(job_id, sender, appended)
+
+    def _check_messages(self, messages: Sequence[tuple[str, int, bytes]]) -> None:
         limit = self.settings.max_message_bytes
         for i, (_to, _seq, blob) in enumerate(messages):
             if len(blob) > limit:
@@ -1000,86 +1005,91 @@ class Coordinator:
             if (to, seq) in seen:
                 raise ApiError(422, "validation_error", "the same (to, seq) twice in one batch", field=f"messages[{i}].seq")
             seen[(to, seq)] = i
+
+    def _append_messages(
+        self, conn: Connection, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]
+    ) -> _Appended:
+        """Append one sender's messages (checked by :meth:`_check_messages`) to a job's mailbox
+        inside the caller's write transaction (Core statements: this runs for every round of
+        every job). Raises :class:`ApiError` before writing anything."""
         now = utc_now()
-        # Core statements (no ORM objects): this runs for every round of every job.
-        with self.db.write() as s:
-            conn = s.connection()
-            job = conn.execute(
-                select(Job.status, Job.participants, Job.next_msg_seq, Job.mailbox_bytes)
-                .where(Job.id == job_id)
-                .with_for_update()
-            ).first()
-            if job is None:
-                raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
-            parts = [p["node_id"] for p in job.participants]
-            if sender not in parts:
-                raise ApiError(403, "forbidden", f"node {sender} takes no part in job {job_id}")
-            if job.status != "running":
-                raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
-            task_status = conn.scalar(select(Task.status).where(Task.job_id == job_id, Task.node_id == sender))
-            if task_status not in ("running", "done"):
-                raise ApiError(409, "task_not_claimed", "claim the task before sending messages")
-            for i, (to, _seq, _blob) in enumerate(messages):
-                if to != BROADCAST and (to not in parts or to == sender):
-                    raise ApiError(
-                        422, "validation_error", f"{to!r} is not another participant of the job", field=f"messages[{i}].to"
-                    )
-            existing = {
-                (to_node, seq): blob
-                for to_node, seq, blob in conn.execute(
-                    select(MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob).where(
-                        MailboxMessage.job_id == job_id,
-                        MailboxMessage.from_node == sender,
-                        MailboxMessage.seq.in_(sorted({seq for _to, seq, _blob in messages})),
-                    )
-                )
-            }
-            fresh: list[tuple[str, int, bytes]] = []
-            duplicates = 0
-            for i, (to, seq, blob) in enumerate(messages):
-                old = existing.get((to, seq))
-                if old is None:
-                    fresh.append((to, seq, blob))
-                elif old == blob:
-                    duplicates += 1
-                else:
-                    raise ApiError(
-                        409, "conflict", f"seq {seq} to {to} was already sent with other bytes", field=f"messages[{i}].seq"
-                    )
-            total = sum(len(b) for _to, _seq, b in fresh)
-            if job.mailbox_bytes + total > self.settings.max_job_mailbox_bytes:
+        job = conn.execute(
+            select(Job.status, Job.participants, Job.next_msg_seq, Job.mailbox_bytes).where(Job.id == job_id).with_for_update()
+        ).first()
+        if job is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
+        parts = [p["node_id"] for p in job.participants]
+        if sender not in parts:
+            raise ApiError(403, "forbidden", f"node {sender} takes no part in job {job_id}")
+        if job.status != "running":
+            raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
+        task_status = conn.scalar(select(Task.status).where(Task.job_id == job_id, Task.node_id == sender))
+        if task_status not in ("running", "done"):
+            raise ApiError(409, "task_not_claimed", "claim the task before sending messages")
+        for i, (to, _seq, _blob) in enumerate(messages):
+            if to != BROADCAST and (to not in parts or to == sender):
                 raise ApiError(
-                    413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes"
+                    422, "validation_error", f"{to!r} is not another participant of the job", field=f"messages[{i}].to"
                 )
-            if fresh:
-                first = job.next_msg_seq
-                conn.execute(
-                    insert(MailboxMessage),
-                    [
-                        {
-                            "job_id": job_id,
-                            "job_seq": first + k,
-                            "from_node": sender,
-                            "to_node": to,
-                            "seq": seq,
-                            "blob": blob,
-                            "created_at": now,
-                        }
-                        for k, (to, seq, blob) in enumerate(fresh)
-                    ],
+        existing = {
+            (to_node, seq): blob
+            for to_node, seq, blob in conn.execute(
+                select(MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob).where(
+                    MailboxMessage.job_id == job_id,
+                    MailboxMessage.from_node == sender,
+                    MailboxMessage.seq.in_(sorted({seq for _to, seq, _blob in messages})),
                 )
-                conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id)
-                    .values(next_msg_seq=first + len(fresh), mailbox_bytes=job.mailbox_bytes + total)
+            )
+        }
+        fresh: list[tuple[str, int, bytes]] = []
+        duplicates = 0
+        for i, (to, seq, blob) in enumerate(messages):
+            old = existing.get((to, seq))
+            if old is None:
+                fresh.append((to, seq, blob))
+            elif old == blob:
+                duplicates += 1
+            else:
+                raise ApiError(
+                    409, "conflict", f"seq {seq} to {to} was already sent with other bytes", field=f"messages[{i}].seq"
                 )
-        self.metrics.relay_messages.inc(len(fresh))
+        total = sum(len(b) for _to, _seq, b in fresh)
+        if job.mailbox_bytes + total > self.settings.max_job_mailbox_bytes:
+            raise ApiError(413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes")
+        if fresh:
+            first = job.next_msg_seq
+            conn.execute(
+                insert(MailboxMessage),
+                [
+                    {
+                        "job_id": job_id,
+                        "job_seq": first + k,
+                        "from_node": sender,
+                        "to_node": to,
+                        "seq": seq,
+                        "blob": blob,
+                        "created_at": now,
+                    }
+                    for k, (to, seq, blob) in enumerate(fresh)
+                ],
+            )
+            conn.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(next_msg_seq=first + len(fresh), mailbox_bytes=job.mailbox_bytes + total)
+            )
+        return parts, len(fresh), duplicates, total, [to for to, _s, _b in fresh]
+
+    def _relayed(self, job_id: str, sender: str, appended: _Appended) -> dict[str, Any]:
+        """Metrics and wake-ups once the messages are committed."""
+        parts, accepted, duplicates, total, targets = appended
+        self.metrics.relay_messages.inc(accepted)
         self.metrics.relay_bytes.inc(total)
-        recipients = {p for p in parts if p != sender} if any(to == BROADCAST for to, _s, _b in fresh) else set()
-        recipients |= {to for to, _s, _b in fresh if to != BROADCAST}
+        recipients = {p for p in parts if p != sender} if BROADCAST in targets else set()
+        recipients |= {to for to in targets if to != BROADCAST}
         for nid in recipients:
             self.notify(f"inbox:{nid}:{job_id}", None)
-        return {"accepted": len(fresh), "duplicates": duplicates}
+        return {"accepted": accepted, "duplicates": duplicates}
 
     def read_inbox(self, node_id: str, job_id: str, after: int) -> dict[str, Any]:
         # Core statements (no ORM objects): the hottest read of the relay.
@@ -1188,16 +1198,33 @@ class Coordinator:
             by_job.setdefault(job_id, []).append((to, seq, blob))
             where.setdefault(job_id, []).append(i)
         jobs: dict[str, Any] = {}
+
+        def refuse(job_id: str, e: ApiError) -> None:
+            # Name the offending message by its place in this whole post.
+            field = e.field
+            m = _MESSAGE_FIELD_RE.match(field or "")
+            if m is not None:
+                field = f"messages[{where[job_id][int(m.group(1))]}]{m.group(2)}"
+            jobs[job_id] = {"error": _error_item(e, field)}
+
+        checked: dict[str, list[tuple[str, int, bytes]]] = {}
         for job_id, msgs in by_job.items():
             try:
-                jobs[job_id] = self.post_messages(job_id, node.node_id, msgs)
+                self._check_messages(msgs)
+                checked[job_id] = msgs
             except ApiError as e:
-                # Name the offending message by its place in this whole post.
-                field = e.field
-                m = _MESSAGE_FIELD_RE.match(field or "")
-                if m is not None:
-                    field = f"messages[{where[job_id][int(m.group(1))]}]{m.group(2)}"
-                jobs[job_id] = {"error": _error_item(e, field)}
+                refuse(job_id, e)
+        appended: dict[str, _Appended] = {}
+        if checked:
+            # One transaction for all jobs; job rows are locked in id order, as everywhere.
+            with self.db.write_core() as conn:
+                for job_id in sorted(checked):
+                    try:
+                        appended[job_id] = self._append_messages(conn, job_id, node.node_id, checked[job_id])
+                    except ApiError as e:
+                        refuse(job_id, e)
+        for job_id, done in appended.items():
+            jobs[job_id] = self._relayed(job_id, node.node_id, done)
         acks: dict[str, Any] = {}
         for i, (task_id, status, result, error) in enumerate(results):
             try:
@@ -1352,6 +1379,21 @@ _REASONS = frozenset(
 )
 
 
+# Prebuilt statements (compiled once) for the per-request node authentication.
+_INSERT_NONCE = insert(NodeNonce).values(node_id=bindparam("node"), nonce=bindparam("nonce"), expires_at=bindparam("expires"))
+_INSERT_NONCE_IF_KEY = (
+    insert(NodeNonce)
+    .from_select(
+        ["node_id", "nonce", "expires_at"],
+        select(
+            bindparam("node", type_=NodeNonce.__table__.c.node_id.type),
+            bindparam("nonce", type_=NodeNonce.__table__.c.nonce.type),
+            bindparam("expires", type_=NodeNonce.__table__.c.expires_at.type),
+        ).where(exists().where(Node.id == bindparam("node"), Node.identity_public_key == bindparam("pk"))),
+    )
+    .returning(NodeNonce.node_id)
+)
+_TOUCH_NODE = update(Node).where(Node.id == bindparam("node")).values(last_seen=bindparam("now"))
 _QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
 
