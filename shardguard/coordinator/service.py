@@ -120,6 +120,19 @@ class NodeIdentity:
     identity_public_key: bytes
 
 
+class _GeneralPath(Exception):
+    """Leave a fast path (its transaction rolls back) for the general one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ended:
+    """What :meth:`Coordinator._record_end` reads of a job."""
+
+    kind: str
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
 #: What :meth:`Coordinator._append_messages` did: participants, accepted, duplicates, bytes,
 #: and the recipients (``to``) of the accepted messages.
 _Appended = tuple[list[str], int, int, int, list[str]]
@@ -828,6 +841,10 @@ class Coordinator:
             raise ApiError(422, "validation_error", "a failed task reports its error", field="error")
         if result is not None and len(canonical_json(result)) > self.settings.max_result_bytes:
             raise ApiError(413, "payload_too_large", f"result larger than {self.settings.max_result_bytes} bytes", field="result")
+        if status == "done" and result is not None:
+            fast = self._signed(task_id, node_id, result)
+            if fast is not None:
+                return fast
         now = utc_now()
         with self.db.write() as s:
             probe = s.get(Task, task_id)
@@ -885,8 +902,48 @@ class Coordinator:
                 self.dispatch()  # jobs of this key that waited for it may start now
         return out
 
+    def _signed(self, task_id: str, node_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The common report — a signer's ``done`` in a running sign job — on Core statements,
+        with the same locks and checks as :meth:`post_result`. None for anything else (another
+        kind, a repeated or late report, differing results): the general path answers it."""
+        now = utc_now()
+        try:
+            with self.db.write_core() as conn:
+                probe = conn.execute(select(Task.node_id, Task.job_id).where(Task.id == task_id)).first()
+                if probe is None or probe.node_id != node_id:
+                    return None
+                job = conn.execute(
+                    select(Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at)
+                    .where(Job.id == probe.job_id)
+                    .with_for_update()
+                ).first()
+                if job is None or job.kind != "sign" or job.status != "running":
+                    return None
+                if conn.scalar(select(Task.status).where(Task.id == task_id).with_for_update()) != "running":
+                    return None
+                self._check_result(job, None, result)
+                conn.execute(update(Task).where(Task.id == task_id).values(status="done", result=result, finished_at=now))
+                tasks = conn.execute(select(Task.status, Task.result).where(Task.job_id == job.id)).all()
+                job_status = "running"
+                if all(t.status == "done" for t in tasks):
+                    if len({canonical_json(t.result) for t in tasks}) != 1:
+                        raise _GeneralPath  # result_mismatch: failed by the general path
+                    conn.execute(
+                        update(Job).where(Job.id == job.id).values(status="done", result=result, finished_at=now, updated_at=now)
+                    )
+                    job_status = "done"
+                    self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
+                waiting = job_status != "running" and conn.execute(_QUEUED_JOB, {"key": job.key_id}).first() is not None
+        except _GeneralPath:
+            return None
+        if job_status != "running":
+            self._notify_job(job.id, [p["node_id"] for p in job.participants])
+            if waiting:
+                self.dispatch()
+        return {"task_status": "done", "job_status": job_status}
+
     @staticmethod
-    def _check_result(job: Job, key: Key, result: dict[str, Any]) -> None:
+    def _check_result(job: Any, key: Key | None, result: dict[str, Any]) -> None:
         need = {"dkg": "public_key", "sign": "signature", "refresh": "public_key", "repair": None}[job.kind]
         if need is not None:
             value = result.get(need)
@@ -957,7 +1014,7 @@ class Coordinator:
                 key.updated_at = now
         self._record_end(job, "failed", reason)
 
-    def _record_end(self, job: Job, status: str, reason: str) -> None:
+    def _record_end(self, job: Job | _Ended, status: str, reason: str) -> None:
         known = reason if reason in _REASONS else "other"
         self.metrics.jobs_finished.labels(job.kind, status, known).inc()
         if job.started_at is not None and job.finished_at is not None:
@@ -1394,6 +1451,7 @@ _INSERT_NONCE_IF_KEY = (
     .returning(NodeNonce.node_id)
 )
 _TOUCH_NODE = update(Node).where(Node.id == bindparam("node")).values(last_seen=bindparam("now"))
+_QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
 _QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
 
