@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
@@ -47,9 +47,31 @@ _NODE_AUTH_DOC = {
 }
 
 
-async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run blocking database work in a worker thread."""
     return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+class Runner(Protocol):
+    async def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+
+
+def hot_runner(inline: bool) -> Runner:
+    """How the hot paths (node and signing requests, long-poll checks) run their database work.
+
+    On SQLite they run inline on the event loop: each is a few indexed statements on a local
+    file (well under a millisecond), SQLite takes one writer at a time anyway, and the hop to
+    a worker thread and back cost more than the work (about 0.8 ms each, measured). The price:
+    a write blocked by another *process* holding SQLite's lock (busy timeout) stalls the loop —
+    run one coordinator process per SQLite file. On PostgreSQL every statement is a network
+    round trip, so they go to worker threads (:func:`run`)."""
+    if not inline:
+        return run
+
+    async def inline_run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return fn(*args, **kwargs)
+
+    return inline_run
 
 
 class Notifier:
@@ -295,6 +317,7 @@ async def _long_poll(
     check: Callable[[], tuple[bool, T]],
     *,
     gone: tuple[Callable[[], Awaitable[bool]], T] | None = None,
+    runner: Runner = run,
 ) -> T:
     """Call ``check`` (in a thread) until it reports ready or ``wait`` seconds pass; sleep on
     this replica's notifications in between, re-checking at least every ``interval``. With
@@ -309,7 +332,7 @@ async def _long_poll(
         fut = notifier.waiter(key)
         leaving = True
         try:
-            ready, value = await run(check)
+            ready, value = await runner(check)
             remaining = deadline - time.monotonic()
             if ready or remaining <= 0:
                 return value
@@ -331,6 +354,7 @@ def _target(request: Request) -> str:
 
 
 def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
+    hot = hot_runner(coord.db.dialect == "sqlite")
     settings = coord.settings
     bearer = HTTPBearer(auto_error=False, description="API token (scopes keys:write, sign:write, read, admin)")
 
@@ -338,7 +362,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         async def dependency(creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> TokenInfo:
             if creds is None or not creds.credentials:
                 raise ApiError(401, "unauthorized", "missing bearer token", extra={})
-            info = await run(coord.authenticate_token, creds.credentials)
+            info = await hot(coord.authenticate_token, creds.credentials)
             if info is None:
                 raise ApiError(401, "unauthorized", "invalid or revoked token")
             if not info.allows(scope):
@@ -355,7 +379,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     async def node_auth(request: Request) -> NodeIdentity:
         body = await request.body()
         headers = {h: request.headers.get(h) for h in _NODE_HEADERS}
-        return await run(coord.authenticate_node, headers, request.method, _target(request), body)
+        return await hot(coord.authenticate_node, headers, request.method, _target(request), body)
 
     SignedNode = Annotated[NodeIdentity, Depends(node_auth)]
 
@@ -422,7 +446,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         """Queue a signature. ``wait``: also long-poll up to that many seconds (capped by the
         server) and answer **200** with the request as ``GET /v1/requests/{id}`` would — done,
         failed, or still running when the wait ran out — saving the client a second call."""
-        out = await run(
+        out = await hot(
             coord.submit_sign,
             key_id,
             digest=body.digest_hex,
@@ -440,7 +464,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             return r["status"] in ("done", "failed"), r
 
         wait = min(wait, settings.max_wait)
-        return JSONResponse(await _long_poll(notifier, f"job:{request_id}", wait, settings.poll_interval, check))
+        return JSONResponse(await _long_poll(notifier, f"job:{request_id}", wait, settings.poll_interval, check, runner=hot))
 
     @app.post("/v1/keys/{key_id}/refresh", tags=["keys"], status_code=202, response_model=schemas.Accepted)
     async def refresh(key_id: _ID, t: KeyWriter) -> dict[str, Any]:
@@ -467,7 +491,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             out = coord.get_request(request_id)
             return out["status"] in ("done", "failed"), out
 
-        return await _long_poll(notifier, f"job:{request_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+        return await _long_poll(
+            notifier, f"job:{request_id}", min(wait, settings.max_wait), settings.poll_interval, check, runner=hot
+        )
 
     @app.get("/v1/nodes", tags=["nodes"], response_model=list[schemas.NodeOut])
     async def list_nodes(_t: Reader) -> list[dict[str, Any]]:
@@ -513,7 +539,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
         wait = min(wait, settings.max_wait)
         gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any] | None] = (request.is_disconnected, None)
-        task = await _long_poll(notifier, f"node:{node_id}", wait, settings.poll_interval, check, gone=gone)
+        task = await _long_poll(notifier, f"node:{node_id}", wait, settings.poll_interval, check, gone=gone, runner=hot)
         return JSONResponse({"task": task})
 
     @app.post("/v1/jobs/{job_id}/messages", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
@@ -523,7 +549,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
                 422, "validation_error", f"at most {settings.max_messages_per_post} messages per post", field="messages"
             )
         msgs = [(m.to, m.seq, m.blob) for m in body.messages]
-        return JSONResponse(await run(coord.post_messages, job_id, node.node_id, msgs))
+        return JSONResponse(await hot(coord.post_messages, job_id, node.node_id, msgs))
 
     @app.get("/v1/nodes/{node_id}/inbox", tags=["node API"], response_model=schemas.InboxOut, openapi_extra=_NODE_AUTH_DOC)
     async def inbox(
@@ -540,7 +566,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             out = coord.read_inbox(node_id, job, after)
             return bool(out["messages"]) or out["job_status"] != "running", out
 
-        out = await _long_poll(notifier, f"inbox:{node_id}:{job}", min(wait, settings.max_wait), settings.poll_interval, check)
+        out = await _long_poll(
+            notifier, f"inbox:{node_id}:{job}", min(wait, settings.max_wait), settings.poll_interval, check, runner=hot
+        )
         return JSONResponse(out)
 
     @app.post("/v1/nodes/{node_id}/events", tags=["node API"], response_model=schemas.EventsOut, openapi_extra=_NODE_AUTH_DOC)
@@ -568,7 +596,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         idle: dict[str, Any] = {"tasks": [], "jobs": []}
         gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any]] = (request.is_disconnected, idle)
         out = await _long_poll(notifier, f"events:{node_id}", min(body.wait, settings.max_wait), settings.poll_interval,
-                               check, gone=gone)  # fmt: skip
+                               check, gone=gone, runner=hot)  # fmt: skip
         return JSONResponse(out)
 
     @app.post("/v1/nodes/{node_id}/outbox", tags=["node API"], response_model=schemas.OutboxOut, openapi_extra=_NODE_AUTH_DOC)
@@ -578,7 +606,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         same_node(node, node_id)
         msgs = [(m.job, m.to, m.seq, m.blob) for m in body.messages]
         results = [(r.task_id, r.status, r.result, r.error.model_dump() if r.error is not None else None) for r in body.results]
-        return JSONResponse(await run(coord.post_outbox, node, msgs, results))
+        return JSONResponse(await hot(coord.post_outbox, node, msgs, results))
 
     @app.get("/v1/jobs/{job_id}", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def job_status(job_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:
@@ -588,14 +616,16 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             out = coord.job_for_node(job_id, node.node_id)
             return out["status"] in ("done", "failed"), out
 
-        return await _long_poll(notifier, f"job:{job_id}", min(wait, settings.max_wait), settings.poll_interval, check)
+        return await _long_poll(
+            notifier, f"job:{job_id}", min(wait, settings.max_wait), settings.poll_interval, check, runner=hot
+        )
 
     @app.post("/v1/tasks/{task_id}/result", tags=["node API"], response_model=schemas.ResultAck, openapi_extra=_NODE_AUTH_DOC)
     async def task_result(task_id: _ID, body: schemas.TaskResult, node: SignedNode) -> JSONResponse:
         error = body.error.model_dump() if body.error is not None else None
-        return JSONResponse(await run(coord.post_result, task_id, node.node_id, body.status, body.result, error))
+        return JSONResponse(await hot(coord.post_result, task_id, node.node_id, body.status, body.result, error))
 
     @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
         entries = [(e.seq, e.entry, e.hash, e.signature) for e in body.entries]
-        return JSONResponse(await run(coord.post_audit, node, entries))
+        return JSONResponse(await hot(coord.post_audit, node, entries))
