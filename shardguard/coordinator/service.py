@@ -735,64 +735,22 @@ class Coordinator:
         out: list[dict[str, Any]] = []
         with self.db.write() as s:
             conn = s.connection()
-            rows = conn.execute(
-                select(Task.id, Task.job_id, Task.party_index)
-                .where(Task.node_id == node_id, Task.status == "queued")
-                .order_by(Task.created_at, Task.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
+            rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit}).all()
             if not rows:
                 return []
-            jobs = {
-                r.id: r
-                for r in conn.execute(
-                    select(
-                        Job.id,
-                        Job.kind,
-                        Job.key_id,
-                        Job.status,
-                        Job.epoch,
-                        Job.instance,
-                        Job.lease_until,
-                        Job.participants,
-                        Job.params,
-                    ).where(Job.id.in_(sorted({r.job_id for r in rows})))
-                )
-            }
-            keys = {
-                k.id: k
-                for k in conn.execute(
-                    select(Key.id, Key.scheme, Key.threshold, Key.public_key, Key.node_ids).where(
-                        Key.id.in_(sorted({j.key_id for j in jobs.values()}))
-                    )
-                )
-            }
+            jobs = {r.id: r for r in conn.execute(_CLAIM_JOBS, {"ids": sorted({r.job_id for r in rows})})}
+            keys = {k.id: k for k in conn.execute(_CLAIM_KEYS, {"ids": sorted({j.key_id for j in jobs.values()})})}
             ids = {p["node_id"] for j in jobs.values() for p in j.participants}
-            nodes = {
-                n.id: n
-                for n in conn.execute(
-                    select(
-                        Node.id,
-                        Node.peer_card,
-                        Node.platform,
-                        Node.evidence,
-                        Node.collateral,
-                        Node.evidence_nonce,
-                        Node.generation,
-                    ).where(Node.id.in_(sorted(ids)))
-                )
-            }
+            nodes = {n.id: n for n in conn.execute(_CLAIM_NODES, {"ids": sorted(ids)})}
             for task_id, job_id, party_index in rows:
                 job = jobs.get(job_id)
                 key = keys.get(job.key_id) if job is not None else None
                 if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
-                    conn.execute(update(Task).where(Task.id == task_id).values(status="cancelled"))
+                    conn.execute(_CANCEL_TASK, {"task": task_id})
                     continue
                 conn.execute(
-                    update(Task)
-                    .where(Task.id == task_id)
-                    .values(status="running", claimed_at=now, lease_owner=self.settings.replica_id, lease_until=job.lease_until)
+                    _CLAIM_TASK,
+                    {"task": task_id, "now": now, "owner": self.settings.replica_id, "until": job.lease_until},
                 )
                 out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes))
         self.metrics.tasks_claimed.inc(len(out))
@@ -1070,9 +1028,7 @@ class Coordinator:
         inside the caller's write transaction (Core statements: this runs for every round of
         every job). Raises :class:`ApiError` before writing anything."""
         now = utc_now()
-        job = conn.execute(
-            select(Job.status, Job.participants, Job.next_msg_seq, Job.mailbox_bytes).where(Job.id == job_id).with_for_update()
-        ).first()
+        job = conn.execute(_JOB_FOR_APPEND, {"job": job_id}).first()
         if job is None:
             raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
         parts = [p["node_id"] for p in job.participants]
@@ -1080,7 +1036,7 @@ class Coordinator:
             raise ApiError(403, "forbidden", f"node {sender} takes no part in job {job_id}")
         if job.status != "running":
             raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
-        task_status = conn.scalar(select(Task.status).where(Task.job_id == job_id, Task.node_id == sender))
+        task_status = conn.scalar(_TASK_STATUS, {"job": job_id, "node": sender})
         if task_status not in ("running", "done"):
             raise ApiError(409, "task_not_claimed", "claim the task before sending messages")
         for i, (to, _seq, _blob) in enumerate(messages):
@@ -1091,11 +1047,7 @@ class Coordinator:
         existing = {
             (to_node, seq): blob
             for to_node, seq, blob in conn.execute(
-                select(MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob).where(
-                    MailboxMessage.job_id == job_id,
-                    MailboxMessage.from_node == sender,
-                    MailboxMessage.seq.in_(sorted({seq for _to, seq, _blob in messages})),
-                )
+                _SENT_BEFORE, {"job": job_id, "node": sender, "seqs": sorted({seq for _to, seq, _blob in messages})}
             )
         }
         fresh: list[tuple[str, int, bytes]] = []
@@ -1116,7 +1068,7 @@ class Coordinator:
         if fresh:
             first = job.next_msg_seq
             conn.execute(
-                insert(MailboxMessage),
+                _INSERT_MESSAGE,
                 [
                     {
                         "job_id": job_id,
@@ -1130,11 +1082,7 @@ class Coordinator:
                     for k, (to, seq, blob) in enumerate(fresh)
                 ],
             )
-            conn.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(next_msg_seq=first + len(fresh), mailbox_bytes=job.mailbox_bytes + total)
-            )
+            conn.execute(_JOB_APPENDED, {"job": job_id, "next": first + len(fresh), "size": job.mailbox_bytes + total})
         return parts, len(fresh), duplicates, total, [to for to, _s, _b in fresh]
 
     def _relayed(self, job_id: str, sender: str, appended: _Appended) -> dict[str, Any]:
@@ -1196,46 +1144,31 @@ class Coordinator:
             return []
         with self.db.engine.connect() as conn:
             known: dict[str, str] = {}
-            for job_id, status, participants in conn.execute(
-                select(Job.id, Job.status, Job.participants).where(Job.id.in_(sorted(cursors)))
-            ):
+            for job_id, status, participants in conn.execute(_JOBS_OF, {"jobs": sorted(cursors)}):
                 if node_id in {p["node_id"] for p in participants}:
                     known[job_id] = status
             news: dict[str, dict[str, Any]] = {
                 j: {"job_id": j, "job_status": known.get(j, "not_found"), "messages": [], "next_after": cursors[j]}
                 for j in cursors
             }
-            if known:
-                q = (
-                    select(
-                        MailboxMessage.job_id,
-                        MailboxMessage.from_node,
-                        MailboxMessage.to_node,
-                        MailboxMessage.seq,
-                        MailboxMessage.blob,
-                        MailboxMessage.job_seq,
-                    )
-                    .where(
-                        or_(*(and_(MailboxMessage.job_id == j, MailboxMessage.job_seq > cursors[j]) for j in sorted(known))),
-                        MailboxMessage.from_node != node_id,
-                        MailboxMessage.to_node.in_((node_id, BROADCAST)),
-                    )
-                    .order_by(MailboxMessage.id)
-                    .limit(self.settings.inbox_batch)
+            count = size = 0
+            for job_id in sorted(known):
+                item = news[job_id]
+                rows = conn.execute(
+                    _NEWS,
+                    {"job": job_id, "after": cursors[job_id], "node": node_id, "limit": self.settings.inbox_batch - count},
                 )
-                size = 0
-                limit = self.settings.max_body_bytes
-                full: set[str] = set()
-                for job_id, from_node, to_node, seq, blob, job_seq in conn.execute(q):
-                    item = news[job_id]
-                    # Per job the cursor only moves forward over contiguous answers: once one
-                    # message of a job is left out, the later ones of that job wait too.
-                    if job_id in full or (size and size + len(blob) > limit):
-                        full.add(job_id)
-                        continue
+                for from_node, to_node, seq, blob, job_seq in rows:
+                    # A job's cursor only moves over what is answered: the rest comes next time.
+                    if size and size + len(blob) > self.settings.max_body_bytes:
+                        break
+                    count += 1
                     size += len(blob)
-                    item["next_after"] = max(item["next_after"], job_seq)
+                    item["next_after"] = job_seq
                     item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
+                rows.close()
+                if count >= self.settings.inbox_batch:
+                    break
             conn.rollback()
         return [n for n in news.values() if n["messages"] or n["job_status"] != "running"]
 
@@ -1451,6 +1384,56 @@ _INSERT_NONCE_IF_KEY = (
     .returning(NodeNonce.node_id)
 )
 _TOUCH_NODE = update(Node).where(Node.id == bindparam("node")).values(last_seen=bindparam("now"))
+# Prebuilt statements (compiled once) for the relay's append.
+_JOB_FOR_APPEND = (
+    select(Job.status, Job.participants, Job.next_msg_seq, Job.mailbox_bytes).where(Job.id == bindparam("job")).with_for_update()
+)
+_TASK_STATUS = select(Task.status).where(Task.job_id == bindparam("job"), Task.node_id == bindparam("node"))
+_SENT_BEFORE = select(MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob).where(
+    MailboxMessage.job_id == bindparam("job"),
+    MailboxMessage.from_node == bindparam("node"),
+    MailboxMessage.seq.in_(bindparam("seqs", expanding=True)),
+)
+_INSERT_MESSAGE = insert(MailboxMessage)
+_JOB_APPENDED = (
+    update(Job).where(Job.id == bindparam("job")).values(next_msg_seq=bindparam("next"), mailbox_bytes=bindparam("size"))
+)
+# … and for a node's event stream.
+_JOBS_OF = select(Job.id, Job.status, Job.participants).where(Job.id.in_(bindparam("jobs", expanding=True)))
+_NEWS = (
+    select(MailboxMessage.from_node, MailboxMessage.to_node, MailboxMessage.seq, MailboxMessage.blob, MailboxMessage.job_seq)
+    .where(
+        MailboxMessage.job_id == bindparam("job"),
+        MailboxMessage.job_seq > bindparam("after"),
+        MailboxMessage.from_node != bindparam("node"),
+        or_(MailboxMessage.to_node == bindparam("node"), MailboxMessage.to_node == BROADCAST),
+    )
+    .order_by(MailboxMessage.job_seq)
+    .limit(bindparam("limit"))
+)
+# … and for handing out tasks.
+_QUEUED_TASKS = (
+    select(Task.id, Task.job_id, Task.party_index)
+    .where(Task.node_id == bindparam("node"), Task.status == "queued")
+    .order_by(Task.created_at, Task.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_JOBS = select(
+    Job.id, Job.kind, Job.key_id, Job.status, Job.epoch, Job.instance, Job.lease_until, Job.participants, Job.params
+).where(Job.id.in_(bindparam("ids", expanding=True)))
+_CLAIM_KEYS = select(Key.id, Key.scheme, Key.threshold, Key.public_key, Key.node_ids).where(
+    Key.id.in_(bindparam("ids", expanding=True))
+)
+_CLAIM_NODES = select(
+    Node.id, Node.peer_card, Node.platform, Node.evidence, Node.collateral, Node.evidence_nonce, Node.generation
+).where(Node.id.in_(bindparam("ids", expanding=True)))
+_CANCEL_TASK = update(Task).where(Task.id == bindparam("task")).values(status="cancelled")
+_CLAIM_TASK = (
+    update(Task)
+    .where(Task.id == bindparam("task"))
+    .values(status="running", claimed_at=bindparam("now"), lease_owner=bindparam("owner"), lease_until=bindparam("until"))
+)
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
 _QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
