@@ -485,8 +485,13 @@ class Coordinator:
         requested_by: str,
     ) -> dict[str, Any]:
         now = utc_now()
-        with self.db.write() as s:
-            key = self._active_key(s, key_id)
+        # Core statements: one transaction per signature request, the commonest write.
+        with self.db.write_core() as conn:
+            key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
+            if key is None:
+                raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
+            if key.status != "active":
+                raise ApiError(409, "key_not_active", f"key {key_id} is {key.status}, not active")
             params: dict[str, Any] = {}
             if key.scheme == "ecdsa":
                 if message is not None:
@@ -532,14 +537,48 @@ class Coordinator:
                     )
                 chosen = sorted(signers, key=index.__getitem__)
             else:
-                chosen = self._default_signers(s, key, now)
+                chosen = self._default_signers(conn, key, now)
             params["signers"] = chosen
             participants = [{"node_id": nid, "index": index[nid]} for nid in chosen]
-            job = self._new_job(s, "sign", key, params, participants, requested_by, now)
-            self._submit(s, job, key, now)
-        return self._started(job, "sign")
+            job_id = new_id("req")
+            # A signature waits only for a key-changing job (refresh, repair) queued or running;
+            # when it waits, dispatch() starts it later by the exact order rule (_blocked).
+            run_now = conn.execute(_KEY_CHANGING, {"key": key_id}).first() is None
+            job: dict[str, Any] = {
+                "id": job_id, "kind": "sign", "key_id": key_id, "params": params, "status": "queued",
+                "result": None, "error": None, "participants": participants, "attempts": 0, "next_msg_seq": 1,
+                "mailbox_bytes": 0, "requested_by": requested_by, "created_at": now, "updated_at": now,
+                "instance": None, "epoch": None, "lease_owner": None, "lease_until": None, "started_at": None,
+            }  # fmt: skip
+            if run_now:
+                job |= {
+                    "status": "running", "instance": secrets.token_bytes(32).hex(), "epoch": key.epoch, "attempts": 1,
+                    "lease_owner": self.settings.replica_id,
+                    "lease_until": now + dt.timedelta(seconds=self.settings.job_timeout), "started_at": now,
+                }  # fmt: skip
+            conn.execute(_INSERT_JOB, job)
+            if run_now:
+                conn.execute(
+                    _INSERT_TASK,
+                    [
+                        {
+                            "id": new_id("task"),
+                            "job_id": job_id,
+                            "node_id": p["node_id"],
+                            "party_index": p["index"],
+                            "status": "queued",
+                            "created_at": now,
+                        }
+                        for p in participants
+                    ],
+                )
+        self.metrics.jobs_submitted.labels("sign").inc()
+        if run_now:
+            for p in participants:
+                self.notify(f"node:{p['node_id']}", 1)
+        return {"request_id": job_id}
 
-    def _default_signers(self, s: Session, key: Key, now: dt.datetime) -> list[str]:
+    def _default_signers(self, s: Session | Connection, key: Any, now: dt.datetime) -> list[str]:
         """t of the key's nodes, those seen recently first (then by party index)."""
         seen: dict[str, dt.datetime] = {
             nid: ts for nid, ts in s.execute(select(Node.id, Node.last_seen).where(Node.id.in_(key.node_ids)))
@@ -589,12 +628,14 @@ class Coordinator:
 
     # -- requests -------------------------------------------------------------------------------
     def get_request(self, job_id: str) -> dict[str, Any]:
-        with self.db.read() as s:
-            job = s.get(Job, job_id)
+        # Core (prebuilt statements): clients long-poll this for every signature.
+        with self.db.engine.connect() as conn:
+            job = conn.execute(_REQUEST, {"job": job_id}).first()
             if job is None:
                 raise ApiError(404, "not_found", f"no request {job_id!r}", field="request_id")
-            tasks = {t.node_id: t for t in s.scalars(select(Task).where(Task.job_id == job_id))}
-            return self._job_out(job, tasks)
+            tasks = {t.node_id: t for t in conn.execute(_REQUEST_TASKS, {"job": job_id})}
+            conn.rollback()
+        return self._job_out(job, tasks)
 
     def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         with self.db.read() as s:
@@ -606,7 +647,8 @@ class Coordinator:
             return [self._job_out(j, None) for j in s.scalars(q)]
 
     @staticmethod
-    def _job_out(job: Job, tasks: dict[str, Task] | None) -> dict[str, Any]:
+    def _job_out(job: Any, tasks: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A request as the API shows it (``job``: a Job or a row with its columns)."""
         parts = []
         for p in job.participants:
             entry = {"node_id": p["node_id"], "index": p["index"]}
@@ -867,28 +909,22 @@ class Coordinator:
         now = utc_now()
         try:
             with self.db.write_core() as conn:
-                probe = conn.execute(select(Task.node_id, Task.job_id).where(Task.id == task_id)).first()
+                probe = conn.execute(_TASK_OWNER, {"task": task_id}).first()
                 if probe is None or probe.node_id != node_id:
                     return None
-                job = conn.execute(
-                    select(Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at)
-                    .where(Job.id == probe.job_id)
-                    .with_for_update()
-                ).first()
+                job = conn.execute(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id}).first()
                 if job is None or job.kind != "sign" or job.status != "running":
                     return None
-                if conn.scalar(select(Task.status).where(Task.id == task_id).with_for_update()) != "running":
+                if conn.scalar(_TASK_FOR_REPORT, {"task": task_id}) != "running":
                     return None
                 self._check_result(job, None, result)
-                conn.execute(update(Task).where(Task.id == task_id).values(status="done", result=result, finished_at=now))
-                tasks = conn.execute(select(Task.status, Task.result).where(Task.job_id == job.id)).all()
+                conn.execute(_TASK_DONE, {"task": task_id, "res": result, "now": now})
+                tasks = conn.execute(_JOB_RESULTS, {"job": job.id}).all()
                 job_status = "running"
                 if all(t.status == "done" for t in tasks):
                     if len({canonical_json(t.result) for t in tasks}) != 1:
                         raise _GeneralPath  # result_mismatch: failed by the general path
-                    conn.execute(
-                        update(Job).where(Job.id == job.id).values(status="done", result=result, finished_at=now, updated_at=now)
-                    )
+                    conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
                     self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
                 waiting = job_status != "running" and conn.execute(_QUEUED_JOB, {"key": job.key_id}).first() is not None
@@ -1433,6 +1469,39 @@ _CLAIM_TASK = (
     update(Task)
     .where(Task.id == bindparam("task"))
     .values(status="running", claimed_at=bindparam("now"), lease_owner=bindparam("owner"), lease_until=bindparam("until"))
+)
+# … and for signature requests.
+_KEY_FOR_SIGN = select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch).where(Key.id == bindparam("key"))
+_KEY_CHANGING = (
+    select(Job.id)
+    .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
+    .limit(1)
+)
+_INSERT_JOB = insert(Job)
+_INSERT_TASK = insert(Task)
+_REQUEST = select(
+    Job.id, Job.kind, Job.key_id, Job.status, Job.params, Job.result, Job.error, Job.participants, Job.instance, Job.epoch,
+    Job.attempts, Job.created_at, Job.updated_at, Job.started_at, Job.finished_at, Job.lease_until,
+).where(Job.id == bindparam("job"))  # fmt: skip
+_REQUEST_TASKS = select(Task.node_id, Task.status).where(Task.job_id == bindparam("job"))
+# … and for a signer's report.
+_TASK_OWNER = select(Task.node_id, Task.job_id).where(Task.id == bindparam("task"))
+_SIGN_JOB_FOR_REPORT = (
+    select(Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at)
+    .where(Job.id == bindparam("job"))
+    .with_for_update()
+)
+_TASK_FOR_REPORT = select(Task.status).where(Task.id == bindparam("task")).with_for_update()
+_TASK_DONE = (
+    update(Task)
+    .where(Task.id == bindparam("task"))
+    .values(status="done", result=bindparam("res"), finished_at=bindparam("now"))
+)
+_JOB_RESULTS = select(Task.status, Task.result).where(Task.job_id == bindparam("job"))
+_JOB_DONE = (
+    update(Job)
+    .where(Job.id == bindparam("job"))
+    .values(status="done", result=bindparam("res"), finished_at=bindparam("now"), updated_at=bindparam("now"))
 )
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
 _QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
