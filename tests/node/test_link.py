@@ -1,0 +1,124 @@
+"""The node's event stream over a scripted coordinator: batching, retries, per-job refusals."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+
+from shardguard.node.engine import EngineError
+from shardguard.node.link import CoordinatorRefused, EventStream
+
+
+class ScriptedCoordinator:
+    """Answers the stream's requests; the test decides what the events long-poll returns."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.fail_next: list[Exception] = []
+        self.job_errors: dict[str, dict[str, Any]] = {}
+        self.news: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def request(self, method: str, path: str, *, body: Any = None, timeout: float | None = None, **_: Any) -> Any:
+        with self.lock:
+            if path.endswith("/outbox"):
+                if self.fail_next:
+                    raise self.fail_next.pop(0)
+                self.posts.append(body)
+                jobs = {m["job"]: self.job_errors.get(m["job"], {"accepted": 1, "duplicates": 0}) for m in body["messages"]}
+                results = {r["task_id"]: {"task_status": r["status"], "job_status": "done"} for r in body["results"]}
+                return {"jobs": jobs, "results": results}
+            self.events.append(body)
+            news, self.news = self.news, []
+        if not news:
+            time.sleep(min(0.05, body["wait"]))
+        return {"tasks": [], "jobs": news}
+
+
+def stream(coord: ScriptedCoordinator, tasks: list[Mapping[str, Any]] | None = None) -> EventStream:
+    s = EventStream(coord, "node-a", on_task=(tasks or []).append, free_slots=lambda: 4, poll=0.05)  # type: ignore[arg-type]
+    s.start()
+    return s
+
+
+def until(cond: Any, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_posts_are_retried_in_order_until_accepted() -> None:
+    coord = ScriptedCoordinator()
+    coord.fail_next = [httpx.ConnectError("down"), CoordinatorRefused("POST", "/outbox", 503, "busy")]
+    s = stream(coord)
+    try:
+        s.open("req_1")
+        s.post("req_1", [("node-b", b"one")])
+        s.post("req_1", [("node-b", b"two"), ("node-c", b"three")])
+        until(lambda: sum(len(p["messages"]) for p in coord.posts) == 3)
+        sent = [(m["to"], m["seq"], base64.b64decode(m["blob"])) for p in coord.posts for m in p["messages"]]
+        assert sent == [("node-b", 1, b"one"), ("node-b", 2, b"two"), ("node-c", 3, b"three")]
+    finally:
+        s.stop()
+
+
+def test_a_refused_job_ends_its_task_only() -> None:
+    coord = ScriptedCoordinator()
+    coord.job_errors["req_bad"] = {
+        "error": {"status": 409, "code": "job_not_running", "message": "failed", "job_status": "failed"}
+    }
+    s = stream(coord)
+    try:
+        s.open("req_bad"), s.open("req_ok")
+        s.post("req_bad", [("node-b", b"x")])
+        s.post("req_ok", [("node-b", b"y")])
+        with pytest.raises(EngineError, match="job_not_running"):
+            s.fetch("req_bad", 0, 5.0)
+        coord.news = [
+            {"job_id": "req_ok", "job_status": "running", "messages": [{"cursor": 3, "from": "node-b", "blob": "eg=="}]}
+        ]
+        assert s.fetch("req_ok", 0, 5.0) == [(3, "node-b", b"z")]
+    finally:
+        s.stop()
+
+
+def test_results_are_acknowledged_and_job_ends_wake_waiters() -> None:
+    coord = ScriptedCoordinator()
+    s = stream(coord)
+    try:
+        s.open("req_1")
+        assert s.report("task_1", {"status": "done", "result": {"signature": "00"}}) == {
+            "task_status": "done",
+            "job_status": "done",
+        }
+        coord.news = [{"job_id": "req_1", "job_status": "failed", "messages": []}]
+        assert s.wait_ended("req_1", 5.0) == "failed"
+        with pytest.raises(EngineError, match="ended"):
+            s.fetch("req_1", 0, 1.0)
+        s.close("req_1")
+        with pytest.raises(EngineError, match="not open"):
+            s.fetch("req_1", 0, 0.1)
+    finally:
+        s.stop()
+
+
+def test_the_stream_asks_for_running_jobs_and_free_slots() -> None:
+    coord = ScriptedCoordinator()
+    s = stream(coord)
+    try:
+        s.open("req_1")
+        until(lambda: any(e["cursors"] == {"req_1": 0} for e in coord.events))
+        assert all(e["claim"] == 4 for e in coord.events)
+        coord.news = [{"job_id": "req_1", "job_status": "running", "messages": [{"cursor": 5, "from": "node-b", "blob": "AA=="}]}]
+        assert s.fetch("req_1", 0, 5.0) == [(5, "node-b", b"\x00")]
+        until(lambda: coord.events[-1]["cursors"] == {"req_1": 5})
+    finally:
+        s.stop()
