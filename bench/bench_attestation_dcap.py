@@ -21,12 +21,16 @@ One JSON line per (lib, sample) on stdout::
   time.
 * ``lib = "shardguard-cold"``: every memo is cleared before each verification (a process that
   has never seen this platform or this collateral): the quote, both certificate chains, the
-  CRLs and the JSON are parsed from their bytes and every signature is verified again. Only
-  module constants survive: the pinned Intel root certificate, decoded (and its self-signature
-  checked) at import. Omitted with ``--no-cold``.
+  CRLs and the JSON are parsed from their bytes and every signature is verified again (nine
+  ECDSA P-256 verifications with full collateral). Only module constants survive: the pinned
+  Intel root certificate, decoded (and its self-signature checked) at import, and the RFC 4514
+  text of Intel's five certificate names (display only; a certificate is still decoded and its
+  name compared byte for byte). Omitted with ``--no-cold``.
 
-Ours and dcap-qvl's calls alternate, so both see the same machine state; ``ratio`` =
-``median_ms / dcap_qvl_median_ms``. Every verdict (status and advisory IDs) of both is compared;
+Ours and dcap-qvl's calls alternate, so both see the same machine state (each also runs with
+caches the other has just evicted); ``ratio`` = ``median_ms / dcap_qvl_median_ms``. On a shared
+machine the cold ratio moves with the load (about ±0.1 between quiet and loaded runs): compare
+medians of several runs, taken close together. Every verdict (status and advisory IDs) of both is compared;
 the exit status is 1 if they ever disagree. Progress goes to stderr.
 """
 
