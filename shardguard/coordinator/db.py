@@ -25,8 +25,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+
+from shardguard.coordinator.rawsql import RawDatabase
 
 __all__ = ["MIGRATIONS", "Database", "migrate"]
 
@@ -78,6 +80,8 @@ class Database:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(sg_write=True)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        #: The hot paths' prebuilt statements, on raw connections of the same pool (rawsql).
+        self.raw = RawDatabase(self.engine, self._write_lock)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -95,16 +99,6 @@ class Database:
         # with sleeps of up to 100 ms.
         with self._write_lock, self._write() as s, s.begin():
             yield s
-
-    @contextlib.contextmanager
-    def write_core(self) -> Iterator[Connection]:
-        """:meth:`write`, on a Core connection (no ORM session): for the hottest writes."""
-        if self._write_lock is None:
-            with self._write_engine.connect() as conn, conn.begin():
-                yield conn
-            return
-        with self._write_lock, self._write_engine.connect() as conn, conn.begin():
-            yield conn
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

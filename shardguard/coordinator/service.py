@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,7 @@ from shardguard.coordinator.db import Database
 from shardguard.coordinator.errors import ApiError
 from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.models import ApiToken, AuditEntry, Job, Key, MailboxMessage, Node, NodeNonce, Task
+from shardguard.coordinator.rawsql import RawConnection
 from shardguard.coordinator.settings import Settings
 
 __all__ = [
@@ -182,11 +183,13 @@ class Coordinator:
         h = token_hash(token)
         if self._bootstrap_hash is not None and hmac.compare_digest(h, self._bootstrap_hash):
             return TokenInfo("bootstrap", frozenset({"admin"}))
-        with self.db.read() as s:
-            row = s.scalars(select(ApiToken).where(ApiToken.token_hash == h)).first()
-            if row is None or row.revoked_at is not None:
-                return None
-            return TokenInfo(row.id, frozenset(row.scopes))
+        # Read on every client request (no cache: a revocation takes effect at once, on every
+        # replica); a prebuilt statement (rawsql).
+        with self.db.raw.read() as conn:
+            row = conn.first(_TOKEN_BY_HASH, {"hash": h})
+        if row is None or row.revoked_at is not None:
+            return None
+        return TokenInfo(row.id, frozenset(row.scopes))
 
     def list_tokens(self) -> list[dict[str, Any]]:
         with self.db.read() as s:
@@ -254,7 +257,7 @@ class Coordinator:
         expires = now + dt.timedelta(seconds=3 * skew)
         nonce_row = {"node": node_id, "nonce": nonce, "expires": expires, "pk": pk, "now": now}
         try:
-            with self.db.write_core() as conn:
+            with self.db.raw.write() as conn:
                 if card is not None:
                     conn.execute(_INSERT_NONCE, nonce_row)
                     recorded = True
@@ -485,8 +488,9 @@ class Coordinator:
         requested_by: str,
     ) -> dict[str, Any]:
         now = utc_now()
-        # Core statements: one transaction per signature request, the commonest write.
-        with self.db.write_core() as conn:
+        # Prebuilt statements on the raw connection (rawsql): one transaction per signature
+        # request, the commonest write.
+        with self.db.raw.write() as conn:
             key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
             if key is None:
                 raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
@@ -556,9 +560,9 @@ class Coordinator:
                     "lease_owner": self.settings.replica_id,
                     "lease_until": now + dt.timedelta(seconds=self.settings.job_timeout), "started_at": now,
                 }  # fmt: skip
-            conn.execute(_INSERT_JOB, job)
+            conn.insert(_INSERT_JOB, job)
             if run_now:
-                conn.execute(
+                conn.insert(
                     _INSERT_TASK,
                     [
                         {
@@ -578,11 +582,9 @@ class Coordinator:
                 self.notify(f"node:{p['node_id']}", 1)
         return {"request_id": job_id}
 
-    def _default_signers(self, s: Session | Connection, key: Any, now: dt.datetime) -> list[str]:
+    def _default_signers(self, s: Session | RawConnection, key: Any, now: dt.datetime) -> list[str]:
         """t of the key's nodes, those seen recently first (then by party index)."""
-        seen: dict[str, dt.datetime] = {
-            nid: ts for nid, ts in s.execute(select(Node.id, Node.last_seen).where(Node.id.in_(key.node_ids)))
-        }
+        seen: dict[str, dt.datetime] = {nid: ts for nid, ts in s.execute(_NODES_SEEN, {"ids": list(key.node_ids)})}
         alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
         order = sorted(
             range(len(key.node_ids)),
@@ -628,13 +630,12 @@ class Coordinator:
 
     # -- requests -------------------------------------------------------------------------------
     def get_request(self, job_id: str) -> dict[str, Any]:
-        # Core (prebuilt statements): clients long-poll this for every signature.
-        with self.db.engine.connect() as conn:
-            job = conn.execute(_REQUEST, {"job": job_id}).first()
+        # Prebuilt statements (rawsql): clients long-poll this for every signature.
+        with self.db.raw.read() as conn:
+            job = conn.first(_REQUEST, {"job": job_id})
             if job is None:
                 raise ApiError(404, "not_found", f"no request {job_id!r}", field="request_id")
             tasks = {t.node_id: t for t in conn.execute(_REQUEST_TASKS, {"job": job_id})}
-            conn.rollback()
         return self._job_out(job, tasks)
 
     def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
@@ -765,19 +766,18 @@ class Coordinator:
     def claim_tasks(self, node_id: str, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` of the node's queued tasks, oldest first, each handed out at most once
         across all replicas (``FOR UPDATE SKIP LOCKED``; SQLite: the one writer lock). Core
-        statements, one transaction for the whole batch: this runs on every task."""
+        statements on the raw connection (rawsql), one transaction for the whole batch: this
+        runs on every task."""
         if limit <= 0:
             return []
-        with self.db.engine.connect() as conn:
-            queued = conn.execute(_QUEUED_TASK, {"node": node_id}).first()
-            conn.rollback()
+        with self.db.raw.read() as probe:
+            queued = probe.first(_QUEUED_TASK, {"node": node_id})
         if queued is None:
             return []
         now = utc_now()
         out: list[dict[str, Any]] = []
-        with self.db.write() as s:
-            conn = s.connection()
-            rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit}).all()
+        with self.db.raw.write() as conn:
+            rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit})
             if not rows:
                 return []
             jobs = {r.id: r for r in conn.execute(_CLAIM_JOBS, {"ids": sorted({r.job_id for r in rows})})}
@@ -905,21 +905,22 @@ class Coordinator:
     def _signed(self, task_id: str, node_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
         """The common report — a signer's ``done`` in a running sign job — on Core statements,
         with the same locks and checks as :meth:`post_result`. None for anything else (another
-        kind, a repeated or late report, differing results): the general path answers it."""
+        kind, a repeated or late report, differing results): the general path answers it.
+        Prebuilt statements on the raw connection (rawsql)."""
         now = utc_now()
         try:
-            with self.db.write_core() as conn:
-                probe = conn.execute(_TASK_OWNER, {"task": task_id}).first()
+            with self.db.raw.write() as conn:
+                probe = conn.first(_TASK_OWNER, {"task": task_id})
                 if probe is None or probe.node_id != node_id:
                     return None
-                job = conn.execute(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id}).first()
+                job = conn.first(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id})
                 if job is None or job.kind != "sign" or job.status != "running":
                     return None
                 if conn.scalar(_TASK_FOR_REPORT, {"task": task_id}) != "running":
                     return None
                 self._check_result(job, None, result)
                 conn.execute(_TASK_DONE, {"task": task_id, "res": result, "now": now})
-                tasks = conn.execute(_JOB_RESULTS, {"job": job.id}).all()
+                tasks = conn.execute(_JOB_RESULTS, {"job": job.id})
                 job_status = "running"
                 if all(t.status == "done" for t in tasks):
                     if len({canonical_json(t.result) for t in tasks}) != 1:
@@ -927,7 +928,7 @@ class Coordinator:
                     conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
                     self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
-                waiting = job_status != "running" and conn.execute(_QUEUED_JOB, {"key": job.key_id}).first() is not None
+                waiting = job_status != "running" and conn.first(_QUEUED_JOB, {"key": job.key_id}) is not None
         except _GeneralPath:
             return None
         if job_status != "running":
@@ -1040,7 +1041,7 @@ class Coordinator:
     # -- relay ----------------------------------------------------------------------------------
     def post_messages(self, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]) -> dict[str, Any]:
         self._check_messages(messages)
-        with self.db.write_core() as conn:
+        with self.db.raw.write() as conn:
             appended = self._append_messages(conn, job_id, sender, messages)
         return self._relayed(job_id, sender, appended)
 
@@ -1058,13 +1059,13 @@ class Coordinator:
             seen[(to, seq)] = i
 
     def _append_messages(
-        self, conn: Connection, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]
+        self, conn: RawConnection, job_id: str, sender: str, messages: Sequence[tuple[str, int, bytes]]
     ) -> _Appended:
         """Append one sender's messages (checked by :meth:`_check_messages`) to a job's mailbox
-        inside the caller's write transaction (Core statements: this runs for every round of
-        every job). Raises :class:`ApiError` before writing anything."""
+        inside the caller's write transaction (prebuilt statements, rawsql: this runs for every
+        round of every job). Raises :class:`ApiError` before writing anything."""
         now = utc_now()
-        job = conn.execute(_JOB_FOR_APPEND, {"job": job_id}).first()
+        job = conn.first(_JOB_FOR_APPEND, {"job": job_id})
         if job is None:
             raise ApiError(404, "not_found", f"no job {job_id!r}", field="job_id")
         parts = [p["node_id"] for p in job.participants]
@@ -1103,7 +1104,7 @@ class Coordinator:
             raise ApiError(413, "mailbox_full", f"the job's mailbox is limited to {self.settings.max_job_mailbox_bytes} bytes")
         if fresh:
             first = job.next_msg_seq
-            conn.execute(
+            conn.insert(
                 _INSERT_MESSAGE,
                 [
                     {
@@ -1133,42 +1134,25 @@ class Coordinator:
         return {"accepted": accepted, "duplicates": duplicates}
 
     def read_inbox(self, node_id: str, job_id: str, after: int) -> dict[str, Any]:
-        # Core statements (no ORM objects): the hottest read of the relay.
-        with self.db.engine.connect() as conn:
-            row = conn.execute(select(Job.status, Job.participants).where(Job.id == job_id)).first()
+        # Prebuilt statements (rawsql): the relay's read for nodes without the event stream.
+        with self.db.raw.read() as conn:
+            row = conn.first(_JOB_STATUS, {"job": job_id})
             if row is None:
                 raise ApiError(404, "not_found", f"no job {job_id!r}", field="job")
             status, participants = row
             if node_id not in {p["node_id"] for p in participants}:
                 raise ApiError(403, "forbidden", f"node {node_id} takes no part in job {job_id}")
-            q = (
-                select(
-                    MailboxMessage.from_node,
-                    MailboxMessage.to_node,
-                    MailboxMessage.seq,
-                    MailboxMessage.blob,
-                    MailboxMessage.job_seq,
-                )
-                .where(
-                    MailboxMessage.job_id == job_id,
-                    MailboxMessage.job_seq > after,
-                    MailboxMessage.from_node != node_id,
-                    MailboxMessage.to_node.in_((node_id, BROADCAST)),
-                )
-                .order_by(MailboxMessage.job_seq)
-                .limit(self.settings.inbox_batch)
-            )
             out: list[dict[str, Any]] = []
             size = 0
             cursor = after
             limit = self.settings.max_body_bytes
-            for from_node, to_node, seq, blob, job_seq in conn.execute(q):
+            rows = conn.execute(_NEWS, {"job": job_id, "after": after, "node": node_id, "limit": self.settings.inbox_batch})
+            for from_node, to_node, seq, blob, job_seq in rows:
                 if out and size + len(blob) > limit:
                     break
                 size += len(blob)
                 cursor = job_seq
                 out.append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
-            conn.rollback()
             return {"job_id": job_id, "job_status": status, "messages": out, "next_after": cursor}
 
     # -- node event stream (one long-poll and one post per node, across its jobs) -----------------
@@ -1178,7 +1162,7 @@ class Coordinator:
         that do not exist, are reported as ``not_found`` (the same answer for both)."""
         if not cursors:
             return []
-        with self.db.engine.connect() as conn:
+        with self.db.raw.read() as conn:
             known: dict[str, str] = {}
             for job_id, status, participants in conn.execute(_JOBS_OF, {"jobs": sorted(cursors)}):
                 if node_id in {p["node_id"] for p in participants}:
@@ -1202,10 +1186,8 @@ class Coordinator:
                     size += len(blob)
                     item["next_after"] = job_seq
                     item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
-                rows.close()
                 if count >= self.settings.inbox_batch:
                     break
-            conn.rollback()
         return [n for n in news.values() if n["messages"] or n["job_status"] != "running"]
 
     def post_outbox(
@@ -1243,7 +1225,7 @@ class Coordinator:
         appended: dict[str, _Appended] = {}
         if checked:
             # One transaction for all jobs; job rows are locked in id order, as everywhere.
-            with self.db.write_core() as conn:
+            with self.db.raw.write() as conn:
                 for job_id in sorted(checked):
                     try:
                         appended[job_id] = self._append_messages(conn, job_id, node.node_id, checked[job_id])
@@ -1275,11 +1257,9 @@ class Coordinator:
                 raise ApiError(422, "validation_error", f"seq {seq} twice in one batch", field=f"entries[{i}].seq")
         now = utc_now()
         accepted = duplicates = 0
-        with self.db.write() as s:
-            existing = {
-                a.seq: a
-                for a in s.scalars(select(AuditEntry).where(AuditEntry.node_id == node.node_id, AuditEntry.seq.in_(seqs)))
-            }
+        fresh: list[dict[str, Any]] = []
+        with self.db.raw.write() as conn:  # prebuilt statements (rawsql): every node mirrors often
+            existing = {a.seq: a for a in conn.execute(_AUDIT_EXISTING, {"node": node.node_id, "seqs": seqs})}
             for i, (seq, entry, h, sig) in enumerate(entries):
                 old = existing.get(seq)
                 if old is not None:
@@ -1292,18 +1272,19 @@ class Coordinator:
                         f"entry {seq} of {node.node_id} was already mirrored with other bytes",
                         field=f"entries[{i}].seq",
                     )
-                s.add(
-                    AuditEntry(
-                        node_id=node.node_id,
-                        seq=seq,
-                        entry=entry,
-                        entry_hash=h,
-                        signature=sig,
-                        identity_public_key=node.identity_public_key,
-                        received_at=now,
-                    )
+                fresh.append(
+                    {
+                        "node_id": node.node_id,
+                        "seq": seq,
+                        "entry": entry,
+                        "entry_hash": h,
+                        "signature": sig,
+                        "identity_public_key": node.identity_public_key,
+                        "received_at": now,
+                    }
                 )
                 accepted += 1
+            conn.insert(_INSERT_AUDIT, fresh)
         self.metrics.audit_entries.inc(accepted)
         return {"accepted": accepted, "duplicates": duplicates}
 
@@ -1405,6 +1386,7 @@ _REASONS = frozenset(
 )
 
 
+_TOKEN_BY_HASH = select(ApiToken.id, ApiToken.scopes, ApiToken.revoked_at).where(ApiToken.token_hash == bindparam("hash"))
 # Prebuilt statements (compiled once) for the per-request node authentication.
 _INSERT_NONCE = insert(NodeNonce).values(node_id=bindparam("node"), nonce=bindparam("nonce"), expires_at=bindparam("expires"))
 _INSERT_NONCE_IF_KEY = (
@@ -1434,6 +1416,7 @@ _INSERT_MESSAGE = insert(MailboxMessage)
 _JOB_APPENDED = (
     update(Job).where(Job.id == bindparam("job")).values(next_msg_seq=bindparam("next"), mailbox_bytes=bindparam("size"))
 )
+_JOB_STATUS = select(Job.status, Job.participants).where(Job.id == bindparam("job"))
 # … and for a node's event stream.
 _JOBS_OF = select(Job.id, Job.status, Job.participants).where(Job.id.in_(bindparam("jobs", expanding=True)))
 _NEWS = (
@@ -1477,6 +1460,7 @@ _KEY_CHANGING = (
     .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
     .limit(1)
 )
+_NODES_SEEN = select(Node.id, Node.last_seen).where(Node.id.in_(bindparam("ids", expanding=True)))
 _INSERT_JOB = insert(Job)
 _INSERT_TASK = insert(Task)
 _REQUEST = select(
@@ -1505,6 +1489,10 @@ _JOB_DONE = (
 )
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
 _QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
+_AUDIT_EXISTING = select(AuditEntry.seq, AuditEntry.entry, AuditEntry.entry_hash, AuditEntry.signature).where(
+    AuditEntry.node_id == bindparam("node"), AuditEntry.seq.in_(bindparam("seqs", expanding=True))
+)
+_INSERT_AUDIT = insert(AuditEntry)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
 
 
