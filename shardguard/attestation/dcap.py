@@ -18,13 +18,25 @@ Sources (facts only; no code was taken from any implementation):
   TDX module identities) and "Get Quoting Enclave Identity" (enclaveIdentity v2 JSON).
 * [QVL] Intel SGX/TDX DCAP Quote Verification Library, quote verification steps 4.1.2.4.x and
   enclave identity steps 4.1.2.9.x; comments cite them by number.
+* [TDX-ABI] Intel TDX Module ABI specification, "TD_ATTRIBUTES": a little-endian u64 in groups.
+  TUD (bit 0 DEBUG, 3:1 reserved) and TUP (profiling: 4 HGS_PLUS_PROF, 5 PERF_PROF, 6 PMT_PROF,
+  7 reserved) make the TD untrusted when set. SEC (31:8) holds bits that strengthen security
+  (16 ICSSD, 17 SERVTD_EXT, 27 LASS, 30 PKS, 31 KL; 22:18 reserved for future ones) and bits
+  that weaken it (28 SEPT_VE_DISABLE when clear, 29 MIGRATABLE; 26:23 reserved for future ones;
+  15:8 reserved). OTHER (63:32): 62 TPA, 63 PERFMON, the rest reserved.
+* [RFC5280] §4.2: a certificate with a critical extension that is not recognised and processed
+  must be rejected; §5.2-5.3: likewise a CRL with such a CRL or CRL entry extension.
 
 Check order: syntax (by declared lengths, so nothing is read past its container), then the PCK
 chain to a root pinned by key (Intel's *test* roots carry the production root's exact subject),
-then the QE report signature by the PCK leaf, the QE's binding of the attestation key, and the
-quote signature by that key. Trust in each key is established before it is used. Collateral
-(optional) is checked last: its signing chain, the signatures over the *exact* JSON text, the
-CRLs, the FMSPC/PCE-ID match, the QE identity, then the TCB level. Without collateral the TCB
+then the QE report signature by the PCK leaf (and that the QE is not a debug enclave), the QE's
+binding of the attestation key, and the quote signature by that key; then, for TDX, the
+TD_ATTRIBUTES bits no policy may accept. Trust in each key is established before it is used.
+Certificates may carry no critical extension but basicConstraints and keyUsage, and both are
+processed ([RFC5280]). Collateral (optional) is checked last: its signing chain, the signatures
+over the *exact* JSON text, the CRLs (none with a critical extension; the root, the
+intermediates and the PCK leaf looked up), the FMSPC/PCE-ID match, the QE identity, then the
+TCB level. DEBUG, SEPT_VE_DISABLE and MRSERVICETD are reported for the policy to judge. Without collateral the TCB
 status is "Unknown": signatures and chains are proven, the TCB is not assessed.
 
 Every check is a pure function of bytes except certificate and collateral validity, which
@@ -128,6 +140,18 @@ _REPORT_BODY: Final = struct.Struct("<16sI12x16s16s32s32x32s32x64sHHH42x16s64s")
 #: XFAM, MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0-3, REPORTDATA (+ TEE_TCB_SVN2, MRSERVICETD).
 _TD10_BODY: Final = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
 _TD15_BODY: Final = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s16s48s")
+#: TD_ATTRIBUTES ([TDX-ABI]), as a little-endian u64. DEBUG and SEPT_VE_DISABLE are the policy's
+#: (``allow_debug``, ``require_sept_ve_disable``). ``_TDA_REFUSED`` are refused by the verifier
+#: whatever the policy, exactly the bits dcap-qvl 0.7.0 always refuses: the reserved TUD bits,
+#: the TUP profiling bits (the host observes the TD), the reserved bits outside the "future
+#: positive" range 22:18, MIGRATABLE (a migration TD can move the TD's state elsewhere) and
+#: SERVTD_EXT (the report's service-TD information then has a layout this verifier does not
+#: read). Every other bit (ICSSD, 22:18, LASS, PKS, KL, TPA, PERFMON) only strengthens the TD or
+#: does not bear on its security, and is accepted.
+_TDA_DEBUG: Final = 1 << 0
+_TDA_SEPT_VE_DISABLE: Final = 1 << 28
+_TDA_BIT_NAMES: Final = {4: "HGS_PLUS_PROF", 5: "PERF_PROF", 6: "PMT_PROF", 17: "SERVTD_EXT", 29: "MIGRATABLE"}
+_TDA_REFUSED: Final = sum(1 << b for b in (*range(1, 16), 17, *range(23, 27), 29, *range(32, 62)))
 _TEE_SGX: Final = 0x00000000
 _TEE_TDX: Final = 0x00000081
 _BODY_TD10: Final = 2
@@ -304,8 +328,31 @@ class TdReport:
 
     @property
     def debug(self) -> bool:
-        """TD_ATTRIBUTES bit 0 (DEBUG): the host can read and write the TD's state (specs §4.2)."""
-        return bool(self.td_attributes[0] & 0x01)
+        """TD_ATTRIBUTES bit 0 (TUD.DEBUG): the host can read and write the TD's state (specs §4.2).
+        The other TUD and TUP bits (7:1: reserved, and profiling) are refused by
+        :func:`verify_quote` whatever the policy, so of that group only this bit can be set in an
+        accepted quote, and the policy judges it."""
+        return bool(self.td_attributes[0] & _TDA_DEBUG)
+
+    @property
+    def refused_attributes(self) -> int:
+        """The TD_ATTRIBUTES bits set that the verifier refuses whatever the policy (``_TDA_REFUSED``)."""
+        refused: int = int.from_bytes(self.td_attributes, "little") & _TDA_REFUSED
+        return refused
+
+    @property
+    def sept_ve_disable(self) -> bool:
+        """TD_ATTRIBUTES bit 28 (SEPT_VE_DISABLE): an access to a private page the host has not
+        yet mapped exits to the host instead of raising a #VE inside the TD. When clear, the host
+        can make the TD take a #VE at almost any instruction; Linux guests refuse to run so
+        unless they are debug TDs."""
+        return bool(self.td_attributes[3] & (_TDA_SEPT_VE_DISABLE >> 24))
+
+    @property
+    def service_td(self) -> bool:
+        """A service TD (e.g. a migration TD) is bound to this TD: MRSERVICETD, which exists in
+        TDX 1.5 bodies only, is not zero. A bound service TD can reach the TD's state."""
+        return self.mr_servicetd is not None and self.mr_servicetd.count(0) != len(self.mr_servicetd)
 
     def to_fields(self) -> dict[str, Any]:
         out = {
@@ -1111,7 +1158,12 @@ class _Cert:
     #: Set only for the pinned roots decoded at import: their self-signature is proven.
     self_signed: bool = False
     _label: str | None = None
-    _bc: object = None  # BasicConstraints, ExtensionNotFound, or None before the first look-up
+    #: Filled by ``_scan``, in one pass over the extensions: basicConstraints, keyUsage (each
+    #: None when absent) and the OID of the first critical extension that is neither.
+    _scanned: bool = False
+    _bc: x509.BasicConstraints | None = None
+    _ku: x509.KeyUsage | None = None
+    _unknown_critical: str | None = None
 
     @property
     def label(self) -> str:
@@ -1120,13 +1172,39 @@ class _Cert:
             self._label = f"{self.subject} [{_ymd(self.not_before)}..{_ymd(self.not_after)}]"
         return self._label
 
+    def _scan(self) -> None:
+        # cryptography has decoded every extension already (``_decode_cert``); this only reads
+        # them. Exact types: cryptography's extension value classes are not subclassed.
+        for ext in self.extensions:
+            value = ext.value
+            kind = type(value)
+            if kind is x509.BasicConstraints:
+                self._bc = value
+            elif kind is x509.KeyUsage:
+                self._ku = value
+            elif ext.critical and self._unknown_critical is None:
+                self._unknown_critical = ext.oid.dotted_string
+        self._scanned = True
+
     def basic_constraints(self) -> x509.BasicConstraints | None:
-        if self._bc is None:
-            try:
-                self._bc = self.extensions.get_extension_for_class(x509.BasicConstraints).value
-            except x509.ExtensionNotFound:
-                self._bc = x509.ExtensionNotFound
-        return self._bc if isinstance(self._bc, x509.BasicConstraints) else None
+        if not self._scanned:
+            self._scan()
+        return self._bc
+
+    def key_usage(self) -> x509.KeyUsage | None:
+        if not self._scanned:
+            self._scan()
+        return self._ku
+
+    def unknown_critical(self) -> str | None:
+        """The OID of a critical extension this verifier does not process, if there is one. The
+        only critical extensions Intel's SGX/TDX certificates carry are basicConstraints and
+        keyUsage (every genuine PCK, PCK CA, TCB Signing and root certificate); both are
+        processed (CA flag and path length; the key usages each role needs). The SGX extension
+        (1.2.840.113741.1.13.1) is not critical."""
+        if not self._scanned:
+            self._scan()
+        return self._unknown_critical
 
 
 def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
@@ -1414,7 +1492,11 @@ def _check_validity(c: _Cert, at: dt.datetime, *, platform: str, what: str) -> N
 def _verify_chain(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.datetime, platform: str, names: Sequence[str]) -> str:
     """:func:`.x509chain.verify_chain` on a decoded chain, check for check and in its order: root
     key pinned, root self-signed, each certificate signed by the next, CA flag (and path length)
-    on every issuer, all valid at ``at``. Returns the pinned root's name."""
+    on every issuer, all valid at ``at``; and, for Intel's chains, [RFC5280] §4.2 in full: no
+    certificate carries a critical extension other than basicConstraints and keyUsage, and where
+    keyUsage is present it allows the certificate's role (keyCertSign on every issuer,
+    digitalSignature on the leaf, which signs the QE report or the collateral JSON). Returns
+    the pinned root's name."""
     items = chain.items
     root = items[-1]
     root_name = roots.get(chain.root_spki_sha256)
@@ -1428,6 +1510,19 @@ def _verify_chain(chain: _Chain, *, roots: Mapping[bytes, str], at: dt.datetime,
     try:
         if not root.self_signed:
             _issued_by(root, root, platform=platform, what=names[-1])
+        for i, c in enumerate(items):
+            unknown = c.unknown_critical()
+            if unknown is not None:
+                raise _fail(
+                    _R.CHAIN_INVALID,
+                    f"{names[i]} has a critical extension {unknown} this verifier does not process",
+                    platform=platform,
+                    field=names[i],
+                )
+            ku = c.key_usage()
+            if ku is not None and not (ku.key_cert_sign if i else ku.digital_signature):
+                use = "certificate signing" if i else "digital signatures"
+                raise _fail(_R.CHAIN_INVALID, f"{names[i]} keyUsage does not allow {use}", platform=platform, field=names[i])
         for i in range(len(items) - 1):
             bc = items[i + 1].basic_constraints()
             if bc is None or not bc.ca:
@@ -2109,7 +2204,12 @@ def _check_qe_identity(qe: EnclaveReport, ident: QeIdentity, *, tdx: bool, platf
     want = "TD_QE" if tdx else "QE"
     if ident.id != want:
         # [QVL] 4.1.2.4.14: a TDX quote needs the TD_QE identity, an SGX quote the QE identity.
-        raise _fail(_R.COLLATERAL_INVALID, f"QE identity is for {ident.id!r}, this quote needs {want!r}", platform=platform)
+        raise _fail(
+            _R.COLLATERAL_INVALID,
+            f"QE identity is for {ident.id!r}, this quote needs {want!r}",
+            platform=platform,
+            field="qe_identity.id",
+        )
     misc = qe.misc_select.to_bytes(4, "little")  # the identity's hex is the report's byte order
     checks = (
         # [QVL] 4.1.2.9.5-8, in Intel's order.
@@ -2324,9 +2424,35 @@ def _load_crl(der: bytes, *, platform: str, field: str) -> _Crl:
             raise _fail(
                 _R.COLLATERAL_INVALID, "CRL without nextUpdate or an ECDSA-SHA2 signature", platform=platform, field=field
             )
+        # [RFC5280] §5.2-5.3: a CRL with a critical CRL or entry extension that is not processed
+        # must not be used. None is processed (Intel's CRLs carry cRLNumber, AKI and, per entry,
+        # cRLReason, none critical; an issuingDistributionPoint or certificateIssuer would change
+        # what the CRL covers). DER encodes TRUE only as 01 01 FF (cryptography refuses anything
+        # else), so a CRL without those bytes has no critical extension and is not walked.
+        if b"\x01\x01\xff" in tbs:
+            critical = _crl_critical_extension(crl)
+            if critical is not None:
+                raise _fail(
+                    _R.COLLATERAL_INVALID,
+                    f"CRL has a critical extension {critical} this verifier does not process",
+                    platform=platform,
+                    field=field,
+                )
         return _Crl(crl, issuer_der, this_update, next_update, tbs, crl.signature, algo, {})
 
     return _CRLS.get(der, load)
+
+
+def _crl_critical_extension(crl: x509.CertificateRevocationList) -> str | None:
+    """The OID of the first critical extension of the CRL or of one of its entries, if any."""
+    for ext in crl.extensions:
+        if ext.critical:
+            return str(ext.oid.dotted_string)
+    for entry in crl:
+        for ext in entry.extensions:
+            if ext.critical:
+                return str(ext.oid.dotted_string)
+    return None
 
 
 def _check_crl(der: bytes, issuer: _Chain, index: int, *, platform: str, field: str) -> _Crl:
@@ -2347,6 +2473,14 @@ def _check_crl(der: bytes, issuer: _Chain, index: int, *, platform: str, field: 
                     platform=platform,
                     field=field,
                 )
+        ku = subject.key_usage()
+        if ku is not None and not ku.crl_sign:
+            raise _fail(
+                _R.COLLATERAL_INVALID,
+                f"CRL issuer {subject.subject} may not sign CRLs (keyUsage)",
+                platform=platform,
+                field=field,
+            )
         key = issuer.p256(index, platform=platform, what=f"{field} issuer")
         try:
             key.verify(crl.signature, crl.tbs, _ECDSA_WITH.get(type(crl.hash_algorithm)) or ec.ECDSA(crl.hash_algorithm))
@@ -2454,12 +2588,18 @@ def _check_collateral(
         if signer_chain.root_spki_sha256 != chain.root_spki_sha256:
             raise _fail(_R.COLLATERAL_INVALID, "collateral is signed under another root than the quote", platform=platform)
 
-    # CRLs: [QVL] 4.1.2.4.6-7. The root CA CRL revokes intermediates (the PCK CA, the TCB Signing
-    # certificate); the PCK CA's CRL revokes PCK leaves.
+    # CRLs: [QVL] 4.1.2.4.6-7. The root CA CRL revokes the root itself (as dcap-qvl checks: the
+    # pin trusts a key, and Intel would withdraw a compromised root this way first) and the
+    # intermediates (the PCK CA, the TCB Signing certificate); the PCK CA's CRL revokes PCK leaves.
     if coll.root_ca_crl is not None:
         crl = _check_crl(coll.root_ca_crl, chain, 2, platform=platform, field="root_ca_crl")
         windows.append(("root_ca_crl", crl.this_update, crl.next_update))
-        for cert, label in ((pck_ca, "pck_ca"), *((c.items[0].cert, "tcb_signing") for c in signers)):
+        revocable = [(chain.items[2].cert, "intel_root"), (pck_ca, "pck_ca")]
+        for c in signers:  # the signers' root has the quote's root key, but may be another certificate
+            if c.items[1] is not chain.items[2]:
+                revocable.append((c.items[1].cert, "tcb_signing_root"))
+            revocable.append((c.items[0].cert, "tcb_signing"))
+        for cert, label in revocable:
             if crl.revokes(cert.serial_number):
                 raise _fail(_R.CERT_REVOKED, f"{label} is on the root CA CRL", platform=platform, field=label)
     if coll.pck_crl is not None:
@@ -2531,6 +2671,11 @@ def verify_quote(
     pck_key = chain.p256(0, platform=platform, what="pck")
     if not _sig_ok(pck_key, chain.items[0].spki_der, quote.qe_report.raw, quote.qe_report_signature):
         raise _fail(_R.BAD_SIGNATURE, "QE report is not signed by the PCK key", platform=platform, field="qe_report_signature")
+    if quote.qe_report.debug:
+        # A debug QE's memory, and so the attestation key, is readable by its host: nothing it
+        # certifies means anything. Always refused, with or without a QE identity (whose masked
+        # ATTRIBUTES also cover the bit); allow_debug governs the workload only, as in dcap-qvl.
+        raise _fail(_R.QE_IDENTITY, "the QE report is from a debug enclave", platform=platform, field="qe_report.attributes")
     binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
     if quote.qe_report.report_data != binding:
         raise _fail(
@@ -2546,6 +2691,20 @@ def verify_quote(
     # Never memoised: every quote carries its own report data, so its signature is always new.
     if not _raw_sig_valid(att_key, quote.signed, quote.signature):
         raise _fail(_R.BAD_SIGNATURE, "quote is not signed by its attestation key", platform=platform, field="signature")
+    body = quote.body
+    if type(body) is TdReport:
+        # [TDX-ABI]: the bits in _TDA_REFUSED are reserved or weaken the TD in ways no policy
+        # here can bound; refused as dcap-qvl refuses them. The policy decides DEBUG,
+        # SEPT_VE_DISABLE and a bound service TD (MRSERVICETD).
+        refused = body.refused_attributes
+        if refused:
+            names = [_TDA_BIT_NAMES.get(b, f"reserved bit {b}") for b in range(64) if refused >> b & 1]
+            raise _fail(
+                _R.TD_ATTRIBUTES,
+                f"TD_ATTRIBUTES {body.td_attributes.hex()} sets {', '.join(names)}",
+                platform=platform,
+                field="td_attributes",
+            )
 
     verdict: TcbVerdict | None = None
     coll_fields: dict[str, Any] = {}

@@ -22,6 +22,8 @@ class AttestationReason(enum.Enum):
     TCB_MISMATCH = "reported TCB does not match the certificate"
     TCB_STATUS = "TCB status is below the policy minimum"
     QE_IDENTITY = "quoting enclave does not match its identity"
+    TD_ATTRIBUTES = "TD attributes are not acceptable"
+    SERVICE_TD = "a service TD is bound to the TD (MRSERVICETD is not zero)"
     DEBUG = "debug mode is not allowed"
     MEASUREMENT = "measurement is not in the policy allow-list"
     PLATFORM = "platform is not allowed by the policy"

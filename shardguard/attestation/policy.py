@@ -4,6 +4,8 @@
 allowed_platforms = ["nitro", "sev-snp", "tdx", "sgx"]
 allow_simulated = false          # simulated evidence is for development only
 allow_debug = false              # debug enclaves/VMs expose their memory
+require_sept_ve_disable = true   # TDX: TD_ATTRIBUTES.SEPT_VE_DISABLE must be set
+allow_service_td = false         # TDX 1.5: MRSERVICETD must be zero (no bound service TD)
 min_tcb_status = "UpToDate"      # worst acceptable TCB status (see result.TCB_ORDER)
 max_age_seconds = 600            # evidence with its own timestamp (Nitro) must be this fresh
 
@@ -39,6 +41,8 @@ _KEYS = {
     "max_age_seconds",
     "measurements",
     "require_measurements",
+    "require_sept_ve_disable",
+    "allow_service_td",
 }
 
 
@@ -50,6 +54,14 @@ class VerificationPolicy:
     min_tcb_status: str = "UpToDate"
     max_age_seconds: int | None = 600
     require_measurements: bool = True
+    #: TDX: refuse a TD whose TD_ATTRIBUTES.SEPT_VE_DISABLE (bit 28) is clear. The host can then
+    #: inject a #VE at almost any instruction by unmapping a private page; Linux guests refuse to
+    #: run so unless they are debug TDs, and dcap-qvl always refuses it. A policy decision, not
+    #: the verifier's: the TD is genuine, and a guest OS may handle those #VEs safely.
+    require_sept_ve_disable: bool = True
+    #: TDX 1.5: accept a TD with a bound service TD (MRSERVICETD ≠ 0, e.g. a migration TD, which
+    #: can reach the TD's state). Off by default, as in dcap-qvl (``allow_service_td``).
+    allow_service_td: bool = False
     measurements: Mapping[str, Mapping[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,9 +81,16 @@ class VerificationPolicy:
     @classmethod
     def permissive_for_inspection(cls) -> VerificationPolicy:
         """For ``attest verify`` without ``--policy``: proves the evidence (signatures,
-        chains, collateral) and reports its fields, but allows any measurement, TCB status and
-        debug flag. Simulated evidence is still refused."""
-        return cls(allow_debug=True, min_tcb_status="Unknown", max_age_seconds=None, require_measurements=False)
+        chains, collateral) and reports its fields, but allows any measurement, TCB status,
+        debug flag, SEPT_VE_DISABLE and service TD. Simulated evidence is still refused."""
+        return cls(
+            allow_debug=True,
+            min_tcb_status="Unknown",
+            max_age_seconds=None,
+            require_measurements=False,
+            require_sept_ve_disable=False,
+            allow_service_td=True,
+        )
 
     @classmethod
     def from_toml(cls, text: str) -> VerificationPolicy:
@@ -126,6 +145,8 @@ class VerificationPolicy:
             min_tcb_status=typed("min_tcb_status", str, "UpToDate"),
             max_age_seconds=max_age,
             require_measurements=typed("require_measurements", bool, True),
+            require_sept_ve_disable=typed("require_sept_ve_disable", bool, True),
+            allow_service_td=typed("allow_service_td", bool, False),
             measurements=meas,
         )
 
@@ -138,6 +159,22 @@ class VerificationPolicy:
             raise AttestationError(AttestationReason.PLATFORM, f"{plat} not in {list(self.allowed_platforms)}", platform=plat)
         if v.debug and not self.allow_debug:
             raise AttestationError(AttestationReason.DEBUG, "evidence comes from a debug enclave/VM", platform=plat)
+        if plat == "tdx" and not v.simulated:
+            # Fail closed: a TDX result without these fields (not made by verify_tdx) is refused.
+            if self.require_sept_ve_disable and v.fields.get("sept_ve_disable") is not True:
+                raise AttestationError(
+                    AttestationReason.TD_ATTRIBUTES,
+                    "TD_ATTRIBUTES.SEPT_VE_DISABLE is clear (require_sept_ve_disable)",
+                    platform=plat,
+                    field="sept_ve_disable",
+                )
+            if not self.allow_service_td and v.fields.get("service_td") is not False:
+                raise AttestationError(
+                    AttestationReason.SERVICE_TD,
+                    "MRSERVICETD is not zero (allow_service_td is off)",
+                    platform=plat,
+                    field="mr_servicetd",
+                )
         if v.tcb_status != "n/a" and TCB_ORDER.index(v.tcb_status) > TCB_ORDER.index(self.min_tcb_status):
             raise AttestationError(
                 AttestationReason.TCB_STATUS, f"{v.tcb_status} is worse than {self.min_tcb_status}", platform=plat

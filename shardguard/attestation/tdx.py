@@ -7,7 +7,12 @@ The quote, its PCK chain and the collateral are proven by :func:`.dcap.verify_qu
   (the initial TD image), ``rtmr0``..``rtmr3`` (runtime-extended registers: firmware, OS loader,
   kernel/initrd, application), ``mrconfigid``/``mrowner``/``mrownerconfig`` (set by the host at
   launch), ``mrseam``/``mrsignerseam`` (the TDX module and its signer, zero for Intel's);
-* ``debug`` is TD_ATTRIBUTES bit 0: a debug TD's memory and registers are readable by the host;
+* ``debug`` is TD_ATTRIBUTES bit 0 (TUD.DEBUG): a debug TD's memory and registers are readable
+  by the host. The other TUD bits, and every other reserved TD_ATTRIBUTES bit, are refused by
+  :func:`.dcap.verify_quote` (TD_ATTRIBUTES) whatever the policy;
+* ``fields["sept_ve_disable"]`` is TD_ATTRIBUTES bit 28 and ``fields["service_td"]`` says that
+  MRSERVICETD (TDX 1.5 bodies only) is not zero: the policy judges both
+  (``require_sept_ve_disable``, ``allow_service_td``), as it judges ``debug``;
 * ``report_data`` is the 64 bytes the TD bound into the TDREPORT (nonce, keys).
 
 The policy (:class:`~.policy.VerificationPolicy`) decides what is acceptable; this module only
@@ -69,6 +74,8 @@ def verify_tdx(
         "mrsignerseam": h["mr_signer_seam"],
     }
     fields["td_debug"] = body.debug
+    fields["sept_ve_disable"] = body.sept_ve_disable
+    fields["service_td"] = body.service_td
     fields["tee_tcb_svn"] = h["tee_tcb_svn"]
     return Verified(
         platform=PLATFORM,

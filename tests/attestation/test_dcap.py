@@ -98,6 +98,7 @@ EXTRA_FIELDS = {
     "tcb",
     "collateral",
 }
+TDX_EXTRA_FIELDS = {"tee_tcb_svn", "sept_ve_disable", "service_td"}
 EXTRA_REPORT = {"isv_ext_prod_id", "config_id", "config_svn", "isv_family_id"}  # SGX REPORTBODY fields beyond expected
 EXTRA_QE_REPORT = EXTRA_REPORT | {"cpu_svn", "report_data"}
 
@@ -256,7 +257,7 @@ def test_genuine_quote_verifies_with_exactly_the_expected_fields(name: str, expe
             assert set(f["qe_report"]) == set(want) | EXTRA_QE_REPORT
         else:
             assert f[key] == want, key
-    assert set(f) == (set(exp) - META) | EXTRA_FIELDS | ({"tee_tcb_svn"} if plat == "tdx" else set())
+    assert set(f) == (set(exp) - META) | EXTRA_FIELDS | (TDX_EXTRA_FIELDS if plat == "tdx" else set())
     body = exp["body"]
     assert v.report_data == bytes.fromhex(body["report_data"])
     if plat == "tdx":
@@ -271,6 +272,9 @@ def test_genuine_quote_verifies_with_exactly_the_expected_fields(name: str, expe
             "mrsignerseam": body["mr_signer_seam"],
         }
         assert f["tee_tcb_svn"] == body["tee_tcb_svn"]
+        # TD_ATTRIBUTES bit 28, and MRSERVICETD (TDX 1.5 only, zero in the one sample) ≠ 0.
+        assert f["sept_ve_disable"] is bool(int.from_bytes(bytes.fromhex(body["td_attributes"]), "little") & 1 << 28)
+        assert f["sept_ve_disable"] is (name != SPR) and f["service_td"] is False
     else:
         assert v.debug is exp["enclave_debug"]
         assert v.measurements == {
@@ -796,7 +800,15 @@ class FakePki:
         self.tcb = make_cert(tcb_name, root_name, self.tcb_key.public_key(), self.root_key, ca=False)
         self.roots = {spki_sha256(self.root): "fake-intel-root"}
 
-    def quote(self, *, signed: bytes | None = None, chain: bytes | None = None, bogus_key: bytes | None = None) -> bytes:
+    def quote(
+        self,
+        *,
+        signed: bytes | None = None,
+        chain: bytes | None = None,
+        bogus_key: bytes | None = None,
+        qe_edit: Callable[[bytes], bytes] | None = None,
+    ) -> bytes:
+        """The quote under this PKI; ``qe_edit`` changes the QE report before the PCK key signs it."""
         q, lay = self.orig, self.lay
         sig, att, qe = (
             q[lay.sig_data[0] : lay.sig_data[0] + 64],
@@ -815,6 +827,8 @@ class FakePki:
         if bogus_key is not None:  # certified by the QE report, but not a key at all
             att = bogus_key
             qe = qe[:0x140] + hashlib.sha256(att + auth).digest() + bytes(32)
+        if qe_edit is not None:
+            qe = qe_edit(qe)
         chain_pem = pem(self.leaf, self.ca, self.root) + b"\x00" if chain is None else chain
         inner = (
             qe
@@ -959,7 +973,8 @@ def test_qe_identity_mismatch_and_qe_status_convergence(pki: FakePki) -> None:
         coll = pki.collateral(TDX10_TCB, _qe_identity_with(**{key: value}))
         assert refused(R.QE_IDENTITY, verify, TDX10, fq, collateral=coll, roots=pki.roots).field == f"qe_report.{key}"
     sgx_qe = json.loads(dcapqvl_json(DCAPQVL_COLLATERAL[SGX]))["qe_identity"]
-    refused(R.COLLATERAL_INVALID, verify, TDX10, fq, collateral=pki.collateral(TDX10_TCB, sgx_qe), roots=pki.roots)
+    err = refused(R.COLLATERAL_INVALID, verify, TDX10, fq, collateral=pki.collateral(TDX10_TCB, sgx_qe), roots=pki.roots)
+    assert err.field == "qe_identity.id" and "'QE'" in err.detail
     # QE ISVSVN 6 below the current level (7) but at an OutOfDate one: an UpToDate platform becomes OutOfDate.
     levels = [
         {"tcb": {"isvsvn": 7}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": "UpToDate"},
