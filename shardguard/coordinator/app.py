@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Protocol, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi import Depends, FastAPI, Path, Query, Request, Security, WebSocket
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,6 +31,7 @@ from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.notify import PgBridge
 from shardguard.coordinator.service import Coordinator, NodeIdentity, TokenInfo, decode_card
 from shardguard.coordinator.settings import Settings
+from shardguard.coordinator.stream import serve_stream
 
 __all__ = ["create_app"]
 
@@ -604,9 +605,12 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         """Messages of several jobs and task results in one post; each job's messages and each
         result succeed or fail on their own (see API.md)."""
         same_node(node, node_id)
-        msgs = [(m.job, m.to, m.seq, m.blob) for m in body.messages]
-        results = [(r.task_id, r.status, r.result, r.error.model_dump() if r.error is not None else None) for r in body.results]
-        return JSONResponse(await hot(coord.post_outbox, node, msgs, results))
+        return JSONResponse(await hot(coord.post_outbox, node, *body.items()))
+
+    @app.websocket("/v1/nodes/{node_id}/stream")
+    async def stream(ws: WebSocket, node_id: _ID) -> None:
+        """The event stream and the outbox on one WebSocket (API.md §1.11, ``stream`` module)."""
+        await serve_stream(ws, node_id, coord, notifier, hot)
 
     @app.get("/v1/jobs/{job_id}", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def job_status(job_id: _ID, node: SignedNode, wait: Annotated[float, Query(ge=0, le=300)] = 0.0) -> dict[str, Any]:

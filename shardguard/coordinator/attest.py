@@ -24,13 +24,16 @@ __all__ = ["INSPECTION_POLICY", "summarize"]
 _log = logging.getLogger(__name__)
 
 #: Proves signatures, chains and collateral; accepts any measurement, TCB status, debug flag,
-#: age, and (unlike ``permissive_for_inspection``) simulated evidence, flagged as such.
+#: age, TD SEPT_VE_DISABLE setting and bound service TD, and (unlike
+#: ``permissive_for_inspection``) simulated evidence, flagged as such.
 INSPECTION_POLICY = VerificationPolicy(
     allow_simulated=True,
     allow_debug=True,
     min_tcb_status="Unknown",
     max_age_seconds=None,
     require_measurements=False,
+    require_sept_ve_disable=False,
+    allow_service_td=True,
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,13 @@ class Metrics:
             "shardguard_node_auth_failures", "Refused signed node requests by reason", ["reason"], registry=r
         )
         self.audit_entries = Counter("shardguard_audit_entries", "Audit entries mirrored", registry=r)
+        self.stream_connections = Gauge("shardguard_stream_connections", "Open node event-stream WebSockets", registry=r)
+        self.stream_frames = Counter(
+            "shardguard_stream_frames", "Frames received on node event streams, by op", ["op"], registry=r
+        )
+        self.stream_refusals = Counter(
+            "shardguard_stream_refusals", "Node event streams closed for a bad frame, by reason", ["reason"], registry=r
+        )
 
     def add_queue_collector(self, read: Callable[[], dict[str, dict[str, int]]]) -> None:
         self.registry.register(_QueueCollector(read))

@@ -142,6 +142,16 @@ class Outbox(_Strict):
     messages: list[OutboxMessage] = Field(default_factory=list, max_length=1024)
     results: list[OutboxResult] = Field(default_factory=list, max_length=64)
 
+    def items(
+        self,
+    ) -> tuple[list[tuple[str, str, int, bytes]], list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]]]:
+        """The arguments of ``Coordinator.post_outbox``: messages, then results."""
+        msgs = [(m.job, m.to, m.seq, m.blob) for m in self.messages]
+        results: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]] = [
+            (r.task_id, r.status, r.result, r.error.model_dump() if r.error is not None else None) for r in self.results
+        ]
+        return msgs, results
+
 
 # -- responses (for the OpenAPI document; handlers return plain dicts) ---------------------------
 class _Out(BaseModel):

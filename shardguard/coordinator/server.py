@@ -164,7 +164,10 @@ def _run(args: argparse.Namespace) -> int:
     app = create_app(settings)  # opens the database and migrates it before we announce
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"shardguard coordinator listening on http://{shown}:{port}", flush=True)
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug", lifespan="on")
+    # websockets' sans-I/O protocol for the node event streams (coordinator/stream.py).
+    config = uvicorn.Config(
+        app, log_level=args.log_level, access_log=args.log_level == "debug", lifespan="on", ws="websockets-sansio"
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

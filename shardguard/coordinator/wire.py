@@ -15,6 +15,12 @@ verify. A signed request carries four headers:
 ``request_message`` frames (8-byte big-endian length prefix, as everywhere in ShardGuard) the
 method, the request target, SHA-256 of the body, the timestamp, the nonce and the node id, so
 a signature is valid for exactly one request of one node.
+
+The event stream (API.md §1.11) is one WebSocket per node, opened by a signed ``GET``; every
+frame the node sends on it is ``signature(64) ‖ body``, signed with ``STREAM_CONTEXT`` over
+``frame_message(node_id, handshake nonce, seq, body)``: bound to that connection (its nonce was
+recorded once, at the handshake) and to its place in it (``seq`` = 1, 2, …), so a frame cannot
+be replayed, reordered or moved to another connection.
 """
 
 from __future__ import annotations
@@ -34,17 +40,23 @@ __all__ = [
     "MAX_NONCE_LEN",
     "MIN_NONCE_LEN",
     "REQUEST_CONTEXT",
+    "STREAM_CONTEXT",
+    "frame_message",
     "parse_nonce",
     "parse_signature",
     "parse_timestamp",
     "request_message",
+    "sign_frame",
     "sign_request",
+    "verify_frame",
     "verify_request",
 ]
 
 #: Signature context of coordinator requests (``NodeKeys.sign(context, …)``): a request
 #: signature can never be taken for an envelope or audit-log signature, and vice versa.
 REQUEST_CONTEXT = b"shardguard/coordinator-request/v1"
+#: … and of the frames a node sends on its event stream.
+STREAM_CONTEXT = b"shardguard/coordinator-stream/v1"
 
 HEADER_NODE = "X-ShardGuard-Node"
 HEADER_TIMESTAMP = "X-ShardGuard-Timestamp"
@@ -135,3 +147,23 @@ def verify_request(
     """True when ``signature`` is the node's signature of this exact request."""
     message = request_message(method, target, body, timestamp, nonce, node_id)
     return verify_signature(identity_public_key, REQUEST_CONTEXT, message, signature)
+
+
+def frame_message(node_id: str, conn_nonce: bytes, seq: int, body: bytes) -> bytes:
+    """The bytes a node signs for frame ``seq`` of the stream opened with ``conn_nonce``."""
+    return b"".join(_frame(p) for p in (node_id.encode("utf-8"), conn_nonce, str(seq).encode("ascii"), body))
+
+
+def sign_frame(keys: NodeKeys, conn_nonce: bytes, seq: int, body: bytes) -> bytes:
+    """``signature ‖ body``: one frame of the node's event stream."""
+    return keys.sign(STREAM_CONTEXT, frame_message(keys.node_id, conn_nonce, seq, body)) + body
+
+
+def verify_frame(identity_public_key: bytes, node_id: str, conn_nonce: bytes, seq: int, frame: bytes) -> bytes | None:
+    """The body of ``frame`` if it is the node's signed frame ``seq`` of this connection."""
+    if len(frame) < 64:
+        return None
+    sig, body = frame[:64], frame[64:]
+    if not verify_signature(identity_public_key, STREAM_CONTEXT, frame_message(node_id, conn_nonce, seq, body), sig):
+        return None
+    return body

@@ -8,9 +8,16 @@ task results — in a single ``POST /v1/nodes/{id}/outbox``. Under load a reques
 rounds of many jobs; alone, a round costs one request, as before. The relay stays untrusted:
 everything a task sends is already sealed and signed for its recipient (``node.engine``).
 
+Transport: by default both run over **one WebSocket** (``GET /v1/nodes/{id}/stream``, API.md
+§1.11): the coordinator pushes tasks, messages and job ends as they happen, and the node sends
+``want`` (its open jobs' cursors and free slots) and ``outbox`` frames, each signed with its
+identity key and bound to the connection and its place in it (``wire.sign_frame``). A
+coordinator without the stream endpoint (404) gets the HTTP long-poll and posts instead.
+
 Delivery: posts are retried until they are accepted or refused (the coordinator keeps
 ``(job, from, to, seq)`` unique and result reports idempotent, so a retry after a lost answer
-is harmless); a refusal for one job ends that job's task, never the others'.
+is harmless — also across a reconnect); a refusal for one job ends that job's task, never the
+others'.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
 
 from shardguard.channel import NodeKeys
-from shardguard.coordinator.wire import sign_request
+from shardguard.coordinator.wire import HEADER_NONCE, sign_frame, sign_request
 from shardguard.node.engine import EngineError
 
 __all__ = ["CoordinatorLink", "CoordinatorRefused", "EventStream"]
@@ -64,6 +73,24 @@ class CoordinatorLink:
 
     def close(self) -> None:
         self._http.close()
+
+    def open_stream(self, node_id: str) -> tuple[ClientConnection, bytes]:
+        """Open the node's event-stream WebSocket with a signed handshake; the connection and
+        the handshake nonce its frames are bound to. Raises :class:`CoordinatorRefused` when
+        the coordinator answers the handshake with an HTTP error (404: no stream endpoint)."""
+        path = f"/v1/nodes/{node_id}/stream"
+        headers = sign_request(self._keys, "GET", path, b"")
+        url = str(self._http.base_url.copy_with(path=path))
+        url = "ws" + url.removeprefix("http")  # http → ws, https → wss
+        try:
+            ws = connect(url, additional_headers=headers, open_timeout=10, max_size=8 * 1024 * 1024, compression=None)
+        except InvalidStatus as e:
+            body = (e.response.body or b"").decode(errors="replace")
+            raise CoordinatorRefused("GET", path, e.response.status_code, body) from None
+        return ws, bytes.fromhex(headers[HEADER_NONCE])
+
+    def sign_frame(self, conn_nonce: bytes, seq: int, body: bytes) -> bytes:
+        return sign_frame(self._keys, conn_nonce, seq, body)
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
                 timeout: float | None = None) -> Any:  # fmt: skip
@@ -112,7 +139,10 @@ class EventStream:
         on_task: Callable[[Mapping[str, Any]], None],
         free_slots: Callable[[], int],
         poll: float = 10.0,
+        transport: str = "websocket",
     ) -> None:
+        if transport not in ("websocket", "http"):
+            raise ValueError("transport is 'websocket' or 'http'")
         self._link = link
         self._node = node_id
         self._on_task = on_task
@@ -124,6 +154,16 @@ class EventStream:
         self._out: queue.SimpleQueue[tuple[str, str, int, bytes] | _Result | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The WebSocket (None: not connected, or the HTTP transport), its frame counter and
+        # nonce, the outbox frames awaiting their ack, and the last ``want`` sent on it.
+        self._websocket = transport == "websocket"
+        self._ws: ClientConnection | None = None
+        self._ws_lock = threading.Lock()
+        self._ws_seq = 0
+        self._ws_nonce = b""
+        self._acks: dict[int, Future[dict[str, Any]]] = {}
+        self._wanted: tuple[frozenset[str], int] | None = None
+        self._want_lock = threading.Lock()
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -137,16 +177,21 @@ class EventStream:
         self._out.put(None)
         with self._cond:
             self._cond.notify_all()
+        ws = self._ws
+        if ws is not None:
+            ws.close()
         for t in self._threads:
             t.join(timeout=2)
 
     def open(self, job: str) -> None:
         with self._cond:
             self._boxes.setdefault(job, _Box())
+        self._want()
 
     def close(self, job: str) -> None:
         with self._cond:
             self._boxes.pop(job, None)
+        self._want()  # one job fewer to follow, one slot more
 
     # -- Relay ----------------------------------------------------------------------------
     def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
@@ -197,6 +242,11 @@ class EventStream:
 
     # -- the two loops --------------------------------------------------------------------
     def _receive_loop(self) -> None:
+        if self._websocket:
+            self._stream_loop()
+        self._poll_loop()  # the HTTP transport (also when the coordinator has no stream)
+
+    def _poll_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
                 cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
@@ -289,7 +339,7 @@ class EventStream:
                 messages.append({"job": job, "to": to, "seq": seq, "blob": base64.b64encode(blob).decode()})
         body = {"messages": messages, "results": [{"task_id": r.task_id, **r.body} for r in results]}
         try:
-            out = self._link.request("POST", f"/v1/nodes/{self._node}/outbox", body=body)
+            out = self._post_outbox(body)
         except CoordinatorRefused as e:
             if e.status >= 500 or e.status in (401, 429):
                 log.warning("outbox: %s (retrying)", e)
@@ -304,7 +354,7 @@ class EventStream:
             for r in results:
                 r.done.set_exception(e)
             return True
-        except (httpx.HTTPError, ValueError) as e:
+        except (httpx.HTTPError, ValueError, _Disconnected) as e:
             log.warning("outbox: coordinator unreachable: %s (retrying)", e)
             return False
         with self._cond:
@@ -329,3 +379,117 @@ class EventStream:
             else:
                 r.done.set_result(ack)
         return True
+
+    # -- the WebSocket transport ----------------------------------------------------------------
+    def _post_outbox(self, body: dict[str, Any]) -> Any:
+        if not self._websocket:
+            return self._link.request("POST", f"/v1/nodes/{self._node}/outbox", body=body)
+        done: Future[dict[str, Any]] = Future()
+        if not self._frame("outbox", body, ack=done):
+            raise _Disconnected("the event stream is not connected")
+        try:
+            out = done.result(timeout=60.0)
+        except TimeoutError:
+            raise _Disconnected("no acknowledgement within 60 s") from None
+        err = out.get("error")
+        if isinstance(err, dict):
+            raise CoordinatorRefused("STREAM", "outbox", int(err.get("status", 422)), json.dumps(err))
+        return out
+
+    def _frame(self, op: str, data: dict[str, Any], *, ack: Future[dict[str, Any]] | None = None) -> bool:
+        """Sign and send one frame (any thread); False when there is no connection."""
+        with self._ws_lock:
+            ws = self._ws
+            if ws is None:
+                return False
+            self._ws_seq += 1
+            seq = self._ws_seq
+            body = json.dumps({"seq": seq, "op": op, "data": data}, separators=(",", ":")).encode()
+            if ack is not None:
+                self._acks[seq] = ack
+            try:
+                ws.send(self._link.sign_frame(self._ws_nonce, seq, body))
+            except (ConnectionClosed, OSError):
+                self._acks.pop(seq, None)
+                return False
+        return True
+
+    def _want(self, *, force: bool = False) -> None:
+        """Tell the coordinator what to push: open jobs' cursors and free task slots (only when
+        that changed, or ``force``)."""
+        if not self._websocket or self._ws is None:
+            return
+        with self._want_lock:
+            self._want_locked(force)
+
+    def _want_locked(self, force: bool) -> None:
+        with self._cond:
+            cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
+        claim = max(0, min(64, self._free_slots()))
+        # The coordinator moves the cursors on as it pushes and counts down the slots as it
+        # hands out tasks: a want matters when the set of jobs changes (every task handed out
+        # or ended changes it) or the node goes from full to having room.
+        wanted = (frozenset(cursors), claim)
+        last = self._wanted
+        if not force and last is not None and wanted[0] == last[0] and (claim > 0) == (last[1] > 0):
+            return
+        self._wanted = wanted
+        self._frame("want", {"cursors": cursors, "claim": claim})
+
+    def _stream_loop(self) -> None:
+        """Keep the WebSocket open and deliver what arrives; returns only to fall back to HTTP
+        (the coordinator has no stream endpoint) or when stopping."""
+        while not self._stop.is_set():
+            try:
+                ws, nonce = self._link.open_stream(self._node)
+            except CoordinatorRefused as e:
+                if e.status == 404:
+                    log.warning("event stream: the coordinator has no WebSocket endpoint; using HTTP long-polls")
+                    self._websocket = False
+                    return
+                log.warning("event stream: handshake refused: %s", e)
+                self._stop.wait(1.0)
+                continue
+            except (OSError, WebSocketException, TimeoutError) as e:
+                log.warning("event stream: coordinator unreachable: %s", e)
+                self._stop.wait(1.0)
+                continue
+            with self._ws_lock:
+                self._ws, self._ws_nonce, self._ws_seq, self._wanted = ws, nonce, 0, None
+            try:
+                self._want(force=True)
+                while not self._stop.is_set():
+                    try:
+                        raw = ws.recv(timeout=0.25)
+                    except TimeoutError:
+                        # A slot freed after the task's job was closed: say so (nothing is
+                        # sent unless the want changed).
+                        self._want()
+                        continue
+                    self._on_frame(json.loads(raw))
+            except (ConnectionClosed, OSError, ValueError) as e:
+                if not self._stop.is_set():
+                    log.warning("event stream: connection lost: %s (reconnecting)", e)
+            finally:
+                with self._ws_lock:
+                    self._ws = None
+                    pending, self._acks = self._acks, {}
+                for fut in pending.values():
+                    fut.set_exception(_Disconnected("the event stream closed before the acknowledgement"))
+                ws.close()
+
+    def _on_frame(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            raise ValueError("a coordinator frame is a JSON object")
+        if obj.get("op") == "ack":
+            with self._ws_lock:
+                fut = self._acks.pop(int(obj.get("seq", 0)), None)
+            if fut is not None:
+                fut.set_result(obj)
+        elif obj.get("op") == "events":
+            self._deliver(obj)
+            self._want()
+
+
+class _Disconnected(EngineError):
+    """The stream closed (or never opened) before an outbox frame was acknowledged: retried."""

@@ -43,7 +43,7 @@ class ScriptedCoordinator:
 
 
 def stream(coord: ScriptedCoordinator, tasks: list[Mapping[str, Any]] | None = None) -> EventStream:
-    s = EventStream(coord, "node-a", on_task=(tasks or []).append, free_slots=lambda: 4, poll=0.05)  # type: ignore[arg-type]
+    s = EventStream(coord, "node-a", on_task=(tasks or []).append, free_slots=lambda: 4, poll=0.05, transport="http")  # type: ignore[arg-type]
     s.start()
     return s
 

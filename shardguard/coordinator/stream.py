@@ -1,0 +1,221 @@
+"""A node's event stream as one WebSocket (API.md §1.11): the long-poll and the outbox of §1.9–1.10
+on one connection, without an HTTP request, a signature header check and a nonce row per step.
+
+The node opens ``GET /v1/nodes/{id}/stream`` as a signed request (the handshake: headers as for
+any node request, nonce recorded once). Then:
+
+* node → coordinator, binary frames ``signature(64) ‖ JSON body`` (``wire.sign_frame``), the
+  body ``{"seq": n, "op": …, "data": {…}}`` with ``seq`` = 1, 2, … on this connection:
+
+  - ``want``: ``{"cursors": {job: cursor}, "claim": k}`` — what the node wants pushed (the
+    body of ``POST …/events`` without ``wait``); sent again whenever it changes;
+  - ``outbox``: the body of ``POST …/outbox``; answered by an ``ack`` frame with the same
+    ``seq`` and the answer ``POST …/outbox`` would give (or ``error`` if the post is malformed);
+
+* coordinator → node, text frames: ``{"op": "events", "tasks": […], "jobs": […]}`` whenever
+  there is news (what ``POST …/events`` answers), and the ``ack``\\ s.
+
+A frame that fails its signature, skips or repeats a ``seq``, is not JSON, or names an unknown
+op closes the stream (code 1008, the reason says which); the node reconnects with a new signed
+handshake and re-sends what was not acknowledged (the relay and result reports are idempotent).
+Cursors are kept here as well as on the node: after a push the coordinator moves them on, and a
+``want`` can only move a job's cursor forward, so nothing is pushed twice on one connection
+unless the node asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.websockets import WebSocketState
+
+from shardguard.coordinator import schemas, wire
+from shardguard.coordinator.errors import ApiError, error_body
+from shardguard.coordinator.service import Coordinator, NodeIdentity
+
+__all__ = ["serve_stream"]
+
+_POLICY_VIOLATION = 1008
+_TOO_BIG = 1009
+
+
+class Notifier(Protocol):
+    """What the stream needs of ``app.Notifier``."""
+
+    def waiter(self, key: str) -> asyncio.Future[None]: ...
+    def discard(self, key: str, fut: asyncio.Future[None]) -> None: ...
+    def notify(self, key: str, n: int | None = None) -> None: ...
+    def take_task_hint(self, node_id: str) -> bool: ...
+
+
+class _Closed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class _State:
+    node: NodeIdentity
+    conn_nonce: bytes
+    cursors: dict[str, int] = field(default_factory=dict)
+    claim: int = 0
+    seq: int = 0
+    claim_now: bool = True
+
+
+async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
+    """The whole life of one node's stream connection."""
+    headers = {h: ws.headers.get(h) for h in (wire.HEADER_NODE, wire.HEADER_TIMESTAMP, wire.HEADER_NONCE, wire.HEADER_SIGNATURE)}
+    raw_path = ws.scope.get("raw_path") or ws.url.path.encode("ascii")
+    query = ws.scope.get("query_string") or b""
+    target = (raw_path + b"?" + query if query else raw_path).decode("ascii", errors="replace")
+    try:
+        node = await hot(coord.authenticate_node, headers, "GET", target, b"")
+        if node.node_id != node_id:
+            raise ApiError(403, "forbidden", f"signed by node {node.node_id}, not {node_id}", field="node_id")
+    except ApiError as e:
+        await _deny(ws, e)
+        return
+    nonce = wire.parse_nonce(headers[wire.HEADER_NONCE] or "")
+    assert nonce is not None  # authenticate_node accepted the header
+    await ws.accept()
+    state = _State(node, nonce)
+    coord.metrics.stream_connections.inc()
+    send_lock = asyncio.Lock()
+
+    async def send(obj: dict[str, Any]) -> None:
+        async with send_lock:
+            await ws.send_text(json.dumps(obj, separators=(",", ":")))
+
+    pusher = asyncio.create_task(_push(ws, state, coord, notifier, hot, send))
+    try:
+        await _receive(ws, state, coord, notifier, hot, send)
+    except _Closed as e:
+        coord.metrics.stream_refusals.labels(e.reason.partition(":")[0]).inc()
+        with contextlib.suppress(Exception):
+            await ws.close(code=e.code, reason=e.reason[:120])
+    except WebSocketDisconnect:
+        pass
+    finally:
+        pusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pusher
+        coord.metrics.stream_connections.dec()
+
+
+async def _deny(ws: WebSocket, e: ApiError) -> None:
+    """Refuse the handshake with the HTTP error a plain request would get, where the server can."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse(error_body(e.code, e.message, field=e.field), status_code=e.status))
+    else:
+        await ws.close(code=_POLICY_VIOLATION, reason=f"{e.code}: {e.message}"[:120])
+
+
+async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: Notifier, hot: Any, send: Any) -> None:
+    limit = coord.settings.max_body_bytes
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        frame = message.get("bytes")
+        if frame is None:
+            raise _Closed(_POLICY_VIOLATION, "malformed_frame: node frames are binary (signature ‖ body)")
+        if len(frame) > limit + 64:
+            raise _Closed(_TOO_BIG, f"payload_too_large: a frame is limited to {limit} bytes")
+        state.seq += 1
+        body = wire.verify_frame(state.node.identity_public_key, state.node.node_id, state.conn_nonce, state.seq, frame)
+        if body is None:
+            raise _Closed(_POLICY_VIOLATION, f"bad_signature: frame {state.seq} does not verify (or is out of order)")
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq} is not JSON") from None
+        if not isinstance(obj, dict) or obj.get("seq") != state.seq or not isinstance(obj.get("data"), dict):
+            raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq} needs seq = {state.seq} and a data object")
+        op, data = obj.get("op"), obj["data"]
+        coord.metrics.stream_frames.labels(str(op) if op in ("want", "outbox") else "other").inc()
+        if op == "want":
+            try:
+                want = schemas.Events.model_validate(data)
+            except ValidationError as e:
+                raise _Closed(_POLICY_VIOLATION, f"validation_error: want: {_first_error(e)}") from None
+            _apply_want(state, want)
+            notifier.notify(f"events:{state.node.node_id}", None)  # the pusher looks again
+        elif op == "outbox":
+            try:
+                box = schemas.Outbox.model_validate(data)
+            except ValidationError as e:
+                error = {"status": 422, "code": "validation_error", "message": _first_error(e)}
+                await send({"op": "ack", "seq": state.seq, "error": error})
+                continue
+            try:
+                out = await hot(coord.post_outbox, state.node, *box.items())
+            except ApiError as e:
+                await send({"op": "ack", "seq": state.seq, "error": {"status": e.status, "code": e.code, "message": e.message}})
+                continue
+            await send({"op": "ack", "seq": state.seq, **out})
+        else:
+            raise _Closed(_POLICY_VIOLATION, f"malformed_frame: unknown op {op!r} in frame {state.seq}")
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+
+
+def _apply_want(state: _State, want: schemas.Events) -> None:
+    cursors = {job: max(cursor, state.cursors.get(job, 0)) for job, cursor in want.cursors.items()}
+    state.cursors = cursors
+    if want.claim > state.claim:
+        state.claim_now = True
+    state.claim = want.claim
+
+
+async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Notifier, hot: Any, send: Any) -> None:
+    """Send news whenever there is some; look when woken, and every poll interval regardless."""
+    settings = coord.settings
+    key = f"events:{state.node.node_id}"
+    last_claim = -math.inf
+    last_key_check = time.monotonic()
+    while ws.client_state == WebSocketState.CONNECTED:
+        fut = notifier.waiter(key)
+        try:
+            now = time.monotonic()
+            tasks: list[dict[str, Any]] = []
+            hinted = notifier.take_task_hint(state.node.node_id)
+            if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
+                state.claim_now = False
+                last_claim = now
+                tasks = await hot(coord.claim_tasks, state.node.node_id, min(state.claim, 64))
+                state.claim -= len(tasks)
+            jobs = await hot(coord.read_events, state.node.node_id, dict(state.cursors)) if state.cursors else []
+            for t in tasks:
+                state.cursors.setdefault(str(t["job_id"]), 0)
+            for j in jobs:
+                if j["job_status"] != "running":
+                    state.cursors.pop(j["job_id"], None)  # ended: the node closes it
+                elif j["job_id"] in state.cursors:
+                    state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
+            if tasks or jobs:
+                await send({"op": "events", "tasks": tasks, "jobs": jobs})
+                continue  # there may be more (batch limits): look again at once
+            if now - last_key_check >= settings.poll_interval:
+                last_key_check = now
+                if not await hot(coord.node_key_is, state.node.node_id, state.node.identity_public_key):
+                    # The node registered again (a new process, a new key): this stream is stale.
+                    await ws.close(code=_POLICY_VIOLATION, reason="stale_identity: the node registered a new identity key")
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), timeout=settings.poll_interval)
+        finally:
+            notifier.discard(key, fut)

@@ -1,0 +1,190 @@
+"""The node event stream as one WebSocket (GET /v1/nodes/{id}/stream, API.md §1.11).
+
+Runs on SQLite and PostgreSQL (the ``client`` fixture). The handshake is a signed request;
+every frame the node sends is signed and bound to the connection and its sequence number, so
+a forged, replayed, reordered or transplanted frame closes the stream with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
+
+from shardguard.channel import NodeKeys
+from shardguard.coordinator import wire
+
+from .conftest import FakeNode, run_dkg
+from .test_events import sign_job
+
+
+class Stream:
+    """A node's side of the stream, frames signed by hand."""
+
+    def __init__(self, ws: Any, node: FakeNode, nonce: bytes) -> None:
+        self.ws = ws
+        self.node = node
+        self.nonce = nonce
+        self.seq = 0
+
+    def frame(self, op: str, data: Any, *, seq: int | None = None, keys: NodeKeys | None = None, nonce: bytes | None = None,
+              body: bytes | None = None, frame_seq: int | None = None) -> int:  # fmt: skip
+        self.seq += 1
+        n = self.seq if seq is None else seq
+        raw = (
+            body
+            if body is not None
+            else json.dumps({"seq": n if frame_seq is None else frame_seq, "op": op, "data": data}).encode()
+        )
+        self.ws.send_bytes(wire.sign_frame(keys or self.node.keys, self.nonce if nonce is None else nonce, n, raw))
+        return n
+
+    def want(self, cursors: dict[str, int] | None = None, claim: int = 0) -> None:
+        self.frame("want", {"cursors": cursors or {}, "claim": claim})
+
+    def outbox(self, messages: list[tuple[str, str, int, bytes]] = (), results: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+        seq = self.frame(
+            "outbox",
+            {
+                "messages": [{"job": j, "to": to, "seq": s, "blob": base64.b64encode(b).decode()} for j, to, s, b in messages],
+                "results": list(results),
+            },
+        )
+        ack = self.receive("ack")
+        assert ack["seq"] == seq
+        return ack
+
+    def receive(self, op: str) -> dict[str, Any]:
+        while True:
+            obj = self.ws.receive_json()
+            if obj["op"] == op:
+                return dict(obj)
+
+    def closed(self) -> tuple[int, str]:
+        with pytest.raises(WebSocketDisconnect) as e:
+            while True:
+                self.ws.receive_json()
+        return e.value.code, e.value.reason
+
+
+@contextmanager
+def stream(client: TestClient, node: FakeNode, **sign: Any) -> Iterator[Stream]:
+    path = f"/v1/nodes/{node.node_id}/stream"
+    headers = wire.sign_request(sign.pop("sign_as", node.keys), "GET", path, b"", **sign)
+    with client.websocket_connect(path, headers=headers) as ws:
+        yield Stream(ws, node, bytes.fromhex(headers[wire.HEADER_NONCE]))
+
+
+def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    job = sign_job(client, key_id, [a.node_id, b.node_id])
+    with stream(client, a) as sa, stream(client, b) as sb:
+        sa.want(claim=4)
+        sb.want(claim=4)
+        ta = sa.receive("events")["tasks"]
+        tb = sb.receive("events")["tasks"]
+        assert [t["job_id"] for t in ta] == [job] == [t["job_id"] for t in tb]
+        assert ta[0]["you"] == {"node_id": a.node_id, "index": 1}
+        ack = sa.outbox([(job, b.node_id, 1, b"round one")])
+        assert ack["jobs"] == {job: {"accepted": 1, "duplicates": 0}}
+        # Pushed to b without b asking again: its job's cursor is followed since the task.
+        got = sb.receive("events")["jobs"]
+        assert [(m["from"], base64.b64decode(m["blob"]), m["cursor"]) for m in got[0]["messages"]] == [
+            (a.node_id, b"round one", 1)
+        ]
+        assert sa.outbox([(job, b.node_id, 1, b"round one")])["jobs"][job] == {"accepted": 0, "duplicates": 1}
+        # Results in the outbox; once both are in, the job's end is pushed to both.
+        result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+        acks = [
+            s.outbox(results=[{"task_id": t[0]["task_id"], "status": "done", "result": result}])["results"]
+            for s, t in ((sa, ta), (sb, tb))
+        ]
+        assert acks[0][ta[0]["task_id"]]["task_status"] == "done"
+        assert acks[1][tb[0]["task_id"]]["job_status"] == "done"
+        for s in (sa, sb):
+            ends = [j for j in s.receive("events")["jobs"] if j["job_status"] != "running"]
+            assert [(j["job_id"], j["job_status"]) for j in ends] == [(job, "done")]
+
+
+def test_malformed_outbox_is_refused_in_its_ack_and_the_stream_stays(client: TestClient, nodes: list[FakeNode]) -> None:
+    a = nodes[0]
+    with stream(client, a) as sa:
+        seq = sa.frame("outbox", {"messages": [{"job": "j", "to": "x", "seq": -1, "blob": "!!"}]})
+        ack = sa.receive("ack")
+        assert ack["seq"] == seq and ack["error"]["status"] == 422 and ack["error"]["code"] == "validation_error"
+        assert sa.outbox([("no-such-job", "node-b", 1, b"x")])["jobs"]["no-such-job"]["error"]["code"] == "not_found"
+
+
+def denied(client: TestClient, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """Status and error code of a refused handshake."""
+    with pytest.raises(WebSocketDenialResponse) as e, client.websocket_connect(path, headers=headers):
+        pass
+    return e.value.status_code, str(e.value.json()["error"]["code"])
+
+
+def test_handshake_is_a_signed_request(client: TestClient, nodes: list[FakeNode]) -> None:
+    a, b, _c = nodes
+    path = f"/v1/nodes/{a.node_id}/stream"
+    assert denied(client, path, wire.sign_request(NodeKeys.generate(a.node_id), "GET", path, b"")) == (401, "bad_signature")
+    headers = wire.sign_request(a.keys, "GET", path, b"")
+    with client.websocket_connect(path, headers=headers):
+        pass
+    assert denied(client, path, headers) == (401, "replayed_nonce")  # the same handshake again
+    assert denied(client, path, wire.sign_request(b.keys, "GET", path, b""))[0] == 403  # b opening a's stream
+    assert denied(client, path, {}) == (401, "missing_signature")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("forged", "bad_signature"),
+        ("replayed", "bad_signature"),
+        ("skipped", "bad_signature"),
+        ("other_connection", "bad_signature"),
+        ("body_seq", "malformed_frame"),
+        ("not_json", "malformed_frame"),
+        ("unknown_op", "malformed_frame"),
+        ("text", "malformed_frame"),
+        ("truncated", "bad_signature"),
+        ("bad_want", "validation_error"),
+        ("oversized", "payload_too_large"),
+    ],
+)
+def test_a_bad_frame_closes_the_stream_with_its_reason(
+    client: TestClient, nodes: list[FakeNode], tamper: str, reason: str
+) -> None:
+    a = nodes[0]
+    with stream(client, a) as sa:
+        sa.want()
+        if tamper == "forged":
+            sa.frame("want", {"cursors": {}, "claim": 0}, keys=NodeKeys.generate(a.node_id))
+        elif tamper == "replayed":
+            sa.frame("want", {"cursors": {}, "claim": 0}, seq=1)
+        elif tamper == "skipped":
+            sa.frame("want", {"cursors": {}, "claim": 0}, seq=3)
+        elif tamper == "other_connection":
+            sa.frame("want", {"cursors": {}, "claim": 0}, nonce=b"\x01" * 32)
+        elif tamper == "body_seq":
+            sa.frame("want", {"cursors": {}, "claim": 0}, frame_seq=7)
+        elif tamper == "not_json":
+            sa.frame("want", None, body=b"\xff not json")
+        elif tamper == "unknown_op":
+            sa.frame("shutdown", {})
+        elif tamper == "text":
+            sa.ws.send_text("{}")
+        elif tamper == "truncated":
+            sa.ws.send_bytes(b"\x00" * 10)
+        elif tamper == "bad_want":
+            sa.frame("want", {"cursors": {}, "claim": 10_000})
+        elif tamper == "oversized":
+            sa.frame("outbox", None, body=b" " * (client.app.state.coordinator.settings.max_body_bytes + 1))  # type: ignore[attr-defined]
+        code, why = sa.closed()
+    assert code in (1008, 1009) and why.startswith(reason), why
