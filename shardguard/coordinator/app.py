@@ -7,6 +7,7 @@ the node's identity key (signed requests, :mod:`.wire`). Every error is
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -85,6 +86,10 @@ class Notifier:
         self._lock = threading.Lock()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task_hints: set[str] = set()
+        # Jobs with news, per node whose event-stream WebSocket follows them (stream.py): a
+        # woken stream reads those jobs only, not every job the node has open.
+        self._dirty: dict[str, set[str]] = {}
+        self._following: collections.Counter[str] = collections.Counter()
 
     def waiter(self, key: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -107,6 +112,12 @@ class Notifier:
         if kind == "node":
             with self._lock:
                 self._task_hints.add(rest)
+        elif kind == "inbox":
+            node, _, job = rest.partition(":")
+            with self._lock:
+                dirty = self._dirty.get(node)
+                if dirty is not None:
+                    dirty.add(job)
         if kind in ("node", "inbox"):
             self._wake(f"events:{rest.partition(':')[0]}", None)
         self._wake(key, n)
@@ -119,6 +130,28 @@ class Notifier:
                 self._task_hints.discard(node_id)
                 return True
             return False
+
+    def follow(self, node_id: str) -> None:
+        """An event stream of ``node_id`` opened: record which of its jobs get news."""
+        with self._lock:
+            self._following[node_id] += 1
+            self._dirty.setdefault(node_id, set())
+
+    def unfollow(self, node_id: str) -> None:
+        with self._lock:
+            self._following[node_id] -= 1
+            if self._following[node_id] <= 0:
+                del self._following[node_id]
+                self._dirty.pop(node_id, None)
+
+    def take_dirty(self, node_id: str) -> set[str]:
+        """The jobs of ``node_id`` with news since the last call (needs :meth:`follow`)."""
+        with self._lock:
+            dirty = self._dirty.get(node_id)
+            if not dirty:
+                return set()
+            self._dirty[node_id] = set()
+            return dirty
 
     def _wake(self, key: str, n: int | None) -> None:
         with self._lock:

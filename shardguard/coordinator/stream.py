@@ -55,6 +55,9 @@ class Notifier(Protocol):
     def discard(self, key: str, fut: asyncio.Future[None]) -> None: ...
     def notify(self, key: str, n: int | None = None) -> None: ...
     def take_task_hint(self, node_id: str) -> bool: ...
+    def follow(self, node_id: str) -> None: ...
+    def unfollow(self, node_id: str) -> None: ...
+    def take_dirty(self, node_id: str) -> set[str]: ...
 
 
 class _Closed(Exception):
@@ -71,6 +74,8 @@ class _State:
     claim: int = 0
     seq: int = 0
     claim_now: bool = True
+    #: Jobs to read on the next look (new to the stream); the rest only when woken for them.
+    fresh: set[str] = field(default_factory=set)
 
 
 async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
@@ -175,6 +180,7 @@ def _first_error(e: ValidationError) -> str:
 
 def _apply_want(state: _State, want: schemas.Events) -> None:
     cursors = {job: max(cursor, state.cursors.get(job, 0)) for job, cursor in want.cursors.items()}
+    state.fresh |= cursors.keys() - state.cursors.keys()
     state.cursors = cursors
     if want.claim > state.claim:
         state.claim_now = True
@@ -182,40 +188,61 @@ def _apply_want(state: _State, want: schemas.Events) -> None:
 
 
 async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Notifier, hot: Any, send: Any) -> None:
-    """Send news whenever there is some; look when woken, and every poll interval regardless."""
+    """Send news whenever there is some. Woken for a job, read that job only (and jobs new to
+    the stream); read every followed job and look at the task queue at least every poll
+    interval regardless (a safety net, as for the long-polls)."""
     settings = coord.settings
-    key = f"events:{state.node.node_id}"
-    last_claim = -math.inf
+    node_id = state.node.node_id
+    key = f"events:{node_id}"
+    last_claim = last_sweep = -math.inf
     last_key_check = time.monotonic()
-    while ws.client_state == WebSocketState.CONNECTED:
-        fut = notifier.waiter(key)
-        try:
-            now = time.monotonic()
-            tasks: list[dict[str, Any]] = []
-            hinted = notifier.take_task_hint(state.node.node_id)
-            if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
-                state.claim_now = False
-                last_claim = now
-                tasks = await hot(coord.claim_tasks, state.node.node_id, min(state.claim, 64))
-                state.claim -= len(tasks)
-            jobs = await hot(coord.read_events, state.node.node_id, dict(state.cursors)) if state.cursors else []
-            for t in tasks:
-                state.cursors.setdefault(str(t["job_id"]), 0)
-            for j in jobs:
-                if j["job_status"] != "running":
-                    state.cursors.pop(j["job_id"], None)  # ended: the node closes it
-                elif j["job_id"] in state.cursors:
-                    state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
-            if tasks or jobs:
-                await send({"op": "events", "tasks": tasks, "jobs": jobs})
-                continue  # there may be more (batch limits): look again at once
-            if now - last_key_check >= settings.poll_interval:
-                last_key_check = now
-                if not await hot(coord.node_key_is, state.node.node_id, state.node.identity_public_key):
-                    # The node registered again (a new process, a new key): this stream is stale.
-                    await ws.close(code=_POLICY_VIOLATION, reason="stale_identity: the node registered a new identity key")
-                    return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), timeout=settings.poll_interval)
-        finally:
-            notifier.discard(key, fut)
+    notifier.follow(node_id)
+    try:
+        while ws.client_state == WebSocketState.CONNECTED:
+            fut = notifier.waiter(key)
+            try:
+                now = time.monotonic()
+                tasks: list[dict[str, Any]] = []
+                hinted = notifier.take_task_hint(node_id)
+                if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
+                    state.claim_now = False
+                    last_claim = now
+                    tasks = await hot(coord.claim_tasks, node_id, min(state.claim, 64))
+                    state.claim -= len(tasks)
+                for t in tasks:
+                    state.cursors.setdefault(str(t["job_id"]), 0)
+                    state.fresh.add(str(t["job_id"]))
+                look = notifier.take_dirty(node_id) | state.fresh
+                state.fresh = set()
+                if now - last_sweep >= settings.poll_interval:
+                    last_sweep = now
+                    look = set(state.cursors)
+                cursors = {j: state.cursors[j] for j in look if j in state.cursors}
+                jobs = await hot(coord.read_events, node_id, cursors) if cursors else []
+                count = 0
+                for j in jobs:
+                    count += len(j["messages"])
+                    if j["job_status"] != "running":
+                        state.cursors.pop(j["job_id"], None)  # ended: the node closes it
+                    elif j["job_id"] in state.cursors:
+                        state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
+                        if j["messages"]:
+                            state.fresh.add(j["job_id"])  # read again next: a batch limit may have cut it
+                if tasks or jobs:
+                    await send({"op": "events", "tasks": tasks, "jobs": jobs})
+                    if count >= settings.inbox_batch or tasks:
+                        continue  # there may be more: look again at once
+                    state.fresh = set()
+                    continue
+                if now - last_key_check >= settings.poll_interval:
+                    last_key_check = now
+                    if not await hot(coord.node_key_is, node_id, state.node.identity_public_key):
+                        # The node registered again (a new process, a new key): this stream is stale.
+                        await ws.close(code=_POLICY_VIOLATION, reason="stale_identity: the node registered a new identity key")
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), timeout=settings.poll_interval)
+            finally:
+                notifier.discard(key, fut)
+    finally:
+        notifier.unfollow(node_id)
