@@ -289,6 +289,11 @@ class Coordinator:
             self._node_keys[node_id] = pk
         return pk
 
+    def node_key_is(self, node_id: str, identity_public_key: bytes) -> bool:
+        """Whether ``identity_public_key`` is still the node's registered key (read now)."""
+        with self.db.raw.read() as conn:
+            return bool(conn.scalar(_NODE_KEY, {"node": node_id}) == identity_public_key)
+
     # -- nodes ----------------------------------------------------------------------------------
     def register_node(
         self,
@@ -1401,6 +1406,7 @@ _INSERT_NONCE_IF_KEY = (
     )
     .returning(NodeNonce.node_id)
 )
+_NODE_KEY = select(Node.identity_public_key).where(Node.id == bindparam("node"))
 _TOUCH_NODE = update(Node).where(Node.id == bindparam("node")).values(last_seen=bindparam("now"))
 # Prebuilt statements (compiled once) for the relay's append.
 _JOB_FOR_APPEND = (
