@@ -86,9 +86,7 @@ def _prepare(stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] |
         result_procs = tuple(c[3]._cached_result_processor(dialect, None) for c in cols)
         row = collections.namedtuple("Row", [c[0] for c in cols], rename=True)  # type: ignore[misc,no-redef]
     expanding = bool(compiled.post_compile_params) or bool(compiled.literal_execute_params)
-    return _Prepared(
-        compiled, compiled.string, names, literals, dict(compiled._bind_processors), result_procs, row, expanding
-    )
+    return _Prepared(compiled, compiled.string, names, literals, dict(compiled._bind_processors), result_procs, row, expanding)
 
 
 class RawConnection:

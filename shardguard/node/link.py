@@ -87,7 +87,9 @@ class CoordinatorLink:
         except InvalidStatus as e:
             body = (e.response.body or b"").decode(errors="replace")
             raise CoordinatorRefused("GET", path, e.response.status_code, body) from None
-        return ws, bytes.fromhex(headers[HEADER_NONCE])
+        # The caller owns the connection and closes it (websockets wants the context-manager
+        # protocol entered; its exit is close()).
+        return ws.__enter__(), bytes.fromhex(headers[HEADER_NONCE])
 
     def sign_frame(self, conn_nonce: bytes, seq: int, body: bytes) -> bytes:
         return sign_frame(self._keys, conn_nonce, seq, body)

@@ -1,0 +1,106 @@
+"""The node's event stream over its WebSocket, against the real coordinator app under uvicorn:
+tasks and messages pushed, outbox frames acknowledged, a lost connection re-opened with a new
+signed handshake (what was not acknowledged is sent again), and the HTTP fallback when the
+coordinator has no stream endpoint."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from shardguard.coordinator.app import create_app
+from shardguard.coordinator.settings import Settings
+from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
+
+from ..coordinator.conftest import ADMIN, BOOT, FakeNode, run_dkg
+from .test_link import ScriptedCoordinator, until
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'c.sqlite3'}", bootstrap_token=BOOT, sweep_interval=0, poll_interval=0.1)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
+    srv = uvicorn.Server(config)
+    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    until(lambda: srv.started, 10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_stream_end_to_end_with_a_reconnect(server: str) -> None:
+    with httpx.Client(base_url=server) as http:
+        a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
+        for n in (a, b):
+            assert n.register().status_code == 200
+        key_id = run_dkg(http, [a, b])
+        tasks: list[Mapping[str, Any]] = []
+        link = CoordinatorLink(server, a.keys)
+        s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4)
+        s.start()
+        try:
+            r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+            job = r.json()["request_id"]
+            until(lambda: len(tasks) == 1)  # pushed, no long-poll
+            task_b = b.next_task()
+            assert task_b is not None and tasks[0]["job_id"] == job == task_b["job_id"]
+            s.open(job)
+            s.post(job, [(b.node_id, b"one")])
+            assert _received(b, job, 1) == [b"one"]
+            b.send(job, [(a.node_id, 1, b"back")])
+            assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"back")
+
+            s._ws.close()  # the connection drops: a new signed handshake, then on as before  # type: ignore[union-attr]
+            s.post(job, [(b.node_id, b"two")])
+            assert _received(b, job, 2) == [b"one", b"two"]
+            result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+            b.report(task_b["task_id"], result=result)
+            ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
+            assert ack == {"task_status": "done", "job_status": "done"}
+            assert s.wait_ended(job, 5.0) == "done"  # the job's end is pushed
+        finally:
+            s.stop()
+            link.close()
+
+
+def _received(node: FakeNode, job: str, n: int) -> list[bytes]:
+    end = time.monotonic() + 5
+    while True:
+        msgs = node.inbox(job).json()["messages"]
+        got = [base64.b64decode(m["blob"]) for m in msgs]
+        if len(got) >= n or time.monotonic() > end:
+            return got
+        time.sleep(0.02)
+
+
+class NoStreamCoordinator(ScriptedCoordinator):
+    def open_stream(self, node_id: str) -> Any:
+        raise CoordinatorRefused("GET", f"/v1/nodes/{node_id}/stream", 404, "not found")
+
+
+def test_falls_back_to_http_without_a_stream_endpoint() -> None:
+    coord = NoStreamCoordinator()
+    s = EventStream(coord, "node-a", on_task=lambda t: None, free_slots=lambda: 4, poll=0.05)  # type: ignore[arg-type]
+    s.start()
+    try:
+        s.open("req_1")
+        s.post("req_1", [("node-b", b"one")])
+        until(lambda: len(coord.posts) == 1)  # through POST …/outbox
+        until(lambda: len(coord.events) >= 1)  # and the long-poll
+    finally:
+        s.stop()
