@@ -5,8 +5,9 @@ What it keeps, in one state directory:
 * **shares** — per key id, the node's share (FROST :class:`KeyShare` or DKLs23
   :class:`EcdsaKeyShare`) of the *current* epoch and of any *pending* epochs (two-phase refresh,
   reshare or repair: :meth:`Keystore.stage` / :meth:`Keystore.commit` / :meth:`Keystore.abort`);
-* **node state** — small named JSON values (the identity-key seed, policy, …):
-  :meth:`Keystore.put_state` / :meth:`Keystore.get_state`;
+* **node state** — small named JSON values (the identity-key seed, policy, the audit log's
+  head, …): :meth:`Keystore.put_state` / :meth:`Keystore.get_state` (:meth:`Keystore.put_state_json`
+  for a caller that keeps the value's canonical JSON itself);
 * **the witness file** — the latest ``(counter, digest)`` each *peer* announced to this node
   (:meth:`Keystore.record_peer_counter`), used to tell a restarted peer whether it is stale.
 
@@ -29,7 +30,10 @@ Key ids and state names match ``[A-Za-z0-9][A-Za-z0-9_-]{0,127}``.
     P = canonical JSON {"format": "shardguard-keystore/v1", "store": <store id>, "kind", "key_id",
                         "epoch", "counter", "payload": <JSON>, "payload_sha256": <hex>}
 
-Canonical JSON: sorted keys, no whitespace, ASCII, no NaN. The manifest payload lists per key
+Canonical JSON: sorted keys, no whitespace, ASCII, no NaN. Writes splice P and the manifest
+payload from pieces kept encoded (names and hex need no escaping) instead of encoding them whole:
+the bytes are the same, tested, and a manifest whose pieces would differ at open is encoded whole
+from then on. The manifest payload lists per key
 its group key id and the ``{epoch, counter, file, sha256}`` of the current and pending records,
 the same for each state record, the SHA-256 of the previous manifest (``prev``) and the last
 :data:`HISTORY` ``(counter, digest)`` pairs. ``sha256`` pins the exact bytes of each record file.
@@ -82,7 +86,11 @@ witness. After every write the node announces :meth:`Keystore.announcement` ``(c
 digest)`` to its peers; each peer stores it with :meth:`Keystore.record_peer_counter`
 (monotonic: a lower counter, or a different digest at the same counter, is refused with
 ``PEER_ROLLBACK``) in its witness file — kept outside the manifest so that witnessing does not
-change the witness's own counter (no announcement ping-pong). A restarted node asks peers for
+change the witness's own counter (no announcement ping-pong). With ``defer=True`` the value is
+taken at once and written by the next transaction of the store (before its records and
+manifest, sharing its directory fsyncs) or by :meth:`Keystore.flush_witness`: the node records a
+task's witness notes so and they are durable with the task's audit entry, before its result
+leaves the node. A restarted node asks peers for
 the last value they saw from it and calls :meth:`Keystore.require_fresh`: any peer that saw a
 higher counter, or a different digest at a counter we passed through (a fork), is proof that
 this directory is an old copy → ``STALE_STATE``; fewer than ``t`` verifiable confirmations →
@@ -100,6 +108,7 @@ import dataclasses
 import enum
 import errno
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -282,6 +291,42 @@ def _is_int(v: object) -> bool:
     return type(v) is int and v >= 0
 
 
+def _payload_bytes(payload: Any, where: Path) -> bytes:
+    try:
+        return _canonical(payload)
+    except (TypeError, ValueError):
+        raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, where, "value is not JSON-serialisable") from None
+
+
+# Canonical JSON built from pieces, without encoding whole dicts again on every write. Only
+# strings that need no JSON escaping go through these (names matching _NAME, lowercase hex,
+# file names made of both): each piece is exactly what _canonical would emit for it, and the
+# manifest's pieces are checked against _canonical at every open (Keystore._fast_manifest).
+
+
+def _entry_json(e: _Entry) -> str:
+    return f'{{"counter":{e.counter},"epoch":{e.epoch},"file":"{e.file}","sha256":"{e.sha256}"}}'
+
+
+def _history_json(history: list[tuple[int, str]]) -> str:
+    return ",".join([f'[{c},"{d}"]' for c, d in history])
+
+
+def _manifest_json(m: _Manifest, history: str | None = None) -> bytes:
+    """``_canonical(m.to_payload())``, built from pieces (keys sorted as _canonical sorts them);
+    ``history``: the pieces of ``m.history`` if the caller has them."""
+    if history is None:
+        history = _history_json(m.history)
+    keys = []
+    for kid in sorted(m.keys):
+        k = m.keys[kid]
+        current = "null" if k.current is None else _entry_json(k.current)
+        pending = ",".join([f'"{ep}":{_entry_json(k.pending[e])}' for ep, e in sorted((str(e), e) for e in k.pending)])
+        keys.append(f'"{kid}":{{"current":{current},"group":"{k.group}","pending":{{{pending}}}}}')
+    state = ",".join([f'"{name}":{_entry_json(m.state[name])}' for name in sorted(m.state)])
+    return f'{{"history":[{history}],"keys":{{{",".join(keys)}}},"prev":"{m.prev}","state":{{{state}}}}}'.encode()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Entry:
     kind: str
@@ -290,7 +335,7 @@ class _Entry:
     counter: int
     sha256: str
 
-    @property
+    @functools.cached_property  # (frozen: set in __dict__ once; every write lists the files)
     def file(self) -> str:
         return _record_name(self.kind, self.key_id, self.epoch, self.counter)
 
@@ -441,6 +486,8 @@ class Keystore:
     def __init__(self, directory: Path, platform: Platform, *, read_only: bool, lock_fd: int | None) -> None:
         # Use Keystore.open(); this only sets fields.
         self._dir = directory
+        self._dir_s = str(directory)
+        self._dir_fd: int | None = None
         self._platform = platform
         self._read_only = read_only
         self._lock_fd = lock_fd
@@ -454,6 +501,12 @@ class Keystore:
         self._state: dict[str, bytes] = {}  # state name -> canonical JSON of the value
         self._witness: dict[str, PeerCounter] = {}
         self._witness_seq = 0
+        # Changes of _witness in this process, and how many of them the witness file holds
+        # (record_peer_counter(defer=True) makes the two differ until the next write).
+        self._witness_gen = 0
+        self._witness_saved = 0
+        self._fast_manifest = True
+        self._history_cache: tuple[int, int, str] | None = None  # (first, last counter, pieces)
 
     # opening and closing --------------------------------------------------------------------
 
@@ -510,6 +563,10 @@ class Keystore:
 
     def close(self) -> None:
         with self._mutex:
+            if self._dir_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._dir_fd)
+                self._dir_fd = None
             if self._lock_fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._lock_fd)
@@ -564,6 +621,9 @@ class Keystore:
             raise KeystoreError(KeystoreReason.INVALID_RECORD, mpath, "manifest content is invalid") from None
         self._manifest = manifest
         self._digest = _sha256(_STATE_DIGEST_PREFIX + plaintext)
+        # Pieces for the writes only if they give exactly what _canonical gives for this one
+        # (always, for a manifest this code wrote; otherwise every write encodes it whole).
+        self._fast_manifest = _manifest_json(manifest) == _canonical(payload)
         if not self._read_only:
             self._cleanup_temps(names)
         self._check_orphans(names)
@@ -580,7 +640,7 @@ class Keystore:
 
     def _initialise(self) -> None:
         self._manifest = _Manifest(secrets.token_hex(16), 0, "", [], {}, {})
-        data, plaintext = self._encode(_MANIFEST_KIND, _MANIFEST_KIND, 0, 0, self._manifest.to_payload())
+        data, plaintext = self._encode(_MANIFEST_KIND, _MANIFEST_KIND, 0, 0, self._manifest_bytes(self._manifest))
         try:
             self._write_file(MANIFEST, data)
             self._fsync_dir()
@@ -786,35 +846,31 @@ class Keystore:
 
     # writing ----------------------------------------------------------------------------------
 
-    def _encode(self, kind: str, key_id: str, epoch: int, counter: int, payload: Any) -> tuple[bytes, bytes]:
-        """The file bytes and the sealed plaintext of one record."""
-        try:
-            payload_bytes = _canonical(payload)
-        except (TypeError, ValueError):
-            raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "value is not JSON-serialisable") from None
-        record = {
-            "format": FORMAT,
-            "store": self._manifest.store,
-            "kind": kind,
-            "key_id": key_id,
-            "epoch": epoch,
-            "counter": counter,
-            "payload": json.loads(payload_bytes),
-            "payload_sha256": hashlib.sha256(payload_bytes).hexdigest(),
-        }
-        plaintext = _canonical(record)
+    def _encode(self, kind: str, key_id: str, epoch: int, counter: int, payload: bytes) -> tuple[bytes, bytes]:
+        """The file bytes and the sealed plaintext of one record; ``payload`` is the canonical
+        JSON of its payload. The plaintext is the canonical JSON of the record (P in the module
+        docstring), spliced around ``payload`` instead of encoding it again: kind, key id and
+        store id are names and hex, which JSON does not escape, and the keys are in sorted order."""
+        plaintext = b"".join(
+            (
+                f'{{"counter":{counter},"epoch":{epoch},"format":"{FORMAT}","key_id":"{key_id}","kind":"{kind}","payload":'.encode(),
+                payload,
+                f',"payload_sha256":"{hashlib.sha256(payload).hexdigest()}","store":"{self._manifest.store}"}}'.encode(),
+            )
+        )
         try:
             sealed = self._platform.seal(plaintext, label=_label(kind, key_id))
         except (SealingError, NotSupported):
             raise KeystoreError(KeystoreReason.SEALING_UNAVAILABLE, self._dir, "sealing failed") from None
-        header = _canonical({"kind": kind, "key_id": key_id, "epoch": epoch, "counter": counter})
+        header = f'{{"counter":{counter},"epoch":{epoch},"key_id":"{key_id}","kind":"{kind}"}}'.encode()
         body = MAGIC + bytes([FRAME_VERSION]) + _U32.pack(len(header)) + header + _U32.pack(len(sealed)) + sealed
         return body + _sha256(body), plaintext
 
     def _write_file(self, name: str, data: bytes) -> None:
         """Temp file (O_EXCL, 0600) in the state directory, write all, fsync, rename to ``name``.
         On failure the temp file is removed (best effort) and ``name`` is untouched."""
-        tmp = self._dir / f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}"
+        # Plain string paths: pathlib costs more than the system calls on this path.
+        tmp = f"{self._dir_s}/{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -827,7 +883,7 @@ class Keystore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self._dir / name)
+            os.replace(tmp, f"{self._dir_s}/{name}")
         except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -837,11 +893,9 @@ class Keystore:
 
     def _fsync_dir(self) -> None:
         try:
-            fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self._dir_fd is None:  # opened at the first write, kept until close()
+                self._dir_fd = os.open(self._dir_s, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.fsync(self._dir_fd)
         except OSError as e:
             raise _os_error(e, self._dir, "directory fsync failed") from None
 
@@ -857,25 +911,60 @@ class Keystore:
         if write and self._read_only:
             raise KeystoreError(KeystoreReason.READ_ONLY, self._dir, "the keystore was opened read-only")
 
-    def _transact(self, new: _Manifest, records: list[tuple[_Entry, Any]]) -> None:
-        """Commit ``new`` (whose counter is the current + 1) with ``records`` written first
-        (crash-safety rules 1–3 and 7 of the module docstring)."""
+    def _manifest_bytes(self, m: _Manifest) -> bytes:
+        if not self._fast_manifest:
+            return _canonical(m.to_payload())
+        return _manifest_json(m, self._history_pieces(m.history))
+
+    def _history_pieces(self, history: list[tuple[int, str]]) -> str:
+        """``_history_json(history)``, from the last one made where possible: a commit appends
+        one ``(counter, digest)`` of a committed state (the counters are consecutive, and a
+        committed counter's digest never changes) and drops the oldest beyond HISTORY."""
+        if not history:
+            return ""
+        first, last = history[0][0], history[-1][0]
+        cached = self._history_cache
+        if len(history) != last - first + 1:  # not consecutive: not from this code, no shortcut
+            text = _history_json(history)
+        elif cached is not None and (cached[0], cached[1]) == (first, last):
+            text = cached[2]
+        elif cached is not None and cached[1] + 1 == last and first - cached[0] in (0, 1) and cached[2]:
+            text = cached[2]
+            if first == cached[0] + 1:
+                text = text[text.index("],[") + 2 :] if "],[" in text else ""
+            text = f'{text},[{last},"{history[-1][1]}"]' if text else f'[{last},"{history[-1][1]}"]'
+        else:
+            text = _history_json(history)
+        self._history_cache = (first, last, text)
+        return text
+
+    def _transact(self, new: _Manifest, records: list[tuple[_Entry, bytes]]) -> None:
+        """Commit ``new`` (whose counter is the current + 1) with ``records`` (each with the
+        canonical JSON of its payload) written first (crash-safety rules 1–3 and 7 of the
+        module docstring)."""
         old = self._manifest
         if new.counter != old.counter + 1:
             raise KeystoreError(
                 KeystoreReason.CONFLICT, self._dir, f"manifest counter {new.counter} does not follow {old.counter}"
             )
         new.prev = self._digest.hex()
-        new.history = [*old.history, (old.counter, self._digest.hex())][-HISTORY:]
+        new.history = [*old.history, (old.counter, new.prev)][-HISTORY:]
         encoded = []
         for entry, payload in records:
             data, _ = self._encode(entry.kind, entry.key_id, entry.epoch, entry.counter, payload)
             encoded.append((dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest()), data, payload))
         for (placeholder, _), (entry, _, _) in zip(records, encoded):  # put the files' digests into the manifest
             _swap_entry(new, placeholder, entry)
-        mdata, mplain = self._encode(_MANIFEST_KIND, _MANIFEST_KIND, 0, new.counter, new.to_payload())
+        mdata, mplain = self._encode(_MANIFEST_KIND, _MANIFEST_KIND, 0, new.counter, self._manifest_bytes(new))
         written: list[str] = []
+        witness = None
         try:
+            if self._witness_saved < self._witness_gen:
+                # Deferred witness values (record_peer_counter(defer=True)) go first and share
+                # this transaction's directory fsyncs. The file stands on its own (the manifest
+                # does not name it): if this transaction fails later, it keeps the newer values.
+                self._write_witness(self._witness, fsync_dir=False)
+                witness = self._witness_gen
             for entry, data, _ in encoded:
                 self._write_file(entry.file, data)
                 written.append(entry.file)
@@ -885,7 +974,7 @@ class Keystore:
         except BaseException:
             for name in written:
                 with contextlib.suppress(OSError):
-                    os.unlink(self._dir / name)
+                    os.unlink(f"{self._dir_s}/{name}")
             self._fsync_dir_quietly()
             raise
         try:
@@ -895,19 +984,21 @@ class Keystore:
             raise KeystoreError(
                 KeystoreReason.BROKEN, self._dir, f"the manifest was renamed into place but {e.detail}; reopen", os_errno=e.errno
             ) from None
+        if witness is not None:
+            self._witness_saved = witness
         # Durable: adopt it in memory, then delete what it no longer names.
         obsolete = old.files() - new.files()
         self._manifest = new
         self._digest = _sha256(_STATE_DIGEST_PREFIX + mplain)
         for entry, _, payload in encoded:
             if entry.kind == _STATE:
-                self._state[entry.key_id] = _canonical(payload)
+                self._state[entry.key_id] = payload
         # No directory fsync for these deletions: a deletion lost in a crash leaves a file the
         # manifest does not name, which the next open deletes (rule 4).
         for name in obsolete:
             self._shares.pop(name, None)
             with contextlib.suppress(OSError):
-                os.unlink(self._dir / name)
+                os.unlink(f"{self._dir_s}/{name}")
 
     # shares: two-phase epochs -------------------------------------------------------------------
 
@@ -933,7 +1024,7 @@ class Keystore:
         with self._mutex:
             self._check_usable(write=True)
             self._check_name(key_id, "key id")
-            payload = self._share_payload(share)
+            payload = _payload_bytes(self._share_payload(share), self._dir)
             epoch = share.public.epoch
             group = share.public.key_id.hex()
             new = self._manifest.copy()
@@ -1006,7 +1097,7 @@ class Keystore:
             old = self._shares[old_entry.file]
             if old.identifier != share.identifier or old.public != share.public or type(old) is not type(share):
                 raise KeystoreError(KeystoreReason.CONFLICT, self._dir, "not the same holder of the same key package")
-            payload = self._share_payload(share)
+            payload = _payload_bytes(self._share_payload(share), self._dir)
             new = self._manifest.copy()
             new.counter += 1
             nk = new.keys[key_id]
@@ -1072,17 +1163,29 @@ class Keystore:
         with self._mutex:
             self._check_usable(write=True)
             self._check_name(name, "state name")
-            try:
-                canonical = _canonical(value)
-            except (TypeError, ValueError):
-                raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "value is not JSON-serialisable") from None
-            if self._state.get(name) == canonical:
-                return False
-            new = self._manifest.copy()
-            new.counter += 1
-            entry = new.state[name] = _Entry(_STATE, name, 0, new.counter, "")
-            self._transact(new, [(entry, json.loads(canonical))])
-            return True
+            return self._put_state(name, _payload_bytes(value, self._dir))
+
+    def put_state_json(self, name: str, canonical: bytes) -> bool:
+        """:meth:`put_state` for a value the caller has already encoded as canonical JSON
+        (sorted keys, no whitespace, ASCII, no NaN: ``json.dumps(value, sort_keys=True,
+        separators=(",", ":"), ensure_ascii=True, allow_nan=False)``), e.g. spliced from pieces it
+        keeps encoded. The bytes are stored as they are: bytes that are not canonical JSON make a
+        record that does not pass the payload digest check at the next open."""
+        if type(canonical) is not bytes or not canonical.isascii():
+            raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "canonical JSON must be ASCII bytes")
+        with self._mutex:
+            self._check_usable(write=True)
+            self._check_name(name, "state name")
+            return self._put_state(name, canonical)
+
+    def _put_state(self, name: str, canonical: bytes) -> bool:
+        if self._state.get(name) == canonical:
+            return False
+        new = self._manifest.copy()
+        new.counter += 1
+        entry = new.state[name] = _Entry(_STATE, name, 0, new.counter, "")
+        self._transact(new, [(entry, canonical)])
+        return True
 
     def get_state(self, name: str, default: Any = None) -> Any:
         """A fresh copy of the value stored under ``name`` (``default`` if none)."""
@@ -1138,10 +1241,17 @@ class Keystore:
                     return bytes.fromhex(d)
             return None
 
-    def record_peer_counter(self, peer: str, counter: int, digest: bytes) -> bool:
+    def record_peer_counter(self, peer: str, counter: int, digest: bytes, *, defer: bool = False) -> bool:
         """Durably remember that ``peer`` announced ``(counter, digest)``. Monotonic: a lower
         counter, or another digest at the same counter, raises ``PEER_ROLLBACK`` (that peer was
-        rolled back or forked; the stored value is kept). Returns ``False`` for a repeat."""
+        rolled back or forked; the stored value is kept). Returns ``False`` for a repeat.
+
+        ``defer=True`` takes the value at once (:meth:`peer_counters`, the monotonic check) but
+        writes it with the next write of this store — any transaction writes the witness file
+        first and shares its directory fsync — or at :meth:`flush_witness`, whichever comes
+        first; use it where that write is awaited anyway before anything depends on the value
+        being durable (the node records a task's witness notes this way and makes them durable
+        with the task's audit entry, before the task's result leaves)."""
         if not isinstance(peer, str) or not 0 < len(peer) <= MAX_PEER_ID:
             raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "peer id must be a non-empty string")
         if not _is_int(counter) or not isinstance(digest, bytes | bytearray) or len(digest) != 32:
@@ -1161,7 +1271,29 @@ class Keystore:
                         KeystoreReason.PEER_ROLLBACK, self._dir / WITNESS, f"{peer!r} announced two states at counter {counter}"
                     )
             peers = {**self._witness, peer: PeerCounter(counter, digest)}
-            self._write_witness(peers)
+            if not defer:
+                self._write_witness(peers)
+            self._witness = peers
+            self._witness_gen += 1
+            if not defer:
+                self._witness_saved = self._witness_gen
+            return True
+
+    @property
+    def witness_generation(self) -> int:
+        """Counts the changes of :meth:`peer_counters` in this process (deferred ones included):
+        ``flush_witness(g)`` makes every change up to generation ``g`` durable."""
+        return self._witness_gen
+
+    def flush_witness(self, upto: int | None = None) -> bool:
+        """Write deferred :meth:`record_peer_counter` values now (those up to generation
+        ``upto``, if given; nothing if they are durable already). Returns whether it wrote."""
+        with self._mutex:
+            if self._witness_saved >= (self._witness_gen if upto is None else upto):
+                return False
+            self._check_usable(write=True)
+            self._write_witness(self._witness)
+            self._witness_saved = self._witness_gen
             return True
 
     def forget_peer(self, peer: str) -> bool:
@@ -1170,21 +1302,27 @@ class Keystore:
             self._check_usable(write=True)
             if peer not in self._witness:
                 return False
-            self._write_witness({p: v for p, v in self._witness.items() if p != peer})
+            peers = {p: v for p, v in self._witness.items() if p != peer}
+            self._write_witness(peers)
+            self._witness = peers
+            self._witness_gen += 1
+            self._witness_saved = self._witness_gen
             return True
 
-    def _write_witness(self, peers: dict[str, PeerCounter]) -> None:
+    def _write_witness(self, peers: dict[str, PeerCounter], *, fsync_dir: bool = True) -> None:
+        """Write ``peers`` as the witness file (the caller adopts them). Without ``fsync_dir``
+        the caller fsyncs the directory (a transaction: with its own fsyncs)."""
         seq = self._witness_seq + 1
         payload = {"peers": {p: {"counter": v.counter, "digest": v.digest.hex()} for p, v in sorted(peers.items())}}
-        data, _ = self._encode(_WITNESS_KIND, _WITNESS_KIND, 0, seq, payload)
+        data, _ = self._encode(_WITNESS_KIND, _WITNESS_KIND, 0, seq, _payload_bytes(payload, self._dir))
         self._write_file(WITNESS, data)
-        try:
-            self._fsync_dir()
-        except KeystoreError as e:
-            self._broken = True
-            raise KeystoreError(KeystoreReason.BROKEN, self._dir, f"witness file renamed but {e.detail}; reopen") from None
-        self._witness = peers
-        self._witness_seq = seq
+        self._witness_seq = seq  # the file holds it now: the next write takes the next number
+        if fsync_dir:
+            try:
+                self._fsync_dir()
+            except KeystoreError as e:
+                self._broken = True
+                raise KeystoreError(KeystoreReason.BROKEN, self._dir, f"witness file renamed but {e.detail}; reopen") from None
 
     def peer_counters(self) -> dict[str, PeerCounter]:
         """The latest ``(counter, digest)`` each peer announced (what we answer a restarted peer)."""

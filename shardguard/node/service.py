@@ -178,7 +178,12 @@ class NodeService:
             status, result, error = "failed", None, self._error(e, raw)
             log.warning("task %s (%s) failed: %s", task_id, raw.get("kind"), error)
         try:
+            witnessed = self.keystore.witness_generation
             self._record(raw, status, result, error)
+            # Peer counters this task recorded (deferred: witness notes read after the
+            # protocol) are durable by now: the audit write above wrote them first. This only
+            # makes sure, before anything of the task leaves the node.
+            self.keystore.flush_witness(witnessed)
         except Exception as e:
             # The decision could not be logged (e.g. the state disk is full): release nothing
             # whose audit entry is missing, and say why instead of leaving the task unreported.
@@ -363,7 +368,8 @@ class NodeService:
             if not got:
                 return
             try:
-                self._check_witness(got, peers)
+                # Deferred: made durable with the task's audit entry (handle), before its result leaves.
+                self._check_witness(got, peers, defer=True)
             except (StalePeer, KeystoreError, TaskError) as e:
                 # Cannot happen without a restart (see above); if it does, trust nothing
                 # already witnessed: the next task waits for every note again.
@@ -373,7 +379,7 @@ class NodeService:
 
         return later
 
-    def _check_witness(self, got: Mapping[int, bytes], peers: Mapping[int, AdmittedPeer]) -> None:
+    def _check_witness(self, got: Mapping[int, bytes], peers: Mapping[int, AdmittedPeer], *, defer: bool = False) -> None:
         confirmations: dict[str, tuple[int, bytes] | None] = {}
         for i, raw in got.items():
             node = peers[i].node_id
@@ -386,7 +392,7 @@ class NodeService:
                 raise TaskError(f"malformed witness message from {node}", "witness") from None
             identity = peers[i].card.identity_public_key
             try:
-                self.keystore.record_peer_counter(node, peer_counter, peer_digest)
+                self.keystore.record_peer_counter(node, peer_counter, peer_digest, defer=defer)
                 self._witness_keys[node] = identity
             except KeystoreError as e:
                 if e.reason is not KeystoreReason.PEER_ROLLBACK:
@@ -484,6 +490,11 @@ class NodeService:
     def stop(self) -> None:
         self._stop.set()
         self.flush_audit()
+        self.audit.forget_mirrored()  # mirrored() only forgets in memory until the next write
+        try:
+            self.keystore.flush_witness()
+        except KeystoreError as e:
+            log.warning("peer counters not written at shutdown: %s", e)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.stream.stop()
         self.link.close()

@@ -75,12 +75,12 @@ def test_mirrored_survives_a_disk_that_cannot_be_written(store: Keystore, monkey
     log = AuditLog(store, keys)
     for i in range(3):
         log.append("signed", job=f"j{i}")
-    real = store.put_state
+    real = store.put_state_json
 
-    def full(name: str, value: object) -> bool:
+    def full(name: str, value: bytes) -> bool:
         raise KeystoreError(KeystoreReason.DISK_FULL, store.directory, "write failed: No space left on device")
 
-    monkeypatch.setattr(store, "put_state", full)
+    monkeypatch.setattr(store, "put_state_json", full)
     log.mirrored([1, 2])
     assert [r["seq"] for r in log.pending()] == [3]
     assert [r["seq"] for r in AuditLog(store, keys).pending()] == [1, 2, 3]  # on disk: not yet forgotten
@@ -88,7 +88,7 @@ def test_mirrored_survives_a_disk_that_cannot_be_written(store: Keystore, monkey
         log.append("signed", job="j3")
     assert e.value.reason is KeystoreReason.DISK_FULL
     assert [r["seq"] for r in log.pending()] == [3]
-    monkeypatch.setattr(store, "put_state", real)
+    monkeypatch.setattr(store, "put_state_json", real)
     log.append("signed", job="j3")
     assert [r["seq"] for r in AuditLog(store, keys).pending()] == [3, 4]
     verify_chain(log.pending(), keys.card().identity_public_key)

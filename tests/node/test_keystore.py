@@ -728,7 +728,7 @@ def _forge(directory: Path, platform: SimulatedPlatform, path: Path, data: bytes
                 fixed = dataclasses.replace(e, sha256=hashlib.sha256(data).hexdigest())
                 ks_module._swap_entry(m, e, fixed)
         path.write_bytes(data)
-        mdata, _ = s._encode("manifest", "manifest", 0, m.counter, m.to_payload())
+        mdata, _ = s._encode("manifest", "manifest", 0, m.counter, ks_module._canonical(m.to_payload()))
         (directory / MANIFEST).write_bytes(mdata)
         # names in the manifest carry the counter: keep the old names valid (counter only grew)
     finally:

@@ -154,7 +154,7 @@ def test_death_at_every_write_syscall(crash_dir: Path, platform: SimulatedPlatfo
         assert observe(s) == models[-1].observe()
     monkeypatch.setattr(ks_module, "os", os)
     total = counting.calls
-    assert total > 10 * len(ops)
+    assert total > 8 * len(ops)  # temp file: open, write, fsync, rename; directory fsyncs; deletions
     seen = {"old": 0, "new": 0}
     for n in range(1, total + 2):
         d = tmp_path / f"die-{n}"

@@ -1,0 +1,162 @@
+"""NodeService task handling in one process (two nodes, an in-memory stream instead of the
+coordinator): when a task's result is reported, its audit entry and the peer counters it
+recorded are already durable; concurrent tasks share audit writes."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardguard import local
+from shardguard.attestation.policy import VerificationPolicy
+from shardguard.channel import binding
+from shardguard.enclave.simulated import SimulatedPlatform
+from shardguard.node import keystore as ks_module
+from shardguard.node.audit import verify_chain
+from shardguard.node.service import NodeService
+
+NODES = ("node-1", "node-2")
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.boxes: dict[str, list[tuple[int, str, str, bytes]]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+
+class MemStream:
+    """The parts of EventStream a task uses; ``report`` checks what is durable at that moment."""
+
+    def __init__(self, hub: Hub, svc: NodeService) -> None:
+        self.hub, self.svc, self.node = hub, svc, svc.node_id
+        # The witness generation of the last peer counter each task thread recorded.
+        self.recorded = threading.local()
+        real = svc.keystore.record_peer_counter
+
+        def record(*args: Any, **kwargs: Any) -> bool:
+            changed = real(*args, **kwargs)
+            self.recorded.gen = svc.keystore.witness_generation
+            return changed
+
+        svc.keystore.record_peer_counter = record  # type: ignore[method-assign]
+
+    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+        with self.hub.cv:
+            box = self.hub.boxes.setdefault(job, [])
+            for to, env in envelopes:
+                box.append((len(box) + 1, self.node, to, env))
+            self.hub.cv.notify_all()
+
+    def fetch(self, job: str, after: int, wait: float) -> list[tuple[int, str, bytes]]:
+        end = time.monotonic() + wait
+        with self.hub.cv:
+            while True:
+                got = [(c, f, e) for c, f, t, e in self.hub.boxes.get(job, []) if c > after and t == self.node]
+                if got or time.monotonic() >= end:
+                    return got
+                self.hub.cv.wait(end - time.monotonic())
+
+    def report(self, task_id: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        ks = self.svc.keystore
+        with ks._mutex:
+            # Nothing of the task leaves before its entry and its recorded peer counters are
+            # durable: the audit record on disk holds an entry of this job ...
+            _, _, _, audit = ks._read(ks._manifest.state["audit"].file, ks_module._Expect("state", "audit"), ks_module.MAX_RECORD)
+            jobs = [json.loads(base64.b64decode(r["entry"])).get("job") for r in audit["pending"]]
+            # ... and the peer counters this task recorded are on disk too.
+            unsaved = ks._witness_saved < getattr(self.recorded, "gen", 0)
+            self.recorded.gen = 0
+        self.hub.results[task_id] = {**body, "entry_durable": task_id.rsplit("-", 1)[0] in jobs, "witness_unsaved": unsaved}
+        return {"job_status": "running"}
+
+    def close(self, job: str) -> None:
+        pass
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]]:
+    hub = Hub()
+    services: dict[str, NodeService] = {}
+    for nid in NODES:
+        plat = SimulatedPlatform(state_dir=tmp_path / nid / "platform")
+        policy = VerificationPolicy(allow_simulated=True, measurements={"simulated": {"pcr0": (plat.measurement,)}})
+        svc = NodeService(coordinator="http://127.0.0.1:9", state=tmp_path / nid, node_id=nid, platform=plat, policy=policy)
+        svc.stream = svc.relay = MemStream(hub, svc)  # type: ignore[assignment]
+        services[nid] = svc
+    shares = local.keygen("ed25519", 2, 2)
+    parts = []
+    for i, nid in enumerate(NODES, start=1):
+        svc = services[nid]
+        svc.keystore.stage("k1", shares[i - 1])
+        svc.keystore.commit("k1", 0)
+        nonce = secrets.token_bytes(32)
+        ev = svc.platform.attest(binding(svc.card, nonce))
+        parts.append({"index": i, "node_id": nid, "peer_card": base64.b64encode(svc.card.encode()).decode(),
+                      "platform": ev.platform, "evidence": base64.b64encode(ev.blob).decode(),
+                      "evidence_nonce": nonce.hex(), "generation": 1})  # fmt: skip
+    yield hub, services, parts
+    for svc in services.values():
+        svc._pool.shutdown(wait=False)
+        svc.link.close()
+        svc.keystore.close()
+
+
+def _sign(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
+    instance = secrets.token_hex(32)
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)).isoformat()
+    message = secrets.token_bytes(32).hex()
+    threads = []
+    for i, nid in enumerate(NODES, start=1):
+        raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": "sign", "scheme": "ed25519", "threshold": 2,
+               "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1",
+               "params": {"message_hex": message}, "deadline": deadline}  # fmt: skip
+        threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [hub.results[f"{job}-{i}"] for i in (1, 2)]
+
+
+def test_results_leave_only_after_their_entry_and_witness_are_durable(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    hub, services, parts = nodes
+    for k in range(3):  # the first task awaits the notes; later ones read them after the protocol
+        results = _sign(hub, services, parts, f"job{k}")
+        for r in results:
+            assert r["status"] == "done", r
+            assert r["entry_durable"] and not r["witness_unsaved"], r
+        assert results[0]["result"] == results[1]["result"]
+    for svc in services.values():
+        assert svc._fresh
+        peer = next(n for n in NODES if n != svc.node_id)
+        assert svc.keystore.peer_counters()[peer].counter == services[peer].keystore.counter - 1
+        verify_chain(svc.audit.pending(), svc.card.identity_public_key)
+
+
+def test_concurrent_tasks(nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]) -> None:
+    hub, services, parts = nodes
+    _sign(hub, services, parts, "warm")
+    out: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda k=k: out.extend(_sign(hub, services, parts, f"c{k}"))) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 24
+    assert all(r["status"] == "done" and r["entry_durable"] and not r["witness_unsaved"] for r in out), out
+    for svc in services.values():
+        pending = svc.audit.pending()
+        assert len(pending) == 13
+        verify_chain(pending, svc.card.identity_public_key)
