@@ -64,6 +64,7 @@ re-attests, so an old envelope cannot open under its new key. A Channel is not t
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidTag
@@ -155,8 +156,14 @@ def _hpke_seal(suite: hpke.Suite, public_key: HpkePublicKey, plaintext: bytes, *
 
 
 def _hpke_public_key(card: PeerCard) -> HpkePublicKey:
-    pk = card.channel_public_key
-    if card.kem_id is KemId.X25519:
+    return _hpke_public_key_of(card.kem_id, card.channel_public_key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _hpke_public_key_of(kem_id: KemId, pk: bytes) -> HpkePublicKey:
+    """The key object of a card's channel key, parsed once per key (a Channel per session and
+    peer would parse it again each time). Public keys only; the objects are immutable."""
+    if kem_id is KemId.X25519:
         return x25519.X25519PublicKey.from_public_bytes(pk)
     split = len(pk) - 32  # X-Wing public key: ML-KEM-768 key ‖ X25519 key
     return hpke.MLKEM768X25519PublicKey(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import re
 from typing import Any, NoReturn, TypeAlias
@@ -292,11 +293,20 @@ def verify_signature(identity_public_key: bytes, context: bytes, message: bytes,
     """Check a :meth:`NodeKeys.sign` signature. Returns False on any failure, never raises for
     bad signatures or bad keys (the caller decides what a failure means)."""
     try:
-        key = ed25519.Ed25519PublicKey.from_public_bytes(identity_public_key)
+        if type(identity_public_key) is bytes:
+            key = _ed25519_public_key(identity_public_key)
+        else:
+            key = ed25519.Ed25519PublicKey.from_public_bytes(identity_public_key)
         key.verify(signature, _signed_message(context, message))
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_public_key(identity_public_key: bytes) -> ed25519.Ed25519PublicKey:
+    """Parsed once per key: every envelope and audit entry of a peer is verified with it."""
+    return ed25519.Ed25519PublicKey.from_public_bytes(identity_public_key)
 
 
 class NodeKeys:

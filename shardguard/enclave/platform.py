@@ -237,6 +237,9 @@ class Platform(abc.ABC):
 
     def __init__(self, *, rng: Rng = os.urandom) -> None:
         self._rng = rng
+        # AEADs derived from the platform's own secret (blobs without a context), per label: the
+        # derivation is deterministic, so this only skips repeating HKDF for every seal.
+        self._aeads: dict[tuple[bytes, bytes], AESGCM] = {}
 
     @property
     @abc.abstractmethod
@@ -267,6 +270,22 @@ class Platform(abc.ABC):
         info = _KDF_INFO + self.kind.encode() + b"\x00" + label
         return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret))
 
+    def _aead_for(self, context: bytes, secret: bytes, label: bytes) -> AESGCM:
+        """:meth:`_aead`, kept per label for the platform's own secret (no ``context``). A
+        context names a secret per blob (Nitro's KMS data keys): those are never kept."""
+        if context:
+            return self._aead(secret, label)
+        aeads: dict[tuple[bytes, bytes], AESGCM] | None = getattr(self, "_aeads", None)  # if __init__ was not called
+        if aeads is None:
+            return self._aead(secret, label)
+        key = (secret, label)
+        aead = aeads.get(key)
+        if aead is None:
+            if len(aeads) >= 64:
+                aeads.clear()
+            aead = aeads[key] = self._aead(secret, label)
+        return aead
+
     def seal(self, plaintext: bytes, *, label: bytes) -> bytes:
         """Encrypt ``plaintext`` so that only this platform (same measurement/key) can
         :meth:`unseal` it under the same ``label``. Format in the module docstring."""
@@ -282,7 +301,7 @@ class Platform(abc.ABC):
         nonce = self._rng(_NONCE_LEN)
         if len(nonce) != _NONCE_LEN:
             raise SealingError(SealingReason.KEY, "the RNG returned a short nonce")
-        return header + nonce + self._aead(secret, bytes(label)).encrypt(nonce, bytes(plaintext), header + label)
+        return header + nonce + self._aead_for(context, secret, bytes(label)).encrypt(nonce, bytes(plaintext), header + label)
 
     def unseal(self, blob: bytes, *, label: bytes) -> bytes:
         """Open a blob made by :meth:`seal`; :class:`SealingError` on any failure (a device
@@ -304,7 +323,7 @@ class Platform(abc.ABC):
         except DeviceError as e:
             raise SealingError(SealingReason.KEY, str(e)) from e
         try:
-            return self._aead(secret, bytes(label)).decrypt(nonce, ciphertext, header + label)
+            return self._aead_for(header[_SEAL_HEADER.size :], secret, bytes(label)).decrypt(nonce, ciphertext, header + label)
         except InvalidTag:
             raise SealingError(SealingReason.AUTHENTICATION) from None
 
