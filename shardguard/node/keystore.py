@@ -75,9 +75,11 @@ itself (a share must decode, carry the record's epoch and the key's group key:
    store object is returned — a state file is never half-read.
 7. A write that fails before the commit point (ENOSPC → ``DISK_FULL``; EROFS/EACCES/EPERM →
    ``READ_ONLY``; other → ``IO_ERROR``) removes its temp and record files (best effort), leaves
-   memory and disk as they were, and the previous state stays loadable. If the directory fsync
-   *after* the manifest rename fails, the outcome on disk is unknown: the store answers
-   ``BROKEN`` to everything until it is reopened (which reads whatever the disk holds).
+   memory and disk as they were (except a witness file it wrote first, which holds deferred
+   values memory already had: see the rollback defence), and the previous state stays
+   loadable. If the directory fsync *after* the manifest rename fails, the outcome on disk is
+   unknown: the store answers ``BROKEN`` to everything until it is reopened (which reads
+   whatever the disk holds).
 
 **Rollback defence** (ARCHITECTURE §7, ROTE-style). None of the supported platforms gives the
 enclave a trusted monotonic counter, and sealing alone cannot tell an old sealed copy from the
