@@ -110,8 +110,9 @@ class CoordinatorLink:
 
 @dataclass
 class _Box:
-    """What the stream has received for one job."""
+    """What the stream has received for one job; ``changed`` wakes only that job's task."""
 
+    changed: threading.Condition
     cursor: int = 0
     messages: list[tuple[int, str, bytes]] = field(default_factory=list)
     status: str = "running"
@@ -150,7 +151,10 @@ class EventStream:
         self._on_task = on_task
         self._free_slots = free_slots
         self._poll = poll
-        self._cond = threading.Condition()
+        # One lock for the boxes; each box has its own condition on it, so a message for one
+        # job wakes that job's task only.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._boxes: dict[str, _Box] = {}
         self._seq = 0
         self._out: queue.SimpleQueue[tuple[str, str, int, bytes] | _Result | None] = queue.SimpleQueue()
@@ -178,21 +182,31 @@ class EventStream:
         self._stop.set()
         self._out.put(None)
         with self._cond:
-            self._cond.notify_all()
+            for box in self._boxes.values():
+                box.changed.notify_all()
         ws = self._ws
         if ws is not None:
             ws.close()
         for t in self._threads:
             t.join(timeout=2)
 
+    def _box(self, job: str) -> _Box:
+        """The job's box, made if new (hold ``_cond``)."""
+        box = self._boxes.get(job)
+        if box is None:
+            box = self._boxes[job] = _Box(threading.Condition(self._lock))
+        return box
+
     def open(self, job: str) -> None:
         with self._cond:
-            self._boxes.setdefault(job, _Box())
+            self._box(job)
         self._want()
 
     def close(self, job: str) -> None:
         with self._cond:
-            self._boxes.pop(job, None)
+            box = self._boxes.pop(job, None)
+            if box is not None:
+                box.changed.notify_all()
         self._want()  # one job fewer to follow, one slot more
 
     # -- Relay ----------------------------------------------------------------------------
@@ -220,7 +234,7 @@ class EventStream:
                 left = end - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     return []
-                self._cond.wait(left)
+                box.changed.wait(left)
 
     # -- results and job ends -------------------------------------------------------------
     def report(self, task_id: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -240,7 +254,7 @@ class EventStream:
                 left = end - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     return "running"
-                self._cond.wait(left)
+                box.changed.wait(left)
 
     # -- the two loops --------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -268,7 +282,7 @@ class EventStream:
         tasks = list(out.get("tasks") or [])
         with self._cond:
             for t in tasks:
-                self._boxes.setdefault(str(t["job_id"]), _Box())
+                self._box(str(t["job_id"]))
             for j in out.get("jobs") or []:
                 box = self._boxes.get(str(j["job_id"]))
                 if box is None:
@@ -279,7 +293,7 @@ class EventStream:
                         box.messages.append((cursor, str(m["from"]), base64.b64decode(m["blob"])))
                         box.cursor = cursor
                 box.status = str(j.get("job_status") or "running")
-            self._cond.notify_all()
+                box.changed.notify_all()
         for t in tasks:
             self._on_task(t)
 
@@ -352,7 +366,7 @@ class EventStream:
                     box = self._boxes.get(str(m["job"]))
                     if box is not None:
                         box.error = str(e)
-                self._cond.notify_all()
+                        box.changed.notify_all()
             for r in results:
                 r.done.set_exception(e)
             return True
@@ -367,7 +381,7 @@ class EventStream:
                     box.error = f"coordinator refused messages of job {job}: {err.get('code')}: {err.get('message')}"
                     if err.get("job_status"):
                         box.status = str(err["job_status"])
-            self._cond.notify_all()
+                    box.changed.notify_all()
         acks = out.get("results") or {}
         for r in results:
             ack = acks.get(r.task_id)
