@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from shardguard.coordinator.service import Coordinator, NodeIdentity
 
 __all__ = ["serve_stream"]
 
+_log = logging.getLogger(__name__)
 _POLICY_VIOLATION = 1008
 _TOO_BIG = 1009
 
@@ -102,7 +104,7 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
         async with send_lock:
             await ws.send_text(json.dumps(obj, separators=(",", ":")))
 
-    pusher = asyncio.create_task(_push(ws, state, coord, notifier, hot, send))
+    pusher = asyncio.create_task(_pushing(ws, state, coord, notifier, hot, send))
     try:
         await _receive(ws, state, coord, notifier, hot, send)
     except _Closed as e:
@@ -185,6 +187,19 @@ def _apply_want(state: _State, want: schemas.Events) -> None:
     if want.claim > state.claim:
         state.claim_now = True
     state.claim = want.claim
+
+
+async def _pushing(ws: WebSocket, state: _State, coord: Coordinator, notifier: Notifier, hot: Any, send: Any) -> None:
+    """:func:`_push`; if it fails (say the database is unreachable), close the stream so the
+    node reconnects, instead of leaving it open with nothing pushed."""
+    try:
+        await _push(ws, state, coord, notifier, hot, send)
+    except (asyncio.CancelledError, WebSocketDisconnect):
+        raise
+    except Exception:
+        _log.exception("event stream of %s: push failed; closing it (the node reconnects)", state.node.node_id)
+        with contextlib.suppress(Exception):
+            await ws.close(code=1011, reason="internal_error: the coordinator could not read the node's news")
 
 
 async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Notifier, hot: Any, send: Any) -> None:

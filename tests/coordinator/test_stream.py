@@ -188,3 +188,21 @@ def test_a_bad_frame_closes_the_stream_with_its_reason(
             sa.frame("outbox", None, body=b" " * (client.app.state.coordinator.settings.max_body_bytes + 1))  # type: ignore[attr-defined]
         code, why = sa.closed()
     assert code in (1008, 1009) and why.startswith(reason), why
+
+
+def test_a_failed_push_closes_the_stream(client: TestClient, nodes: list[FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database failure while looking for news must not leave an open stream that pushes
+    nothing: it is closed (1011) and the node reconnects."""
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
+
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("database unreachable")
+
+    with stream(client, a) as sa:
+        monkeypatch.setattr(coordinator, "claim_tasks", broken)
+        sign_job(client, key_id, [a.node_id, b.node_id])
+        sa.want(claim=4)
+        code, why = sa.closed()
+    assert code == 1011 and why.startswith("internal_error")
