@@ -46,8 +46,9 @@ class EngineTimeout(EngineError):
 class Relay(Protocol):
     """The transport to the coordinator's mailbox of one job."""
 
-    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
-        """Queue ``(recipient node id, envelope)`` pairs."""
+    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
+        """Queue ``(recipient node id, envelope)`` pairs. ``hold``: nobody waits for these, so
+        they may go out with the job's next post (one request or frame fewer)."""
 
     def fetch(self, job: str, after: int, wait: float) -> Sequence[tuple[int, str, bytes]]:
         """``(cursor, sender node id, envelope)`` addressed to us with cursor > ``after``;
@@ -184,6 +185,7 @@ class Notes:
         relay: Relay,
         inbox: Inbox,
         messages: Mapping[int, bytes],
+        hold: bool = False,
     ) -> None:
         self._job = job
         self._sid = session_id
@@ -193,7 +195,7 @@ class Notes:
         self._channels = {i: Channel(me, card, peers[i], session_id) for i in peers}
         self._index_of = {peers[i].node_id: i for i in peers}
         self.got: dict[int, bytes] = {}
-        relay.post(job, [(peers[i].node_id, self._channels[i].seal(messages[i], seq=1)) for i in peers])
+        relay.post(job, [(peers[i].node_id, self._channels[i].seal(messages[i], seq=1)) for i in peers], hold=hold)
 
     def _take(self, sender: str, envelope: bytes) -> None:
         i = self._index_of.get(sender)

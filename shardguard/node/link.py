@@ -156,6 +156,7 @@ class EventStream:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._boxes: dict[str, _Box] = {}
+        self._held: dict[str, list[tuple[str, bytes]]] = {}
         self._seq = 0
         self._out: queue.SimpleQueue[tuple[str, str, int, bytes] | _Result | None] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -204,21 +205,31 @@ class EventStream:
 
     def close(self, job: str) -> None:
         with self._cond:
+            self._held.pop(job, None)
             box = self._boxes.pop(job, None)
             if box is not None:
                 box.changed.notify_all()
         self._want()  # one job fewer to follow, one slot more
 
     # -- Relay ----------------------------------------------------------------------------
-    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
         with self._cond:
-            for to, blob in envelopes:
-                self._seq += 1
-                self._out.put((job, to, self._seq, blob))
+            if hold:  # out with the job's next post, or before it waits for anything
+                self._held.setdefault(job, []).extend(envelopes)
+                return
+            self._release(job, envelopes)
+
+    def _release(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+        """Queue what is held for ``job``, then ``envelopes`` (hold ``_cond``)."""
+        for to, blob in [*self._held.pop(job, ()), *envelopes]:
+            self._seq += 1
+            self._out.put((job, to, self._seq, blob))
 
     def fetch(self, job: str, after: int, wait: float) -> list[tuple[int, str, bytes]]:
         end = time.monotonic() + wait
         with self._cond:
+            if job in self._held:  # about to wait: what is held goes out now, whatever follows
+                self._release(job, ())
             while True:
                 box = self._boxes.get(job)
                 if box is None:

@@ -356,9 +356,10 @@ class NodeService:
             ).encode()
 
         sid = hashlib.sha256(b"shardguard/node/witness/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
-        notes = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
-                      messages={i: note(p.node_id) for i, p in peers.items()})  # fmt: skip
         needed = not self._fresh or any(self._witness_keys.get(p.node_id) != p.card.identity_public_key for p in peers.values())
+        # Not awaited: the notes ride with the protocol's first round (one frame fewer).
+        notes = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
+                      messages={i: note(p.node_id) for i, p in peers.items()}, hold=not needed)  # fmt: skip
         if needed:
             self._check_witness(notes.receive(deadline), peers)
             return lambda: None

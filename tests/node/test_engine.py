@@ -41,7 +41,7 @@ class Hub:
         hub = self
 
         class _Relay:
-            def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+            def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
                 with hub.cv:
                     box = hub.boxes.setdefault(job, [])
                     for to, env in envelopes:

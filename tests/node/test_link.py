@@ -122,3 +122,28 @@ def test_the_stream_asks_for_running_jobs_and_free_slots() -> None:
         until(lambda: coord.events[-1]["cursors"] == {"req_1": 5})
     finally:
         s.stop()
+
+
+def test_held_envelopes_go_out_with_the_next_post_or_before_a_wait() -> None:
+    coord = ScriptedCoordinator()
+    s = stream(coord)
+    try:
+        s.open("req_1")
+        s.post("req_1", [("node-b", b"note")], hold=True)
+        time.sleep(0.1)
+        assert coord.posts == []  # held
+        s.post("req_1", [("node-b", b"round 1")])
+        until(lambda: sum(len(p["messages"]) for p in coord.posts) == 2)
+        assert [base64.b64decode(m["blob"]) for m in coord.posts[0]["messages"]] == [b"note", b"round 1"]  # one post, in order
+        s.open("req_2")
+        s.post("req_2", [("node-b", b"note 2")], hold=True)
+        assert s.fetch("req_2", 0, 0.05) == []  # about to wait: the held note went out first
+        until(lambda: any(base64.b64decode(m["blob"]) == b"note 2" for p in coord.posts for m in p["messages"]))
+        s.open("req_3")
+        s.post("req_3", [("node-b", b"never")], hold=True)
+        s.close("req_3")  # the job ended before its next post: dropped
+        s.post("req_4", [("node-b", b"x")])
+        until(lambda: any(m["job"] == "req_4" for p in coord.posts for m in p["messages"]))
+        assert not any(m["job"] == "req_3" for p in coord.posts for m in p["messages"])
+    finally:
+        s.stop()

@@ -50,7 +50,7 @@ class MemStream:
 
         svc.keystore.record_peer_counter = record  # type: ignore[method-assign]
 
-    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]]) -> None:
+    def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
         with self.hub.cv:
             box = self.hub.boxes.setdefault(job, [])
             for to, env in envelopes:
