@@ -46,12 +46,14 @@ validity windows are re-checked on every call.
 
 A first ("cold") verification is dominated by its nine ECDSA P-256 verifications; the rest is
 kept small without skipping any check: each certificate is decoded once per verification
-(``_Cert``: cryptography loads it, its extensions and key; the TBSCertificate, names and SPKI are
-sliced from the DER, never re-encoded), names are compared as encoded (decoded only when the
+(``_Cert``: cryptography loads it and its key; the TBSCertificate, names and SPKI are sliced
+from the DER, never re-encoded), names are compared as encoded (decoded only when the
 encodings differ), the pinned Intel root is decoded and its self-signature checked once at
 import, CRLs are asked only about the serials that matter, and fast paths take the layouts Intel
-uses (strict PEM, plain names, the SGX extension, TCB levels) while anything else goes through
-the general code; ``tests/attestation/test_dcap_fastpaths.py`` checks that they agree.
+uses (strict PEM in 64-column lines, plain names, the extension kinds and encodings of Intel's
+certificates, the SGX extension, TCB levels) while anything else goes through the general code
+(cryptography decodes every extension); ``tests/attestation/test_dcap_fastpaths.py`` checks
+that they agree.
 """
 
 from __future__ import annotations
@@ -867,21 +869,26 @@ def _decode_sgx_extension_fast(value: bytes) -> PckInfo | None:
     m = _SGX_EXT_LAYOUT.fullmatch(value)
     if m is None:
         return None
-    tcb_start, tcb_end, entry_start = m.start("tcb"), m.end("tcb"), m.start("tcb_entry")
+    tcb_start, tcb_end = m.span("tcb")
     # Long-form lengths: minimal (first byte non-zero, so ≥ 0x100) and equal to what they cover.
-    for name, covered in (("n_all", len(value) - 4), ("n_entry", tcb_end - entry_start - 4), ("n_tcb", tcb_end - tcb_start)):
-        n = m[name]
-        if n[0] == 0 or int.from_bytes(n, "big") != covered:
-            return None
+    n_all, n_entry, n_tcb = m.group("n_all", "n_entry", "n_tcb")
+    if (
+        not (n_all[0] and n_entry[0] and n_tcb[0])
+        or n_all[0] << 8 | n_all[1] != len(value) - 4
+        or n_entry[0] << 8 | n_entry[1] != tcb_end - m.start("tcb_entry") - 4
+        or n_tcb[0] << 8 | n_tcb[1] != tcb_end - tcb_start
+    ):
+        return None
     tcb = _TCB_ENTRY.fullmatch(value, tcb_start, tcb_end)
     assert tcb is not None  # the same pattern, capturing
     g = tcb.groups()
     flags = m.group("dynamic_platform", "cached_keys", "smt_enabled")
     return _new_pck_info(
         ppid=m["ppid"],
-        # Exactly one group of each pair matched, capturing that component's one value byte.
+        # Exactly one group of each pair matched, capturing that component's one value byte;
+        # likewise one of the PCESVN's four (a matched group is never empty).
         tcb_comp_svn=tuple(b"".join(filter(None, g[:32]))),
-        pcesvn=int.from_bytes(next(v for v in g[32:36] if v is not None), "big"),
+        pcesvn=int.from_bytes(g[32] or g[33] or g[34] or g[35], "big"),
         cpusvn=g[36],
         pce_id=m["pce_id"],
         fmspc=m["fmspc"],
@@ -973,7 +980,10 @@ def parse_pck_extensions(leaf: x509.Certificate, *, platform: str) -> PckInfo:
         ) from None
     if not isinstance(ext, x509.UnrecognizedExtension):
         raise _fail(_R.MALFORMED, "SGX extensions are not raw DER", platform=platform, field="pck.sgx_extensions")
-    raw = ext.value
+    return _sgx_extension(ext.value, platform=platform)
+
+
+def _sgx_extension(raw: bytes, *, platform: str) -> PckInfo:
     try:
         return _PCK_EXT.get(("sgx-ext", raw), lambda: _decode_sgx_extension(raw))
     except (ValueError, IndexError) as e:
@@ -999,11 +1009,13 @@ def _hdr(buf: bytes, pos: int) -> tuple[int, int, int]:
     return tag, start, start + int.from_bytes(buf[pos + 2 : start], "big")
 
 
-def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes, bool]:
+def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes, bool, bytes]:
     """The exact TBSCertificate, issuer, subject and SubjectPublicKeyInfo encodings of a
-    certificate (RFC 5280 §4.1), sliced from its DER: nothing is re-encoded; and whether the
-    serial number is a positive INTEGER (the only thing cryptography warns about on loading).
-    Meaningful only for DER that cryptography parses; raises IndexError past the end."""
+    certificate (RFC 5280 §4.1), sliced from its DER: nothing is re-encoded; whether the
+    serial number is a positive INTEGER (the only thing cryptography warns about on loading);
+    and what follows the SubjectPublicKeyInfo in the TBSCertificate (the unique IDs, if any, and
+    the extensions). Meaningful only for DER that cryptography parses; raises IndexError past
+    the end."""
     _, c, _ = _hdr(der, 0)
     _, t, end = _hdr(der, c)
     tag, serial, pos = _hdr(der, t)  # [0] version, or the serial number (v1)
@@ -1019,7 +1031,7 @@ def _tbs_parts(der: bytes) -> tuple[bytes, bytes, bytes, bytes, bool]:
     _, _, e = _hdr(der, pos)
     if e > end:
         raise IndexError("SubjectPublicKeyInfo past the TBSCertificate")
-    return der[c:end], issuer, subject, der[pos:e], positive
+    return der[c:end], issuer, subject, der[pos:e], positive, der[e:end]
 
 
 #: RFC 4514 short names of the attributes (2.5.4.<arc>) that Intel's names use, as cryptography
@@ -1150,7 +1162,6 @@ class _Cert:
     spki_der: bytes  # as it is in ``der``: identifies the key (memo keys)
     key: object
     hash_alg: hashes.HashAlgorithm | None
-    extensions: x509.Extensions
     subject: str  # RFC 4514
     cn: str
     not_before: dt.datetime
@@ -1158,12 +1169,19 @@ class _Cert:
     #: Set only for the pinned roots decoded at import: their self-signature is proven.
     self_signed: bool = False
     _label: str | None = None
-    #: Filled by ``_scan``, in one pass over the extensions: basicConstraints, keyUsage (each
-    #: None when absent) and the OID of the first critical extension that is neither.
+    #: Filled by ``_scan``, in one pass over the extensions, or by ``_decode_cert`` from
+    #: ``_intel_extensions``: basicConstraints, keyUsage (each None when absent) and the OID of
+    #: the first critical extension that is neither.
     _scanned: bool = False
     _bc: x509.BasicConstraints | None = None
     _ku: x509.KeyUsage | None = None
     _unknown_critical: str | None = None
+    #: The SGX extension's value (None: absent), when ``_intel_extensions`` read the extensions.
+    _sgx_ext: bytes | None = None
+
+    @property
+    def extensions(self) -> x509.Extensions:
+        return self.cert.extensions
 
     @property
     def label(self) -> str:
@@ -1175,7 +1193,7 @@ class _Cert:
     def _scan(self) -> None:
         # cryptography has decoded every extension already (``_decode_cert``); this only reads
         # them. Exact types: cryptography's extension value classes are not subclassed.
-        for ext in self.extensions:
+        for ext in self.cert.extensions:
             value = ext.value
             kind = type(value)
             if kind is x509.BasicConstraints:
@@ -1217,7 +1235,7 @@ def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
     attribute lengths when it decodes a name; those warnings are silenced (evidence is not the
     caller's code to fix). Silencing costs more than a decode, so it is done only when one of
     them can happen: a serial that is not positive, or a name that is not plain."""
-    tbs, issuer_der, subject_der, spki_der, serial_positive = _tbs_parts(der)
+    tbs, issuer_der, subject_der, spki_der, serial_positive, rest = _tbs_parts(der)
     plain = _INTEL_NAMES.get(subject_der) or _plain_name(subject_der)
     if plain is None or not (serial_positive or cert is not None):
         with warnings.catch_warnings():
@@ -1228,10 +1246,12 @@ def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
                 plain = (cert.subject.rfc4514_string(), _cn(cert))
     elif cert is None:
         cert = x509.load_der_x509_certificate(der)
-    extensions = cert.extensions
+    intel = _intel_extensions(rest)
+    if intel is None:
+        _ = cert.extensions  # decoded (and cached by cryptography) now, so a bad one fails here
     hash_alg = cert.signature_hash_algorithm
     key = cert.public_key()
-    return _Cert(  # positionally: the fields in order
+    c = _Cert(  # positionally: the fields in order
         cert,
         der,
         tbs,
@@ -1240,12 +1260,138 @@ def _decode_cert(der: bytes, cert: x509.Certificate | None = None) -> _Cert:
         spki_der,
         key,
         hash_alg,
-        extensions,
         plain[0],
         plain[1],
         cert.not_valid_before_utc,
         cert.not_valid_after_utc,
     )
+    if intel is not None:
+        c._bc, c._ku, c._sgx_ext = intel
+        c._scanned = True
+    return c
+
+
+#: The extensions Intel's SGX/TDX certificates carry, each as one exact DER Extension (RFC 5280
+#: §4.1: SEQUENCE {OID, critical, OCTET STRING}) → its decoded value. keyUsage and
+#: basicConstraints are critical; each encoding is produced by cryptography itself from the
+#: value (DER has one encoding per value), so the map is exactly cryptography's decoding of
+#: these bytes.
+def _exact_extensions() -> Mapping[bytes, x509.BasicConstraints | x509.KeyUsage]:
+    def ku(**bits: bool) -> x509.KeyUsage:
+        names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+        return x509.KeyUsage(
+            **{n: bits.get(n, False) for n in names},
+            key_cert_sign=bits.get("key_cert_sign", False),
+            crl_sign=bits.get("crl_sign", False),
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    values: list[x509.BasicConstraints | x509.KeyUsage] = [
+        ku(digital_signature=True, content_commitment=True),  # PCK and TCB Signing certificates
+        ku(key_cert_sign=True, crl_sign=True),  # the CAs
+        x509.BasicConstraints(ca=False, path_length=None),
+        x509.BasicConstraints(ca=True, path_length=0),
+        x509.BasicConstraints(ca=True, path_length=1),
+        x509.BasicConstraints(ca=True, path_length=None),
+    ]
+    out: dict[bytes, x509.BasicConstraints | x509.KeyUsage] = {}
+    for value in values:
+        oid = value.oid.dotted_string.split(".")
+        assert oid[:3] == ["2", "5", "29"]
+        body = b"\x06\x03\x55\x1d" + bytes([int(oid[3])]) + b"\x01\x01\xff"
+        inner = value.public_bytes()
+        body += bytes([0x04, len(inner)]) + inner
+        out[bytes([0x30, len(body)]) + body] = value
+    return types.MappingProxyType(out)
+
+
+_EXACT_EXTENSIONS: Final = _exact_extensions()
+_AKI_HEAD: Final = b"\x30\x1f\x06\x03\x55\x1d\x23\x04\x18\x30\x16\x80\x14"  # keyIdentifier only, 20 bytes
+_SKI_HEAD: Final = b"\x30\x1d\x06\x03\x55\x1d\x0e\x04\x16\x04\x14"  # 20 bytes
+_CRLDP_OID: Final = b"\x06\x03\x55\x1d\x1f"
+_SGX_EXT_HEAD: Final = bytes([0x06, len(_SGX_EXT_DER)]) + _SGX_EXT_DER + b"\x04"
+
+
+def _intel_extensions(rest: bytes) -> tuple[x509.BasicConstraints | None, x509.KeyUsage | None, bytes | None] | None:
+    """(basicConstraints, keyUsage, SGX extension value) of a certificate whose extensions are
+    exactly of the kinds and encodings Intel uses, read without building cryptography's objects;
+    None for anything else (the caller then has cryptography decode them, and the checks read
+    those). ``rest`` is what follows the SubjectPublicKeyInfo in the TBSCertificate, which
+    cryptography has parsed (so every TLV in it is well formed). Accepted, each at most once, in
+    any order: authorityKeyIdentifier (a 20-byte keyIdentifier only), cRLDistributionPoints (one
+    distribution point with one URI, short lengths), subjectKeyIdentifier (20 bytes), the
+    critical keyUsage and basicConstraints of ``_EXACT_EXTENSIONS``, and the non-critical SGX
+    extension (1.2.840.113741.1.13.1, whose value :func:`_decode_sgx_extension` checks). These
+    are values cryptography decodes without error, and every one of them is non-critical or
+    processed, so none is an unknown critical extension."""
+    n = len(rest)
+    if n < 4 or rest[0] != 0xA3:  # the extensions, right after the key (no unique IDs)
+        return None
+    # [3] EXPLICIT SEQUENCE OF Extension: cryptography has checked that both cover the rest.
+    first = rest[1]
+    pos = 2 if first < 0x80 else 2 + (first & 0x7F)
+    if rest[pos] != 0x30:
+        return None
+    first = rest[pos + 1]
+    pos += 2 if first < 0x80 else 2 + (first & 0x7F)
+    bc: x509.BasicConstraints | None = None
+    ku: x509.KeyUsage | None = None
+    sgx: bytes | None = None
+    aki = ski = dp = False
+    exact = _EXACT_EXTENSIONS.get
+    while pos < n:
+        if rest[pos] != 0x30:
+            return None
+        first = rest[pos + 1]
+        if first < 0x80:
+            nxt = pos + 2 + first
+            elem = rest[pos:nxt]
+            value = exact(elem)
+            if value is not None:
+                if type(value) is x509.KeyUsage:
+                    if ku is not None:  # a duplicate: cryptography refuses it
+                        return None
+                    ku = value
+                else:
+                    if bc is not None:
+                        return None
+                    bc = value  # type: ignore[assignment]
+            elif first == 31 and elem.startswith(_AKI_HEAD):
+                if aki:
+                    return None
+                aki = True
+            elif first == 29 and elem.startswith(_SKI_HEAD):
+                if ski:
+                    return None
+                ski = True
+            elif elem.startswith(_CRLDP_OID, 2):
+                # SEQUENCE {OID, OCTET STRING {SEQUENCE {SEQUENCE {[0] {[0] {[6] URI}}}}}}, all short.
+                uri = first - 17
+                if (
+                    dp
+                    or not 0 <= uri < 0x80 - 12
+                    or elem[7:19]
+                    != bytes((0x04, uri + 10, 0x30, uri + 8, 0x30, uri + 6, 0xA0, uri + 4, 0xA0, uri + 2, 0x86, uri))
+                    or not elem[19:].isascii()  # an IA5String
+                ):
+                    return None
+                dp = True
+            else:
+                return None
+        elif first == 0x82 and sgx is None and rest.startswith(_SGX_EXT_HEAD, pos + 4):
+            # SEQUENCE {OID, OCTET STRING}, both with two-byte lengths: not critical.
+            nxt = pos + 4 + (rest[pos + 2] << 8 | rest[pos + 3])
+            h = pos + 4 + len(_SGX_EXT_HEAD)
+            if rest[h] != 0x82 or h + 3 + (rest[h + 1] << 8 | rest[h + 2]) != nxt:
+                return None
+            sgx = rest[h + 3 : nxt]
+        else:
+            return None
+        pos = nxt
+    if pos != n or not (aki or ski or dp or bc is not None or ku is not None or sgx is not None):
+        return None
+    return bc, ku, sgx
 
 
 _BEGIN_CERT: Final = b"-----BEGIN CERTIFICATE-----"
@@ -1271,6 +1417,21 @@ def _b64_canonical(b64: bytes) -> bytes | None:
     return der
 
 
+def _pem_64_columns(body: bytes) -> bool:
+    """Whether ``body`` (a line break, then lines each ending in one) is in 64-column lines, the
+    last one possibly shorter but not empty: RFC 7468's layout, which every PCK and TCB Signing
+    chain uses. Such a body has no empty line. (Cheaper than searching it for two line breaks:
+    the line breaks at every 65th byte, and no others.)"""
+    starts = body[::65]
+    if starts.count(b"\n") != len(starts):
+        return False
+    breaks, tail = body.count(b"\n"), len(body) % 65
+    if tail == 1:  # the last line is full: its break is at a multiple of 65 too
+        return breaks == len(starts)
+    # One more break, the last byte (``body`` ends in one), after a line of 1 to 63 bytes.
+    return tail != 2 and breaks == len(starts) + 1
+
+
 def _pem_ders(pem: bytes) -> list[bytes] | None:
     """The DER of each certificate of a PEM chain in the strict layout (``_PEM_STRICT`` with LF
     line ends: the BEGIN line, non-empty base64 lines, the END line; only whitespace and NULs
@@ -1293,9 +1454,9 @@ def _pem_ders(pem: bytes) -> list[bytes] | None:
         if end < 0:
             return None
         body = pem[start:end]
-        if body[:1] != b"\n" or body[-1:] != b"\n" or b"\n\n" in body:
+        if body[:1] != b"\n" or body[-1:] != b"\n" or not (_pem_64_columns(body) or b"\n\n" not in body):
             return None
-        der = _INTEL_ROOT_DER if body == _INTEL_ROOT_PEM_BODY else _b64_canonical(body.translate(None, b"\n"))
+        der = _INTEL_ROOT_DER if body == _INTEL_ROOT_PEM_BODY else _b64_canonical(body.replace(b"\n", b""))
         if der is None:
             return None
         ders.append(der)
@@ -1571,10 +1732,22 @@ _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 _ECDSA_PREHASHED_SHA256: Final = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 
 
+def _dss_der(sig: bytes) -> bytes:
+    """The DER ECDSA-Sig-Value (RFC 3279 §2.2.3) of a 64-byte ``r‖s``: each half as a minimal
+    non-negative INTEGER; what ``utils.encode_dss_signature`` gives for the two numbers."""
+    r = sig[:32].lstrip(b"\x00")
+    s = sig[32:].lstrip(b"\x00")
+    if not r or r[0] & 0x80:
+        r = b"\x00" + r
+    if not s or s[0] & 0x80:
+        s = b"\x00" + s
+    return bytes((0x30, len(r) + len(s) + 4, 0x02, len(r))) + r + bytes((0x02, len(s))) + s
+
+
 def _raw_sig_valid(key: ec.EllipticCurvePublicKey, data: bytes, sig: bytes, *, digest: bytes | None = None) -> bool:
     """ECDSA P-256/SHA-256 with a raw 64-byte ``r‖s`` signature (over ``data``, whose SHA-256
     ``digest`` may be given when already computed)."""
-    der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    der = _dss_der(sig)
     try:
         if digest is None:
             key.verify(der, data, _ECDSA_SHA256)
@@ -2618,7 +2791,7 @@ def _check_collateral(
             )
     verdict = evaluate_tcb(quote, pck, tcb_info, qe_identity, platform=platform)
     fields = {
-        "window": [max(w[1] for w in windows).isoformat(), min(w[2] for w in windows).isoformat()],
+        "window": [max([w[1] for w in windows]).isoformat(), min([w[2] for w in windows]).isoformat()],
         "tcb_info_issue_date": tcb_info.issue_date.isoformat(),
         "tcb_evaluation_data_number": tcb_info.evaluation_data_number,
         "checked": [w[0] for w in windows],
@@ -2666,7 +2839,11 @@ def verify_quote(
     if chain.items[0].cn != "Intel SGX PCK Certificate" or chain.items[1].cn not in _PCK_CA_NAMES:
         raise _fail(_R.CHAIN_INVALID, "not an Intel SGX PCK certificate chain", platform=platform, field="pck_chain")
     root_name = _verify_chain_memo(chain, roots=roots, at=at, platform=platform, names=_PCK_NAMES)
-    pck = parse_pck_extensions(chain.items[0].cert, platform=platform)
+    leaf = chain.items[0]
+    if leaf._scanned and leaf._sgx_ext is not None:  # read from the DER by _intel_extensions
+        pck = _sgx_extension(leaf._sgx_ext, platform=platform)
+    else:
+        pck = parse_pck_extensions(leaf.cert, platform=platform)
 
     pck_key = chain.p256(0, platform=platform, what="pck")
     if not _sig_ok(pck_key, chain.items[0].spki_der, quote.qe_report.raw, quote.qe_report_signature):

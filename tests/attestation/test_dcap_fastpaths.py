@@ -8,6 +8,8 @@ its answer is the general code's (or cryptography's, which the general code call
 * PEM chains: ``_pem_ders`` vs cryptography's PEM parser;
 * names: ``_plain_name`` vs cryptography's ``Name`` decoding and RFC 4514 rendering;
 * PCK SGX extensions: the whole-value pattern vs the TLV walker;
+* certificate extensions: ``_intel_extensions`` (Intel's extension kinds and encodings, read
+  from the DER) vs cryptography's decoding of every extension;
 * TCB info / QE identity: the one-pass level checks vs the field-by-field ones;
 * records built by ``_record`` vs the dataclasses' own constructors;
 * CRL look-ups vs every revoked serial;
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
 from shardguard.attestation import dcap
@@ -114,6 +116,30 @@ def test_pem_fast_path_agrees_with_cryptography_on_mutations() -> None:
                     ders = None  # the fast path's caller then refuses it as MALFORMED, as cryptography does
                 assert ders == _cryptography_ders(mutated), mutated
     assert taken > 200  # many mutations of base64 text keep the layout
+
+
+def test_64_column_bodies_have_no_empty_line() -> None:
+    rng = random.Random(5)
+    bodies = [b"\n", b"\n\n", b"\n" + b"A" * 64 + b"\n\n", b"\n" + b"A" * 64 + b"\n" + b"A" * 64 + b"\n"]
+    for n in range(0, 300):
+        text = b"A" * n
+        good = b"\n" + b"".join(text[i : i + 64] + b"\n" for i in range(0, n, 64))
+        bodies.append(good)
+        for _ in range(20):
+            b = bytearray(good)
+            for _ in range(rng.randint(1, 2)):
+                pos = rng.randrange(len(b) + 1)
+                if rng.random() < 0.5:
+                    b[pos:pos] = b"\n"
+                else:
+                    del b[pos : pos + 1]
+            bodies.append(bytes(b))
+    for body in bodies:
+        if body[:1] == b"\n" and body[-1:] == b"\n" and dcap._pem_64_columns(body):
+            assert b"\n\n" not in body, body
+            if body != b"\n":
+                lines = body[1:-1].split(b"\n")
+                assert all(len(x) == 64 for x in lines[:-1]) and 0 < len(lines[-1]) <= 64, body
 
 
 def test_base64_canonical_is_exactly_a_round_trip() -> None:
@@ -456,3 +482,172 @@ def test_certificate_warnings_are_silenced_and_only_when_they_can_happen(serial:
         want = x509.load_der_x509_certificate(der)
         assert (chain.items[0].subject, chain.items[0].cn) == (want.subject.rfc4514_string(), "warns")
         assert want.serial_number == serial
+
+
+# -- certificate extensions ---------------------------------------------------------------------------
+def _cryptography_extensions(der: bytes) -> tuple[Any, ...] | None:
+    """What the general path reads of a certificate's extensions (``_Cert._scan`` and
+    ``parse_pck_extensions``): basicConstraints, keyUsage, the SGX extension's value, and whether
+    another extension is critical; None if cryptography refuses them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exts = x509.load_der_x509_certificate(der).extensions
+    except (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension):
+        return None
+    bc = ku = sgx = None
+    other_critical = False
+    for e in exts:
+        if isinstance(e.value, x509.BasicConstraints):
+            bc = e.value
+        elif isinstance(e.value, x509.KeyUsage):
+            ku = e.value
+        else:
+            other_critical |= e.critical
+            if e.oid.dotted_string == "1.2.840.113741.1.13.1":
+                assert isinstance(e.value, x509.UnrecognizedExtension)
+                sgx = e.value.value
+    return bc, ku, sgx, other_critical
+
+
+def _fast_extensions(der: bytes) -> tuple[Any, ...] | None:
+    fast = dcap._intel_extensions(dcap._tbs_parts(der)[5])
+    return None if fast is None else (*fast, False)
+
+
+def _intel_ders() -> list[bytes]:
+    ders: list[bytes] = []
+    for name in SAMPLES:
+        ders += dcap._pem_ders(_pck_chain_pem(name)) or []
+    for doc in _collateral_docs():
+        ders += dcap._pem_ders(doc["tcb_info_issuer_chain"].encode()) or []
+    return list(dict.fromkeys(ders))
+
+
+def test_genuine_certificates_take_the_extension_fast_path() -> None:
+    ders = _intel_ders()
+    assert len(ders) >= 6  # PCK leaves, both PCK CAs, TCB Signing, the root
+    for der in ders:
+        want = _cryptography_extensions(der)
+        assert want is not None and _fast_extensions(der) == want
+        c = dcap._decode_cert(der)
+        assert c._scanned and c._sgx_ext == want[2]
+
+
+def test_extension_fast_path_agrees_with_cryptography_on_mutations() -> None:
+    rng = random.Random(5)
+    checked = answered = 0
+    for der in _intel_ders():
+        rest = dcap._tbs_parts(der)[5]
+        start = der.index(rest)
+        for _ in range(300):
+            b = bytearray(der)
+            for _ in range(rng.randint(1, 2)):
+                b[start + rng.randrange(len(rest))] = rng.choice(b"\x00\x01\x02\x03\x04\x06\x30\x55\x80\x81\x82\x86\xa0\xff")
+            m = bytes(b)
+            if not _parses(m):
+                continue
+            checked += 1
+            try:
+                fast = _fast_extensions(m)
+            except IndexError:  # _decode_cert turns this into MALFORMED, as cryptography's errors
+                continue
+            if fast is not None:
+                answered += 1
+                assert fast == _cryptography_extensions(m)
+    assert checked > 200 and answered > 20
+
+
+def _with_extensions(*exts: tuple[x509.ExtensionType, bool]) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intel SGX TCB Signing")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(dt.datetime(2025, 1, 1))
+        .not_valid_after(dt.datetime(2026, 1, 1))
+    )
+    for value, critical in exts:
+        builder = builder.add_extension(value, critical=critical)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _ku(**bits: bool) -> x509.KeyUsage:
+    names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+    names += ("key_cert_sign", "crl_sign")
+    return x509.KeyUsage(**{n: bits.get(n, False) for n in names}, encipher_only=False, decipher_only=False)
+
+
+_AKI = x509.AuthorityKeyIdentifier(bytes(range(20)), None, None)
+_SKI = x509.SubjectKeyIdentifier(bytes(range(20, 40)))
+
+
+def _dp(*uris: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [x509.DistributionPoint([x509.UniformResourceIdentifier(u) for u in uris], None, None, None)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("exts", "fast"),
+    [
+        # Intel's set: read from the DER.
+        (
+            [
+                (_AKI, False),
+                (_dp("https://x.example/crl"), False),
+                (_SKI, False),
+                (_ku(digital_signature=True, content_commitment=True), True),
+                (x509.BasicConstraints(False, None), True),
+            ],
+            True,
+        ),
+        ([(x509.BasicConstraints(True, 0), True), (_ku(key_cert_sign=True, crl_sign=True), True), (_dp(""), False)], True),
+        ([(_SKI, False), (_dp("h" * 110), False)], True),
+        # Anything else: cryptography decides.
+        ([(_AKI, True)], False),  # a critical AKI: cryptography reports it, the chain check refuses it
+        ([(_dp("h" * 111), False)], False),  # a long form length inside
+        ([(_dp("a", "b"), False)], False),  # two URIs
+        ([(_ku(digital_signature=True), True)], False),  # another keyUsage
+        ([(x509.BasicConstraints(True, 5), True)], False),
+        ([(x509.BasicConstraints(False, None), False)], False),  # not critical
+        ([(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)], False),
+        ([(x509.AuthorityKeyIdentifier(bytes(19), None, None), False)], False),
+        ([(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.840.113741.1.13.1"), b"\x30\x00"), True)], False),
+        ([], False),
+    ],
+)
+def test_extension_fast_path_takes_only_intel_encodings(exts: list[tuple[x509.ExtensionType, bool]], fast: bool) -> None:
+    der = _with_extensions(*exts)
+    got = _fast_extensions(der)
+    assert (got is not None) is fast
+    if got is not None:
+        assert got == _cryptography_extensions(der)
+    chain = dcap._decode_cert(der)
+    want = _cryptography_extensions(der)
+    assert want is not None
+    assert (chain.basic_constraints(), chain.key_usage(), chain.unknown_critical() is not None) == (want[0], want[1], want[3])
+
+
+def test_duplicate_extensions_leave_the_fast_path() -> None:
+    # CertificateBuilder refuses duplicates: a genuine leaf's SKI is repeated in its DER, lengths
+    # patched, and cryptography then refuses the certificate's extensions.
+    der = _intel_ders()[0]
+    rest = dcap._tbs_parts(der)[5]
+    ski = rest[rest.index(dcap._SKI_HEAD) : rest.index(dcap._SKI_HEAD) + 31]
+    ext_seq = rest[4:] if rest[1] == 0x82 else rest[3:]
+    body = ext_seq[4:] + ski if ext_seq[1] == 0x82 else ext_seq[3:] + ski
+    seq = b"\x30\x82" + len(body).to_bytes(2, "big") + body
+    new_rest = b"\xa3\x82" + len(seq).to_bytes(2, "big") + seq
+    assert dcap._intel_extensions(new_rest) is None
+
+
+def test_raw_signature_der_is_cryptographys() -> None:
+    rng = random.Random(5)
+    for _ in range(3000):
+        sig = bytes(rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)]) for _ in range(64))
+        want = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        assert dcap._dss_der(sig) == want
