@@ -2556,7 +2556,14 @@ class _Crl:
         hit = self._looked_up.get(serial)
         if hit is None:
             if serial > 0:
-                hit = self.crl.get_revoked_certificate_by_serial_number(serial) is not None
+                # Every entry holds its serial as a DER INTEGER, minimal (cryptography refuses any
+                # other encoding): a serial whose encoding is nowhere in the TBSCertList is on no
+                # entry. Otherwise (or for a long one) cryptography looks it up.
+                n = serial.bit_length() // 8 + 1  # with the sign octet when the top bit is set
+                if n < 0x80 and b"\x02" + bytes((n,)) + serial.to_bytes(n, "big") not in self.tbs:
+                    hit = False
+                else:
+                    hit = self.crl.get_revoked_certificate_by_serial_number(serial) is not None
             else:  # cryptography looks up only positive serials; compare every entry's
                 hit = any(r.serial_number == serial for r in self.crl)
             self._looked_up[serial] = hit
