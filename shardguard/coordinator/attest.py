@@ -9,6 +9,7 @@ says so), and reports whether the report data is ``binding(card, evidence_nonce)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hmac
 import logging
@@ -26,15 +27,7 @@ _log = logging.getLogger(__name__)
 #: Proves signatures, chains and collateral; accepts any measurement, TCB status, debug flag,
 #: age, TD SEPT_VE_DISABLE setting and bound service TD, and (unlike
 #: ``permissive_for_inspection``) simulated evidence, flagged as such.
-INSPECTION_POLICY = VerificationPolicy(
-    allow_simulated=True,
-    allow_debug=True,
-    min_tcb_status="Unknown",
-    max_age_seconds=None,
-    require_measurements=False,
-    require_sept_ve_disable=False,
-    allow_service_td=True,
-)
+INSPECTION_POLICY = dataclasses.replace(VerificationPolicy.permissive_for_inspection(), allow_simulated=True)
 
 
 def summarize(
