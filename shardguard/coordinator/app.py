@@ -664,5 +664,5 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
     @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
-        entries = [(e.seq, e.entry, e.hash, e.signature) for e in body.entries]
+        entries = [(e.seq, e.entry, e.hash, e.signature, bytes.fromhex(e.signer) if e.signer else None) for e in body.entries]
         return JSONResponse(await hot(coord.post_audit, node, entries))

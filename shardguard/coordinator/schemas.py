@@ -113,6 +113,9 @@ class AuditIn(_Strict):
     entry: B64
     hash: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}){1,64}$")]
     signature: B64
+    #: The identity key (hex) that signed the entry, when not the posting node's current one
+    #: (entries written before a restart); default: the posting key.
+    signer: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class AuditPost(_Strict):

@@ -1247,14 +1247,28 @@ class Coordinator:
         return {"jobs": jobs, "results": acks}
 
     # -- audit ----------------------------------------------------------------------------------
-    def post_audit(self, node: NodeIdentity, entries: Sequence[tuple[int, bytes, str, bytes]]) -> dict[str, Any]:
-        for i, (_seq, entry, _h, _sig) in enumerate(entries):
+    def post_audit(
+        self, node: NodeIdentity, entries: Sequence[tuple[int, bytes, str, bytes, bytes | None]]
+    ) -> dict[str, Any]:
+        """Mirror signed audit entries. Each is checked before it is kept: its hash is the
+        entry's, and its signature verifies with the key that signed it — ``signer`` (an entry
+        written before the node restarted) or the posting node's current key — which is the key
+        recorded with it, so the mirror verifies offline entry by entry."""
+        for i, (_seq, entry, h, sig, signer) in enumerate(entries):
             if len(entry) > self.settings.max_audit_entry_bytes:
                 raise ApiError(
                     413,
                     "payload_too_large",
                     f"entry larger than {self.settings.max_audit_entry_bytes} bytes",
                     field=f"entries[{i}].entry",
+                )
+            if h != wire.audit_entry_hash(entry):
+                raise ApiError(422, "audit_invalid", "the hash is not the entry's", field=f"entries[{i}].hash")
+            key = signer if signer is not None else node.identity_public_key
+            if not wire.verify_audit_entry(key, entry, h, sig):
+                where = "signer" if signer is not None else "the posting node's key"
+                raise ApiError(
+                    422, "audit_invalid", f"the signature does not verify with {where}", field=f"entries[{i}].signature"
                 )
         seqs = [e[0] for e in entries]
         for i, seq in enumerate(seqs):
@@ -1265,7 +1279,7 @@ class Coordinator:
         fresh: list[dict[str, Any]] = []
         with self.db.raw.write() as conn:  # prebuilt statements (rawsql): every node mirrors often
             existing = {a.seq: a for a in conn.execute(_AUDIT_EXISTING, {"node": node.node_id, "seqs": seqs})}
-            for i, (seq, entry, h, sig) in enumerate(entries):
+            for i, (seq, entry, h, sig, signer) in enumerate(entries):
                 old = existing.get(seq)
                 if old is not None:
                     if old.entry == entry and old.entry_hash == h and old.signature == sig:
@@ -1284,7 +1298,7 @@ class Coordinator:
                         "entry": entry,
                         "entry_hash": h,
                         "signature": sig,
-                        "identity_public_key": node.identity_public_key,
+                        "identity_public_key": signer if signer is not None else node.identity_public_key,
                         "received_at": now,
                     }
                 )

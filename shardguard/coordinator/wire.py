@@ -33,6 +33,7 @@ import time
 from shardguard.channel.identity import NodeKeys, verify_signature
 
 __all__ = [
+    "AUDIT_CONTEXT",
     "HEADER_NODE",
     "HEADER_NONCE",
     "HEADER_SIGNATURE",
@@ -41,6 +42,7 @@ __all__ = [
     "MIN_NONCE_LEN",
     "REQUEST_CONTEXT",
     "STREAM_CONTEXT",
+    "audit_entry_hash",
     "frame_message",
     "parse_nonce",
     "parse_signature",
@@ -48,6 +50,7 @@ __all__ = [
     "request_message",
     "sign_frame",
     "sign_request",
+    "verify_audit_entry",
     "verify_frame",
     "verify_request",
 ]
@@ -57,6 +60,10 @@ __all__ = [
 REQUEST_CONTEXT = b"shardguard/coordinator-request/v1"
 #: … and of the frames a node sends on its event stream.
 STREAM_CONTEXT = b"shardguard/coordinator-stream/v1"
+#: Audit-log entries (``node/audit.py``): hashed with this tag, and their hash signed with it as
+#: the context. Here because both sides check an entry: the node when it writes it, the
+#: coordinator before it mirrors it.
+AUDIT_CONTEXT = b"shardguard/audit/v1"
 
 HEADER_NODE = "X-ShardGuard-Node"
 HEADER_TIMESTAMP = "X-ShardGuard-Timestamp"
@@ -167,3 +174,15 @@ def verify_frame(identity_public_key: bytes, node_id: str, conn_nonce: bytes, se
     if not verify_signature(identity_public_key, STREAM_CONTEXT, frame_message(node_id, conn_nonce, seq, body), sig):
         return None
     return body
+
+
+def audit_entry_hash(entry: bytes) -> str:
+    """SHA-256 (hex) of ``AUDIT_CONTEXT ‖ 0x00 ‖ entry``: what an audit entry's signature covers."""
+    return hashlib.sha256(AUDIT_CONTEXT + b"\x00" + entry).hexdigest()
+
+
+def verify_audit_entry(identity_public_key: bytes, entry: bytes, entry_hash: str, signature: bytes) -> bool:
+    """True when ``entry_hash`` is the entry's hash and ``signature`` its signature by that key."""
+    return entry_hash == audit_entry_hash(entry) and verify_signature(
+        identity_public_key, AUDIT_CONTEXT, bytes.fromhex(entry_hash), signature
+    )

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import logging
 import threading
@@ -43,11 +42,12 @@ from typing import Any
 
 from shardguard.channel import NodeKeys
 from shardguard.channel.identity import verify_signature
+from shardguard.coordinator import wire
 from shardguard.node.keystore import Keystore, KeystoreError
 
 __all__ = ["AUDIT_CONTEXT", "AuditLog", "entry_hash", "verify_chain"]
 
-AUDIT_CONTEXT = b"shardguard/audit/v1"
+AUDIT_CONTEXT = wire.AUDIT_CONTEXT
 _GENESIS = "00" * 32
 _STATE = "audit"  # {"seq", "hash", "pending": [...]}: one keystore write per entry
 _MAX_PENDING = 1000
@@ -59,8 +59,7 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def entry_hash(entry: bytes) -> str:
-    return hashlib.sha256(AUDIT_CONTEXT + b"\x00" + entry).hexdigest()
+entry_hash = wire.audit_entry_hash
 
 
 class _Kept:
@@ -91,6 +90,7 @@ class AuditLog:
     def __init__(self, keystore: Keystore, keys: NodeKeys, *, clock: Callable[[], dt.datetime] | None = None) -> None:
         self._ks = keystore
         self._keys = keys
+        self._signer = keys.card().identity_public_key.hex()
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._cv = threading.Condition(threading.Lock())
         state = keystore.get_state(_STATE, None) or {"seq": 0, "hash": _GENESIS, "pending": []}
@@ -133,6 +133,8 @@ class AuditLog:
                 "entry": base64.b64encode(entry).decode(),
                 "hash": h,
                 "signature": base64.b64encode(sig).decode(),
+                # Which key signed it: a restarted node (new key) mirrors older entries too.
+                "signer": self._signer,
             }
             self._kept.append(_Kept(record))
             self._head = (seq, h)
@@ -214,10 +216,15 @@ class AuditLog:
                 log.warning("mirrored audit entries stay in the keystore record until it can be written: %s", e)
 
 
-def verify_chain(records: Iterable[Mapping[str, Any]], identity_keys: Mapping[int, bytes] | bytes) -> list[dict[str, Any]]:
+def verify_chain(
+    records: Iterable[Mapping[str, Any]], identity_keys: Mapping[int, bytes] | bytes | None = None
+) -> list[dict[str, Any]]:
     """Check a node's mirrored entries offline: hashes, ``prev`` links for consecutive ``seq``,
     and every signature by the identity key that signed it (one key, or per-seq keys after
-    restarts). Returns the decoded entries; raises ``ValueError`` naming the first bad one."""
+    restarts; None: the key each record names — ``signer`` as the node keeps it,
+    ``identity_public_key`` as the coordinator's mirror lists it — and then it is the caller's
+    part to check that those keys are the node's attested ones). Returns the decoded entries;
+    raises ``ValueError`` naming the first bad one."""
     out: list[dict[str, Any]] = []
     prev: tuple[int, str] | None = None
     for r in sorted(records, key=lambda r: int(r["seq"])):
@@ -226,7 +233,13 @@ def verify_chain(records: Iterable[Mapping[str, Any]], identity_keys: Mapping[in
         h = entry_hash(entry)
         if h != r["hash"]:
             raise ValueError(f"audit entry {seq}: hash does not match its content")
-        pk = identity_keys if isinstance(identity_keys, bytes) else identity_keys[seq]
+        if identity_keys is None:
+            named = r.get("signer") or r.get("identity_public_key")
+            if not isinstance(named, str):
+                raise ValueError(f"audit entry {seq}: names no signing key")
+            pk = bytes.fromhex(named)
+        else:
+            pk = identity_keys if isinstance(identity_keys, bytes) else identity_keys[seq]
         if not verify_signature(pk, AUDIT_CONTEXT, bytes.fromhex(h), base64.b64decode(r["signature"])):
             raise ValueError(f"audit entry {seq}: signature does not verify")
         body = json.loads(entry)

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from shardguard.channel.identity import binding, verify_signature
+from shardguard.channel.identity import NodeKeys, binding
+from shardguard.coordinator import wire
 from shardguard.coordinator.models import ApiToken, MailboxMessage, Node, Task
 from shardguard.coordinator.service import utc_now
 from shardguard.enclave.simulated import SimulatedPlatform
@@ -656,13 +657,17 @@ def test_finished_mailboxes_are_purged(make_client: Any) -> None:
 def test_audit_mirror(client: TestClient, nodes: list[FakeNode]) -> None:
     a, b, _c = nodes
 
-    def entry(n: FakeNode, seq: int, text: bytes) -> dict[str, Any]:
-        return {
+    def entry(n: FakeNode, seq: int, text: bytes, keys: NodeKeys | None = None) -> dict[str, Any]:
+        h = wire.audit_entry_hash(text)
+        out = {
             "seq": seq,
             "entry": base64.b64encode(text).decode(),
-            "hash": bytes(32).hex(),
-            "signature": base64.b64encode(n.keys.sign(b"audit", text)).decode(),
+            "hash": h,
+            "signature": base64.b64encode((keys or n.keys).sign(wire.AUDIT_CONTEXT, bytes.fromhex(h))).decode(),
         }
+        if keys is not None:
+            out["signer"] = keys.card().identity_public_key.hex()
+        return out
 
     post = lambda n, entries: n.request("POST", "/v1/audit", {"entries": entries})  # noqa: E731
     assert post(a, [entry(a, 0, b"genesis"), entry(a, 1, b"signed x")]).json() == {"accepted": 2, "duplicates": 0}
@@ -671,17 +676,29 @@ def test_audit_mirror(client: TestClient, nodes: list[FakeNode]) -> None:
     err(post(a, [entry(a, 2, b"rewritten history")]), 409, "audit_conflict", "entries[0].seq")
     err(post(a, [entry(a, 5, b"x"), entry(a, 5, b"x")]), 422, field="entries[1].seq")
     err(post(a, [{**entry(a, 6, b"x"), "hash": "XYZ"}]), 422, field="entries[0].hash")
+    err(post(a, [{**entry(a, 6, b"x"), "hash": "00" * 32}]), 422, "audit_invalid", "entries[0].hash")
+    err(post(a, [{**entry(a, 6, b"x"), "entry": base64.b64encode(b"y").decode()}]), 422, "audit_invalid", "entries[0].hash")
+    err(post(a, [entry(a, 6, b"x", keys=b.keys) | {"signer": None}]), 422, "audit_invalid", "entries[0].signature")
+    err(post(a, [entry(a, 6, b"x", keys=b.keys) | {"signer": a.keys.card().identity_public_key.hex()}]), 422,
+        "audit_invalid", "entries[0].signature")  # fmt: skip
+    # An entry written before a restart is signed by the node's old key: it says so, and the
+    # mirror records that key (not the posting one).
+    old_keys = a.keys
+    a.restart()
+    assert a.register().status_code == 200
+    assert post(a, [entry(a, 3, b"before the restart", keys=old_keys)]).json()["accepted"] == 1
     err(client.post("/v1/audit", json={"entries": [entry(a, 7, b"x")]}), 401, "missing_signature")
     reader = token(client, "read")
     log = client.get("/v1/audit", params={"node": "node-a"}, headers=reader).json()["entries"]
-    assert [e["seq"] for e in log] == [0, 1, 2]
-    for e in log:  # verifiable offline with the key the node had when it mirrored the entry
+    assert [e["seq"] for e in log] == [0, 1, 2, 3]
+    for e in log:  # verifiable offline, each with the key that signed it
         pk = bytes.fromhex(e["identity_public_key"])
-        assert verify_signature(pk, b"audit", base64.b64decode(e["entry"]), base64.b64decode(e["signature"]))
+        assert wire.verify_audit_entry(pk, base64.b64decode(e["entry"]), e["hash"], base64.b64decode(e["signature"]))
+    assert log[3]["identity_public_key"] == old_keys.card().identity_public_key.hex()
     assert [
         e["seq"] for e in client.get("/v1/audit", params={"node": "node-a", "after": 0}, headers=reader).json()["entries"]
-    ] == [1, 2]
-    assert len(client.get("/v1/audit", headers=reader).json()["entries"]) == 4
+    ] == [1, 2, 3]
+    assert len(client.get("/v1/audit", headers=reader).json()["entries"]) == 5
     err(client.get("/v1/audit", params={"after": 1}, headers=reader), 422, field="after")
 
 

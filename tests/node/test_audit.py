@@ -65,6 +65,12 @@ def test_the_chain_continues_after_a_restart_with_new_keys(tmp_path: Path) -> No
     keys = {1: k1.card().identity_public_key, 2: k2.card().identity_public_key}
     body = verify_chain(records, keys)
     assert body[1]["prev"] == records[0]["hash"]
+    # Each kept record names the key that signed it, so the entry written before the restart
+    # is mirrored (and checked by the coordinator) with the old key, not the posting one.
+    assert [r["signer"] for r in records] == [keys[1].hex(), keys[2].hex()]
+    assert verify_chain(records) == body
+    with pytest.raises(ValueError, match="signature"):
+        verify_chain([{**records[0], "signer": keys[2].hex()}])
 
 
 def test_mirrored_survives_a_disk_that_cannot_be_written(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
