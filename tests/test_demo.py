@@ -115,9 +115,16 @@ def test_ctrl_c_tears_the_cluster_down() -> None:
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "bring up a coordinator" in line:  # the cluster is up; the ECDSA DKG (seconds) comes next
+            if "cluster directory:" in line:  # printed before the story starts
                 break
         directory = _cluster_dir("".join(seen))
+        # Interrupt as soon as the cluster is up (cluster.json is written once every node has
+        # registered): the rest of the story takes only a few seconds, so waiting for a later
+        # line of output would race with its end.
+        end = time.monotonic() + 120
+        while not (Path(directory) / "cluster.json").exists():
+            assert time.monotonic() < end and proc.poll() is None, "the cluster never came up"
+            time.sleep(0.01)
         assert _leftovers(directory), "no cluster processes to tear down?"
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
