@@ -164,9 +164,15 @@ def _run(args: argparse.Namespace) -> int:
     app = create_app(settings)  # opens the database and migrates it before we announce
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"shardguard coordinator listening on http://{shown}:{port}", flush=True)
-    # websockets' sans-I/O protocol for the node event streams (coordinator/stream.py).
+    # websockets' sans-I/O protocol for the node event streams (coordinator/stream.py); a frame
+    # larger than a request body is refused by the protocol before it is buffered whole.
     config = uvicorn.Config(
-        app, log_level=args.log_level, access_log=args.log_level == "debug", lifespan="on", ws="websockets-sansio"
+        app,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+        lifespan="on",
+        ws="websockets-sansio",
+        ws_max_size=settings.max_body_bytes + 64,
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0

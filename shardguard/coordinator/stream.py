@@ -94,7 +94,9 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
         await _deny(ws, e)
         return
     nonce = wire.parse_nonce(headers[wire.HEADER_NONCE] or "")
-    assert nonce is not None  # authenticate_node accepted the header
+    if nonce is None:  # cannot happen: authenticate_node parsed the same header
+        await _deny(ws, ApiError(401, "malformed_signature", "malformed nonce header"))
+        return
     await ws.accept()
     state = _State(node, nonce)
     coord.metrics.stream_connections.inc()
