@@ -87,10 +87,10 @@ def audit_signature_ok(identity_public_key: bytes, entry_hash_hex: str, signatur
 
 
 def check_audit(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Check every mirrored entry: its hash, its signature (by the identity key the coordinator
-    recorded, or another identity key the same node announced in a ``node_started`` entry, as
-    an entry written before a crash is mirrored after the restart) and the hash chain between
-    consecutive entries of one node. Returns per-node counts and what failed."""
+    """Check every mirrored entry: its hash, its signature by the identity key the coordinator
+    recorded for it — which must be one the same node announced in a ``node_started`` entry (an
+    entry written before a restart is mirrored after it, with the key that signed it) — and the
+    hash chain between consecutive entries of one node. Returns per-node counts and what failed."""
     by_node: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_node.setdefault(str(e["node_id"]), []).append(e)
@@ -108,9 +108,11 @@ def check_audit(entries: list[dict[str, Any]]) -> dict[str, Any]:
             if hashlib.sha256(AUDIT_CONTEXT + b"\x00" + raw).hexdigest() != r["hash"]:
                 report["bad"].append(f"{node}#{seq}: hash")
             sig = base64.b64decode(r["signature"])
-            keys = [bytes.fromhex(r["identity_public_key"])] if r.get("identity_public_key") else []
-            if not any(audit_signature_ok(k, r["hash"], sig) for k in [*keys, *known]):
+            key = bytes.fromhex(r["identity_public_key"]) if r.get("identity_public_key") else b""
+            if not key or not audit_signature_ok(key, r["hash"], sig):
                 report["bad"].append(f"{node}#{seq}: signature")
+            elif key not in known:
+                report["bad"].append(f"{node}#{seq}: signed by a key the node never announced")
             if body.get("seq") != seq or body.get("node") != node:
                 report["bad"].append(f"{node}#{seq}: seq/node inside")
             if prev is not None and prev[0] + 1 == seq and body.get("prev") != prev[1]:

@@ -190,12 +190,17 @@ def test_check_audit_accepts_a_real_chain_and_finds_tampering() -> None:
     assert demo.check_audit(spliced)["bad"] == ["node-1#2: chain"]
 
 
-def test_an_entry_mirrored_after_a_restart_verifies_under_the_announced_key() -> None:
-    """An entry signed before a crash but mirrored by the restarted node (new identity key)."""
+def test_entries_verify_under_the_key_recorded_for_them_and_that_key_was_announced() -> None:
+    """The coordinator records the key that signed each entry (an entry written before a
+    restart is mirrored after it with its old key); a wrong or unannounced key is flagged."""
     old, new = NodeKeys.generate("node-2"), NodeKeys.generate("node-2")
     recs = _records(old, 2)
-    recs[1]["identity_public_key"] = new.card().identity_public_key.hex()
     assert demo.check_audit(recs)["bad"] == []
+    misattributed = [recs[0], {**recs[1], "identity_public_key": new.card().identity_public_key.hex()}]
+    assert demo.check_audit(misattributed)["bad"] == ["node-2#2: signature"]
+    stranger = _records(new, 2)[1] | {"entry": recs[1]["entry"], "hash": recs[1]["hash"]}
+    stranger["signature"] = base64.b64encode(new.sign(AUDIT_CONTEXT, bytes.fromhex(recs[1]["hash"]))).decode()
+    assert demo.check_audit([recs[0], stranger])["bad"] == ["node-2#2: signed by a key the node never announced"]
 
 
 # -- the Ethereum parts ----------------------------------------------------------------------
