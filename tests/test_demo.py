@@ -101,6 +101,12 @@ def test_demo_runs_the_whole_story_against_a_cluster() -> None:
     assert elapsed < 90, f"demo took {elapsed:.1f} s"
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a shell (`make test &`, nohup) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: give the demo Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_tears_the_cluster_down() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "shardguard.demo"],
@@ -109,6 +115,7 @@ def test_ctrl_c_tears_the_cluster_down() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout is not None
     seen = []
