@@ -15,7 +15,10 @@ from typing import Any
 import httpx
 import psycopg
 
-from .conftest import ADMIN, FakeNode
+from shardguard.node.link import CoordinatorLink, EventStream
+
+from ..node.test_link import until
+from .conftest import ADMIN, FakeNode, run_dkg
 from .pg import PgCluster
 from .procs import servers
 
@@ -145,3 +148,49 @@ def _wait(client: httpx.Client, rid: str, timeout: float = 40) -> dict[str, Any]
 
 def _metric(text: str, name: str) -> str:
     return next(line.split()[1] for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_node_streams_on_two_replicas_hear_each_other_at_once(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """Node a's WebSocket stream is on replica 1, node b's on replica 2: a job submitted to
+    replica 1 reaches b, and a's message reaches b, at once (LISTEN/NOTIFY wakes b's stream on
+    the other replica), well before the 2 s safety-net re-read."""
+    url = pg_cluster.url(pg_cluster.create_database())
+    args = [["--port", "0", "--db", url, "--replica-id", f"r{i}", "--log-level", "warning"] for i in (1, 2)]
+    with servers(*args, tmp=tmp_path) as procs:
+        clients = [httpx.Client(base_url=p.url, timeout=30) for p in procs]
+        streams: list[EventStream] = []
+        links: list[CoordinatorLink] = []
+        try:
+            nodes = [FakeNode(clients[0], f"node-{c}") for c in "ab"]
+            for n in nodes:
+                assert n.register().status_code == 200
+            key_id = run_dkg(clients[0], nodes)
+            got: dict[str, list[Any]] = {"node-a": [], "node-b": []}
+            for n, p in zip(nodes, procs, strict=True):
+                links.append(CoordinatorLink(p.url, n.keys))
+                streams.append(EventStream(links[-1], n.node_id, on_task=got[n.node_id].append, free_slots=lambda: 4))
+                streams[-1].start()
+            sa, sb = streams
+            time.sleep(0.5)  # both streams open and waiting
+            t0 = time.monotonic()
+            body = {"message_hex": "01", "signers": ["node-a", "node-b"]}
+            r = clients[0].post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
+            job = r.json()["request_id"]
+            until(lambda: len(got["node-b"]) == 1, 10)
+            assert time.monotonic() - t0 < 1.0
+            until(lambda: len(got["node-a"]) == 1, 10)
+            sa.open(job), sb.open(job)
+            t0 = time.monotonic()
+            sa.post(job, [("node-b", b"across replicas")])
+            msgs = sb.fetch(job, 0, 10)
+            assert [m[1:] for m in msgs] == [("node-a", b"across replicas")]
+            assert time.monotonic() - t0 < 1.0
+        finally:
+            for s in streams:
+                s.stop()
+            for link in links:
+                link.close()
+            for c in clients:
+                c.close()
+    for p in procs:
+        assert "Traceback" not in p.log.read_text(), p.log.read_text()[-3000:]
