@@ -1025,9 +1025,11 @@ class Coordinator:
             with self.db.read() as s:
                 job = s.get(Job, job_id)
                 nodes = [p["node_id"] for p in job.participants] if job is not None else []
+        # The client waiting for the answer first: wake-ups run in the order they are made, and
+        # the nodes only learn that their finished job ended.
+        self.notify(f"job:{job_id}", None)
         for nid in nodes:
             self.notify(f"inbox:{nid}:{job_id}", None)
-        self.notify(f"job:{job_id}", None)
 
     def job_for_node(self, job_id: str, node_id: str) -> dict[str, Any]:
         """A participant's view of its job: status, public result or error (node API)."""
