@@ -246,7 +246,15 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                         if j["messages"]:
                             state.fresh.add(j["job_id"])  # read again next: a batch limit may have cut it
                 if tasks or jobs:
-                    await send({"op": "events", "tasks": tasks, "jobs": jobs})
+                    try:
+                        await send({"op": "events", "tasks": tasks, "jobs": jobs})
+                    except Exception:
+                        # Refused by the closed connection, so not written: the tasks go back
+                        # to the queue for the node's next connection instead of waiting out
+                        # their deadline. (Cancelled mid-send is not requeued: it may have gone.)
+                        if tasks:
+                            await hot(coord.requeue_tasks, node_id, [str(t["task_id"]) for t in tasks])
+                        raise
                     if count >= settings.inbox_batch or tasks:
                         continue  # there may be more: look again at once
                     state.fresh = set()

@@ -23,6 +23,7 @@ others'.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import queue
@@ -157,6 +158,9 @@ class EventStream:
         self._cond = threading.Condition(self._lock)
         self._boxes: dict[str, _Box] = {}
         self._held: dict[str, list[tuple[str, bytes]]] = {}
+        # Task ids handed to us lately: a task given out again (requeued after a send that
+        # may still have arrived) is run once.
+        self._seen_tasks: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seq = 0
         self._out: queue.SimpleQueue[tuple[str, str, int, bytes] | _Result | None] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -290,7 +294,16 @@ class EventStream:
             self._deliver(out)
 
     def _deliver(self, out: Mapping[str, Any]) -> None:
-        tasks = list(out.get("tasks") or [])
+        tasks = []
+        for t in out.get("tasks") or []:
+            task_id = str(t.get("task_id"))
+            if task_id in self._seen_tasks:
+                log.warning("task %s was handed out again: already taken, ignored", task_id)
+                continue
+            self._seen_tasks[task_id] = None
+            if len(self._seen_tasks) > 4096:
+                self._seen_tasks.popitem(last=False)
+            tasks.append(t)
         with self._cond:
             for t in tasks:
                 self._box(str(t["job_id"]))

@@ -206,3 +206,18 @@ def test_a_failed_push_closes_the_stream(client: TestClient, nodes: list[FakeNod
         sa.want(claim=4)
         code, why = sa.closed()
     assert code == 1011 and why.startswith("internal_error")
+
+
+def test_tasks_a_failed_push_never_delivered_are_queued_again(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    job = sign_job(client, key_id, [a.node_id, b.node_id])
+    coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
+    first = coordinator.claim_tasks(a.node_id, 4)
+    assert [t["job_id"] for t in first] == [job]
+    assert coordinator.requeue_tasks(b.node_id, [first[0]["task_id"]]) == 0  # not b's task
+    assert coordinator.requeue_tasks(a.node_id, [first[0]["task_id"]]) == 1
+    assert coordinator.requeue_tasks(a.node_id, [first[0]["task_id"]]) == 0  # queued already
+    with stream(client, a) as sa:  # handed out again, on the next connection
+        sa.want(claim=4)
+        assert [t["task_id"] for t in sa.receive("events")["tasks"]] == [first[0]["task_id"]]

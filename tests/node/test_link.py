@@ -43,7 +43,8 @@ class ScriptedCoordinator:
 
 
 def stream(coord: ScriptedCoordinator, tasks: list[Mapping[str, Any]] | None = None) -> EventStream:
-    s = EventStream(coord, "node-a", on_task=(tasks or []).append, free_slots=lambda: 4, poll=0.05, transport="http")  # type: ignore[arg-type]
+    sink = tasks if tasks is not None else []
+    s = EventStream(coord, "node-a", on_task=sink.append, free_slots=lambda: 4, poll=0.05, transport="http")  # type: ignore[arg-type]
     s.start()
     return s
 
@@ -145,5 +146,18 @@ def test_held_envelopes_go_out_with_the_next_post_or_before_a_wait() -> None:
         s.post("req_4", [("node-b", b"x")])
         until(lambda: any(m["job"] == "req_4" for p in coord.posts for m in p["messages"]))
         assert not any(m["job"] == "req_3" for p in coord.posts for m in p["messages"])
+    finally:
+        s.stop()
+
+
+def test_a_task_handed_out_twice_runs_once() -> None:
+    coord = ScriptedCoordinator()
+    tasks: list[Mapping[str, Any]] = []
+    s = stream(coord, tasks)
+    try:
+        task = {"task_id": "task_1", "job_id": "req_1", "kind": "sign"}
+        s._deliver({"tasks": [task], "jobs": []})
+        s._deliver({"tasks": [dict(task), {"task_id": "task_2", "job_id": "req_2", "kind": "sign"}], "jobs": []})
+        assert [t["task_id"] for t in tasks] == ["task_1", "task_2"]
     finally:
         s.stop()
