@@ -1298,7 +1298,8 @@ def _exact_extensions() -> Mapping[bytes, x509.BasicConstraints | x509.KeyUsage]
     out: dict[bytes, x509.BasicConstraints | x509.KeyUsage] = {}
     for value in values:
         oid = value.oid.dotted_string.split(".")
-        assert oid[:3] == ["2", "5", "29"]
+        if oid[:3] != ["2", "5", "29"]:  # id-ce: the one-byte encoding below
+            raise RuntimeError(f"not an id-ce extension: {value.oid.dotted_string}")
         body = b"\x06\x03\x55\x1d" + bytes([int(oid[3])]) + b"\x01\x01\xff"
         inner = value.public_bytes()
         body += bytes([0x04, len(inner)]) + inner

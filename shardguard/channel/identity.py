@@ -278,9 +278,7 @@ def binding(card: PeerCard, nonce: bytes) -> bytes:
         nonce,
     ):
         h.update(_frame(part))
-    out = h.digest()
-    assert len(out) == BINDING_LEN
-    return out
+    return h.digest()  # SHA-512: BINDING_LEN (64) bytes
 
 
 def _signed_message(context: bytes, message: bytes) -> bytes:

@@ -65,7 +65,8 @@ class _Prepared(NamedTuple):
 
 def _prepare(stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None) -> _Prepared:
     compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None)
-    assert isinstance(compiled, SQLCompiler)
+    if not isinstance(compiled, SQLCompiler):
+        raise TypeError(f"rawsql: {type(stmt).__name__} does not compile to a SQL statement")
     literals: dict[str, Any] = {}
     for name, bind in compiled.binds.items():
         if bind.callable is not None:

@@ -280,19 +280,21 @@ class Coordinator:
         """The node's identity key as last read by this replica (``refresh``: read it now)."""
         pk = None if refresh else self._node_keys.get(node_id)
         if pk is None:
-            with self.db.engine.connect() as conn:
-                pk = conn.scalar(select(Node.identity_public_key).where(Node.id == node_id))
-                conn.rollback()
+            pk = self._read_node_key(node_id)
             if pk is None:
                 self._node_keys.pop(node_id, None)
                 raise self._auth_fail("unknown_node", f"node {node_id!r} is not registered")
             self._node_keys[node_id] = pk
         return pk
 
+    def _read_node_key(self, node_id: str) -> bytes | None:
+        with self.db.raw.read() as conn:
+            pk = conn.scalar(_NODE_KEY, {"node": node_id})
+        return None if pk is None else bytes(pk)
+
     def node_key_is(self, node_id: str, identity_public_key: bytes) -> bool:
         """Whether ``identity_public_key`` is still the node's registered key (read now)."""
-        with self.db.raw.read() as conn:
-            return bool(conn.scalar(_NODE_KEY, {"node": node_id}) == identity_public_key)
+        return self._read_node_key(node_id) == identity_public_key
 
     # -- nodes ----------------------------------------------------------------------------------
     def register_node(
@@ -852,14 +854,16 @@ class Coordinator:
     def post_result(
         self, task_id: str, node_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
     ) -> dict[str, Any]:
-        if status == "done" and result is None:
-            raise ApiError(422, "validation_error", "a done task reports its public result", field="result")
-        if status == "failed" and error is None:
+        # What the task reports: its public result when done, its error when failed.
+        reported = result if status == "done" else error
+        if reported is None:
+            if status == "done":
+                raise ApiError(422, "validation_error", "a done task reports its public result", field="result")
             raise ApiError(422, "validation_error", "a failed task reports its error", field="error")
         if result is not None and len(canonical_json(result)) > self.settings.max_result_bytes:
             raise ApiError(413, "payload_too_large", f"result larger than {self.settings.max_result_bytes} bytes", field="result")
-        if status == "done" and result is not None:
-            fast = self._signed(task_id, node_id, result)
+        if status == "done":
+            fast = self._signed(task_id, node_id, reported)
             if fast is not None:
                 return fast
         now = utc_now()
@@ -875,7 +879,6 @@ class Coordinator:
             key = s.get(Key, job.key_id) if job is not None else None
             if job is None or task is None or key is None:
                 raise ApiError(404, "not_found", f"no task {task_id!r}", field="task_id")
-            reported = result if status == "done" else error
             if task.status in ("done", "failed"):
                 previous = task.result if task.status == "done" else task.error
                 if task.status == status and canonical_json(previous) == canonical_json(reported):
@@ -888,25 +891,23 @@ class Coordinator:
             parts = {p["node_id"] for p in job.participants}
             task.finished_at = now
             if status == "failed":
-                assert error is not None
-                for i, c in enumerate(error.get("culprits", [])):
+                for i, c in enumerate(reported.get("culprits", [])):
                     if c not in parts:
                         raise ApiError(422, "validation_error", f"{c!r} is not a participant", field=f"error.culprits[{i}]")
                 task.status = "failed"
-                task.error = error
+                task.error = reported
                 self._fail_job(
                     s,
                     job,
-                    reason=error["reason"],
-                    culprits=list(error.get("culprits", [])),
+                    reason=reported["reason"],
+                    culprits=list(reported.get("culprits", [])),
                     party=node_id,
-                    detail=error.get("detail", ""),
+                    detail=reported.get("detail", ""),
                 )
             else:
-                assert result is not None
-                self._check_result(job, key, result)
+                self._check_result(job, key, reported)
                 task.status = "done"
-                task.result = result
+                task.result = reported
                 s.flush()
                 tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
                 if all(t.status == "done" for t in tasks):
@@ -978,7 +979,8 @@ class Coordinator:
             )
             return
         result = tasks[0].result
-        assert result is not None
+        if result is None:  # a done task always carries its result (post_result refuses one without)
+            raise ApiError(500, "internal_error", f"task {tasks[0].id} is done without a result")
         now = utc_now()
         if job.kind == "refresh" and key.public_key is not None and result.get("public_key") != key.public_key:
             self._fail_job(

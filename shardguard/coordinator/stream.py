@@ -236,28 +236,24 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     look = set(state.cursors)
                 cursors = {j: state.cursors[j] for j in look if j in state.cursors}
                 jobs = await hot(coord.read_events, node_id, cursors) if cursors else []
-                count = 0
                 for j in jobs:
-                    count += len(j["messages"])
                     if j["job_status"] != "running":
                         state.cursors.pop(j["job_id"], None)  # ended: the node closes it
                     elif j["job_id"] in state.cursors:
                         state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
-                        if j["messages"]:
-                            state.fresh.add(j["job_id"])  # read again next: a batch limit may have cut it
                 if tasks or jobs:
                     try:
                         await send({"op": "events", "tasks": tasks, "jobs": jobs})
-                    except Exception:
+                    except (WebSocketDisconnect, RuntimeError, OSError):
                         # Refused by the closed connection, so not written: the tasks go back
                         # to the queue for the node's next connection instead of waiting out
                         # their deadline. (Cancelled mid-send is not requeued: it may have gone.)
                         if tasks:
                             await hot(coord.requeue_tasks, node_id, [str(t["task_id"]) for t in tasks])
                         raise
-                    if count >= settings.inbox_batch or tasks:
-                        continue  # there may be more: look again at once
-                    state.fresh = set()
+                    if sum(len(j["messages"]) for j in jobs) >= settings.inbox_batch:
+                        # The batch limit may have cut these jobs short: read them again at once.
+                        state.fresh |= {j["job_id"] for j in jobs if j["messages"] and j["job_id"] in state.cursors}
                     continue
                 if now - last_key_check >= settings.poll_interval:
                     last_key_check = now
