@@ -200,9 +200,34 @@ def test_card_decode_raises_only_card_errors(data: bytes) -> None:
         PeerCard.decode(data)
 
 
+def test_identity_signatures_agree_with_openssl() -> None:
+    """Signed and verified by libsodium; the same bytes verify under OpenSSL, and a signature
+    OpenSSL makes for the same key and message is byte-identical (RFC 8032 is deterministic)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from shardguard.channel.identity import _signed_message, verify_signature
+
+    keys = NodeKeys.generate("node-a")
+    pk = keys.card().identity_public_key
+    for msg in (b"", b"m", bytes(range(256)) * 9):
+        sig = keys.sign(b"ctx", msg)
+        ed25519.Ed25519PublicKey.from_public_bytes(pk).verify(sig, _signed_message(b"ctx", msg))
+        openssl = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(keys._identity))
+        assert openssl.sign(_signed_message(b"ctx", msg)) == sig
+        assert verify_signature(pk, b"ctx", msg, sig)
+        assert not verify_signature(pk, b"ctx2", msg, sig)
+        assert not verify_signature(pk, b"ctx", msg + b"x", sig)
+        assert not verify_signature(pk, b"ctx", msg, sig[:-1])
+        assert not verify_signature(pk[:-1], b"ctx", msg, sig)
+        assert not verify_signature(bytes(32), b"ctx", msg, sig)  # small-order key
+        with pytest.raises(InvalidSignature):
+            ed25519.Ed25519PublicKey.from_public_bytes(pk).verify(sig, _signed_message(b"ctx", msg + b"x"))
+
+
 def test_node_keys_never_leak_private_keys() -> None:
     keys = NodeKeys.generate("node-a", kem=KemId.MLKEM768_X25519)
-    secret = keys._identity.private_bytes_raw().hex()
+    secret = bytes(keys._identity).hex()  # the Ed25519 seed
     assert "<redacted>" in repr(keys)
     assert secret not in repr(keys) and secret[:16] not in repr(keys)
     for leak in (pickle.dumps, copy.copy, copy.deepcopy):
