@@ -78,6 +78,9 @@ class _State:
     claim_now: bool = True
     #: Jobs to read on the next look (new to the stream); the rest only when woken for them.
     fresh: set[str] = field(default_factory=set)
+    #: Jobs of the tasks pushed on this connection that have not ended: followed whatever a
+    #: ``want`` says, because the node may have written that want before it saw the task.
+    handed: set[str] = field(default_factory=set)
 
 
 async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
@@ -183,7 +186,13 @@ def _first_error(e: ValidationError) -> str:
 
 
 def _apply_want(state: _State, want: schemas.Events) -> None:
+    """The node's jobs and free slots replace ours, except that a job whose task we pushed stays
+    followed until it ends (API.md §1.11): the node counts on that and does not repeat every
+    job it is handed in a ``want`` of its own."""
     cursors = {job: max(cursor, state.cursors.get(job, 0)) for job, cursor in want.cursors.items()}
+    for job in state.handed - cursors.keys():
+        if job in state.cursors:
+            cursors[job] = state.cursors[job]
     state.fresh |= cursors.keys() - state.cursors.keys()
     state.cursors = cursors
     if want.claim > state.claim:
@@ -229,6 +238,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                 for t in tasks:
                     state.cursors.setdefault(str(t["job_id"]), 0)
                     state.fresh.add(str(t["job_id"]))
+                    state.handed.add(str(t["job_id"]))
                 look = notifier.take_dirty(node_id) | state.fresh
                 state.fresh = set()
                 if now - last_sweep >= settings.poll_interval:
@@ -239,6 +249,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                 for j in jobs:
                     if j["job_status"] != "running":
                         state.cursors.pop(j["job_id"], None)  # ended: the node closes it
+                        state.handed.discard(j["job_id"])
                     elif j["job_id"] in state.cursors:
                         state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
                 if tasks or jobs:

@@ -466,15 +466,31 @@ class EventStream:
         with self._cond:
             cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
         claim = max(0, min(64, self._free_slots()))
-        # The coordinator moves the cursors on as it pushes and counts down the slots as it
-        # hands out tasks: a want matters when the set of jobs changes (every task handed out
-        # or ended changes it) or the node goes from full to having room.
-        wanted = (frozenset(cursors), claim)
+        # ``_wanted`` mirrors what the coordinator believes (API.md §1.11): it follows the jobs
+        # of the tasks it hands out until they end, moves the cursors as it pushes, and counts
+        # the room down by the tasks handed out. A want is needed only when we need a job it
+        # does not follow, or when the room it counts fell below half of our free slots (a
+        # want per ~16 tasks, not two per task). A job it follows that we closed costs
+        # nothing: its end is the last news pushed for it.
         last = self._wanted
-        if not force and last is not None and wanted[0] == last[0] and (claim > 0) == (last[1] > 0):
+        if not force and last is not None and cursors.keys() <= last[0] and last[1] * 2 >= claim:
             return
-        self._wanted = wanted
+        self._wanted = (frozenset(cursors), claim)
         self._frame("want", {"cursors": cursors, "claim": claim})
+
+    def _pushed(self, events: Mapping[str, Any]) -> None:
+        """Mirror the coordinator's bookkeeping for an events frame it pushed (``_wanted``)."""
+        with self._want_lock:
+            if self._wanted is None:
+                return
+            jobs, room = self._wanted
+            tasks = [str(t.get("job_id")) for t in events.get("tasks") or [] if isinstance(t, dict)]
+            ended = {
+                str(j.get("job_id"))
+                for j in events.get("jobs") or []
+                if isinstance(j, dict) and (j.get("job_status") or "running") != "running"
+            }
+            self._wanted = ((jobs | frozenset(tasks)) - ended, max(0, room - len(tasks)))
 
     def _stream_loop(self) -> None:
         """Keep the WebSocket open and deliver what arrives; returns only to fall back to HTTP
@@ -528,6 +544,7 @@ class EventStream:
                 fut.set_result(obj)
         elif obj.get("op") == "events":
             self._deliver(obj)
+            self._pushed(obj)
             self._want()
 
 

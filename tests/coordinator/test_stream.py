@@ -114,6 +114,28 @@ def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClien
             assert [(j["job_id"], j["job_status"]) for j in ends] == [(job, "done")]
 
 
+def test_a_want_that_omits_a_handed_job_does_not_drop_it(client: TestClient, nodes: list[FakeNode]) -> None:
+    """A node may write a want before the task reaches it (API.md §1.11): the job of a task
+    pushed on the connection stays followed until it ends, whatever wants say meanwhile."""
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    job = sign_job(client, key_id, [a.node_id, b.node_id])
+    with stream(client, a) as sa, stream(client, b) as sb:
+        sa.want(claim=4)
+        sb.want(claim=4)
+        ta = sa.receive("events")["tasks"]
+        sb.receive("events")
+        sb.want(cursors={}, claim=3)  # written before b "saw" its task: no cursors
+        sa.outbox([(job, b.node_id, 1, b"round one")])
+        got = sb.receive("events")["jobs"]
+        assert [(j["job_id"], [m["cursor"] for m in j["messages"]]) for j in got] == [(job, [1])]
+        # Once the job has ended, a want without it does drop it (nothing more is pushed).
+        sa.outbox(results=[{"task_id": ta[0]["task_id"], "status": "failed", "result": None,
+                            "error": {"reason": "TEST", "detail": "x"}}])  # fmt: skip
+        ends = [j for j in sb.receive("events")["jobs"] if j["job_status"] != "running"]
+        assert [j["job_id"] for j in ends] == [job]
+
+
 def test_malformed_outbox_is_refused_in_its_ack_and_the_stream_stays(client: TestClient, nodes: list[FakeNode]) -> None:
     a = nodes[0]
     with stream(client, a) as sa:

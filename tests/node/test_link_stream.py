@@ -78,6 +78,50 @@ def test_stream_end_to_end_with_a_reconnect(server: str) -> None:
             link.close()
 
 
+def _want_frames(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith('shardguard_stream_frames_total{op="want"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_want_only_when_the_coordinator_needs_one(server: str) -> None:
+    """The coordinator follows the job of every task it pushes until the job ends and counts
+    the room down (API.md §1.11): the node does not send a want per task handed out and per
+    job closed, only when the room the coordinator counts falls below half of its own; every
+    job's messages still arrive."""
+    with httpx.Client(base_url=server) as http:
+        a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
+        for n in (a, b):
+            assert n.register().status_code == 200
+        key_id = run_dkg(http, [a, b])
+        tasks: list[Mapping[str, Any]] = []
+        link = CoordinatorLink(server, a.keys)
+        s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4)
+        s.start()
+        try:
+            until(lambda: _want_frames(http) == 1)  # the first, on connecting
+            result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+            for i in range(8):
+                r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+                job = r.json()["request_id"]
+                until(lambda: len(tasks) == i + 1)  # noqa: B023 - used at once
+                task_b = b.next_task()
+                assert task_b is not None and task_b["job_id"] == job == tasks[i]["job_id"]
+                b.send(job, [(a.node_id, 1, b"to a")])
+                assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"to a")  # pushed: the job is followed
+                b.report(task_b["task_id"], result=result)
+                assert s.report(tasks[i]["task_id"], {"status": "done", "result": result, "error": None})["job_status"] == "done"
+                s.close(job)
+            # Room 4, counted down per task: a want at 1 left (1 * 2 < 4), i.e. every 3 tasks.
+            # Before: two per task (17 here).
+            time.sleep(0.3)
+            assert _want_frames(http) == 1 + 8 // 3
+        finally:
+            s.stop()
+            link.close()
+
+
 def _received(node: FakeNode, job: str, n: int) -> list[bytes]:
     end = time.monotonic() + 5
     while True:
