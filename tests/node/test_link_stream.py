@@ -102,8 +102,9 @@ def test_a_want_only_when_the_coordinator_needs_one(server: str) -> None:
         try:
             until(lambda: _want_frames(http) == 1)  # the first, on connecting
             result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+            body = {"message_hex": "00", "signers": ["node-a", "node-b"]}
             for i in range(8):
-                r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+                r = http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
                 job = r.json()["request_id"]
                 until(lambda: len(tasks) == i + 1)  # noqa: B023 - used at once
                 task_b = b.next_task()
