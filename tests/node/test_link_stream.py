@@ -106,7 +106,7 @@ def test_a_want_only_when_the_coordinator_needs_one(server: str) -> None:
             for i in range(8):
                 r = http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
                 job = r.json()["request_id"]
-                until(lambda: len(tasks) == i + 1)  # noqa: B023 - used at once
+                until(lambda: len(tasks) == i + 1)
                 task_b = b.next_task()
                 assert task_b is not None and task_b["job_id"] == job == tasks[i]["job_id"]
                 b.send(job, [(a.node_id, 1, b"to a")])
