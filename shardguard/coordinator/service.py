@@ -787,13 +787,7 @@ class Coordinator:
             rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit})
             if not rows:
                 return []
-            jobs = {r.id: r for r in conn.execute(_CLAIM_JOBS, {"ids": sorted({r.job_id for r in rows})})}
-            keys = {k.id: k for k in conn.execute(_CLAIM_KEYS, {"ids": sorted({j.key_id for j in jobs.values()})})}
-            ids = {p["node_id"] for j in jobs.values() for p in j.participants}
-            nodes = {n.id: n for n in conn.execute(_CLAIM_NODES, {"ids": sorted(ids)})}
-            for task_id, job_id, party_index in rows:
-                job = jobs.get(job_id)
-                key = keys.get(job.key_id) if job is not None else None
+            for task_id, party_index, job, key, nodes in self._task_rows(conn, rows):
                 if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
                     conn.execute(_CANCEL_TASK, {"task": task_id})
                     continue
@@ -803,6 +797,36 @@ class Coordinator:
                 )
                 out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes))
         self.metrics.tasks_claimed.inc(len(out))
+        return out
+
+    def claimed_tasks(self, node_id: str, limit: int = 64) -> list[dict[str, Any]]:
+        """The node's tasks handed out and not yet reported, of running jobs (oldest first), as
+        handed out: pushed again on each new event-stream connection (API.md §1.11), because a
+        frame written just before a connection died may never have reached the node. The
+        node runs a task id it already has only once. Tasks of an earlier registration are
+        not among them: registering anew fails them."""
+        with self.db.raw.read() as conn:
+            rows = conn.execute(_CLAIMED_TASKS, {"node": node_id, "limit": limit})
+            if not rows:
+                return []
+            return [
+                self._task_payload(task_id, node_id, party_index, job, key, nodes)
+                for task_id, party_index, job, key, nodes in self._task_rows(conn, rows)
+                if job is not None and key is not None and job.status == "running"
+            ]
+
+    @staticmethod
+    def _task_rows(conn: RawConnection, rows: Sequence[Any]) -> list[tuple[str, int, Any, Any, dict[str, Any]]]:
+        """Each ``(task id, job id, party index)`` row with its job, key and the participants'
+        node rows (None where missing), read in three statements for the whole batch."""
+        jobs = {r.id: r for r in conn.execute(_CLAIM_JOBS, {"ids": sorted({r.job_id for r in rows})})}
+        keys = {k.id: k for k in conn.execute(_CLAIM_KEYS, {"ids": sorted({j.key_id for j in jobs.values()})})}
+        ids = {p["node_id"] for j in jobs.values() for p in j.participants}
+        nodes = {n.id: n for n in conn.execute(_CLAIM_NODES, {"ids": sorted(ids)})}
+        out = []
+        for task_id, job_id, party_index in rows:
+            job = jobs.get(job_id)
+            out.append((task_id, party_index, job, keys.get(job.key_id) if job is not None else None, nodes))
         return out
 
     def requeue_tasks(self, node_id: str, task_ids: Sequence[str]) -> int:
@@ -1473,6 +1497,12 @@ _QUEUED_TASKS = (
     .order_by(Task.created_at, Task.id)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
+)
+_CLAIMED_TASKS = (
+    select(Task.id, Task.job_id, Task.party_index)
+    .where(Task.node_id == bindparam("node"), Task.status == "running")
+    .order_by(Task.claimed_at, Task.id)
+    .limit(bindparam("limit"))
 )
 _CLAIM_JOBS = select(
     Job.id, Job.kind, Job.key_id, Job.status, Job.epoch, Job.instance, Job.lease_until, Job.participants, Job.params

@@ -223,18 +223,25 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
     last_claim = last_sweep = -math.inf
     last_key_check = time.monotonic()
     notifier.follow(node_id)
+    # First, what an earlier connection handed out and the node never reported: the frame that
+    # carried it may have been written and lost with that connection (the node runs a task
+    # id only once). Not counted against the room: the node may already be running them.
+    again = await hot(coord.claimed_tasks, node_id)
     try:
         while ws.client_state == WebSocketState.CONNECTED:
             fut = notifier.waiter(key)
             try:
                 now = time.monotonic()
-                tasks: list[dict[str, Any]] = []
+                tasks: list[dict[str, Any]] = again
+                claimed: list[dict[str, Any]] = []
+                again = []
                 hinted = notifier.take_task_hint(node_id)
                 if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
                     state.claim_now = False
                     last_claim = now
-                    tasks = await hot(coord.claim_tasks, node_id, min(state.claim, 64))
-                    state.claim -= len(tasks)
+                    claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64))
+                    state.claim -= len(claimed)
+                    tasks = tasks + claimed
                 for t in tasks:
                     state.cursors.setdefault(str(t["job_id"]), 0)
                     state.fresh.add(str(t["job_id"]))
@@ -256,11 +263,12 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     try:
                         await send({"op": "events", "tasks": tasks, "jobs": jobs})
                     except (WebSocketDisconnect, RuntimeError, OSError):
-                        # Refused by the closed connection, so not written: the tasks go back
-                        # to the queue for the node's next connection instead of waiting out
-                        # their deadline. (Cancelled mid-send is not requeued: it may have gone.)
-                        if tasks:
-                            await hot(coord.requeue_tasks, node_id, [str(t["task_id"]) for t in tasks])
+                        # Refused by the closed connection, so not written: the tasks claimed
+                        # for it go back to the queue for the node's next connection (any
+                        # replica's) instead of waiting out their deadline. Those handed out
+                        # before stay claimed: every new connection pushes them again.
+                        if claimed:
+                            await hot(coord.requeue_tasks, node_id, [str(t["task_id"]) for t in claimed])
                         raise
                     if sum(len(j["messages"]) for j in jobs) >= settings.inbox_batch:
                         # The batch limit may have cut these jobs short: read them again at once.

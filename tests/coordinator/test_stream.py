@@ -243,3 +243,31 @@ def test_tasks_a_failed_push_never_delivered_are_queued_again(client: TestClient
     with stream(client, a) as sa:  # handed out again, on the next connection
         sa.want(claim=4)
         assert [t["task_id"] for t in sa.receive("events")["tasks"]] == [first[0]["task_id"]]
+
+
+def test_a_new_connection_gets_the_tasks_handed_out_and_not_reported_again(client: TestClient, nodes: list[FakeNode]) -> None:
+    """A frame written just before the connection died may never have reached the node: every
+    new connection first pushes the node's claimed, unreported tasks of running jobs again
+    (without a want: the node may have no room left for new ones). Reported tasks, ended jobs
+    and other nodes' tasks are not pushed."""
+    key_id = run_dkg(client, nodes)
+    a, b, c = nodes
+    job1 = sign_job(client, key_id, [a.node_id, b.node_id])
+    with stream(client, a) as sa:
+        sa.want(claim=4)
+        t1 = sa.receive("events")["tasks"]
+    assert [t["job_id"] for t in t1] == [job1]
+    job2 = sign_job(client, key_id, [a.node_id, c.node_id])
+    coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
+    t2 = coordinator.claim_tasks(a.node_id, 4)  # handed out by (say) another replica's stream
+    assert [t["job_id"] for t in t2] == [job2]
+    with stream(client, a) as sa:
+        again = sa.receive("events")["tasks"]
+        assert again == t1 + t2  # the same tasks, in the order they were handed out
+        # Reported: not pushed again; the job of the other task still runs.
+        sa.outbox(results=[{"task_id": t1[0]["task_id"], "status": "failed", "result": None,
+                            "error": {"reason": "TEST", "detail": "x"}}])  # fmt: skip
+    with stream(client, a) as sa:
+        assert [t["task_id"] for t in sa.receive("events")["tasks"]] == [t2[0]["task_id"]]
+    assert coordinator.claimed_tasks(b.node_id) == []  # b's task was never handed out
+    assert [t["task_id"] for t in coordinator.claimed_tasks(a.node_id)] == [t2[0]["task_id"]]

@@ -43,7 +43,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         t.join(10)
 
 
-def test_stream_end_to_end_with_a_reconnect(server: str) -> None:
+def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptureFixture) -> None:
     with httpx.Client(base_url=server) as http:
         a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
         for n in (a, b):
@@ -68,6 +68,10 @@ def test_stream_end_to_end_with_a_reconnect(server: str) -> None:
             s._ws.close()  # the connection drops: a new signed handshake, then on as before  # type: ignore[union-attr]
             s.post(job, [(b.node_id, b"two")])
             assert _received(b, job, 2) == [b"one", b"two"]
+            # The new connection pushed the unreported task again (API.md §1.11): run once.
+            until(lambda: s._ws is not None)
+            until(lambda: "handed out again" in caplog.text)
+            assert len(tasks) == 1
             result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
             b.report(task_b["task_id"], result=result)
             ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
