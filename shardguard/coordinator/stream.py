@@ -81,6 +81,8 @@ class _State:
     #: Jobs of the tasks pushed on this connection that have not ended: followed whatever a
     #: ``want`` says, because the node may have written that want before it saw the task.
     handed: set[str] = field(default_factory=set)
+    #: Task id -> job id of the signing tasks pushed on this connection and not yet reported.
+    signing: dict[str, str] = field(default_factory=dict)
 
 
 async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
@@ -176,8 +178,21 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
                 await send({"op": "ack", "seq": state.seq, "error": {"status": e.status, "code": e.code, "message": e.message}})
                 continue
             await send({"op": "ack", "seq": state.seq, **out})
+            _reported(state, out.get("results") or {})
         else:
             raise _Closed(_POLICY_VIOLATION, f"malformed_frame: unknown op {op!r} in frame {state.seq}")
+
+
+def _reported(state: _State, acks: dict[str, Any]) -> None:
+    """Stop following a signing job once this node's result for it is in: nothing after that
+    concerns the node (API.md §1.11), so its end is not pushed. DKG, refresh and repair
+    tasks wait for their job's end and stay followed."""
+    for task_id, ack in acks.items():
+        job = state.signing.get(task_id)
+        if job is not None and isinstance(ack, dict) and "error" not in ack:
+            del state.signing[task_id]
+            state.cursors.pop(job, None)
+            state.handed.discard(job)
 
 
 def _first_error(e: ValidationError) -> str:
@@ -246,6 +261,8 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     state.cursors.setdefault(str(t["job_id"]), 0)
                     state.fresh.add(str(t["job_id"]))
                     state.handed.add(str(t["job_id"]))
+                    if t.get("kind") == "sign":
+                        state.signing[str(t["task_id"])] = str(t["job_id"])
                 look = notifier.take_dirty(node_id) | state.fresh
                 state.fresh = set()
                 if now - last_sweep >= settings.poll_interval:
@@ -257,6 +274,8 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     if j["job_status"] != "running":
                         state.cursors.pop(j["job_id"], None)  # ended: the node closes it
                         state.handed.discard(j["job_id"])
+                        for task_id in [t for t, job in state.signing.items() if job == j["job_id"]]:
+                            del state.signing[task_id]
                     elif j["job_id"] in state.cursors:
                         state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
                 if tasks or jobs:

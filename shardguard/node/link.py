@@ -213,7 +213,13 @@ class EventStream:
             box = self._boxes.pop(job, None)
             if box is not None:
                 box.changed.notify_all()
-        self._want()  # one job fewer to follow, one slot more
+        with self._want_lock:
+            # Forgotten here whether or not the coordinator still follows it (it stops after
+            # our result for a signing job, at the end for the others): the mirror only needs
+            # to cover the jobs we follow, and so stays small.
+            if self._wanted is not None:
+                self._wanted = (self._wanted[0] - {job}, self._wanted[1])
+        self._want()  # one slot more
 
     # -- Relay ----------------------------------------------------------------------------
     def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
