@@ -829,18 +829,6 @@ class Coordinator:
             out.append((task_id, party_index, job, keys.get(job.key_id) if job is not None else None, nodes))
         return out
 
-    def requeue_tasks(self, node_id: str, task_ids: Sequence[str]) -> int:
-        """Give back tasks handed out to ``node_id`` that provably never reached it (the event
-        stream's send failed before writing): queued again, to be handed out on its next
-        connection. Only tasks still ``running`` and never reported; the count requeued."""
-        if not task_ids:
-            return 0
-        with self.db.raw.write() as conn:
-            rows = conn.execute(_REQUEUE_TASKS, {"node": node_id, "ids": sorted(task_ids)})
-        if rows:
-            self.notify(f"node:{node_id}", len(rows))
-        return len(rows)
-
     @staticmethod
     def _task_payload(task_id: str, node_id: str, party_index: int, job: Any, key: Any, nodes: dict[str, Any]) -> dict[str, Any]:
         participants = []
@@ -1513,12 +1501,6 @@ _CLAIM_KEYS = select(Key.id, Key.scheme, Key.threshold, Key.public_key, Key.node
 _CLAIM_NODES = select(
     Node.id, Node.peer_card, Node.platform, Node.evidence, Node.collateral, Node.evidence_nonce, Node.generation
 ).where(Node.id.in_(bindparam("ids", expanding=True)))
-_REQUEUE_TASKS = (
-    update(Task)
-    .where(Task.id.in_(bindparam("ids", expanding=True)), Task.node_id == bindparam("node"), Task.status == "running")
-    .values(status="queued", claimed_at=None, lease_owner=None, lease_until=None)
-    .returning(Task.id)
-)
 _CANCEL_TASK = update(Task).where(Task.id == bindparam("task")).values(status="cancelled")
 _CLAIM_TASK = (
     update(Task)

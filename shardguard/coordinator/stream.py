@@ -238,25 +238,33 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
     last_claim = last_sweep = -math.inf
     last_key_check = time.monotonic()
     notifier.follow(node_id)
-    # First, what an earlier connection handed out and the node never reported: the frame that
-    # carried it may have been written and lost with that connection (the node runs a task
-    # id only once). Not counted against the room: the node may already be running them.
-    again = await hot(coord.claimed_tasks, node_id)
+    pushed: set[str] = set()  # task ids pushed on this connection
+    last_recheck = -math.inf
     try:
         while ws.client_state == WebSocketState.CONNECTED:
             fut = notifier.waiter(key)
             try:
                 now = time.monotonic()
-                tasks: list[dict[str, Any]] = again
-                claimed: list[dict[str, Any]] = []
-                again = []
+                tasks: list[dict[str, Any]] = []
+                if now - last_recheck >= settings.poll_interval:
+                    # First on each connection, then every poll interval: the node's tasks
+                    # handed out and not yet reported that this connection has not pushed. A
+                    # frame written just before an earlier connection died may never have
+                    # arrived, and a connection the node has left (on this replica or another)
+                    # may still claim tasks for it. The node runs a task id only once; these
+                    # are not counted against the room (it may be running them already).
+                    last_recheck = now
+                    held = await hot(coord.claimed_tasks, node_id)
+                    pushed &= {str(t["task_id"]) for t in held}
+                    tasks = [t for t in held if str(t["task_id"]) not in pushed]
                 hinted = notifier.take_task_hint(node_id)
                 if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
                     state.claim_now = False
                     last_claim = now
                     claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64))
                     state.claim -= len(claimed)
-                    tasks = tasks + claimed
+                    tasks += claimed
+                pushed.update(str(t["task_id"]) for t in tasks)
                 for t in tasks:
                     state.cursors.setdefault(str(t["job_id"]), 0)
                     state.fresh.add(str(t["job_id"]))
@@ -279,16 +287,9 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     elif j["job_id"] in state.cursors:
                         state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
                 if tasks or jobs:
-                    try:
-                        await send({"op": "events", "tasks": tasks, "jobs": jobs})
-                    except (WebSocketDisconnect, RuntimeError, OSError):
-                        # Refused by the closed connection, so not written: the tasks claimed
-                        # for it go back to the queue for the node's next connection (any
-                        # replica's) instead of waiting out their deadline. Those handed out
-                        # before stay claimed: every new connection pushes them again.
-                        if claimed:
-                            await hot(coord.requeue_tasks, node_id, [str(t["task_id"]) for t in claimed])
-                        raise
+                    # Tasks in a frame that never reached the node stay claimed: its next
+                    # connection pushes them again (above).
+                    await send({"op": "events", "tasks": tasks, "jobs": jobs})
                     if sum(len(j["messages"]) for j in jobs) >= settings.inbox_batch:
                         # The batch limit may have cut these jobs short: read them again at once.
                         state.fresh |= {j["job_id"] for j in jobs if j["messages"] and j["job_id"] in state.cursors}

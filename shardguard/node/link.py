@@ -158,8 +158,9 @@ class EventStream:
         self._cond = threading.Condition(self._lock)
         self._boxes: dict[str, _Box] = {}
         self._held: dict[str, list[tuple[str, bytes]]] = {}
-        # Task ids handed to us lately: a task given out again (requeued after a send that
-        # may still have arrived) is run once.
+        # Task ids handed to us lately: a task pushed again (every new connection pushes the
+        # tasks handed out and not yet reported) is run once. A task whose job has an open box
+        # is ours already too (one task per node and job), however long ago it came.
         self._seen_tasks: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seq = 0
         self._out: queue.SimpleQueue[tuple[str, str, int, bytes] | _Result | None] = queue.SimpleQueue()
@@ -219,7 +220,12 @@ class EventStream:
             # to cover the jobs we follow, and so stays small.
             if self._wanted is not None:
                 self._wanted = (self._wanted[0] - {job}, self._wanted[1])
-        self._want()  # one slot more
+        self._want()
+
+    def room_changed(self) -> None:
+        """A task slot was freed (``free_slots()`` grew): tell the coordinator if it needs to
+        know (see ``_want_locked``)."""
+        self._want()
 
     # -- Relay ----------------------------------------------------------------------------
     def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
@@ -301,17 +307,16 @@ class EventStream:
 
     def _deliver(self, out: Mapping[str, Any]) -> None:
         tasks = []
-        for t in out.get("tasks") or []:
-            task_id = str(t.get("task_id"))
-            if task_id in self._seen_tasks:
-                log.warning("task %s was handed out again: already taken, ignored", task_id)
-                continue
-            self._seen_tasks[task_id] = None
-            if len(self._seen_tasks) > 4096:
-                self._seen_tasks.popitem(last=False)
-            tasks.append(t)
         with self._cond:
-            for t in tasks:
+            for t in out.get("tasks") or []:
+                task_id = str(t.get("task_id"))
+                if task_id in self._seen_tasks or str(t.get("job_id")) in self._boxes:
+                    log.info("task %s was pushed again: already taken, ignored", task_id)
+                    continue
+                self._seen_tasks[task_id] = None
+                if len(self._seen_tasks) > 4096:
+                    self._seen_tasks.popitem(last=False)
+                tasks.append(t)
                 self._box(str(t["job_id"]))
             for j in out.get("jobs") or []:
                 box = self._boxes.get(str(j["job_id"]))

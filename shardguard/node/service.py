@@ -487,6 +487,7 @@ class NodeService:
         finally:
             with self._busy_lock:
                 self._busy -= 1
+            self.stream.room_changed()
 
     def stop(self) -> None:
         self._stop.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -233,19 +234,28 @@ def test_a_failed_push_closes_the_stream(client: TestClient, nodes: list[FakeNod
     assert code == 1011 and why.startswith("internal_error")
 
 
-def test_tasks_a_failed_push_never_delivered_are_queued_again(client: TestClient, nodes: list[FakeNode]) -> None:
+def test_a_task_claimed_elsewhere_is_pushed_within_a_poll_interval(client: TestClient, nodes: list[FakeNode]) -> None:
+    """A connection the node has left (half-open on another replica, or this replica's old
+    pusher finishing a claim as it is cancelled) may still claim tasks for the node and write
+    them into a dead socket. The live connection looks for the node's claimed, unreported
+    tasks every poll interval and pushes those it has not pushed (the node runs each once)."""
     key_id = run_dkg(client, nodes)
     a, b, _c = nodes
-    job = sign_job(client, key_id, [a.node_id, b.node_id])
     coordinator = client.app.state.coordinator  # type: ignore[attr-defined]
-    first = coordinator.claim_tasks(a.node_id, 4)
-    assert [t["job_id"] for t in first] == [job]
-    assert coordinator.requeue_tasks(b.node_id, [first[0]["task_id"]]) == 0  # not b's task
-    assert coordinator.requeue_tasks(a.node_id, [first[0]["task_id"]]) == 1
-    assert coordinator.requeue_tasks(a.node_id, [first[0]["task_id"]]) == 0  # queued already
-    with stream(client, a) as sa:  # handed out again, on the next connection
-        sa.want(claim=4)
-        assert [t["task_id"] for t in sa.receive("events")["tasks"]] == [first[0]["task_id"]]
+    with stream(client, a) as sa:
+        sa.want(claim=0)  # no room: this connection claims nothing itself
+        job = sign_job(client, key_id, [a.node_id, b.node_id])
+        elsewhere = coordinator.claim_tasks(a.node_id, 4)
+        assert [t["job_id"] for t in elsewhere] == [job]
+        got = sa.receive("events")["tasks"]  # within the poll interval (0.05 s here)
+        assert got == elsewhere
+        time.sleep(0.3)  # six more looks: not pushed again on this connection
+        failed = {"task_id": got[0]["task_id"], "status": "failed", "result": None, "error": {"reason": "TEST", "detail": "x"}}
+        seq = sa.frame("outbox", {"messages": [], "results": [failed]})
+        frames = []
+        while not frames or frames[-1]["op"] != "ack":
+            frames.append(sa.ws.receive_json())
+        assert frames[-1]["seq"] == seq and all(not f.get("tasks") for f in frames)
 
 
 def test_a_new_connection_gets_the_tasks_handed_out_and_not_reported_again(client: TestClient, nodes: list[FakeNode]) -> None:

@@ -159,5 +159,10 @@ def test_a_task_handed_out_twice_runs_once() -> None:
         s._deliver({"tasks": [task], "jobs": []})
         s._deliver({"tasks": [dict(task), {"task_id": "task_2", "job_id": "req_2", "kind": "sign"}], "jobs": []})
         assert [t["task_id"] for t in tasks] == ["task_1", "task_2"]
+        # Long after its id left the recent-ids memory: the job's box is still open, so it is
+        # still ours (one task per node and job) and not run a second time.
+        s._seen_tasks.clear()
+        s._deliver({"tasks": [dict(task)], "jobs": []})
+        assert [t["task_id"] for t in tasks] == ["task_1", "task_2"]
     finally:
         s.stop()

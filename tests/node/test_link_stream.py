@@ -6,6 +6,7 @@ coordinator has no stream endpoint."""
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import threading
 import time
@@ -44,6 +45,7 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shardguard.node")
     with httpx.Client(base_url=server) as http:
         a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
         for n in (a, b):
@@ -70,7 +72,7 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
             assert _received(b, job, 2) == [b"one", b"two"]
             # The new connection pushed the unreported task again (API.md §1.11): run once.
             until(lambda: s._ws is not None)
-            until(lambda: "handed out again" in caplog.text)
+            until(lambda: "pushed again" in caplog.text)
             assert len(tasks) == 1
             result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
             b.report(task_b["task_id"], result=result)
