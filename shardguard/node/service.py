@@ -128,6 +128,12 @@ class NodeService:
         # confirmed our own state since this process started (see _witness).
         self._witness_keys: dict[str, bytes] = {}
         self._fresh = False
+        # Keys whose new epoch this node staged and has not yet committed or dropped (waiting
+        # for the job's end, _settle), with an event set when that is decided. A task for such
+        # a key waits for it: the coordinator may hand it out as soon as the job is done, before
+        # the end reaches us (or, over a connection that died, a second later).
+        self._settling: dict[str, threading.Event] = {}
+        self._settling_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._stop = threading.Event()
         self._audit_due = threading.Event()
@@ -189,13 +195,38 @@ class NodeService:
             # whose audit entry is missing, and say why instead of leaving the task unreported.
             status, result, error = "failed", None, self._error(e, raw)
             log.warning("task %s (%s) failed: its audit entry could not be written: %s", task_id, raw.get("kind"), error)
+        lost_here = raw["kind"] == "repair" and (raw.get("params") or {}).get("lost") == self.node_id
+        settling = None
+        if status == "done" and (raw["kind"] in ("dkg", "refresh") or lost_here):
+            # Before the result leaves: the next task for this key can come only after it.
+            settling = self._settling_begin(str(raw["key_id"]))
         try:
             ack = self.stream.report(task_id, {"status": status, "result": result, "error": error})
-            lost_here = raw["kind"] == "repair" and (raw.get("params") or {}).get("lost") == self.node_id
-            if status == "done" and (raw["kind"] in ("dkg", "refresh") or lost_here):
+            if settling is not None:
                 self._settle(job, raw, result or {}, ack.get("job_status"))
         finally:
+            if settling is not None:
+                self._settling_end(str(raw["key_id"]), settling)
             self.stream.close(job)
+
+    def _settling_begin(self, key_id: str) -> threading.Event:
+        event = threading.Event()
+        with self._settling_lock:
+            self._settling[key_id] = event
+        return event
+
+    def _settling_end(self, key_id: str, event: threading.Event) -> None:
+        with self._settling_lock:
+            if self._settling.get(key_id) is event:
+                del self._settling[key_id]
+        event.set()
+
+    def _await_settled(self, key_id: str, deadline: float) -> None:
+        """Wait (until ``deadline``) while this node is still deciding the key's new epoch."""
+        with self._settling_lock:
+            event = self._settling.get(key_id)
+        if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("key %s: the previous job's end has not arrived; running the task with the current epoch", key_id)
 
     # -- audit ----------------------------------------------------------------------------
     def _record(
@@ -276,6 +307,8 @@ class NodeService:
             params=task_params,
         )
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
+        if task.key_id:
+            self._await_settled(task.key_id, deadline)
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)

@@ -160,3 +160,23 @@ def test_concurrent_tasks(nodes: tuple[Hub, dict[str, NodeService], list[dict[st
         pending = svc.audit.pending()
         assert len(pending) == 13
         verify_chain(pending, svc.card.identity_public_key)
+
+
+def test_a_task_waits_while_its_key_s_new_epoch_is_being_decided(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """After reporting a DKG or refresh result the node waits for the job's end to commit (or
+    drop) the staged epoch. The coordinator may hand out the key's next task as soon as the job
+    is done — before that end reaches the node (over a connection that died, a second later):
+    the task waits for the decision instead of failing with no committed epoch."""
+    hub, services, parts = nodes
+    settling = services["node-1"]._settling_begin("k1")
+    out: list[list[dict[str, Any]]] = []
+    t = threading.Thread(target=lambda: out.append(_sign(hub, services, parts, "job-s")))
+    t.start()
+    time.sleep(0.5)
+    assert not out and "job-s-1" not in hub.results  # node-1 holds its task back
+    services["node-1"]._settling_end("k1", settling)
+    t.join(30)
+    assert out and [r["status"] for r in out[0]] == ["done", "done"]
+    assert services["node-1"]._settling == {}
