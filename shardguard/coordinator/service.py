@@ -1302,6 +1302,23 @@ class Coordinator:
         for i, seq in enumerate(seqs):
             if seq in seqs[:i]:
                 raise ApiError(422, "validation_error", f"seq {seq} twice in one batch", field=f"entries[{i}].seq")
+        for attempt in (1, 2):
+            try:
+                accepted, duplicates = self._mirror(node, entries, seqs)
+                break
+            except IntegrityError:
+                # PostgreSQL: the same entries posted again at once (a retry after a lost
+                # connection, reaching another replica) — both read "not there", one insert
+                # wins. Read again: they are duplicates now, or a conflict.
+                if attempt == 2:
+                    raise
+        self.metrics.audit_entries.inc(accepted)
+        return {"accepted": accepted, "duplicates": duplicates}
+
+    def _mirror(
+        self, node: NodeIdentity, entries: Sequence[tuple[int, bytes, str, bytes, bytes | None]], seqs: list[int]
+    ) -> tuple[int, int]:
+        """Keep the entries not yet mirrored, in one transaction: (accepted, duplicates)."""
         now = utc_now()
         accepted = duplicates = 0
         fresh: list[dict[str, Any]] = []
@@ -1332,8 +1349,7 @@ class Coordinator:
                 )
                 accepted += 1
             conn.insert(_INSERT_AUDIT, fresh)
-        self.metrics.audit_entries.inc(accepted)
-        return {"accepted": accepted, "duplicates": duplicates}
+        return accepted, duplicates
 
     def list_audit(self, node_id: str | None, after: int | None, limit: int) -> list[dict[str, Any]]:
         with self.db.read() as s:

@@ -108,8 +108,15 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
     send_lock = asyncio.Lock()
 
     async def send(obj: dict[str, Any]) -> None:
+        text = json.dumps(obj, separators=(",", ":"))
         async with send_lock:
-            await ws.send_text(json.dumps(obj, separators=(",", ":")))
+            try:
+                await ws.send_text(text)
+            except (RuntimeError, OSError) as e:
+                # The connection is gone (Starlette raises WebSocketDisconnected, a
+                # RuntimeError, for every send after the first one that failed): one way to
+                # say so, handled like the node's own disconnect, not an application error.
+                raise WebSocketDisconnect(code=1006) from e
 
     pusher = asyncio.create_task(_pushing(ws, state, coord, notifier, hot, send))
     try:

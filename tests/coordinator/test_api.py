@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import false as sa_false
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
@@ -654,6 +655,39 @@ def test_finished_mailboxes_are_purged(make_client: Any) -> None:
 
 
 # -- audit mirror --------------------------------------------------------------------------------
+def test_audit_mirror_posted_twice_at_once_is_a_duplicate(
+    client: TestClient, nodes: list[FakeNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same entries posted again while the first post is still in its transaction (a retry
+    after a lost connection, reaching another replica): both read "not there yet", one insert
+    wins; the other reads again and answers duplicates instead of a 500."""
+    from shardguard.coordinator import service as service_module
+
+    a = nodes[0]
+    text = b"signed x"
+    h = wire.audit_entry_hash(text)
+    body = {"entries": [{"seq": 0, "entry": base64.b64encode(text).decode(), "hash": h,
+                         "signature": base64.b64encode(a.keys.sign(wire.AUDIT_CONTEXT, bytes.fromhex(h))).decode()}]}  # fmt: skip
+    real = service_module._AUDIT_EXISTING
+    stale = {"left": 1}
+    coordinator = coord(client)
+    mirror = coordinator._mirror
+
+    def racing(*args: Any) -> Any:
+        if stale["left"]:
+            stale["left"] -= 1
+            monkeypatch.setattr(service_module, "_AUDIT_EXISTING", real.where(sa_false()))  # reads nothing
+            try:
+                assert mirror(*args) == (1, 0)  # the other post commits first ...
+                return mirror(*args)  # ... and this one read "not there" too: its insert collides
+            finally:
+                monkeypatch.setattr(service_module, "_AUDIT_EXISTING", real)
+        return mirror(*args)
+
+    monkeypatch.setattr(coordinator, "_mirror", racing)
+    assert a.request("POST", "/v1/audit", body).json() == {"accepted": 0, "duplicates": 1}
+
+
 def test_audit_mirror(client: TestClient, nodes: list[FakeNode]) -> None:
     a, b, _c = nodes
 

@@ -18,7 +18,7 @@ import psycopg
 from shardguard.node.link import CoordinatorLink, EventStream
 
 from ..node.test_link import until
-from .conftest import ADMIN, FakeNode, run_dkg
+from .conftest import ADMIN, BOOT, FakeNode, run_dkg
 from .pg import PgCluster
 from .procs import servers
 
@@ -192,5 +192,32 @@ def test_node_streams_on_two_replicas_hear_each_other_at_once(pg_cluster: PgClus
                 link.close()
             for c in clients:
                 c.close()
+    for p in procs:
+        assert "Traceback" not in p.log.read_text(), p.log.read_text()[-3000:]
+
+
+def test_real_nodes_switching_replicas_at_every_cut_still_sign(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """Three real node processes behind a proxy that sends each new connection to the other of
+    two replicas and cuts every connection every 50-300 ms while signatures run: a node's tasks
+    claimed by one replica reach it through the other (API.md §1.11), its messages cross
+    between replicas through PostgreSQL, and every request ends done well before its deadline,
+    every signature verified independently."""
+    from shardguard.client import Client
+
+    from ..service.test_stream_chaos import CuttingProxy, nodes_behind, sign_through_cuts
+
+    url = pg_cluster.url(pg_cluster.create_database())
+    args = [["--port", "0", "--db", url, "--replica-id", f"r{i}", "--log-level", "warning", "--job-timeout", "30"]
+            for i in (1, 2)]  # fmt: skip
+    with servers(*args, tmp=tmp_path) as procs:
+        ups = [(u.rsplit("//", 1)[1].rsplit(":", 1)[0], int(u.rsplit(":", 1)[1])) for u in (p.url for p in procs)]
+        proxy = CuttingProxy(*ups)
+        client = Client(procs[0].url, BOOT, timeout=60)
+        try:
+            with nodes_behind(proxy, tmp_path, client):
+                sign_through_cuts(client, proxy, "ed25519", 20)
+        finally:
+            client.close()
+            proxy.close()
     for p in procs:
         assert "Traceback" not in p.log.read_text(), p.log.read_text()[-3000:]
