@@ -6,6 +6,7 @@ coordinator has no stream endpoint."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import socket
 import threading
@@ -44,8 +45,10 @@ def server(tmp_path: Path) -> Iterator[str]:
         t.join(10)
 
 
-def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="shardguard.node")
+@contextlib.contextmanager
+def streaming(server: str) -> Iterator[tuple[httpx.Client, FakeNode, FakeNode, str, EventStream, list[Mapping[str, Any]]]]:
+    """node-a and node-b registered with a FROST key; node-a's EventStream running (the tasks
+    it is handed collected in the list), node-b a hand-driven FakeNode."""
     with httpx.Client(base_url=server) as http:
         a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
         for n in (a, b):
@@ -56,32 +59,38 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
         s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4)
         s.start()
         try:
-            r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
-            job = r.json()["request_id"]
-            until(lambda: len(tasks) == 1)  # pushed, no long-poll
-            task_b = b.next_task()
-            assert task_b is not None and tasks[0]["job_id"] == job == task_b["job_id"]
-            s.open(job)
-            s.post(job, [(b.node_id, b"one")])
-            assert _received(b, job, 1) == [b"one"]
-            b.send(job, [(a.node_id, 1, b"back")])
-            assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"back")
-
-            s._ws.close()  # the connection drops: a new signed handshake, then on as before  # type: ignore[union-attr]
-            s.post(job, [(b.node_id, b"two")])
-            assert _received(b, job, 2) == [b"one", b"two"]
-            # The new connection pushed the unreported task again (API.md §1.11): run once.
-            until(lambda: s._ws is not None)
-            until(lambda: "pushed again" in caplog.text)
-            assert len(tasks) == 1
-            result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
-            b.report(task_b["task_id"], result=result)
-            ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
-            assert ack == {"task_status": "done", "job_status": "done"}
-            # A signing job is not followed after our result (API.md §1.11): its end came in the ack.
+            yield http, a, b, key_id, s, tasks
         finally:
             s.stop()
             link.close()
+
+
+def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shardguard.node")
+    with streaming(server) as (http, a, b, key_id, s, tasks):
+        r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+        job = r.json()["request_id"]
+        until(lambda: len(tasks) == 1)  # pushed, no long-poll
+        task_b = b.next_task()
+        assert task_b is not None and tasks[0]["job_id"] == job == task_b["job_id"]
+        s.open(job)
+        s.post(job, [(b.node_id, b"one")])
+        assert _received(b, job, 1) == [b"one"]
+        b.send(job, [(a.node_id, 1, b"back")])
+        assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"back")
+
+        s._ws.close()  # the connection drops: a new signed handshake, then on as before  # type: ignore[union-attr]
+        s.post(job, [(b.node_id, b"two")])
+        assert _received(b, job, 2) == [b"one", b"two"]
+        # The new connection pushed the unreported task again (API.md §1.11): run once.
+        until(lambda: s._ws is not None)
+        until(lambda: "pushed again" in caplog.text)
+        assert len(tasks) == 1
+        result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+        b.report(task_b["task_id"], result=result)
+        ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
+        assert ack == {"task_status": "done", "job_status": "done"}
+        # A signing job is not followed after our result (API.md §1.11): its end came in the ack.
 
 
 def _want_frames(http: httpx.Client) -> float:
@@ -96,37 +105,25 @@ def test_a_want_only_when_the_coordinator_needs_one(server: str) -> None:
     the room down (API.md §1.11): the node does not send a want per task handed out and per
     job closed, only when the room the coordinator counts falls below half of its own; every
     job's messages still arrive."""
-    with httpx.Client(base_url=server) as http:
-        a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
-        for n in (a, b):
-            assert n.register().status_code == 200
-        key_id = run_dkg(http, [a, b])
-        tasks: list[Mapping[str, Any]] = []
-        link = CoordinatorLink(server, a.keys)
-        s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4)
-        s.start()
-        try:
-            until(lambda: _want_frames(http) == 1)  # the first, on connecting
-            result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
-            body = {"message_hex": "00", "signers": ["node-a", "node-b"]}
-            for i in range(8):
-                r = http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
-                job = r.json()["request_id"]
-                until(lambda: len(tasks) == i + 1)
-                task_b = b.next_task()
-                assert task_b is not None and task_b["job_id"] == job == tasks[i]["job_id"]
-                b.send(job, [(a.node_id, 1, b"to a")])
-                assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"to a")  # pushed: the job is followed
-                b.report(task_b["task_id"], result=result)
-                assert s.report(tasks[i]["task_id"], {"status": "done", "result": result, "error": None})["job_status"] == "done"
-                s.close(job)
-            # Room 4, counted down per task: a want at 1 left (1 * 2 < 4), i.e. every 3 tasks.
-            # Before: two per task (17 here).
-            time.sleep(0.3)
-            assert _want_frames(http) == 1 + 8 // 3
-        finally:
-            s.stop()
-            link.close()
+    with streaming(server) as (http, a, b, key_id, s, tasks):
+        until(lambda: _want_frames(http) == 1)  # the first, on connecting
+        result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+        body = {"message_hex": "00", "signers": ["node-a", "node-b"]}
+        for i in range(8):
+            r = http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
+            job = r.json()["request_id"]
+            until(lambda: len(tasks) == i + 1)
+            task_b = b.next_task()
+            assert task_b is not None and task_b["job_id"] == job == tasks[i]["job_id"]
+            b.send(job, [(a.node_id, 1, b"to a")])
+            assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"to a")  # pushed: the job is followed
+            b.report(task_b["task_id"], result=result)
+            assert s.report(tasks[i]["task_id"], {"status": "done", "result": result, "error": None})["job_status"] == "done"
+            s.close(job)
+        # Room 4, counted down per task: a want at 1 left (1 * 2 < 4), i.e. every 3 tasks.
+        # Before: two per task (17 here).
+        time.sleep(0.3)
+        assert _want_frames(http) == 1 + 8 // 3
 
 
 def _received(node: FakeNode, job: str, n: int) -> list[bytes]:

@@ -128,6 +128,25 @@ def nodes_behind(proxy: CuttingProxy, d: Path, client: Client) -> Iterator[None]
                 p.kill()
 
 
+@contextlib.contextmanager
+def cutting(proxy: CuttingProxy) -> Iterator[None]:
+    """Cut every connection at random moments, 50-300 ms apart, while the block runs."""
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))  # a new schedule each run
+    stop = threading.Event()
+
+    def cutter() -> None:
+        while not stop.wait(rng.uniform(0.05, 0.3)):
+            proxy.cut()
+
+    t = threading.Thread(target=cutter, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
 def _sign_until(
     client: Client, key: dict[str, Any], enough: Any, threads: int, limit: float
 ) -> list[tuple[bytes, dict[str, Any], float]]:
@@ -175,21 +194,9 @@ def sign_through_cuts(client: Client, proxy: CuttingProxy, scheme: str, count: i
     """``count`` signatures or more from three clients while every connection is cut every
     50-300 ms (at least ``CUTS`` times); all done, none waited out its deadline."""
     key = client.create_key(scheme, 2, NODES)  # no cuts during the DKG
-    rng = random.Random(int.from_bytes(os.urandom(4), "big"))  # a new schedule each run; printed if it fails
-    stop = threading.Event()
-
-    def cutter() -> None:
-        while not stop.wait(rng.uniform(0.05, 0.3)):
-            proxy.cut()
-
     before = proxy.cuts
-    t = threading.Thread(target=cutter, daemon=True)
-    t.start()
-    try:
+    with cutting(proxy):
         done = _sign_until(client, key, lambda n: n >= count and proxy.cuts - before >= CUTS, threads=3, limit=60)
-    finally:
-        stop.set()
-        t.join()
     cuts = proxy.cuts - before
     print(f"{scheme}: {len(done)} signatures, {cuts} cuts, slowest {max(s for _, _, s in done):.2f} s")
     assert cuts >= CUTS and len(done) >= count, f"{len(done)} signatures, {cuts} cuts in 60 s"
@@ -205,18 +212,9 @@ def test_dkg_and_refresh_survive_connections_cut_at_random(chaos_cluster: tuple[
     """The longer jobs too: DKG (ECDSA: with its OT setup), then a refresh, then a signature,
     with every connection cut every 50-300 ms throughout."""
     client, proxy = chaos_cluster
-    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
-    stop = threading.Event()
-
-    def cutter() -> None:
-        while not stop.wait(rng.uniform(0.05, 0.3)):
-            proxy.cut()
-
     before = proxy.cuts
-    t = threading.Thread(target=cutter, daemon=True)
-    t.start()
     rounds: list[tuple[dict[str, Any], list[tuple[bytes, dict[str, Any], float]]]] = []
-    try:
+    with cutting(proxy):
         t0 = time.monotonic()
         while not rounds or (proxy.cuts - before < 5 and len(rounds) < 10):  # Ed25519's are quick
             key = client.create_key(scheme, 2, NODES)
@@ -225,9 +223,6 @@ def test_dkg_and_refresh_survive_connections_cut_at_random(chaos_cluster: tuple[
             assert client.key(key["key_id"])["epoch"] == epoch + 1
             rounds.append((key, _sign_until(client, key, lambda n: n >= 2, threads=1, limit=60)))
         took = time.monotonic() - t0
-    finally:
-        stop.set()
-        t.join()
     cuts = proxy.cuts - before
     print(f"{scheme}: {len(rounds)} x (DKG + refresh + 2 signatures) in {took:.1f} s, {cuts} cuts")
     assert cuts >= 5
