@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,16 +84,19 @@ class CuttingProxy:
         self.cut()
 
 
+Chaos = tuple[Client, CuttingProxy, "Nodes"]
+
+
 @pytest.fixture(scope="module")
-def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, CuttingProxy]]:
+def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
     d = tmp_path_factory.mktemp("chaos")
     c = dev.up(d, 0, job_timeout=JOB_TIMEOUT)  # the coordinator only; the nodes go through the proxy
     host, port = c["url"].rsplit("//", 1)[1].rsplit(":", 1)
     proxy = CuttingProxy((host, int(port)))
     client = Client(c["url"], c["token"], timeout=60)
     try:
-        with nodes_behind(proxy, d, client):
-            yield client, proxy
+        with nodes_behind(proxy, d, client) as nodes:
+            yield client, proxy, nodes
     finally:
         client.close()
         proxy.close()
@@ -102,30 +106,63 @@ def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cl
     assert "Traceback" not in log, log[-3000:]
 
 
-@contextlib.contextmanager
-def nodes_behind(proxy: CuttingProxy, d: Path, client: Client) -> Iterator[None]:
-    """The three node processes, reaching the coordinator only through ``proxy``."""
-    procs = []
-    try:
-        for node_id in NODES:
-            argv = [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", f"http://127.0.0.1:{proxy.port}",
-                    "--state", str(d / node_id), "--node-id", node_id, "--platform", "simulated", "--allow-simulated",
-                    "--log-level", "INFO"]  # fmt: skip
-            with open(d / f"{node_id}.log", "ab") as log:
-                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        end = time.monotonic() + 60
-        while len([n for n in client.nodes() if n.get("alive", True)]) < len(NODES):
-            assert time.monotonic() < end, f"nodes did not register (see {d}/node-*.log)"
-            time.sleep(0.2)
-        yield
-    finally:
-        for p in procs:
+class Nodes:
+    """The three node processes, reaching the coordinator only through the proxy."""
+
+    def __init__(self, proxy: CuttingProxy, d: Path) -> None:
+        self.proxy, self.d = proxy, d
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node_id: str) -> None:
+        argv = [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", f"http://127.0.0.1:{self.proxy.port}",
+                "--state", str(self.d / node_id), "--node-id", node_id, "--platform", "simulated", "--allow-simulated",
+                "--log-level", "INFO"]  # fmt: skip
+        with open(self.d / f"{node_id}.log", "ab") as log:
+            self.procs[node_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, node_id: str) -> None:
+        p = self.procs.pop(node_id)
+        p.kill()
+        p.wait(10)
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
             p.terminate()
-        for p in procs:
+        for p in self.procs.values():
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def wait_alive(client: Client, count: int, since: float = 0.0) -> None:
+    """Until ``count`` nodes are registered and alive (registered after ``since``, a Unix time)."""
+    end = time.monotonic() + 60
+    while True:
+        alive = [n for n in client.nodes() if n.get("alive", True) and _ts(n.get("registered_at")) >= since]
+        if len(alive) >= count:
+            return
+        assert time.monotonic() < end, "nodes did not register"
+        time.sleep(0.2)
+
+
+def _ts(iso: Any) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(str(iso)).timestamp() if iso else 0.0
+
+
+@contextlib.contextmanager
+def nodes_behind(proxy: CuttingProxy, d: Path, client: Client) -> Iterator[Nodes]:
+    """The three node processes, reaching the coordinator only through ``proxy``."""
+    nodes = Nodes(proxy, d)
+    try:
+        for node_id in NODES:
+            nodes.start(node_id)
+        wait_alive(client, len(NODES))
+        yield nodes
+    finally:
+        nodes.stop_all()
 
 
 @contextlib.contextmanager
@@ -186,8 +223,8 @@ def _sign_until(
 
 
 @pytest.mark.parametrize(("scheme", "count"), [("ed25519", 24), ("ecdsa", 6)])
-def test_signing_survives_connections_cut_at_random(chaos_cluster: tuple[Client, CuttingProxy], scheme: str, count: int) -> None:
-    sign_through_cuts(*chaos_cluster, scheme, count)
+def test_signing_survives_connections_cut_at_random(chaos_cluster: Chaos, scheme: str, count: int) -> None:
+    sign_through_cuts(*chaos_cluster[:2], scheme, count)
 
 
 def sign_through_cuts(client: Client, proxy: CuttingProxy, scheme: str, count: int) -> None:
@@ -208,10 +245,10 @@ def sign_through_cuts(client: Client, proxy: CuttingProxy, scheme: str, count: i
 
 
 @pytest.mark.parametrize("scheme", ["ed25519", "ecdsa"])
-def test_dkg_and_refresh_survive_connections_cut_at_random(chaos_cluster: tuple[Client, CuttingProxy], scheme: str) -> None:
+def test_dkg_and_refresh_survive_connections_cut_at_random(chaos_cluster: Chaos, scheme: str) -> None:
     """The longer jobs too: DKG (ECDSA: with its OT setup), then a refresh, then a signature,
     with every connection cut every 50-300 ms throughout."""
-    client, proxy = chaos_cluster
+    client, proxy, _nodes = chaos_cluster
     before = proxy.cuts
     rounds: list[tuple[dict[str, Any], list[tuple[bytes, dict[str, Any], float]]]] = []
     with cutting(proxy):
@@ -236,3 +273,30 @@ def _check(scheme: str, key: dict[str, Any], done: list[tuple[bytes, dict[str, A
     for payload, req, _ in done:
         assert req["status"] == "done"
         check_signature(key, req["result"], payload)
+
+
+def test_repair_survives_connections_cut_at_random(chaos_cluster: Chaos) -> None:
+    """A node that lost its disk is repaired by its peers (FROST), key after key, while every
+    connection is cut, and signs with each of them afterwards."""
+    client, proxy, nodes = chaos_cluster
+    keys = [client.create_key(scheme, 2, NODES) for scheme in ("ed25519", "bip340") * 4]
+    nodes.kill("node-3")
+    shutil.rmtree(nodes.d / "node-3")  # the disk is gone
+    since = time.time()
+    nodes.start("node-3")
+    wait_alive(client, 1, since)  # node-3, registered again
+    before = proxy.cuts
+    with cutting(proxy):
+        t0 = time.monotonic()
+        signed = []
+        for key in keys:
+            client.repair(key["key_id"], "node-3")
+            for signers in (["node-3", "node-1"], ["node-2", "node-3"]):
+                payload = os.urandom(32)
+                signed.append((key, payload, client.sign_request(key["key_id"], message=payload, signers=signers, timeout=60)))
+        took = time.monotonic() - t0
+    cuts = proxy.cuts - before
+    print(f"{len(keys)} repairs + {len(signed)} signatures in {took:.1f} s, {cuts} cuts")
+    assert cuts >= 5 and took < JOB_TIMEOUT
+    for key, payload, req in signed:
+        _check(key["scheme"], key, [(payload, req, 0.0)])
