@@ -15,6 +15,7 @@ error (reason, culprits, party).
 from __future__ import annotations
 
 import functools
+import secrets
 import ssl
 import time
 from collections.abc import Sequence
@@ -48,6 +49,15 @@ class RequestFailed(Exception):
         )
 
 
+#: How often a create-key or sign call is sent in all when the network loses its answer.
+RETRIES = 4
+
+
+def new_idempotency_key() -> str:
+    """A fresh random ``Idempotency-Key`` (128 bits)."""
+    return secrets.token_urlsafe(16)
+
+
 @functools.cache
 def _tls() -> ssl.SSLContext:
     """httpx's default TLS context (certificate and host name checks, the certifi roots),
@@ -75,10 +85,31 @@ class Client:
         self._http.close()
 
     def _call(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
+        """One API call. A GET, or a call with ``idempotency_key`` (API.md §2), whose answer was
+        lost to the network (connection reset, timeout, …) is sent again, up to ``RETRIES``
+        times in all, with the same key: the coordinator answers the first request instead of
+        making a second."""
         kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        r = self._http.request(method, path, json=json, params=params, **kw)
+        if idempotency_key is not None:
+            kw["headers"] = {"Idempotency-Key": idempotency_key}
+        for attempt in range(1, RETRIES + 1):
+            try:
+                r = self._http.request(method, path, json=json, params=params, **kw)
+                break
+            except httpx.TransportError:
+                # Reads are safe to repeat; writes only under an idempotency key.
+                if (idempotency_key is None and method != "GET") or attempt == RETRIES:
+                    raise
+                time.sleep(0.2 * attempt)
         if r.status_code >= 400:
             try:
                 e = r.json()["error"]
@@ -120,8 +151,13 @@ class Client:
                 raise TimeoutError(f"request {request_id} still {r['status']} after {timeout:.0f} s")
 
     # -- writes ------------------------------------------------------------------------------
-    def create_key(self, scheme: str, threshold: int, nodes: Sequence[str], *, wait: bool = True) -> dict[str, Any]:
-        out = dict(self._call("POST", "/v1/keys", json={"scheme": scheme, "threshold": threshold, "nodes": list(nodes)}))
+    def create_key(
+        self, scheme: str, threshold: int, nodes: Sequence[str], *, wait: bool = True, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """A new key (its DKG). ``idempotency_key``: yours, to make a retry of this very call
+        from elsewhere safe too; by default a fresh one, so the call's own retries are."""
+        body = {"scheme": scheme, "threshold": threshold, "nodes": list(nodes)}
+        out = dict(self._call("POST", "/v1/keys", json=body, idempotency_key=idempotency_key or new_idempotency_key()))
         if wait:
             self.wait(out["request_id"])
             return self.key(out["key_id"])
@@ -136,13 +172,19 @@ class Client:
         path: str | None = None,
         signers: Sequence[str] | None = None,
         wait: bool = True,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """ECDSA keys sign a 32-byte ``digest`` (never a raw message); FROST keys a ``message``.
-        Returns the public result (``wait``) or the accepted request (``wait=False``)."""
+        Returns the public result (``wait``) or the accepted request (``wait=False``).
+        ``idempotency_key`` as for :meth:`create_key`: a lost answer is retried, never signed twice."""
         if not wait:
             body = _sign_body(digest, message, path, signers)
-            return dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body))
-        return dict(self.sign_request(key_id, digest=digest, message=message, path=path, signers=signers)["result"])
+            key = idempotency_key or new_idempotency_key()
+            return dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body, idempotency_key=key))
+        req = self.sign_request(
+            key_id, digest=digest, message=message, path=path, signers=signers, idempotency_key=idempotency_key
+        )
+        return dict(req["result"])
 
     def sign_request(
         self,
@@ -153,12 +195,19 @@ class Client:
         path: str | None = None,
         signers: Sequence[str] | None = None,
         timeout: float = 180.0,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Submit a signature and wait for it: the whole request record once done (timestamps,
         signers, result), :class:`RequestFailed` if it failed. One call when the signature comes
-        within the server's long-poll, as it normally does."""
+        within the server's long-poll, as it normally does; a lost answer is asked again under
+        the same idempotency key (a fresh one unless given), so the digest is signed once."""
         body = _sign_body(digest, message, path, signers)
-        out = dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body, params={"wait": min(25.0, timeout)}, timeout=60))
+        out = dict(
+            self._call(
+                "POST", f"/v1/keys/{key_id}/sign", json=body, params={"wait": min(25.0, timeout)}, timeout=60,
+                idempotency_key=idempotency_key or new_idempotency_key(),
+            )
+        )  # fmt: skip
         if out.get("status") == "done":
             return out
         if out.get("status") == "failed":

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Protocol, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Path, Query, Request, Security, WebSocket
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security, WebSocket
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -40,6 +40,11 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+#: ``Idempotency-Key`` (API.md §2): the same key again, from the same token, answers the first
+#: request instead of making a second one.
+_IdemKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+]
 _NODE_HEADERS = (wire.HEADER_NODE, wire.HEADER_TIMESTAMP, wire.HEADER_NONCE, wire.HEADER_SIGNATURE)
 _NODE_AUTH_DOC = {
     "description": (
@@ -458,8 +463,10 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
     # -- keys and requests ----------------------------------------------------------------------
     @app.post("/v1/keys", tags=["keys"], status_code=202, response_model=schemas.KeyAccepted)
-    async def create_key(body: schemas.CreateKey, t: KeyWriter) -> dict[str, Any]:
-        return await run(coord.create_key, body.scheme, body.threshold, list(body.nodes), body.allow_single, t.token_id)
+    async def create_key(body: schemas.CreateKey, t: KeyWriter, idempotency_key: _IdemKey = None) -> dict[str, Any]:
+        return await run(
+            coord.create_key, body.scheme, body.threshold, list(body.nodes), body.allow_single, t.token_id, idempotency_key
+        )
 
     @app.get("/v1/keys", tags=["keys"], response_model=list[schemas.KeyOut])
     async def list_keys(_t: Reader) -> list[dict[str, Any]]:
@@ -475,7 +482,11 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
     @app.post("/v1/keys/{key_id}/sign", tags=["keys"], status_code=202, response_model=schemas.Accepted, responses=ended)
     async def sign(
-        key_id: _ID, body: schemas.SignRequest, t: Signer, wait: Annotated[float, Query(ge=0, le=300)] = 0.0
+        key_id: _ID,
+        body: schemas.SignRequest,
+        t: Signer,
+        wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
+        idempotency_key: _IdemKey = None,
     ) -> JSONResponse:
         """Queue a signature. ``wait``: also long-poll up to that many seconds (capped by the
         server) and answer **200** with the request as ``GET /v1/requests/{id}`` would — done,
@@ -488,6 +499,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             path=body.path,
             signers=body.signers,
             requested_by=t.token_id,
+            idempotency_key=idempotency_key,
         )
         if wait <= 0:
             return JSONResponse(out, status_code=202)

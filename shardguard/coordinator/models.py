@@ -136,7 +136,12 @@ class Job(Base):
     """A client request (``request_id`` in the API) and its outcome."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"), Index("ix_jobs_key_status", "key_id", "status"))
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_key_status", "key_id", "status"),
+        # One job per client idempotency key and token (NULLs never collide).
+        Index("uq_jobs_idempotency", "requested_by", "idempotency_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     #: dkg | sign | refresh | repair
@@ -161,6 +166,10 @@ class Job(Base):
     next_msg_seq: Mapped[int] = mapped_column(BigInteger, default=1)
     mailbox_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     requested_by: Mapped[str | None] = mapped_column(String(32))
+    #: The client's ``Idempotency-Key`` (API.md §2), and SHA-256 (hex) of what it asked with
+    #: it: the same key again returns this job, with another request it is refused.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    idempotency_fp: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     started_at: Mapped[dt.datetime | None]

@@ -94,6 +94,32 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def _fingerprint(kind: str, **fields: Any) -> str:
+    """What a client asked for under an idempotency key (SHA-256 hex of canonical JSON)."""
+    return hashlib.sha256(canonical_json({"kind": kind, **fields}).encode()).hexdigest()
+
+
+def _same_request(seen: Any, fp: str | None, key: str) -> None:
+    if seen.idempotency_fp != fp:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was used for another request ({seen.id})",
+            field="Idempotency-Key",
+        )
+
+
+def _once(submit: Callable[[], dict[str, Any]], idempotency_key: str | None) -> dict[str, Any]:
+    """``submit()``; if a request with the same idempotency key committed between its look-up
+    and its insert (the unique index refused the second), once more: it then finds that one."""
+    try:
+        return submit()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        return submit()
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -391,8 +417,36 @@ class Coordinator:
                 raise ApiError(422, "validation_error", f"node {n!r} is not registered", field=f"{field}[{i}]")
 
     def create_key(
-        self, scheme: str, threshold: int, nodes: Sequence[str], allow_single: bool, requested_by: str
+        self,
+        scheme: str,
+        threshold: int,
+        nodes: Sequence[str],
+        allow_single: bool,
+        requested_by: str,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """A new key: its DKG job. With ``idempotency_key``, the same request again (a retry)
+        answers the first one's key and request instead of making another key."""
+        fp = _fingerprint("dkg", scheme=scheme, threshold=threshold, nodes=list(nodes), allow_single=allow_single)
+        return _once(lambda: self._create_key(scheme, threshold, nodes, allow_single, requested_by, idempotency_key, fp),
+                     idempotency_key)  # fmt: skip
+
+    def _create_key(
+        self,
+        scheme: str,
+        threshold: int,
+        nodes: Sequence[str],
+        allow_single: bool,
+        requested_by: str,
+        idempotency_key: str | None,
+        fp: str,
+    ) -> dict[str, Any]:
+        if idempotency_key is not None:
+            with self.db.read() as s:
+                seen = s.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": idempotency_key}).first()
+            if seen is not None:
+                _same_request(seen, fp, idempotency_key)
+                return {"key_id": seen.key_id, "request_id": seen.id}
         n = len(nodes)
         if threshold > n:
             raise ApiError(422, "validation_error", f"threshold {threshold} exceeds the {n} nodes", field="threshold")
@@ -419,6 +473,8 @@ class Coordinator:
             s.add(key)
             s.flush()
             job = self._new_job(s, "dkg", key, {}, participants, requested_by, now)
+            if idempotency_key is not None:
+                job.idempotency_key, job.idempotency_fp = idempotency_key, fp
             self._submit(s, job, key, now)
         return {"key_id": key.id, **self._started(job, "dkg")}
 
@@ -493,11 +549,42 @@ class Coordinator:
         path: str | None,
         signers: Sequence[str] | None,
         requested_by: str,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a signature. With ``idempotency_key``, the same request again (a retry after a
+        lost answer) answers the first one's request id instead of signing twice."""
+        fp = None
+        if idempotency_key is not None:
+            fp = _fingerprint(
+                "sign", key_id=key_id, digest_hex=digest.hex() if digest is not None else None,
+                message_hex=message.hex() if message is not None else None, path=path,
+                signers=list(signers) if signers is not None else None,
+            )  # fmt: skip
+        return _once(
+            lambda: self._submit_sign(key_id, digest, message, path, signers, requested_by, idempotency_key, fp),
+            idempotency_key,
+        )
+
+    def _submit_sign(
+        self,
+        key_id: str,
+        digest: bytes | None,
+        message: bytes | None,
+        path: str | None,
+        signers: Sequence[str] | None,
+        requested_by: str,
+        idempotency_key: str | None,
+        fp: str | None,
     ) -> dict[str, Any]:
         now = utc_now()
         # Prebuilt statements on the raw connection (rawsql): one transaction per signature
         # request, the commonest write.
         with self.db.raw.write() as conn:
+            if idempotency_key is not None:
+                seen = conn.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": idempotency_key}).first()
+                if seen is not None:
+                    _same_request(seen, fp, idempotency_key)
+                    return {"request_id": seen.id}
             key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
             if key is None:
                 raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
@@ -561,6 +648,8 @@ class Coordinator:
                 "mailbox_bytes": 0, "requested_by": requested_by, "created_at": now, "updated_at": now,
                 "instance": None, "epoch": None, "lease_owner": None, "lease_until": None, "started_at": None,
             }  # fmt: skip
+            if idempotency_key is not None:
+                job |= {"idempotency_key": idempotency_key, "idempotency_fp": fp}
             if run_now:
                 job |= {
                     "status": "running", "instance": secrets.token_bytes(32).hex(), "epoch": key.epoch, "attempts": 1,
@@ -1501,6 +1590,9 @@ _QUEUED_TASKS = (
     .order_by(Task.created_at, Task.id)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
+)
+_JOB_BY_IDEMPOTENCY = select(Job.id, Job.key_id, Job.idempotency_fp).where(
+    Job.requested_by == bindparam("by"), Job.idempotency_key == bindparam("key")
 )
 _CLAIMED_TASKS = (
     select(Task.id, Task.job_id, Task.party_index)

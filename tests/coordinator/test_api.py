@@ -179,6 +179,57 @@ def test_sign_validation_names_the_field(client: TestClient, nodes: list[FakeNod
     assert ok.status_code == 202
 
 
+def test_an_idempotency_key_makes_a_retry_answer_the_first_request(
+    client: TestClient, nodes: list[FakeNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """API.md §2: the same ``Idempotency-Key`` from the same token answers the first request (a
+    retry after a lost answer signs once, makes one key); with another request it is refused;
+    other tokens have their own keys; without it, every call is a new request."""
+    key_id = run_dkg(client, nodes)
+    body = {"message_hex": "00", "signers": ["node-a", "node-b"]}
+    h = ADMIN | {"Idempotency-Key": "pay-42"}
+    first = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=h)
+    assert first.status_code == 202
+    again = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=h)
+    assert again.status_code == 202 and again.json() == first.json()
+    err(client.post(f"/v1/keys/{key_id}/sign", json=body | {"message_hex": "01"}, headers=h), 422, "idempotency_key_reused",
+        "Idempotency-Key")  # fmt: skip
+    other = token(client, "sign:write") | {"Idempotency-Key": "pay-42"}
+    assert client.post(f"/v1/keys/{key_id}/sign", json=body, headers=other).json() != first.json()
+    assert client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN).json() != first.json()
+    err(client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN | {"Idempotency-Key": "a b"}), 422, "validation_error")
+    err(client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN | {"Idempotency-Key": "k" * 129}), 422,
+        "validation_error")  # fmt: skip
+    # With ?wait the retry long-polls the same request.
+    waited = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=h, params={"wait": 0.05})
+    assert waited.status_code == 200 and waited.json()["request_id"] == first.json()["request_id"]
+    # Key creation: one key per idempotency key.
+    create = {"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}
+    k1 = client.post("/v1/keys", json=create, headers=ADMIN | {"Idempotency-Key": "new-key-1"})
+    k2 = client.post("/v1/keys", json=create, headers=ADMIN | {"Idempotency-Key": "new-key-1"})
+    assert k1.status_code == k2.status_code == 202 and k1.json() == k2.json()
+    single = create | {"threshold": 1, "allow_single": True}
+    err(client.post("/v1/keys", json=single, headers=ADMIN | {"Idempotency-Key": "new-key-1"}), 422, "idempotency_key_reused")
+    # Two retries racing: the later one looked before the first committed, so its insert hits
+    # the unique index; it looks again and answers the first request.
+    from shardguard.coordinator import service as service_module
+
+    coordinator = coord(client)
+    real_submit, real_stmt = coordinator._submit_sign, service_module._JOB_BY_IDEMPOTENCY
+
+    def looked_too_early(*args: Any) -> Any:
+        monkeypatch.setattr(service_module, "_JOB_BY_IDEMPOTENCY", real_stmt.where(sa_false()))
+        try:
+            return real_submit(*args)
+        finally:
+            monkeypatch.setattr(service_module, "_JOB_BY_IDEMPOTENCY", real_stmt)
+            monkeypatch.setattr(coordinator, "_submit_sign", real_submit)
+
+    monkeypatch.setattr(coordinator, "_submit_sign", looked_too_early)
+    assert client.post(f"/v1/keys/{key_id}/sign", json=body, headers=h).json() == first.json()
+    assert coordinator._submit_sign == real_submit  # the stale look-up ran (and was undone)
+
+
 def test_sign_needs_an_active_key(client: TestClient, nodes: list[FakeNode]) -> None:
     err(client.post("/v1/keys/key_missing/sign", json={"message_hex": "00"}, headers=ADMIN), 404, "not_found", "key_id")
     r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN)

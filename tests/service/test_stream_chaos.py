@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from shardguard import dev
@@ -300,3 +301,44 @@ def test_repair_survives_connections_cut_at_random(chaos_cluster: Chaos) -> None
     assert cuts >= 5 and took < JOB_TIMEOUT
     for key, payload, req in signed:
         _check(key["scheme"], key, [(payload, req, 0.0)])
+
+
+def test_a_client_whose_answers_are_lost_signs_each_digest_once(chaos_cluster: Chaos) -> None:
+    """The client's own connection cut at random (API.md §2): a sign call whose answer is lost is
+    sent again under the same Idempotency-Key, and the coordinator answers the first request —
+    every digest signed, each by exactly one request."""
+    import sqlite3
+
+    client, _proxy, nodes = chaos_cluster
+    key = client.create_key("ed25519", 2, NODES)
+    host, port = client._http.base_url.host, client._http.base_url.port
+    front = CuttingProxy((host, int(port or 80)))
+    cut_client = Client(f"http://127.0.0.1:{front.port}", client._http.headers["Authorization"].split()[1], timeout=60)
+    lost = {"n": 0}
+    send = cut_client._http.request
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return send(*args, **kwargs)
+        except httpx.TransportError:
+            lost["n"] += 1
+            raise
+
+    cut_client._http.request = counting  # type: ignore[method-assign]
+    db = sqlite3.connect(f"file:{nodes.d / 'coordinator.sqlite3'}?mode=ro", uri=True)
+    try:
+        (before,) = db.execute("SELECT count(*) FROM jobs WHERE kind = 'sign'").fetchone()
+        with cutting(front):
+            done = _sign_until(cut_client, key, lambda n: n >= 20 and front.cuts >= CUTS, threads=3, limit=60)
+        (after,) = db.execute("SELECT count(*) FROM jobs WHERE kind = 'sign'").fetchone()
+        twice = db.execute(
+            "SELECT idempotency_key FROM jobs WHERE kind = 'sign' GROUP BY requested_by, idempotency_key HAVING count(*) > 1"
+        ).fetchall()
+    finally:
+        db.close()
+        cut_client.close()
+        front.close()
+    print(f"{len(done)} signatures through {front.cuts} cuts of the client's connection, {lost['n']} answers lost")
+    assert front.cuts >= CUTS and lost["n"] >= 1 and twice == []
+    assert after - before == len(done)  # one request per digest, retries included
+    _check("ed25519", key, done)
