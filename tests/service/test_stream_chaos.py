@@ -6,6 +6,7 @@ under an independent library."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import os
@@ -342,3 +343,63 @@ def test_a_client_whose_answers_are_lost_signs_each_digest_once(chaos_cluster: C
     assert front.cuts >= CUTS and lost["n"] >= 1 and twice == []
     assert after - before == len(done)  # one request per digest, retries included
     _check("ed25519", key, done)
+
+
+def test_a_coordinator_crash_among_the_cuts(chaos_cluster: Chaos) -> None:
+    """kill -9 of the coordinator while signatures run and every node connection is cut at
+    random: each request ends done, or failed with a reason (or the client could not reach
+    the coordinator while it was down); once it is back, signing goes on, and no request waits
+    out more than its deadline."""
+    import signal
+
+    from shardguard.client import RequestFailed
+
+    client, proxy, nodes = chaos_cluster
+    d = nodes.d
+    key = client.create_key("ed25519", 2, NODES)
+    outcomes: list[tuple[str, float, float]] = []  # (done | failed:<reason> | unreachable, start, seconds)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(k: int) -> None:
+        pairs = [NODES[:2], NODES[1:], [NODES[0], NODES[2]]]
+        i = k
+        while not stop.is_set():
+            t0 = time.monotonic()
+            payload = os.urandom(32)
+            try:
+                req = client.sign_request(key["key_id"], message=payload, signers=pairs[i % 3], timeout=JOB_TIMEOUT + 30)
+                check_signature(key, req["result"], payload)
+                what = "done"
+            except RequestFailed as e:
+                assert e.reason and e.reason != "unknown", e
+                what = f"failed:{e.reason}"
+            except httpx.TransportError:
+                what = "unreachable"
+                time.sleep(0.2)
+            with lock:
+                outcomes.append((what, t0, time.monotonic() - t0))
+            i += 3
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    with cutting(proxy):
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        os.kill(int(dev.Cluster.load(d)["coordinator"]["pid"]), signal.SIGKILL)
+        crashed = time.monotonic()
+        time.sleep(0.5)
+        dev.restart_coordinator(d)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:  # until ten signatures started after the restart are done
+            with lock:
+                if sum(1 for w, t0, _ in outcomes if w == "done" and t0 > crashed + 0.5) >= 10:
+                    break
+            time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(JOB_TIMEOUT + 60)
+    summary = collections.Counter(w for w, _, _ in outcomes)
+    print(f"coordinator crash among {proxy.cuts} cuts: {dict(summary)}, slowest {max(s for _, _, s in outcomes):.1f} s")
+    assert sum(1 for w, t0, _ in outcomes if w == "done" and t0 > crashed + 0.5) >= 10
+    assert max(s for _, _, s in outcomes) < JOB_TIMEOUT + 30
