@@ -214,16 +214,26 @@ class Client:
             raise RequestFailed(out)
         return self.wait(out["request_id"], timeout=timeout)
 
-    def refresh(self, key_id: str, *, wait: bool = True) -> dict[str, Any]:
-        out = dict(self._call("POST", f"/v1/keys/{key_id}/refresh"))
+    def refresh(self, key_id: str, *, wait: bool = True, idempotency_key: str | None = None) -> dict[str, Any]:
+        key = idempotency_key or new_idempotency_key()
+        out = dict(self._call("POST", f"/v1/keys/{key_id}/refresh", idempotency_key=key))
         return self.wait(out["request_id"]) if wait else out
 
-    def repair(self, key_id: str, lost: str, *, helpers: Sequence[str] | None = None, wait: bool = True) -> dict[str, Any]:
+    def repair(
+        self,
+        key_id: str,
+        lost: str,
+        *,
+        helpers: Sequence[str] | None = None,
+        wait: bool = True,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         """Rebuild ``lost``'s share of a FROST key from t helpers (the node restarted empty)."""
         body: dict[str, Any] = {"lost": lost}
         if helpers is not None:
             body["helpers"] = list(helpers)
-        out = dict(self._call("POST", f"/v1/keys/{key_id}/repair", json=body))
+        key = idempotency_key or new_idempotency_key()
+        out = dict(self._call("POST", f"/v1/keys/{key_id}/repair", json=body, idempotency_key=key))
         return self.wait(out["request_id"]) if wait else out
 
     def create_token(self, scopes: Sequence[str], label: str = "") -> dict[str, Any]:

@@ -513,12 +513,12 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         return JSONResponse(await _long_poll(notifier, f"job:{request_id}", wait, settings.poll_interval, check, runner=hot))
 
     @app.post("/v1/keys/{key_id}/refresh", tags=["keys"], status_code=202, response_model=schemas.Accepted)
-    async def refresh(key_id: _ID, t: KeyWriter) -> dict[str, Any]:
-        return await run(coord.submit_refresh, key_id, t.token_id)
+    async def refresh(key_id: _ID, t: KeyWriter, idempotency_key: _IdemKey = None) -> dict[str, Any]:
+        return await run(coord.submit_refresh, key_id, t.token_id, idempotency_key)
 
     @app.post("/v1/keys/{key_id}/repair", tags=["keys"], status_code=202, response_model=schemas.Accepted)
-    async def repair(key_id: _ID, body: schemas.Repair, t: KeyWriter) -> dict[str, Any]:
-        return await run(coord.submit_repair, key_id, body.lost, body.helpers, t.token_id)
+    async def repair(key_id: _ID, body: schemas.Repair, t: KeyWriter, idempotency_key: _IdemKey = None) -> dict[str, Any]:
+        return await run(coord.submit_repair, key_id, body.lost, body.helpers, t.token_id, idempotency_key)
 
     @app.get("/v1/requests", tags=["requests"], response_model=list[schemas.RequestOut])
     async def list_requests(

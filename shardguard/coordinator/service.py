@@ -441,12 +441,9 @@ class Coordinator:
         idempotency_key: str | None,
         fp: str,
     ) -> dict[str, Any]:
-        if idempotency_key is not None:
-            with self.db.read() as s:
-                seen = s.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": idempotency_key}).first()
-            if seen is not None:
-                _same_request(seen, fp, idempotency_key)
-                return {"key_id": seen.key_id, "request_id": seen.id}
+        seen = self._seen(requested_by, idempotency_key, fp)
+        if seen is not None:
+            return {"key_id": seen.key_id, "request_id": seen.id}
         n = len(nodes)
         if threshold > n:
             raise ApiError(422, "validation_error", f"threshold {threshold} exceeds the {n} nodes", field="threshold")
@@ -472,9 +469,7 @@ class Coordinator:
             self._check_nodes(s, nodes, "nodes")
             s.add(key)
             s.flush()
-            job = self._new_job(s, "dkg", key, {}, participants, requested_by, now)
-            if idempotency_key is not None:
-                job.idempotency_key, job.idempotency_fp = idempotency_key, fp
+            job = self._new_job(s, "dkg", key, {}, participants, requested_by, now, idempotency_key, fp)
             self._submit(s, job, key, now)
         return {"key_id": key.id, **self._started(job, "dkg")}
 
@@ -487,6 +482,8 @@ class Coordinator:
         participants: list[dict[str, Any]],
         by: str,
         now: dt.datetime,
+        idempotency_key: str | None = None,
+        fp: str | None = None,
     ) -> Job:
         job = Job(
             id=new_id("req"),
@@ -501,11 +498,24 @@ class Coordinator:
             next_msg_seq=1,
             mailbox_bytes=0,
             requested_by=by,
+            idempotency_key=idempotency_key,
+            idempotency_fp=fp if idempotency_key is not None else None,
             created_at=now,
             updated_at=now,
         )
         s.add(job)
         return job
+
+    def _seen(self, requested_by: str, idempotency_key: str | None, fp: str) -> Any:
+        """The job made earlier under ``idempotency_key`` by this token (None if none); the
+        request must be the same (422 ``idempotency_key_reused`` otherwise)."""
+        if idempotency_key is None:
+            return None
+        with self.db.read() as s:
+            seen = s.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": idempotency_key}).first()
+        if seen is not None:
+            _same_request(seen, fp, idempotency_key)
+        return seen
 
     def _key_out(self, key: Key) -> dict[str, Any]:
         return {
@@ -688,16 +698,36 @@ class Coordinator:
         )
         return sorted((key.node_ids[i] for i in order[: key.threshold]), key=key.node_ids.index)
 
-    def submit_refresh(self, key_id: str, requested_by: str) -> dict[str, Any]:
+    def submit_refresh(self, key_id: str, requested_by: str, idempotency_key: str | None = None) -> dict[str, Any]:
+        """A refresh; with ``idempotency_key``, a retry answers the first request."""
+        fp = _fingerprint("refresh", key_id=key_id)
+        return _once(lambda: self._submit_refresh(key_id, requested_by, idempotency_key, fp), idempotency_key)
+
+    def _submit_refresh(self, key_id: str, requested_by: str, idempotency_key: str | None, fp: str) -> dict[str, Any]:
+        seen = self._seen(requested_by, idempotency_key, fp)
+        if seen is not None:
+            return {"request_id": seen.id}
         now = utc_now()
         with self.db.write() as s:
             key = self._active_key(s, key_id)
             participants = [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)]
-            job = self._new_job(s, "refresh", key, {}, participants, requested_by, now)
+            job = self._new_job(s, "refresh", key, {}, participants, requested_by, now, idempotency_key, fp)
             self._submit(s, job, key, now)
         return self._started(job, "refresh")
 
-    def submit_repair(self, key_id: str, lost: str, helpers: Sequence[str] | None, requested_by: str) -> dict[str, Any]:
+    def submit_repair(
+        self, key_id: str, lost: str, helpers: Sequence[str] | None, requested_by: str, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """A share repair; with ``idempotency_key``, a retry answers the first request."""
+        fp = _fingerprint("repair", key_id=key_id, lost=lost, helpers=list(helpers) if helpers is not None else None)
+        return _once(lambda: self._submit_repair(key_id, lost, helpers, requested_by, idempotency_key, fp), idempotency_key)
+
+    def _submit_repair(
+        self, key_id: str, lost: str, helpers: Sequence[str] | None, requested_by: str, idempotency_key: str | None, fp: str
+    ) -> dict[str, Any]:
+        seen = self._seen(requested_by, idempotency_key, fp)
+        if seen is not None:
+            return {"request_id": seen.id}
         now = utc_now()
         with self.db.write() as s:
             key = self._active_key(s, key_id)
@@ -720,7 +750,8 @@ class Coordinator:
                 raise ApiError(422, "validation_error", f"need at least t = {key.threshold} helpers", field="helpers")
             chosen = sorted(helpers, key=index.__getitem__)
             participants = [{"node_id": nid, "index": index[nid]} for nid in sorted([*chosen, lost], key=index.__getitem__)]
-            job = self._new_job(s, "repair", key, {"lost": lost, "helpers": chosen}, participants, requested_by, now)
+            params = {"lost": lost, "helpers": chosen}
+            job = self._new_job(s, "repair", key, params, participants, requested_by, now, idempotency_key, fp)
             self._submit(s, job, key, now)
         return self._started(job, "repair")
 

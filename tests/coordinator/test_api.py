@@ -210,6 +210,16 @@ def test_an_idempotency_key_makes_a_retry_answer_the_first_request(
     assert k1.status_code == k2.status_code == 202 and k1.json() == k2.json()
     single = create | {"threshold": 1, "allow_single": True}
     err(client.post("/v1/keys", json=single, headers=ADMIN | {"Idempotency-Key": "new-key-1"}), 422, "idempotency_key_reused")
+    # Refresh and repair: the same, each under its own key.
+    r1 = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN | {"Idempotency-Key": "rot-1"})
+    r2 = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN | {"Idempotency-Key": "rot-1"})
+    assert r1.status_code == r2.status_code == 202 and r1.json() == r2.json()
+    fix = {"lost": "node-c", "helpers": ["node-a", "node-b"]}
+    p1 = client.post(f"/v1/keys/{key_id}/repair", json=fix, headers=ADMIN | {"Idempotency-Key": "fix-1"})
+    p2 = client.post(f"/v1/keys/{key_id}/repair", json=fix, headers=ADMIN | {"Idempotency-Key": "fix-1"})
+    assert p1.status_code == p2.status_code == 202 and p1.json() == p2.json() != r1.json()
+    err(client.post(f"/v1/keys/{key_id}/repair", json=fix | {"lost": "node-b", "helpers": ["node-a", "node-c"]},
+                    headers=ADMIN | {"Idempotency-Key": "fix-1"}), 422, "idempotency_key_reused")  # fmt: skip
     # Two retries racing: the later one looked before the first committed, so its insert hits
     # the unique index; it looks again and answers the first request.
     from shardguard.coordinator import service as service_module
