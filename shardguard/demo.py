@@ -167,7 +167,8 @@ class Story:
 
     @property
     def c(self) -> Client:
-        assert self.client is not None
+        if self.client is None:
+            raise RuntimeError("the demo's client is used before the cluster is up")
         return self.client
 
     def steps(self) -> list[tuple[str, Callable[[], tuple[str, str]]]]:

@@ -197,7 +197,8 @@ def _record(cls: type[_T]) -> Callable[..., _T]:
     third of the cost. Only for classes without ``__post_init__`` or default factories: the
     object is exactly the one ``cls(**fields)`` builds."""
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    assert not hasattr(cls, "__post_init__") and all(isinstance(cls.__dict__[n], types.MemberDescriptorType) for n in names)
+    if hasattr(cls, "__post_init__") or not all(isinstance(cls.__dict__[n], types.MemberDescriptorType) for n in names):
+        raise TypeError(f"{cls.__name__}: only slotted dataclasses without __post_init__")  # at import, by our own code
     env: dict[str, Any] = {"_new": object.__new__, "_cls": cls} | {f"_set_{n}": cls.__dict__[n].__set__ for n in names}
     body = "".join(f"    _set_{n}(o, {n})\n" for n in names)
     exec(f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n", env)  # noqa: S102
@@ -275,7 +276,8 @@ class EnclaveReport:
 
     @classmethod
     def parse(cls, raw: bytes) -> EnclaveReport:
-        assert len(raw) == _REPORT_LEN
+        if len(raw) != _REPORT_LEN:  # the callers slice exactly this much
+            raise _fail(_R.MALFORMED, f"report of {len(raw)} bytes, not {_REPORT_LEN}", platform="dcap", field="report")
         # The struct's fields are the dataclass's, in order, after ``raw``.
         return _new_enclave_report(raw, *_REPORT_BODY.unpack(raw))
 
@@ -323,7 +325,8 @@ class TdReport:
 
     @classmethod
     def parse(cls, raw: bytes) -> TdReport:
-        assert len(raw) in (_TD10_LEN, _TD15_LEN)
+        if len(raw) not in (_TD10_LEN, _TD15_LEN):  # the callers slice exactly this much
+            raise _fail(_R.MALFORMED, f"TD report of {len(raw)} bytes", platform="tdx", field="body")
         v15 = len(raw) == _TD15_LEN
         f = (_TD15_BODY if v15 else _TD10_BODY).unpack(raw)
         return _new_td_report(raw, *f[:10], f[10:14], f[14], f[15] if v15 else None, f[16] if v15 else None)
@@ -880,7 +883,8 @@ def _decode_sgx_extension_fast(value: bytes) -> PckInfo | None:
     ):
         return None
     tcb = _TCB_ENTRY.fullmatch(value, tcb_start, tcb_end)
-    assert tcb is not None  # the same pattern, capturing
+    if tcb is None:  # cannot happen (the same pattern, capturing): the general path decides
+        return None
     g = tcb.groups()
     flags = m.group("dynamic_platform", "cached_keys", "smt_enabled")
     return _new_pck_info(
@@ -1123,7 +1127,8 @@ def _rendered_names(cns: Sequence[str]) -> Mapping[bytes, tuple[str, str]]:
             ]
         )
         der, text = name.public_bytes(), name.rfc4514_string()
-        assert _plain_name(der) == (text, cn)  # the general fast path agrees
+        if _plain_name(der) != (text, cn):  # the general fast path must agree (checked at import)
+            raise RuntimeError(f"the name fast path disagrees with cryptography on {text!r}")
         out[der] = (text, cn)
     return types.MappingProxyType(out)
 
@@ -1536,13 +1541,17 @@ _INTEL_ROOT_PEM_BODY: Final = (
 
 
 def _decode_pinned_root(der: bytes) -> tuple[_Cert, bytes]:
-    assert hashlib.sha256(der).hexdigest() == "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+    # At import, on our own constant: any failure here is a broken package, never input.
+    if hashlib.sha256(der).hexdigest() != "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3":
+        raise RuntimeError("the pinned Intel root certificate is not the expected one")
     root = _decode_cert(der)
     key = root.key
-    assert isinstance(key, ec.EllipticCurvePublicKey) and root.hash_alg is not None and root.issuer_der == root.subject_der
+    if not (isinstance(key, ec.EllipticCurvePublicKey) and root.hash_alg is not None and root.issuer_der == root.subject_der):
+        raise RuntimeError("the pinned Intel root is not a self-issued EC certificate")
     key.verify(root.cert.signature, root.tbs, ec.ECDSA(root.hash_alg))  # raises if it were not self-signed
     spki = hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
-    assert INTEL_ROOTS.get(spki) == "intel-sgx-root-ca"
+    if INTEL_ROOTS.get(spki) != "intel-sgx-root-ca":
+        raise RuntimeError("the pinned Intel root's key is not in INTEL_ROOTS")
     root.self_signed = True
     _ = root.basic_constraints(), root.label  # looked up and rendered once, here
     return root, spki
@@ -1882,8 +1891,7 @@ _JSON_WS: Final = re.compile(r"[ \t\n\r]*")
 
 def _ws(text: str, pos: int) -> int:
     m = _JSON_WS.match(text, pos)
-    assert m is not None  # the pattern matches the empty string
-    return m.end()
+    return pos if m is None else m.end()  # it matches the empty string: never None
 
 
 def _raw_members(text: str, field: str) -> dict[str, str]:
@@ -2480,7 +2488,8 @@ def evaluate_tcb(quote: Quote, pck: PckInfo, tcb_info: TcbInfo, qe_identity: QeI
         if lv.pcesvn > pck.pcesvn or not all(map(operator.ge, pck.tcb_comp_svn, lv.sgx_svns)):
             continue
         if tee_tcb_svn is not None:
-            assert lv.tdx_svns is not None
+            if lv.tdx_svns is None:  # cannot happen: the TDX parser requires them
+                raise _coll_fail("a TDX TCB level without tdxtcbcomponents", "tcb_info.tcbLevels")
             if not all(map(operator.ge, tee_tcb_svn[start:], lv.tdx_svns[start:])):
                 continue
         level = lv
@@ -2751,7 +2760,8 @@ def _check_collateral(
     windows.append(("tcb_info", tcb_info.issue_date, tcb_info.next_update))
     qe_identity: QeIdentity | None = None
     if coll.qe_identity is not None:
-        assert coll.qe_identity_signature is not None and coll.qe_identity_issuer_chain is not None
+        if coll.qe_identity_signature is None or coll.qe_identity_issuer_chain is None:  # load_collateral pairs them
+            raise _coll_fail("QE identity without its signature or issuer chain", "qe_identity")
         signers.append(
             verify_signed_json(
                 coll.qe_identity,

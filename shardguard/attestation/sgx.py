@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from shardguard.attestation.dcap import INTEL_ROOTS, Collateral, EnclaveReport, verify_quote
+from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.result import Verified
 
 __all__ = ["verify_sgx"]
@@ -52,7 +53,10 @@ def verify_sgx(
     """
     verdict = verify_quote(quote, platform=PLATFORM, collateral=collateral, at=at, roots=roots)
     body = verdict.quote.body
-    assert isinstance(body, EnclaveReport)  # verify_quote refuses a TDX quote for platform "sgx"
+    if not isinstance(body, EnclaveReport):  # cannot happen: verify_quote refuses a TDX quote for "sgx"
+        raise AttestationError(
+            AttestationReason.MALFORMED, "the quote body is not an enclave report", platform=PLATFORM, field="body"
+        )
     fields = verdict.to_fields()
     h = fields["body"]  # the body's fields, already in hex: not rendered twice
     measurements = {

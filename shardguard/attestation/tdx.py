@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from shardguard.attestation.dcap import INTEL_ROOTS, Collateral, TdReport, verify_quote
+from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.result import Verified
 
 __all__ = ["verify_tdx"]
@@ -58,7 +59,8 @@ def verify_tdx(
     """
     verdict = verify_quote(quote, platform=PLATFORM, collateral=collateral, at=at, roots=roots)
     body = verdict.quote.body
-    assert isinstance(body, TdReport)  # verify_quote refuses an SGX quote for platform "tdx"
+    if not isinstance(body, TdReport):  # cannot happen: verify_quote refuses an SGX quote for "tdx"
+        raise AttestationError(AttestationReason.MALFORMED, "the quote body is not a TD report", platform=PLATFORM, field="body")
     fields = verdict.to_fields()
     h = fields["body"]  # the body's fields, already in hex: not rendered twice
     measurements = {

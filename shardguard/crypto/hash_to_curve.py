@@ -63,7 +63,8 @@ __all__ = [
 
 # -- suite constants (RFC 9380 §8.7) ---------------------------------------------------------------
 _P = 2**256 - 2**32 - 2**9 - 2**8 - 2**7 - 2**6 - 2**4 - 1
-assert SECP256K1.field_prime == _P
+if SECP256K1.field_prime != _P:  # at import: a broken constant, never input
+    raise RuntimeError("hash_to_curve: secp256k1 field prime mismatch")
 # E': y'^2 = x'^3 + A'·x' + B'
 _A = 0x3F8731ABDD661ADCA08A5558F0F5D272E953D363CB6F0E5D405447C01A444533
 _B = 1771
@@ -72,7 +73,8 @@ _Z = _P - 11  # Z = -11
 # sqrt_ratio_3mod4 constants (Appendix F.2.1.2): c1 = (q - 3) / 4, c2 = sqrt(-Z).
 _SQRT_C1 = (_P - 3) // 4
 _SQRT_C2 = pow(11, (_P + 1) // 4, _P)
-assert _SQRT_C2 * _SQRT_C2 % _P == 11
+if _SQRT_C2 * _SQRT_C2 % _P != 11:
+    raise RuntimeError("hash_to_curve: sqrt(-Z) constant is wrong")
 
 # 3-isogeny constants k_(i,j) (Appendix E.1).
 _K10 = 0x8E38E38E38E38E38E38E38E38E38E38E38E38E38E38E38E38E38E38DAAAAA8C7
