@@ -184,6 +184,9 @@ def test_unwritable_directory_as_non_root() -> None:
     if pid == 0:
         result: dict[str, object] = {}
         try:
+            # Made before dropping privileges: the simulated measurement hashes the package,
+            # which uid 65534 may not read (a checkout in a 0700 directory, as from mktemp -d).
+            platform = SimulatedPlatform(state_dir=base / "platform")
             if as_root:
                 os.close(r)
                 for p in [base, *base.rglob("*")]:
@@ -191,7 +194,6 @@ def test_unwritable_directory_as_non_root() -> None:
                 os.setgroups([])
                 os.setgid(65534)
                 os.setuid(65534)
-            platform = SimulatedPlatform(state_dir=base / "platform")
             s = Keystore.open(base / "ks", platform)
             s.stage("k1", FROST_A[0])
             s.commit("k1", 0)
@@ -227,7 +229,8 @@ def test_unwritable_directory_as_non_root() -> None:
         data += chunk
     os.close(r)
     os.waitpid(pid, 0)
-    os.chmod(base / "ks", 0o755)
+    with contextlib.suppress(FileNotFoundError):  # the child may have failed before making it
+        os.chmod(base / "ks", 0o755)
     shutil.rmtree(base, ignore_errors=True)
     _check_unwritable(json.loads(data), expect_uid=65534)
 
