@@ -2,8 +2,8 @@
 
 A node makes its keys at boot (:class:`NodeKeys`), attests :func:`binding` of its
 :class:`PeerCard` and a verifier's nonce, and is admitted by each peer with :func:`admit_peer`
-only when that evidence passes the peer's policy. A :class:`Channel` then carries HPKE-sealed
-(RFC 9180), Ed25519-signed envelopes that the untrusted coordinator relays but cannot read,
+only when that evidence passes the peer's policy. A :class:`Channel` then carries encrypted
+(under link keys sealed with HPKE, RFC 9180), Ed25519-signed envelopes that the untrusted coordinator relays but cannot read,
 forge, re-target or replay.
 
 This package imports :mod:`shardguard.attestation` and :mod:`shardguard.crypto` only.

@@ -1,75 +1,84 @@
 """An attested end-to-end channel between two nodes (ARCHITECTURE §6).
 
-Every protocol message travels as one **envelope**: HPKE-sealed to the recipient's attested
-channel key (RFC 9180, base mode §5.1.1, single-shot API §6.1) and Ed25519-signed by the
-sender's attested identity key. The coordinator relays envelopes it cannot read (HPKE), forge
-(signature), re-target, move to another session, or replay (header checks below).
+Every protocol message travels as one **envelope**: encrypted under a **link key** that is
+HPKE-sealed to the recipient's attested channel key (RFC 9180, base mode §5.1.1, single-shot
+API §6.1), and Ed25519-signed by the sender's attested identity key. The coordinator relays
+envelopes it cannot read (HPKE), forge (signature), re-target, move to another session, or
+replay (header checks below).
 
-Envelope, version 1 (fixed binary, big-endian, every length checked)::
+Envelope, version 2 (fixed binary, big-endian, every length checked)::
 
     off  size  field
-    0    1     version                      = 1
+    0    1     version                      = 2
     1    32    session_id
     33   1     s = len(sender id)           1..64, then s bytes of ASCII
          1     r = len(recipient id)        1..64, then r bytes of ASCII
          8     seq                          u64
-         ----- the header ends here: it is the HPKE info (see below)
-         2     e = len(enc)                 = Nenc of the recipient's KEM (32 or 1120)
-         e     enc                          HPKE encapsulated key
+         ----- the header ends here: it is the AEAD associated data (see below)
+         2     w = len(wrap)                = Nenc of the recipient's KEM + 32 + 16 (80 or 1168)
+         w     wrap                         HPKE enc ‖ ChaCha20-Poly1305(link key) ‖ tag
+         12    nonce                        random, for the message AEAD
          4     c = len(ct)                  16..MAX_PLAINTEXT + 16
-         c     ct                           ChaCha20-Poly1305 ciphertext ‖ tag
+         c     ct                           ChaCha20-Poly1305(link key, nonce, aad) ciphertext ‖ tag
          64    signature                    Ed25519, by the sender's identity key
 
-**Header binding.** The header is bound into HPKE through the ``info`` parameter, not the AEAD
-``aad``: RFC 9180 §8.1 says applications of the single-shot API should put auxiliary
-authenticated data in ``info``, and pyca/cryptography's public single-shot API takes ``info``
-only. ``info`` enters the key schedule (§5.1), so a changed header yields a different AEAD key
-and the open fails exactly as a changed AAD would.
+**Link keys.** A sender makes a random 32-byte link key per recipient (per recipient channel
+key) and seals it once with HPKE, ``info = "…/link-key" ‖ frame(sender) ‖ frame(recipient)``;
+that ``wrap`` rides in every envelope it seals under the key, so every envelope still opens on
+its own, in any order, after any restart of either side. The recipient decapsulates a wrap once
+and keeps the key (bounded LRU, in memory), keyed by sender and wrap. A link key seals at most
+:data:`LINK_KEY_USES` envelopes and is then replaced. Why: one HPKE seal costs ~0.1–0.2 ms
+(an X25519 key generation and a DH; with ML-KEM also an encapsulation) and one open ~0.1 ms;
+a signing job sends each peer three or more envelopes, so per-envelope encapsulations were
+about a fifth of a node's CPU per signature.
 
-**Signature.** Base-mode HPKE authenticates nobody (§5.1.1): anyone with the recipient's public
-key can seal. The sender's Ed25519 signature over ``frame(DOMAIN_TAG) ‖ frame("envelope") ‖
-everything before the signature`` proves which admitted peer sent it, and lets the recipient
-reject forgeries before spending a decapsulation. Encrypt-then-sign cannot be stripped and
-re-signed by another node: the sender id is inside the HPKE info, so a re-signed envelope
+**Why it is safe.** Link keys exist only in enclave memory and are never written anywhere, so
+a restart or a rolled-back disk (ARCHITECTURE §1) cannot bring one back. Message nonces are
+random 96-bit values, never counters, so no state can make one repeat; with at most 4096
+envelopes per key, the chance that two nonces collide is below 2^-72. The header (version,
+session, sender, recipient, seq) is the AEAD's associated data, so it cannot be changed even by
+a holder of the link key. Forward secrecy towards the sender is per link key rather than per
+envelope (RFC 9180 §9.7.4): memory taken from the sender's enclave reveals the envelopes sealed
+under its current link keys. Against theft of the recipient's channel key (also enclave memory
+only) nothing changes: that key opens every wrap, as it opened every envelope before.
+
+**Signature.** Neither HPKE base mode nor the link key authenticates anybody (§5.1.1): anyone
+with the recipient's public key can seal. The sender's Ed25519 signature over
+``frame(DOMAIN_TAG) ‖ frame("envelope") ‖ everything before the signature`` proves which
+admitted peer sent it, and lets the recipient reject forgeries before spending a
+decapsulation. Encrypt-then-sign cannot be stripped and re-signed by another node: the sender
+id is inside the AEAD's associated data and the wrap's HPKE info, so a re-signed envelope
 either names the wrong signer or fails to open.
 
 **Receive order.** Parse and size limits; sender is our admitted peer; signature; and only
 then the checks that name a reason: recipient is us, session is ours, sequence number strictly
 above the last accepted one (RFC 9180 §9.7.3 leaves replay protection to the application);
-finally HPKE open. Reasons are reported only for envelopes the peer really signed, so a forger
-learns nothing: every failed authenticity check raises the same :class:`ChannelAuthError` with
-the same message (STYLE: pyca Fernet's ``InvalidToken``).
-
-**One fresh encapsulation per envelope — cost and why.** Each :meth:`Channel.seal` runs a full
-HPKE single-shot seal: an ephemeral key pair and encapsulation (X25519: one key generation and
-one DH; hybrid: additionally an ML-KEM-768 encapsulation and 1120 bytes of ``enc`` instead of
-32), plus one Ed25519 signature; each :meth:`Channel.open` runs one signature verification and
-one decapsulation. Measured on a 2-vCPU Xeon dev VM (``test_seal_open_timing_1kib``, 1 KiB,
-median): seal + open 0.31 ms for X25519 (HPKE seal 0.09 ms of it, Ed25519 verify 0.11 ms) and
-0.37 ms for the hybrid, whose envelopes are 1088 bytes longer — small next to a protocol round
-trip through the coordinator. A long-lived HPKE context (§5.2, sequence-numbered nonces) would
-be cheaper per message but is **state both sides must keep**: an enclave restart would lose it,
-and a sender restored from a rolled-back disk (the host can do that, ARCHITECTURE §1) would
-reuse AEAD nonces under the same key, which breaks ChaCha20-Poly1305 outright. Single-shot
-envelopes share no secret state, so a crash loses nothing and no nonce can repeat; the sender's
-ephemeral key is discarded after each envelope (§9.7.4: forward secrecy towards the sender,
-not against later theft of the recipient's key — which lives only in enclave memory).
+finally the wrap (HPKE open, unless known) and the AEAD. Reasons are reported only for
+envelopes the peer really signed, so a forger learns nothing: every failed authenticity check
+raises the same :class:`ChannelAuthError` with the same message (STYLE: pyca Fernet's
+``InvalidToken``).
 
 **Sequence state.** The receiver keeps the last accepted ``seq`` per (session, sender) — one
 :class:`Channel` is one (local node, peer, session) — in memory. Keep exactly one Channel per
 (session, peer) and give every session a fresh id; a restarted node makes new keys and
-re-attests, so an old envelope cannot open under its new key. A Channel is not thread-safe.
+re-attests, so an old envelope cannot open under its new key. A Channel is not thread-safe;
+the link keys it shares with the other Channels of its :class:`NodeKeys` are.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
+import secrets
+import threading
+import weakref
 from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from shardguard.channel.identity import (
     DOMAIN_TAG,
@@ -86,6 +95,7 @@ from shardguard.channel.peer import AdmittedPeer
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "LINK_KEY_USES",
     "MAX_ENVELOPE",
     "MAX_PLAINTEXT",
     "MAX_SEQ",
@@ -96,7 +106,9 @@ __all__ = [
     "ReplayReason",
 ]
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
+#: Envelopes one link key seals before the sender makes a new one.
+LINK_KEY_USES = 4096
 SESSION_ID_LEN = 32
 MAX_SEQ = 2**64 - 1
 #: Largest plaintext one envelope carries. The biggest protocol payload is ~8.5 KB (a 255-party
@@ -105,15 +117,25 @@ MAX_SEQ = 2**64 - 1
 MAX_PLAINTEXT = 256 * 1024
 
 _SIG_LEN = 64
-_TAG_LEN = 16  # ChaCha20-Poly1305 (RFC 9180 §7.3: Nt = 16)
-_MAX_ENC = max(k.enc_len for k in KemId)
+_TAG_LEN = 16  # ChaCha20-Poly1305 (RFC 8439; RFC 9180 §7.3: Nt = 16)
+_KEY_LEN = 32
+_NONCE_LEN = 12
+_WRAP_EXTRA = _KEY_LEN + _TAG_LEN  # a wrap is enc ‖ sealed link key
+_MAX_WRAP = max(k.enc_len for k in KemId) + _WRAP_EXTRA
+_MIN_WRAP = min(k.enc_len for k in KemId) + _WRAP_EXTRA
 #: Largest well-formed envelope; anything longer is refused before it is parsed.
-MAX_ENVELOPE = 1 + SESSION_ID_LEN + 2 * (1 + MAX_NODE_ID_LEN) + 8 + 2 + _MAX_ENC + 4 + MAX_PLAINTEXT + _TAG_LEN + _SIG_LEN
-_MIN_ENVELOPE = 1 + SESSION_ID_LEN + 2 * (1 + 1) + 8 + 2 + 1 + 4 + _TAG_LEN + _SIG_LEN
+MAX_ENVELOPE = (
+    1 + SESSION_ID_LEN + 2 * (1 + MAX_NODE_ID_LEN) + 8 + 2 + _MAX_WRAP + _NONCE_LEN + 4 + MAX_PLAINTEXT + _TAG_LEN + _SIG_LEN
+)
+_MIN_ENVELOPE = 1 + SESSION_ID_LEN + 2 * (1 + 1) + 8 + 2 + _MIN_WRAP + _NONCE_LEN + 4 + _TAG_LEN + _SIG_LEN
 
 _SIG_CONTEXT = b"envelope"
-# A fixed prefix, so ``info`` of this layer can never equal ``info`` of another use of HPKE.
-_INFO_PREFIX = DOMAIN_TAG + b"/hpke-info\x00"
+# Fixed prefixes, so this layer's HPKE ``info`` and AEAD associated data can never equal those
+# of another use of the same keys.
+_WRAP_INFO_PREFIX = DOMAIN_TAG + b"/link-key\x00"
+_AAD_PREFIX = DOMAIN_TAG + b"/envelope-aad\x00"
+#: Link keys a node keeps of its peers (each an HPKE open saved per envelope).
+_RECEIVED_LINK_KEYS = 256
 
 
 class ChannelAuthError(ChannelError):
@@ -150,9 +172,81 @@ class ChannelReplayError(ChannelError):
 def _hpke_seal(suite: hpke.Suite, public_key: HpkePublicKey, plaintext: bytes, *, info: bytes) -> bytes:
     """RFC 9180 §6.1 ``SealBase(pkR, info, "", pt)`` → ``enc ‖ ct``, a fresh encapsulation.
 
-    The one place this package encrypts; only :meth:`Channel.seal` calls it.
+    The one place this package HPKE-encrypts: link keys, for :meth:`Channel.seal`.
     """
     return suite.encrypt(plaintext, public_key, info=info)
+
+
+def _aead_seal(key: ChaCha20Poly1305, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """RFC 8439 ChaCha20-Poly1305 under a link key; the one place messages are encrypted."""
+    return key.encrypt(nonce, plaintext, aad)
+
+
+def _wrap_info(sender: str, recipient: str) -> bytes:
+    s, r = sender.encode("ascii"), recipient.encode("ascii")
+    return _WRAP_INFO_PREFIX + bytes([len(s)]) + s + bytes([len(r)]) + r
+
+
+class _LinkKeys:
+    """The link keys of one :class:`NodeKeys` (see the module docstring): those it seals with,
+    per recipient channel key, and those it has unwrapped, per sender and wrap. Thread-safe:
+    every task thread of a node shares them. Secret: never logged, pickled or shown."""
+
+    __slots__ = ("_lock", "_received", "_sending")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (recipient id, KEM, channel key) -> [AEAD, wrap, envelopes left]
+        self._sending: dict[tuple[str, KemId, bytes], list[Any]] = {}
+        self._received: collections.OrderedDict[tuple[str, bytes], ChaCha20Poly1305] = collections.OrderedDict()
+
+    def for_sending(self, sender: str, peer: PeerCard, suite: hpke.Suite, pk: HpkePublicKey) -> tuple[ChaCha20Poly1305, bytes]:
+        slot = (peer.node_id, peer.kem_id, peer.channel_public_key)
+        with self._lock:
+            link = self._sending.get(slot)
+            if link is None or link[2] <= 0:
+                key = secrets.token_bytes(_KEY_LEN)
+                wrap = _hpke_seal(suite, pk, key, info=_wrap_info(sender, peer.node_id))
+                link = self._sending[slot] = [ChaCha20Poly1305(key), wrap, LINK_KEY_USES]
+            link[2] -= 1
+            return link[0], link[1]
+
+    def for_opening(self, me: NodeKeys, sender: str, wrap: bytes) -> ChaCha20Poly1305:
+        """The link key in ``wrap``; raises ``InvalidTag``/``ValueError`` if it does not open.
+        Call only for an envelope whose signature the sender's identity key has verified."""
+        slot = (sender, wrap)
+        with self._lock:
+            key = self._received.get(slot)
+            if key is not None:
+                self._received.move_to_end(slot)
+                return key
+        raw = me.hpke_open(wrap, info=_wrap_info(sender, me.node_id))
+        if len(raw) != _KEY_LEN:
+            raise ValueError("link key of the wrong length")
+        key = ChaCha20Poly1305(raw)
+        with self._lock:
+            self._received[slot] = key
+            while len(self._received) > _RECEIVED_LINK_KEYS:
+                self._received.popitem(last=False)
+        return key
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("link keys are secret; they cannot be pickled")
+
+    def __repr__(self) -> str:
+        return "_LinkKeys(<redacted>)"
+
+
+_LINKS: weakref.WeakKeyDictionary[NodeKeys, _LinkKeys] = weakref.WeakKeyDictionary()
+_LINKS_LOCK = threading.Lock()
+
+
+def _links_of(me: NodeKeys) -> _LinkKeys:
+    with _LINKS_LOCK:
+        links = _LINKS.get(me)
+        if links is None:
+            links = _LINKS[me] = _LinkKeys()
+        return links
 
 
 def _hpke_public_key(card: PeerCard) -> HpkePublicKey:
@@ -180,7 +274,7 @@ def _header(session_id: bytes, sender: str, recipient: str, seq: int) -> bytes:
 class _Envelope:
     """A parsed envelope (structure only: nothing in it is trusted yet)."""
 
-    __slots__ = ("body", "ct", "enc", "header", "recipient", "sender", "seq", "session_id", "signature")
+    __slots__ = ("body", "ct", "header", "nonce", "recipient", "sender", "seq", "session_id", "signature", "wrap")
 
     def __init__(self, data: bytes) -> None:
         # Every failure below is a ChannelAuthError: malformed bytes are as unauthentic as
@@ -209,12 +303,14 @@ class _Envelope:
         self.seq = int.from_bytes(data[off : off + 8], "big")
         off += 8
         self.header = data[:off]
-        e = int.from_bytes(data[off : off + 2], "big")
+        w = int.from_bytes(data[off : off + 2], "big")
         off += 2
-        if not 1 <= e <= _MAX_ENC or off + e + 4 > n:
+        if not _MIN_WRAP <= w <= _MAX_WRAP or off + w + _NONCE_LEN + 4 > n:
             raise ChannelAuthError
-        self.enc = data[off : off + e]
-        off += e
+        self.wrap = data[off : off + w]
+        off += w
+        self.nonce = data[off : off + _NONCE_LEN]
+        off += _NONCE_LEN
         c = int.from_bytes(data[off : off + 4], "big")
         off += 4
         if not _TAG_LEN <= c <= MAX_PLAINTEXT + _TAG_LEN or off + c + _SIG_LEN != n:
@@ -240,7 +336,7 @@ class Channel:
             id, or a session id that is not 32 bytes.
     """
 
-    __slots__ = ("_last_opened", "_last_sealed", "_me", "_my_id", "_peer", "_peer_pk", "_peer_suite", "_session_id")
+    __slots__ = ("_last_opened", "_last_sealed", "_links", "_me", "_my_id", "_peer", "_peer_pk", "_peer_suite", "_session_id")
 
     def __init__(self, me: NodeKeys, my_card: PeerCard, peer: AdmittedPeer, session_id: bytes) -> None:
         if not isinstance(me, NodeKeys):
@@ -259,6 +355,7 @@ class Channel:
         self._peer = peer
         self._peer_suite = peer.card.kem_id.suite()
         self._peer_pk = _hpke_public_key(peer.card)
+        self._links = _links_of(me)
         self._session_id = session_id
         self._last_sealed: int | None = None
         self._last_opened: int | None = None
@@ -308,10 +405,10 @@ class Channel:
             # The peer would refuse it as a replay; fail here, where the bug is.
             raise ChannelUsageError(f"seq {seq} is not above the last sealed {self._last_sealed}")
         header = _header(self._session_id, self._my_id, self._peer.node_id, seq)
-        sealed = _hpke_seal(self._peer_suite, self._peer_pk, plaintext, info=_INFO_PREFIX + header)
-        nenc = self._peer.card.kem_id.enc_len
-        enc, ct = sealed[:nenc], sealed[nenc:]
-        body = header + len(enc).to_bytes(2, "big") + enc + len(ct).to_bytes(4, "big") + ct
+        key, wrap = self._links.for_sending(self._my_id, self._peer.card, self._peer_suite, self._peer_pk)
+        nonce = secrets.token_bytes(_NONCE_LEN)
+        ct = _aead_seal(key, nonce, plaintext, _AAD_PREFIX + header)
+        body = header + len(wrap).to_bytes(2, "big") + wrap + nonce + len(ct).to_bytes(4, "big") + ct
         envelope = body + self._me.sign(_SIG_CONTEXT, body)
         self._last_sealed = seq
         return envelope
@@ -350,10 +447,11 @@ class Channel:
         if self._last_opened is not None and env.seq <= self._last_opened:
             reason = ReplayReason.REPLAYED if env.seq == self._last_opened else ReplayReason.REORDERED
             raise ChannelReplayError(reason, seq=env.seq, last_seq=self._last_opened)
-        if len(env.enc) != self._me.kem_id.enc_len:
+        if len(env.wrap) != self._me.kem_id.enc_len + _WRAP_EXTRA:
             raise ChannelAuthError
         try:
-            plaintext = self._me.hpke_open(env.enc + env.ct, info=_INFO_PREFIX + env.header)
+            key = self._links.for_opening(self._me, env.sender, env.wrap)
+            plaintext = key.decrypt(env.nonce, env.ct, _AAD_PREFIX + env.header)
         except (InvalidTag, ValueError):
             raise ChannelAuthError from None
         self._last_opened = env.seq

@@ -31,6 +31,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 __all__ = ["RawConnection", "RawDatabase", "Rows"]
 
 _NO_VALUE = object()
+#: Expanded forms kept per statement (one per tuple of IN-list lengths seen).
+_MAX_EXPANSIONS = 256
 
 
 class Rows(list[Any]):
@@ -60,7 +62,19 @@ class _Prepared(NamedTuple):
     #: Per result column: its processor or None; and the row type.
     result_procs: tuple[Any, ...]
     row: type | None
-    expanding: bool
+    #: Names of the ``expanding`` (IN-list) binds; empty if there are none.
+    expanding: tuple[str, ...]
+    #: Expanded forms already built, by the lengths of the expanding lists (see ``_bind``);
+    #: None where the plan could not be proven equal to SQLAlchemy's own expansion.
+    expansions: dict[tuple[int, ...], _Expansion | None]
+
+
+class _Expansion(NamedTuple):
+    """One statement expanded for given IN-list lengths: the SQL, and where each of the driver's
+    values comes from: ``(bind name, index into that bind's list or -1, bind processor)``."""
+
+    sql: str
+    plan: tuple[tuple[str, str, int, Any], ...]
 
 
 def _prepare(stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None) -> _Prepared:
@@ -86,8 +100,13 @@ def _prepare(stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] |
         cols = compiled._result_columns
         result_procs = tuple(c[3]._cached_result_processor(dialect, None) for c in cols)
         row = collections.namedtuple("Row", [c[0] for c in cols], rename=True)  # type: ignore[misc,no-redef]
-    expanding = bool(compiled.post_compile_params) or bool(compiled.literal_execute_params)
-    return _Prepared(compiled, compiled.string, names, literals, dict(compiled._bind_processors), result_procs, row, expanding)
+    if compiled.literal_execute_params:
+        # Values rendered into the SQL text itself: nothing to reuse, so not supported here.
+        raise TypeError("rawsql: literal_execute parameters are not supported")
+    expanding = tuple(sorted(compiled.bind_names[b] for b in compiled.post_compile_params))
+    return _Prepared(
+        compiled, compiled.string, names, literals, dict(compiled._bind_processors), result_procs, row, expanding, {}
+    )
 
 
 class RawConnection:
@@ -122,15 +141,7 @@ class RawConnection:
     # -- internals ----------------------------------------------------------------------------
     def _bind(self, p: _Prepared, params: Mapping[str, Any]) -> tuple[str, Any]:
         if p.expanding:
-            state = p.compiled.construct_expanded_state(dict(params))
-            procs = {**p.bind_procs, **state.processors}
-            if self._owner.positional:
-                values = [
-                    procs[n](v) if procs.get(n) is not None else v
-                    for n, v in zip(state.positiontup or (), state.positional_parameters)
-                ]
-                return state.statement, values
-            return state.statement, {n: procs[n](v) if procs.get(n) is not None else v for n, v in state.parameters.items()}
+            return self._bind_expanded(p, params)
         out: list[Any] = []
         named: dict[str, Any] = {}
         for n in p.names:
@@ -147,6 +158,70 @@ class RawConnection:
             else:
                 named[n] = v
         return p.sql, (out if self._owner.positional else named)
+
+    def _bind_expanded(self, p: _Prepared, params: Mapping[str, Any]) -> tuple[str, Any]:
+        """Bind a statement with IN lists. SQLAlchemy re-renders the SQL on every call
+        (``construct_expanded_state``: about a tenth of the coordinator's CPU under load); the
+        SQL only depends on the lists' lengths, so each expansion is built by SQLAlchemy once
+        per length tuple and kept as a plan, proven on that first call to give exactly
+        SQLAlchemy's values."""
+        lists = []
+        for n in p.expanding:
+            v = params.get(n, _NO_VALUE)
+            lists.append(p.literals.get(n, ()) if v is _NO_VALUE else v)
+        key = tuple(map(len, lists))
+        if key in p.expansions:
+            exp = p.expansions[key]
+        else:
+            exp = self._expansion(p, params)
+            if len(p.expansions) < _MAX_EXPANSIONS:
+                p.expansions[key] = exp
+        if exp is None:
+            return self._bind_by_sqlalchemy(p, params)
+        merged = {**p.literals, **params}
+        values = []
+        for _name, src, i, proc in exp.plan:
+            v = merged[src] if i < 0 else merged[src][i]
+            values.append(v if proc is None else proc(v))
+        if self._owner.positional:
+            return exp.sql, values
+        return exp.sql, dict(zip((name for name, _, _, _ in exp.plan), values))
+
+    def _expansion(self, p: _Prepared, params: Mapping[str, Any]) -> _Expansion | None:
+        state = p.compiled.construct_expanded_state(dict(params))
+        procs = {**p.bind_procs, **state.processors}
+        if self._owner.positional:
+            names = list(state.positiontup or ())
+            expected = list(state.positional_parameters)
+        else:
+            names, expected = list(state.parameters), list(state.parameters.values())
+        merged = {**p.literals, **params}
+        plan = []
+        for name in names:
+            base, _, k = name.rpartition("_")
+            expanded = base in p.expanding and k.isdigit()
+            if expanded == (name in merged):
+                return None  # neither, or ambiguous: leave this statement to SQLAlchemy
+            src, i = (base, int(k) - 1) if expanded else (name, -1)
+            plan.append((name, src, i, procs.get(name)))
+        try:
+            got = [merged[src] if i < 0 else merged[src][i] for _, src, i, _ in plan]
+        except (KeyError, IndexError, TypeError):
+            return None
+        if len(got) != len(expected) or any(a is not b and a != b for a, b in zip(got, expected)):
+            return None
+        return _Expansion(state.statement, tuple(plan))
+
+    def _bind_by_sqlalchemy(self, p: _Prepared, params: Mapping[str, Any]) -> tuple[str, Any]:
+        state = p.compiled.construct_expanded_state(dict(params))
+        procs = {**p.bind_procs, **state.processors}
+        if self._owner.positional:
+            values = [
+                procs[n](v) if procs.get(n) is not None else v
+                for n, v in zip(state.positiontup or (), state.positional_parameters)
+            ]
+            return state.statement, values
+        return state.statement, {n: procs[n](v) if procs.get(n) is not None else v for n, v in state.parameters.items()}
 
     def _one(self, p: _Prepared, stmt: ClauseElement, params: Mapping[str, Any]) -> Rows:
         sql, values = self._bind(p, params)

@@ -99,7 +99,8 @@ def make_pair(kem_a: KemId = KemId.X25519, kem_b: KemId = KemId.X25519, session:
 
 @pytest.fixture
 def seal_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """Records every HPKE seal the package performs (it has exactly one call site)."""
+    """Records every HPKE seal the package performs (it has exactly one call site). No message
+    is encrypted without one: a message's AEAD key is a link key, made only next to its seal."""
     calls: list[tuple[Any, ...]] = []
     real = channel_mod._hpke_seal
 
@@ -112,10 +113,13 @@ def seal_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 
 
 def test_the_spy_sees_every_seal() -> None:
-    # The spy is meaningful only if the package has no other way to encrypt.
+    # The spy is meaningful only if the package has no other way to encrypt: one HPKE seal
+    # (link keys) and one AEAD seal (messages, under a link key made next to its HPKE seal).
     src = "".join(p.read_text() for p in Path(channel_mod.__file__).parent.glob("*.py"))
-    assert src.count(".encrypt(") == 1
-    assert "def _hpke_seal(" in src
+    assert src.count(".encrypt(") == 2
+    assert "def _hpke_seal(" in src and "def _aead_seal(" in src
+    assert src.count("_hpke_seal(") == 2 and src.count("_aead_seal(") == 2  # definition + one call each
+    assert src.count("ChaCha20Poly1305(") == 2  # a fresh key (sending) and an unwrapped one (opening)
 
 
 # -- identity: binding and cards ------------------------------------------------------------
@@ -343,14 +347,60 @@ def test_round_trip(seal_calls: list[tuple[Any, ...]], kem_a: KemId, kem_b: KemI
         reply = p.ba.seal(msg[::-1], seq=10 * seq)
         assert p.ab.open(reply) == msg[::-1]
     assert p.ba.last_opened == 4 and p.ab.last_opened == 40 and p.ab.last_sealed == 4
-    assert len(seal_calls) == 8
-    # A fresh encapsulation per envelope: equal plaintexts never give equal envelopes.
+    assert len(seal_calls) == 2  # one link key each way
+    # A random nonce per envelope: equal plaintexts never give equal ciphertexts.
     e1, e2 = p.ab.seal(b"same", seq=100), p.ab.seal(b"same", seq=101)
-    assert e1[-1100:] != e2[-1100:]
+    assert e1[-64 - 20 - 4 - 12 :] != e2[-64 - 20 - 4 - 12 :]
     assert p.ba.open(e1) == p.ba.open(e2) == b"same"
-    # Overhead: header + enc + lengths + tag + signature.
+    # Overhead: header + wrap (enc + link key + tag) + nonce + lengths + tag + signature.
     nenc = kem_b.enc_len
-    assert len(e1) == 1 + 32 + 1 + 6 + 1 + 6 + 8 + 2 + nenc + 4 + len(b"same") + 16 + 64
+    assert len(e1) == 1 + 32 + 1 + 6 + 1 + 6 + 8 + 2 + nenc + 48 + 12 + 4 + len(b"same") + 16 + 64
+
+
+def test_link_keys_are_shared_by_sessions_and_replaced_after_their_uses(
+    seal_calls: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = NodeKeys.generate("node-a"), NodeKeys.generate("node-b")
+    peer_a, peer_b = admit(a.card()), admit(b.card())
+    wraps = []
+    for sid in (SID, SID2):  # two sessions: one HPKE seal between them
+        ab, ba = Channel(a, a.card(), peer_b, sid), Channel(b, b.card(), peer_a, sid)
+        for seq in (1, 2):
+            env = ab.seal(b"m%d" % seq, seq=seq)
+            wraps.append(env[layout(env)["wrap"][0] :][: layout(env)["wrap"][1]])
+            assert ba.open(env) == b"m%d" % seq
+    assert len(seal_calls) == 1 and len(set(wraps)) == 1
+    # After LINK_KEY_USES envelopes the sender makes a new link key; old envelopes still open.
+    monkeypatch.setattr(channel_mod, "LINK_KEY_USES", 3)
+    c = NodeKeys.generate("node-c")
+    ac, ca = Channel(a, a.card(), admit(c.card()), SID), Channel(c, c.card(), peer_a, SID)
+    envs = [ac.seal(b"%d" % i, seq=i) for i in range(1, 8)]
+    assert len(seal_calls) == 1 + 3  # 3 + 3 + 1 envelopes
+    assert [ca.open(e) for e in envs] == [b"%d" % i for i in range(1, 8)]
+    assert len({e[layout(e)["wrap"][0] : sum(layout(e)["wrap"])] for e in envs}) == 3
+    # A peer that restarted has a new channel key: a new link key for it.
+    c2 = NodeKeys.generate("node-c")
+    Channel(a, a.card(), admit(c2.card()), SID).seal(b"x", seq=1)
+    assert len(seal_calls) == 5
+
+
+def test_a_wrap_copied_by_another_peer_opens_nothing() -> None:
+    # E (admitted, honest keys) copies A's wrap, nonce and ciphertext into an envelope it signs
+    # under its own name: B has A's link key cached, but the header names E, and E's claimed
+    # wrap opens nothing for E.
+    a, b, e = (NodeKeys.generate(n) for n in ("node-a", "node-b", "node-e"))
+    peer_b = admit(b.card())
+    b_from_a = Channel(b, b.card(), admit(a.card()), SID)
+    b_from_e = Channel(b, b.card(), admit(e.card()), SID)
+    env = Channel(a, a.card(), peer_b, SID).seal(b"for B from A", seq=1)
+    assert b_from_a.open(env) == b"for B from A"  # B now holds A's link key
+    f = layout(env)
+    rest = env[f["wrap_len"][0] : f["signature"][0]]
+    s, r = b"node-e", b"node-b"
+    header = b"\x02" + SID + bytes([len(s)]) + s + bytes([len(r)]) + r + (1).to_bytes(8, "big")
+    body = header + rest
+    assert_auth_error(b_from_e, body + e.sign(b"envelope", body))
+    assert b_from_e.last_opened is None
 
 
 def test_seal_usage_errors() -> None:
@@ -399,9 +449,11 @@ def layout(env: bytes) -> dict[str, tuple[int, int]]:
         off += 1 + n
     out["seq"] = (off, 8)
     off += 8
-    e = int.from_bytes(env[off : off + 2], "big")
-    out["enc_len"], out["enc"] = (off, 2), (off + 2, e)
-    off += 2 + e
+    w = int.from_bytes(env[off : off + 2], "big")
+    out["wrap_len"], out["wrap"] = (off, 2), (off + 2, w)
+    off += 2 + w
+    out["nonce"] = (off, 12)
+    off += 12
     c = int.from_bytes(env[off : off + 4], "big")
     out["ct_len"], out["ct"] = (off, 4), (off + 4, c)
     off += 4 + c
@@ -434,8 +486,9 @@ def test_every_tampered_field_is_the_same_auth_error(kem: KemId) -> None:
         "recipient_len",
         "recipient",
         "seq",
-        "enc_len",
-        "enc",
+        "wrap_len",
+        "wrap",
+        "nonce",
         "ct_len",
         "ct",
         "signature",
@@ -459,9 +512,9 @@ def test_every_tampered_field_is_the_same_auth_error(kem: KemId) -> None:
     assert len(p.ba.open(env)) == 1024
 
 
-def test_header_is_bound_into_hpke_not_only_the_signature() -> None:
+def test_header_is_bound_into_the_aead_not_only_the_signature() -> None:
     # A node that re-signs an envelope with a changed header (here: the genuine sender's key,
-    # which only the sender has) still fails at HPKE open: the header is the HPKE info.
+    # which only the sender has) still fails to open: the header is the AEAD's associated data.
     p = make_pair()
     env = p.ab.seal(b"secret", seq=1)
     f = layout(env)
@@ -472,22 +525,33 @@ def test_header_is_bound_into_hpke_not_only_the_signature() -> None:
     assert_auth_error(p.ba, resigned)
 
 
-def build_envelope(signer: NodeKeys, *, sender: str, recipient: str, seq: int, enc: bytes, ct: bytes, version: int = 1) -> bytes:
-    """The documented v1 layout, encoded here independently of the implementation."""
+def _header(sender: str, recipient: str, seq: int, version: int = 2) -> bytes:
     s, r = sender.encode(), recipient.encode()
-    header = bytes([version]) + SID + bytes([len(s)]) + s + bytes([len(r)]) + r + seq.to_bytes(8, "big")
-    body = header + len(enc).to_bytes(2, "big") + enc + len(ct).to_bytes(4, "big") + ct
+    return bytes([version]) + SID + bytes([len(s)]) + s + bytes([len(r)]) + r + seq.to_bytes(8, "big")
+
+
+def build_envelope(
+    signer: NodeKeys, *, sender: str, recipient: str, seq: int, wrap: bytes, ct: bytes, nonce: bytes = bytes(12), version: int = 2
+) -> bytes:
+    """The documented v2 layout, encoded here independently of the implementation."""
+    header = _header(sender, recipient, seq, version)
+    body = header + len(wrap).to_bytes(2, "big") + wrap + nonce + len(ct).to_bytes(4, "big") + ct
     return body + signer.sign(b"envelope", body)
+
+
+def _wrap_info(sender: bytes, recipient: bytes) -> bytes:
+    return b"shardguard/attested-channel/v1/link-key\x00" + bytes([len(sender)]) + sender + bytes([len(recipient)]) + recipient
 
 
 @pytest.mark.parametrize("kem", KEMS)
 def test_documented_layout_opens(kem: KemId) -> None:
     p = make_pair(KemId.X25519, kem)
-    s, r = b"node-a", b"node-b"
-    header = b"\x01" + SID + bytes([len(s)]) + s + bytes([len(r)]) + r + (9).to_bytes(8, "big")
-    sealed = _seal_to(p.b.card(), b"by hand", channel_mod._INFO_PREFIX + header)
-    enc, ct = sealed[: kem.enc_len], sealed[kem.enc_len :]
-    assert p.ba.open(build_envelope(p.a, sender="node-a", recipient="node-b", seq=9, enc=enc, ct=ct)) == b"by hand"
+    link_key, nonce = os.urandom(32), os.urandom(12)
+    wrap = _seal_to(p.b.card(), link_key, _wrap_info(b"node-a", b"node-b"))
+    aad = b"shardguard/attested-channel/v1/envelope-aad\x00" + _header("node-a", "node-b", 9)
+    ct = ChaCha20Poly1305(link_key).encrypt(nonce, b"by hand", aad)
+    env = build_envelope(p.a, sender="node-a", recipient="node-b", seq=9, wrap=wrap, ct=ct, nonce=nonce)
+    assert p.ba.open(env) == b"by hand"
 
 
 @pytest.mark.parametrize("kem", KEMS)
@@ -495,22 +559,28 @@ def test_authentic_but_undecryptable_envelopes_are_auth_errors(kem: KemId) -> No
     # The peer itself signs garbage (a broken or corrupted peer): still one opaque error, and
     # the receiver's sequence state does not move.
     p = make_pair(KemId.X25519, kem)
-    nenc, other = kem.enc_len, next(k for k in KEMS if k is not kem).enc_len
+    nw, other = kem.enc_len + 48, next(k for k in KEMS if k is not kem).enc_len + 48
+    real = p.ab.seal(b"x" * 24, seq=1)
+    real_wrap = real[slice(layout(real)["wrap"][0], sum(layout(real)["wrap"]))]
     cases = {
-        "zero-enc": (bytes(nenc), os.urandom(40)),  # X25519: small-order point; X-Wing: garbage
-        "random-enc": (os.urandom(nenc), os.urandom(40)),
-        "enc-of-other-kem": (os.urandom(other), os.urandom(40)),
-        "ct-shorter-than-tag": (os.urandom(nenc), os.urandom(15)),
-        "real-enc-wrong-ct": (p.ab.seal(b"x" * 24, seq=1)[-64 - 40 - 4 - nenc : -64 - 40 - 4], os.urandom(40)),
+        "zero-wrap": (bytes(nw), os.urandom(40)),  # X25519: small-order point; X-Wing: garbage
+        "random-wrap": (os.urandom(nw), os.urandom(40)),
+        "wrap-of-other-kem": (os.urandom(other), os.urandom(40)),
+        "wrap-too-short": (real_wrap[:-1], os.urandom(40)),
+        "ct-shorter-than-tag": (real_wrap, os.urandom(15)),
+        "real-wrap-wrong-ct": (real_wrap, os.urandom(40)),
+        "wrap-for-another-sender": (_seal_to(p.b.card(), os.urandom(32), _wrap_info(b"node-x", b"node-b")), os.urandom(40)),
+        "link-key-of-31-bytes": (_seal_to(p.b.card(), os.urandom(31), _wrap_info(b"node-a", b"node-b")), os.urandom(40)),
     }
-    for name, (enc, ct) in cases.items():
-        env = build_envelope(p.a, sender="node-a", recipient="node-b", seq=5, enc=enc, ct=ct)
+    for name, (wrap, ct) in cases.items():
+        env = build_envelope(p.a, sender="node-a", recipient="node-b", seq=5, wrap=wrap, ct=ct)
         with pytest.raises(ChannelAuthError):
             p.ba.open(env)
         assert p.ba.last_opened is None, name
-    assert_auth_error(
-        p.ba, build_envelope(p.a, sender="node-a", recipient="node-b", seq=5, enc=bytes(nenc), ct=bytes(40), version=2)
-    )
+    for version in (1, 3):
+        assert_auth_error(
+            p.ba, build_envelope(p.a, sender="node-a", recipient="node-b", seq=5, wrap=real_wrap, ct=bytes(40), version=version)
+        )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -799,7 +869,7 @@ def test_simulated_evidence_failures(sim: Callable[..., SimNode], seal_calls: li
     assert seal_calls == []
 
 
-# -- cost of one fresh encapsulation per envelope --------------------------------------------
+# -- cost of an envelope ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kem", KEMS)

@@ -125,3 +125,36 @@ def test_refuses_what_it_cannot_do(dbs: tuple[Database, RawDatabase]) -> None:
         c.insert(S._INSERT_JOB, {"id": "j9"})  # Python-side defaults would not run
     with pytest.raises(TypeError, match="no value"), raw.read() as c:
         c.execute(S._REQUEST, {})
+
+
+def test_in_lists_expanded_once_per_length_give_sqlalchemys_rows(
+    dbs: tuple[Database, RawDatabase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IN lists: the expansion is built by SQLAlchemy once per tuple of list lengths and then
+    reused; every call still returns exactly what SQLAlchemy's own execution returns."""
+    db, raw = dbs
+    _seed(raw)
+    compiled = raw.prepared(S._SENT_BEFORE, None).compiled
+    calls = []
+    real = type(compiled).construct_expanded_state
+
+    def spy(self: object, *a: object, **k: object) -> object:
+        calls.append(1)
+        return real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(compiled), "construct_expanded_state", spy)
+    lists = [[1], [2, 4, 9], [5, 3, 1], [9], [], [1, 2, 3, 4, 5], [4, 2, 4]]
+    for seqs in lists * 2:
+        params = {"job": "j1", "node": "a", "seqs": seqs}
+        with db.engine.connect() as conn:
+            want = [tuple(r) for r in conn.execute(S._SENT_BEFORE, params)]
+        with raw.read() as c:
+            got = [tuple(r) for r in c.execute(S._SENT_BEFORE, params)]
+        assert got == want, seqs
+    with raw.read() as c:
+        n = len(calls)
+        for seqs in lists:
+            c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a", "seqs": seqs})
+        assert len(calls) == n  # every length seen before: no expansion rebuilt
+        c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a", "seqs": list(range(1, 12))})
+        assert len(calls) == n + 1
