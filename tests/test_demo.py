@@ -147,7 +147,7 @@ def test_ctrl_c_tears_the_cluster_down() -> None:
 
 
 # -- the audit checks, against the node's real record format -----------------------------------
-def _records(keys: NodeKeys, n: int, event: str = "signed") -> list[dict[str, Any]]:
+def _records(keys: NodeKeys, n: int, event: str = "signing") -> list[dict[str, Any]]:
     out, prev = [], "00" * 32
     for seq in range(1, n + 1):
         body = {"seq": seq, "node": keys.node_id, "event": event, "prev": prev, "time": "2026-01-01T00:00:00.000+00:00"}

@@ -91,12 +91,18 @@ def drive(
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
     poll: float = 5.0,
+    after_start: Callable[[], None] | None = None,
 ) -> R:
     """Run ``party`` to completion; return its result.
 
     ``peers`` maps every other participant's protocol index to its admitted peer. Raises the
     party's :class:`~shardguard.protocols.errors.ProtocolAbort` (after posting the messages it
     carries, so the others abort too), or :class:`EngineTimeout`.
+
+    ``after_start`` runs once the first round is posted and before any peer message is taken,
+    so before anything later leaves: the node makes a signing's audit entry durable there, while
+    the first round crosses the network, and no share of a later round can leave without it. If
+    it raises, the party stops and the exception propagates.
     """
     sid = party.session_id
     channels = {i: Channel(me, card, peers[i], sid) for i in party.peers}
@@ -133,6 +139,8 @@ def drive(
             raise
 
     send(party.start())
+    if after_start is not None:
+        after_start()
     _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round)
     return party.result
 

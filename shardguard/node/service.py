@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -232,16 +233,14 @@ class NodeService:
     def _record(
         self, raw: Mapping[str, Any], status: str, result: Mapping[str, Any] | None, error: Mapping[str, Any] | None
     ) -> None:
-        """One audit entry per decision (public facts only), then mirror what is pending."""
-        params = raw.get("params") or {}
-        fields: dict[str, Any] = {"job": raw.get("job_id"), "key_id": raw.get("key_id"), "scheme": raw.get("scheme")}
-        if raw.get("kind") == "sign":
-            payload = params.get("digest_hex") or params.get("message_hex") or ""
-            fields["payload_sha256"] = hashlib.sha256(bytes.fromhex(payload)).hexdigest() if payload else ""
-            fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
-        event = {"dkg": "key_generated", "sign": "signed", "refresh": "refresh_staged", "repair": "repair"}.get(
+        """One audit entry per decision (public facts only), then mirror what is pending. A
+        signing that ran has its entry already (``signing``, written before its shares left)."""
+        fields = self._audit_fields(raw)
+        event = {"dkg": "key_generated", "refresh": "refresh_staged", "repair": "repair"}.get(
             str(raw.get("kind")), "task"
         )
+        if status == "done" and raw.get("kind") == "sign":
+            return
         if status == "done" and result is not None:
             fields["public_key"] = result.get("public_key")
             if "signature" in result:
@@ -252,6 +251,16 @@ class NodeService:
             self._audit("refused", task=raw.get("kind"), reason=err.get("reason"), culprits=err.get("culprits"), **fields)
             if err.get("reason") in ("OT_CONSISTENCY", "MULTIPLICATION_CHECK", "PAIRWISE_CONSISTENCY"):
                 self._audit("peer_banned", culprits=err.get("culprits"), **fields)
+
+    @staticmethod
+    def _audit_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+        params = raw.get("params") or {}
+        fields: dict[str, Any] = {"job": raw.get("job_id"), "key_id": raw.get("key_id"), "scheme": raw.get("scheme")}
+        if raw.get("kind") == "sign":
+            payload = params.get("digest_hex") or params.get("message_hex") or ""
+            fields["payload_sha256"] = hashlib.sha256(bytes.fromhex(payload)).hexdigest() if payload else ""
+            fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
+        return fields
 
     def _audit(self, event: str, **fields: Any) -> None:
         try:
@@ -313,9 +322,16 @@ class NodeService:
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
         later = self._witness(task, peers, inbox, deadline)
+        release = None
+        if kind == "sign":
+            # The decision to sign is logged, durably, while the first round is in flight and
+            # before any share that helps make the signature leaves this node.
+            fields = self._audit_fields(raw)
+            release = functools.partial(self._audit, "signing", **fields)
         result = run_task(
-            task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox
-        )
+            task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox,
+            before_release=release,
+        )  # fmt: skip
         later()
         return result
 

@@ -100,22 +100,28 @@ def run_task(
     deadline: float,
     rng: Rng = secrets.token_bytes,
     inbox: Inbox | None = None,
+    before_release: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one task; return its public result (what the coordinator may see).
 
     Raises :class:`TaskError`, :class:`~shardguard.protocols.errors.UsageError` (e.g. a banned
     peer), :class:`~shardguard.protocols.errors.ProtocolAbort` (bans already persisted) or
     :class:`~shardguard.node.engine.EngineTimeout`.
+
+    ``before_release`` (signing only) runs after the first round is posted and before any later
+    round can leave (:func:`~shardguard.node.engine.drive`'s ``after_start``): nothing that
+    helps make a signature leaves the node until it has returned.
     """
     inbox = inbox if inbox is not None else Inbox()
 
-    def go(party: Any) -> Any:
-        return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline)
+    def go(party: Any, after_start: Callable[[], None] | None = None) -> Any:
+        return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline,
+                     after_start=after_start)  # fmt: skip
 
     if task.kind == "keygen":
         return _keygen(task, store, go, rng)
     if task.kind == "sign":
-        return _sign(task, store, go, rng)
+        return _sign(task, store, go, rng, before_release)
     if task.kind == "refresh":
         return _refresh(task, store, go, rng)
     raise TaskError("repair runs in the node service (the lost node has no share to load)", "kind")
@@ -135,7 +141,9 @@ def _keygen(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -
     return _public(share)
 
 
-def _sign(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:
+def _sign(
+    task: Task, store: ShareStore, go: Callable[..., Any], rng: Rng, before_release: Callable[[], None] | None
+) -> dict[str, Any]:
     share = store.load(task.key_id)
     signers = task.params.get("signers")
     if not isinstance(signers, list) or not all(type(i) is int for i in signers):
@@ -148,7 +156,7 @@ def _sign(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> 
             raise TaskError(str(e), "digest/path") from None
         party = DklsSigner(share, signers=signers, digest=digest, instance=task.instance, rng=rng, path=path)
         try:
-            sig = go(party)
+            sig = go(party, before_release)
         except ProtocolAbort as e:
             if e.reason.bans and e.culprits:
                 store.add_bans(task.key_id, share.setup_id, e.culprits)  # persist before reporting (spec P3)
@@ -158,7 +166,7 @@ def _sign(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> 
         message = bytes.fromhex(str(task.params.get("message", "")))
     except ValueError:
         raise TaskError("message must be hex", "message") from None
-    signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng))
+    signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng), before_release)
     return {"scheme": share.suite.scheme, "public_key": share.public.public_key_bytes.hex(), "signature": signature.hex()}
 
 

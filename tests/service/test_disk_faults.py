@@ -46,7 +46,7 @@ from shardguard.client import Client, RequestFailed
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node.audit import verify_chain
 from shardguard.node.keystore import TMP_PREFIX, TMP_SUFFIX, Keystore
-from tests.service.test_cluster import NODES, kill9, node_pid, restart, sign
+from tests.service.test_cluster import NODES, check_signature, kill9, node_pid, restart, sign
 
 JOB_TIMEOUT = 10.0
 #: How long after its deadline a request may still show ``running`` (the coordinator's sweep
@@ -252,27 +252,33 @@ def after_the_fault(
     client: Client, keys: dict[str, dict[str, Any]], ended: dict[str, dict[str, Any]], epochs: dict[str, int]
 ) -> set[str]:
     """The old epoch signs on every node (a failed refresh changed nothing); returns the
-    signatures node-1 took part in."""
+    requests (jobs) node-1 signed in."""
     through_full = set()
     for scheme, key in keys.items():
         if ended[f"refresh {scheme}"]["status"] == "failed":
             assert client.key(key["key_id"])["epoch"] == epochs[scheme]  # the old epoch stays in use
         for signers in ([FULL, "node-2"], [FULL, "node-3"], ["node-2", "node-3"]):
-            out = sign(client, key, signers)
+            payload = os.urandom(32)
+            if scheme == "ecdsa":
+                req = client.sign_request(key["key_id"], digest=payload, signers=signers)
+            else:
+                req = client.sign_request(key["key_id"], message=payload, signers=signers)
+            check_signature(key, req["result"], payload)
             if FULL in signers:
-                through_full.add(out["signature"])
+                through_full.add(req["request_id"])
     return through_full
 
 
-def audit_mirrored(d: Path, client: Client, signatures: set[str]) -> None:
-    """node-1 audited the signatures it made after the fault and its mirroring thread (which
-    met the fault too) delivered them: the mirrored chain verifies, without a gap."""
+def audit_mirrored(d: Path, client: Client, jobs: set[str]) -> None:
+    """node-1 audited the signings it took part in after the fault (``signing``, durable before
+    its shares left) and its mirroring thread (which met the fault too) delivered them: the
+    mirrored chain verifies, without a gap."""
     assert "Exception in thread" not in node_log(d), "a thread of node-1 died"
     end = time.monotonic() + 15
     while True:
         records = client.audit(node=FULL, limit=1000)["entries"]
         bodies = verify_chain(records, {int(r["seq"]): bytes.fromhex(r["identity_public_key"]) for r in records})
-        missing = signatures - {b.get("signature") for b in bodies if b["event"] == "signed"}
+        missing = jobs - {b.get("job") for b in bodies if b["event"] == "signing"}
         if not missing:
             assert [b["seq"] for b in bodies] == list(range(1, len(bodies) + 1)), "a gap in node-1's mirrored audit chain"
             return
