@@ -92,6 +92,7 @@ def drive(
     clock: Callable[[], float] = time.monotonic,
     poll: float = 5.0,
     after_start: Callable[[], None] | None = None,
+    idle: Callable[[], bool] | None = None,
 ) -> R:
     """Run ``party`` to completion; return its result.
 
@@ -103,6 +104,9 @@ def drive(
     so before anything later leaves: the node makes a signing's audit entry durable there, while
     the first round crosses the network, and no share of a later round can leave without it. If
     it raises, the party stops and the exception propagates.
+
+    ``idle`` runs whenever the party has posted what it could and waits for peers, until it
+    returns True: work that may use the time a round spends crossing the network.
     """
     sid = party.session_id
     channels = {i: Channel(me, card, peers[i], sid) for i in party.peers}
@@ -141,7 +145,7 @@ def drive(
     send(party.start())
     if after_start is not None:
         after_start()
-    _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round)
+    _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round, idle)
     return party.result
 
 
@@ -156,6 +160,7 @@ def _pump(
     clock: Callable[[], float],
     poll: float,
     round_now: Callable[[], int],
+    idle: Callable[[], bool] | None = None,
 ) -> None:
     """Hand ``take`` every envelope of ``session_id`` (those held earlier first) until
     ``finished()``; envelopes of other sessions of the job are held for later."""
@@ -167,6 +172,8 @@ def _pump(
         remaining = deadline - clock()
         if remaining <= 0:
             raise EngineTimeout(job, round_now())
+        if idle is not None and idle():
+            idle = None
         for cursor, sender, envelope in relay.fetch(job, inbox.cursor, min(poll, remaining)):
             inbox.cursor = max(inbox.cursor, cursor)
             if envelope[_SESSION] != session_id:

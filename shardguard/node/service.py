@@ -321,7 +321,7 @@ class NodeService:
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
-        later = self._witness(task, peers, inbox, deadline)
+        later, early = self._witness(task, peers, inbox, deadline)
         release = None
         if kind == "sign":
             # The decision to sign is logged, durably, while the first round is in flight and
@@ -330,7 +330,7 @@ class NodeService:
             release = functools.partial(self._audit, "signing", **fields)
         result = run_task(
             task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox,
-            before_release=release,
+            before_release=release, idle=early,
         )  # fmt: skip
         later()
         return result
@@ -382,7 +382,9 @@ class NodeService:
             self.shares.stage(key_id, result)
         return {"repaired": lost_node, "public_key": public.public_key_bytes.hex(), "epoch": public.epoch}
 
-    def _witness(self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float) -> Callable[[], None]:
+    def _witness(
+        self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float
+    ) -> tuple[Callable[[], None], Callable[[], bool] | None]:
         """Rollback defence (ARCHITECTURE §7, ROTE-style): every participant tells every other
         its keystore's (counter, digest) and the last one it recorded for that peer. A peer that
         went backwards, or a peer that saw us at a newer state than the one we loaded (this
@@ -393,8 +395,10 @@ class NodeService:
         have confirmed our own state since this process started, and for a peer whose current
         process (identity key) we have not yet witnessed. A rollback needs a restart, and a
         restart brings a new identity key — so a peer already witnessed in its current process
-        cannot have been rolled back since. Otherwise the notes are read after the protocol
-        (returned callable) to keep the recorded counters current."""
+        cannot have been rolled back since. Otherwise the notes are read once they have all
+        arrived (the second callable, the engine's ``idle``: while a later round crosses the
+        network, with the witness write) or at the latest after the protocol (the first), to
+        keep the recorded counters current."""
         counter, digest = self.keystore.announcement()
         seen = self.keystore.peer_counters()
 
@@ -411,14 +415,21 @@ class NodeService:
                       messages={i: note(p.node_id) for i, p in peers.items()}, hold=not needed)  # fmt: skip
         if needed:
             self._check_witness(notes.receive(deadline), peers)
-            return lambda: None
+            return (lambda: None), None
+        taken = False
 
-        def later() -> None:
+        def take(final: bool) -> bool:
+            nonlocal taken
+            if taken:
+                return True
             got = notes.received()
+            if not final and len(got) < len(peers):
+                return False  # not all here yet: look again at the next wait
+            taken = True
             if not got:
-                return
+                return True
             try:
-                # Deferred: made durable with the task's audit entry (handle), before its result leaves.
+                # Deferred: durable before the task's result leaves (handle's flush_witness).
                 self._check_witness(got, peers, defer=True)
             except (StalePeer, KeystoreError, TaskError) as e:
                 # Cannot happen without a restart (see above); if it does, trust nothing
@@ -426,8 +437,18 @@ class NodeService:
                 log.error("witness notes after job %s: %s", task.job, e)
                 self._fresh = False
                 self._witness_keys.clear()
+                return True
+            if not final:
+                try:
+                    self.keystore.flush_witness()  # now, while the next round is on its way
+                except KeystoreError as e:
+                    log.warning("witness notes of job %s not yet durable: %s (the task's end tries again)", task.job, e)
+            return True
 
-        return later
+        def later() -> None:
+            take(True)
+
+        return later, functools.partial(take, False)
 
     def _check_witness(self, got: Mapping[int, bytes], peers: Mapping[int, AdmittedPeer], *, defer: bool = False) -> None:
         confirmations: dict[str, tuple[int, bytes] | None] = {}

@@ -101,6 +101,7 @@ def run_task(
     rng: Rng = secrets.token_bytes,
     inbox: Inbox | None = None,
     before_release: Callable[[], None] | None = None,
+    idle: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run one task; return its public result (what the coordinator may see).
 
@@ -110,13 +111,14 @@ def run_task(
 
     ``before_release`` (signing only) runs after the first round is posted and before any later
     round can leave (:func:`~shardguard.node.engine.drive`'s ``after_start``): nothing that
-    helps make a signature leaves the node until it has returned.
+    helps make a signature leaves the node until it has returned. ``idle``: see
+    :func:`~shardguard.node.engine.drive`.
     """
     inbox = inbox if inbox is not None else Inbox()
 
     def go(party: Any, after_start: Callable[[], None] | None = None) -> Any:
         return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline,
-                     after_start=after_start)  # fmt: skip
+                     after_start=after_start, idle=idle)  # fmt: skip
 
     if task.kind == "keygen":
         return _keygen(task, store, go, rng)

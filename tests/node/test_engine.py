@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> list[Node]:
 
 
 def run_all(nodes: list[Node], kind: str, scheme: str, *, key_id: str = "", params: dict[str, Any] | None = None,
-            hub: Hub | None = None, timeout: float = 60) -> dict[int, Any]:  # fmt: skip
+            hub: Hub | None = None, timeout: float = 60,
+            hooks: Callable[[int], dict[str, Any]] | None = None) -> dict[int, Any]:  # fmt: skip
     """Run a task on ``nodes``; their protocol index is their node number (node-3 is 3)."""
     hub = hub or Hub()
     participants = {int(n.card.node_id.split("-")[1]): n.card.node_id for n in nodes}
@@ -142,7 +143,8 @@ def run_all(nodes: list[Node], kind: str, scheme: str, *, key_id: str = "", para
         peers = {i: node.peers[nid] for i, nid in participants.items() if i != idx}
         try:
             results[idx] = run_task(task, store=node.store, me=node.keys, card=node.card, peers=peers,
-                                    relay=hub.relay(node.card.node_id), deadline=time.monotonic() + timeout)  # fmt: skip
+                                    relay=hub.relay(node.card.node_id), deadline=time.monotonic() + timeout,
+                                    **(hooks(idx) if hooks else {}))  # fmt: skip
         except Exception as e:  # collected for the test to inspect
             results[idx] = e
 
@@ -235,3 +237,83 @@ def test_cheating_peer_is_banned_and_the_ban_is_persisted(cluster: list[Node], m
     assert isinstance(again[3], EngineTimeout)
     ok = run_all([cluster[0], cluster[1]], "sign", "ecdsa", key_id=key_id, params={**params, "signers": [1, 2]})
     assert "signature" in ok[1]
+
+
+class Recorder(Hub):
+    """A hub that also records, per node, each post and each hook call, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: dict[int, list[str]] = {}
+
+    def note(self, idx: int, what: str) -> None:
+        with self.cv:
+            self.events.setdefault(idx, []).append(what)
+
+    def relay(self, node: str) -> Any:
+        inner, idx = super().relay(node), int(node.split("-")[1])
+        hub = self
+
+        class _Relay:
+            def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
+                hub.note(idx, "post")
+                inner.post(job, envelopes, hold=hold)
+
+            def fetch(self, job: str, after: int, wait: float) -> list[tuple[int, str, bytes]]:
+                return list(inner.fetch(job, after, wait))
+
+        return _Relay()
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "ecdsa"])
+def test_before_release_runs_after_the_first_round_and_before_any_later_one(cluster: list[Node], scheme: str) -> None:
+    """A signing's audit entry is written in ``before_release``: after the first round is
+    posted (so the write overlaps its trip) and before anything later can leave. ``idle`` is
+    called while the party waits, until it says it is done."""
+    out = run_all(cluster, "keygen", scheme)
+    key_id = out[1]["key_id"]
+    commit_all(cluster, key_id)
+    hub = Recorder()
+    idle_calls: dict[int, int] = {1: 0, 3: 0}
+
+    def hooks(idx: int) -> dict[str, Any]:
+        def idle() -> bool:
+            idle_calls[idx] += 1
+            hub.note(idx, "idle")
+            return idle_calls[idx] >= 2
+
+        return {"before_release": lambda: hub.note(idx, "before_release"), "idle": idle}
+
+    if scheme == "ecdsa":
+        params: dict[str, Any] = {"digest": hashlib.sha256(b"x").hexdigest(), "signers": [1, 3]}
+    else:
+        params = {"message": b"x".hex(), "signers": [1, 3]}
+    sig = run_all([cluster[0], cluster[2]], "sign", scheme, key_id=key_id, params=params, hub=hub, hooks=hooks)
+    assert sig[1] == sig[3] and "signature" in sig[1], sig
+    for idx in (1, 3):
+        ev = hub.events[idx]
+        assert ev[:2] == ["post", "before_release"], ev  # round 1 out, then the hook, then the rest
+        assert ev.count("before_release") == 1 and ev.count("post") >= 2, ev
+        assert idle_calls[idx] == 2, ev  # called until it returned True, never after
+
+
+def test_a_failing_before_release_releases_nothing_more(cluster: list[Node]) -> None:
+    out = run_all(cluster, "keygen", "ed25519")
+    key_id = out[1]["key_id"]
+    commit_all(cluster, key_id)
+    hub = Recorder()
+
+    class DiskFull(Exception):
+        pass
+
+    def hooks(idx: int) -> dict[str, Any]:
+        def refuse() -> None:
+            raise DiskFull
+
+        return {"before_release": refuse} if idx == 1 else {}
+
+    res = run_all([cluster[0], cluster[2]], "sign", "ed25519", key_id=key_id, hub=hub, hooks=hooks, timeout=3,
+                  params={"message": b"x".hex(), "signers": [1, 3]})  # fmt: skip
+    assert isinstance(res[1], DiskFull)
+    assert hub.events[1] == ["post"]  # its first round only: no share of round 2 left
+    assert isinstance(res[3], EngineTimeout)  # the peer never got node 1's share
