@@ -92,6 +92,7 @@ def drive(
     clock: Callable[[], float] = time.monotonic,
     poll: float = 5.0,
     after_start: Callable[[], None] | None = None,
+    gate: Callable[[], None] | None = None,
     idle: Callable[[], bool] | None = None,
 ) -> R:
     """Run ``party`` to completion; return its result.
@@ -100,10 +101,12 @@ def drive(
     party's :class:`~shardguard.protocols.errors.ProtocolAbort` (after posting the messages it
     carries, so the others abort too), or :class:`EngineTimeout`.
 
-    ``after_start`` runs once the first round is posted and before any peer message is taken,
-    so before anything later leaves: the node makes a signing's audit entry durable there, while
-    the first round crosses the network, and no share of a later round can leave without it. If
-    it raises, the party stops and the exception propagates.
+    ``after_start`` runs once the first round is posted, before any peer message is taken;
+    ``gate`` runs before anything after the first round is posted, and blocks until that may
+    leave. The node starts a signing's audit write in the one and waits for it in the other, so
+    the write overlaps the first round's trip and the party's own work on the peers' first
+    round, and no share of a later round leaves without its entry. If either raises, the party
+    stops and the exception propagates.
 
     ``idle`` runs whenever the party has posted what it could and waits for peers, until it
     returns True: work that may use the time a round spends crossing the network.
@@ -113,7 +116,13 @@ def drive(
     index_of = {peers[i].node_id: i for i in party.peers}
     seq: dict[int, int] = dict.fromkeys(party.peers, 0)
 
-    def send(messages: Sequence[Message]) -> None:
+    released = True  # the first round always goes out
+
+    def send(messages: Sequence[Message], *, gated: bool = True) -> None:
+        nonlocal released
+        if messages and gated and not released and gate is not None:
+            gate()
+            released = True
         out = []
         for m in messages:
             plain = encode_message(m)
@@ -138,11 +147,12 @@ def drive(
             send(party.receive(m))
         except MessageRejected:
             return
-        except Exception as e:  # ProtocolAbort: let the others know, then stop
-            send(getattr(e, "outgoing", []) or [])
+        except Exception as e:  # ProtocolAbort: let the others know (no share in it), then stop
+            send(getattr(e, "outgoing", []) or [], gated=False)
             raise
 
     send(party.start())
+    released = gate is None
     if after_start is not None:
         after_start()
     _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round, idle)

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,8 @@ class NodeService:
         self._settling: dict[str, threading.Event] = {}
         self._settling_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        # Audit writes that a task's protocol goes on beside (a signing's entry, see _run).
+        self._writes = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-write")
         self._stop = threading.Event()
         self._audit_due = threading.Event()
         self._reattest = reattest_seconds
@@ -325,12 +327,21 @@ class NodeService:
         release = None
         if kind == "sign":
             # The decision to sign is logged, durably, while the first round is in flight and
-            # before any share that helps make the signature leaves this node.
+            # the peers' first round is worked on, and before any share that helps make the
+            # signature leaves this node.
             fields = self._audit_fields(raw)
-            release = functools.partial(self._audit, "signing", **fields)
+            writing: list[Future[None]] = []
+
+            def start() -> None:
+                writing.append(self._writes.submit(self._audit, "signing", **fields))
+
+            def gate() -> None:
+                writing[0].result()
+
+            release = (start, gate)
         result = run_task(
             task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox,
-            before_release=release, idle=early,
+            release=release, idle=early,
         )  # fmt: skip
         later()
         return result
@@ -568,6 +579,7 @@ class NodeService:
         except KeystoreError as e:
             log.warning("peer counters not written at shutdown: %s", e)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._writes.shutdown(wait=False, cancel_futures=True)
         self.stream.stop()
         self.link.close()
         self.keystore.close()

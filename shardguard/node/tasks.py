@@ -100,7 +100,7 @@ def run_task(
     deadline: float,
     rng: Rng = secrets.token_bytes,
     inbox: Inbox | None = None,
-    before_release: Callable[[], None] | None = None,
+    release: tuple[Callable[[], None], Callable[[], None]] | None = None,
     idle: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run one task; return its public result (what the coordinator may see).
@@ -109,21 +109,22 @@ def run_task(
     peer), :class:`~shardguard.protocols.errors.ProtocolAbort` (bans already persisted) or
     :class:`~shardguard.node.engine.EngineTimeout`.
 
-    ``before_release`` (signing only) runs after the first round is posted and before any later
-    round can leave (:func:`~shardguard.node.engine.drive`'s ``after_start``): nothing that
-    helps make a signature leaves the node until it has returned. ``idle``: see
+    ``release`` (signing only) is ``(after_start, gate)`` for :func:`~shardguard.node.engine.drive`:
+    the first is called once the first round is posted, the second before anything later is, and
+    nothing that helps make a signature leaves the node until it has returned. ``idle``: see
     :func:`~shardguard.node.engine.drive`.
     """
     inbox = inbox if inbox is not None else Inbox()
 
-    def go(party: Any, after_start: Callable[[], None] | None = None) -> Any:
+    def go(party: Any, release: tuple[Callable[[], None], Callable[[], None]] | None = None) -> Any:
+        after_start, gate = release or (None, None)
         return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline,
-                     after_start=after_start, idle=idle)  # fmt: skip
+                     after_start=after_start, gate=gate, idle=idle)  # fmt: skip
 
     if task.kind == "keygen":
         return _keygen(task, store, go, rng)
     if task.kind == "sign":
-        return _sign(task, store, go, rng, before_release)
+        return _sign(task, store, go, rng, release)
     if task.kind == "refresh":
         return _refresh(task, store, go, rng)
     raise TaskError("repair runs in the node service (the lost node has no share to load)", "kind")
@@ -144,7 +145,7 @@ def _keygen(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -
 
 
 def _sign(
-    task: Task, store: ShareStore, go: Callable[..., Any], rng: Rng, before_release: Callable[[], None] | None
+    task: Task, store: ShareStore, go: Callable[..., Any], rng: Rng, release: tuple[Callable[[], None], Callable[[], None]] | None
 ) -> dict[str, Any]:
     share = store.load(task.key_id)
     signers = task.params.get("signers")
@@ -158,7 +159,7 @@ def _sign(
             raise TaskError(str(e), "digest/path") from None
         party = DklsSigner(share, signers=signers, digest=digest, instance=task.instance, rng=rng, path=path)
         try:
-            sig = go(party, before_release)
+            sig = go(party, release)
         except ProtocolAbort as e:
             if e.reason.bans and e.culprits:
                 store.add_bans(task.key_id, share.setup_id, e.culprits)  # persist before reporting (spec P3)
@@ -168,7 +169,7 @@ def _sign(
         message = bytes.fromhex(str(task.params.get("message", "")))
     except ValueError:
         raise TaskError("message must be hex", "message") from None
-    signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng), before_release)
+    signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng), release)
     return {"scheme": share.suite.scheme, "public_key": share.public.public_key_bytes.hex(), "signature": signature.hex()}
 
 

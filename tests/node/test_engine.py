@@ -266,10 +266,10 @@ class Recorder(Hub):
 
 
 @pytest.mark.parametrize("scheme", ["ed25519", "ecdsa"])
-def test_before_release_runs_after_the_first_round_and_before_any_later_one(cluster: list[Node], scheme: str) -> None:
-    """A signing's audit entry is written in ``before_release``: after the first round is
-    posted (so the write overlaps its trip) and before anything later can leave. ``idle`` is
-    called while the party waits, until it says it is done."""
+def test_release_hooks_run_after_the_first_round_and_before_any_later_one(cluster: list[Node], scheme: str) -> None:
+    """A signing's audit write starts in ``after_start``, once the first round is posted (so
+    it overlaps that round's trip), and ``gate`` waits for it before anything later can leave.
+    ``idle`` is called while the party waits, until it says it is done."""
     out = run_all(cluster, "keygen", scheme)
     key_id = out[1]["key_id"]
     commit_all(cluster, key_id)
@@ -282,7 +282,7 @@ def test_before_release_runs_after_the_first_round_and_before_any_later_one(clus
             hub.note(idx, "idle")
             return idle_calls[idx] >= 2
 
-        return {"before_release": lambda: hub.note(idx, "before_release"), "idle": idle}
+        return {"release": (lambda: hub.note(idx, "after_start"), lambda: hub.note(idx, "gate")), "idle": idle}
 
     if scheme == "ecdsa":
         params: dict[str, Any] = {"digest": hashlib.sha256(b"x").hexdigest(), "signers": [1, 3]}
@@ -292,12 +292,14 @@ def test_before_release_runs_after_the_first_round_and_before_any_later_one(clus
     assert sig[1] == sig[3] and "signature" in sig[1], sig
     for idx in (1, 3):
         ev = hub.events[idx]
-        assert ev[:2] == ["post", "before_release"], ev  # round 1 out, then the hook, then the rest
-        assert ev.count("before_release") == 1 and ev.count("post") >= 2, ev
+        assert ev[:2] == ["post", "after_start"], ev  # round 1 out, then the write starts
+        posts = [i for i, e in enumerate(ev) if e == "post"]
+        assert ev.count("after_start") == ev.count("gate") == 1 and len(posts) >= 2, ev
+        assert posts[0] < ev.index("gate") < posts[1], ev  # nothing after round 1 leaves before the gate
         assert idle_calls[idx] == 2, ev  # called until it returned True, never after
 
 
-def test_a_failing_before_release_releases_nothing_more(cluster: list[Node]) -> None:
+def test_a_failing_gate_releases_nothing_more(cluster: list[Node]) -> None:
     out = run_all(cluster, "keygen", "ed25519")
     key_id = out[1]["key_id"]
     commit_all(cluster, key_id)
@@ -310,7 +312,7 @@ def test_a_failing_before_release_releases_nothing_more(cluster: list[Node]) -> 
         def refuse() -> None:
             raise DiskFull
 
-        return {"before_release": refuse} if idx == 1 else {}
+        return {"release": (lambda: None, refuse)} if idx == 1 else {}
 
     res = run_all([cluster[0], cluster[2]], "sign", "ed25519", key_id=key_id, hub=hub, hooks=hooks, timeout=3,
                   params={"message": b"x".hex(), "signers": [1, 3]})  # fmt: skip
