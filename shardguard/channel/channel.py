@@ -27,10 +27,10 @@ key) and seals it once with HPKE, ``info = "…/link-key" ‖ frame(sender) ‖ 
 that ``wrap`` rides in every envelope it seals under the key, so every envelope still opens on
 its own, in any order, after any restart of either side. The recipient decapsulates a wrap once
 and keeps the key (bounded LRU, in memory), keyed by sender and wrap. A link key seals at most
-:data:`LINK_KEY_USES` envelopes and is then replaced. Why: one HPKE seal costs ~0.1–0.2 ms
-(an X25519 key generation and a DH; with ML-KEM also an encapsulation) and one open ~0.1 ms;
-a signing job sends each peer three or more envelopes, so per-envelope encapsulations were
-about a fifth of a node's CPU per signature.
+:data:`LINK_KEY_USES` envelopes, for at most :data:`LINK_KEY_SECONDS`, and is then replaced.
+Why: one HPKE seal costs ~0.1–0.2 ms (an X25519 key generation and a DH; with ML-KEM also an
+encapsulation) and one open ~0.1 ms; a signing job sends each peer three or more envelopes, so
+per-envelope encapsulations were about a fifth of a node's CPU per signature.
 
 **Why it is safe.** Link keys exist only in enclave memory and are never written anywhere, so
 a restart or a rolled-back disk (ARCHITECTURE §1) cannot bring one back. Message nonces are
@@ -72,6 +72,7 @@ import enum
 import functools
 import secrets
 import threading
+import time
 import weakref
 from typing import Any, NoReturn
 
@@ -95,6 +96,7 @@ from shardguard.channel.peer import AdmittedPeer
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "LINK_KEY_SECONDS",
     "LINK_KEY_USES",
     "MAX_ENVELOPE",
     "MAX_PLAINTEXT",
@@ -109,6 +111,9 @@ __all__ = [
 ENVELOPE_VERSION = 2
 #: Envelopes one link key seals before the sender makes a new one.
 LINK_KEY_USES = 4096
+#: Seconds a link key seals for before the sender makes a new one (bounds what memory taken
+#: from the sender could open, on a quiet link too).
+LINK_KEY_SECONDS = 600.0
 SESSION_ID_LEN = 32
 MAX_SEQ = 2**64 - 1
 #: Largest plaintext one envelope carries. The biggest protocol payload is ~8.5 KB (a 255-party
@@ -134,8 +139,10 @@ _SIG_CONTEXT = b"envelope"
 # of another use of the same keys.
 _WRAP_INFO_PREFIX = DOMAIN_TAG + b"/link-key\x00"
 _AAD_PREFIX = DOMAIN_TAG + b"/envelope-aad\x00"
-#: Link keys a node keeps of its peers (each an HPKE open saved per envelope).
+#: Link keys a node keeps of its peers (each an HPKE open saved per envelope), and of its own
+#: (per recipient channel key; a restarted peer has a new one).
 _RECEIVED_LINK_KEYS = 256
+_SENDING_LINK_KEYS = 256
 
 
 class ChannelAuthError(ChannelError):
@@ -196,18 +203,22 @@ class _LinkKeys:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # (recipient id, KEM, channel key) -> [AEAD, wrap, envelopes left]
-        self._sending: dict[tuple[str, KemId, bytes], list[Any]] = {}
+        # (recipient id, KEM, channel key) -> [AEAD, wrap, envelopes left, made at (monotonic)]
+        self._sending: collections.OrderedDict[tuple[str, KemId, bytes], list[Any]] = collections.OrderedDict()
         self._received: collections.OrderedDict[tuple[str, bytes], ChaCha20Poly1305] = collections.OrderedDict()
 
     def for_sending(self, sender: str, peer: PeerCard, suite: hpke.Suite, pk: HpkePublicKey) -> tuple[ChaCha20Poly1305, bytes]:
         slot = (peer.node_id, peer.kem_id, peer.channel_public_key)
+        now = time.monotonic()
         with self._lock:
             link = self._sending.get(slot)
-            if link is None or link[2] <= 0:
+            if link is None or link[2] <= 0 or now - link[3] >= LINK_KEY_SECONDS:
                 key = secrets.token_bytes(_KEY_LEN)
                 wrap = _hpke_seal(suite, pk, key, info=_wrap_info(sender, peer.node_id))
-                link = self._sending[slot] = [ChaCha20Poly1305(key), wrap, LINK_KEY_USES]
+                link = self._sending[slot] = [ChaCha20Poly1305(key), wrap, LINK_KEY_USES, now]
+                while len(self._sending) > _SENDING_LINK_KEYS:
+                    self._sending.popitem(last=False)
+            self._sending.move_to_end(slot)
             link[2] -= 1
             return link[0], link[1]
 

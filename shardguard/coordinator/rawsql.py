@@ -168,7 +168,13 @@ class RawConnection:
         lists = []
         for n in p.expanding:
             v = params.get(n, _NO_VALUE)
-            lists.append(p.literals.get(n, ()) if v is _NO_VALUE else v)
+            if v is _NO_VALUE:
+                v = p.literals.get(n, _NO_VALUE)
+                if v is _NO_VALUE:
+                    raise TypeError(f"rawsql: no value for bind parameter {n!r}")
+            if type(v) not in (list, tuple):
+                return self._bind_by_sqlalchemy(p, params)  # a set, a generator …: SQLAlchemy's way
+            lists.append(v)
         key = tuple(map(len, lists))
         if key in p.expansions:
             exp = p.expansions[key]

@@ -13,6 +13,7 @@ early: they are kept by session id until that session starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import defaultdict
@@ -105,8 +106,10 @@ def drive(
     ``gate`` runs before anything after the first round is posted, and blocks until that may
     leave. The node starts a signing's audit write in the one and waits for it in the other, so
     the write overlaps the first round's trip and the party's own work on the peers' first
-    round, and no share of a later round leaves without its entry. If either raises, the party
-    stops and the exception propagates.
+    round, and no share of a later round leaves without its entry. A party that finishes
+    without a later round (one signer) passes the gate before its result is returned; abort
+    messages wait for it too, and are dropped if it fails. If either raises, the party stops and
+    the exception propagates.
 
     ``idle`` runs whenever the party has posted what it could and waits for peers, until it
     returns True: work that may use the time a round spends crossing the network.
@@ -118,11 +121,15 @@ def drive(
 
     released = True  # the first round always goes out
 
-    def send(messages: Sequence[Message], *, gated: bool = True) -> None:
+    def pass_gate() -> None:
         nonlocal released
-        if messages and gated and not released and gate is not None:
+        if not released and gate is not None:
             gate()
-            released = True
+        released = True
+
+    def send(messages: Sequence[Message]) -> None:
+        if messages:
+            pass_gate()
         out = []
         for m in messages:
             plain = encode_message(m)
@@ -147,15 +154,17 @@ def drive(
             send(party.receive(m))
         except MessageRejected:
             return
-        except Exception as e:  # ProtocolAbort: let the others know (no share in it), then stop
-            send(getattr(e, "outgoing", []) or [], gated=False)
-            raise
+        except Exception as e:  # ProtocolAbort: let the others know, then stop
+            with contextlib.suppress(Exception):  # the gate refused: nothing more leaves
+                send(getattr(e, "outgoing", []) or [])
+            raise  # the party's own error stands
 
     send(party.start())
     released = gate is None
     if after_start is not None:
         after_start()
     _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round, idle)
+    pass_gate()  # a party done without a later round (one signer): its result is released here
     return party.result
 
 

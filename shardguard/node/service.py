@@ -34,6 +34,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
@@ -336,13 +338,22 @@ class NodeService:
                 writing.append(self._writes.submit(self._audit, "signing", **fields))
 
             def gate() -> None:
-                writing[0].result()
+                try:
+                    writing[0].result(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    raise EngineTimeout(task.job, 1) from None
 
             release = (start, gate)
-        result = run_task(
-            task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline, inbox=inbox,
-            release=release, idle=early,
-        )  # fmt: skip
+        try:
+            result = run_task(
+                task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline,
+                inbox=inbox, release=release, idle=early,
+            )  # fmt: skip
+        finally:
+            if release is not None and writing and not writing[0].done():
+                # A signing that stopped before its gate: its entry is settled (written, or its
+                # failure logged) before the task's own outcome is recorded after it.
+                futures_wait(writing, timeout=max(0.0, deadline - time.monotonic()))
         later()
         return result
 
@@ -436,6 +447,18 @@ class NodeService:
             got = notes.received()
             if not final and len(got) < len(peers):
                 return False  # not all here yet: look again at the next wait
+            if not final:
+                try:
+                    self._check_witness(got, peers, defer=True)
+                except Exception as e:  # the read after the protocol decides; it runs the same checks
+                    log.warning("witness notes of job %s, read early: %s", task.job, e)
+                    return True
+                taken = True
+                try:
+                    self.keystore.flush_witness()  # now, while the next round is on its way
+                except KeystoreError as e:
+                    log.warning("witness notes of job %s not yet durable: %s (the task's end tries again)", task.job, e)
+                return True
             taken = True
             if not got:
                 return True
@@ -448,12 +471,6 @@ class NodeService:
                 log.error("witness notes after job %s: %s", task.job, e)
                 self._fresh = False
                 self._witness_keys.clear()
-                return True
-            if not final:
-                try:
-                    self.keystore.flush_witness()  # now, while the next round is on its way
-                except KeystoreError as e:
-                    log.warning("witness notes of job %s not yet durable: %s (the task's end tries again)", task.job, e)
             return True
 
         def later() -> None:

@@ -890,3 +890,17 @@ def test_seal_open_timing_1kib(kem: KemId, capsys: pytest.CaptureFixture[str]) -
         total = f"{s:.3f} ms + open {o:.3f} ms = {s + o:.3f} ms"
         print(f"\n[channel timing] {kem.name}: 1 KiB seal {total} (median of 300); envelope {len(env)} B")
     assert s + o < 50  # generous bound: catches a pathological regression, not CI noise
+
+
+def test_link_keys_are_replaced_after_their_time(seal_calls: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    p = make_pair()
+    clock = [1000.0]
+    monkeypatch.setattr(channel_mod.time, "monotonic", lambda: clock[0])
+    e1 = p.ab.seal(b"1", seq=1)
+    clock[0] += channel_mod.LINK_KEY_SECONDS - 1
+    e2 = p.ab.seal(b"2", seq=2)
+    clock[0] += 1
+    e3 = p.ab.seal(b"3", seq=3)
+    wraps = [e[slice(layout(e)["wrap"][0], sum(layout(e)["wrap"]))] for e in (e1, e2, e3)]
+    assert wraps[0] == wraps[1] != wraps[2] and len(seal_calls) == 2
+    assert [p.ba.open(e) for e in (e1, e2, e3)] == [b"1", b"2", b"3"]

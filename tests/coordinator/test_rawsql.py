@@ -158,3 +158,20 @@ def test_in_lists_expanded_once_per_length_give_sqlalchemys_rows(
         assert len(calls) == n  # every length seen before: no expansion rebuilt
         c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a", "seqs": list(range(1, 12))})
         assert len(calls) == n + 1
+
+
+def test_in_lists_missing_or_not_a_list(dbs: tuple[Database, RawDatabase]) -> None:
+    """A missing IN list is an error even once an empty one was seen (it must never act as an
+    empty list), and a set or tuple is bound as SQLAlchemy binds it."""
+    db, raw = dbs
+    _seed(raw)
+    with raw.read() as c:
+        assert c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a", "seqs": []}) == []
+    with pytest.raises(TypeError, match="seqs"), raw.read() as c:
+        c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a"})
+    for seqs in ({2, 4}, (2, 4), [2, 4]):
+        params = {"job": "j1", "node": "a", "seqs": seqs}
+        with db.engine.connect() as conn:
+            want = sorted(tuple(r) for r in conn.execute(S._SENT_BEFORE, params))
+        with raw.read() as c:
+            assert sorted(tuple(r) for r in c.execute(S._SENT_BEFORE, params)) == want and want

@@ -319,3 +319,35 @@ def test_a_failing_gate_releases_nothing_more(cluster: list[Node]) -> None:
     assert isinstance(res[1], DiskFull)
     assert hub.events[1] == ["post"]  # its first round only: no share of round 2 left
     assert isinstance(res[3], EngineTimeout)  # the peer never got node 1's share
+
+
+def test_a_single_signer_passes_the_gate_before_its_signature_is_returned(cluster: list[Node]) -> None:
+    """With one signer (t = 1) the party finishes inside start(): no later round is ever posted,
+    so the gate must still be passed before the result is handed back (and a failing gate
+    means no signature at all)."""
+    from shardguard import local
+    from shardguard.node.engine import Inbox, drive
+    from shardguard.protocols.frost import FrostSigner
+
+    share = local.keygen("ed25519", 1, 2, allow_single=True)[0]
+    node = cluster[0]
+    events: list[str] = []
+
+    def run(gate: Callable[[], None]) -> bytes:
+        party = FrostSigner(share, signers=[1], message=b"alone", instance=os.urandom(32), rng=os.urandom)
+        out: bytes = drive(party, job="j", me=node.keys, card=node.card, peers={}, relay=Hub().relay(node.card.node_id),
+                           inbox=Inbox(), deadline=time.monotonic() + 5, after_start=lambda: events.append("after_start"),
+                           gate=gate)  # fmt: skip
+        return out
+
+    sig = run(lambda: events.append("gate"))
+    assert len(sig) == 64 and events == ["after_start", "gate"]
+
+    class DiskFull(Exception):
+        pass
+
+    def refuse() -> None:
+        raise DiskFull
+
+    with pytest.raises(DiskFull):
+        run(refuse)
