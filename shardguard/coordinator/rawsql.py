@@ -109,6 +109,16 @@ def _prepare(stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] |
     )
 
 
+def _value(p: _Prepared, params: Mapping[str, Any], name: str) -> Any:
+    """The value bound to ``name``: the caller's, else the literal compiled in; never a default."""
+    v = params.get(name, _NO_VALUE)
+    if v is _NO_VALUE:
+        v = p.literals.get(name, _NO_VALUE)
+        if v is _NO_VALUE:
+            raise TypeError(f"rawsql: no value for bind parameter {name!r}")
+    return v
+
+
 class RawConnection:
     """One transaction's statements (from :meth:`RawDatabase.write` / :meth:`RawDatabase.read`)."""
 
@@ -145,11 +155,7 @@ class RawConnection:
         out: list[Any] = []
         named: dict[str, Any] = {}
         for n in p.names:
-            v = params.get(n, _NO_VALUE)
-            if v is _NO_VALUE:
-                v = p.literals.get(n, _NO_VALUE)
-                if v is _NO_VALUE:
-                    raise TypeError(f"rawsql: no value for bind parameter {n!r}")
+            v = _value(p, params, n)
             proc = p.bind_procs.get(n)
             if proc is not None:
                 v = proc(v)
@@ -167,11 +173,7 @@ class RawConnection:
         SQLAlchemy's values."""
         lists = []
         for n in p.expanding:
-            v = params.get(n, _NO_VALUE)
-            if v is _NO_VALUE:
-                v = p.literals.get(n, _NO_VALUE)
-                if v is _NO_VALUE:
-                    raise TypeError(f"rawsql: no value for bind parameter {n!r}")
+            v = _value(p, params, n)
             if type(v) not in (list, tuple):
                 return self._bind_by_sqlalchemy(p, params)  # a set, a generator …: SQLAlchemy's way
             lists.append(v)

@@ -1313,8 +1313,14 @@ class Coordinator:
         """News of the node's jobs past its cursors: new messages (as :meth:`read_inbox`), and
         the status of every job that is no longer running. Jobs the node takes no part in, or
         that do not exist, are reported as ``not_found`` (the same answer for both)."""
+        return self.read_news(node_id, cursors)[0]
+
+    def read_news(self, node_id: str, cursors: Mapping[str, int]) -> tuple[list[dict[str, Any]], set[str]]:
+        """:meth:`read_events`, and the running jobs the answer's limits (message count, bytes)
+        may have cut short: their news continues past what is answered, so read them again."""
         if not cursors:
-            return []
+            return [], set()
+        cut: set[str] = set()
         with self.db.raw.read() as conn:
             known: dict[str, str] = {}
             for job_id, status, participants in conn.execute(_JOBS_OF, {"jobs": sorted(cursors)}):
@@ -1325,7 +1331,8 @@ class Coordinator:
                 for j in cursors
             }
             count = size = 0
-            for job_id in sorted(known):
+            order = sorted(known)
+            for k, job_id in enumerate(order):
                 item = news[job_id]
                 rows = conn.execute(
                     _NEWS,
@@ -1334,14 +1341,17 @@ class Coordinator:
                 for from_node, to_node, seq, blob, job_seq in rows:
                     # A job's cursor only moves over what is answered: the rest comes next time.
                     if size and size + len(blob) > self.settings.max_body_bytes:
+                        cut.add(job_id)
                         break
                     count += 1
                     size += len(blob)
                     item["next_after"] = job_seq
                     item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
                 if count >= self.settings.inbox_batch:
+                    cut.update(order[k:])  # this one may have more, the rest were not read
                     break
-        return [n for n in news.values() if n["messages"] or n["job_status"] != "running"]
+        cut = {j for j in cut if known.get(j) == "running"}
+        return [n for n in news.values() if n["messages"] or n["job_status"] != "running"], cut
 
     def post_outbox(
         self,

@@ -284,7 +284,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     last_sweep = now
                     look = set(state.cursors)
                 cursors = {j: state.cursors[j] for j in look if j in state.cursors}
-                jobs = await hot(coord.read_events, node_id, cursors) if cursors else []
+                jobs, cut = await hot(coord.read_news, node_id, cursors) if cursors else ([], set())
                 for j in jobs:
                     if j["job_status"] != "running":
                         state.cursors.pop(j["job_id"], None)  # ended: the node closes it
@@ -297,9 +297,8 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     # Tasks in a frame that never reached the node stay claimed: its next
                     # connection pushes them again (above).
                     await send({"op": "events", "tasks": tasks, "jobs": jobs})
-                    if sum(len(j["messages"]) for j in jobs) >= settings.inbox_batch:
-                        # The batch limit may have cut these jobs short: read them again at once.
-                        state.fresh |= {j["job_id"] for j in jobs if j["messages"] and j["job_id"] in state.cursors}
+                    # Jobs the answer's limits cut short (count or bytes): read them again at once.
+                    state.fresh |= {j for j in cut if j in state.cursors}
                     continue
                 if now - last_key_check >= settings.poll_interval:
                     last_key_check = now

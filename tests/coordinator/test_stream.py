@@ -284,3 +284,29 @@ def test_a_new_connection_gets_the_tasks_handed_out_and_not_reported_again(clien
         assert [t["task_id"] for t in sa.receive("events")["tasks"]] == [t2[0]["task_id"]]
     assert coordinator.claimed_tasks(b.node_id) == []  # b's task was never handed out
     assert [t["task_id"] for t in coordinator.claimed_tasks(a.node_id)] == [t2[0]["task_id"]]
+
+
+def test_news_cut_short_by_the_byte_limit_is_read_again_at_once(make_client: Any, nodes: list[FakeNode]) -> None:
+    """A push carries at most max_body_bytes of messages; the jobs it cut short are read again
+    right away, not at the next wake-up or poll (here 30 s)."""
+    client = make_client(max_body_bytes=4096, poll_interval=30.0)
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    job = sign_job(client, key_id, [a.node_id, b.node_id])
+    blobs = [bytes([i]) * 2500 for i in (1, 2, 3)]  # two do not fit in one push
+    with stream(client, a) as sa:
+        sa.want(claim=4)
+        sa.receive("events")
+        for i, blob in enumerate(blobs, start=1):
+            sa.outbox([(job, b.node_id, i, blob)])
+    start = time.monotonic()
+    with stream(client, b) as sb:
+        sb.want(claim=4)
+        got: list[bytes] = []
+        frames = 0
+        while len(got) < 3:
+            ev = sb.receive("events")
+            frames += 1
+            got += [base64.b64decode(m["blob"]) for j in ev["jobs"] for m in j["messages"]]
+    assert got == blobs and frames == 3
+    assert time.monotonic() - start < 10
