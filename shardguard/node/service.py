@@ -327,12 +327,12 @@ class NodeService:
             return self._repair(raw, participants, me, peers, inbox, deadline)
         later, early = self._witness(task, peers, inbox, deadline)
         release = None
+        writing: list[Future[None]] = []
         if kind == "sign":
             # The decision to sign is logged, durably, while the first round is in flight and
             # the peers' first round is worked on, and before any share that helps make the
             # signature leaves this node.
             fields = self._audit_fields(raw)
-            writing: list[Future[None]] = []
 
             def start() -> None:
                 writing.append(self._writes.submit(self._audit, "signing", **fields))
@@ -350,7 +350,7 @@ class NodeService:
                 inbox=inbox, release=release, idle=early,
             )  # fmt: skip
         finally:
-            if release is not None and writing and not writing[0].done():
+            if writing and not writing[0].done():
                 # A signing that stopped before its gate: its entry is settled (written, or its
                 # failure logged) before the task's own outcome is recorded after it.
                 futures_wait(writing, timeout=max(0.0, deadline - time.monotonic()))
