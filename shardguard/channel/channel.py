@@ -26,7 +26,7 @@ Envelope, version 2 (fixed binary, big-endian, every length checked)::
 key) and seals it once with HPKE, ``info = "…/link-key" ‖ frame(sender) ‖ frame(recipient)``;
 that ``wrap`` rides in every envelope it seals under the key, so every envelope still opens on
 its own, in any order, after any restart of either side. The recipient decapsulates a wrap once
-and keeps the key (bounded LRU, in memory), keyed by sender and wrap. A link key seals at most
+and keeps the key (in memory: per sender, its 8 most recent), keyed by sender and wrap. A link key seals at most
 :data:`LINK_KEY_USES` envelopes, for at most :data:`LINK_KEY_SECONDS`, and is then replaced.
 Why: one HPKE seal costs ~0.1–0.2 ms (an X25519 key generation and a DH; with ML-KEM also an
 encapsulation) and one open ~0.1 ms; a signing job sends each peer three or more envelopes, so
@@ -139,9 +139,11 @@ _SIG_CONTEXT = b"envelope"
 # of another use of the same keys.
 _WRAP_INFO_PREFIX = DOMAIN_TAG + b"/link-key\x00"
 _AAD_PREFIX = DOMAIN_TAG + b"/envelope-aad\x00"
-#: Link keys a node keeps of its peers (each an HPKE open saved per envelope), and of its own
-#: (per recipient channel key; a restarted peer has a new one).
-_RECEIVED_LINK_KEYS = 256
+#: Link keys a node keeps of its peers (each an HPKE open saved per envelope): per sender, so a
+#: peer that sends fresh wraps only pushes out its own, and for this many senders; and of its
+#: own (per recipient channel key; a restarted peer has a new one).
+_RECEIVED_PER_SENDER = 8
+_RECEIVED_SENDERS = 256
 _SENDING_LINK_KEYS = 256
 
 
@@ -205,7 +207,10 @@ class _LinkKeys:
         self._lock = threading.Lock()
         # (recipient id, KEM, channel key) -> [AEAD, wrap, envelopes left, made at (monotonic)]
         self._sending: collections.OrderedDict[tuple[str, KemId, bytes], list[Any]] = collections.OrderedDict()
-        self._received: collections.OrderedDict[tuple[str, bytes], ChaCha20Poly1305] = collections.OrderedDict()
+        # sender id -> (wrap -> key), both least recently used first
+        self._received: collections.OrderedDict[str, collections.OrderedDict[bytes, ChaCha20Poly1305]] = (
+            collections.OrderedDict()
+        )
 
     def for_sending(self, sender: str, peer: PeerCard, suite: hpke.Suite, pk: HpkePublicKey) -> tuple[ChaCha20Poly1305, bytes]:
         slot = (peer.node_id, peer.kem_id, peer.channel_public_key)
@@ -225,19 +230,24 @@ class _LinkKeys:
     def for_opening(self, me: NodeKeys, sender: str, wrap: bytes) -> ChaCha20Poly1305:
         """The link key in ``wrap``; raises ``InvalidTag``/``ValueError`` if it does not open.
         Call only for an envelope whose signature the sender's identity key has verified."""
-        slot = (sender, wrap)
         with self._lock:
-            key = self._received.get(slot)
-            if key is not None:
-                self._received.move_to_end(slot)
+            keys = self._received.get(sender)
+            key = keys.get(wrap) if keys is not None else None
+            if keys is not None and key is not None:
+                keys.move_to_end(wrap)
+                self._received.move_to_end(sender)
                 return key
         raw = me.hpke_open(wrap, info=_wrap_info(sender, me.node_id))
         if len(raw) != _KEY_LEN:
             raise ValueError("link key of the wrong length")
         key = ChaCha20Poly1305(raw)
         with self._lock:
-            self._received[slot] = key
-            while len(self._received) > _RECEIVED_LINK_KEYS:
+            keys = self._received.setdefault(sender, collections.OrderedDict())
+            keys[wrap] = key
+            while len(keys) > _RECEIVED_PER_SENDER:
+                keys.popitem(last=False)
+            self._received.move_to_end(sender)
+            while len(self._received) > _RECEIVED_SENDERS:
                 self._received.popitem(last=False)
         return key
 

@@ -904,3 +904,27 @@ def test_link_keys_are_replaced_after_their_time(seal_calls: list[tuple[Any, ...
     wraps = [e[slice(layout(e)["wrap"][0], sum(layout(e)["wrap"]))] for e in (e1, e2, e3)]
     assert wraps[0] == wraps[1] != wraps[2] and len(seal_calls) == 2
     assert [p.ba.open(e) for e in (e1, e2, e3)] == [b"1", b"2", b"3"]
+
+
+def test_a_peer_sending_fresh_wraps_pushes_out_only_its_own_link_keys(
+    seal_calls: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver keeps unwrapped link keys per sender: an admitted peer that makes a new link
+    key for every envelope costs the receiver one HPKE open each, as any envelope did before,
+    and cannot evict another peer's key."""
+    a, b, m = (NodeKeys.generate(n) for n in ("node-a", "node-b", "node-m"))
+    b_from_a = Channel(b, b.card(), admit(a.card()), SID)
+    b_from_m = Channel(b, b.card(), admit(m.card()), SID)
+    a_to_b = Channel(a, a.card(), admit(b.card()), SID)
+    opens = []
+    real_open = NodeKeys.hpke_open
+    monkeypatch.setattr(NodeKeys, "hpke_open", lambda self, *x, **k: opens.append(1) or real_open(self, *x, **k))
+    assert b_from_a.open(a_to_b.seal(b"1", seq=1)) == b"1" and len(opens) == 1
+    monkeypatch.setattr(channel_mod, "LINK_KEY_USES", 1)  # m: a new link key per envelope
+    m_to_b = Channel(m, m.card(), admit(b.card()), SID)
+    for seq in range(1, 40):
+        assert b_from_m.open(m_to_b.seal(b"m", seq=seq)) == b"m"
+    assert len(opens) == 1 + 39
+    monkeypatch.setattr(channel_mod, "LINK_KEY_USES", 4096)
+    assert b_from_a.open(a_to_b.seal(b"2", seq=2)) == b"2"
+    assert len(opens) == 40  # a's key was still there
