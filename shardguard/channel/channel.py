@@ -144,6 +144,7 @@ _AAD_PREFIX = DOMAIN_TAG + b"/envelope-aad\x00"
 #: own (per recipient channel key; a restarted peer has a new one).
 _RECEIVED_PER_SENDER = 8
 _RECEIVED_SENDERS = 256
+_RECEIVED_SECONDS = 2 * LINK_KEY_SECONDS
 _SENDING_LINK_KEYS = 256
 
 
@@ -207,8 +208,8 @@ class _LinkKeys:
         self._lock = threading.Lock()
         # (recipient id, KEM, channel key) -> [AEAD, wrap, envelopes left, made at (monotonic)]
         self._sending: collections.OrderedDict[tuple[str, KemId, bytes], list[Any]] = collections.OrderedDict()
-        # sender id -> (wrap -> key), both least recently used first
-        self._received: collections.OrderedDict[str, collections.OrderedDict[bytes, ChaCha20Poly1305]] = (
+        # sender id -> (wrap -> (key, unwrapped at (monotonic))), both least recently used first
+        self._received: collections.OrderedDict[str, collections.OrderedDict[bytes, tuple[ChaCha20Poly1305, float]]] = (
             collections.OrderedDict()
         )
 
@@ -221,6 +222,9 @@ class _LinkKeys:
                 key = secrets.token_bytes(_KEY_LEN)
                 wrap = _hpke_seal(suite, pk, key, info=_wrap_info(sender, peer.node_id))
                 link = self._sending[slot] = [ChaCha20Poly1305(key), wrap, LINK_KEY_USES, now]
+                # Expired keys of quiet links go too, not only when their link sends again.
+                for old in [s for s, v in self._sending.items() if now - v[3] >= LINK_KEY_SECONDS]:
+                    del self._sending[old]
                 while len(self._sending) > _SENDING_LINK_KEYS:
                     self._sending.popitem(last=False)
             self._sending.move_to_end(slot)
@@ -230,23 +234,31 @@ class _LinkKeys:
     def for_opening(self, me: NodeKeys, sender: str, wrap: bytes) -> ChaCha20Poly1305:
         """The link key in ``wrap``; raises ``InvalidTag``/``ValueError`` if it does not open.
         Call only for an envelope whose signature the sender's identity key has verified."""
+        now = time.monotonic()
         with self._lock:
             keys = self._received.get(sender)
-            key = keys.get(wrap) if keys is not None else None
-            if keys is not None and key is not None:
+            hit = keys.get(wrap) if keys is not None else None
+            if keys is not None and hit is not None and now - hit[1] < _RECEIVED_SECONDS:
                 keys.move_to_end(wrap)
                 self._received.move_to_end(sender)
-                return key
+                return hit[0]
         raw = me.hpke_open(wrap, info=_wrap_info(sender, me.node_id))
         if len(raw) != _KEY_LEN:
             raise ValueError("link key of the wrong length")
         key = ChaCha20Poly1305(raw)
         with self._lock:
             keys = self._received.setdefault(sender, collections.OrderedDict())
-            keys[wrap] = key
+            keys[wrap] = (key, now)
             while len(keys) > _RECEIVED_PER_SENDER:
                 keys.popitem(last=False)
             self._received.move_to_end(sender)
+            # Keys kept past their sender's use (twice its rotation time) go; a late envelope
+            # under one only costs an HPKE open again.
+            for s, ks in list(self._received.items()):
+                for w in [w for w, (_, t) in ks.items() if now - t >= _RECEIVED_SECONDS]:
+                    del ks[w]
+                if not ks:
+                    del self._received[s]
             while len(self._received) > _RECEIVED_SENDERS:
                 self._received.popitem(last=False)
         return key

@@ -186,10 +186,11 @@ class RawConnection:
                 p.expansions[key] = exp
         if exp is None:
             return self._bind_by_sqlalchemy(p, params)
-        merged = {**p.literals, **params}
         values = []
         for _name, src, i, proc in exp.plan:
-            v = merged[src] if i < 0 else merged[src][i]
+            v = _value(p, params, src)
+            if i >= 0:
+                v = v[i]
             values.append(v if proc is None else proc(v))
         if self._owner.positional:
             return exp.sql, values

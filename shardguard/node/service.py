@@ -100,6 +100,10 @@ class KeystoreShares:
                 self._ks.update_share(key_id, current.with_bans(parties))
 
 
+#: How long a failed signing waits for its audit write in flight, even past its deadline (s).
+_WRITE_GRACE = 5.0
+
+
 class NodeService:
     def __init__(
         self,
@@ -350,10 +354,12 @@ class NodeService:
                 inbox=inbox, release=release, idle=early,
             )  # fmt: skip
         finally:
-            if writing and not writing[0].done():
-                # A signing that stopped before its gate: its entry is settled (written, or its
-                # failure logged) before the task's own outcome is recorded after it.
-                futures_wait(writing, timeout=max(0.0, deadline - time.monotonic()))
+            if writing and not writing[0].cancel() and not writing[0].done():
+                # A signing that stopped before its gate, its entry still being written (one
+                # not yet started is cancelled: nothing after the first round left, so no entry
+                # is owed). Let it settle — written, or its failure logged — before the task's
+                # own outcome is recorded after it; past the deadline too, briefly.
+                futures_wait(writing, timeout=max(deadline - time.monotonic(), _WRITE_GRACE))
         later()
         return result
 
@@ -440,6 +446,13 @@ class NodeService:
             return (lambda: None), None
         taken = False
 
+        def distrust(e: Exception) -> None:
+            # Cannot happen without a restart (see above); if it does, trust nothing already
+            # witnessed: the next task waits for every note again.
+            log.error("witness notes of job %s: %s", task.job, e)
+            self._fresh = False
+            self._witness_keys.clear()
+
         def take(final: bool) -> bool:
             nonlocal taken
             if taken:
@@ -450,7 +463,10 @@ class NodeService:
             if not final:
                 try:
                     self._check_witness(got, peers, defer=True)
-                except Exception as e:  # the read after the protocol decides; it runs the same checks
+                except (StalePeer, KeystoreError, TaskError) as e:
+                    distrust(e)  # at once: the read after the protocol does not run if the task fails
+                    return True
+                except Exception as e:  # the read after the protocol runs the same checks again
                     log.warning("witness notes of job %s, read early: %s", task.job, e)
                     return True
                 taken = True
@@ -466,11 +482,7 @@ class NodeService:
                 # Deferred: durable before the task's result leaves (handle's flush_witness).
                 self._check_witness(got, peers, defer=True)
             except (StalePeer, KeystoreError, TaskError) as e:
-                # Cannot happen without a restart (see above); if it does, trust nothing
-                # already witnessed: the next task waits for every note again.
-                log.error("witness notes after job %s: %s", task.job, e)
-                self._fresh = False
-                self._witness_keys.clear()
+                distrust(e)
             return True
 
         def later() -> None:

@@ -928,3 +928,30 @@ def test_a_peer_sending_fresh_wraps_pushes_out_only_its_own_link_keys(
     monkeypatch.setattr(channel_mod, "LINK_KEY_USES", 4096)
     assert b_from_a.open(a_to_b.seal(b"2", seq=2)) == b"2"
     assert len(opens) == 40  # a's key was still there
+
+
+def test_expired_link_keys_are_dropped_on_both_sides(seal_calls: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet link's expired key is dropped when the sender makes any new one, and a receiver
+    drops a key twice the rotation time after unwrapping it (an envelope under it then costs
+    one HPKE open again, and still opens)."""
+    a, b, c = (NodeKeys.generate(n) for n in ("node-a", "node-b", "node-c"))
+    clock = [5000.0]
+    monkeypatch.setattr(channel_mod.time, "monotonic", lambda: clock[0])
+    a_to_b, a_to_c = Channel(a, a.card(), admit(b.card()), SID), Channel(a, a.card(), admit(c.card()), SID)
+    b_from_a = Channel(b, b.card(), admit(a.card()), SID)
+    e1 = a_to_b.seal(b"1", seq=1)
+    links = channel_mod._links_of(a)
+    assert len(links._sending) == 1
+    clock[0] += channel_mod.LINK_KEY_SECONDS
+    a_to_c.seal(b"x", seq=1)  # a new key for c: b's expired one goes
+    assert len(links._sending) == 1
+    opens = []
+    real_open = NodeKeys.hpke_open
+    monkeypatch.setattr(NodeKeys, "hpke_open", lambda self, *x, **k: opens.append(1) or real_open(self, *x, **k))
+    assert b_from_a.open(e1) == b"1" and len(opens) == 1
+    e2 = e1  # the same wrap again, later: kept, then dropped after twice the rotation time
+    assert channel_mod._links_of(b).for_opening(b, "node-a", e2[slice(layout(e2)["wrap"][0], sum(layout(e2)["wrap"]))])
+    assert len(opens) == 1
+    clock[0] += 2 * channel_mod.LINK_KEY_SECONDS
+    assert channel_mod._links_of(b).for_opening(b, "node-a", e2[slice(layout(e2)["wrap"][0], sum(layout(e2)["wrap"]))])
+    assert len(opens) == 2

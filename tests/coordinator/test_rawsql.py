@@ -169,6 +169,8 @@ def test_in_lists_missing_or_not_a_list(dbs: tuple[Database, RawDatabase]) -> No
         assert c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a", "seqs": []}) == []
     with pytest.raises(TypeError, match="seqs"), raw.read() as c:
         c.execute(S._SENT_BEFORE, {"job": "j1", "node": "a"})
+    with pytest.raises(TypeError, match="job"), raw.read() as c:  # a plain bind, on the cached plan
+        c.execute(S._SENT_BEFORE, {"node": "a", "seqs": []})
     for seqs in ({2, 4}, (2, 4), [2, 4]):
         params = {"job": "j1", "node": "a", "seqs": seqs}
         with db.engine.connect() as conn:

@@ -32,6 +32,9 @@ class Hub:
         self.cv = threading.Condition()
         self.boxes: dict[str, list[tuple[int, str, str, bytes]]] = {}
         self.results: dict[str, dict[str, Any]] = {}
+        # (node, job) -> how many of that node's posts in that job get through (the rest are lost)
+        self.allow: dict[tuple[str, str], int] = {}
+        self.posts: dict[tuple[str, str], int] = {}
 
 
 class MemStream:
@@ -52,6 +55,9 @@ class MemStream:
 
     def post(self, job: str, envelopes: Sequence[tuple[str, bytes]], *, hold: bool = False) -> None:
         with self.hub.cv:
+            n = self.hub.posts[self.node, job] = self.hub.posts.get((self.node, job), 0) + 1
+            if n > self.hub.allow.get((self.node, job), n):
+                return
             box = self.hub.boxes.setdefault(job, [])
             for to, env in envelopes:
                 box.append((len(box) + 1, self.node, to, env))
@@ -111,9 +117,11 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[di
         svc.keystore.close()
 
 
-def _sign(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
+def _sign(
+    hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], job: str, seconds: float = 60
+) -> list[dict[str, Any]]:
     instance = secrets.token_hex(32)
-    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)).isoformat()
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
     message = secrets.token_bytes(32).hex()
     threads = []
     for i, nid in enumerate(NODES, start=1):
@@ -180,3 +188,24 @@ def test_a_task_waits_while_its_key_s_new_epoch_is_being_decided(
     t.join(30)
     assert out and [r["status"] for r in out[0]] == ["done", "done"]
     assert services["node-1"]._settling == {}
+
+
+def test_a_stale_peer_seen_early_is_distrusted_even_if_the_task_then_fails(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Witness notes are read as soon as all have arrived (the engine's idle hook). If they are
+    inconsistent (here: a peer saw this node further on than it is), the node stops trusting
+    what it witnessed at once: the read after the protocol never runs for a task that fails
+    (here: the peer's round 2 is lost)."""
+    hub, services, parts = nodes
+    for k in range(3):  # both witnessed: later notes are read during the protocol
+        _sign(hub, services, parts, f"warm{k}")
+    one, two = services["node-1"], services["node-2"]
+    assert one._fresh
+    # node-2 "saw" node-1 much further on than node-1 is: node-1's state looks like an old copy.
+    two.keystore.record_peer_counter("node-1", one.keystore.counter + 100, secrets.token_bytes(32))
+    monkeypatch.setattr("shardguard.node.service._seconds_until", lambda _d: 0.0)  # a 5 s task deadline
+    hub.allow["node-2", "cold"] = 2  # its witness note and round 1 arrive; its round 2 is lost
+    results = _sign(hub, services, parts, "cold", seconds=5)
+    assert results[0]["status"] == "failed", results[0]
+    assert not one._fresh and not one._witness_keys
