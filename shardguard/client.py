@@ -151,13 +151,18 @@ class Client:
                 raise TimeoutError(f"request {request_id} still {r['status']} after {timeout:.0f} s")
 
     # -- writes ------------------------------------------------------------------------------
+    def _write(self, path: str, body: Any = None, idempotency_key: str | None = None, **kw: Any) -> dict[str, Any]:
+        """A POST under ``idempotency_key`` (a fresh one unless given), so its own retries of
+        a lost answer are safe."""
+        return dict(self._call("POST", path, json=body, idempotency_key=idempotency_key or new_idempotency_key(), **kw))
+
     def create_key(
         self, scheme: str, threshold: int, nodes: Sequence[str], *, wait: bool = True, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """A new key (its DKG). ``idempotency_key``: yours, to make a retry of this very call
         from elsewhere safe too; by default a fresh one, so the call's own retries are."""
         body = {"scheme": scheme, "threshold": threshold, "nodes": list(nodes)}
-        out = dict(self._call("POST", "/v1/keys", json=body, idempotency_key=idempotency_key or new_idempotency_key()))
+        out = self._write("/v1/keys", body, idempotency_key)
         if wait:
             self.wait(out["request_id"])
             return self.key(out["key_id"])
@@ -179,8 +184,7 @@ class Client:
         ``idempotency_key`` as for :meth:`create_key`: a lost answer is retried, never signed twice."""
         if not wait:
             body = _sign_body(digest, message, path, signers)
-            key = idempotency_key or new_idempotency_key()
-            return dict(self._call("POST", f"/v1/keys/{key_id}/sign", json=body, idempotency_key=key))
+            return self._write(f"/v1/keys/{key_id}/sign", body, idempotency_key)
         req = self.sign_request(
             key_id, digest=digest, message=message, path=path, signers=signers, idempotency_key=idempotency_key
         )
@@ -202,12 +206,7 @@ class Client:
         within the server's long-poll, as it normally does; a lost answer is asked again under
         the same idempotency key (a fresh one unless given), so the digest is signed once."""
         body = _sign_body(digest, message, path, signers)
-        out = dict(
-            self._call(
-                "POST", f"/v1/keys/{key_id}/sign", json=body, params={"wait": min(25.0, timeout)}, timeout=60,
-                idempotency_key=idempotency_key or new_idempotency_key(),
-            )
-        )  # fmt: skip
+        out = self._write(f"/v1/keys/{key_id}/sign", body, idempotency_key, params={"wait": min(25.0, timeout)}, timeout=60)
         if out.get("status") == "done":
             return out
         if out.get("status") == "failed":
@@ -215,8 +214,7 @@ class Client:
         return self.wait(out["request_id"], timeout=timeout)
 
     def refresh(self, key_id: str, *, wait: bool = True, idempotency_key: str | None = None) -> dict[str, Any]:
-        key = idempotency_key or new_idempotency_key()
-        out = dict(self._call("POST", f"/v1/keys/{key_id}/refresh", idempotency_key=key))
+        out = self._write(f"/v1/keys/{key_id}/refresh", None, idempotency_key)
         return self.wait(out["request_id"]) if wait else out
 
     def repair(
@@ -232,8 +230,7 @@ class Client:
         body: dict[str, Any] = {"lost": lost}
         if helpers is not None:
             body["helpers"] = list(helpers)
-        key = idempotency_key or new_idempotency_key()
-        out = dict(self._call("POST", f"/v1/keys/{key_id}/repair", json=body, idempotency_key=key))
+        out = self._write(f"/v1/keys/{key_id}/repair", body, idempotency_key)
         return self.wait(out["request_id"]) if wait else out
 
     def create_token(self, scopes: Sequence[str], label: str = "") -> dict[str, Any]:

@@ -99,14 +99,18 @@ def _fingerprint(kind: str, **fields: Any) -> str:
     return hashlib.sha256(canonical_json({"kind": kind, **fields}).encode()).hexdigest()
 
 
-def _same_request(seen: Any, fp: str | None, key: str) -> None:
-    if seen.idempotency_fp != fp:
+def _seen_in(conn: Any, requested_by: str, key: str, fp: str | None) -> Any:
+    """The job ``requested_by`` made under idempotency ``key`` (None if none), read on
+    ``conn`` (an ORM session or a raw connection); it must be for the same request."""
+    seen = conn.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": key}).first()
+    if seen is not None and seen.idempotency_fp != fp:
         raise ApiError(
             422,
             "idempotency_key_reused",
             f"Idempotency-Key {key!r} was used for another request ({seen.id})",
             field="Idempotency-Key",
         )
+    return seen
 
 
 def _once(submit: Callable[[], dict[str, Any]], idempotency_key: str | None) -> dict[str, Any]:
@@ -512,10 +516,7 @@ class Coordinator:
         if idempotency_key is None:
             return None
         with self.db.read() as s:
-            seen = s.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": idempotency_key}).first()
-        if seen is not None:
-            _same_request(seen, fp, idempotency_key)
-        return seen
+            return _seen_in(s, requested_by, idempotency_key, fp)
 
     def _key_out(self, key: Key) -> dict[str, Any]:
         return {
@@ -590,11 +591,9 @@ class Coordinator:
         # Prebuilt statements on the raw connection (rawsql): one transaction per signature
         # request, the commonest write.
         with self.db.raw.write() as conn:
-            if idempotency_key is not None:
-                seen = conn.execute(_JOB_BY_IDEMPOTENCY, {"by": requested_by, "key": idempotency_key}).first()
-                if seen is not None:
-                    _same_request(seen, fp, idempotency_key)
-                    return {"request_id": seen.id}
+            seen = _seen_in(conn, requested_by, idempotency_key, fp) if idempotency_key is not None else None
+            if seen is not None:
+                return {"request_id": seen.id}
             key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
             if key is None:
                 raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
