@@ -125,6 +125,10 @@ class Client:
     def nodes(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/nodes"))
 
+    def node(self, node_id: str) -> dict[str, Any]:
+        """One node with its card, evidence, collateral and the challenges the evidence answers."""
+        return dict(self._call("GET", f"/v1/nodes/{node_id}"))
+
     def keys(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/keys"))
 

@@ -9,6 +9,14 @@ forge, re-target or replay.
 This package imports :mod:`shardguard.attestation` and :mod:`shardguard.crypto` only.
 """
 
+from shardguard.channel.challenge import (
+    Challenge,
+    ChallengeBook,
+    ChallengeError,
+    challenge_nonce,
+    challenges_from_wire,
+    challenges_to_wire,
+)
 from shardguard.channel.channel import (
     MAX_ENVELOPE,
     MAX_PLAINTEXT,
@@ -37,6 +45,9 @@ __all__ = (
     "MAX_PLAINTEXT",
     "AdmittedPeer",
     "CardError",
+    "Challenge",
+    "ChallengeBook",
+    "ChallengeError",
     "Channel",
     "ChannelAuthError",
     "ChannelError",
@@ -48,4 +59,7 @@ __all__ = (
     "ReplayReason",
     "admit_peer",
     "binding",
+    "challenge_nonce",
+    "challenges_from_wire",
+    "challenges_to_wire",
 )

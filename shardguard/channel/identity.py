@@ -53,6 +53,7 @@ __all__ = [
     "NodeKeys",
     "PeerCard",
     "binding",
+    "is_node_id",
     "verify_signature",
 ]
 
@@ -137,11 +138,15 @@ def _check_x25519(pk: bytes, field: str) -> x25519.X25519PublicKey:
     return key
 
 
+def is_node_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed node id: ``[a-z0-9][a-z0-9._-]{0,63}``."""
+    return type(value) is str and _NODE_ID_RE.fullmatch(value.encode("ascii", errors="replace")) is not None
+
+
 def _check_node_id(node_id: object, field: str = "node_id") -> str:
     if type(node_id) is not str:
         raise CardError("must be a str", field=field)
-    raw = node_id.encode("ascii", errors="replace")
-    if not _NODE_ID_RE.fullmatch(raw):
+    if not is_node_id(node_id):
         raise CardError(f"must match [a-z0-9][a-z0-9._-]{{0,{MAX_NODE_ID_LEN - 1}}}", field=field)
     return node_id
 

@@ -9,6 +9,7 @@ the node's identity key (signed requests, :mod:`.wire`). Every error is
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import math
 import threading
@@ -30,7 +31,7 @@ from shardguard.coordinator.db import Database, migrate
 from shardguard.coordinator.errors import ApiError, error_body, install_handlers
 from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.notify import PgBridge
-from shardguard.coordinator.service import Coordinator, NodeIdentity, TokenInfo, decode_card
+from shardguard.coordinator.service import Coordinator, NodeIdentity, TokenInfo, canonical_json, decode_card
 from shardguard.coordinator.settings import Settings
 from shardguard.coordinator.stream import serve_stream
 
@@ -570,7 +571,44 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         raw = await request.body()
         headers = {h: request.headers.get(h) for h in _NODE_HEADERS}
         await run(coord.authenticate_node, headers, request.method, _target(request), raw, card=card)
-        return await run(coord.register_node, card, body.platform, body.evidence, body.collateral, body.evidence_nonce)
+        return await run(
+            coord.register_node, card, body.platform, body.evidence, body.collateral, body.evidence_nonce, body.challenges
+        )
+
+    @app.post("/v1/nodes/{node_id}/challenges", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def challenge_node(node_id: _ID, body: schemas.ChallengeIn, node: SignedNode) -> dict[str, Any]:
+        """Challenge ``node_id`` (the signing node is the challenger; its newest challenge
+        replaces its earlier one) and wait up to ``wait`` seconds for evidence that answers it.
+        The node's card and evidence either way, with ``answered`` (API.md §1.12)."""
+        await hot(coord.post_challenge, node.node_id, node_id, body.nonce)
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            answered, record = coord.evidence_answering(node_id, node.node_id, body.nonce)
+            return answered, {**record, "answered": answered}
+
+        return await _long_poll(
+            notifier, f"evidence:{node_id}", min(body.wait, settings.max_wait), settings.poll_interval, check, runner=hot
+        )
+
+    @app.get("/v1/nodes/{node_id}/challenges", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def node_challenges(
+        node_id: _ID,
+        node: SignedNode,
+        known: Annotated[str, Query(max_length=64)] = "",
+        wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
+    ) -> dict[str, Any]:
+        """The node's open challenges and their digest; ``wait``: long-poll until the digest
+        differs from ``known`` (API.md §1.12)."""
+        same_node(node, node_id)
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            items = coord.challenges_for(node_id)
+            digest = hashlib.sha256(canonical_json(items).encode()).hexdigest()
+            return digest != known, {"challenges": items, "digest": digest}
+
+        return await _long_poll(
+            notifier, f"challenges:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check, runner=hot
+        )
 
     @app.get("/v1/nodes/{node_id}/tasks", tags=["node API"], response_model=schemas.TaskEnvelope, openapi_extra=_NODE_AUTH_DOC)
     async def next_task(

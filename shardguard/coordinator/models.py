@@ -35,6 +35,7 @@ __all__ = [
     "Key",
     "MailboxMessage",
     "Node",
+    "NodeChallenge",
     "NodeNonce",
     "Task",
     "UTCDateTime",
@@ -85,6 +86,10 @@ class Node(Base):
     evidence: Mapped[bytes]
     collateral: Mapped[bytes | None]
     evidence_nonce: Mapped[bytes | None]
+    #: The verifiers' challenges the evidence answers (``evidence_nonce`` is their
+    #: ``challenge_nonce``), as ``[{"from": node id, "nonce": hex}, …]``; None when the node
+    #: registered without any.
+    evidence_challenges: Mapped[list[Any] | None]
     attestation: Mapped[dict[str, Any]]
     #: Incremented whenever the node registers a new identity key (a restarted process).
     generation: Mapped[int] = mapped_column(Integer, default=1)
@@ -100,6 +105,18 @@ class NodeNonce(Base):
     node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[bytes] = mapped_column(LargeBinary(64), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class NodeChallenge(Base):
+    """A verifier's newest challenge to a node (``channel.challenge``): one per (node,
+    challenger), replaced by the next. Public: the node attests over all of its challenges."""
+
+    __tablename__ = "node_challenges"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    challenger: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[dt.datetime]
 
 
 class ApiToken(Base):

@@ -84,6 +84,17 @@ class Register(_Strict):
     evidence: B64 = Field(description="attestation evidence, base64")
     collateral: B64 | None = Field(default=None, description="SEV-SNP VCEK/VLEK certificate or TDX/SGX collateral JSON, base64")
     evidence_nonce: Hex | None = Field(default=None, description="the nonce the evidence binds: binding(card, nonce)")
+    challenges: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=256,
+        description='the verifiers\' challenges the evidence answers, [{"from": node id, "nonce": hex}]; '
+        "evidence_nonce must then be their challenge_nonce (API.md §1.12)",
+    )
+
+
+class ChallengeIn(_Strict):
+    nonce: Hex = Field(description="32 fresh random bytes, hex")
+    wait: float = Field(default=0.0, ge=0, le=300, description="seconds to wait for evidence answering it")
 
 
 class OutMessage(_Strict):

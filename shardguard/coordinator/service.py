@@ -39,13 +39,22 @@ from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shardguard.channel.challenge import (
+    CHALLENGE_LEN,
+    MAX_CHALLENGES,
+    Challenge,
+    ChallengeError,
+    challenge_nonce,
+    challenges_from_wire,
+    challenges_to_wire,
+)
 from shardguard.channel.identity import CardError, PeerCard
 from shardguard.coordinator import wire
 from shardguard.coordinator.attest import summarize
 from shardguard.coordinator.db import Database
 from shardguard.coordinator.errors import ApiError
 from shardguard.coordinator.metrics import Metrics
-from shardguard.coordinator.models import ApiToken, AuditEntry, Job, Key, MailboxMessage, Node, NodeNonce, Task
+from shardguard.coordinator.models import ApiToken, AuditEntry, Job, Key, MailboxMessage, Node, NodeChallenge, NodeNonce, Task
 from shardguard.coordinator.rawsql import RawConnection
 from shardguard.coordinator.settings import Settings
 
@@ -334,7 +343,23 @@ class Coordinator:
         evidence: bytes,
         collateral: bytes | None,
         evidence_nonce: bytes | None,
+        challenges: Any = None,
     ) -> dict[str, Any]:
+        """Record a node's card and evidence. ``challenges`` (wire form): the verifiers'
+        challenges the evidence answers; then ``evidence_nonce`` must be their
+        ``challenge_nonce`` (checked here only to catch mistakes early: every verifier checks
+        it again itself)."""
+        answered = None
+        if challenges is not None:
+            try:
+                parsed = challenges_from_wire(challenges)
+            except ChallengeError as e:
+                raise ApiError(422, "validation_error", e.detail, field=e.field) from None
+            if evidence_nonce != challenge_nonce(parsed):
+                raise ApiError(
+                    422, "validation_error", "is not the challenge_nonce of the challenges given", field="evidence_nonce"
+                )
+            answered = challenges_to_wire(parsed)
         now = utc_now()
         summary = summarize(card, platform, evidence, collateral=collateral, evidence_nonce=evidence_nonce, now=now)
         restarted: list[str] = []
@@ -369,10 +394,12 @@ class Coordinator:
             row.evidence = evidence
             row.collateral = collateral
             row.evidence_nonce = evidence_nonce
+            row.evidence_challenges = answered
             row.attestation = summary
             row.last_seen = now
             out = self._node_out(row, now, full=False)
         self._node_keys[card.node_id] = card.identity_public_key
+        self.notify(f"evidence:{card.node_id}", None)
         for job_id in restarted:
             self._notify_job(job_id)
         if restarted:
@@ -392,10 +419,7 @@ class Coordinator:
             "alive": (now - row.last_seen).total_seconds() <= self.settings.node_alive_seconds,
         }
         if full:
-            out["peer_card"] = b64(row.peer_card)
-            out["evidence"] = b64(row.evidence)
-            out["collateral"] = b64(row.collateral)
-            out["evidence_nonce"] = row.evidence_nonce.hex() if row.evidence_nonce is not None else None
+            out.update(_evidence_fields(row))
         return out
 
     def list_nodes(self) -> list[dict[str, Any]]:
@@ -409,6 +433,56 @@ class Coordinator:
             if row is None:
                 raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
             return self._node_out(row, utc_now(), full=True)
+
+    # -- verifier challenges (channel.challenge) ----------------------------------------------
+    def post_challenge(self, challenger: str, node_id: str, nonce: bytes) -> None:
+        """Record ``challenger``'s newest challenge to ``node_id`` (it replaces that
+        challenger's earlier one) and wake the node's wait for its challenges."""
+        if len(nonce) != CHALLENGE_LEN:
+            raise ApiError(422, "validation_error", f"must be {CHALLENGE_LEN} bytes, got {len(nonce)}", field="nonce")
+        if challenger == node_id:
+            raise ApiError(422, "validation_error", "a node does not challenge itself", field="node_id")
+        now = utc_now()
+        with self.db.write() as s:
+            if s.get(Node, node_id) is None:
+                raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
+            row = s.get(NodeChallenge, (node_id, challenger), with_for_update=True)
+            if row is None:
+                count = s.scalar(select(func.count()).select_from(NodeChallenge).where(NodeChallenge.node_id == node_id))
+                if (count or 0) >= MAX_CHALLENGES:
+                    raise ApiError(409, "too_many_challenges", f"node {node_id} already has {MAX_CHALLENGES} challengers")
+                s.add(NodeChallenge(node_id=node_id, challenger=challenger, nonce=nonce, created_at=now))
+                try:
+                    s.flush()
+                except IntegrityError:  # the same challenger's concurrent first challenge won
+                    raise ApiError(409, "conflict", "a concurrent challenge from this node was recorded; retry") from None
+            else:
+                row.nonce = nonce
+                row.created_at = now
+        self.notify(f"challenges:{node_id}", None)
+
+    def challenges_for(self, node_id: str) -> list[dict[str, str]]:
+        """The node's open challenges (wire form, by challenger), at most ``MAX_CHALLENGES``
+        of the newest."""
+        with self.db.read() as s:
+            rows = s.execute(
+                select(NodeChallenge.challenger, NodeChallenge.nonce)
+                .where(NodeChallenge.node_id == node_id)
+                .order_by(NodeChallenge.created_at.desc(), NodeChallenge.challenger)
+                .limit(MAX_CHALLENGES)
+            ).all()
+        return challenges_to_wire(Challenge(c, bytes(n)) for c, n in rows)
+
+    def evidence_answering(self, node_id: str, challenger: str, nonce: bytes) -> tuple[bool, dict[str, Any]]:
+        """The node's card and evidence as a task hands them out, and whether that evidence
+        answers ``challenger``'s challenge ``nonce`` (the verifier checks again itself)."""
+        with self.db.read() as s:
+            row = s.get(Node, node_id)
+            if row is None:
+                raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
+            out = {"node_id": row.id, **_evidence_fields(row)}
+        mine = {"from": challenger, "nonce": nonce.hex()}
+        return mine in (out["evidence_challenges"] or []), out
 
     # -- keys and job submission ----------------------------------------------------------------
     def _check_nodes(self, s: Session, ids: Sequence[str], field: str) -> None:
@@ -953,18 +1027,7 @@ class Coordinator:
         participants = []
         for p in job.participants:
             n = nodes.get(p["node_id"])
-            participants.append(
-                {
-                    "node_id": p["node_id"],
-                    "index": p["index"],
-                    "peer_card": b64(n.peer_card) if n else None,
-                    "platform": n.platform if n else None,
-                    "evidence": b64(n.evidence) if n else None,
-                    "collateral": b64(n.collateral) if n else None,
-                    "evidence_nonce": n.evidence_nonce.hex() if n and n.evidence_nonce is not None else None,
-                    "generation": n.generation if n else None,
-                }
-            )
+            participants.append({"node_id": p["node_id"], "index": p["index"], **_evidence_fields(n)})
         return {
             "task_id": task_id,
             "job_id": job.id,
@@ -1647,7 +1710,8 @@ _CLAIM_KEYS = select(Key.id, Key.scheme, Key.threshold, Key.public_key, Key.node
     Key.id.in_(bindparam("ids", expanding=True))
 )
 _CLAIM_NODES = select(
-    Node.id, Node.peer_card, Node.platform, Node.evidence, Node.collateral, Node.evidence_nonce, Node.generation
+    Node.id, Node.peer_card, Node.platform, Node.evidence, Node.collateral, Node.evidence_nonce, Node.evidence_challenges,
+    Node.generation,
 ).where(Node.id.in_(bindparam("ids", expanding=True)))
 _CANCEL_TASK = update(Task).where(Task.id == bindparam("task")).values(status="cancelled")
 _CLAIM_TASK = (
@@ -1696,6 +1760,20 @@ _AUDIT_EXISTING = select(AuditEntry.seq, AuditEntry.entry, AuditEntry.entry_hash
 )
 _INSERT_AUDIT = insert(AuditEntry)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
+
+
+def _evidence_fields(n: Any) -> dict[str, Any]:
+    """What a verifier needs of a node row (all None for a missing node): card, platform,
+    evidence, collateral, the nonce it binds and the challenges that nonce answers."""
+    return {
+        "peer_card": b64(n.peer_card) if n else None,
+        "platform": n.platform if n else None,
+        "evidence": b64(n.evidence) if n else None,
+        "collateral": b64(n.collateral) if n else None,
+        "evidence_nonce": n.evidence_nonce.hex() if n and n.evidence_nonce is not None else None,
+        "evidence_challenges": n.evidence_challenges if n else None,
+        "generation": n.generation if n else None,
+    }
 
 
 def _error_item(e: ApiError, field: str | None) -> dict[str, Any]:

@@ -43,13 +43,22 @@ import httpx
 
 from shardguard.attestation.errors import AttestationError
 from shardguard.attestation.policy import VerificationPolicy
-from shardguard.attestation.verify import verify_evidence
-from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard, admit_peer, binding
+from shardguard.channel import (
+    AdmittedPeer,
+    Challenge,
+    ChallengeError,
+    NodeKeys,
+    binding,
+    challenge_nonce,
+    challenges_from_wire,
+    challenges_to_wire,
+)
 from shardguard.enclave.platform import Platform, open_platform
+from shardguard.node.admission import Admissions, PeerNotAdmitted
 from shardguard.node.audit import AuditLog
 from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
-from shardguard.node.link import CoordinatorLink, EventStream
+from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 from shardguard.node.tasks import Task, TaskError, run_task
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
@@ -59,6 +68,8 @@ from shardguard.protocols.repair import RepairHelper, RepairTarget
 __all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]  # CoordinatorLink: from .link
 
 log = logging.getLogger("shardguard.node")
+#: Least time between two attestations answering challenges.
+_ANSWER_INTERVAL = 0.2
 _KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh", "repair": "repair"}
 
 
@@ -130,7 +141,11 @@ class NodeService:
         self._busy_lock = threading.Lock()
         self.stream = EventStream(self.link, node_id, on_task=self._submit, free_slots=self._free_slots)
         self.relay = self.stream
-        self._admitted: dict[tuple[str, int], AdmittedPeer] = {}
+        # Peers we admitted, on evidence answering our own challenges (admission.py); and the
+        # challenges to us that our registered evidence answers (_answer_challenges).
+        self.admissions = Admissions(node_id, policy, ask=self._ask_peer, nudge=self._nudge_peer)
+        self._open_challenges: tuple[Challenge, ...] = ()
+        self._register_lock = threading.Lock()
         # Identity key of each peer when we last recorded its counter, and whether peers have
         # confirmed our own state since this process started (see _witness).
         self._witness_keys: dict[str, bytes] = {}
@@ -151,37 +166,85 @@ class NodeService:
 
     # -- registration ---------------------------------------------------------------------
     def register(self) -> None:
-        nonce = secrets.token_bytes(32)
-        evidence = self.platform.attest(binding(self.card, nonce))
-        body: dict[str, Any] = {
-            "peer_card": base64.b64encode(self.card.encode()).decode(),
-            "platform": evidence.platform,
-            "evidence": base64.b64encode(evidence.blob).decode(),
-            "evidence_nonce": nonce.hex(),
-        }
-        coll = evidence.collateral.get("auxblob") or evidence.collateral.get("collateral")
-        if coll:
-            body["collateral"] = base64.b64encode(coll).decode()
-        self.link.request("POST", "/v1/nodes/register", body=body)
-        self._registered_at = time.monotonic()
-        log.info("registered %s (%s evidence)", self.node_id, evidence.platform)
+        """Attest our card with the challenges open for us (``channel.challenge``) and register
+        card and evidence with the coordinator."""
+        with self._register_lock:
+            challenges = self._open_challenges
+            nonce = challenge_nonce(challenges)
+            evidence = self.platform.attest(binding(self.card, nonce))
+            body: dict[str, Any] = {
+                "peer_card": base64.b64encode(self.card.encode()).decode(),
+                "platform": evidence.platform,
+                "evidence": base64.b64encode(evidence.blob).decode(),
+                "evidence_nonce": nonce.hex(),
+                "challenges": challenges_to_wire(challenges),
+            }
+            coll = evidence.collateral.get("auxblob") or evidence.collateral.get("collateral")
+            if coll:
+                body["collateral"] = base64.b64encode(coll).decode()
+            self.link.request("POST", "/v1/nodes/register", body=body)
+            self._registered_at = time.monotonic()
+        log.info("registered %s (%s evidence, answering %d challenges)", self.node_id, evidence.platform, len(challenges))
+
+    def _answer_challenges(self) -> None:
+        """Follow the challenges open for us; whenever they change, attest over all of them and
+        register that evidence (at most every ``_ANSWER_INTERVAL`` seconds: challenges that
+        arrive meanwhile are answered together)."""
+        known = ""
+        last = 0.0
+        while not self._stop.is_set():
+            try:
+                out = self.link.request(
+                    "GET", f"/v1/nodes/{self.node_id}/challenges", params={"known": known, "wait": 25}, timeout=60
+                )
+                digest = str(out["digest"])
+                if digest == known:
+                    continue
+                challenges = challenges_from_wire(out["challenges"])
+            except (httpx.HTTPError, EngineError, KeyError, TypeError) as e:
+                log.warning("challenges: coordinator unreachable or answered oddly: %s", e)
+                self._stop.wait(1.0)
+                continue
+            except ChallengeError as e:
+                log.warning("challenges: the coordinator sent a malformed list (%s); not answered", e)
+                known = digest
+                continue
+            self._stop.wait(max(0.0, last + _ANSWER_INTERVAL - time.monotonic()))
+            self._open_challenges = challenges
+            try:
+                self.register()
+            except (httpx.HTTPError, EngineError) as e:
+                log.warning("challenges: registering evidence that answers them failed (retrying): %s", e)
+                self._stop.wait(1.0)
+                continue
+            last = time.monotonic()
+            known = digest
 
     # -- peers ----------------------------------------------------------------------------
-    def admit(self, p: Mapping[str, Any]) -> AdmittedPeer:
-        """Verify a participant's evidence under our policy; cache per (node, generation)."""
-        key = (str(p["node_id"]), int(p.get("generation") or 0))
-        cached = self._admitted.get(key)
-        if cached is not None and cached.card.encode() == base64.b64decode(p["peer_card"]):
-            return cached
-        card = PeerCard.decode(base64.b64decode(p["peer_card"]))
-        if card.node_id != p["node_id"]:
-            raise TaskError(f"the card of {p['node_id']!r} names another node", "participants")
-        now = dt.datetime.now(dt.UTC)
-        coll = base64.b64decode(p["collateral"]) if p.get("collateral") else None
-        verified = verify_evidence(p["platform"], base64.b64decode(p["evidence"]), policy=self.policy, collateral=coll, at=now)
-        admitted = admit_peer(card, verified, nonce=bytes.fromhex(p["evidence_nonce"]), policy=self.policy, now=now)
-        self._admitted[key] = admitted
-        return admitted
+    def _ask_peer(self, node: str, nonce: bytes, wait: float) -> Mapping[str, Any]:
+        """Post our challenge to ``node`` and wait (up to ``wait`` s) for evidence answering it.
+        A cut connection is retried until the wait is over: posting it again is harmless."""
+        end = time.monotonic() + wait
+        while True:
+            left = max(0.0, end - time.monotonic())
+            try:
+                out = self.link.request(
+                    "POST", f"/v1/nodes/{node}/challenges", body={"nonce": nonce.hex(), "wait": left}, timeout=left + 30
+                )
+            except (httpx.TransportError, ValueError, CoordinatorRefused) as e:
+                if isinstance(e, CoordinatorRefused) and e.status < 500:
+                    raise
+                if time.monotonic() >= end or self._stop.wait(0.1):
+                    raise EngineError(f"challenging {node}: coordinator unreachable: {type(e).__name__}") from None
+                continue
+            except httpx.HTTPError as e:
+                raise EngineError(f"challenging {node}: {type(e).__name__}") from None
+            if not isinstance(out, dict):
+                raise EngineError(f"the coordinator answered our challenge to {node} with no record")
+            return out
+
+    def _nudge_peer(self, node: str, nonce: bytes) -> None:
+        self._ask_peer(node, nonce, 0.0)
 
     # -- tasks ----------------------------------------------------------------------------
     def handle(self, raw: Mapping[str, Any]) -> None:
@@ -302,7 +365,6 @@ class NodeService:
             raise TaskError(f"task kind {raw['kind']!r} is not supported by this node", "kind")
         me = int(raw["you"]["index"])
         participants = {int(p["index"]): str(p["node_id"]) for p in raw["participants"]}
-        peers = {int(p["index"]): self.admit(p) for p in raw["participants"] if int(p["index"]) != me}
         params = dict(raw.get("params") or {})
         task_params: dict[str, Any] = {}
         if kind == "sign":
@@ -324,6 +386,7 @@ class NodeService:
             params=task_params,
         )
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
+        peers = {int(p["index"]): self.admissions.admit(p, deadline) for p in raw["participants"] if int(p["index"]) != me}
         if task.key_id:
             self._await_settled(task.key_id, deadline)
         inbox = Inbox()
@@ -546,6 +609,8 @@ class NodeService:
                 "culprits": sorted(nodes.get(i, str(i)) for i in e.culprits),
                 "detail": str(e)[:2000],
             }
+        if isinstance(e, PeerNotAdmitted):
+            return {"reason": "ATTESTATION", "culprits": [e.node], "detail": str(e)[:2000]}
         if isinstance(e, StalePeer):
             return {"reason": "STALE_PEER", "culprits": [e.node], "detail": str(e)[:2000]}
         if isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE:
@@ -568,6 +633,7 @@ class NodeService:
         self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
         self.register()
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
+        threading.Thread(target=self._answer_challenges, name="challenges", daemon=True).start()
         self.stream.start()
         while not self._stop.is_set():
             left = self._reattest - (time.monotonic() - self._registered_at)

@@ -18,7 +18,7 @@ import pytest
 
 from shardguard import local
 from shardguard.attestation.policy import VerificationPolicy
-from shardguard.channel import binding
+from shardguard.channel import Challenge, binding, challenge_nonce, challenges_to_wire
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import verify_chain
@@ -105,11 +105,14 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[di
         svc = services[nid]
         svc.keystore.stage("k1", shares[i - 1])
         svc.keystore.commit("k1", 0)
-        nonce = secrets.token_bytes(32)
+        # Evidence that answers the other node's challenge (no coordinator here to carry it).
+        asked = [Challenge(o, services[o].admissions.book.issue(nid)) for o in NODES if o != nid]
+        nonce = challenge_nonce(asked)
         ev = svc.platform.attest(binding(svc.card, nonce))
         parts.append({"index": i, "node_id": nid, "peer_card": base64.b64encode(svc.card.encode()).decode(),
                       "platform": ev.platform, "evidence": base64.b64encode(ev.blob).decode(),
-                      "evidence_nonce": nonce.hex(), "generation": 1})  # fmt: skip
+                      "evidence_nonce": nonce.hex(), "evidence_challenges": challenges_to_wire(asked),
+                      "generation": 1})  # fmt: skip
     yield hub, services, parts
     for svc in services.values():
         svc._pool.shutdown(wait=False)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 
 import shardguard
 from shardguard import dev
+from shardguard.channel import challenge_nonce, challenges_from_wire
 from shardguard.client import Client, RequestFailed
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.interop import verify_independently
@@ -137,6 +138,20 @@ def test_attested_dkg_sign_refresh_sign(cluster: tuple[Path, Client], keys: dict
     client.refresh(key["key_id"])
     assert client.key(key["key_id"])["epoch"] == 1
     sign(client, key, ["node-2", "node-3"])
+
+
+def test_every_peer_was_admitted_on_evidence_answering_its_verifiers(
+    cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]]
+) -> None:
+    """The DKGs above ran only after each node challenged its peers and they answered: each
+    node's registered evidence binds the challenges of the other two (docs/NODE.md "A task")."""
+    _, client = cluster
+    for n in NODES:
+        node = client.node(n)
+        challenges = challenges_from_wire(node["evidence_challenges"])
+        assert {c.challenger for c in challenges} == set(NODES) - {n}, node["evidence_challenges"]
+        assert node["evidence_nonce"] == challenge_nonce(challenges).hex()
+        assert node["attestation"]["verdict"] == "verified" and node["attestation"]["bound_to_card"] is True
 
 
 def test_nothing_secret_reaches_the_coordinator(cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]]) -> None:

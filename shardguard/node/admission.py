@@ -1,0 +1,196 @@
+"""Which peers this node may talk to: their evidence, checked against our policy and answering
+a challenge we issued (ARCHITECTURE §5–6; :mod:`shardguard.channel.challenge`).
+
+A task names its participants with the card and evidence the coordinator holds for each. We
+admit a peer on that evidence only if it answers one of *our* live challenges to that peer.
+Otherwise we challenge it and wait for evidence that does, which the coordinator hands us as
+soon as the peer has attested and registered it. An admission holds until the challenge it
+answered has lived ``policy.max_age_seconds``. Past half of that, we send a new challenge
+without waiting, and later tasks carry evidence that answers it, so a busy peer is
+re-admitted without a task ever waiting for it.
+
+The coordinator can delay or refuse to relay challenges and evidence (then the task fails,
+naming the peer), but cannot make stale evidence pass: the binding, the challenge list's hash
+and our own nonce are all checked here.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shardguard.attestation.errors import AttestationError, AttestationReason
+from shardguard.attestation.policy import VerificationPolicy
+from shardguard.attestation.verify import verify_evidence
+from shardguard.channel import (
+    AdmittedPeer,
+    CardError,
+    ChallengeBook,
+    ChallengeError,
+    PeerCard,
+    admit_peer,
+    challenge_nonce,
+    challenges_from_wire,
+)
+
+__all__ = ["Admissions", "PeerNotAdmitted"]
+
+log = logging.getLogger("shardguard.node")
+
+#: ``ask(peer node id, our challenge, seconds to wait)``: post the challenge and return the
+#: peer's record (card, platform, evidence, collateral, evidence_challenges) once its evidence
+#: answers it, or as it is when the wait runs out.
+Ask = Callable[[str, bytes, float], Mapping[str, Any]]
+#: ``nudge(peer node id, our challenge)``: post the challenge, wait for nothing.
+Nudge = Callable[[str, bytes], None]
+
+#: Longest wait for a challenged peer's answer (a hardware attestation plus two trips).
+ANSWER_WAIT = 30.0
+
+
+class PeerNotAdmitted(Exception):
+    """A participant's evidence was refused (``error``, with the attestation reason) or did not
+    answer our challenge in time: we send that peer nothing."""
+
+    def __init__(self, node: str, error: AttestationError) -> None:
+        self.node = node
+        self.error = error
+        super().__init__(f"peer {node} not admitted: {error}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Admission:
+    card: bytes  # the admitted card's encoding
+    peer: AdmittedPeer
+    evidence: bytes  # the evidence it was admitted on
+    until: float  # monotonic: our challenge it answered runs out
+    renew_at: float  # monotonic: challenge again, without waiting, from here on
+
+
+class Admissions:
+    """Admitted peers, per node id, with the challenges we issued them. Thread-safe: tasks
+    admit their participants concurrently; one admission per peer runs at a time."""
+
+    def __init__(
+        self,
+        me: str,
+        policy: VerificationPolicy,
+        *,
+        ask: Ask,
+        nudge: Nudge,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.policy = policy
+        self.book = ChallengeBook(me, policy.max_age_seconds, clock=clock)
+        self._ask = ask
+        self._nudge = nudge
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._peer_locks: dict[str, threading.Lock] = {}
+        self._admitted: dict[str, _Admission] = {}
+        self._renewing: set[str] = set()
+
+    def admit(self, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
+        """Admit the participant ``p`` (a task's entry: node_id, peer_card, platform, evidence,
+        collateral, evidence_challenges), waiting for its answer to our challenge until
+        ``deadline`` (this clock) at the latest. Raises :class:`PeerNotAdmitted`."""
+        node = str(p.get("node_id"))
+        with self._lock:
+            peer_lock = self._peer_locks.setdefault(node, threading.Lock())
+        with peer_lock:
+            return self._admit(node, p, deadline)
+
+    def _admit(self, node: str, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
+        card = _b64(p.get("peer_card"), node, "peer_card")
+        now = self._clock()
+        held = self._admitted.get(node)
+        if held is not None and held.card == card and now < held.until:
+            if now >= held.renew_at:
+                self._renew(node, p, held)
+            return self._admitted[node].peer
+        got = self._try(node, p, card)
+        if got is None:
+            nonce = self.book.issue(node)
+            wait = max(0.0, min(ANSWER_WAIT, deadline - self._clock()))
+            record = self._ask(node, nonce, wait)
+            if record.get("peer_card") != p.get("peer_card"):
+                # It registered a new card meanwhile: a restarted process, whose task fails anyway.
+                raise PeerNotAdmitted(node, AttestationError(AttestationReason.NONCE, "its card changed while we challenged it"))
+            got = self._try(node, record, card)
+            if got is None:
+                raise PeerNotAdmitted(
+                    node,
+                    AttestationError(AttestationReason.NONCE, f"its evidence did not answer our challenge within {wait:.1f} s"),
+                )
+        self._admitted[node] = got
+        self._renewing.discard(node)
+        return got.peer
+
+    def _renew(self, node: str, p: Mapping[str, Any], held: _Admission) -> None:
+        """Past half its life: take evidence answering a newer challenge if the task brought
+        one, else send a newer challenge (once) and go on with the current admission."""
+        if _b64(p.get("evidence"), node, "evidence") != held.evidence:
+            try:
+                newer = self._try(node, p, held.card)
+            except PeerNotAdmitted as e:  # the current admission stands until it runs out
+                log.warning("renewing the admission of %s: %s", node, e)
+                newer = None
+            if newer is not None and newer.until > held.until:
+                self._admitted[node] = newer
+                self._renewing.discard(node)
+                return
+        if node in self._renewing:
+            return
+        self._renewing.add(node)
+        try:
+            self._nudge(node, self.book.issue(node))
+        except Exception as e:  # the next task past half-life tries again
+            self._renewing.discard(node)
+            log.warning("could not challenge %s ahead of time: %s", node, e)
+
+    def _try(self, node: str, p: Mapping[str, Any], card_raw: bytes) -> _Admission | None:
+        """The admission ``p``'s evidence gives, or None if it answers none of our live
+        challenges. Raises :class:`PeerNotAdmitted` for evidence that fails the policy."""
+        try:
+            challenges = challenges_from_wire(p.get("evidence_challenges") or [])
+        except ChallengeError as e:
+            raise PeerNotAdmitted(node, AttestationError(AttestationReason.NONCE, e.detail, field=e.field)) from None
+        until = self.book.answered(node, challenges)
+        if until is None:
+            return None
+        try:
+            card = PeerCard.decode(card_raw)
+        except CardError as e:
+            raise PeerNotAdmitted(node, AttestationError(AttestationReason.MALFORMED, str(e), field="peer_card")) from None
+        if card.node_id != node:
+            bad = AttestationError(AttestationReason.MALFORMED, "the card names another node", field="peer_card")
+            raise PeerNotAdmitted(node, bad)
+        evidence = _b64(p.get("evidence"), node, "evidence")
+        collateral = _b64(p.get("collateral"), node, "collateral") if p.get("collateral") else None
+        now = self._wall()
+        try:
+            verified = verify_evidence(str(p.get("platform")), evidence, policy=self.policy, collateral=collateral, at=now)
+            peer = admit_peer(card, verified, nonce=challenge_nonce(challenges), policy=self.policy, now=now)
+        except AttestationError as e:
+            raise PeerNotAdmitted(node, e) from None
+        life = self.policy.max_age_seconds
+        renew_at = math.inf if life is None else until - life / 2
+        return _Admission(card_raw, peer, evidence, until, renew_at)
+
+
+def _b64(value: Any, node: str, field: str) -> bytes:
+    if type(value) is not str:
+        raise PeerNotAdmitted(node, AttestationError(AttestationReason.MALFORMED, "missing", field=field))
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise PeerNotAdmitted(node, AttestationError(AttestationReason.MALFORMED, "not base64", field=field)) from None
