@@ -72,6 +72,7 @@ class _Admission:
     evidence: bytes  # the evidence it was admitted on
     until: float  # monotonic: our challenge it answered runs out
     renew_at: float  # monotonic: challenge again, without waiting, from here on
+    tried: bytes = b""  # evidence seen while renewing that gave nothing newer (not tried again)
 
 
 class Admissions:
@@ -138,7 +139,11 @@ class Admissions:
     def _renew(self, node: str, p: Mapping[str, Any], held: _Admission) -> None:
         """Past half its life: take evidence answering a newer challenge if the task brought
         one, else send a newer challenge (once) and go on with the current admission."""
-        if _b64(p.get("evidence"), node, "evidence") != held.evidence:
+        try:
+            evidence = _b64(p.get("evidence"), node, "evidence")
+        except PeerNotAdmitted:
+            evidence = held.evidence  # nothing to try: the current admission stands
+        if evidence not in (held.evidence, held.tried):
             try:
                 newer = self._try(node, p, held.card)
             except PeerNotAdmitted as e:  # the current admission stands until it runs out
@@ -148,6 +153,7 @@ class Admissions:
                 self._admitted[node] = newer
                 self._renewing.discard(node)
                 return
+            self._admitted[node] = dataclasses.replace(held, tried=evidence)
         if node in self._renewing:
             return
         self._renewing.add(node)

@@ -18,6 +18,7 @@ from shardguard.attestation.errors import AttestationReason
 from shardguard.attestation.policy import VerificationPolicy
 from shardguard.channel import Challenge, NodeKeys, binding, challenge_nonce, challenges_to_wire
 from shardguard.enclave.simulated import SimulatedPlatform
+from shardguard.node import admission
 from shardguard.node.admission import Admissions, PeerNotAdmitted
 
 LIFE = 600
@@ -268,3 +269,27 @@ def test_concurrent_tasks_share_one_challenge(setup: tuple[Admissions, Peer, Rel
     for t in threads:
         t.join()
     assert len(got) == 6 and len({id(g) for g in got}) == 1 and len(relay.asked) == 1
+
+
+def test_renewal_tries_each_new_evidence_once(
+    setup: tuple[Admissions, Peer, Relay, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past half-life, evidence re-made over the same (old) challenge, or garbled, is looked at
+    once: tasks do not verify it again and again while the newer challenge is unanswered."""
+    adm, peer, relay, clock = setup
+    adm.admit(peer.record, deadline=clock.t + 60)
+    calls: list[str] = []
+    real = admission.verify_evidence
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append("verify")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(admission, "verify_evidence", counting)
+    clock.t += LIFE / 2 + 1
+    remade = peer.answer([Challenge("node-1", relay.asked[0][1])])  # periodic re-attestation: same list
+    for _ in range(3):
+        adm.admit(remade, deadline=clock.t + 60)
+    garbled = {**remade, "evidence": "!!"}
+    adm.admit(garbled, deadline=clock.t + 60)  # a garbled renewal leaves the admission as it is
+    assert calls == ["verify"] and len(relay.nudged) == 1
