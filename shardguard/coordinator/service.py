@@ -444,18 +444,16 @@ class Coordinator:
             raise ApiError(422, "validation_error", "a node does not challenge itself", field="node_id")
         now = utc_now()
         with self.db.write() as s:
-            if s.get(Node, node_id) is None:
+            # The node's row is the lock that serializes its challenges across replicas: the
+            # count below holds, and a challenger's concurrent first challenges do not collide.
+            if s.get(Node, node_id, with_for_update=True) is None:
                 raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
-            row = s.get(NodeChallenge, (node_id, challenger), with_for_update=True)
+            row = s.get(NodeChallenge, (node_id, challenger), populate_existing=True)
             if row is None:
                 count = s.scalar(select(func.count()).select_from(NodeChallenge).where(NodeChallenge.node_id == node_id))
                 if (count or 0) >= MAX_CHALLENGES:
                     raise ApiError(409, "too_many_challenges", f"node {node_id} already has {MAX_CHALLENGES} challengers")
                 s.add(NodeChallenge(node_id=node_id, challenger=challenger, nonce=nonce, created_at=now))
-                try:
-                    s.flush()
-                except IntegrityError:  # the same challenger's concurrent first challenge won
-                    raise ApiError(409, "conflict", "a concurrent challenge from this node was recorded; retry") from None
             else:
                 row.nonce = nonce
                 row.created_at = now
@@ -1612,6 +1610,8 @@ class Coordinator:
         started = self.dispatch()
         with self.db.write() as s:
             s.execute(delete(NodeNonce).where(NodeNonce.expires_at < now))
+            too_old = now - dt.timedelta(seconds=self.settings.challenge_retention)
+            s.execute(delete(NodeChallenge).where(NodeChallenge.created_at < too_old))
             old = select(Job.id).where(
                 Job.status.in_(("done", "failed")),
                 Job.finished_at < now - dt.timedelta(seconds=self.settings.mailbox_retention),

@@ -47,6 +47,9 @@ class Settings:
     job_timeout: float = 120.0
     #: Seconds a job may wait in the queue (behind another job of its key) before it fails.
     queue_timeout: float = 600.0
+    #: Seconds a verifier's challenge to a node is kept (API.md §1.12); older ones are swept.
+    #: Verifiers renew theirs from half of their policy's ``max_age_seconds`` (600 s default).
+    challenge_retention: float = 3600.0
     #: Longest long-poll a node may ask for (``wait``), seconds.
     max_wait: float = 30.0
     #: How often a waiting long-poll re-reads the database anyway (wake-ups come at once from this

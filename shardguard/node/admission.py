@@ -39,6 +39,7 @@ from shardguard.channel import (
     challenge_nonce,
     challenges_from_wire,
 )
+from shardguard.channel.identity import is_node_id
 
 __all__ = ["Admissions", "PeerNotAdmitted"]
 
@@ -48,8 +49,9 @@ log = logging.getLogger("shardguard.node")
 #: peer's record (card, platform, evidence, collateral, evidence_challenges) once its evidence
 #: answers it, or as it is when the wait runs out.
 Ask = Callable[[str, bytes, float], Mapping[str, Any]]
-#: ``nudge(peer node id, our challenge)``: post the challenge, wait for nothing.
-Nudge = Callable[[str, bytes], None]
+#: ``nudge(peer node id, our challenge, failed)``: post the challenge in the background, wait
+#: for nothing; call ``failed()`` if it could not be posted.
+Nudge = Callable[[str, bytes, Callable[[], None]], None]
 
 #: Longest wait for a challenged peer's answer (a hardware attestation plus two trips).
 ANSWER_WAIT = 30.0
@@ -102,24 +104,36 @@ class Admissions:
 
     def admit(self, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
         """Admit the participant ``p`` (a task's entry: node_id, peer_card, platform, evidence,
-        collateral, evidence_challenges), waiting for its answer to our challenge until
-        ``deadline`` (this clock) at the latest. Raises :class:`PeerNotAdmitted`."""
-        node = str(p.get("node_id"))
+        collateral, evidence_challenges) for a task that ends by ``deadline`` (this clock),
+        waiting for its answer to our challenge until then at the latest. Raises
+        :class:`PeerNotAdmitted`."""
+        node = p.get("node_id")
+        if not is_node_id(node):
+            bad = AttestationError(AttestationReason.MALFORMED, "not a node id", field="node_id")
+            raise PeerNotAdmitted(str(node)[:64], bad)
+        assert isinstance(node, str)
         with self._lock:
             peer_lock = self._peer_locks.setdefault(node, threading.Lock())
-        with peer_lock:
+        # Tasks admitting the same peer wait for each other (one challenge, whose answer the
+        # next one then finds), but never past their own deadline.
+        if not peer_lock.acquire(timeout=max(0.0, deadline - self._clock())):
+            bad = AttestationError(AttestationReason.NONCE, "no answer to our challenge before the task's deadline")
+            raise PeerNotAdmitted(node, bad)
+        try:
             return self._admit(node, p, deadline)
+        finally:
+            peer_lock.release()
 
     def _admit(self, node: str, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
         card = _b64(p.get("peer_card"), node, "peer_card")
         now = self._clock()
         held = self._admitted.get(node)
-        if held is not None and held.card == card and now < held.until:
+        if held is not None and held.card == card and max(now, deadline) < held.until:
             if now >= held.renew_at:
                 self._renew(node, p, held)
             return self._admitted[node].peer
         got = self._try(node, p, card)
-        if got is None:
+        if got is None or deadline >= got.until:
             nonce = self.book.issue(node)
             wait = max(0.0, min(ANSWER_WAIT, deadline - self._clock()))
             record = self._ask(node, nonce, wait)
@@ -157,10 +171,15 @@ class Admissions:
         if node in self._renewing:
             return
         self._renewing.add(node)
+
+        def failed() -> None:  # the next task past half-life tries again
+            with self._lock:
+                self._renewing.discard(node)
+
         try:
-            self._nudge(node, self.book.issue(node))
-        except Exception as e:  # the next task past half-life tries again
-            self._renewing.discard(node)
+            self._nudge(node, self.book.issue(node), failed)
+        except Exception as e:
+            failed()
             log.warning("could not challenge %s ahead of time: %s", node, e)
 
     def _try(self, node: str, p: Mapping[str, Any], card_raw: bytes) -> _Admission | None:

@@ -68,8 +68,9 @@ from shardguard.protocols.repair import RepairHelper, RepairTarget
 __all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]  # CoordinatorLink: from .link
 
 log = logging.getLogger("shardguard.node")
-#: Least time between two attestations answering challenges.
-_ANSWER_INTERVAL = 0.2
+#: Attestations answering challenges: a burst of this many, then one per second at most
+#: (however fast registered nodes send new challenges).
+_ANSWER_BURST = 5
 _KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh", "repair": "repair"}
 
 
@@ -159,6 +160,8 @@ class NodeService:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         # Audit writes that a task's protocol goes on beside (a signing's entry, see _run).
         self._writes = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-write")
+        # Challenges sent ahead of an admission's end (admission.py), off the tasks' path.
+        self._nudges = ThreadPoolExecutor(max_workers=2, thread_name_prefix="challenge")
         self._stop = threading.Event()
         self._audit_due = threading.Event()
         self._reattest = reattest_seconds
@@ -188,42 +191,46 @@ class NodeService:
 
     def _answer_challenges(self) -> None:
         """Follow the challenges open for us; whenever they change, attest over all of them and
-        register that evidence (at most every ``_ANSWER_INTERVAL`` seconds: challenges that
-        arrive meanwhile are answered together)."""
+        register that evidence. A burst of ``_ANSWER_BURST`` attestations, then at most one per
+        second: challenges that come meanwhile are answered together by the next one. Nothing
+        ends this loop but ``stop()``: a node that no longer answered would soon be admitted by
+        no peer."""
         known = ""
-        last = 0.0
+        tokens, refilled = float(_ANSWER_BURST), time.monotonic()
         while not self._stop.is_set():
             try:
                 out = self.link.request(
                     "GET", f"/v1/nodes/{self.node_id}/challenges", params={"known": known, "wait": 25}, timeout=60
                 )
-                digest = str(out["digest"])
-                if digest == known:
+                if str(out["digest"]) == known:
+                    self._stop.wait(0.05)  # nothing new (however soon the coordinator said so)
                     continue
-                challenges = challenges_from_wire(out["challenges"])
-            except (httpx.HTTPError, EngineError, KeyError, TypeError) as e:
-                log.warning("challenges: coordinator unreachable or answered oddly: %s", e)
-                self._stop.wait(1.0)
-                continue
-            except ChallengeError as e:
-                log.warning("challenges: the coordinator sent a malformed list (%s); not answered", e)
-                known = digest
-                continue
-            self._stop.wait(max(0.0, last + _ANSWER_INTERVAL - time.monotonic()))
-            self._open_challenges = challenges
-            try:
+                now = time.monotonic()
+                tokens = min(float(_ANSWER_BURST), tokens + (now - refilled))
+                refilled = now
+                if tokens < 1:
+                    self._stop.wait(1 - tokens)
+                    continue  # fetch again: what came meanwhile is answered in the same attestation
+                digest = str(out["digest"])
+                try:
+                    challenges = challenges_from_wire(out["challenges"])
+                except ChallengeError as e:
+                    log.warning("challenges: the coordinator sent a malformed list (%s); not answered", e)
+                    known = digest
+                    continue
+                tokens -= 1
+                self._open_challenges = challenges
                 self.register()
-            except (httpx.HTTPError, EngineError) as e:
-                log.warning("challenges: registering evidence that answers them failed (retrying): %s", e)
+                known = digest
+            except Exception as e:  # unreachable coordinator, odd answer, platform error: retry
+                log.warning("challenges: could not answer (retrying in 1 s): %s: %s", type(e).__name__, e)
                 self._stop.wait(1.0)
-                continue
-            last = time.monotonic()
-            known = digest
 
     # -- peers ----------------------------------------------------------------------------
     def _ask_peer(self, node: str, nonce: bytes, wait: float) -> Mapping[str, Any]:
         """Post our challenge to ``node`` and wait (up to ``wait`` s) for evidence answering it.
-        A cut connection is retried until the wait is over: posting it again is harmless."""
+        A cut connection, or a coordinator that answers before the evidence does, is met by
+        posting the same challenge again until the wait is over: that is harmless."""
         end = time.monotonic() + wait
         while True:
             left = max(0.0, end - time.monotonic())
@@ -241,10 +248,18 @@ class NodeService:
                 raise EngineError(f"challenging {node}: {type(e).__name__}") from None
             if not isinstance(out, dict):
                 raise EngineError(f"the coordinator answered our challenge to {node} with no record")
-            return out
+            if out.get("answered") is True or time.monotonic() >= end or self._stop.wait(0.1):
+                return out
 
-    def _nudge_peer(self, node: str, nonce: bytes) -> None:
-        self._ask_peer(node, nonce, 0.0)
+    def _nudge_peer(self, node: str, nonce: bytes, failed: Callable[[], None]) -> None:
+        def post() -> None:
+            try:
+                self._ask_peer(node, nonce, 0.0)
+            except Exception as e:
+                log.warning("could not challenge %s ahead of time: %s", node, e)
+                failed()
+
+        self._nudges.submit(post)
 
     # -- tasks ----------------------------------------------------------------------------
     def handle(self, raw: Mapping[str, Any]) -> None:
@@ -675,6 +690,7 @@ class NodeService:
             log.warning("peer counters not written at shutdown: %s", e)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._writes.shutdown(wait=False, cancel_futures=True)
+        self._nudges.shutdown(wait=False, cancel_futures=True)
         self.stream.stop()
         self.link.close()
         self.keystore.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import datetime as dt
 import os
 import time
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from shardguard.channel import Challenge, binding, challenge_nonce, challenges_from_wire
+from shardguard.coordinator.models import NodeChallenge
+from shardguard.coordinator.service import utc_now
 from shardguard.enclave.simulated import SimulatedPlatform
 
-from .conftest import ADMIN, FakeNode, run_dkg
+from .conftest import ADMIN, FakeNode, coord, run_dkg
 from .test_api import err
 
 
@@ -114,3 +117,17 @@ def test_registration_with_challenges_is_checked(client: TestClient, nodes: list
     ok = a.register(evidence_nonce=right, challenges=items)
     assert ok.status_code == 200, ok.text
     assert client.get("/v1/nodes/node-a", headers=ADMIN).json()["evidence_challenges"] == items
+
+
+def test_old_challenges_are_swept(client: TestClient, nodes: list[FakeNode]) -> None:
+    a, b, c = nodes
+    for n in (b, c):
+        assert n.request("POST", f"/v1/nodes/{a.node_id}/challenges", {"nonce": os.urandom(32).hex()}).status_code == 200
+    service = coord(client)
+    with service.db.write() as s:
+        row = s.get(NodeChallenge, (a.node_id, b.node_id))
+        assert row is not None
+        row.created_at = utc_now() - dt.timedelta(seconds=service.settings.challenge_retention + 1)
+    service.sweep()
+    left = a.request("GET", f"/v1/nodes/{a.node_id}/challenges").json()["challenges"]
+    assert [x["from"] for x in left] == ["node-c"]

@@ -8,7 +8,7 @@ import base64
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Relay:
     answers: bool = True
     asked: list[tuple[str, bytes, float]] = dataclasses.field(default_factory=list)
     nudged: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
+    failed: list[Callable[[], None]] = dataclasses.field(default_factory=list)
 
     def ask(self, node: str, nonce: bytes, wait: float) -> Mapping[str, Any]:
         self.asked.append((node, nonce, wait))
@@ -72,8 +73,9 @@ class Relay:
             self.peer.answer([Challenge("node-1", nonce)])
         return dict(self.peer.record)
 
-    def nudge(self, node: str, nonce: bytes) -> None:
+    def nudge(self, node: str, nonce: bytes, failed: Callable[[], None]) -> None:
         self.nudged.append((node, nonce))
+        self.failed.append(failed)
 
 
 @pytest.fixture
@@ -237,19 +239,78 @@ def test_renewal_ahead_of_expiry_never_makes_a_task_wait(setup: tuple[Admissions
 
 
 def test_a_failed_nudge_is_tried_again_by_the_next_task(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
-    adm, peer, _relay, clock = setup
+    adm, peer, relay, clock = setup
     adm.admit(peer.record, deadline=clock.t + 60)
-    calls: list[str] = []
-
-    def broken(node: str, nonce: bytes) -> None:
-        calls.append(node)
-        raise OSError("coordinator unreachable")
-
-    adm._nudge = broken
     clock.t += LIFE / 2 + 1
     adm.admit(peer.record, deadline=clock.t + 60)
     adm.admit(peer.record, deadline=clock.t + 60)
-    assert calls == ["node-2", "node-2"]
+    assert len(relay.nudged) == 1
+    relay.failed[0]()  # the background post did not get through
+    adm.admit(peer.record, deadline=clock.t + 60)
+    assert len(relay.nudged) == 2
+
+    def broken(node: str, nonce: bytes, failed: Callable[[], None]) -> None:
+        raise RuntimeError("executor shut down")
+
+    adm._nudge = broken
+    relay.failed[1]()
+    adm.admit(peer.record, deadline=clock.t + 60)  # a nudge that cannot even start: the task goes on
+    adm._nudge = relay.nudge
+    adm.admit(peer.record, deadline=clock.t + 60)
+    assert len(relay.nudged) == 3
+
+
+def test_an_admission_that_ends_before_the_task_is_renewed_first(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
+    """A task that would outlive the challenge its peer's admission answered waits for a newer one."""
+    adm, peer, relay, clock = setup
+    adm.admit(peer.record, deadline=clock.t + 60)
+    clock.t += LIFE - 100
+    adm.admit(peer.record, deadline=clock.t + 50)  # ends before: the admission serves
+    assert len(relay.asked) == 1
+    adm.admit(peer.record, deadline=clock.t + 120)  # would end after: challenged again, waited for
+    assert len(relay.asked) == 2
+
+
+def test_a_malformed_node_id_is_refused_before_anything_is_sent(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
+    adm, peer, relay, clock = setup
+    for bad in (None, "", "../node-2", "node-2?x=1", "N", 7, "n" * 65):
+        with pytest.raises(PeerNotAdmitted) as e:
+            adm.admit({**peer.record, "node_id": bad}, deadline=clock.t + 60)
+        assert e.value.error.reason is AttestationReason.MALFORMED and e.value.error.field == "node_id"
+    assert relay.asked == []
+
+
+def test_a_task_waiting_behind_another_s_challenge_stops_at_its_deadline(
+    setup: tuple[Admissions, Peer, Relay, Clock],
+) -> None:
+    adm, peer, _relay, clock = setup
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(node: str, nonce: bytes, wait: float) -> Mapping[str, Any]:
+        started.set()
+        release.wait(10)
+        return dict(peer.record)
+
+    adm._ask = stuck
+    outcome: list[BaseException] = []
+
+    def first_task() -> None:
+        try:
+            adm.admit(dict(peer.record), clock.t + 60)
+        except PeerNotAdmitted as e:  # its peer never answered (the relay returns the old record)
+            outcome.append(e)
+
+    first = threading.Thread(target=first_task)
+    first.start()
+    assert started.wait(5)
+    real = time.monotonic()
+    adm._clock = lambda: clock.t + (time.monotonic() - real)  # let this clock run
+    with pytest.raises(PeerNotAdmitted) as e:
+        adm.admit(dict(peer.record), deadline=clock.t + 0.3)
+    assert "deadline" in str(e.value)
+    release.set()
+    first.join()
+    assert len(outcome) == 1
 
 
 def test_concurrent_tasks_share_one_challenge(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:

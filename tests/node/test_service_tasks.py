@@ -212,3 +212,72 @@ def test_a_stale_peer_seen_early_is_distrusted_even_if_the_task_then_fails(
     results = _sign(hub, services, parts, "cold", seconds=5)
     assert results[0]["status"] == "failed", results[0]
     assert not one._fresh and not one._witness_keys
+
+
+class FakeLink:
+    """CoordinatorLink.request as a script: each call takes the next step (a value or an exception)."""
+
+    def __init__(self, steps: list[Any], done: threading.Event, rest: Any = None) -> None:
+        self.steps, self.done, self.rest = steps, done, rest
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def request(self, method: str, path: str, *, params: Any = None, body: Any = None, timeout: float | None = None) -> Any:
+        self.calls.append((method, path, body if body is not None else params))
+        if not self.steps:
+            self.done.set()
+            time.sleep(0.05)
+            return self.rest
+        step = self.steps.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_challenge_follower_survives_every_error(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An odd answer, an unreachable coordinator, a platform that fails to attest once: the
+    loop goes on and registers evidence over the challenges in the end (review, high)."""
+    _, services, _ = nodes
+    svc = services["node-1"]
+    nonce = secrets.token_bytes(32)
+    listed = {"digest": "d1", "challenges": [{"from": "node-2", "nonce": nonce.hex()}]}
+    done = threading.Event()
+    link = FakeLink([ValueError("not JSON"), {"nope": 1}, listed, listed, {}, listed], done, rest=listed)
+    real_attest = svc.platform.attest
+    failures = [RuntimeError("transient device error")]
+
+    def attest(user_data: bytes) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_attest(user_data)
+
+    monkeypatch.setattr(svc.platform, "attest", attest)
+    svc.link = link  # type: ignore[assignment]
+    monkeypatch.setattr(svc._stop, "wait", lambda t=None: svc._stop.is_set())  # no back-off pauses here
+    follower = threading.Thread(target=svc._answer_challenges)
+    follower.start()
+    assert done.wait(10)
+    svc._stop.set()
+    follower.join(5)
+    registered = [body for method, path, body in link.calls if path == "/v1/nodes/register"]
+    assert len(registered) == 1
+    assert registered[0]["challenges"] == listed["challenges"]
+    assert registered[0]["evidence_nonce"] == challenge_nonce([Challenge("node-2", nonce)]).hex()
+
+
+def test_a_challenge_is_posted_again_until_answered(nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]) -> None:
+    _, services, _ = nodes
+    svc = services["node-1"]
+    import httpx
+
+    link = FakeLink([httpx.ConnectError("cut"), {"answered": False}, {"answered": True, "node_id": "node-2"}], threading.Event())
+    svc.link = link  # type: ignore[assignment]
+    out = svc._ask_peer("node-2", b"\x01" * 32, 5.0)
+    assert out["answered"] is True and [c[0] for c in link.calls] == ["POST"] * 3
+    # Out of time: the last answer, not answered, is returned for the caller to refuse.
+    link.steps = [{"answered": False}]
+    assert svc._ask_peer("node-2", b"\x01" * 32, 0.0)["answered"] is False
