@@ -55,6 +55,8 @@ Nudge = Callable[[str, bytes, Callable[[], None]], None]
 
 #: Longest wait for a challenged peer's answer (a hardware attestation plus two trips).
 ANSWER_WAIT = 30.0
+#: Time left after a wait that ran out, to report why before the task's deadline.
+REPORT_MARGIN = 2.0
 
 
 class PeerNotAdmitted(Exception):
@@ -135,7 +137,7 @@ class Admissions:
         got = self._try(node, p, card)
         if got is None or deadline >= got.until:
             nonce = self.book.issue(node)
-            wait = max(0.0, min(ANSWER_WAIT, deadline - self._clock()))
+            wait = max(0.0, min(ANSWER_WAIT, deadline - self._clock() - REPORT_MARGIN))
             record = self._ask(node, nonce, wait)
             if record.get("peer_card") != p.get("peer_card"):
                 # It registered a new card meanwhile: a restarted process, whose task fails anyway.

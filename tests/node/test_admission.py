@@ -109,7 +109,7 @@ def test_evidence_already_answering_our_challenge_needs_no_wait(setup: tuple[Adm
 def test_the_wait_is_bounded_by_the_deadline(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
     adm, peer, relay, clock = setup
     adm.admit(peer.record, deadline=clock.t + 4.5)
-    assert relay.asked[0][2] == 4.5
+    assert relay.asked[0][2] == 2.5  # the rest is left to report why, should it run out
 
 
 def test_a_peer_that_does_not_answer_is_refused_by_name(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:

@@ -154,6 +154,28 @@ def test_every_peer_was_admitted_on_evidence_answering_its_verifiers(
         assert node["attestation"]["verdict"] == "verified" and node["attestation"]["bound_to_card"] is True
 
 
+def test_a_peer_that_cannot_answer_a_fresh_challenge_is_not_admitted(
+    cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]]
+) -> None:
+    """node-3 is frozen (its enclave cannot attest any more); node-1 restarts, so it has
+    admitted nobody and must challenge node-3. node-3's registered evidence, genuine but made
+    before that challenge, is refused: the request fails naming node-3, and nothing was sent
+    to it. Thawed, node-3 answers and the pair signs again."""
+    d, client = cluster
+    frozen = node_pid(d, "node-3")
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        kill9(node_pid(d, "node-1"))
+        restart(d, client, "node-1")
+        with pytest.raises(RequestFailed) as e:
+            client.sign(keys["ed25519"]["key_id"], message=b"fresh?", signers=["node-1", "node-3"])
+        assert e.value.reason == "ATTESTATION" and "node-3" in e.value.culprits, e.value
+        assert "did not answer our challenge" in str(e.value.detail), e.value
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    sign(client, keys["ed25519"], ["node-1", "node-3"])
+
+
 def test_nothing_secret_reaches_the_coordinator(cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]]) -> None:
     d, client = cluster
     haystack = (d / "coordinator.sqlite3").read_bytes() + (d / "coordinator.log").read_bytes()
