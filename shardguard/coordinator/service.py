@@ -448,7 +448,7 @@ class Coordinator:
             # count below holds, and a challenger's concurrent first challenges do not collide.
             if s.get(Node, node_id, with_for_update=True) is None:
                 raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
-            row = s.get(NodeChallenge, (node_id, challenger), populate_existing=True)
+            row = s.get(NodeChallenge, (node_id, challenger), with_for_update=True, populate_existing=True)
             if row is None:
                 count = s.scalar(select(func.count()).select_from(NodeChallenge).where(NodeChallenge.node_id == node_id))
                 if (count or 0) >= MAX_CHALLENGES:

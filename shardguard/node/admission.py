@@ -57,6 +57,8 @@ Nudge = Callable[[str, bytes, Callable[[], None]], None]
 ANSWER_WAIT = 30.0
 #: Time left after a wait that ran out, to report why before the task's deadline.
 REPORT_MARGIN = 2.0
+#: Peers never admitted are forgotten once more than this many are known.
+_MAX_PEERS = 1024
 
 
 class PeerNotAdmitted(Exception):
@@ -102,13 +104,13 @@ class Admissions:
         self._lock = threading.Lock()
         self._peer_locks: dict[str, threading.Lock] = {}
         self._admitted: dict[str, _Admission] = {}
-        self._renewing: set[str] = set()
+        self._renewing: dict[str, bytes] = {}  # peer -> the challenge sent ahead, not yet answered
 
     def admit(self, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
         """Admit the participant ``p`` (a task's entry: node_id, peer_card, platform, evidence,
         collateral, evidence_challenges) for a task that ends by ``deadline`` (this clock),
-        waiting for its answer to our challenge until then at the latest. Raises
-        :class:`PeerNotAdmitted`."""
+        waiting for its answer to our challenge until shortly before then at the latest.
+        Raises :class:`PeerNotAdmitted`."""
         node = p.get("node_id")
         if not is_node_id(node):
             bad = AttestationError(AttestationReason.MALFORMED, "not a node id", field="node_id")
@@ -117,28 +119,47 @@ class Admissions:
         with self._lock:
             peer_lock = self._peer_locks.setdefault(node, threading.Lock())
         # Tasks admitting the same peer wait for each other (one challenge, whose answer the
-        # next one then finds), but never past their own deadline.
-        if not peer_lock.acquire(timeout=max(0.0, deadline - self._clock())):
-            bad = AttestationError(AttestationReason.NONCE, "no answer to our challenge before the task's deadline")
+        # next one then finds), but not past their own deadline.
+        if not peer_lock.acquire(timeout=max(0.0, deadline - self._clock() - REPORT_MARGIN)):
+            bad = AttestationError(AttestationReason.NONCE, "still waiting behind another task's challenge to it")
             raise PeerNotAdmitted(node, bad)
         try:
             return self._admit(node, p, deadline)
+        except PeerNotAdmitted:
+            if node not in self._admitted:  # never admitted: keep nothing for it
+                self.book.forget(node)
+                with self._lock:
+                    if len(self._peer_locks) > _MAX_PEERS:
+                        self._peer_locks.pop(node, None)
+            raise
         finally:
             peer_lock.release()
 
     def _admit(self, node: str, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
         card = _b64(p.get("peer_card"), node, "peer_card")
         now = self._clock()
+        life = self.policy.max_age_seconds
+        # Good enough for this task: lasts until its deadline, or (a task longer than half the
+        # lifetime) for half the lifetime more; so max_age_seconds > 2 × the job timeout keeps
+        # every task within its peers' admissions.
+        need = deadline if life is None else min(deadline, now + life / 2)
         held = self._admitted.get(node)
-        if held is not None and held.card == card and max(now, deadline) < held.until:
+        if held is not None and held.card == card and need < held.until:
             if now >= held.renew_at:
                 self._renew(node, p, held)
             return self._admitted[node].peer
         got = self._try(node, p, card)
-        if got is None or deadline >= got.until:
+        if got is None or need >= got.until:
             nonce = self.book.issue(node)
             wait = max(0.0, min(ANSWER_WAIT, deadline - self._clock() - REPORT_MARGIN))
-            record = self._ask(node, nonce, wait)
+            try:
+                record = self._ask(node, nonce, wait)
+            except PeerNotAdmitted:
+                raise
+            except Exception as e:  # the relay refused or was unreachable: named as this peer's
+                if getattr(e, "status", None) in (401, 403):  # our own request was refused: ours
+                    raise
+                raise PeerNotAdmitted(node, AttestationError(AttestationReason.NONCE, f"challenge not relayed: {e}")) from None
             if record.get("peer_card") != p.get("peer_card"):
                 # It registered a new card meanwhile: a restarted process, whose task fails anyway.
                 raise PeerNotAdmitted(node, AttestationError(AttestationReason.NONCE, "its card changed while we challenged it"))
@@ -149,7 +170,8 @@ class Admissions:
                     AttestationError(AttestationReason.NONCE, f"its evidence did not answer our challenge within {wait:.1f} s"),
                 )
         self._admitted[node] = got
-        self._renewing.discard(node)
+        with self._lock:
+            self._renewing.pop(node, None)
         return got.peer
 
     def _renew(self, node: str, p: Mapping[str, Any], held: _Admission) -> None:
@@ -167,19 +189,23 @@ class Admissions:
                 newer = None
             if newer is not None and newer.until > held.until:
                 self._admitted[node] = newer
-                self._renewing.discard(node)
+                with self._lock:
+                    self._renewing.pop(node, None)
                 return
             self._admitted[node] = dataclasses.replace(held, tried=evidence)
-        if node in self._renewing:
-            return
-        self._renewing.add(node)
+        with self._lock:
+            if node in self._renewing:
+                return
+            nonce = self.book.issue(node)
+            self._renewing[node] = nonce
 
-        def failed() -> None:  # the next task past half-life tries again
+        def failed() -> None:  # the next task past half-life tries again (unless a newer one is out)
             with self._lock:
-                self._renewing.discard(node)
+                if self._renewing.get(node) == nonce:
+                    del self._renewing[node]
 
         try:
-            self._nudge(node, self.book.issue(node), failed)
+            self._nudge(node, nonce, failed)
         except Exception as e:
             failed()
             log.warning("could not challenge %s ahead of time: %s", node, e)

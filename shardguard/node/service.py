@@ -217,6 +217,7 @@ class NodeService:
                 except ChallengeError as e:
                     log.warning("challenges: the coordinator sent a malformed list (%s); not answered", e)
                     known = digest
+                    self._stop.wait(1.0)
                     continue
                 tokens -= 1
                 self._open_challenges = challenges
@@ -229,9 +230,11 @@ class NodeService:
     # -- peers ----------------------------------------------------------------------------
     def _ask_peer(self, node: str, nonce: bytes, wait: float) -> Mapping[str, Any]:
         """Post our challenge to ``node`` and wait (up to ``wait`` s) for evidence answering it.
-        A cut connection, or a coordinator that answers before the evidence does, is met by
-        posting the same challenge again until the wait is over: that is harmless."""
+        A cut connection, a 5xx, or a coordinator that answers before the evidence does, is met
+        by posting the same challenge again (harmless), backing off from 0.1 to 2 s, until the
+        wait is over."""
         end = time.monotonic() + wait
+        pause = 0.1
         while True:
             left = max(0.0, end - time.monotonic())
             try:
@@ -241,15 +244,19 @@ class NodeService:
             except (httpx.TransportError, ValueError, CoordinatorRefused) as e:
                 if isinstance(e, CoordinatorRefused) and e.status < 500:
                     raise
-                if time.monotonic() >= end or self._stop.wait(0.1):
-                    raise EngineError(f"challenging {node}: coordinator unreachable: {type(e).__name__}") from None
-                continue
+                out = None
+                failure = e
             except httpx.HTTPError as e:
                 raise EngineError(f"challenging {node}: {type(e).__name__}") from None
-            if not isinstance(out, dict):
+            if out is not None and not isinstance(out, dict):
                 raise EngineError(f"the coordinator answered our challenge to {node} with no record")
-            if out.get("answered") is True or time.monotonic() >= end or self._stop.wait(0.1):
+            if out is not None and out.get("answered") is True:
                 return out
+            if time.monotonic() >= end or self._stop.wait(min(pause, max(0.0, end - time.monotonic()))):
+                if out is None:
+                    raise EngineError(f"challenging {node}: coordinator unreachable: {type(failure).__name__}") from None
+                return out
+            pause = min(2.0, pause * 2)
 
     def _nudge_peer(self, node: str, nonce: bytes, failed: Callable[[], None]) -> None:
         def post() -> None:

@@ -306,8 +306,8 @@ def test_a_task_waiting_behind_another_s_challenge_stops_at_its_deadline(
     real = time.monotonic()
     adm._clock = lambda: clock.t + (time.monotonic() - real)  # let this clock run
     with pytest.raises(PeerNotAdmitted) as e:
-        adm.admit(dict(peer.record), deadline=clock.t + 0.3)
-    assert "deadline" in str(e.value)
+        adm.admit(dict(peer.record), deadline=clock.t + 2.3)  # REPORT_MARGIN (2 s) is kept
+    assert "behind another task" in str(e.value)
     release.set()
     first.join()
     assert len(outcome) == 1
@@ -354,3 +354,41 @@ def test_renewal_tries_each_new_evidence_once(
     garbled = {**remade, "evidence": "!!"}
     adm.admit(garbled, deadline=clock.t + 60)  # a garbled renewal leaves the admission as it is
     assert calls == ["verify"] and len(relay.nudged) == 1
+
+
+def test_a_task_longer_than_half_the_lifetime_asks_once(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
+    """A deadline beyond the lifetime would make every admission "too short": a fresh one is
+    good for such a task, and so is any with half its lifetime left (no challenge per task)."""
+    adm, peer, relay, clock = setup
+    adm.admit(peer.record, deadline=clock.t + 10 * LIFE)
+    adm.admit(peer.record, deadline=clock.t + 10 * LIFE)
+    clock.t += LIFE / 2 - 1
+    adm.admit(peer.record, deadline=clock.t + 10 * LIFE)
+    assert len(relay.asked) == 1
+
+
+class Refused(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"HTTP {status}")
+
+
+def test_a_relay_that_refuses_or_fails_is_named_as_the_peer_s_failure(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
+    adm, peer, _relay, clock = setup
+    for failure in (Refused(404), Refused(409), Refused(503), OSError("unreachable")):
+
+        def ask(node: str, nonce: bytes, wait: float, failure: Exception = failure) -> Mapping[str, Any]:
+            raise failure
+
+        adm._ask = ask
+        with pytest.raises(PeerNotAdmitted) as e:
+            adm.admit(peer.record, deadline=clock.t + 60)
+        assert e.value.node == "node-2" and "not relayed" in str(e.value)
+    for own in (Refused(401), Refused(403)):  # our own request refused: not the peer's doing
+
+        def ask_own(node: str, nonce: bytes, wait: float, failure: Exception = own) -> Mapping[str, Any]:
+            raise failure
+
+        adm._ask = ask_own
+        with pytest.raises(Refused):
+            adm.admit(peer.record, deadline=clock.t + 60)

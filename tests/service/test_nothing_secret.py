@@ -24,19 +24,23 @@ import pytest
 import uvicorn
 
 from shardguard.attestation.policy import VerificationPolicy
+from shardguard.channel import channel as channel_module
 from shardguard.channel.channel import Channel
+from shardguard.channel.identity import NodeKeys
 from shardguard.client import Client
 from shardguard.coordinator.app import create_app
 from shardguard.coordinator.settings import Settings
+from shardguard.crypto.group import Group
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.interop import verify_independently
 from shardguard.node import tasks as node_tasks
-from shardguard.node.service import NodeService
+from shardguard.node.service import KeystoreShares, NodeService
+from shardguard.protocols.dkls23 import sign as dkls_sign
 from shardguard.protocols.frost import _party as frost_party
 
 BOOT = "nothing-secret-bootstrap"
 NODES = ("node-1", "node-2", "node-3")
-Stack = tuple[Client, "Recorder", Path, io.StringIO, list[NodeService]]
+Stack = tuple[Client, "Recorder", Path, io.StringIO, list[NodeService], "Tap"]
 
 
 class Recorder:
@@ -58,6 +62,12 @@ def _until(check: Callable[[], bool], seconds: float) -> None:
         time.sleep(0.02)
 
 
+def _scalar(rec: Recorder, what: str, group: Group, k: int) -> None:
+    rec.add(what, group.scalar_encode(k % group.order))
+    rec.add(what, (k % group.order).to_bytes(32, "big"))
+    rec.add(what, (k % group.order).to_bytes(32, "little"))
+
+
 def _record_secrets(rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
     seal = Channel.seal
 
@@ -66,6 +76,15 @@ def _record_secrets(rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
         return seal(self, plaintext, seq=seq)
 
     monkeypatch.setattr(Channel, "seal", recording_seal)
+
+    class ChannelSecrets:  # the channel module's randomness: link keys
+        @staticmethod
+        def token_bytes(n: int) -> bytes:
+            out = os.urandom(n)
+            rec.add("link key", out)
+            return out
+
+    monkeypatch.setattr(channel_module, "secrets", ChannelSecrets)
     default_rng = node_tasks.run_task.__kwdefaults__["rng"]
 
     def recording_rng(n: int) -> bytes:
@@ -74,17 +93,63 @@ def _record_secrets(rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
         return out
 
     monkeypatch.setitem(node_tasks.run_task.__kwdefaults__, "rng", recording_rng)
+    random_scalar = Group.random_scalar
+
+    def recording_random_scalar(self: Group, rng: Any) -> int:
+        k: int = random_scalar(self, rng)
+        _scalar(rec, "random scalar", self, k)
+        return k
+
+    monkeypatch.setattr(Group, "random_scalar", recording_random_scalar)
+    stream = dkls_sign._HedgedStream.__call__
+
+    def recording_stream(self: Any, n: int) -> bytes:
+        out: bytes = stream(self, n)
+        rec.add("DKLs23 session randomness", out)
+        return out
+
+    monkeypatch.setattr(dkls_sign._HedgedStream, "__call__", recording_stream)
     sign_share = frost_party.sign_share
 
     def recording_sign_share(suite: Any, **kw: Any) -> int:
         for name in ("hiding", "binding"):
-            v = kw[name] % suite.group.order
-            rec.add(f"FROST {name} nonce", v.to_bytes(32, "big"))
-            rec.add(f"FROST {name} nonce", v.to_bytes(32, "little"))
+            _scalar(rec, f"FROST {name} nonce", suite.group, kw[name])
         out: int = sign_share(suite, **kw)
         return out
 
     monkeypatch.setattr(frost_party, "sign_share", recording_sign_share)
+    stage = KeystoreShares.stage
+
+    def recording_stage(self: KeystoreShares, key_id: str, share: Any) -> None:
+        base = getattr(share, "share", share)
+        _scalar(rec, f"share of {key_id}", base.suite.group, base.signing_share)
+        stage(self, key_id, share)
+
+    monkeypatch.setattr(KeystoreShares, "stage", recording_stage)
+
+
+def _record_keys(rec: Recorder, keys: NodeKeys) -> None:
+    rec.add("identity private key", bytes(keys._identity))
+    rec.add("channel private key", keys._hpke_sk.private_bytes_raw())  # type: ignore[union-attr]
+
+
+class Tap:
+    """ASGI middleware: keeps every request body and WebSocket frame the coordinator receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.received: list[bytes] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def tapped() -> Any:
+            message = await receive()
+            for field in ("body", "bytes", "text"):
+                value = message.get(field)
+                if value:
+                    self.received.append(value.encode() if isinstance(value, str) else bytes(value))
+            return message
+
+        await self.app(scope, tapped, send)
 
 
 @pytest.fixture
@@ -94,16 +159,18 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     log = io.StringIO()
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    coord_log = logging.getLogger("shardguard.coordinator")
-    coord_log.addHandler(handler)
-    monkeypatch.setattr(coord_log, "level", logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)  # every logger of this process: coordinator, uvicorn, nodes, httpx
+    level = root.level
+    root.setLevel(logging.DEBUG)
 
     db = tmp_path / "coordinator.sqlite3"
     settings = Settings(db_url=f"sqlite:///{db}", bootstrap_token=BOOT, poll_interval=0.2)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio"))
+    tap = Tap(create_app(settings))
+    server = uvicorn.Server(uvicorn.Config(tap, log_level="warning", lifespan="on", ws="websockets-sansio"))
     server_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     server_thread.start()
     _until(lambda: server.started, 15)
@@ -113,13 +180,14 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         plat = SimulatedPlatform(state_dir=tmp_path / nid / "platform")
         policy = VerificationPolicy(allow_simulated=True, measurements={"simulated": {"pcr0": (plat.measurement,)}})
         services.append(NodeService(coordinator=url, state=tmp_path / nid, node_id=nid, platform=plat, policy=policy))
+        _record_keys(rec, services[-1].keys)
     threads = [threading.Thread(target=s.run_forever, daemon=True) for s in services]
     for t in threads:
         t.start()
     client = Client(url, BOOT, timeout=60)
     try:
         _until(lambda: len(client.nodes()) == len(NODES), 30)
-        yield client, rec, db, log, services
+        yield client, rec, db, log, services, tap
     finally:
         client.close()
         for s in services:
@@ -129,18 +197,20 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
             t.join(10)
         server.should_exit = True
         server_thread.join(10)
-        coord_log.removeHandler(handler)
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _forms(data: bytes) -> list[bytes]:
     out = []
-    for piece in {data, data[:32]}:
+    n = len(data)
+    for piece in {data, data[:32], data[n // 2 - 16 : n // 2 + 16] if n >= 64 else data, data[-32:]}:
         out += [piece, piece.hex().encode(), base64.b64encode(piece), base64.urlsafe_b64encode(piece)]
     return out
 
 
 def test_no_share_nonce_or_plaintext_reaches_the_coordinator(stack: Stack) -> None:
-    client, rec, db, log, services = stack
+    client, rec, db, log, _services, tap = stack
     for scheme in ("ecdsa", "ed25519"):  # BIP340 runs FROST through the same relay path
         key = client.create_key(scheme, 2, list(NODES))
         # Two signings with a refresh between them for Ed25519 (ECDSA's refresh redoes every
@@ -154,19 +224,19 @@ def test_no_share_nonce_or_plaintext_reaches_the_coordinator(stack: Stack) -> No
             out = client.sign(key["key_id"], signers=signers, **kw)
             sig, pk = bytes.fromhex(out["signature"]), bytes.fromhex(out["public_key"])
             assert verify_independently(scheme, pk, payload, sig), scheme
-    for s in services:
-        for key_id in s.keystore.keys():  # noqa: SIM118 - a keystore, not a dict
-            share = s.keystore.share(key_id)
-            base = getattr(share, "share", share)
-            rec.add(f"{s.node_id}'s share of {key_id}", base.suite.group.scalar_encode(base.signing_share))
-    kinds = {what for what, _ in rec.items}
-    assert {"sealed plaintext", "protocol randomness", "FROST hiding nonce", "FROST binding nonce"} <= kinds, kinds
-    assert sum("share of" in what for what, _ in rec.items) == 3 * 2
+    kinds = {what.split(" of ")[0] for what, _ in rec.items}
+    assert kinds >= {
+        "sealed plaintext", "link key", "protocol randomness", "random scalar", "DKLs23 session randomness",
+        "FROST hiding nonce", "FROST binding nonce", "share", "identity private key", "channel private key",
+    }, kinds  # fmt: skip
+    assert sum(what.startswith("share of") for what, _ in rec.items) >= 3 * 3 * 3  # 3 nodes, 3 stages, 3 encodings
     assert len(rec.items) > 1000, len(rec.items)
-    haystack = db.read_bytes() + log.getvalue().encode()
+    stored = db.read_bytes()
     for extra in db.parent.glob("coordinator.sqlite3-*"):
-        haystack += extra.read_bytes()
-    assert len(haystack) > 100_000  # the database holds the relayed ciphertexts
-    assert any(form in haystack for form in _forms(pk)), "the scan must see what the coordinator does hold"
+        stored += extra.read_bytes()
+    received = b"\n".join(tap.received)
+    haystack = stored + received + log.getvalue().encode()
+    assert len(stored) > 100_000 and len(received) > 100_000  # the relayed ciphertexts
+    assert any(form in received for form in _forms(pk)), "the scan must see what the coordinator does receive"
     leaked = [what for what, data in rec.items for form in _forms(data) if form in haystack]
     assert leaked == [], f"visible to the coordinator: {sorted(set(leaked))}"
