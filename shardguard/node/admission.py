@@ -4,10 +4,11 @@ a challenge we issued (ARCHITECTURE §5–6; :mod:`shardguard.channel.challenge`
 A task names its participants with the card and evidence the coordinator holds for each. We
 admit a peer on that evidence only if it answers one of *our* live challenges to that peer.
 Otherwise we challenge it and wait for evidence that does, which the coordinator hands us as
-soon as the peer has attested and registered it. An admission holds until the challenge it
-answered has lived ``policy.max_age_seconds``. Past half of that, we send a new challenge
-without waiting, and later tasks carry evidence that answers it, so a busy peer is
-re-admitted without a task ever waiting for it.
+soon as the peer has attested and registered it. A task may use an admission only if the
+challenge it answered will not have lived ``policy.max_age_seconds`` by the task's deadline
+(a task longer than half that: only if half of it is left). Past half of that lifetime, a
+task sends a newer challenge in the background and goes on; later tasks carry evidence that
+answers it, so a busy peer is re-admitted without a task waiting for the answer.
 
 The coordinator can delay or refuse to relay challenges and evidence (then the task fails,
 naming the peer), but cannot make stale evidence pass: the binding, the challenge list's hash
