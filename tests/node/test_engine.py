@@ -296,7 +296,9 @@ def test_release_hooks_run_after_the_first_round_and_before_any_later_one(cluste
         posts = [i for i, e in enumerate(ev) if e == "post"]
         assert ev.count("after_start") == ev.count("gate") == 1 and len(posts) >= 2, ev
         assert posts[0] < ev.index("gate") < posts[1], ev  # nothing after round 1 leaves before the gate
-        assert idle_calls[idx] == 2, ev  # called until it returned True, never after
+        # Called while it waits, until it returned True, never after. Once, if the peer's later
+        # round was already there at the first fetch (a busy host).
+        assert 1 <= idle_calls[idx] <= 2, ev
 
 
 def test_a_failing_gate_releases_nothing_more(cluster: list[Node]) -> None:
