@@ -576,7 +576,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         )
 
     @app.post("/v1/nodes/{node_id}/challenges", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
-    async def challenge_node(node_id: _ID, body: schemas.ChallengeIn, node: SignedNode) -> dict[str, Any]:
+    async def challenge_node(node_id: _ID, body: schemas.ChallengeIn, node: SignedNode, request: Request) -> dict[str, Any]:
         """Challenge ``node_id`` (the signing node is the challenger; its newest challenge
         replaces its earlier one) and wait up to ``wait`` seconds for evidence that answers it.
         The node's card and evidence either way, with ``answered`` (API.md §1.12)."""
@@ -586,14 +586,18 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             answered, record = coord.evidence_answering(node_id, node.node_id, body.nonce)
             return answered, {**record, "answered": answered}
 
+        # Ends when the caller is gone (a stopping node), so a stopping coordinator is not held.
+        gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any]] = (request.is_disconnected, {"answered": False})
         return await _long_poll(
-            notifier, f"evidence:{node_id}", min(body.wait, settings.max_wait), settings.poll_interval, check, runner=hot
-        )
+            notifier, f"evidence:{node_id}", min(body.wait, settings.max_wait), settings.poll_interval, check,
+            gone=gone, runner=hot,
+        )  # fmt: skip
 
     @app.get("/v1/nodes/{node_id}/challenges", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
     async def node_challenges(
         node_id: _ID,
         node: SignedNode,
+        request: Request,
         known: Annotated[str, Query(max_length=64)] = "",
         wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
     ) -> dict[str, Any]:
@@ -606,9 +610,13 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             digest = hashlib.sha256(canonical_json(items).encode()).hexdigest()
             return digest != known, {"challenges": items, "digest": digest}
 
+        # Ends when the node is gone: a stopping node does not hold a stopping coordinator.
+        idle: dict[str, Any] = {"challenges": [], "digest": known}
+        gone: tuple[Callable[[], Awaitable[bool]], dict[str, Any]] = (request.is_disconnected, idle)
         return await _long_poll(
-            notifier, f"challenges:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check, runner=hot
-        )
+            notifier, f"challenges:{node_id}", min(wait, settings.max_wait), settings.poll_interval, check,
+            gone=gone, runner=hot,
+        )  # fmt: skip
 
     @app.get("/v1/nodes/{node_id}/tasks", tags=["node API"], response_model=schemas.TaskEnvelope, openapi_extra=_NODE_AUTH_DOC)
     async def next_task(

@@ -173,10 +173,6 @@ def _run(args: argparse.Namespace) -> int:
         lifespan="on",
         ws="websockets-sansio",
         ws_max_size=settings.max_body_bytes + 64,
-        # On SIGTERM, requests in flight get 2 s to finish; long-polls (a node following its
-        # challenges, a client waiting for a result) are then cut, and their callers ask again
-        # (another replica, or this one restarted) instead of holding the stop for up to max_wait.
-        timeout_graceful_shutdown=2,
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
