@@ -28,7 +28,7 @@ import dataclasses
 import enum
 import hashlib
 import re
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias, TypeGuard
 
 import nacl.bindings
 import nacl.exceptions
@@ -138,7 +138,7 @@ def _check_x25519(pk: bytes, field: str) -> x25519.X25519PublicKey:
     return key
 
 
-def is_node_id(value: object) -> bool:
+def is_node_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a well-formed node id: ``[a-z0-9][a-z0-9._-]{0,63}``."""
     return type(value) is str and _NODE_ID_RE.fullmatch(value.encode("ascii", errors="replace")) is not None
 

@@ -116,7 +116,6 @@ class Admissions:
         if not is_node_id(node):
             bad = AttestationError(AttestationReason.MALFORMED, "not a node id", field="node_id")
             raise PeerNotAdmitted(str(node)[:64], bad)
-        assert isinstance(node, str)
         with self._lock:
             peer_lock = self._peer_locks.setdefault(node, threading.Lock())
         # Tasks admitting the same peer wait for each other (one challenge, whose answer the
@@ -155,8 +154,6 @@ class Admissions:
             wait = max(0.0, min(ANSWER_WAIT, deadline - self._clock() - REPORT_MARGIN))
             try:
                 record = self._ask(node, nonce, wait)
-            except PeerNotAdmitted:
-                raise
             except Exception as e:  # the relay refused or was unreachable: named as this peer's
                 if getattr(e, "status", None) in (401, 403):  # our own request was refused: ours
                     raise

@@ -202,7 +202,8 @@ class NodeService:
                 out = self.link.request(
                     "GET", f"/v1/nodes/{self.node_id}/challenges", params={"known": known, "wait": 25}, timeout=60
                 )
-                if str(out["digest"]) == known:
+                digest = str(out["digest"])
+                if digest == known:
                     self._stop.wait(0.05)  # nothing new (however soon the coordinator said so)
                     continue
                 now = time.monotonic()
@@ -211,7 +212,6 @@ class NodeService:
                 if tokens < 1:
                     self._stop.wait(1 - tokens)
                     continue  # fetch again: what came meanwhile is answered in the same attestation
-                digest = str(out["digest"])
                 try:
                     challenges = challenges_from_wire(out["challenges"])
                 except ChallengeError as e:
