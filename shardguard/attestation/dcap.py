@@ -67,10 +67,9 @@ import json
 import operator
 import re
 import struct
-import threading
 import types
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeGuard, TypeVar
 
 from cryptography import x509
@@ -80,6 +79,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
 from shardguard.attestation.errors import AttestationError, AttestationReason
+from shardguard.attestation.memo import Memo
+from shardguard.attestation.memo import clear_caches as _clear_all
 from shardguard.attestation.result import TCB_ORDER
 from shardguard.attestation.x509chain import load_pem_chain, verify_issued_by
 
@@ -207,52 +208,18 @@ def _record(cls: type[_T]) -> Callable[..., _T]:
     return make
 
 
-_MISSING: Final = object()
-
-
-class _Memo:
-    """A bounded map from exact input bytes to the result of a pure check (FIFO eviction).
-
-    Only successes are stored: ``compute`` raising stores nothing, so a failure is recomputed
-    (and re-raised) every time. Results that depend on ``at`` (validity) are never stored.
-    """
-
-    def __init__(self, maxsize: int = 256) -> None:
-        self._data: dict[Hashable, Any] = {}
-        self._lock = threading.Lock()
-        self._maxsize = maxsize
-
-    def get(self, key: Hashable, compute: Callable[[], _T]) -> _T:
-        # A dict read needs no lock; a sentinel, because a raised KeyError costs more than the
-        # look-up on every cold call.
-        value = self._data.get(key, _MISSING)
-        if value is not _MISSING:
-            return value  # type: ignore[no-any-return]
-        value = compute()
-        with self._lock:
-            if len(self._data) >= self._maxsize:
-                del self._data[next(iter(self._data))]
-            self._data[key] = value
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-_PEM_CHAINS = _Memo()
-_CHAIN_SIGS = _Memo()
-_SIG_OK = _Memo(1024)
-_PARSED_JSON = _Memo()
-_CRLS = _Memo()
-_CRL_SIGS = _Memo()
-_PCK_EXT = _Memo()
+_PEM_CHAINS = Memo()
+_CHAIN_SIGS = Memo()
+_SIG_OK = Memo(1024)
+_PARSED_JSON = Memo()
+_CRLS = Memo()
+_CRL_SIGS = Memo()
+_PCK_EXT = Memo()
 
 
 def clear_caches() -> None:
     """Forget every memoised check (benchmarks use it to time cold verifications)."""
-    for memo in (_PEM_CHAINS, _CHAIN_SIGS, _SIG_OK, _PARSED_JSON, _CRLS, _CRL_SIGS, _PCK_EXT):
-        memo.clear()
+    _clear_all()
 
 
 # -- the quote ----------------------------------------------------------------------------------------

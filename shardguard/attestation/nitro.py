@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import io
 import types
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from shardguard.attestation.errors import AttestationError, AttestationReason
+from shardguard.attestation.memo import Memo
 from shardguard.attestation.result import Verified
 from shardguard.attestation.x509chain import load_der, spki_sha256, verify_chain
 
@@ -321,14 +323,23 @@ def parse_document(data: bytes) -> NitroDocument:
     )
 
 
+# Certificates already loaded and checked, by their exact DER (memo.py): a region's documents
+# share their four CA certificates, and one enclave signs many documents with one leaf.
+_CERTS = Memo(256)
+
+
 def _load_cert(der: bytes, what: str) -> x509.Certificate:
-    """Load a DER certificate and force every part the chain check reads.
+    """Load a DER certificate and force every part the chain check reads (once per exact DER).
 
     cryptography parses the key, names, algorithms and extensions lazily, and the shared chain
     code reads some of them outside its own error handling: a bit flip there would escape as a
     bare exception. Reading them here names the certificate at fault. ``load_der`` catches only
     ValueError, and a bad version number raises InvalidVersion, which is not one.
     """
+    return _CERTS.get(bytes(der), functools.partial(_load_cert_now, der, what))
+
+
+def _load_cert_now(der: bytes, what: str) -> x509.Certificate:
     try:
         cert = load_der(der, platform=PLATFORM, what=what)
     except _CERT_ERRORS as e:

@@ -7,6 +7,7 @@ roots carry the production root's exact subject.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from shardguard.attestation.errors import AttestationError, AttestationReason
+from shardguard.attestation.memo import Memo
 
 __all__ = ["check_validity", "load_der", "load_pem_chain", "spki_sha256", "verify_chain", "verify_issued_by"]
 
@@ -24,6 +26,13 @@ __all__ = ["check_validity", "load_der", "load_pem_chain", "spki_sha256", "verif
 # cryptography parses names, extensions and algorithms lazily: a malformed certificate can
 # raise any of these on first access. Every one of them means "malformed evidence".
 _LAZY_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
+
+# Signatures already verified, keyed by the exact DER of the certificate and of its issuer
+# (memo.py): a Nitro document's four CA certificates, or an SEV-SNP ARK and ASK, are checked
+# once, not per evidence. A pinned root's self-signature is the trust store's own check, kept
+# by ``clear_caches``; a root whose bytes differ in any way is a new key and checked again.
+_LINKS = Memo(512)
+_ANCHORS = Memo(64, anchor=True)
 
 
 def load_der(data: bytes, *, platform: str, what: str) -> x509.Certificate:
@@ -140,6 +149,9 @@ def verify_chain(
     """Check ``chain`` (leaf first, root last): root key pinned, root self-signed, each
     certificate signed by the next, CA flag on every issuer, all valid at ``at``.
 
+    Signatures are verified once per exact pair of DER encodings (``_LINKS``); names, CA flags,
+    path lengths and validity are checked on every call.
+
     Returns the pinned root's name. ``names`` label the certificates in error messages.
     """
     if not chain:
@@ -170,7 +182,8 @@ def _verify_chain(
             platform=platform,
             field=labels[-1],
         )
-    verify_issued_by(root, root, platform=platform, what=labels[-1])
+    ders = [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
+    _ANCHORS.get(ders[-1], lambda: verify_issued_by(root, root, platform=platform, what=labels[-1]))
     for i, cert in enumerate(chain[:-1]):
         issuer = chain[i + 1]
         bc = _basic_constraints(issuer)
@@ -186,7 +199,7 @@ def _verify_chain(
                 platform=platform,
                 field=labels[i + 1],
             )
-        verify_issued_by(cert, issuer, platform=platform, what=labels[i])
+        _LINKS.get((ders[i], ders[i + 1]), functools.partial(verify_issued_by, cert, issuer, platform=platform, what=labels[i]))
     for cert, label in zip(chain, labels, strict=True):
         check_validity(cert, at, platform=platform, what=label)
     return root_name

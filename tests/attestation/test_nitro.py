@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardguard.attestation import nitro
+from shardguard.attestation import memo, nitro, x509chain
 from shardguard.attestation.errors import AttestationError
 from shardguard.attestation.errors import AttestationReason as R
 from shardguard.attestation.nitro import MAX_DOCUMENT_SIZE, NITRO_ROOTS, parse_document, verify_nitro
@@ -790,3 +790,53 @@ def test_simulated_document_needs_allow_simulated(pki: Pki) -> None:
         VerificationPolicy(require_measurements=False).check(v, now=T_DOC)
     assert info.value.reason is R.SIMULATED
     VerificationPolicy(allow_simulated=True, require_measurements=False).check(v, now=T_DOC)
+
+
+# -- memoised checks (memo.py) ----------------------------------------------------------------------
+def _signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every certificate signature the chain code verifies (by the label it gives)."""
+    calls: list[str] = []
+    real = x509chain.verify_issued_by
+
+    def counting(cert: x509.Certificate, issuer: x509.Certificate, *, platform: str, what: str) -> None:
+        calls.append(what)
+        real(cert, issuer, platform=platform, what=what)
+
+    monkeypatch.setattr(x509chain, "verify_issued_by", counting)
+    return calls
+
+
+LINKS = ["certificate", "cabundle[3]", "cabundle[2]", "cabundle[1]"]  # each signed by the next
+
+
+def test_ca_signatures_are_verified_once_per_exact_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    memo.clear_caches()
+    calls = _signature_checks(monkeypatch)
+    first = verify_nitro(sample(PROD))
+    assert [c for c in calls if c != "cabundle[0]"] == LINKS  # the root's own check: once per process
+
+    calls.clear()
+    assert verify_nitro(sample(PROD)) == first
+    assert calls == []
+
+    # Cold again: every link is verified anew, the pinned root's self-signature is not (trust store).
+    memo.clear_caches()
+    assert verify_nitro(sample(PROD)) == first
+    assert calls == LINKS
+
+
+@pytest.mark.parametrize("where", ["cabundle[0]", "cabundle[2]", "certificate"])
+def test_a_certificate_differing_in_one_byte_is_verified_again(where: str) -> None:
+    """The memos are keyed by exact DER: a serial-number byte flipped after the genuine chain was
+    verified (the root's key, hence its pin, unchanged) is refused by that certificate's signature."""
+    verify_nitro(sample(PROD))
+    payload = _payload(PROD)
+    der = bytearray(payload["certificate"] if where == "certificate" else payload["cabundle"][int(where[-2])])
+    serial = der.index(b"\xa0\x03\x02\x01\x02") + 7  # [0] version v3, then INTEGER tag, length, value
+    der[serial + 1] ^= 0x01
+    if where == "certificate":
+        payload["certificate"] = bytes(der)
+    else:
+        payload["cabundle"][int(where[-2])] = bytes(der)
+    err = refusal(rebuild(sample(PROD), payload=payload))
+    assert (err.reason, err.field) == (R.BAD_SIGNATURE, where)

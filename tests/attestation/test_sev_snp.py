@@ -744,3 +744,11 @@ def test_trailer_field_leniency_is_known() -> None:
     der = bytearray(GENUINE[GOSEV][1])
     der[842] ^= 0x02  # outer AlgorithmIdentifier trailerField 1 -> 3: unsigned, ignored by cryptography
     assert verify_sev_snp(GENUINE[GOSEV][0], signer_cert=bytes(der), at=AT[GOSEV]) == verify(GOSEV)
+
+
+def test_a_memoised_chain_is_still_checked_for_validity() -> None:
+    """Signatures are memoised by exact bytes (memo.py); validity windows are checked every time."""
+    verify(GOSEV)
+    verify(GOSEV)
+    refused(R.CERT_EXPIRED, verify, GOSEV, at=dt.datetime(2029, 9, 25, tzinfo=UTC))
+    refused(R.CERT_NOT_YET_VALID, verify, GOSEV, at=dt.datetime(2022, 9, 23, tzinfo=UTC))
