@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--key-id", required=True)
     s.add_argument("--digest-hex", help="ecdsa: the 32-byte digest")
     s.add_argument("--message-hex", help="FROST schemes: the message")
-    s.add_argument("--path", help="non-hardened BIP32 path (ecdsa, secp256k1, bip340)")
+    s.add_argument("--path", help="non-hardened BIP32 path (ecdsa keys only)")
     s.add_argument("--signers", help="comma-separated node ids (default: chosen by the coordinator)")
     s.add_argument("--json", action="store_true", help="accepted for symmetry with local mode (output is always JSON)")
     r = sub.add_parser("refresh", help="proactive refresh of a key's shares", parents=[common])

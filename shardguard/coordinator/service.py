@@ -57,6 +57,7 @@ from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.models import ApiToken, AuditEntry, Job, Key, MailboxMessage, Node, NodeChallenge, NodeNonce, Task
 from shardguard.coordinator.rawsql import RawConnection
 from shardguard.coordinator.settings import Settings
+from shardguard.coordinator.signatures import signature_problem
 
 __all__ = [
     "EXCLUSIVE_KINDS",
@@ -699,8 +700,10 @@ class Coordinator:
                     )
                 params["message_hex"] = message.hex()
             if path is not None:
-                if key.scheme == "ed25519":
-                    raise ApiError(422, "validation_error", "ed25519 keys have no BIP32 derivation", field="path")
+                if key.scheme != "ecdsa":
+                    # FROST signing here always uses the key itself: a child key would need its
+                    # tweak applied to the shares, which the nodes do not do.
+                    raise ApiError(422, "validation_error", f"{key.scheme} keys sign without BIP32 derivation", field="path")
                 check_path(path)
                 params["path"] = path
             index = {nid: i + 1 for i, nid in enumerate(key.node_ids)}
@@ -1098,12 +1101,24 @@ class Coordinator:
                 )
             else:
                 self._check_result(job, key, reported)
-                task.status = "done"
-                task.result = reported
-                s.flush()
-                tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
-                if all(t.status == "done" for t in tasks):
-                    self._complete_job(s, job, key, tasks)
+                problem = (
+                    signature_problem(key.scheme, key.public_key, key.public_package, job.params, reported)
+                    if job.kind == "sign"
+                    else None
+                )
+                if problem is not None:
+                    # An honest signer verifies the signature before it reports it (FROST and
+                    # DKLs23 both do): whoever reports an invalid one is the culprit.
+                    task.status = "failed"
+                    task.error = {"reason": "invalid_signature", "culprits": [node_id], "detail": problem}
+                    self._fail_job(s, job, reason="invalid_signature", culprits=[node_id], party=None, detail=problem)
+                else:
+                    task.status = "done"
+                    task.result = reported
+                    s.flush()
+                    tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
+                    if all(t.status == "done" for t in tasks):
+                        self._complete_job(s, job, key, tasks)
             out = {"task_status": task.status, "job_status": job.status}
             waiting = job.status != "running" and self._has_queued(s, job.key_id)
         if out["job_status"] != "running":
@@ -1129,6 +1144,8 @@ class Coordinator:
                 if conn.scalar(_TASK_FOR_REPORT, {"task": task_id}) != "running":
                     return None
                 self._check_result(job, None, result)
+                if signature_problem(job.scheme, job.public_key, job.public_package, job.params, result) is not None:
+                    raise _GeneralPath  # invalid_signature: failed by the general path
                 conn.execute(_TASK_DONE, {"task": task_id, "res": result, "now": now})
                 tasks = conn.execute(_JOB_RESULTS, {"job": job.id})
                 job_status = "running"
@@ -1737,9 +1754,13 @@ _REQUEST_TASKS = select(Task.node_id, Task.status).where(Task.job_id == bindpara
 # … and for a signer's report.
 _TASK_OWNER = select(Task.node_id, Task.job_id).where(Task.id == bindparam("task"))
 _SIGN_JOB_FOR_REPORT = (
-    select(Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at)
+    select(
+        Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at, Job.params,
+        Key.scheme, Key.public_key, Key.public_package,
+    )
+    .join(Key, Key.id == Job.key_id)
     .where(Job.id == bindparam("job"))
-    .with_for_update()
+    .with_for_update(of=Job)
 )
 _TASK_FOR_REPORT = select(Task.status).where(Task.id == bindparam("task")).with_for_update()
 _TASK_DONE = (

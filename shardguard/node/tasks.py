@@ -165,10 +165,15 @@ def _sign(
                 store.add_bans(task.key_id, share.setup_id, e.culprits)  # persist before reporting (spec P3)
             raise
         return dict(sig.to_dict())
+    if not isinstance(task.params.get("message"), str):
+        raise TaskError("a FROST signing names its message (hex)", "message")  # never b"" by default
     try:
-        message = bytes.fromhex(str(task.params.get("message", "")))
+        message = bytes.fromhex(task.params["message"])
     except ValueError:
         raise TaskError("message must be hex", "message") from None
+    if str(task.params.get("path", "m")) != "m":
+        # FROST signs with the key itself; signing for a child key would need the tweak applied.
+        raise TaskError(f"{share.suite.scheme} signing takes no BIP32 path", "path")
     signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng), release)
     return {"scheme": share.suite.scheme, "public_key": share.public.public_key_bytes.hex(), "signature": signature.hex()}
 

@@ -4,6 +4,8 @@ and clients, and a fake node that signs its requests like a real one."""
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import urllib.parse
 import warnings
@@ -11,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import coincurve
 import httpx
 import psycopg
 import pytest
@@ -19,6 +22,7 @@ warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testcl
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from shardguard import local  # noqa: E402
 from shardguard.channel.identity import NodeKeys  # noqa: E402
 from shardguard.coordinator import wire  # noqa: E402
 from shardguard.coordinator.app import create_app  # noqa: E402
@@ -26,6 +30,8 @@ from shardguard.coordinator.db import Database, migrate  # noqa: E402
 from shardguard.coordinator.models import Base  # noqa: E402
 from shardguard.coordinator.service import Coordinator  # noqa: E402
 from shardguard.coordinator.settings import Settings  # noqa: E402
+from shardguard.crypto.bip32 import derive_public, parse_path  # noqa: E402
+from shardguard.crypto.secp256k1 import SECP256K1  # noqa: E402
 
 from .pg import PgCluster, PostgresUnavailable  # noqa: E402
 
@@ -191,17 +197,63 @@ def nodes(client: TestClient) -> list[FakeNode]:
     return out
 
 
-PUBLIC_KEY = "02" + "11" * 32
+PUBLIC_KEY = "02" + "11" * 32  # a key that verifies nothing: for tests that never sign with it
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
-def run_dkg(client: httpx.Client, nodes: list[FakeNode], scheme: str = "ed25519", t: int = 2, pk: str = PUBLIC_KEY) -> str:
-    """Create a key and play every node's DKG task to completion; returns the key id."""
+def derived_tweak(parent: bytes, chain_code: bytes, path: str) -> int:
+    """BIP32 CKDpub's tweak of ``path`` (0 for ``m``)."""
+    if path == "m":
+        return 0
+    return derive_public(SECP256K1.decode(parent), chain_code, parse_path(path)).tweak
+
+
+# One real key per scheme, so the coordinator's check of every reported signature passes
+# (coordinator/signatures.py): FROST suites by a dealer's shares, ECDSA by one secret.
+_ECDSA_SECRET = int.from_bytes(hashlib.sha256(b"test ecdsa key").digest(), "big") % SECP256K1_N
+_CHAIN_CODE = hashlib.sha256(b"test chain code").digest()
+
+
+@functools.cache
+def _frost_shares(scheme: str) -> tuple[Any, ...]:
+    return tuple(local.split(scheme, 7, 2, 3))
+
+
+def dkg_result(scheme: str) -> dict[str, Any]:
+    """What every node reports at the end of a DKG of the scheme's test key."""
+    if scheme == "ecdsa":
+        pk = coincurve.PrivateKey(_ECDSA_SECRET.to_bytes(32, "big")).public_key.format().hex()
+        return {"public_key": pk, "chain_code": _CHAIN_CODE.hex()}
+    return {"public_key": _frost_shares(scheme)[0].public.public_key_bytes.hex()}
+
+
+def sign_result(task: dict[str, Any]) -> dict[str, Any]:
+    """A valid result for a sign task on the scheme's test key (what honest signers report)."""
+    scheme, params = str(task["scheme"]), task["params"]
+    if scheme == "ecdsa":
+        digest, path = bytes.fromhex(params["digest_hex"]), params.get("path") or "m"
+        parent = coincurve.PublicKey(bytes.fromhex(dkg_result("ecdsa")["public_key"]))
+        tweak = derived_tweak(parent.format(), _CHAIN_CODE, path)
+        child = coincurve.PrivateKey(((_ECDSA_SECRET + tweak) % SECP256K1_N).to_bytes(32, "big"))
+        rec = child.sign_recoverable(digest, hasher=None)
+        return {"scheme": "ecdsa", "public_key": child.public_key.format().hex(), "path": path, "digest": digest.hex(),
+                "signature": rec[:64].hex(), "recovery_id": rec[64]}  # fmt: skip
+    shares = _frost_shares(scheme)
+    sig = local.sign(shares[:2], bytes.fromhex(params["message_hex"]))
+    return {"scheme": scheme, "public_key": shares[0].public.public_key_bytes.hex(), "signature": sig.hex()}
+
+
+def run_dkg(client: httpx.Client, nodes: list[FakeNode], scheme: str = "ed25519", t: int = 2, pk: str | None = None) -> str:
+    """Create a key and play every node's DKG task to completion; returns the key id. The key is
+    the scheme's test key (``sign_result`` signs for it) unless ``pk`` names another."""
     r = client.post("/v1/keys", json={"scheme": scheme, "threshold": t, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
     assert r.status_code == 202, r.text
     key_id = r.json()["key_id"]
+    result = dkg_result(scheme) if pk is None else {"public_key": pk}
     for n in nodes:
         task = n.next_task()
         assert task is not None and task["kind"] == "dkg"
-        assert n.report(task["task_id"], result={"public_key": pk}).status_code == 200
+        assert n.report(task["task_id"], result=result).status_code == 200
     assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["status"] == "active"
     return str(key_id)

@@ -23,7 +23,7 @@ from shardguard.coordinator.models import ApiToken, MailboxMessage, Node, Task
 from shardguard.coordinator.service import utc_now
 from shardguard.enclave.simulated import SimulatedPlatform
 
-from .conftest import ADMIN, BOOT, PUBLIC_KEY, FakeNode, coord, run_dkg, token
+from .conftest import ADMIN, BOOT, FakeNode, coord, dkg_result, run_dkg, sign_result, token
 
 
 def err(r: Any, status: int, code: str | None = None, field: str | None = None) -> dict[str, Any]:
@@ -175,7 +175,9 @@ def test_sign_validation_names_the_field(client: TestClient, nodes: list[FakeNod
     for scheme, body, field in SIGN_CASES:
         err(client.post(f"/v1/keys/{keys[scheme]}/sign", json=body, headers=ADMIN), 422, "validation_error", field)
     assert client.get("/v1/requests", params={"status": "queued"}, headers=ADMIN).json() == []
-    ok = client.post(f"/v1/keys/{keys['bip340']}/sign", json={"message_hex": "", "path": "m/0/2147483647"}, headers=ADMIN)
+    bip340_path = client.post(f"/v1/keys/{keys['bip340']}/sign", json={"message_hex": "", "path": "m/0"}, headers=ADMIN)
+    err(bip340_path, 422, "validation_error", "path")
+    ok = client.post(f"/v1/keys/{keys['ecdsa']}/sign", json={"digest_hex": "ab" * 32, "path": "m/0/2147483647"}, headers=ADMIN)
     assert ok.status_code == 202
 
 
@@ -435,10 +437,11 @@ def test_sign_with_default_and_chosen_signers(client: TestClient, nodes: list[Fa
     assert c.next_task() is None
     assert ta is not None and tb is not None
     assert ta["params"] == {"digest_hex": "cd" * 32, "path": "m/0/7", "signers": ["node-a", "node-b"]}
-    assert ta["public_key"] == PUBLIC_KEY and ta["epoch"] == 0
+    assert ta["public_key"] == dkg_result("ecdsa")["public_key"] and ta["epoch"] == 0
     assert [p["node_id"] for p in ta["participants"]] == ["node-a", "node-b"]
     assert [p["node_id"] for p in ta["committee"]] == ["node-a", "node-b", "node-c"]
-    sig = {"signature": "30" * 64, "recovery_id": 1}
+    sig = sign_result(ta)
+    assert sign_result(tb) == sig  # RFC 6979: the same signature
     a.report(ta["task_id"], result=sig)
     # A waiting client is woken by the last report.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -470,10 +473,12 @@ def test_disagreeing_results_fail_the_job(client: TestClient, nodes: list[FakeNo
     rid = client.post(
         f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": [n.node_id for n in nodes]}, headers=ADMIN
     ).json()["request_id"]
-    for n, sig in zip(nodes, ["aa", "aa", "bb"]):
-        t = n.next_task()
-        assert t is not None
-        n.report(t["task_id"], result={"signature": sig * 64})
+    tasks = [n.next_task() for n in nodes]
+    assert all(t is not None for t in tasks)
+    first, other = sign_result(tasks[0]), sign_result(tasks[0])  # FROST: two valid signatures
+    assert first != other
+    for n, t, result in zip(nodes, tasks, [first, first, other]):
+        n.report(t["task_id"], result=result)  # type: ignore[index]
     req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
     assert req["status"] == "failed"
     assert req["error"]["reason"] == "result_mismatch" and req["error"]["culprits"] == ["node-c"]
@@ -514,14 +519,53 @@ def test_result_reports_are_checked(client: TestClient, nodes: list[FakeNode]) -
     err(a.report(ta["task_id"], result={"sig": "aa"}), 422, "validation_error", "result.signature")
     err(a.report(ta["task_id"], result={"signature": "AZ"}), 422, "validation_error", "result.signature")
     err(a.report(ta["task_id"], status="maybe"), 422, "validation_error", "status")
-    assert a.report(ta["task_id"], result={"signature": "aa" * 64}).status_code == 200
-    assert a.report(ta["task_id"], result={"signature": "aa" * 64}).status_code == 200  # idempotent
-    err(a.report(ta["task_id"], result={"signature": "bb" * 64}), 409, "already_reported")
+    good = sign_result(ta)
+    assert a.report(ta["task_id"], result=good).status_code == 200
+    assert a.report(ta["task_id"], result=good).status_code == 200  # idempotent
+    err(a.report(ta["task_id"], result=sign_result(ta)), 409, "already_reported")
     # b's task exists but was never claimed
     with coord(client).db.read() as s:
         tb_id = s.scalars(select(Task.id).where(Task.node_id == "node-b", Task.status == "queued")).one()
-    err(b.report(tb_id, result={"signature": "aa" * 64}), 409, "task_not_claimed")
+    err(b.report(tb_id, result=good), 409, "task_not_claimed")
     assert c.next_task() is None
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "bip340", "secp256k1", "ecdsa"])
+def test_a_signature_that_does_not_verify_fails_the_job_naming_its_reporter(
+    client: TestClient, nodes: list[FakeNode], scheme: str
+) -> None:
+    """coordinator/signatures.py: ``done`` means a signature valid under the key (for ecdsa: the
+    child at the request's path) over the request's own message or digest."""
+    key_id = run_dkg(client, nodes, scheme)
+    a, b, _c = nodes
+    body = {"digest_hex": "cd" * 32, "path": "m/1/2"} if scheme == "ecdsa" else {"message_hex": "6869"}
+    rid = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN).json()["request_id"]
+    ta, tb = a.next_task(), b.next_task()
+    assert ta is not None and tb is not None
+    good = sign_result(ta)
+    other = sign_result({**ta, "params": {**ta["params"], "message_hex": "00", "digest_hex": "00" * 32}})
+    forged = [
+        {**good, "signature": "aa" * 64},  # not a signature
+        {**good, "signature": other["signature"]},  # valid, but over another message
+        {**good, "public_key": dkg_result(scheme)["public_key"]} if scheme == "ecdsa" else {**good, "public_key": "bb" * 32},
+    ]
+    if scheme == "ecdsa":
+        forged.append({**good, "path": "m"})
+    for i, result in enumerate(forged):
+        assert a.report(ta["task_id"], result=good).status_code == 200
+        r = b.report(tb["task_id"], result=result)
+        assert r.json() == {"task_status": "failed", "job_status": "failed"}, (i, r.text)
+        req = client.get(f"/v1/requests/{rid}", headers=ADMIN).json()
+        assert (req["status"], req["error"]["reason"], req["error"]["culprits"], req["error"]["party"]) == (
+            "failed", "invalid_signature", ["node-b"], None)  # fmt: skip
+        assert "result" not in req or req["result"] is None
+        rid = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN).json()["request_id"]
+        ta, tb = a.next_task(), b.next_task()
+        assert ta is not None and tb is not None
+        good = sign_result(ta)
+    # The next request, signed correctly, is done: nothing was left locked or half-failed.
+    assert a.report(ta["task_id"], result=good).status_code == 200
+    assert b.report(tb["task_id"], result=good).json() == {"task_status": "done", "job_status": "done"}
 
 
 def test_deadline_ends_a_job_failed_never_hung(make_client: Any) -> None:
@@ -571,20 +615,22 @@ def test_refresh_runs_alone_and_bumps_the_epoch(client: TestClient, nodes: list[
     for n in (a, b):
         t = n.next_task()
         assert t is not None and t["job_id"] == s1
-        n.report(t["task_id"], result={"signature": "aa" * 64})
+        n.report(t["task_id"], result=sign_result(t))
     assert get(ref.json()["request_id"])["status"] == "running"
     assert get(s2)["status"] == "queued"
     for n in nodes:
         t = n.next_task()
         assert t is not None and t["kind"] == "refresh" and t["epoch"] == 0
-        n.report(t["task_id"], result={"public_key": PUBLIC_KEY, "epoch": 1})
+        n.report(t["task_id"], result={"public_key": dkg_result("ed25519")["public_key"], "epoch": 1})
     assert client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()["epoch"] == 1
     t = a.next_task()
     assert t is not None and t["job_id"] == s2 and t["epoch"] == 1
     # A refresh that changes the group key is refused.
     rid = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN).json()["request_id"]
-    b.report(b.next_task()["task_id"], result={"signature": "aa" * 64})  # type: ignore[index]
-    a.report(t["task_id"], result={"signature": "aa" * 64})
+    tb = b.next_task()
+    assert tb is not None
+    b.report(tb["task_id"], result=sign_result(tb))
+    a.report(t["task_id"], result=sign_result(t))
     for n in nodes:
         task = n.next_task()
         assert task is not None and task["job_id"] == rid

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from shardguard.coordinator import wire
 
-from .conftest import ADMIN, FakeNode, run_dkg
+from .conftest import ADMIN, FakeNode, run_dkg, sign_result
 from .test_api import err
 
 
@@ -116,20 +116,20 @@ def test_results_ride_in_the_outbox(client: TestClient, nodes: list[FakeNode]) -
     a, b, _c = nodes
     job = sign_job(client, key_id, [a.node_id, b.node_id])
     ta, tb = claim_all(a, 1)[0], claim_all(b, 1)[0]
-    sig = "ab" * 64
+    sig = sign_result(ta)
     r = outbox(a, results=[{"task_id": ta["task_id"], "status": "done", "result": {"signature": "NOT HEX"}}])
     assert r.json()["results"][ta["task_id"]]["error"]["field"] == "results[0].result.signature"
-    r = outbox(a, results=[{"task_id": tb["task_id"], "status": "done", "result": {"signature": sig}}])
+    r = outbox(a, results=[{"task_id": tb["task_id"], "status": "done", "result": sig}])
     assert r.json()["results"][tb["task_id"]]["error"]["status"] == 403  # b's task, not a's
-    r = outbox(a, results=[{"task_id": ta["task_id"], "status": "done", "result": {"signature": sig}}])
+    r = outbox(a, results=[{"task_id": ta["task_id"], "status": "done", "result": sig}])
     assert r.json()["results"][ta["task_id"]] == {"task_status": "done", "job_status": "running"}
     r = outbox(
         b,
         [(job, a.node_id, 1, b"late but fine")],
-        results=[{"task_id": tb["task_id"], "status": "done", "result": {"signature": sig}}],
+        results=[{"task_id": tb["task_id"], "status": "done", "result": sig}],
     )
     assert r.json()["results"][tb["task_id"]] == {"task_status": "done", "job_status": "done"}
-    assert client.get(f"/v1/requests/{job}", headers=ADMIN).json()["result"] == {"signature": sig}
+    assert client.get(f"/v1/requests/{job}", headers=ADMIN).json()["result"] == sig
     # The finished job is reported once asked about; its late messages are refused with its status.
     news = events(a, {job: 0}).json()["jobs"]
     assert news[0]["job_status"] == "done"
@@ -222,7 +222,7 @@ def test_an_empty_message_or_an_oversized_one_is_refused_per_job(client: TestCli
 def test_sign_with_wait_answers_with_the_finished_request(client: TestClient, nodes: list[FakeNode]) -> None:
     key_id = run_dkg(client, nodes)
     a, b, _c = nodes
-    sig = "cd" * 64
+    sigs: list[dict[str, Any]] = []
 
     def play() -> None:
         deadline = time.monotonic() + 10
@@ -231,12 +231,10 @@ def test_sign_with_wait_answers_with_the_finished_request(client: TestClient, no
             for nid, n in list(pending.items()):
                 tasks = claim_all(n, 1)
                 if tasks:
-                    assert (
-                        outbox(
-                            n, results=[{"task_id": tasks[0]["task_id"], "status": "done", "result": {"signature": sig}}]
-                        ).status_code
-                        == 200
-                    )
+                    if not sigs:
+                        sigs.append(sign_result(tasks[0]))
+                    result = {"task_id": tasks[0]["task_id"], "status": "done", "result": sigs[0]}
+                    assert outbox(n, results=[result]).status_code == 200
                     del pending[nid]
             time.sleep(0.05)
 
@@ -250,7 +248,7 @@ def test_sign_with_wait_answers_with_the_finished_request(client: TestClient, no
         )
         player.result(timeout=15)
     assert r.status_code == 200, r.text
-    assert r.json()["status"] == "done" and r.json()["result"] == {"signature": sig}
+    assert r.json()["status"] == "done" and r.json()["result"] == sigs[0]
     err(
         client.post(f"/v1/keys/{key_id}/sign", params={"wait": -1}, json={"message_hex": "00"}, headers=ADMIN),
         422,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hashlib
 import random
 import threading
 import time
@@ -18,7 +17,7 @@ import psycopg
 from shardguard.node.link import CoordinatorLink, EventStream
 
 from ..node.test_link import until
-from .conftest import ADMIN, BOOT, FakeNode, run_dkg
+from .conftest import ADMIN, BOOT, FakeNode, dkg_result, run_dkg, sign_result
 from .pg import PgCluster
 from .procs import servers
 
@@ -57,6 +56,7 @@ def _burst(clients: list[httpx.Client]) -> str:
 
     claimed: list[tuple[str, str, str]] = []  # (task id, job id, node id)
     lock = threading.Lock()
+    signed: dict[str, dict[str, Any]] = {}  # job id -> the result its signers report
     stop = threading.Event()
     errors: list[str] = []
 
@@ -71,10 +71,10 @@ def _burst(clients: list[httpx.Client]) -> str:
                 with lock:
                     claimed.append((task["task_id"], task["job_id"], node.node_id))
                 if task["kind"] == "dkg":
-                    result = {"public_key": "aa" * 32}
+                    result = dkg_result("ed25519")
                 else:
-                    msg = bytes.fromhex(task["params"]["message_hex"])
-                    result = {"signature": hashlib.sha512(bytes.fromhex(task["instance"]) + msg).hexdigest()}
+                    with lock:  # the signers of one job report the same signature
+                        result = signed.setdefault(task["job_id"], sign_result(task))
                 r = node.report(task["task_id"], result=result, client=report)
                 if r.status_code != 200:
                     errors.append(r.text)

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 from shardguard.channel import NodeKeys
 from shardguard.coordinator import wire
 
-from .conftest import FakeNode, run_dkg
+from .conftest import FakeNode, run_dkg, sign_result
 from .test_events import sign_job
 
 
@@ -103,7 +103,7 @@ def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClien
         ]
         assert sa.outbox([(job, b.node_id, 1, b"round one")])["jobs"][job] == {"accepted": 0, "duplicates": 1}
         # Results in the outbox; once both are in, the job's end is pushed to both.
-        result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+        result = sign_result(ta[0])
         acks = [
             s.outbox(results=[{"task_id": t[0]["task_id"], "status": "done", "result": result}])["results"]
             for s, t in ((sa, ta), (sb, tb))

@@ -25,7 +25,7 @@ from shardguard.attestation.verify import verify_evidence
 from shardguard.channel import AdmittedPeer, NodeKeys, admit_peer, binding
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node.engine import EngineTimeout
-from shardguard.node.tasks import Task, run_task
+from shardguard.node.tasks import Task, TaskError, run_task
 from shardguard.protocols.errors import ProtocolAbort
 
 
@@ -180,6 +180,25 @@ def test_keygen_sign_refresh_over_attested_channels(cluster: list[Node], scheme:
     commit_all(cluster, key_id)
     again = run_all([cluster[1], cluster[2]], "sign", scheme, key_id=key_id, params={**params, "signers": [2, 3]})
     assert "signature" in again[2], again
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"signers": [1, 3]}, "message"),  # no message: never a signature over b""
+        ({"message": 5, "signers": [1, 3]}, "message"),
+        ({"message": "zz", "signers": [1, 3]}, "message"),
+        ({"message": "00", "path": "m/0", "signers": [1, 3]}, "path"),  # FROST takes no child key
+    ],
+)
+def test_a_frost_signing_task_is_refused_before_any_message(cluster: list[Node], params: dict[str, Any], field: str) -> None:
+    key_id = run_all(cluster, "keygen", "bip340")[1]["key_id"]
+    commit_all(cluster, key_id)
+    hub = Hub()
+    out = run_all([cluster[0], cluster[2]], "sign", "bip340", key_id=key_id, params=params, hub=hub, timeout=5)
+    for r in out.values():
+        assert isinstance(r, TaskError) and r.field == field, out
+    assert not hub.boxes  # nothing was sent
 
 
 def test_the_relay_sees_only_ciphertext(cluster: list[Node]) -> None:

@@ -1,0 +1,79 @@
+"""The check a sign job's result passes before the coordinator calls the request done.
+
+Signer nodes report the signature they made; any node the coordinator takes for a signer (a
+compromised one, or a process that took over a node's registration) could report anything. So
+the coordinator verifies the signature itself, against the key's public key (for ECDSA with a
+path: the BIP32 child it derives from the key's public key and chain code), over the exact
+message or digest of the request, and checks that the result names that key, digest and path.
+Clients should verify too (``shardguard.client`` does); this makes ``done`` mean "valid".
+
+Verification uses the crypto layer's suites: libsodium-backed Ed25519 and libsecp256k1-backed
+secp256k1 arithmetic (RFC 9591 §6 ``verify_signature``, BIP340 ``Verify``, ECDSA by libsecp256k1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from shardguard.crypto.bip32 import derive_public, parse_path
+from shardguard.crypto.errors import CryptoError
+from shardguard.crypto.secp256k1 import SECP256K1
+from shardguard.crypto.suites import BIP340, suite_by_scheme
+
+__all__ = ["signature_problem"]
+
+
+def _hex(value: object) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
+def signature_problem(
+    scheme: str,
+    public_key_hex: str | None,
+    package: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+    result: Mapping[str, Any],
+) -> str | None:
+    """None if ``result`` holds a valid signature for this request; otherwise what is wrong
+    (for the job's failure detail). Never raises on a malformed result."""
+    sig = _hex(result.get("signature"))
+    key = _hex(public_key_hex)
+    if sig is None or key is None:
+        return "the result has no hex signature, or the key no public key"
+    path = str(params.get("path") or "m")
+    try:
+        suite = suite_by_scheme(scheme)
+        if scheme == "ecdsa":
+            digest = _hex(params.get("digest_hex"))
+            chain_code = _hex((package or {}).get("chain_code"))
+            if digest is None or chain_code is None:
+                return "the request has no digest, or the key no chain code"
+            signer = SECP256K1.decode(key, field="public_key")
+            if path != "m":
+                signer = derive_public(signer, chain_code, parse_path(path)).public_key
+            if result.get("digest") != digest.hex() or result.get("path") != path:
+                return "the result names another digest or path than the request"
+            if result.get("public_key") != SECP256K1.encode(signer).hex():
+                return f"the result names another public key than the key's at {path}"
+            ok = suite.verify(signer, digest, sig)
+        else:
+            message = _hex(params.get("message_hex"))
+            if message is None:
+                return "the request has no message"
+            if path != "m":
+                return f"{scheme} signing does not derive child keys"
+            if result.get("public_key") != public_key_hex:
+                return "the result names another public key than the key's"
+            if suite is BIP340:
+                ok = BIP340.verify_xonly(key, message, sig)
+            else:
+                ok = suite.verify(suite.group.decode(key, field="public_key"), message, sig)
+    except CryptoError as e:
+        return f"cannot check the signature: {e}"
+    return None if ok else f"the signature does not verify under the key ({scheme})"
