@@ -28,29 +28,60 @@ the acknowledgement: the restarted node sends those entries again, byte for byte
 coordinator takes identical entries as duplicates (``POST /v1/audit`` is idempotent per
 ``seq``). A full or read-only state disk: :meth:`AuditLog.append` raises the keystore's error (an
 entry that cannot be kept is never reported as written); mirroring goes on.
+
+**Backlog.** An entry is never dropped before the coordinator has acknowledged it: dropping one
+would leave a gap that erases history. So the entries not yet acknowledged (the backlog) are
+bounded instead — at most ``max_pending`` entries and ``max_pending_bytes`` of their records —
+and once the backlog is full :meth:`AuditLog.append` refuses the entry with
+:class:`AuditBacklogFull`: the decision it would record must not be taken (the node refuses the
+task) until acknowledgements make room. An entry larger than the coordinator takes
+(:data:`MAX_ENTRY_BYTES`) could never be mirrored and is refused with :class:`AuditEntryTooLarge`.
+Both are :class:`AuditRefused`; a refused entry is not signed and takes no sequence number.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
+import enum
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from shardguard.channel import NodeKeys
 from shardguard.channel.identity import verify_signature
 from shardguard.coordinator import wire
 from shardguard.node.keystore import Keystore, KeystoreError
 
-__all__ = ["AUDIT_CONTEXT", "AuditLog", "entry_hash", "verify_chain"]
+__all__ = [
+    "AUDIT_CONTEXT",
+    "GENESIS",
+    "MAX_ENTRY_BYTES",
+    "MAX_PENDING",
+    "MAX_PENDING_BYTES",
+    "AuditBacklogFull",
+    "AuditChainError",
+    "AuditEntryTooLarge",
+    "AuditLog",
+    "AuditRefused",
+    "ChainFault",
+    "entry_hash",
+    "verify_chain",
+]
 
 AUDIT_CONTEXT = wire.AUDIT_CONTEXT
-_GENESIS = "00" * 32
+#: The ``prev`` of entry 1.
+GENESIS: Final = "00" * 32
 _STATE = "audit"  # {"seq", "hash", "pending": [...]}: one keystore write per entry
-_MAX_PENDING = 1000
+#: Default bound on the backlog (entries not acknowledged by the coordinator): entries ...
+MAX_PENDING: Final = 1000
+#: ... and bytes of their kept records (canonical JSON; the keystore record is about this size).
+MAX_PENDING_BYTES: Final = 4 << 20
+#: Largest entry (canonical JSON bytes) the coordinator mirrors (``max_audit_entry_bytes``).
+MAX_ENTRY_BYTES: Final = 64 * 1024
 
 log = logging.getLogger("shardguard.node.audit")
 
@@ -60,6 +91,74 @@ def _canonical(value: Any) -> bytes:
 
 
 entry_hash = wire.audit_entry_hash
+
+
+class AuditRefused(Exception):
+    """:meth:`AuditLog.append` would not take the entry: the decision it records must not be
+    taken (the node refuses the task instead). ``reason`` names which refusal (``BACKLOG_FULL``,
+    ``ENTRY_TOO_LARGE``). Messages carry counts and event names only."""
+
+    reason = "REFUSED"
+
+
+class AuditBacklogFull(AuditRefused):
+    """The coordinator has not acknowledged ``pending`` entries (``pending_bytes`` of records)
+    and one more would pass ``max_pending`` / ``max_pending_bytes``. Nothing is dropped: the
+    backlog drains as the coordinator acknowledges entries (:meth:`AuditLog.mirrored`)."""
+
+    reason = "BACKLOG_FULL"
+
+    def __init__(self, *, event: str, pending: int, pending_bytes: int, max_pending: int, max_pending_bytes: int) -> None:
+        self.event = event
+        self.pending = pending
+        self.pending_bytes = pending_bytes
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        super().__init__(
+            f"audit entry {event!r} refused: {pending} entries ({pending_bytes} bytes) not yet mirrored by the "
+            f"coordinator, at most {max_pending} entries and {max_pending_bytes} bytes are kept unmirrored"
+        )
+
+
+class AuditEntryTooLarge(AuditRefused):
+    """The entry would be ``size`` bytes, more than the coordinator mirrors (``limit``)."""
+
+    reason = "ENTRY_TOO_LARGE"
+
+    def __init__(self, *, event: str, size: int, limit: int) -> None:
+        self.event = event
+        self.size = size
+        self.limit = limit
+        super().__init__(f"audit entry {event!r} refused: {size} bytes, more than the {limit} the coordinator mirrors")
+
+
+class ChainFault(enum.Enum):
+    """Why :func:`verify_chain` rejected an entry."""
+
+    MALFORMED = "malformed record"
+    HASH = "hash does not match its content"
+    NO_KEY = "no signing key for it"
+    SIGNATURE = "signature does not verify"
+    SEQ_MISMATCH = "sequence number inside differs"
+    ORDER = "out of sequence order"
+    DUPLICATE = "sequence number given twice"
+    START = "the chain does not start where expected"
+    GAP = "entries are missing before it"
+    LINK = "does not chain to the entry before"
+
+
+class AuditChainError(ValueError):
+    """:func:`verify_chain` rejected the records at entry ``seq`` (None: the record's own
+    ``seq`` is unreadable) for ``fault``; ``expected`` is the sequence number that should have
+    come there (for ``START``, ``GAP``, ``ORDER``, ``DUPLICATE``; for ``GAP`` the first missing one)."""
+
+    def __init__(self, seq: int | None, fault: ChainFault, detail: str = "", *, expected: int | None = None) -> None:
+        self.seq = seq
+        self.fault = fault
+        self.expected = expected
+        self.detail = detail
+        where = "audit record" if seq is None else f"audit entry {seq}"
+        super().__init__(f"{where}: {fault.value}{': ' + detail if detail else ''}")
 
 
 class _Kept:
@@ -87,13 +186,25 @@ class AuditLog:
     """The node's audit log on its keystore. One instance per keystore: it keeps the head and
     the kept entries in memory (read once here) and is the only writer of their record."""
 
-    def __init__(self, keystore: Keystore, keys: NodeKeys, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        keystore: Keystore,
+        keys: NodeKeys,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        max_pending: int = MAX_PENDING,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ) -> None:
+        if max_pending < 1 or max_pending_bytes < 1:
+            raise ValueError("the audit backlog bounds must be positive")
+        self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
         self._ks = keystore
         self._keys = keys
         self._signer = keys.card().identity_public_key.hex()
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._cv = threading.Condition(threading.Lock())
-        state = keystore.get_state(_STATE, None) or {"seq": 0, "hash": _GENESIS, "pending": []}
+        state = keystore.get_state(_STATE, None) or {"seq": 0, "hash": GENESIS, "pending": []}
         kept = [_Kept(r) for r in state["pending"]]
         # What the keystore holds (the durable head and record) ...
         self._durable: tuple[int, str] = (int(state["seq"]), str(state["hash"]))
@@ -114,7 +225,12 @@ class AuditLog:
         durable together by one write, so concurrent tasks share a keystore transaction. If the
         write fails, every entry not yet durable fails with it (those appended meanwhile chain
         to the failed ones) and the head goes back to the durable one: a failed entry was never
-        returned, mirrored or released, and its sequence number is used again."""
+        returned, mirrored or released, and its sequence number is used again.
+
+        Raises :class:`AuditBacklogFull` when the entries the coordinator has not acknowledged
+        (durable or not) fill the backlog, :class:`AuditEntryTooLarge` for an entry the
+        coordinator would not mirror: nothing is signed or written then, and the caller must not
+        take the decision the entry would have recorded."""
         with self._cv:
             seq = self._head[0] + 1
             body = {
@@ -126,6 +242,9 @@ class AuditLog:
                 "prev": self._head[1],
             }
             entry = _canonical(body)
+            if len(entry) > MAX_ENTRY_BYTES:
+                raise AuditEntryTooLarge(event=event, size=len(entry), limit=MAX_ENTRY_BYTES)
+            self._check_backlog(event, len(entry))
             h = entry_hash(entry)
             sig = self._keys.sign(AUDIT_CONTEXT, bytes.fromhex(h))
             record = {
@@ -140,6 +259,23 @@ class AuditLog:
             self._head = (seq, h)
             self._commit(self._batch)
             return dict(record)
+
+    def _check_backlog(self, event: str, entry_size: int) -> None:
+        """Raise :class:`AuditBacklogFull` if one more entry (``entry_size`` bytes, its record
+        about 4/3 of that plus a fixed part) would pass the backlog's bounds. Acknowledged
+        entries the record still lists do not count: the next write drops them. Called holding
+        ``_cv``."""
+        backlog = [k for k in self._kept if k.seq not in self._acked]
+        size = sum(len(k.json) for k in backlog)
+        record = (entry_size + 2) // 3 * 4 + 400  # base64 entry, hash, signature, signer, keys
+        if len(backlog) + 1 > self._max_pending or size + record > self._max_pending_bytes:
+            raise AuditBacklogFull(
+                event=event,
+                pending=len(backlog),
+                pending_bytes=size,
+                max_pending=self._max_pending,
+                max_pending_bytes=self._max_pending_bytes,
+            )
 
     def _commit(self, batch: _Batch) -> None:
         """Wait until ``batch`` is durable (raise its write's error if it failed), writing it and
@@ -158,10 +294,8 @@ class AuditLog:
     def _write(self) -> None:
         writing, self._batch = self._batch, _Batch()
         head, acked = self._head, set(self._acked)
+        # Only acknowledged entries leave the record: append() bounds the rest (never dropped).
         kept = [k for k in self._kept if k.seq not in acked]
-        if len(kept) > _MAX_PENDING:
-            log.error("%d audit entries were never mirrored; the oldest are dropped from the keystore", len(kept))
-            kept = kept[-_MAX_PENDING:]
         data = b"".join(
             (b'{"hash":"', head[1].encode(), b'","pending":[', b",".join([k.json for k in kept]), b'],"seq":', b"%d}" % head[0])
         )
@@ -217,36 +351,94 @@ class AuditLog:
 
 
 def verify_chain(
-    records: Iterable[Mapping[str, Any]], identity_keys: Mapping[int, bytes] | bytes | None = None
+    records: Iterable[Mapping[str, Any]],
+    identity_keys: Mapping[int, bytes] | bytes | None = None,
+    *,
+    start: int = 1,
+    prev_hash: str | None = None,
+    allow_segments: bool = False,
 ) -> list[dict[str, Any]]:
-    """Check a node's mirrored entries offline: hashes, ``prev`` links for consecutive ``seq``,
-    and every signature by the identity key that signed it (one key, or per-seq keys after
-    restarts; None: the key each record names — ``signer`` as the node keeps it,
-    ``identity_public_key`` as the coordinator's mirror lists it — and then it is the caller's
-    part to check that those keys are the node's attested ones). Returns the decoded entries;
-    raises ``ValueError`` naming the first bad one."""
+    """Check a node's mirrored entries offline and return them decoded, in order.
+
+    Every record's hash and its signature by the identity key that signed it: one key, or per-seq
+    keys after restarts; None: the key each record names (``signer`` as the node keeps it,
+    ``identity_public_key`` as the coordinator's mirror lists it) — and then it is the caller's
+    part to check that those keys are the node's attested ones.
+
+    And that the records are one unbroken chain: given in ``seq`` order (as ``pending()`` and
+    the coordinator list them), the first one is entry ``start`` (default 1, the node's first
+    entry), each next one is the one after it, and each entry's ``prev`` is the hash of the one
+    before — for entry 1 the genesis value; for a chain that starts later, ``prev_hash`` (the
+    hash of entry ``start - 1``, as verified before), else its first link is not checked. A
+    missing, repeated or misplaced entry is rejected. The end is the caller's to check: entries
+    dropped after the last given one look like a shorter log (compare the last ``seq`` with the
+    head the node reports).
+
+    ``allow_segments=True`` accepts verified segments instead: entries may start anywhere from
+    ``start`` on and gaps are allowed (links are checked within each run of consecutive entries;
+    order and duplicates still are). Only for a partial view (a page of the mirror, a node's
+    ``pending()`` after acknowledgements), never to conclude that no entry is missing.
+
+    Raises :class:`AuditChainError` (a ``ValueError``) naming the first bad entry's ``seq`` and
+    its :class:`ChainFault`."""
+    if start < 1:
+        raise ValueError("start must be a sequence number (>= 1)")
     out: list[dict[str, Any]] = []
-    prev: tuple[int, str] | None = None
-    for r in sorted(records, key=lambda r: int(r["seq"])):
-        seq = int(r["seq"])
-        entry = base64.b64decode(r["entry"])
+    # The entry before the next one: (seq, its hash; None when the caller does not know it).
+    last: tuple[int, str | None] = (start - 1, GENESIS if start == 1 and prev_hash is None else prev_hash)
+    first = True
+    for r in records:
+        try:
+            seq = int(r["seq"])
+        except (KeyError, TypeError, ValueError):
+            raise AuditChainError(None, ChainFault.MALFORMED, "no sequence number") from None
+        try:
+            entry = base64.b64decode(r["entry"])
+            signature = base64.b64decode(r["signature"])
+        except (KeyError, TypeError, binascii.Error):
+            raise AuditChainError(seq, ChainFault.MALFORMED, "entry or signature is not base64") from None
+        expected = last[0] + 1
+        if not first and seq == last[0]:
+            raise AuditChainError(seq, ChainFault.DUPLICATE, expected=expected)
+        if seq < expected:
+            fault = ChainFault.START if first else ChainFault.ORDER
+            raise AuditChainError(seq, fault, f"expected entry {expected}", expected=expected)
+        if seq > expected and not allow_segments:
+            if first:
+                raise AuditChainError(seq, ChainFault.START, f"expected entry {expected}", expected=expected)
+            missing = f"entry {expected}" if seq == expected + 1 else f"entries {expected}..{seq - 1}"
+            raise AuditChainError(seq, ChainFault.GAP, f"{missing} missing", expected=expected)
         h = entry_hash(entry)
-        if h != r["hash"]:
-            raise ValueError(f"audit entry {seq}: hash does not match its content")
+        if h != r.get("hash"):
+            raise AuditChainError(seq, ChainFault.HASH)
         if identity_keys is None:
             named = r.get("signer") or r.get("identity_public_key")
             if not isinstance(named, str):
-                raise ValueError(f"audit entry {seq}: names no signing key")
-            pk = bytes.fromhex(named)
+                raise AuditChainError(seq, ChainFault.NO_KEY, "the record names none")
+            try:
+                pk = bytes.fromhex(named)
+            except ValueError:
+                raise AuditChainError(seq, ChainFault.MALFORMED, "signing key is not hex") from None
+        elif isinstance(identity_keys, bytes):
+            pk = identity_keys
+        elif seq in identity_keys:
+            pk = identity_keys[seq]
         else:
-            pk = identity_keys if isinstance(identity_keys, bytes) else identity_keys[seq]
-        if not verify_signature(pk, AUDIT_CONTEXT, bytes.fromhex(h), base64.b64decode(r["signature"])):
-            raise ValueError(f"audit entry {seq}: signature does not verify")
-        body = json.loads(entry)
+            raise AuditChainError(seq, ChainFault.NO_KEY, "none given for it")
+        if not verify_signature(pk, AUDIT_CONTEXT, bytes.fromhex(h), signature):
+            raise AuditChainError(seq, ChainFault.SIGNATURE)
+        try:
+            body = json.loads(entry)
+        except ValueError:
+            raise AuditChainError(seq, ChainFault.MALFORMED, "entry is not JSON") from None
+        if not isinstance(body, dict):
+            raise AuditChainError(seq, ChainFault.MALFORMED, "entry is not a JSON object")
         if body.get("seq") != seq:
-            raise ValueError(f"audit entry {seq}: sequence number inside differs")
-        if prev is not None and prev[0] + 1 == seq and body.get("prev") != prev[1]:
-            raise ValueError(f"audit entry {seq}: does not chain to entry {prev[0]}")
-        prev = (seq, h)
+            raise AuditChainError(seq, ChainFault.SEQ_MISMATCH)
+        if seq == expected and last[1] is not None and body.get("prev") != last[1]:
+            before = f"the hash of entry {last[0]}" if seq > 1 else "the genesis value"
+            raise AuditChainError(seq, ChainFault.LINK, f"its prev is not {before}")
+        last = (seq, h)
+        first = False
         out.append(body)
     return out

@@ -54,8 +54,9 @@ from shardguard.channel import (
     challenges_to_wire,
 )
 from shardguard.enclave.platform import Platform, open_platform
+from shardguard.node import committee
 from shardguard.node.admission import Admissions, PeerNotAdmitted
-from shardguard.node.audit import AuditLog
+from shardguard.node.audit import AuditBacklogFull, AuditLog, AuditRefused
 from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
@@ -358,6 +359,9 @@ class NodeService:
     def _audit(self, event: str, **fields: Any) -> None:
         try:
             self.audit.append(event, **fields)
+        except AuditRefused as e:  # the decision is not taken: the task fails with this reason
+            log.warning("audit entry %s refused: %s", event, e)
+            raise
         except Exception:  # an audit write failure must be visible, never silent
             log.exception("audit entry %s could not be written", event)
             raise
@@ -407,6 +411,12 @@ class NodeService:
             key_id=str(raw["key_id"]),
             params=task_params,
         )
+        # Who holds which index is ours to know, not the coordinator's to say (committee.py).
+        if kind == "keygen":
+            committee.record(self.keystore, task.key_id, participants)
+        elif not (kind == "repair" and params.get("lost") == self.node_id):  # the lost node records it in _repair
+            lost = str(params.get("lost", "")) if kind == "repair" else None
+            committee.check(self.keystore, task.key_id, participants, me, self.node_id, lost=lost)
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
         peers = {int(p["index"]): self.admissions.admit(p, deadline) for p in raw["participants"] if int(p["index"]) != me}
         if task.key_id:
@@ -471,6 +481,8 @@ class NodeService:
         job = str(raw["job_id"])
         sid = hashlib.sha256(b"shardguard/node/repair-package/v1\x00" + job.encode() + b"\x00" + instance).digest()
         if me == lost:
+            if key_id in self.keystore.keys():  # noqa: SIM118 -- before any message: the helpers must not forget us
+                raise TaskError(f"this node still holds key {key_id}: it has nothing to repair", "lost")
             got = exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
                            messages=dict.fromkeys(peers, b"{}"), deadline=deadline)  # fmt: skip
             packages = {bytes(v) for v in got.values()}
@@ -485,14 +497,19 @@ class NodeService:
             package = json.dumps(share.public.to_dict(), sort_keys=True).encode()
             exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers={lost: peers[lost]}, relay=self.relay,
                      inbox=inbox, messages={lost: package}, deadline=deadline)  # fmt: skip
-            self.keystore.forget_peer(lost_node)  # its state is gone by definition; witness it afresh
             party = RepairHelper(share, helpers=helpers, lost=lost, instance=instance, rng=secrets.token_bytes)
             public = share.public
         result = drive(party, job=job, me=self.keys, card=self.card, peers=peers if me == lost else
                        {i: p for i, p in peers.items() if i in (*helpers, lost)}, relay=self.relay, inbox=inbox,
                        deadline=deadline)  # fmt: skip
         if me == lost:
+            committee.record(self.keystore, key_id, _committee(raw, me, self.node_id, participants))
             self.shares.stage(key_id, result)
+        else:
+            # Its state is gone (it repaired, so it had no share): witness it afresh. Only now —
+            # forgetting a node the coordinator merely calls lost would let an old copy of its
+            # state directory pass as fresh.
+            self.keystore.forget_peer(lost_node)
         return {"repaired": lost_node, "public_key": public.public_key_bytes.hex(), "epoch": public.epoch}
 
     def _witness(
@@ -624,7 +641,10 @@ class NodeService:
             log.info("key %s epoch %d dropped: job failed", key_id, epoch)
 
     def _error(self, e: BaseException, raw: Mapping[str, Any]) -> dict[str, Any]:
-        nodes = {int(p["index"]): str(p["node_id"]) for p in raw.get("participants", [])}
+        try:
+            nodes = {int(p["index"]): str(p["node_id"]) for p in raw.get("participants", [])}
+        except (KeyError, TypeError, ValueError, AttributeError):  # the task itself is malformed: still report
+            nodes = {}
         if isinstance(e, ProtocolAbort):
             return {
                 "reason": e.reason.name,
@@ -642,6 +662,9 @@ class NodeService:
             return {"reason": f"KEYSTORE_{e.reason.name}", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, AttestationError):
             return {"reason": "ATTESTATION", "culprits": [], "detail": str(e)[:2000]}
+        if isinstance(e, AuditRefused):
+            # The decision cannot be recorded (unmirrored backlog full, or entry too large).
+            return {"reason": f"AUDIT_{e.reason}", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, EngineTimeout):
             return {"reason": "TIMEOUT", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, (ProtocolError, TaskError, EngineError, ValueError)):
@@ -652,8 +675,23 @@ class NodeService:
     def run_forever(self) -> None:
         # The first write comes before registration: a node that cannot write its state (full
         # or read-only disk) stops here, before the coordinator hands it any task.
-        self._audit("node_started", platform=self.platform.kind, identity_public_key=self.card.identity_public_key.hex())
-        self.register()
+        started = {"platform": self.platform.kind, "identity_public_key": self.card.identity_public_key.hex()}
+        try:
+            self._audit("node_started", **started)
+        except AuditBacklogFull:
+            # The last run's entries still fill the backlog: mirror them first (posting needs
+            # registration; no task comes before the stream starts below), then log the start.
+            self.register()
+            while True:
+                self.flush_audit()
+                try:
+                    self._audit("node_started", **started)
+                    break
+                except AuditBacklogFull:
+                    if self._stop.wait(2.0):
+                        return
+        else:
+            self.register()
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
         threading.Thread(target=self._answer_challenges, name="challenges", daemon=True).start()
         self.stream.start()
@@ -701,6 +739,18 @@ class NodeService:
         self.stream.stop()
         self.link.close()
         self.keystore.close()
+
+
+def _committee(raw: Mapping[str, Any], me: int, node_id: str, participants: Mapping[int, str]) -> dict[int, str]:
+    """The key's holders as a repair task names them, for the node being re-provisioned (it has
+    no record of its own: committee.py). They must include the participants as named, and us."""
+    try:
+        out = {int(p["index"]): str(p["node_id"]) for p in raw["committee"]}
+    except (KeyError, TypeError, ValueError):
+        raise TaskError("committee must be a list of {node_id, index}", "committee") from None
+    if out.get(me) != node_id or any(out.get(i) != n for i, n in participants.items()) or len(set(out.values())) != len(out):
+        raise TaskError("the committee does not agree with the participants", "committee")
+    return out
 
 
 def _seconds_until(iso: Any) -> float:

@@ -20,6 +20,7 @@ from shardguard import local
 from shardguard.attestation.policy import VerificationPolicy
 from shardguard.channel import Challenge, binding, challenge_nonce, challenges_to_wire
 from shardguard.enclave.simulated import SimulatedPlatform
+from shardguard.node import committee
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import verify_chain
 from shardguard.node.service import NodeService
@@ -103,6 +104,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[di
     parts = []
     for i, nid in enumerate(NODES, start=1):
         svc = services[nid]
+        committee.record(svc.keystore, "k1", dict(enumerate(NODES, start=1)))
         svc.keystore.stage("k1", shares[i - 1])
         svc.keystore.commit("k1", 0)
         # Evidence that answers the other node's challenge (no coordinator here to carry it).
@@ -281,3 +283,79 @@ def test_a_challenge_is_posted_again_until_answered(nodes: tuple[Hub, dict[str, 
     # Out of time: the last answer, not answered, is returned for the caller to refuse.
     link.steps = [{"answered": False}]
     assert svc._ask_peer("node-2", b"\x01" * 32, 0.0)["answered"] is False
+
+
+# -- the committee on record (committee.py) ----------------------------------------------------------
+def _task(parts: list[dict[str, Any]], kind: str, index: int, params: dict[str, Any], job: str) -> dict[str, Any]:
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat()
+    return {"task_id": f"{job}-{index}", "job_id": job, "kind": kind, "scheme": "ed25519", "threshold": 2,
+            "participants": parts, "you": {"index": index}, "instance": secrets.token_hex(32), "key_id": "k1",
+            "committee": [{"node_id": p["node_id"], "index": p["index"]} for p in parts], "params": params,
+            "deadline": deadline}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "relabel", "params", "field"),
+    [
+        # Review finding: a repair "for" index 2 naming another node as its holder would rebuild
+        # node-2's share at that node.
+        ("repair", {2: "node-z"}, {"lost": "node-z"}, "participants"),
+        # ... or a signing that puts a node at another's index (a DKLs23 abort would ban it).
+        ("sign", {2: "node-z"}, {"message_hex": "00"}, "participants"),
+        ("sign", {1: "node-2", 2: "node-1"}, {"message_hex": "00"}, "participants"),
+        ("dkg", {}, {}, "key_id"),  # a keygen for a key this node holds: redefining its holders
+    ],
+)
+def test_a_task_that_disagrees_with_the_committee_on_record_is_refused_before_any_message(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+    kind: str,
+    relabel: dict[int, str],
+    params: dict[str, Any],
+    field: str,
+) -> None:
+    hub, services, parts = nodes
+    forged = [{**p, "node_id": relabel.get(p["index"], p["node_id"])} for p in parts]
+    raw = _task(forged, kind, 1, params, f"forged-{kind}")
+    services["node-1"].handle(raw)
+    out = hub.results[raw["task_id"]]
+    assert out["status"] == "failed" and out["error"]["reason"] == "TaskError", out
+    assert f"({field})" in out["error"]["detail"], out
+    assert not hub.boxes.get(raw["job_id"]), "nothing may be sent"
+
+
+def test_a_repair_naming_a_node_that_still_holds_its_share_is_refused_by_it(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """The coordinator calls node-2 lost: node-2 refuses before any message, so node-1 never
+    forgets what it witnessed of node-2 (an old copy of node-2's state would then pass)."""
+    hub, services, parts = nodes
+    _sign(hub, services, parts, "warm")  # node-1 has witnessed node-2
+    seen = services["node-1"].keystore.peer_counters()["node-2"]
+    raws = [_task(parts, "repair", i, {"lost": "node-2"}, "bogus-repair") for i in (1, 2)]
+    raws[0]["deadline"] = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)).isoformat()
+    threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, raws, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lost_side = hub.results["bogus-repair-2"]
+    assert lost_side["status"] == "failed" and "(lost)" in lost_side["error"]["detail"], lost_side
+    assert hub.results["bogus-repair-1"]["status"] == "failed"
+    assert services["node-1"].keystore.peer_counters()["node-2"] == seen
+
+
+def test_a_full_audit_backlog_fails_the_signing_with_its_reason_and_releases_nothing(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """audit.py: entries the coordinator has not acknowledged are never dropped; when they fill
+    the backlog, the decision is not taken and the task says why."""
+    hub, services, parts = nodes
+    svc = services["node-1"]
+    _sign(hub, services, parts, "before")
+    svc.audit._max_pending = len(svc.audit.pending())  # full: nothing was mirrored in this test
+    results = _sign(hub, services, parts, "backlog", seconds=8)
+    mine = hub.results["backlog-1"]
+    assert mine["status"] == "failed" and mine["error"]["reason"] == "AUDIT_BACKLOG_FULL", mine
+    assert results[1]["status"] == "failed"  # node-2 got no signature share from node-1
+    # The witness note and round one left; round two (the signature share) never did.
+    assert hub.posts[("node-1", "backlog")] == hub.posts[("node-1", "before")] - 1 == 2
