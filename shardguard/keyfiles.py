@@ -49,6 +49,7 @@ __all__ = [
     "record_bans",
     "recover",
     "replace_set",
+    "write_file_atomic",
     "write_new",
     "write_share",
 ]
@@ -170,8 +171,9 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file and rename."""
+def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` via a fsynced temp file and rename, then fsync the directory:
+    after a crash the file is the old one or the new one, never empty or cut short."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
@@ -242,7 +244,7 @@ def write_new(directory: Path, shares: Sequence[AnyShare]) -> None:
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.tmp-"))
     try:
         for name, (data, mode) in _files_for(shares).items():
-            _write_file(staging / name, data, mode)
+            write_file_atomic(staging / name, data, mode)
         os.chmod(staging, 0o700)
         if directory.exists():
             directory.rmdir()
@@ -255,7 +257,7 @@ def write_new(directory: Path, shares: Sequence[AnyShare]) -> None:
 
 def write_share(directory: Path, share: AnyShare) -> None:
     """Write (or atomically replace) one share file of the current set."""
-    _write_file(Path(directory) / share_name(share.identifier), _share_doc(share), 0o600)
+    write_file_atomic(Path(directory) / share_name(share.identifier), _share_doc(share), 0o600)
 
 
 def record_bans(directory: Path, share: EcdsaKeyShare, culprits: Iterable[int]) -> EcdsaKeyShare:
@@ -278,8 +280,8 @@ def replace_set(directory: Path, shares: Sequence[AnyShare], removed: Iterable[i
     pending = directory / PENDING
     pending.mkdir(mode=0o700)
     for name, (data, mode) in _files_for(shares).items():
-        _write_file(pending / name, data, mode)
-    _write_file(pending / COMMIT, _dump({"remove": sorted(removed)}), 0o600)  # the commit point
+        write_file_atomic(pending / name, data, mode)
+    write_file_atomic(pending / COMMIT, _dump({"remove": sorted(removed)}), 0o600)  # the commit point
     recover(directory)
 
 

@@ -53,7 +53,9 @@ from shardguard.channel import (
     challenges_from_wire,
     challenges_to_wire,
 )
+from shardguard.channel.identity import is_node_id
 from shardguard.enclave.platform import Platform, open_platform
+from shardguard.keyfiles import write_file_atomic
 from shardguard.node import committee
 from shardguard.node.admission import Admissions, PeerNotAdmitted
 from shardguard.node.audit import AuditBacklogFull, AuditLog, AuditRefused
@@ -784,9 +786,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args.state.mkdir(parents=True, exist_ok=True)
     id_file = args.state / "node-id"
-    node_id = args.node_id or (id_file.read_text().strip() if id_file.exists() else "node-" + secrets.token_hex(4))
-    if not id_file.exists() or id_file.read_text().strip() != node_id:
-        id_file.write_text(node_id + "\n")  # only when it changes: a read-only disk fails in the keystore, clearly
+    kept = id_file.read_text(encoding="ascii", errors="replace").strip() if id_file.exists() else None
+    if kept is not None and not is_node_id(kept):
+        ap.error(f"{id_file} holds no valid node id ({kept[:40]!r}); restore it or pass --node-id")
+    node_id = args.node_id or kept or "node-" + secrets.token_hex(4)
+    if not is_node_id(node_id):
+        ap.error(f"--node-id {node_id[:40]!r} is not a valid node id")
+    if kept != node_id:
+        # Atomic: a power cut must not leave an empty or cut id, under which the node would come
+        # back as another node. Only when it changes: a read-only disk fails in the keystore, clearly.
+        write_file_atomic(id_file, f"{node_id}\n".encode(), 0o644)
     platform = open_platform(args.platform, state_dir=args.state / "platform")
     service = NodeService(
         coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=_policy(args, platform)
