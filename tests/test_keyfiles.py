@@ -42,7 +42,7 @@ def test_roundtrip(keydir) -> None:  # type: ignore[no-untyped-def]
 def test_refresh_interrupted_before_commit_rolls_back(keydir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     d, shares = keydir
     new = local.refresh(shares, rng=DeterministicRng(2))
-    real = keyfiles._write_file
+    real = keyfiles.write_file_atomic
 
     def crash_on_commit(path: Path, data: bytes, mode: int) -> None:
         if path.name == keyfiles.COMMIT:
@@ -50,7 +50,7 @@ def test_refresh_interrupted_before_commit_rolls_back(keydir, monkeypatch) -> No
         real(path, data, mode)
 
     with monkeypatch.context() as mp:
-        mp.setattr(keyfiles, "_write_file", crash_on_commit)
+        mp.setattr(keyfiles, "write_file_atomic", crash_on_commit)
         with pytest.raises(KeyboardInterrupt):
             keyfiles.replace_set(d, new)
     assert (d / keyfiles.PENDING).exists()
@@ -105,14 +105,14 @@ def test_full_disk_during_refresh_keeps_old_set(keydir, monkeypatch) -> None:  #
 
 def test_write_new_is_all_or_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     shares = local.keygen("bip340", 2, 3, rng=DeterministicRng(5))
-    real = keyfiles._write_file
+    real = keyfiles.write_file_atomic
 
     def fail_third(path: Path, data: bytes, mode: int) -> None:
         if path.name == "share-3.json":
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data, mode)
 
-    monkeypatch.setattr(keyfiles, "_write_file", fail_third)
+    monkeypatch.setattr(keyfiles, "write_file_atomic", fail_third)
     with pytest.raises(OSError):
         keyfiles.write_new(tmp_path / "k", shares)
     assert list(tmp_path.iterdir()) == []
@@ -241,7 +241,7 @@ def test_ecdsa_refresh_interrupted_before_commit_rolls_back(ecdsa_shares, tmp_pa
     d = tmp_path / "k"
     keyfiles.write_new(d, ecdsa_shares)
     new = _resetup(ecdsa_shares, b"\x06" * 32, new_epoch=True)
-    real = keyfiles._write_file
+    real = keyfiles.write_file_atomic
 
     def crash_on_commit(path: Path, data: bytes, mode: int) -> None:
         if path.name == keyfiles.COMMIT:
@@ -249,7 +249,7 @@ def test_ecdsa_refresh_interrupted_before_commit_rolls_back(ecdsa_shares, tmp_pa
         real(path, data, mode)
 
     with monkeypatch.context() as mp:
-        mp.setattr(keyfiles, "_write_file", crash_on_commit)
+        mp.setattr(keyfiles, "write_file_atomic", crash_on_commit)
         with pytest.raises(KeyboardInterrupt):
             keyfiles.replace_set(d, new)
     old = keyfiles.load_ecdsa_shares(d, [1, 2, 3])  # recovery drops .pending: the old set, whole
