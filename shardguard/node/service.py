@@ -153,7 +153,10 @@ class NodeService:
         # Identity key of each peer when we last recorded its counter, and whether peers have
         # confirmed our own state since this process started (see _witness).
         self._witness_keys: dict[str, bytes] = {}
+        self._witness_lock = threading.Lock()
         self._fresh = False
+        # Peer processes (node id → identity key, reason) caught serving an old state copy.
+        self._caught: dict[str, tuple[bytes, str]] = {}
         # Keys whose new epoch this node staged and has not yet committed or dropped (waiting
         # for the job's end, _settle), with an event set when that is decided. A task for such
         # a key waits for it: the coordinator may hand it out as soon as the job is done, before
@@ -421,6 +424,7 @@ class NodeService:
             committee.check(self.keystore, task.key_id, participants, me, self.node_id, lost=lost)
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
         peers = {int(p["index"]): self.admissions.admit(p, deadline) for p in raw["participants"] if int(p["index"]) != me}
+        self._check_rollbacks(peers)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
         inbox = Inbox()
@@ -511,7 +515,7 @@ class NodeService:
             # Its state is gone (it repaired, so it had no share): witness it afresh. Only now —
             # forgetting a node the coordinator merely calls lost would let an old copy of its
             # state directory pass as fresh.
-            self.keystore.forget_peer(lost_node)
+            self._forget(lost_node)
         return {"repaired": lost_node, "public_key": public.public_key_bytes.hex(), "epoch": public.epoch}
 
     def _witness(
@@ -606,25 +610,58 @@ class NodeService:
             except (ValueError, KeyError, TypeError, IndexError):
                 raise TaskError(f"malformed witness message from {node}", "witness") from None
             identity = peers[i].card.identity_public_key
-            try:
-                self.keystore.record_peer_counter(node, peer_counter, peer_digest, defer=defer)
-                self._witness_keys[node] = identity
-            except KeystoreError as e:
-                if e.reason is not KeystoreReason.PEER_ROLLBACK:
-                    raise
-                # A rollback needs a restart, and a restarted node has a new identity key. The
-                # same running node announcing a lower counter is only two of its concurrent
-                # tasks arriving out of order: nothing to record, nothing wrong.
-                if self._witness_keys.get(node) != identity:
-                    raise StalePeer(node, str(e)) from None
+            # One lock over recording a counter and the identity key it came with: a concurrent
+            # task must not see the counter recorded and the key not yet (a false STALE_PEER).
+            with self._witness_lock:
+                try:
+                    self.keystore.record_peer_counter(node, peer_counter, peer_digest, defer=defer)
+                    self._witness_keys[node] = identity
+                except KeystoreError as e:
+                    if e.reason is not KeystoreReason.PEER_ROLLBACK:
+                        raise
+                    # A rollback needs a restart, and a restarted node has a new identity key.
+                    # The same running node announcing a lower counter is only two of its
+                    # concurrent tasks arriving out of order: nothing to record, nothing wrong.
+                    if self._witness_keys.get(node) != identity:
+                        self._mark_rolled_back(node, identity, str(e))
+                        raise StalePeer(node, str(e)) from None
         try:
             self.keystore.require_fresh(confirmations, 1)
             self._fresh = True
         except KeystoreError as e:
-            if e.reason is not KeystoreReason.UNCONFIRMED:  # STALE_STATE: refuse, loudly
+            if e.reason is KeystoreReason.STALE_STATE:  # refuse, loudly, and from now on
+                self._latch_stale(str(e))
+            if e.reason is not KeystoreReason.UNCONFIRMED:
                 raise
             # No peer has witnessed us yet (a new cluster, or peers that never saw this node):
             # nothing proves staleness; from now on they do witness.
+
+    # -- rollbacks, once caught, stay caught for the process caught -------------------------------
+    # A restored state directory that a peer caught (STALE_STATE here, STALE_PEER there) must
+    # not pass on a later task of the same process: the restored node would take tasks without
+    # awaiting the notes again, and write on (each failed task's "refused" entry raises its
+    # counter). So the restored node awaits every peer's note again, and the peer refuses the
+    # caught process (its identity key) before any message. Neither is kept across restarts: a
+    # lie by one corrupt peer must not disable an honest node for good (docs/NODE.md).
+
+    def _latch_stale(self, detail: str) -> None:
+        self._fresh = False
+        self._witness_keys.clear()
+        log.error("this state directory looks like an old copy (a peer saw a newer state): %s", detail)
+
+    def _mark_rolled_back(self, node: str, identity: bytes, detail: str) -> None:
+        self._caught[node] = (identity, detail)
+
+    def _check_rollbacks(self, peers: Mapping[int, AdmittedPeer]) -> None:
+        for p in peers.values():
+            caught = self._caught.get(p.node_id)
+            if caught is not None and caught[0] == p.card.identity_public_key:
+                raise StalePeer(p.node_id, f"this process of it was caught before: {caught[1]}")
+
+    def _forget(self, node: str) -> None:
+        """A node re-provisioned by repair: witness it afresh."""
+        self.keystore.forget_peer(node)
+        self._caught.pop(node, None)
 
     def _settle(self, job: str, raw: Mapping[str, Any], result: Mapping[str, Any], job_status: Any) -> None:
         """Commit the staged epoch once every holder finished, drop it if the job failed."""

@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import json
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -90,24 +91,19 @@ class MemStream:
         pass
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]]:
-    hub = Hub()
-    services: dict[str, NodeService] = {}
-    for nid in NODES:
-        plat = SimulatedPlatform(state_dir=tmp_path / nid / "platform")
-        policy = VerificationPolicy(allow_simulated=True, measurements={"simulated": {"pcr0": (plat.measurement,)}})
-        svc = NodeService(coordinator="http://127.0.0.1:9", state=tmp_path / nid, node_id=nid, platform=plat, policy=policy)
-        svc.stream = svc.relay = MemStream(hub, svc)  # type: ignore[assignment]
-        services[nid] = svc
-    shares = local.keygen("ed25519", 2, 2)
+def _start(hub: Hub, state: Path, nid: str) -> NodeService:
+    plat = SimulatedPlatform(state_dir=state / nid / "platform")
+    policy = VerificationPolicy(allow_simulated=True, measurements={"simulated": {"pcr0": (plat.measurement,)}})
+    svc = NodeService(coordinator="http://127.0.0.1:9", state=state / nid, node_id=nid, platform=plat, policy=policy)
+    svc.stream = svc.relay = MemStream(hub, svc)  # type: ignore[assignment]
+    return svc
+
+
+def _parts(services: dict[str, NodeService]) -> list[dict[str, Any]]:
+    """Each node's card with evidence answering the other node's challenge (no coordinator here)."""
     parts = []
     for i, nid in enumerate(NODES, start=1):
         svc = services[nid]
-        committee.record(svc.keystore, "k1", dict(enumerate(NODES, start=1)))
-        svc.keystore.stage("k1", shares[i - 1])
-        svc.keystore.commit("k1", 0)
-        # Evidence that answers the other node's challenge (no coordinator here to carry it).
         asked = [Challenge(o, services[o].admissions.book.issue(nid)) for o in NODES if o != nid]
         nonce = challenge_nonce(asked)
         ev = svc.platform.attest(binding(svc.card, nonce))
@@ -115,11 +111,28 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[di
                       "platform": ev.platform, "evidence": base64.b64encode(ev.blob).decode(),
                       "evidence_nonce": nonce.hex(), "evidence_challenges": challenges_to_wire(asked),
                       "generation": 1})  # fmt: skip
-    yield hub, services, parts
+    return parts
+
+
+def _stop(svc: NodeService) -> None:
+    svc._pool.shutdown(wait=False)
+    svc.link.close()
+    svc.keystore.close()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]]:
+    hub = Hub()
+    services = {nid: _start(hub, tmp_path, nid) for nid in NODES}
+    shares = local.keygen("ed25519", 2, 2)
+    for i, nid in enumerate(NODES, start=1):
+        svc = services[nid]
+        committee.record(svc.keystore, "k1", dict(enumerate(NODES, start=1)))
+        svc.keystore.stage("k1", shares[i - 1])
+        svc.keystore.commit("k1", 0)
+    yield hub, services, _parts(services)
     for svc in services.values():
-        svc._pool.shutdown(wait=False)
-        svc.link.close()
-        svc.keystore.close()
+        _stop(svc)
 
 
 def _sign(
@@ -359,3 +372,36 @@ def test_a_full_audit_backlog_fails_the_signing_with_its_reason_and_releases_not
     assert results[1]["status"] == "failed"  # node-2 got no signature share from node-1
     # The witness note and round one left; round two (the signature share) never did.
     assert hub.posts[("node-1", "backlog")] == hub.posts[("node-1", "before")] - 1 == 2
+
+
+def test_a_caught_rollback_stays_caught_for_the_process_caught(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Review finding: after node-2 caught node-1's restored state directory, node-1 took the
+    next tasks without awaiting the notes, wrote on, and once its counter passed what node-2
+    had recorded, node-2 recorded the fork and confirmed it."""
+    hub, services, parts = nodes
+    for k in range(2):
+        _sign(hub, services, parts, f"a{k}")
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(tmp_path / "node-1" / "keystore", snapshot, ignore=shutil.ignore_patterns("ks.lock"))
+    for k in range(3):
+        _sign(hub, services, parts, f"b{k}")
+    witnessed = services["node-2"].keystore.peer_counters()["node-1"]
+    _stop(services["node-1"])
+    shutil.rmtree(tmp_path / "node-1" / "keystore")
+    shutil.copytree(snapshot, tmp_path / "node-1" / "keystore")
+    services["node-1"] = _start(hub, tmp_path, "node-1")  # the restored copy, a new process
+    parts = _parts(services)
+    for k in range(4):  # caught on the first; refused on every later one, before any message
+        out = _sign(hub, services, parts, f"c{k}", seconds=6)
+        assert out[1]["status"] == "failed" and out[1]["error"]["reason"] == "STALE_PEER", (k, out[1])
+        assert out[0]["status"] == "failed", (k, out[0])
+        if k == 0:
+            assert out[0]["error"]["reason"] == "STALE_STATE", out[0]
+        else:
+            assert "caught before" in out[1]["error"]["detail"], out[1]
+            assert not [e for e in hub.boxes.get(f"c{k}", []) if e[1] == "node-2"], "node-2 sent nothing"
+        assert services["node-1"]._fresh is False  # so it awaits every note, every time
+    # node-2's record of node-1 was never overtaken by the fork.
+    assert services["node-2"].keystore.peer_counters()["node-1"] == witnessed
