@@ -8,15 +8,18 @@ party. The relay (the coordinator) sees only envelopes: it can delay or drop the
 forge, re-target or replay them.
 
 Envelopes of a later session of the same job (a DKLs23 setup that follows its DKG) can arrive
-early: they are kept by session id until that session starts.
+early: they are kept by session id until that session starts — within limits
+(:data:`HELD_SESSIONS`, :data:`HELD_ENVELOPES`, :data:`HELD_BYTES` per job), since whatever
+the relay claims is of another session is kept unauthenticated; beyond them an envelope is
+dropped with a log line, as the relay itself could drop it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
@@ -27,10 +30,35 @@ from shardguard.protocols.errors import MessageRejected
 from shardguard.protocols.message import BROADCAST, Message
 from shardguard.protocols.party import Party
 
-__all__ = ["EngineError", "EngineTimeout", "Inbox", "Notes", "Relay", "decode_message", "drive", "encode_message", "exchange"]
+__all__ = [
+    "HELD_BYTES",
+    "HELD_ENVELOPES",
+    "HELD_SESSIONS",
+    "EngineError",
+    "EngineTimeout",
+    "Inbox",
+    "Notes",
+    "Relay",
+    "decode_message",
+    "drive",
+    "encode_message",
+    "exchange",
+]
 
 R = TypeVar("R")
 _SESSION = slice(1, 33)  # envelope header: version (1 byte), then the 32-byte session id
+
+log = logging.getLogger("shardguard.node")
+
+#: What one job's :class:`Inbox` keeps for sessions that have not started yet. A job runs at
+#: most three sessions (witness notes, the protocol, a DKLs23 setup after its DKG or refresh),
+#: and what arrives early is at most a round or two of every peer: the largest is the first
+#: OT-setup round of a 255-party ECDSA key, 254 envelopes of about 17 KiB plus their headers
+#: and key wraps (under 5 MiB with the witness notes). Worst case for a node running 32 tasks:
+#: 32 × 8 MiB.
+HELD_SESSIONS = 4
+HELD_ENVELOPES = 1024
+HELD_BYTES = 8 * 1024 * 1024
 
 
 class EngineError(Exception):
@@ -74,10 +102,46 @@ def decode_message(data: bytes, session_id: bytes) -> Message:
 
 @dataclasses.dataclass
 class Inbox:
-    """Cursor into a job's mailbox plus envelopes held for sessions not started yet."""
+    """Cursor into a job's mailbox plus envelopes held for sessions not started yet (at most
+    ``max_sessions`` sessions, ``max_envelopes`` envelopes and ``max_bytes`` bytes; the excess
+    is dropped and counted in ``dropped``)."""
 
     cursor: int = 0
-    held: dict[bytes, list[tuple[str, bytes]]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    held: dict[bytes, list[tuple[str, bytes]]] = dataclasses.field(default_factory=dict)
+    max_sessions: int = HELD_SESSIONS
+    max_envelopes: int = HELD_ENVELOPES
+    max_bytes: int = HELD_BYTES
+    held_envelopes: int = 0
+    held_bytes: int = 0
+    dropped: int = 0
+
+    def hold(self, job: str, session_id: bytes, sender: str, envelope: bytes) -> bool:
+        """Keep ``envelope`` for its session; False (dropped, logged) past the limits."""
+        kept = self.held.get(session_id)
+        if (
+            (kept is None and len(self.held) >= self.max_sessions)
+            or self.held_envelopes >= self.max_envelopes
+            or self.held_bytes + len(envelope) > self.max_bytes
+        ):
+            self.dropped += 1
+            if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, …: a flood logs little
+                log.warning("job %s: %d envelope(s) of sessions not started dropped: at most %d sessions, %d envelopes "
+                            "and %d bytes are held", job, self.dropped, self.max_sessions, self.max_envelopes,
+                            self.max_bytes)  # fmt: skip
+            return False
+        if kept is None:
+            kept = self.held[session_id] = []
+        kept.append((sender, envelope))
+        self.held_envelopes += 1
+        self.held_bytes += len(envelope)
+        return True
+
+    def take(self, session_id: bytes) -> list[tuple[str, bytes]]:
+        """What is held for ``session_id``, no longer held."""
+        got = self.held.pop(session_id, [])
+        self.held_envelopes -= len(got)
+        self.held_bytes -= sum(len(e) for _, e in got)
+        return got
 
 
 def drive(
@@ -183,7 +247,7 @@ def _pump(
 ) -> None:
     """Hand ``take`` every envelope of ``session_id`` (those held earlier first) until
     ``finished()``; envelopes of other sessions of the job are held for later."""
-    for sender, envelope in inbox.held.pop(session_id, []):
+    for sender, envelope in inbox.take(session_id):
         if finished():
             return
         take(sender, envelope)
@@ -196,7 +260,7 @@ def _pump(
         for cursor, sender, envelope in relay.fetch(job, inbox.cursor, min(poll, remaining)):
             inbox.cursor = max(inbox.cursor, cursor)
             if envelope[_SESSION] != session_id:
-                inbox.held[bytes(envelope[_SESSION])].append((sender, envelope))
+                inbox.hold(job, bytes(envelope[_SESSION]), sender, envelope)
             elif not finished():
                 take(sender, envelope)
 
@@ -248,7 +312,7 @@ class Notes:
 
     def received(self) -> dict[int, bytes]:
         """The answers that have already arrived (held by the inbox), without waiting."""
-        for sender, envelope in self._inbox.held.pop(self._sid, []):
+        for sender, envelope in self._inbox.take(self._sid):
             self._take(sender, envelope)
         return self.got
 

@@ -23,7 +23,9 @@ others'.
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
+import contextlib
 import json
 import logging
 import queue
@@ -42,7 +44,7 @@ from shardguard.channel import NodeKeys
 from shardguard.coordinator.wire import HEADER_NONCE, sign_frame, sign_request
 from shardguard.node.engine import EngineError
 
-__all__ = ["CoordinatorLink", "CoordinatorRefused", "EventStream"]
+__all__ = ["CoordinatorLink", "CoordinatorRefused", "EventStream", "MalformedFrame"]
 
 log = logging.getLogger("shardguard.node")
 
@@ -52,6 +54,28 @@ _POST_MESSAGES = 1024
 _POST_BYTES = 2 * 1024 * 1024
 _POST_RESULTS = 64
 
+#: What the stream keeps for one job until its task fetches it (``_Box.messages``), and for
+#: all jobs together. The task takes everything at each fetch, so a box holds only what came
+#: in while its task was busy: legitimately one round of every peer (an OT-setup round of a
+#: 255-party ECDSA key is under 5 MiB). Beyond that a message is dropped with a log line —
+#: as the relay itself could drop it — so a hostile relay cannot grow the node's memory.
+_BOX_MESSAGES = 4096
+_BOX_BYTES = 8 * 1024 * 1024
+_BOXES_BYTES = 64 * 1024 * 1024
+
+#: Limits on what the coordinator's frames carry (API.md §1.3, §1.5, §1.9): ids, node ids,
+#: statuses, cursors and frame sequence numbers.
+_ID_CHARS = 128
+_NODE_ID_CHARS = 64
+_STATUS_CHARS = 32
+_MAX_INT = 2**63 - 1
+
+#: Back-off after a malformed frame or an unexpected error on the event stream: doubles per
+#: failure from the first to the last, and starts over once a connection lasted ``_STABLE`` s.
+_BACKOFF_FIRST = 0.5
+_BACKOFF_LAST = 30.0
+_STABLE = 30.0
+
 
 class CoordinatorRefused(EngineError):
     """The coordinator answered a request with an error (4xx/5xx)."""
@@ -59,6 +83,130 @@ class CoordinatorRefused(EngineError):
     def __init__(self, method: str, path: str, status: int, body: str) -> None:
         self.status = status
         super().__init__(f"coordinator refused {method} {path}: {status} {body[:300]}")
+
+
+class MalformedFrame(EngineError, ValueError):
+    """What the coordinator sent does not have the shape API.md gives it. ``where`` names the
+    field (``tasks[0].job_id``); the message never repeats the value received."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        super().__init__(f"malformed coordinator frame: {where}: {problem}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedFrame(where, f"expected an object, got {_kind(value)}")
+    return value
+
+
+def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    """``obj[key]`` as a list (absent or null: empty)."""
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedFrame(f"{where}{key}", f"expected a list, got {_kind(value)}")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str, limit: int) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise MalformedFrame(f"{where}{key}", f"expected a string, got {_kind(value)}")
+    if not 0 < len(value) <= limit:
+        raise MalformedFrame(f"{where}{key}", f"expected 1 to {limit} characters, got {len(value)}")
+    return value
+
+
+def _int(value: Any, where: str, lo: int, hi: int = _MAX_INT) -> int:
+    if type(value) is not int:  # not a bool, not a float (1e400 is inf)
+        raise MalformedFrame(where, f"expected an integer, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise MalformedFrame(where, f"expected an integer in {lo}..{hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class _JobNews:
+    job_id: str
+    status: str
+    messages: list[tuple[int, str, bytes]]
+
+
+@dataclass(frozen=True)
+class _Events:
+    """An events frame (or long-poll answer), checked whole before any of it is applied."""
+
+    tasks: list[tuple[str, str, dict[str, Any]]]  # (task_id, job_id, task)
+    jobs: list[_JobNews]
+
+
+def _parse_events(out: Any) -> _Events:
+    """Check an events frame's every field ``_deliver`` uses (API.md §1.9); raises
+    :class:`MalformedFrame`. The rest of a task is the task handler's to check."""
+    out = _obj(out, "frame")
+    tasks = []
+    for i, t in enumerate(_list(out, "tasks", "")):
+        where = f"tasks[{i}]"
+        t = _obj(t, where)
+        tasks.append((_str(t, "task_id", f"{where}.", _ID_CHARS), _str(t, "job_id", f"{where}.", _ID_CHARS), t))
+    jobs = []
+    for i, j in enumerate(_list(out, "jobs", "")):
+        where = f"jobs[{i}]"
+        j = _obj(j, where)
+        job_id = _str(j, "job_id", f"{where}.", _ID_CHARS)
+        status = "running" if j.get("job_status") is None else _str(j, "job_status", f"{where}.", _STATUS_CHARS)
+        messages = []
+        for k, m in enumerate(_list(j, "messages", f"{where}.")):
+            at = f"{where}.messages[{k}]"
+            m = _obj(m, at)
+            cursor = _int(m.get("cursor"), f"{at}.cursor", 1)
+            sender = _str(m, "from", f"{at}.", _NODE_ID_CHARS)
+            blob = m.get("blob")
+            if not isinstance(blob, str):
+                raise MalformedFrame(f"{at}.blob", f"expected a base64 string, got {_kind(blob)}")
+            try:
+                data = base64.b64decode(blob, validate=True)
+            except (binascii.Error, ValueError):
+                raise MalformedFrame(f"{at}.blob", "not base64") from None
+            messages.append((cursor, sender, data))
+        jobs.append(_JobNews(job_id, status, messages))
+    return _Events(tasks, jobs)
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row (``_BACKOFF_FIRST`` … ``_BACKOFF_LAST``)."""
+    return min(_BACKOFF_LAST, _BACKOFF_FIRST * float(1 << min(max(failures - 1, 0), 16)))
+
+
+def _error_status(err: Mapping[str, Any], default: int) -> int:
+    status = err.get("status", default)
+    return status if type(status) is int and 400 <= status <= 599 else default
+
+
+def _parse_outbox_answer(out: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The per-job and per-result acknowledgements of an outbox answer (API.md §1.10),
+    checked before any is used; raises :class:`MalformedFrame`."""
+    out = _obj(out, "outbox answer")
+    parts = []
+    for key in ("jobs", "results"):
+        part = out.get(key)
+        if part is None:
+            part = {}
+        if not isinstance(part, dict):
+            raise MalformedFrame(f"outbox answer.{key}", f"expected an object, got {_kind(part)}")
+        for ack in part.values():
+            if isinstance(ack, dict) and "error" in ack:
+                err = _obj(ack["error"], f"outbox answer.{key}[…].error")
+                if key == "jobs" and err.get("job_status") is not None:
+                    _str(err, "job_status", "outbox answer.jobs[…].error.", _STATUS_CHARS)
+        parts.append(part)
+    return parts[0], parts[1]
 
 
 class CoordinatorLink:
@@ -116,6 +264,8 @@ class _Box:
     changed: threading.Condition
     cursor: int = 0
     messages: list[tuple[int, str, bytes]] = field(default_factory=list)
+    size: int = 0  # bytes of blobs in ``messages``
+    dropped: int = 0  # messages dropped over the box's limits (``_BOX_MESSAGES``, ``_BOX_BYTES``)
     status: str = "running"
     error: str | None = None
 
@@ -157,6 +307,7 @@ class EventStream:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._boxes: dict[str, _Box] = {}
+        self._boxes_size = 0  # bytes of blobs in all boxes (``_BOXES_BYTES``)
         self._held: dict[str, list[tuple[str, bytes]]] = {}
         # Task ids handed to us lately: a task pushed again (every new connection pushes the
         # tasks handed out and not yet reported) is run once. A task whose job has an open box
@@ -213,6 +364,7 @@ class EventStream:
             self._held.pop(job, None)
             box = self._boxes.pop(job, None)
             if box is not None:
+                self._boxes_size -= box.size
                 box.changed.notify_all()
         with self._want_lock:
             # Forgotten here whether or not the coordinator still follows it (it stops after
@@ -251,9 +403,12 @@ class EventStream:
                 if box is None:
                     raise EngineError(f"job {job} is not open on this node")
                 got = [m for m in box.messages if m[0] > after]
+                if len(got) < len(box.messages):  # what the caller has passed is not needed again
+                    size = sum(len(m[2]) for m in got)
+                    self._boxes_size -= box.size - size
+                    box.messages, box.size = got, size
                 if got:
-                    box.messages = got  # what the caller has passed is not needed again
-                    return got
+                    return list(got)
                 if box.error is not None:
                     raise EngineError(box.error)
                 if box.status != "running":
@@ -290,47 +445,93 @@ class EventStream:
         self._poll_loop()  # the HTTP transport (also when the coordinator has no stream)
 
     def _poll_loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
-            with self._cond:
-                cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
-            claim = max(0, min(64, self._free_slots()))
-            # A full node re-asks soon, so a task that frees a slot is not kept waiting a whole poll.
-            wait = self._poll if claim else min(self._poll, 0.2)
+            # Whatever the coordinator answers, or whatever fails here, the loop goes on: a
+            # malformed answer is dropped whole (nothing of it applied, so the next poll reads
+            # the same jobs from the same cursors) and the next poll waits a little longer.
             try:
+                with self._cond:
+                    cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
+                claim = max(0, min(64, self._free_slots()))
+                # A full node re-asks soon, so a task that frees a slot is not kept waiting a whole poll.
+                wait = self._poll if claim else min(self._poll, 0.2)
                 out = self._link.request("POST", f"/v1/nodes/{self._node}/events",
                                          body={"cursors": cursors, "claim": claim, "wait": wait}, timeout=wait + 30)  # fmt: skip
             except (httpx.HTTPError, EngineError, ValueError) as e:
                 log.warning("event stream: coordinator unreachable: %s", e)
                 self._stop.wait(1.0)
                 continue
-            self._deliver(out)
+            except Exception:
+                failures += 1
+                log.exception("event stream: the long-poll failed")
+                self._stop.wait(_backoff(failures))
+                continue
+            try:
+                self._deliver(out)
+            except MalformedFrame as e:
+                failures += 1
+                log.warning("event stream: answer dropped: %s", e)
+                self._stop.wait(_backoff(failures))
+            except Exception:
+                failures += 1
+                log.exception("event stream: an answer could not be delivered")
+                self._stop.wait(_backoff(failures))
+            else:
+                failures = 0
 
-    def _deliver(self, out: Mapping[str, Any]) -> None:
+    def _deliver(self, out: Any) -> _Events:
+        """Check a whole events frame (raises :class:`MalformedFrame`, nothing applied), then
+        apply it: new tasks to ``on_task``, messages and job ends to the jobs' boxes."""
+        events = _parse_events(out)
         tasks = []
         with self._cond:
-            for t in out.get("tasks") or []:
-                task_id = str(t.get("task_id"))
-                if task_id in self._seen_tasks or str(t.get("job_id")) in self._boxes:
+            for task_id, job_id, t in events.tasks:
+                if task_id in self._seen_tasks or job_id in self._boxes:
                     log.info("task %s was pushed again: already taken, ignored", task_id)
                     continue
                 self._seen_tasks[task_id] = None
                 if len(self._seen_tasks) > 4096:
                     self._seen_tasks.popitem(last=False)
-                tasks.append(t)
-                self._box(str(t["job_id"]))
-            for j in out.get("jobs") or []:
-                box = self._boxes.get(str(j["job_id"]))
+                tasks.append((task_id, job_id, t))
+                self._box(job_id)
+            for j in events.jobs:
+                box = self._boxes.get(j.job_id)
                 if box is None:
                     continue
-                for m in j.get("messages") or []:
-                    cursor = int(m["cursor"])
-                    if cursor > box.cursor:
-                        box.messages.append((cursor, str(m["from"]), base64.b64decode(m["blob"])))
-                        box.cursor = cursor
-                box.status = str(j.get("job_status") or "running")
+                for cursor, sender, blob in j.messages:
+                    if cursor <= box.cursor:
+                        continue
+                    box.cursor = cursor  # the coordinator has passed it too, kept or not
+                    if (
+                        len(box.messages) >= _BOX_MESSAGES
+                        or box.size + len(blob) > _BOX_BYTES
+                        or self._boxes_size + len(blob) > _BOXES_BYTES
+                    ):
+                        box.dropped += 1
+                        if box.dropped & (box.dropped - 1) == 0:  # 1, 2, 4, …: a flood logs little
+                            log.warning("job %s: %d message(s) dropped: more than %d messages or %d bytes waiting for "
+                                        "its task (%d bytes for all jobs)", j.job_id, box.dropped, _BOX_MESSAGES,
+                                        _BOX_BYTES, _BOXES_BYTES)  # fmt: skip
+                        continue
+                    box.messages.append((cursor, sender, blob))
+                    box.size += len(blob)
+                    self._boxes_size += len(blob)
+                box.status = j.status
                 box.changed.notify_all()
-        for t in tasks:
-            self._on_task(t)
+        for task_id, job_id, t in tasks:
+            try:
+                self._on_task(t)
+            except Exception:
+                # Not taken after all: forget it, so the coordinator's next push of it runs it.
+                log.exception("task %s could not be started", task_id)
+                with self._cond:
+                    self._seen_tasks.pop(task_id, None)
+                    box = self._boxes.pop(job_id, None)
+                    if box is not None:
+                        self._boxes_size -= box.size
+                        box.changed.notify_all()
+        return events
 
     def _send_loop(self) -> None:
         pending: list[tuple[str, str, int, bytes] | _Result] = []
@@ -342,7 +543,13 @@ class EventStream:
                 pending.append(item)
             ending = self._drain(pending)
             batch, pending = self._split(pending)
-            if not self._send(batch):
+            try:
+                sent = self._send(batch)
+            except Exception as e:  # never lose the sender: fail what it was sending, go on
+                log.exception("outbox: a post failed")
+                self._fail(batch, EngineError(f"outbox: the post failed: {type(e).__name__}"))
+                sent = True
+            if not sent:
                 pending = batch + pending  # unreachable: keep everything, in order, and retry
                 if self._stop.wait(0.5):
                     return
@@ -390,46 +597,58 @@ class EventStream:
                 messages.append({"job": job, "to": to, "seq": seq, "blob": base64.b64encode(blob).decode()})
         body = {"messages": messages, "results": [{"task_id": r.task_id, **r.body} for r in results]}
         try:
-            out = self._post_outbox(body)
+            jobs, acks = _parse_outbox_answer(self._post_outbox(body))
         except CoordinatorRefused as e:
             if e.status >= 500 or e.status in (401, 429):
                 log.warning("outbox: %s (retrying)", e)
                 return False
             # The whole post was refused (malformed by our own code): fail every item in it.
-            with self._cond:
-                for m in messages:
-                    box = self._boxes.get(str(m["job"]))
-                    if box is not None:
-                        box.error = str(e)
-                        box.changed.notify_all()
-            for r in results:
-                r.done.set_exception(e)
+            self._fail(batch, e)
+            return True
+        except MalformedFrame as e:
+            # Whether the post was taken is unknown, and a coordinator that answers so is not
+            # one to wait for: every item fails with the reason (the tasks end, never hang).
+            log.warning("outbox: %s", e)
+            self._fail(batch, e)
             return True
         except (httpx.HTTPError, ValueError, _Disconnected) as e:
             log.warning("outbox: coordinator unreachable: %s (retrying)", e)
             return False
         with self._cond:
-            for job, ack in (out.get("jobs") or {}).items():
+            for job, ack in jobs.items():
                 err = ack.get("error") if isinstance(ack, dict) else None
                 box = self._boxes.get(job)
                 if err and box is not None:
-                    box.error = f"coordinator refused messages of job {job}: {err.get('code')}: {err.get('message')}"
+                    code, message = str(err.get("code"))[:100], str(err.get("message"))[:300]
+                    box.error = f"coordinator refused messages of job {job}: {code}: {message}"
                     if err.get("job_status"):
                         box.status = str(err["job_status"])
                     box.changed.notify_all()
-        acks = out.get("results") or {}
         for r in results:
             ack = acks.get(r.task_id)
             if not isinstance(ack, dict):
                 r.done.set_exception(EngineError(f"no acknowledgement for task {r.task_id}"))
             elif "error" in ack:
-                err = ack["error"]
+                refusal: dict[str, Any] = ack["error"]  # an object (_parse_outbox_answer)
                 r.done.set_exception(
-                    CoordinatorRefused("POST", f"outbox result {r.task_id}", int(err.get("status", 409)), json.dumps(err))
+                    CoordinatorRefused("POST", f"outbox result {r.task_id}", _error_status(refusal, 409), json.dumps(refusal))
                 )
             else:
                 r.done.set_result(ack)
         return True
+
+    def _fail(self, batch: Sequence[tuple[str, str, int, bytes] | _Result], error: EngineError) -> None:
+        """End every job with a message in ``batch`` and every result in it with ``error``."""
+        with self._cond:
+            for item in batch:
+                if not isinstance(item, _Result):
+                    box = self._boxes.get(item[0])
+                    if box is not None:
+                        box.error = str(error)
+                        box.changed.notify_all()
+        for item in batch:
+            if isinstance(item, _Result) and not item.done.done():
+                item.done.set_exception(error)
 
     # -- the WebSocket transport ----------------------------------------------------------------
     def _post_outbox(self, body: dict[str, Any]) -> Any:
@@ -444,7 +663,7 @@ class EventStream:
             raise _Disconnected("no acknowledgement within 60 s") from None
         err = out.get("error")
         if isinstance(err, dict):
-            raise CoordinatorRefused("STREAM", "outbox", int(err.get("status", 422)), json.dumps(err))
+            raise CoordinatorRefused("STREAM", "outbox", _error_status(err, 422), json.dumps(err))
         return out
 
     def _frame(self, op: str, data: dict[str, Any], *, ack: Future[dict[str, Any]] | None = None) -> bool:
@@ -489,23 +708,25 @@ class EventStream:
         self._wanted = (frozenset(cursors), claim)
         self._frame("want", {"cursors": cursors, "claim": claim})
 
-    def _pushed(self, events: Mapping[str, Any]) -> None:
+    def _pushed(self, events: _Events) -> None:
         """Mirror the coordinator's bookkeeping for an events frame it pushed (``_wanted``)."""
         with self._want_lock:
             if self._wanted is None:
                 return
             jobs, room = self._wanted
-            tasks = [str(t.get("job_id")) for t in events.get("tasks") or [] if isinstance(t, dict)]
-            ended = {
-                str(j.get("job_id"))
-                for j in events.get("jobs") or []
-                if isinstance(j, dict) and (j.get("job_status") or "running") != "running"
-            }
+            tasks = [job_id for _, job_id, _ in events.tasks]
+            ended = {j.job_id for j in events.jobs if j.status != "running"}
             self._wanted = ((jobs | frozenset(tasks)) - ended, max(0, room - len(tasks)))
 
     def _stream_loop(self) -> None:
         """Keep the WebSocket open and deliver what arrives; returns only to fall back to HTTP
-        (the coordinator has no stream endpoint) or when stopping."""
+        (the coordinator has no stream endpoint) or when stopping.
+
+        Nothing the coordinator sends ends this loop. A malformed frame (or any error in
+        handling one) is logged and closes the connection, nothing of the frame applied; the
+        next connection, after a back-off that grows while that repeats, asks again from the
+        jobs' cursors and is pushed the tasks not yet reported, so nothing is lost."""
+        failures = 0
         while not self._stop.is_set():
             try:
                 ws, nonce = self._link.open_stream(self._node)
@@ -521,6 +742,13 @@ class EventStream:
                 log.warning("event stream: coordinator unreachable: %s", e)
                 self._stop.wait(1.0)
                 continue
+            except Exception:
+                failures += 1
+                log.exception("event stream: the handshake failed")
+                self._stop.wait(_backoff(failures))
+                continue
+            opened = time.monotonic()
+            failed = False
             with self._ws_lock:
                 self._ws, self._ws_nonce, self._ws_seq, self._wanted = ws, nonce, 0, None
             try:
@@ -533,30 +761,52 @@ class EventStream:
                         # sent unless the want changed).
                         self._want()
                         continue
-                    self._on_frame(json.loads(raw))
-            except (ConnectionClosed, OSError, ValueError) as e:
+                    self._on_frame(_decode_frame(raw))
+            except (ConnectionClosed, OSError) as e:
                 if not self._stop.is_set():
                     log.warning("event stream: connection lost: %s (reconnecting)", e)
+            except MalformedFrame as e:
+                failed = True
+                log.warning("event stream: %s (closing the connection)", e)
+            except Exception:
+                failed = True
+                log.exception("event stream: a frame could not be handled (closing the connection)")
             finally:
                 with self._ws_lock:
                     self._ws = None
                     pending, self._acks = self._acks, {}
                 for fut in pending.values():
                     fut.set_exception(_Disconnected("the event stream closed before the acknowledgement"))
-                ws.close()
+                with contextlib.suppress(Exception):
+                    ws.close()
+            if time.monotonic() - opened >= _STABLE:
+                failures = 0
+            if failed:
+                failures += 1
+                self._stop.wait(_backoff(failures))
 
     def _on_frame(self, obj: Any) -> None:
-        if not isinstance(obj, dict):
-            raise ValueError("a coordinator frame is a JSON object")
-        if obj.get("op") == "ack":
+        """Handle one decoded coordinator frame; raises :class:`MalformedFrame` (nothing of
+        the frame applied) when it is not what API.md §1.11 says. Unknown ops are ignored."""
+        obj = _obj(obj, "frame")
+        op = obj.get("op")
+        if op == "ack":
+            seq = _int(obj.get("seq"), "seq", 1)
             with self._ws_lock:
-                fut = self._acks.pop(int(obj.get("seq", 0)), None)
+                fut = self._acks.pop(seq, None)
             if fut is not None:
                 fut.set_result(obj)
-        elif obj.get("op") == "events":
-            self._deliver(obj)
-            self._pushed(obj)
+        elif op == "events":
+            events = self._deliver(obj)
+            self._pushed(events)
             self._want()
+
+
+def _decode_frame(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
+        raise MalformedFrame("frame", "not JSON") from None
 
 
 class _Disconnected(EngineError):

@@ -23,7 +23,7 @@ from shardguard.coordinator.app import create_app
 from shardguard.coordinator.settings import Settings
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 
-from ..coordinator.conftest import ADMIN, BOOT, FakeNode, run_dkg
+from ..coordinator.conftest import ADMIN, BOOT, FakeNode, run_dkg, sign_result
 from .test_link import ScriptedCoordinator, until
 
 
@@ -86,7 +86,7 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
         until(lambda: s._ws is not None)
         until(lambda: "pushed again" in caplog.text)
         assert len(tasks) == 1
-        result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
+        result = sign_result(task_b)  # the coordinator checks reported signatures
         b.report(task_b["task_id"], result=result)
         ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
         assert ack == {"task_status": "done", "job_status": "done"}
@@ -107,7 +107,6 @@ def test_a_want_only_when_the_coordinator_needs_one(server: str) -> None:
     job's messages still arrive."""
     with streaming(server) as (http, a, b, key_id, s, tasks):
         until(lambda: _want_frames(http) == 1)  # the first, on connecting
-        result = {"scheme": "ed25519", "public_key": "11" * 32, "signature": "22" * 64}
         body = {"message_hex": "00", "signers": ["node-a", "node-b"]}
         for i in range(8):
             r = http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
@@ -117,6 +116,7 @@ def test_a_want_only_when_the_coordinator_needs_one(server: str) -> None:
             assert task_b is not None and task_b["job_id"] == job == tasks[i]["job_id"]
             b.send(job, [(a.node_id, 1, b"to a")])
             assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"to a")  # pushed: the job is followed
+            result = sign_result(task_b)  # the coordinator checks reported signatures
             b.report(task_b["task_id"], result=result)
             assert s.report(tasks[i]["task_id"], {"status": "done", "result": result, "error": None})["job_status"] == "done"
             s.close(job)
