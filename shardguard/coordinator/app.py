@@ -46,6 +46,9 @@ _ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]
 _IdemKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
+#: Integer query parameters stored as (or compared with) a 64-bit signed column: larger values
+#: are a 422 naming the parameter, not an overflow in the driver (a 500).
+_MAX_BIGINT = 2**63 - 1
 _NODE_HEADERS = (wire.HEADER_NODE, wire.HEADER_TIMESTAMP, wire.HEADER_NONCE, wire.HEADER_SIGNATURE)
 _NODE_AUTH_DOC = {
     "description": (
@@ -543,8 +546,13 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         )
 
     @app.get("/v1/nodes", tags=["nodes"], response_model=list[schemas.NodeOut])
-    async def list_nodes(_t: Reader) -> list[dict[str, Any]]:
-        return await run(coord.list_nodes)
+    async def list_nodes(
+        _t: Reader,
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` nodes by id; ``after``: the last node id of the previous page (API.md §2)."""
+        return await run(coord.list_nodes, after, limit)
 
     @app.get("/v1/nodes/{node_id}", tags=["nodes"], response_model=schemas.NodeOut)
     async def get_node(node_id: _ID, _t: Reader) -> dict[str, Any]:
@@ -555,7 +563,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     async def list_audit(
         _t: Reader,
         node: Annotated[str | None, Query(max_length=64)] = None,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=_MAX_BIGINT)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         if after is not None and node is None:
@@ -626,7 +634,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         same_node(node, node_id)
 
         def check() -> tuple[bool, dict[str, Any] | None]:
-            task = coord.claim_task(node_id)
+            # With the key this request was signed with: the long-poll may outlive it (a
+            # re-registration meanwhile), and then hands out nothing (401 stale_identity).
+            task = coord.claim_task(node_id, node.identity_public_key)
             return task is not None, task
 
         wait = min(wait, settings.max_wait)
@@ -648,7 +658,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         node_id: _ID,
         node: SignedNode,
         job: Annotated[str, Query(min_length=1, max_length=64)],
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=_MAX_BIGINT)] = 0,
         wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
     ) -> JSONResponse:
         """Messages for this node in ``job`` past cursor ``after``; waits up to ``wait`` s for one."""
@@ -681,7 +691,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             tasks: list[dict[str, Any]] = []
             if body.claim and (hinted or now - last_claim >= settings.poll_interval):
                 last_claim = now
-                tasks = coord.claim_tasks(node_id, body.claim)
+                tasks = coord.claim_tasks(node_id, body.claim, node.identity_public_key)  # as in next_task
             jobs = coord.read_events(node_id, cursors)
             return bool(tasks or jobs), {"tasks": tasks, "jobs": jobs}
 
@@ -718,7 +728,9 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     @app.post("/v1/tasks/{task_id}/result", tags=["node API"], response_model=schemas.ResultAck, openapi_extra=_NODE_AUTH_DOC)
     async def task_result(task_id: _ID, body: schemas.TaskResult, node: SignedNode) -> JSONResponse:
         error = body.error.model_dump() if body.error is not None else None
-        return JSONResponse(await hot(coord.post_result, task_id, node.node_id, body.status, body.result, error))
+        return JSONResponse(
+            await hot(coord.post_result, task_id, node.node_id, body.status, body.result, error, node.identity_public_key)
+        )
 
     @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:

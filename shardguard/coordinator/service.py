@@ -65,6 +65,7 @@ __all__ = [
     "SCHEMES",
     "SCOPES",
     "Coordinator",
+    "StaleIdentity",
     "TokenInfo",
     "utc_now",
 ]
@@ -123,6 +124,17 @@ def _seen_in(conn: Any, requested_by: str, key: str, fp: str | None) -> Any:
     return seen
 
 
+def _hold_identity(conn: Session | RawConnection, node_id: str, identity: bytes) -> None:
+    """In a node's write transaction, before it claims or posts anything: refuse
+    (:class:`StaleIdentity`) unless ``identity`` is still the node's registered key, and keep it
+    so until commit. The node row is held FOR KEY SHARE, which register_node's FOR UPDATE waits
+    for (and which, on PostgreSQL, waits for a register in progress and then reads its new key);
+    SQLite has one writer at a time anyway. Lock order: node row, then job rows, then tasks."""
+    pk = conn.scalar(_NODE_KEY_HELD, {"node": node_id})
+    if pk is None or bytes(pk) != identity:
+        raise StaleIdentity(node_id)
+
+
 def _once(submit: Callable[[], dict[str, Any]], idempotency_key: str | None) -> dict[str, Any]:
     """``submit()``; if a request with the same idempotency key committed between its look-up
     and its insert (the unique index refused the second), once more: it then finds that one."""
@@ -159,6 +171,17 @@ class TokenInfo:
 class NodeIdentity:
     node_id: str
     identity_public_key: bytes
+
+
+class StaleIdentity(ApiError):
+    """A node's write made with an identity key it no longer has: the node registered a new
+    one (a restarted process) since the request or stream was authenticated. Raised inside the
+    write's own transaction, so nothing of it is kept (API.md §1.1, §1.11)."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(
+            401, "stale_identity", f"node {node_id} has registered a new identity key since this request or stream was signed"
+        )
 
 
 class _GeneralPath(Exception):
@@ -332,10 +355,6 @@ class Coordinator:
             pk = conn.scalar(_NODE_KEY, {"node": node_id})
         return None if pk is None else bytes(pk)
 
-    def node_key_is(self, node_id: str, identity_public_key: bytes) -> bool:
-        """Whether ``identity_public_key`` is still the node's registered key (read now)."""
-        return self._read_node_key(node_id) == identity_public_key
-
     # -- nodes ----------------------------------------------------------------------------------
     def register_node(
         self,
@@ -365,7 +384,10 @@ class Coordinator:
         summary = summarize(card, platform, evidence, collateral=collateral, evidence_nonce=evidence_nonce, now=now)
         restarted: list[str] = []
         with self.db.write() as s:
-            row = s.get(Node, card.node_id)
+            # The node row first, FOR UPDATE: the node's claims and reports hold it FOR KEY
+            # SHARE while they check its key (_hold_identity), so none made with the old key
+            # commits after this and none is missed by the look at its running tasks below.
+            row = s.get(Node, card.node_id, with_for_update=True)
             if row is None:
                 row = Node(id=card.node_id, generation=1, registered_at=now)
                 s.add(row)
@@ -373,12 +395,19 @@ class Coordinator:
                 # A new identity key: a new process, which lost whatever it was running.
                 row.generation += 1
                 row.registered_at = now
-                running = s.scalars(
-                    select(Task).where(Task.node_id == card.node_id, Task.status == "running").with_for_update()
-                ).all()
-                for task in running:
-                    job = s.get(Job, task.job_id, with_for_update=True)
-                    if job is not None and job.status == "running":
+                # Lock order everywhere: job row, then its tasks (post_result, sweep) — so the
+                # jobs first, in id order, then the node's tasks in them.
+                job_ids = sorted(
+                    set(s.scalars(select(Task.job_id).where(Task.node_id == card.node_id, Task.status == "running")))
+                )
+                locked = select(Job).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update()
+                for job in s.scalars(locked).all() if job_ids else []:
+                    handed = s.scalars(
+                        select(Task.id)
+                        .where(Task.job_id == job.id, Task.node_id == card.node_id, Task.status == "running")
+                        .with_for_update()
+                    ).first()
+                    if handed is not None and job.status == "running":
                         self._fail_job(
                             s,
                             job,
@@ -407,7 +436,9 @@ class Coordinator:
             self.dispatch()
         return out
 
-    def _node_out(self, row: Node, now: dt.datetime, *, full: bool) -> dict[str, Any]:
+    def _node_out(self, row: Any, now: dt.datetime, *, full: bool) -> dict[str, Any]:
+        """A node as the API shows it (``row``: a Node, or a row of ``_NODE_LISTED``'s columns
+        when not ``full``)."""
         out: dict[str, Any] = {
             "node_id": row.id,
             "identity_public_key": row.identity_public_key.hex(),
@@ -423,10 +454,16 @@ class Coordinator:
             out.update(_evidence_fields(row))
         return out
 
-    def list_nodes(self) -> list[dict[str, Any]]:
+    def list_nodes(self, after: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` nodes by id, those after ``after`` (API.md §2, ``GET /v1/nodes``).
+        Only the listed columns are read: a node's card, evidence and collateral (up to
+        megabytes each, registered by anyone who can reach the coordinator) are not."""
         now = utc_now()
+        q = _NODE_LISTED.order_by(Node.id).limit(limit)
+        if after is not None:
+            q = q.where(Node.id > after)
         with self.db.read() as s:
-            return [self._node_out(n, now, full=False) for n in s.scalars(select(Node).order_by(Node.id))]
+            return [self._node_out(n, now, full=False) for n in s.execute(q)]
 
     def get_node(self, node_id: str) -> dict[str, Any]:
         with self.db.read() as s:
@@ -617,7 +654,12 @@ class Coordinator:
             return self._key_out(key)
 
     def _active_key(self, s: Session, key_id: str) -> Key:
-        key = s.get(Key, key_id)
+        """The key a refresh or repair is submitted for, its row locked FOR UPDATE first thing in
+        the submit's transaction: a job that must run alone (API.md §1.6, "Ordering per key")
+        can only be started by one transaction of its key at a time, and that transaction then
+        sees every job of the key submitted or started before it (on PostgreSQL each statement
+        reads what is committed when it runs: the check in _blocked comes after the lock)."""
+        key = s.get(Key, key_id, with_for_update=True)
         if key is None:
             raise ApiError(404, "not_found", f"no key {key_id!r}", field="key_id")
         if key.status != "active":
@@ -724,7 +766,9 @@ class Coordinator:
             participants = [{"node_id": nid, "index": index[nid]} for nid in chosen]
             job_id = new_id("req")
             # A signature waits only for a key-changing job (refresh, repair) queued or running;
-            # when it waits, dispatch() starts it later by the exact order rule (_blocked).
+            # when it waits, dispatch() starts it later by the exact order rule (_blocked). The
+            # key row is held FOR SHARE (_KEY_FOR_SIGN): a refresh or repair submitted or
+            # dispatched at the same moment (FOR UPDATE) waits for this one and then sees it.
             run_now = conn.execute(_KEY_CHANGING, {"key": key_id}).first() is None
             job: dict[str, Any] = {
                 "id": job_id, "kind": "sign", "key_id": key_id, "params": params, "status": "queued",
@@ -945,10 +989,20 @@ class Coordinator:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-            for job in s.scalars(q).all():
+            queued = s.scalars(q).all()
+            # Lock the jobs' keys (FOR UPDATE, in id order so dispatches on two replicas cannot
+            # deadlock) before _blocked looks at their jobs: a submit of the same key starting
+            # its job at the same moment holds the key too (API.md §1.6, "Ordering per key").
+            key_ids = sorted({job.key_id for job in queued})
+            keys = (
+                {k.id: k for k in s.scalars(select(Key).where(Key.id.in_(key_ids)).order_by(Key.id).with_for_update())}
+                if key_ids
+                else {}
+            )
+            for job in queued:
                 if self._blocked(s, job):
                     continue
-                key = s.get(Key, job.key_id)
+                key = keys.get(job.key_id)
                 if key is None:  # a job always names an existing key (foreign key); never start one that doesn't
                     continue
                 if self._start_job(s, job, key, now):
@@ -959,16 +1013,18 @@ class Coordinator:
         return len(started)
 
     # -- tasks ----------------------------------------------------------------------------------
-    def claim_task(self, node_id: str) -> dict[str, Any] | None:
+    def claim_task(self, node_id: str, identity: bytes | None = None) -> dict[str, Any] | None:
         """Hand ``node_id`` its oldest queued task, at most once across all replicas."""
-        tasks = self.claim_tasks(node_id, 1)
+        tasks = self.claim_tasks(node_id, 1, identity=identity)
         return tasks[0] if tasks else None
 
-    def claim_tasks(self, node_id: str, limit: int) -> list[dict[str, Any]]:
+    def claim_tasks(self, node_id: str, limit: int, identity: bytes | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` of the node's queued tasks, oldest first, each handed out at most once
         across all replicas (``FOR UPDATE SKIP LOCKED``; SQLite: the one writer lock). Core
         statements on the raw connection (rawsql), one transaction for the whole batch: this
-        runs on every task."""
+        runs on every task. ``identity``: the key the asking request or stream was signed
+        with; nothing is handed out unless it is still the node's (:class:`StaleIdentity`):
+        a long-poll or stream may outlive the registration it was signed under."""
         if limit <= 0:
             return []
         with self.db.raw.read() as probe:
@@ -978,6 +1034,8 @@ class Coordinator:
         now = utc_now()
         out: list[dict[str, Any]] = []
         with self.db.raw.write() as conn:
+            if identity is not None:
+                _hold_identity(conn, node_id, identity)
             rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit})
             if not rows:
                 return []
@@ -993,13 +1051,18 @@ class Coordinator:
         self.metrics.tasks_claimed.inc(len(out))
         return out
 
-    def claimed_tasks(self, node_id: str, limit: int = 64) -> list[dict[str, Any]]:
+    def claimed_tasks(self, node_id: str, limit: int = 64, identity: bytes | None = None) -> list[dict[str, Any]]:
         """The node's tasks handed out and not yet reported, of running jobs (oldest first), as
         handed out: pushed again on each new event-stream connection (API.md §1.11), because a
         frame written just before a connection died may never have reached the node. The
         node runs a task id it already has only once. Tasks of an earlier registration are
-        not among them: registering anew fails them."""
+        not among them: registering anew fails them. ``identity``: as for :meth:`claim_tasks`
+        (the stream asks every poll interval, so a stale one learns it within one)."""
         with self.db.raw.read() as conn:
+            if identity is not None:
+                pk = conn.scalar(_NODE_KEY, {"node": node_id})
+                if pk is None or bytes(pk) != identity:
+                    raise StaleIdentity(node_id)
             rows = conn.execute(_CLAIMED_TASKS, {"node": node_id, "limit": limit})
             if not rows:
                 return []
@@ -1047,22 +1110,43 @@ class Coordinator:
         }
 
     def post_result(
-        self, task_id: str, node_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
+        self,
+        task_id: str,
+        node_id: str,
+        status: str,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        identity: bytes | None = None,
     ) -> dict[str, Any]:
+        """A node's report of its task (API.md §1.6). ``identity``: as for :meth:`claim_tasks`,
+        checked in the report's own transaction."""
         # What the task reports: its public result when done, its error when failed.
         reported = result if status == "done" else error
         if reported is None:
             if status == "done":
                 raise ApiError(422, "validation_error", "a done task reports its public result", field="result")
             raise ApiError(422, "validation_error", "a failed task reports its error", field="error")
-        if result is not None and len(canonical_json(result)) > self.settings.max_result_bytes:
-            raise ApiError(413, "payload_too_large", f"result larger than {self.settings.max_result_bytes} bytes", field="result")
+        for name, value in (("result", result), ("error", error)):
+            # JSON bodies may spell NaN and Infinity (Python's parser takes them), but they are
+            # not JSON: PostgreSQL's json type refuses them (a 500), SQLite stores null.
+            try:
+                size = len(json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False))
+            except ValueError:
+                raise ApiError(
+                    422, "validation_error", "holds a number that is not finite (NaN or Infinity)", field=name
+                ) from None
+            if name == "result" and size > self.settings.max_result_bytes:
+                raise ApiError(
+                    413, "payload_too_large", f"result larger than {self.settings.max_result_bytes} bytes", field="result"
+                )
         if status == "done":
-            fast = self._signed(task_id, node_id, reported)
+            fast = self._signed(task_id, node_id, reported, identity)
             if fast is not None:
                 return fast
         now = utc_now()
         with self.db.write() as s:
+            if identity is not None:
+                _hold_identity(s, node_id, identity)
             probe = s.get(Task, task_id)
             if probe is None:
                 raise ApiError(404, "not_found", f"no task {task_id!r}", field="task_id")
@@ -1127,7 +1211,7 @@ class Coordinator:
                 self.dispatch()  # jobs of this key that waited for it may start now
         return out
 
-    def _signed(self, task_id: str, node_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+    def _signed(self, task_id: str, node_id: str, result: dict[str, Any], identity: bytes | None) -> dict[str, Any] | None:
         """The common report — a signer's ``done`` in a running sign job — on Core statements,
         with the same locks and checks as :meth:`post_result`. None for anything else (another
         kind, a repeated or late report, differing results): the general path answers it.
@@ -1135,9 +1219,13 @@ class Coordinator:
         now = utc_now()
         try:
             with self.db.raw.write() as conn:
+                # The owner's key comes with the task, its row held as _hold_identity holds it:
+                # the identity check costs no statement of its own here.
                 probe = conn.first(_TASK_OWNER, {"task": task_id})
                 if probe is None or probe.node_id != node_id:
                     return None
+                if identity is not None and bytes(probe.identity_public_key) != identity:
+                    raise StaleIdentity(node_id)
                 job = conn.first(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id})
                 if job is None or job.kind != "sign" or job.status != "running":
                     return None
@@ -1466,6 +1554,9 @@ class Coordinator:
         if checked:
             # One transaction for all jobs; job rows are locked in id order, as everywhere.
             with self.db.raw.write() as conn:
+                # Nothing is appended unless the poster's key is still the node's (the stream may
+                # have outlived its registration); the node row before the job rows.
+                _hold_identity(conn, node.node_id, node.identity_public_key)
                 for job_id in sorted(checked):
                     try:
                         appended[job_id] = self._append_messages(conn, job_id, node.node_id, checked[job_id])
@@ -1476,7 +1567,9 @@ class Coordinator:
         acks: dict[str, Any] = {}
         for i, (task_id, status, result, error) in enumerate(results):
             try:
-                acks[task_id] = self.post_result(task_id, node.node_id, status, result, error)
+                acks[task_id] = self.post_result(task_id, node.node_id, status, result, error, node.identity_public_key)
+            except StaleIdentity:
+                raise  # the poster's, not the item's: the whole post is refused from here on
             except ApiError as e:
                 acks[task_id] = {"error": _error_item(e, f"results[{i}].{e.field}" if e.field else f"results[{i}]")}
         return {"jobs": jobs, "results": acks}
@@ -1674,6 +1767,16 @@ _INSERT_NONCE_IF_KEY = (
     .returning(NodeNonce.node_id)
 )
 _NODE_KEY = select(Node.identity_public_key).where(Node.id == bindparam("node"))
+#: The node's key, the row held FOR KEY SHARE until commit (_hold_identity): conflicts only with
+#: register_node's FOR UPDATE, not with other holders nor with last_seen updates.
+_NODE_KEY_HELD = (
+    select(Node.identity_public_key).where(Node.id == bindparam("node")).with_for_update(read=True, key_share=True)
+)
+#: What GET /v1/nodes shows of a node (no blobs).
+_NODE_LISTED = select(
+    Node.id, Node.identity_public_key, Node.kem_id, Node.platform, Node.attestation, Node.generation, Node.registered_at,
+    Node.last_seen,
+)  # fmt: skip
 _TOUCH_NODE = update(Node).where(Node.id == bindparam("node")).values(last_seen=bindparam("now"))
 # Prebuilt statements (compiled once) for the relay's append.
 _JOB_FOR_APPEND = (
@@ -1737,7 +1840,13 @@ _CLAIM_TASK = (
     .values(status="running", claimed_at=bindparam("now"), lease_owner=bindparam("owner"), lease_until=bindparam("until"))
 )
 # … and for signature requests.
-_KEY_FOR_SIGN = select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch).where(Key.id == bindparam("key"))
+#: FOR SHARE, not FOR UPDATE: signatures of one key are submitted side by side; only a
+#: key-changing submit or a dispatch (FOR UPDATE, or the epoch update of a refresh's end) waits.
+_KEY_FOR_SIGN = (
+    select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch)
+    .where(Key.id == bindparam("key"))
+    .with_for_update(read=True)
+)
 _KEY_CHANGING = (
     select(Job.id)
     .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
@@ -1752,7 +1861,12 @@ _REQUEST = select(
 ).where(Job.id == bindparam("job"))  # fmt: skip
 _REQUEST_TASKS = select(Task.node_id, Task.status).where(Task.job_id == bindparam("job"))
 # … and for a signer's report.
-_TASK_OWNER = select(Task.node_id, Task.job_id).where(Task.id == bindparam("task"))
+_TASK_OWNER = (
+    select(Task.node_id, Task.job_id, Node.identity_public_key)
+    .join(Node, Node.id == Task.node_id)
+    .where(Task.id == bindparam("task"))
+    .with_for_update(of=Node, read=True, key_share=True)
+)
 _SIGN_JOB_FOR_REPORT = (
     select(
         Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at, Job.params,

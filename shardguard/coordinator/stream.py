@@ -16,8 +16,11 @@ any node request, nonce recorded once). Then:
   there is news (what ``POST …/events`` answers), and the ``ack``\\ s.
 
 A frame that fails its signature, skips or repeats a ``seq``, is not JSON, or names an unknown
-op closes the stream (code 1008, the reason says which); the node reconnects with a new signed
-handshake and re-sends what was not acknowledged (the relay and result reports are idempotent).
+op closes the stream (code 1008, the reason says which); so does the node registering a new
+identity key (``stale_identity``): every claim and every outbox post checks, in its own
+transaction, that the handshake's key is still the node's, and nothing is handed out or kept
+otherwise. The node reconnects with a new signed handshake and re-sends what was not
+acknowledged (the relay and result reports are idempotent).
 Cursors are kept here as well as on the node: after a push the coordinator moves them on, and a
 ``want`` can only move a job's cursor forward, so nothing is pushed twice on one connection
 unless the node asks for it.
@@ -41,13 +44,14 @@ from starlette.websockets import WebSocketState
 
 from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.errors import ApiError, error_body
-from shardguard.coordinator.service import Coordinator, NodeIdentity
+from shardguard.coordinator.service import Coordinator, NodeIdentity, StaleIdentity
 
 __all__ = ["serve_stream"]
 
 _log = logging.getLogger(__name__)
 _POLICY_VIOLATION = 1008
 _TOO_BIG = 1009
+_STALE = "stale_identity: the node registered a new identity key"
 
 
 class Notifier(Protocol):
@@ -181,6 +185,10 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
                 continue
             try:
                 out = await hot(coord.post_outbox, state.node, *box.items())
+            except StaleIdentity:
+                # The node is another process now: nothing of this post was kept, and this
+                # connection speaks for it no more (API.md §1.11).
+                raise _Closed(_POLICY_VIOLATION, _STALE) from None
             except ApiError as e:
                 await send({"op": "ack", "seq": state.seq, "error": {"status": e.status, "code": e.code, "message": e.message}})
                 continue
@@ -229,6 +237,12 @@ async def _pushing(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
         await _push(ws, state, coord, notifier, hot, send)
     except (asyncio.CancelledError, WebSocketDisconnect):
         raise
+    except StaleIdentity:
+        # A claim (or the look at the claimed tasks, every poll interval) found that the node
+        # registered a new key: nothing was handed out; the node reconnects if it is alive.
+        coord.metrics.stream_refusals.labels("stale_identity").inc()
+        with contextlib.suppress(Exception):
+            await ws.close(code=_POLICY_VIOLATION, reason=_STALE)
     except Exception:
         _log.exception("event stream of %s: push failed; closing it (the node reconnects)", state.node.node_id)
         with contextlib.suppress(Exception):
@@ -243,7 +257,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
     node_id = state.node.node_id
     key = f"events:{node_id}"
     last_claim = last_sweep = -math.inf
-    last_key_check = time.monotonic()
+    identity = state.node.identity_public_key
     notifier.follow(node_id)
     pushed: set[str] = set()  # task ids pushed on this connection
     last_recheck = -math.inf
@@ -260,15 +274,16 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     # arrived, and a connection the node has left (on this replica or another)
                     # may still claim tasks for it. The node runs a task id only once; these
                     # are not counted against the room (it may be running them already).
+                    # This look also checks the stream's key (StaleIdentity), busy or idle.
                     last_recheck = now
-                    held = await hot(coord.claimed_tasks, node_id)
+                    held = await hot(coord.claimed_tasks, node_id, identity=identity)
                     pushed &= {str(t["task_id"]) for t in held}
                     tasks = [t for t in held if str(t["task_id"]) not in pushed]
                 hinted = notifier.take_task_hint(node_id)
                 if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
                     state.claim_now = False
                     last_claim = now
-                    claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64))
+                    claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64), identity=identity)
                     state.claim -= len(claimed)
                     tasks += claimed
                 pushed.update(str(t["task_id"]) for t in tasks)
@@ -300,12 +315,6 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     # Jobs the answer's limits cut short (count or bytes): read them again at once.
                     state.fresh |= {j for j in cut if j in state.cursors}
                     continue
-                if now - last_key_check >= settings.poll_interval:
-                    last_key_check = now
-                    if not await hot(coord.node_key_is, node_id, state.node.identity_public_key):
-                        # The node registered again (a new process, a new key): this stream is stale.
-                        await ws.close(code=_POLICY_VIOLATION, reason="stale_identity: the node registered a new identity key")
-                        return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), timeout=settings.poll_interval)
             finally:

@@ -868,3 +868,112 @@ def test_metrics_can_require_a_token(make_client: Any) -> None:
     client = make_client(metrics_public=False)
     err(client.get("/metrics"), 401)
     assert client.get("/metrics", headers={"Authorization": f"Bearer {BOOT}"}).status_code == 200
+
+
+# -- stale identities, hostile input, the node listing -----------------------------------------
+def test_claims_and_reports_with_a_replaced_identity_key_are_refused_in_their_transaction(
+    client: TestClient, nodes: list[FakeNode]
+) -> None:
+    """What a long-poll or stream signed with the node's old key asks after the node
+    registered a new one: nothing is handed out, appended or reported (401 stale_identity)."""
+    from shardguard.coordinator.service import NodeIdentity, StaleIdentity
+
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    c = coord(client)
+    old = a.keys.card().identity_public_key
+    job1 = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "01", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    t1 = c.claim_tasks("node-a", 4, identity=old)  # the current key: handed out as before
+    assert [t["job_id"] for t in t1] == [job1.json()["request_id"]]
+    assert c.claimed_tasks("node-a", identity=old) == t1
+    a.restart()
+    assert a.register().json()["generation"] == 2
+    new = a.keys.card().identity_public_key
+    job = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "02", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    job_id = job.json()["request_id"]
+    for call in (lambda: c.claim_tasks("node-a", 4, identity=old), lambda: c.claim_task("node-a", old),
+                 lambda: c.claimed_tasks("node-a", identity=old)):  # fmt: skip
+        with pytest.raises(StaleIdentity) as e:
+            call()
+        assert (e.value.status, e.value.code) == (401, "stale_identity")
+    task = c.claim_task("node-a", new)  # still queued: the new key gets it
+    assert task is not None and task["job_id"] == job_id
+    tb = b.next_task()
+    assert tb is not None
+    stale = NodeIdentity("node-a", old)
+    with pytest.raises(StaleIdentity):
+        c.post_outbox(stale, [(job_id, "node-b", 1, b"old")], [])
+    with pytest.raises(StaleIdentity):
+        c.post_outbox(stale, [], [(task["task_id"], "done", sign_result(task), None)])
+    with pytest.raises(StaleIdentity):  # the general path (a failed report)
+        c.post_result(task["task_id"], "node-a", "failed", None, {"reason": "X", "culprits": [], "detail": ""}, old)
+    assert b.inbox(job_id).json()["messages"] == []
+    assert c.get_request(job_id)["participants"][0]["task_status"] == "running"
+    assert a.report(task["task_id"], result=sign_result(task)).json()["task_status"] == "done"
+
+
+def test_results_with_non_finite_numbers_are_refused(client: TestClient, nodes: list[FakeNode]) -> None:
+    """NaN and Infinity parse as JSON in Python but are not JSON: PostgreSQL's json type refuses
+    them (it was a 500) and SQLite stored null. A 422 naming the field, everywhere."""
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    job = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    job_id = job.json()["request_id"]
+    ta, tb = a.next_task(), b.next_task()
+    assert ta is not None and tb is not None
+    good = sign_result(ta)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        result = {**good, "extra": {"deep": [1, bad]}}
+        err(a.report(ta["task_id"], result=result), 422, "validation_error", "result")
+        out = a.request("POST", "/v1/nodes/node-a/outbox", {"results": [{"task_id": ta["task_id"], "status": "done",
+                                                                          "result": result}]})  # fmt: skip
+        assert out.status_code == 200, out.text
+        e = out.json()["results"][ta["task_id"]]["error"]
+        assert (e["status"], e["code"], e["field"]) == (422, "validation_error", "results[0].result")
+    assert coord(client).get_request(job_id)["participants"][0]["task_status"] == "running"
+    assert a.report(ta["task_id"], result=good).json()["task_status"] == "done"
+    assert b.report(tb["task_id"], result=good).json()["job_status"] == "done"
+
+
+def test_integer_query_parameters_beyond_64_bits_are_422(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a = nodes[0]
+    job = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    job_id = job.json()["request_id"]
+    assert a.next_task() is not None
+    for after in (2**63, 10**30):
+        err(a.inbox(job_id, after=after), 422, "validation_error", "after")
+        err(client.get("/v1/audit", params={"node": "node-a", "after": after}, headers=ADMIN), 422, "validation_error", "after")
+    assert a.inbox(job_id, after=2**63 - 1).json()["messages"] == []
+    assert client.get("/v1/audit", params={"node": "node-a", "after": 2**63 - 1}, headers=ADMIN).json() == {"entries": []}
+
+
+def test_node_listing_pages_and_reads_no_blobs(client: TestClient) -> None:
+    """GET /v1/nodes returns none of the nodes' cards, evidence or collateral, so it must not
+    read them (megabytes each, from anyone who can register); it pages by node id."""
+    from sqlalchemy import event
+
+    for name in ("node-c", "node-a", "node-b"):
+        r = FakeNode(client, name).register(evidence=os.urandom(4096), collateral=base64.b64encode(b"c").decode())
+        assert r.status_code == 200, r.text
+    reader = token(client, "read")
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = coord(client).db.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        page = client.get("/v1/nodes", params={"limit": 2}, headers=reader)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert [n["node_id"] for n in page.json()] == ["node-a", "node-b"]
+    assert "evidence" not in page.json()[0] and "peer_card" not in page.json()[0]
+    listing = [s for s in statements if "FROM nodes" in s]
+    assert listing and not any(col in s for s in listing for col in ("evidence", "collateral", "peer_card")), listing
+    rest = client.get("/v1/nodes", params={"after": "node-b", "limit": 2}, headers=reader).json()
+    assert [n["node_id"] for n in rest] == ["node-c"]
+    assert [n["node_id"] for n in client.get("/v1/nodes", headers=reader).json()] == ["node-a", "node-b", "node-c"]
+    err(client.get("/v1/nodes", params={"limit": 0}, headers=reader), 422, "validation_error", "limit")
+    err(client.get("/v1/nodes", params={"limit": 1001}, headers=reader), 422, "validation_error", "limit")

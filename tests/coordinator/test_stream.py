@@ -310,3 +310,59 @@ def test_news_cut_short_by_the_byte_limit_is_read_again_at_once(make_client: Any
             got += [base64.b64decode(m["blob"]) for j in ev["jobs"] for m in j["messages"]]
     assert got == blobs and frames == 3
     assert time.monotonic() - start < 10
+
+
+def _frames_until_closed(s: Stream) -> tuple[list[dict[str, Any]], int, str]:
+    """Every frame the coordinator sends until it closes the stream, and the close."""
+    frames: list[dict[str, Any]] = []
+    with pytest.raises(WebSocketDisconnect) as e:
+        while True:
+            frames.append(s.ws.receive_json())
+    return frames, e.value.code, e.value.reason
+
+
+def test_a_stream_of_an_old_identity_key_is_handed_no_task_and_closed(make_client: Any, nodes: list[FakeNode]) -> None:
+    """A node restarted (new identity key) while a stream opened with its old key was still
+    open: the old stream must not claim the new registration's task. The claim checks the key
+    in its own transaction, hands out nothing and closes the stream (1008, stale_identity) —
+    not only when the pusher is idle (the poll interval is long here: the claim does it)."""
+    client = make_client(poll_interval=30.0)
+    for n in nodes:
+        n.client = client
+    key_id = run_dkg(client, nodes)
+    old, b, _c = nodes
+    with stream(client, old) as sa:
+        sa.want(claim=4)
+        new = FakeNode(client, old.node_id)  # the restarted process, a new identity key
+        assert new.register().json()["generation"] == 2
+        job = sign_job(client, key_id, [old.node_id, b.node_id])
+        frames, code, why = _frames_until_closed(sa)
+    assert code == 1008 and why.startswith("stale_identity"), why
+    assert not [t for f in frames for t in f.get("tasks", [])]
+    task = new.next_task()  # still queued: the new process gets it
+    assert task is not None and task["job_id"] == job
+
+
+def test_an_outbox_post_on_a_stale_stream_keeps_nothing_and_closes_it(make_client: Any, nodes: list[FakeNode]) -> None:
+    """Messages and results posted on a stream whose key the node has replaced are refused in
+    the post's own transaction (nothing is appended or reported) and the stream is closed."""
+    client = make_client(poll_interval=30.0)
+    for n in nodes:
+        n.client = client
+    key_id = run_dkg(client, nodes)
+    old, b, _c = nodes
+    with stream(client, old) as sa:
+        new = FakeNode(client, old.node_id)
+        assert new.register().status_code == 200
+        job = sign_job(client, key_id, [old.node_id, b.node_id])
+        ta, tb = new.next_task(), b.next_task()
+        assert ta is not None and tb is not None
+        result = {"task_id": ta["task_id"], "status": "done", "result": sign_result(ta)}
+        blob = base64.b64encode(b"from the old process").decode()
+        sa.frame("outbox", {"messages": [{"job": job, "to": b.node_id, "seq": 1, "blob": blob}], "results": [result]})
+        frames, code, why = _frames_until_closed(sa)
+    assert code == 1008 and why.startswith("stale_identity"), why
+    assert not [f for f in frames if f["op"] == "ack"]
+    assert b.inbox(job).json()["messages"] == []
+    # The task is still the new process's to report.
+    assert new.report(ta["task_id"], result=sign_result(ta)).json() == {"task_status": "done", "job_status": "running"}
