@@ -427,6 +427,8 @@ class NodeService:
         self._check_rollbacks(peers)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
+            if kind != "keygen":
+                self._resolve_pending(task.key_id, raw.get("epoch"))
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
@@ -462,7 +464,53 @@ class NodeService:
                 # own outcome is recorded after it; past the deadline too, briefly.
                 futures_wait(writing, timeout=max(deadline - time.monotonic(), _WRITE_GRACE))
         later()
+        if kind in ("keygen", "refresh"):
+            self._confirm_staged(task, peers, inbox, deadline, result)
         return result
+
+    # -- two-phase commit of a new epoch ----------------------------------------------------------
+    # Phase one: every holder stages the new epoch (run_task), then tells every other holder,
+    # signed and sealed, that it has: job, key, epoch and the digest of the public package
+    # (_confirm_staged). Phase two (_settle): a node commits — makes the epoch current and
+    # deletes the old one — only when it holds every other holder's confirmation AND the
+    # coordinator says the job is done; it never drops a staged epoch, since another holder
+    # may have committed on its confirmation. A node that missed the job's end commits at its
+    # next task for the key at that epoch (_resolve_pending): the coordinator moves a key's
+    # epoch only once the job is done, and the confirmations say every holder has it. So
+    # neither a lying coordinator nor a crash can leave fewer than t holders of an epoch.
+
+    def _confirm_staged(
+        self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float, result: Mapping[str, Any]
+    ) -> None:
+        epoch = int(result["epoch"])
+        package = hashlib.sha256(json.dumps(result["public"], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        statement = json.dumps(
+            {"job": task.job, "key_id": task.key_id or result["key_id"], "epoch": epoch, "public": package}, sort_keys=True
+        ).encode()
+        sid = hashlib.sha256(b"shardguard/node/staged/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
+        got = exchange(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay,
+                       inbox=inbox, messages=dict.fromkeys(peers, statement), deadline=deadline)  # fmt: skip
+        differ = sorted(peers[i].node_id for i, said in got.items() if said != statement)
+        if differ:
+            raise TaskError(f"holders {differ} staged another epoch or public package", "staged")
+        key_id = task.key_id or str(result["key_id"])
+        self.keystore.put_state(_staged_name(key_id), {"job": task.job, "epoch": epoch})
+
+    def _confirmed(self, key_id: str, epoch: int, job: str | None = None) -> bool:
+        """Whether every other holder confirmed staging ``epoch`` (in ``job``, if given)."""
+        rec = self.keystore.get_state(_staged_name(key_id))
+        return isinstance(rec, dict) and rec.get("epoch") == epoch and (job is None or rec.get("job") == job)
+
+    def _resolve_pending(self, key_id: str, epoch: Any) -> None:
+        """Commit a pending epoch the coordinator already uses (it moved the key's epoch, so the
+        job was done) and that every holder confirmed staging: this node missed the job's end."""
+        if not isinstance(epoch, int) or key_id not in self.keystore.keys():  # noqa: SIM118
+            return
+        status = self.keystore.key_status(key_id)
+        if epoch in status.pending and (status.current is None or status.current < epoch) and self._confirmed(key_id, epoch):
+            self.shares.commit(key_id, epoch)
+            self._audit("epoch_committed", key_id=key_id, epoch=epoch, late=True)
+            log.info("key %s epoch %d committed late (its job's end was missed)", key_id, epoch)
 
     def _repair(
         self,
@@ -664,20 +712,30 @@ class NodeService:
         self._caught.pop(node, None)
 
     def _settle(self, job: str, raw: Mapping[str, Any], result: Mapping[str, Any], job_status: Any) -> None:
-        """Commit the staged epoch once every holder finished, drop it if the job failed."""
+        """Phase two (see _confirm_staged): commit the staged epoch once the job is done and every
+        holder confirmed staging it; otherwise keep it pending (a repaired share is dropped if
+        its job failed: no other holder relies on it)."""
         key_id = str(raw["key_id"])
         epoch = int(result.get("epoch", result.get("public", {}).get("epoch", 0)))
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))) + 30
         if job_status == "running":
             job_status = self.stream.wait_ended(job, max(0.0, deadline - time.monotonic()))
-        if job_status == "done":
+        repaired = raw["kind"] == "repair"  # one node stages, at the key's current epoch: no phase one
+        if job_status == "done" and (repaired or self._confirmed(key_id, epoch, job)):
             self.shares.commit(key_id, epoch)
             self._audit("epoch_committed", job=job, key_id=key_id, epoch=epoch)
             log.info("key %s epoch %d committed", key_id, epoch)
-        elif job_status == "failed":
-            self.shares.abort(key_id, epoch)
+        elif job_status == "done":
+            self._audit("epoch_kept_pending", job=job, key_id=key_id, epoch=epoch, reason="done without every confirmation")
+            log.error("key %s epoch %d: the coordinator says done, but not every holder confirmed staging it; kept pending",
+                      key_id, epoch)  # fmt: skip
+        elif job_status == "failed" and repaired:
+            self.shares.abort(key_id, epoch)  # the repaired share only: no other holder relies on it
             self._audit("epoch_dropped", job=job, key_id=key_id, epoch=epoch, reason="job failed")
-            log.info("key %s epoch %d dropped: job failed", key_id, epoch)
+        elif job_status == "failed":
+            # Never dropped: a holder with every confirmation may have committed it already.
+            self._audit("epoch_kept_pending", job=job, key_id=key_id, epoch=epoch, reason="job failed")
+            log.warning("key %s epoch %d kept pending: the job failed (committed later if the key moves to it)", key_id, epoch)
 
     def _error(self, e: BaseException, raw: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -778,6 +836,11 @@ class NodeService:
         self.stream.stop()
         self.link.close()
         self.keystore.close()
+
+
+def _staged_name(key_id: str) -> str:
+    """Keystore state: the epoch of ``key_id`` that every holder confirmed staging, and its job."""
+    return f"staged-{key_id}"
 
 
 def _committee(raw: Mapping[str, Any], me: int, node_id: str, participants: Mapping[int, str]) -> dict[int, str]:

@@ -37,6 +37,8 @@ class Hub:
         # (node, job) -> how many of that node's posts in that job get through (the rest are lost)
         self.allow: dict[tuple[str, str], int] = {}
         self.posts: dict[tuple[str, str], int] = {}
+        # node -> what the (untrusted) coordinator tells it of a job's end
+        self.job_end: dict[str, str] = {}
 
 
 class MemStream:
@@ -85,7 +87,10 @@ class MemStream:
             unsaved = ks._witness_saved < getattr(self.recorded, "gen", 0)
             self.recorded.gen = 0
         self.hub.results[task_id] = {**body, "entry_durable": task_id.rsplit("-", 1)[0] in jobs, "witness_unsaved": unsaved}
-        return {"job_status": "running"}
+        return {"job_status": self.hub.job_end.get(self.node, "running")}
+
+    def wait_ended(self, job: str, timeout: float) -> str:
+        return self.hub.job_end.get(self.node, "running")
 
     def close(self, job: str) -> None:
         pass
@@ -405,3 +410,58 @@ def test_a_caught_rollback_stays_caught_for_the_process_caught(
         assert services["node-1"]._fresh is False  # so it awaits every note, every time
     # node-2's record of node-1 was never overtaken by the fork.
     assert services["node-2"].keystore.peer_counters()["node-1"] == witnessed
+
+
+# -- two-phase commit of a new epoch (service.py _confirm_staged, _settle, _resolve_pending) -----------
+def _run_all(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], kind: str, job: str,
+             params: dict[str, Any], epoch: int, seconds: float = 30) -> list[dict[str, Any]]:  # fmt: skip
+    instance = secrets.token_hex(32)
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+    threads = []
+    for i, nid in enumerate(NODES, start=1):
+        raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": kind, "scheme": "ed25519", "threshold": 2,
+               "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1", "epoch": epoch,
+               "params": params, "deadline": deadline}  # fmt: skip
+        threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [hub.results[f"{job}-{i}"] for i in (1, 2)]
+
+
+def test_a_coordinator_that_says_done_to_one_holder_and_failed_to_another_loses_no_epoch(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """Review finding (HIGH): node-1 committed epoch 1 and deleted epoch 0 on "done", node-2
+    dropped epoch 1 on "failed": a 2-of-2 key had no epoch left that both held. Now a staged
+    epoch is never dropped; node-2 commits it at its next task at epoch 1."""
+    hub, services, parts = nodes
+    hub.job_end.update({"node-1": "done", "node-2": "failed"})
+    out = _run_all(hub, services, parts, "refresh", "refresh-1", {}, epoch=0)
+    assert [r["status"] for r in out] == ["done", "done"], out
+    ks1, ks2 = services["node-1"].keystore, services["node-2"].keystore
+    assert (ks1.key_status("k1").current, ks1.key_status("k1").pending) == (1, ())
+    assert (ks2.key_status("k1").current, ks2.key_status("k1").pending) == (0, (1,))  # kept, not dropped
+    hub.job_end.clear()
+    # The coordinator moved the key to epoch 1 (it saw every holder done): node-2 commits first.
+    signed = _run_all(hub, services, parts, "sign", "sign-1", {"message_hex": "00"}, epoch=1)
+    assert [r["status"] for r in signed] == ["done", "done"], signed
+    assert (ks2.key_status("k1").current, ks2.key_status("k1").pending) == (1, ())
+
+
+def test_done_without_every_holders_confirmation_commits_nothing(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """A coordinator's "done" alone never makes a node delete its current epoch: it must also
+    hold every other holder's signed confirmation that it staged the new one."""
+    hub, services, parts = nodes
+    svc = services["node-1"]
+    new = local.refresh([services[n].keystore.share("k1") for n in NODES])
+    assert new[0].public.epoch == 1
+    svc.keystore.stage("k1", new[0])
+    raw = {"job_id": "forged", "key_id": "k1", "kind": "refresh", "deadline": dt.datetime.now(dt.UTC).isoformat()}
+    svc._settle("forged", raw, {"epoch": 1}, "done")  # no confirmations on record for this job
+    assert (svc.keystore.key_status("k1").current, svc.keystore.key_status("k1").pending) == (0, (1,))
+    svc._settle("forged", raw, {"epoch": 1}, "failed")
+    assert svc.keystore.key_status("k1").pending == (1,)  # and "failed" never drops it
