@@ -455,7 +455,7 @@ def test_done_without_every_holders_confirmation_commits_nothing(
 ) -> None:
     """A coordinator's "done" alone never makes a node delete its current epoch: it must also
     hold every other holder's signed confirmation that it staged the new one."""
-    _hub, services, _parts_ = nodes
+    services = nodes[1]
     svc = services["node-1"]
     new = local.refresh([services[n].keystore.share("k1") for n in NODES])
     assert new[0].public.epoch == 1
