@@ -32,7 +32,8 @@ CLUSTER_FILE = "cluster.json"
 
 
 class Cluster(dict[str, Any]):
-    """``cluster.json``: ``url``, ``token``, ``coordinator`` {pid}, ``nodes`` [{node_id, pid, state[, wrap]}]."""
+    """``cluster.json``: ``url``, ``token`` (admin), ``enroll_token`` (the nodes' token, scope
+    ``nodes:register``), ``coordinator`` {pid}, ``nodes`` [{node_id, pid, state[, wrap]}]."""
 
     @classmethod
     def load(cls, directory: Path) -> Cluster:
@@ -79,13 +80,16 @@ def up(
         coord.kill()
         raise RuntimeError(f"the coordinator did not start (see {coord_log})")
     url = line.split()[-1]
+    with Client(url, token) as c:  # the nodes' enrollment token: it lets them register, nothing else
+        enroll = str(c.create_token(["nodes:register"], label="dev cluster nodes")["token"])
     cluster = Cluster(
-        url=url, token=token, coordinator={"pid": coord.pid, "log": str(coord_log), "job_timeout": job_timeout}, nodes=[]
-    )
+        url=url, token=token, enroll_token=enroll,
+        coordinator={"pid": coord.pid, "log": str(coord_log), "job_timeout": job_timeout}, nodes=[],
+    )  # fmt: skip
     for i in range(1, nodes + 1):
         node_id, state = f"node-{i}", str(directory / f"node-{i}")
         prefix = list((wrap or {}).get(node_id, ()))
-        proc = _spawn(_node_argv(url, state, node_id, prefix), directory / f"{node_id}.log")
+        proc = _spawn(_node_argv(url, state, node_id, prefix), directory / f"{node_id}.log", node_env(enroll))
         entry: dict[str, Any] = {"node_id": node_id, "pid": proc.pid, "state": state}
         if prefix:
             entry["wrap"] = prefix
@@ -100,6 +104,11 @@ def up(
                 raise RuntimeError(f"only some nodes registered within {timeout:.0f} s (see {directory}/node-*.log)")
             time.sleep(0.2)
     return cluster
+
+
+def node_env(enroll_token: str) -> dict[str, str]:
+    """The token goes in the environment, not the command line (which every user can read)."""
+    return dict(os.environ, SHARDGUARD_ENROLL_TOKEN=enroll_token)
 
 
 def _node_argv(url: str, state: str, node_id: str, wrap: Sequence[str] = ()) -> list[str]:
@@ -119,7 +128,8 @@ def start_node(directory: Path, node_id: str, *, wrap: Sequence[str] | None = No
     cluster = Cluster.load(directory)
     entry = next(n for n in cluster["nodes"] if n["node_id"] == node_id)
     prefix = list(entry.get("wrap", ()) if wrap is None else wrap)
-    proc = _spawn(_node_argv(cluster["url"], entry["state"], node_id, prefix), directory / f"{node_id}.log")
+    argv = _node_argv(cluster["url"], entry["state"], node_id, prefix)
+    proc = _spawn(argv, directory / f"{node_id}.log", node_env(cluster["enroll_token"]))
     entry.pop("wrap", None)
     if prefix:
         entry["wrap"] = prefix

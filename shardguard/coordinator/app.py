@@ -418,6 +418,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     Reader = Annotated[TokenInfo, Depends(require("read"))]
     KeyWriter = Annotated[TokenInfo, Depends(require("keys:write"))]
     Signer = Annotated[TokenInfo, Depends(require("sign:write"))]
+    Enroller = Annotated[TokenInfo, Depends(require("nodes:register"))]
 
     async def node_auth(request: Request) -> NodeIdentity:
         body = await request.body()
@@ -572,7 +573,10 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
     # -- node API (signed requests) -------------------------------------------------------------
     @app.post("/v1/nodes/register", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
-    async def register(body: schemas.Register, request: Request) -> dict[str, Any]:
+    async def register(body: schemas.Register, request: Request, _t: Enroller) -> dict[str, Any]:
+        """Enrollment: a node registers (or re-registers: a restart brings a new identity key)
+        with a token of scope ``nodes:register`` as well as its signature, so that nobody without
+        one can take over a node id — its tasks, its mailbox, its audit mirror (API.md §1.2)."""
         card = decode_card(body.peer_card)
         if body.evidence_nonce is not None and not MIN_NONCE_LEN <= len(body.evidence_nonce) <= MAX_NONCE_LEN:
             raise ApiError(422, "validation_error", f"must be {MIN_NONCE_LEN}..{MAX_NONCE_LEN} bytes", field="evidence_nonce")

@@ -74,7 +74,7 @@ class Repair(_Strict):
 
 
 class CreateToken(_Strict):
-    scopes: list[Literal["keys:write", "sign:write", "read", "admin"]] = Field(min_length=1, max_length=4)
+    scopes: list[Literal["keys:write", "sign:write", "read", "nodes:register", "admin"]] = Field(min_length=1, max_length=5)
     label: str = Field(default="", max_length=200)
 
 

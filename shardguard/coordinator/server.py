@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     tsub = tok.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="create a token and print it once")
     _db_args(create)
-    create.add_argument("--scopes", required=True, help="comma-separated: keys:write, sign:write, read, admin")
+    create.add_argument("--scopes", required=True, help="comma-separated: keys:write, sign:write, read, nodes:register, admin")
     create.add_argument("--label", default="")
     lst = tsub.add_parser("list", help="list tokens (never their secrets)")
     _db_args(lst)

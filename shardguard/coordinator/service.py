@@ -72,7 +72,7 @@ __all__ = [
 
 SCHEMES = ("ecdsa", "ed25519", "secp256k1", "bip340")
 FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
-SCOPES = ("keys:write", "sign:write", "read", "admin")
+SCOPES = ("keys:write", "sign:write", "read", "nodes:register", "admin")
 JOB_KINDS = ("dkg", "sign", "refresh", "repair")
 #: Kinds that change the shares: they run alone on their key.
 EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")

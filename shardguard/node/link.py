@@ -244,10 +244,12 @@ class CoordinatorLink:
         return sign_frame(self._keys, conn_nonce, seq, body)
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
-                timeout: float | None = None) -> Any:  # fmt: skip
+                timeout: float | None = None, bearer: str | None = None) -> Any:  # fmt: skip
         target = path if not params else self._http.build_request(method, path, params=params).url.raw_path.decode()
         raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = sign_request(self._keys, method, target, raw)
+        if bearer is not None:  # the enrollment token, for registration only
+            headers["Authorization"] = f"Bearer {bearer}"
         if raw:
             headers["Content-Type"] = "application/json"
         kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}

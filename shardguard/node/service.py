@@ -130,8 +130,12 @@ class NodeService:
         policy: VerificationPolicy,
         workers: int = 32,
         reattest_seconds: float = 240.0,
+        enroll_token: str | None = None,
     ) -> None:
         self.node_id = node_id
+        # The coordinator's token of scope nodes:register (API.md §1.2): it lets this node
+        # register; it grants nothing else, and peers trust the node on its evidence alone.
+        self._enroll_token = enroll_token
         self.platform = platform
         self.policy = policy
         self.keys = NodeKeys.generate(node_id)
@@ -191,7 +195,7 @@ class NodeService:
             coll = evidence.collateral.get("auxblob") or evidence.collateral.get("collateral")
             if coll:
                 body["collateral"] = base64.b64encode(coll).decode()
-            self.link.request("POST", "/v1/nodes/register", body=body)
+            self.link.request("POST", "/v1/nodes/register", body=body, bearer=self._enroll_token)
             self._registered_at = time.monotonic()
         log.info("registered %s (%s evidence, answering %d challenges)", self.node_id, evidence.platform, len(challenges))
 
@@ -882,7 +886,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--policy", help="verification policy TOML for peers")
     ap.add_argument("--allow-simulated", action="store_true", help="development: accept peers on the simulated platform")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument(
+        "--enroll-token-file",
+        type=Path,
+        help="file holding the coordinator token of scope nodes:register (default: $SHARDGUARD_ENROLL_TOKEN)",
+    )
     args = ap.parse_args(argv)
+    enroll = os.environ.get("SHARDGUARD_ENROLL_TOKEN")
+    if args.enroll_token_file is not None:
+        enroll = args.enroll_token_file.read_text().strip()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args.state.mkdir(parents=True, exist_ok=True)
     id_file = args.state / "node-id"
@@ -898,7 +910,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_file_atomic(id_file, f"{node_id}\n".encode(), 0o644)
     platform = open_platform(args.platform, state_dir=args.state / "platform")
     service = NodeService(
-        coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=_policy(args, platform)
+        coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=_policy(args, platform),
+        enroll_token=enroll,
     )
     (args.state / "node.pid").write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: service._stop.set())

@@ -144,15 +144,27 @@ class FakeNode:
         return (client or self.client).request(method, target, content=raw, headers=headers)
 
     def register(
-        self, *, platform: str = "nitro", evidence: bytes = b"not evidence", client: httpx.Client | None = None, **extra: Any
+        self,
+        *,
+        platform: str = "nitro",
+        evidence: bytes = b"not evidence",
+        client: httpx.Client | None = None,
+        enroll: str | None = BOOT,
+        **extra: Any,
     ) -> httpx.Response:
+        """Register with ``enroll`` as the enrollment token (scope nodes:register; None: none)."""
         body = {
             "peer_card": base64.b64encode(self.keys.card().encode()).decode(),
             "platform": platform,
             "evidence": base64.b64encode(evidence).decode(),
             **extra,
         }
-        return self.request("POST", "/v1/nodes/register", body, client=client)
+
+        def bearer(headers: dict[str, str]) -> None:
+            if enroll is not None:
+                headers["Authorization"] = f"Bearer {enroll}"
+
+        return self.request("POST", "/v1/nodes/register", body, client=client, tamper=bearer)
 
     def restart(self) -> None:
         self.keys = NodeKeys.generate(self.node_id)

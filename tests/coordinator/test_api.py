@@ -285,9 +285,26 @@ def test_registration_and_node_listing(client: TestClient) -> None:
     err(a.register(platform="tpm"), 422, "validation_error", "platform")
     err(a.register(evidence_nonce="00" * 15), 422, "validation_error", "evidence_nonce")
     err(a.register(evidence_nonce="0"), 422, "validation_error", "evidence_nonce")
-    e = err(a.request("POST", "/v1/nodes/register", {"peer_card": "AAAA", "platform": "nitro", "evidence": ""}), 422)
+    enroll = lambda h: h.update(Authorization=f"Bearer {BOOT}")  # noqa: E731
+    body = {"peer_card": "AAAA", "platform": "nitro", "evidence": ""}
+    e = err(a.request("POST", "/v1/nodes/register", body, tamper=enroll), 422)
     assert e["field"] == "peer_card"
-    err(a.request("POST", "/v1/nodes/register", {"peer_card": "!!", "platform": "nitro", "evidence": ""}), 422, field="peer_card")
+    body["peer_card"] = "!!"
+    err(a.request("POST", "/v1/nodes/register", body, tamper=enroll), 422, field="peer_card")
+
+
+def test_registration_needs_an_enrollment_token(client: TestClient) -> None:
+    """Review finding: anyone could register as an existing node id and take it over (its
+    running jobs failed, its tasks, mailbox and audit mirror went to the newcomer's key)."""
+    a = FakeNode(client, "node-a")
+    assert a.register(enroll=token(client, "nodes:register")["Authorization"].split()[1]).status_code == 200
+    before = client.get("/v1/nodes/node-a", headers=ADMIN).json()["identity_public_key"]
+    thief = FakeNode(client, "node-a")  # same id, another key
+    err(thief.register(enroll=None), 401, "unauthorized")
+    err(thief.register(enroll="sgt_not-a-token"), 401, "unauthorized")
+    err(thief.register(enroll=token(client, "read", "sign:write", "keys:write")["Authorization"].split()[1]), 403, "forbidden")
+    assert client.get("/v1/nodes/node-a", headers=ADMIN).json()["identity_public_key"] == before
+    assert a.next_task() is None  # the node's own key still works
 
 
 def test_registration_with_simulated_evidence(client: TestClient, tmp_path: Path) -> None:
@@ -333,7 +350,8 @@ def test_signed_request_refusals(client: TestClient, nodes: list[FakeNode]) -> N
     err(client.get(path + "?wait=0", headers=headers), 401, "bad_signature")
     # Registration must be signed by the key on the card it presents.
     body = {"peer_card": base64.b64encode(a.keys.card().encode()).decode(), "platform": "nitro", "evidence": ""}
-    err(a.request("POST", "/v1/nodes/register", body, sign_as=b.keys), 401, "bad_signature")
+    err(a.request("POST", "/v1/nodes/register", body, sign_as=b.keys, tamper=lambda h: h.update(Authorization=f"Bearer {BOOT}")),
+        401, "bad_signature")  # fmt: skip
     metrics = client.get("/metrics").text
     assert 'shardguard_node_auth_failures_total{reason="replayed_nonce"} 1.0' in metrics
 

@@ -241,7 +241,8 @@ class FakeLink:
         self.steps, self.done, self.rest = steps, done, rest
         self.calls: list[tuple[str, str, Any]] = []
 
-    def request(self, method: str, path: str, *, params: Any = None, body: Any = None, timeout: float | None = None) -> Any:
+    def request(self, method: str, path: str, *, params: Any = None, body: Any = None, timeout: float | None = None,
+                bearer: str | None = None) -> Any:
         self.calls.append((method, path, body if body is not None else params))
         if not self.steps:
             self.done.set()

@@ -182,7 +182,8 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     for nid in NODES:
         plat = SimulatedPlatform(state_dir=tmp_path / nid / "platform")
         policy = VerificationPolicy(allow_simulated=True, measurements={"simulated": {"pcr0": (plat.measurement,)}})
-        services.append(NodeService(coordinator=url, state=tmp_path / nid, node_id=nid, platform=plat, policy=policy))
+        services.append(NodeService(coordinator=url, state=tmp_path / nid, node_id=nid, platform=plat, policy=policy,
+                                    enroll_token=BOOT))
         _record_keys(rec, services[-1].keys)
     threads = [threading.Thread(target=s.run_forever, daemon=True) for s in services]
     for t in threads:

@@ -111,16 +111,19 @@ def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
 class Nodes:
     """The three node processes, reaching the coordinator only through the proxy."""
 
-    def __init__(self, proxy: CuttingProxy, d: Path) -> None:
+    def __init__(self, proxy: CuttingProxy, d: Path, enroll_token: str) -> None:
         self.proxy, self.d = proxy, d
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = dict(os.environ, SHARDGUARD_ENROLL_TOKEN=enroll_token)
 
     def start(self, node_id: str) -> None:
         argv = [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", f"http://127.0.0.1:{self.proxy.port}",
                 "--state", str(self.d / node_id), "--node-id", node_id, "--platform", "simulated", "--allow-simulated",
                 "--log-level", "INFO"]  # fmt: skip
         with open(self.d / f"{node_id}.log", "ab") as log:
-            self.procs[node_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[node_id] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
 
     def kill(self, node_id: str) -> None:
         p = self.procs.pop(node_id)
@@ -157,7 +160,7 @@ def _ts(iso: Any) -> float:
 @contextlib.contextmanager
 def nodes_behind(proxy: CuttingProxy, d: Path, client: Client) -> Iterator[Nodes]:
     """The three node processes, reaching the coordinator only through ``proxy``."""
-    nodes = Nodes(proxy, d)
+    nodes = Nodes(proxy, d, str(client.create_token(["nodes:register"])["token"]))
     try:
         for node_id in NODES:
             nodes.start(node_id)
