@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import datetime as dt
 import functools
 import hashlib
@@ -117,6 +118,8 @@ class KeystoreShares:
 
 #: How long a failed signing waits for its audit write in flight, even past its deadline (s).
 _WRITE_GRACE = 5.0
+#: How many session instances a node remembers, to refuse one used again (≈ 100 B each).
+_INSTANCES = 100_000
 
 
 class NodeService:
@@ -161,6 +164,10 @@ class NodeService:
         self._fresh = False
         # Peer processes (node id → identity key, reason) caught serving an old state copy.
         self._caught: dict[str, tuple[bytes, str]] = {}
+        # Session instances this process has run (the newest _INSTANCES): a coordinator that
+        # hands out a finished session's instance again could replay its peers' messages.
+        self._instances: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._instances_lock = threading.Lock()
         # Keys whose new epoch this node staged and has not yet committed or dropped (waiting
         # for the job's end, _settle), with an event set when that is decided. A task for such
         # a key waits for it: the coordinator may hand it out as soon as the job is done, before
@@ -420,6 +427,14 @@ class NodeService:
             key_id=str(raw["key_id"]),
             params=task_params,
         )
+        with self._instances_lock:
+            if task.instance in self._instances:
+                # Same instance, same session ids: a replay of that session's messages would be
+                # accepted, and an honest peer blamed for "equivocating" (review finding).
+                raise TaskError("this session instance was used before", "instance")
+            self._instances[task.instance] = None
+            if len(self._instances) > _INSTANCES:
+                self._instances.popitem(last=False)
         # Who holds which index is ours to know, not the coordinator's to say (committee.py).
         if kind == "keygen":
             committee.record(self.keystore, task.key_id, participants)

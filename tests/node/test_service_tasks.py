@@ -466,3 +466,25 @@ def test_done_without_every_holders_confirmation_commits_nothing(
     assert (svc.keystore.key_status("k1").current, svc.keystore.key_status("k1").pending) == (0, (1,))
     svc._settle("forged", raw, {"epoch": 1}, "failed")
     assert svc.keystore.key_status("k1").pending == (1,)  # and "failed" never drops it
+
+
+def test_a_session_instance_used_before_is_refused_before_any_message(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """Review finding: the coordinator re-issued a finished signing's instance and replayed the
+    peer's envelopes; the node accepted them (same session ids) and blamed the honest peer."""
+    hub, services, parts = nodes
+    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "first")
+    raw2 = _task(parts, "sign", 2, {"message_hex": "00"}, "first")
+    raw2["instance"] = raw["instance"]
+    threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, (raw, raw2), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert hub.results["first-1"]["status"] == "done", hub.results["first-1"]
+    again = {**raw, "task_id": "again-1", "job_id": "again"}  # a new job, the old instance
+    services["node-1"].handle(again)
+    out = hub.results["again-1"]
+    assert out["status"] == "failed" and "(instance)" in out["error"]["detail"], out
+    assert not hub.boxes.get("again"), "nothing may be sent"
