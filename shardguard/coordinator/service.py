@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shardguard.channel.challenge import (
     CHALLENGE_LEN,
@@ -486,6 +486,11 @@ class Coordinator:
             # count below holds, and a challenger's concurrent first challenges do not collide.
             if s.get(Node, node_id, with_for_update=True) is None:
                 raise ApiError(404, "not_found", f"no node {node_id!r}", field="node_id")
+            # Only a node that has (had) a task in a job with this one: a verifier challenges
+            # the peers of its own tasks. Others could fill the node's MAX_CHALLENGES slots and
+            # lock its real verifiers out (review finding).
+            if s.scalar(_SHARE_A_JOB, {"a": challenger, "b": node_id}) is None:
+                raise ApiError(403, "forbidden", f"{challenger} has no job with {node_id}", field="node_id")
             row = s.get(NodeChallenge, (node_id, challenger), with_for_update=True, populate_existing=True)
             if row is None:
                 count = s.scalar(select(func.count()).select_from(NodeChallenge).where(NodeChallenge.node_id == node_id))
@@ -1866,6 +1871,13 @@ _TASK_OWNER = (
     .join(Node, Node.id == Task.node_id)
     .where(Task.id == bindparam("task"))
     .with_for_update(of=Node, read=True, key_share=True)
+)
+_TASK_A, _TASK_B = aliased(Task), aliased(Task)
+_SHARE_A_JOB = (
+    select(_TASK_A.job_id)
+    .join(_TASK_B, _TASK_B.job_id == _TASK_A.job_id)
+    .where(_TASK_A.node_id == bindparam("a"), _TASK_B.node_id == bindparam("b"))
+    .limit(1)
 )
 _SIGN_JOB_FOR_REPORT = (
     select(

@@ -36,6 +36,7 @@ def answer(node: FakeNode, platform: SimulatedPlatform) -> dict[str, object]:
 
 def test_challenge_answer_and_wait(client: TestClient, nodes: list[FakeNode], tmp_path: Path) -> None:
     a, b, c = nodes
+    run_dkg(client, nodes)  # challengers are nodes with a job in common
     plat = SimulatedPlatform(state_dir=tmp_path)
     first = a.request("GET", f"/v1/nodes/{a.node_id}/challenges").json()
     assert first["challenges"] == []
@@ -90,6 +91,9 @@ def test_challenge_answer_and_wait(client: TestClient, nodes: list[FakeNode], tm
 def test_challenge_refusals(client: TestClient, nodes: list[FakeNode]) -> None:
     a, b, _c = nodes
     path = f"/v1/nodes/{a.node_id}/challenges"
+    # A node that shares no job with a cannot challenge it (it could fill a's 256 slots).
+    err(b.request("POST", path, {"nonce": "00" * 32}), 403, "forbidden", "node_id")
+    run_dkg(client, nodes)
     err(client.post(path, json={"nonce": "00" * 32}), 401, "missing_signature")
     err(b.request("POST", path, {"nonce": "00" * 31}), 422, "validation_error", "nonce")
     err(b.request("POST", path, {"nonce": "zz" * 32}), 422, "validation_error", "nonce")
@@ -121,6 +125,7 @@ def test_registration_with_challenges_is_checked(client: TestClient, nodes: list
 
 def test_old_challenges_are_swept(client: TestClient, nodes: list[FakeNode]) -> None:
     a, b, c = nodes
+    run_dkg(client, nodes)
     for n in (b, c):
         assert n.request("POST", f"/v1/nodes/{a.node_id}/challenges", {"nonce": os.urandom(32).hex()}).status_code == 200
     service = coord(client)
