@@ -143,20 +143,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[di
 def _sign(
     hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], job: str, seconds: float = 60
 ) -> list[dict[str, Any]]:
-    instance = secrets.token_hex(32)
-    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
-    message = secrets.token_bytes(32).hex()
-    threads = []
-    for i, nid in enumerate(NODES, start=1):
-        raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": "sign", "scheme": "ed25519", "threshold": 2,
-               "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1",
-               "params": {"message_hex": message}, "deadline": deadline}  # fmt: skip
-        threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [hub.results[f"{job}-{i}"] for i in (1, 2)]
+    return _run_all(hub, services, parts, "sign", job, {"message_hex": secrets.token_bytes(32).hex()}, 0, seconds)
 
 
 def test_results_leave_only_after_their_entry_and_witness_are_durable(
