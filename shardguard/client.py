@@ -9,7 +9,9 @@
 
 Errors from the API arrive as :class:`ApiError` with the server's ``code``, ``message`` and
 ``field``; a request that ends ``failed`` raises :class:`RequestFailed` with the job's typed
-error (reason, culprits, party).
+error (reason, culprits, party). A signature is verified here too before it is returned — under
+the key's public key as this client first saw it, over the digest or message this call sent
+(:class:`SignatureRejected` otherwise): the coordinator is not trusted with results.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ApiError", "Client", "RequestFailed"]
+from shardguard.coordinator.signatures import signature_problem
+
+__all__ = ["ApiError", "Client", "RequestFailed", "SignatureRejected"]
 
 
 class ApiError(Exception):
@@ -47,6 +51,16 @@ class RequestFailed(Exception):
         super().__init__(
             f"request {request.get('request_id')} failed: {self.reason}{blame}{': ' + self.detail if self.detail else ''}"
         )
+
+
+class SignatureRejected(Exception):
+    """A request came back ``done`` with a result that is not a valid signature of this call's
+    digest or message under the key (``problem`` says what is wrong)."""
+
+    def __init__(self, request_id: str, problem: str) -> None:
+        self.request_id = request_id
+        self.problem = problem
+        super().__init__(f"request {request_id}: {problem}")
 
 
 #: How often a create-key or sign call is sent in all when the network loses its answer.
@@ -74,6 +88,7 @@ class Client:
         self._http = httpx.Client(
             base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout, verify=_tls()
         )
+        self._keys: dict[str, dict[str, Any]] = {}  # key id -> the key as first seen (its public key)
 
     def __enter__(self) -> Client:
         return self
@@ -211,11 +226,21 @@ class Client:
         the same idempotency key (a fresh one unless given), so the digest is signed once."""
         body = _sign_body(digest, message, path, signers)
         out = self._write(f"/v1/keys/{key_id}/sign", body, idempotency_key, params={"wait": min(25.0, timeout)}, timeout=60)
-        if out.get("status") == "done":
-            return out
         if out.get("status") == "failed":
             raise RequestFailed(out)
-        return self.wait(out["request_id"], timeout=timeout)
+        done = out if out.get("status") == "done" else self.wait(out["request_id"], timeout=timeout)
+        self._check_signature(key_id, body, done)
+        return done
+
+    def _check_signature(self, key_id: str, body: dict[str, Any], request: dict[str, Any]) -> None:
+        key = self._keys.get(key_id)
+        if key is None:  # pinned at first sight: a coordinator cannot swap the key later
+            key = self._keys[key_id] = self.key(key_id)
+        problem = signature_problem(
+            str(key["scheme"]), key.get("public_key"), key.get("public_package"), body, request.get("result") or {}
+        )
+        if problem is not None:
+            raise SignatureRejected(str(request.get("request_id")), problem)
 
     def refresh(self, key_id: str, *, wait: bool = True, idempotency_key: str | None = None) -> dict[str, Any]:
         out = self._write(f"/v1/keys/{key_id}/refresh", None, idempotency_key)

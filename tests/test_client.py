@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ssl
 
-from shardguard.client import Client
+import pytest
+
+from shardguard.client import Client, SignatureRejected
 
 
 def test_clients_share_one_verifying_tls_context() -> None:
@@ -16,3 +18,30 @@ def test_clients_share_one_verifying_tls_context() -> None:
     assert ctx_a is ctx_b
     assert isinstance(ctx_a, ssl.SSLContext)
     assert ctx_a.verify_mode == ssl.CERT_REQUIRED and ctx_a.check_hostname
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "bip340", "ecdsa"])
+def test_a_done_request_is_returned_only_with_a_valid_signature_of_this_call(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator is not trusted with results: the client verifies the signature under the
+    key as it first saw it, over the digest or message *it* sent."""
+    from tests.coordinator.conftest import dkg_result, sign_result
+
+    made = dkg_result(scheme)
+    key = {"key_id": "key_1", "scheme": scheme, "public_key": made["public_key"], "public_package": made}
+    body = {"digest_hex": "ab" * 32, "path": "m/3"} if scheme == "ecdsa" else {"message_hex": "6869"}
+    good = sign_result({"scheme": scheme, "params": body})
+    other = sign_result({"scheme": scheme, "params": {**body, "digest_hex": "cd" * 32, "message_hex": "00"}})
+    with Client("http://127.0.0.1:1", "t") as c:
+        asked: list[str] = []
+        monkeypatch.setattr(c, "key", lambda key_id: asked.append(key_id) or dict(key))
+        c._check_signature("key_1", body, {"request_id": "r1", "result": good})
+        for forged in ({**good, "signature": "00" * 64}, {**good, "signature": other["signature"]}, {}):
+            with pytest.raises(SignatureRejected) as e:
+                c._check_signature("key_1", body, {"request_id": "r2", "result": forged})
+            assert e.value.request_id == "r2" and e.value.problem
+        # The key is pinned at first sight: a coordinator that later shows another key changes nothing.
+        key["public_key"] = dkg_result("ed25519" if scheme != "ed25519" else "bip340")["public_key"]
+        c._check_signature("key_1", body, {"request_id": "r3", "result": good})
+        assert asked == ["key_1"]
