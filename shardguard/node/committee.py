@@ -11,8 +11,8 @@ sign, refresh or repair task whose participants disagree with it, or that puts t
 another index.
 
 Limits (docs/SECURITY.md): node ids are names. A corrupt enclave that registers under an honest
-holder's node id, with a coordinator's help, is not told apart by this record; a node that lost
-its state takes the committee from the repair task that re-provisions it.
+holder's node id, with a coordinator's help, is not told apart by this record. A node that lost
+its state takes the committee from its helpers (all must send the same), not from the task.
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ def recorded(keystore: Keystore, key_id: str) -> dict[int, str] | None:
     return {int(i): str(n) for i, n in raw.items()}
 
 
-def record(keystore: Keystore, key_id: str, committee: Mapping[int, str]) -> None:
+def record(keystore: Keystore, key_id: str, committee: Mapping[int, str], *, replace: bool = False) -> None:
     """Record the committee of a key being made (keygen) or re-provisioned here (repair). A key
-    whose share this node holds is refused: a coordinator must not redefine an existing key's
-    holders by sending another keygen, nor repair a node that has not lost its share."""
+    whose share this node holds is refused, and so is a key id already on record unless
+    ``replace`` (a repair after a failed one): a coordinator must not redefine a key's holders
+    by sending another keygen — not even while the first one still runs (review finding)."""
     name = _name(key_id)
     held = keystore.keys()
-    if key_id in held:
+    if key_id in held or (not replace and keystore.get_state(name) is not None):
         raise TaskError(f"key {key_id} already exists on this node", "key_id")
     keystore.put_state(name, {str(i): n for i, n in sorted(committee.items())})
 

@@ -161,6 +161,7 @@ class NodeService:
         # confirmed our own state since this process started (see _witness).
         self._witness_keys: dict[str, bytes] = {}
         self._witness_lock = threading.Lock()
+        self._changing: set[str] = set()  # keys with a keygen, refresh or repair running here
         self._fresh = False
         # Peer processes (node id → identity key, reason) caught serving an old state copy.
         self._caught: dict[str, tuple[bytes, str]] = {}
@@ -174,6 +175,7 @@ class NodeService:
         # the end reaches us (or, over a connection that died, a second later).
         self._settling: dict[str, threading.Event] = {}
         self._settling_lock = threading.Lock()
+        self._changing_cv = threading.Condition(threading.Lock())
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         # Audit writes that a task's protocol goes on beside (a signing's entry, see _run).
         self._writes = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-write")
@@ -289,11 +291,41 @@ class NodeService:
     def handle(self, raw: Mapping[str, Any]) -> None:
         task_id = str(raw["task_id"])
         job = str(raw["job_id"])
+        # One key-changing task (keygen, refresh, repair) per key at a time here, through its
+        # settling: a second one staged over the first's epoch (review finding). The coordinator
+        # runs them one at a time; one that does not is refused.
+        changing = str(raw.get("key_id") or "") if raw.get("kind") in ("dkg", "refresh", "repair") else ""
+        entered = False
         try:
+            if changing:
+                entered = self._changing_enter(changing, time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))))
             status, result, error = "done", self._run(raw), None
         except Exception as e:  # every failure is reported with a reason, never lost
             status, result, error = "failed", None, self._error(e, raw)
             log.warning("task %s (%s) failed: %s", task_id, raw.get("kind"), error)
+        try:
+            self._finish(raw, task_id, job, status, result, error)
+        finally:
+            if entered:
+                self._changing_exit(changing)
+
+    def _changing_enter(self, key_id: str, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the key's previous keygen, refresh or repair to end
+        here, settling included — the next may be handed out as soon as the job is done."""
+        with self._changing_cv:
+            if not self._changing_cv.wait_for(lambda: key_id not in self._changing, max(0.0, deadline - time.monotonic())):
+                raise TaskError(f"another keygen, refresh or repair of key {key_id} is still running here", "key_id")
+            self._changing.add(key_id)
+        return True
+
+    def _changing_exit(self, key_id: str) -> None:
+        with self._changing_cv:
+            self._changing.discard(key_id)
+            self._changing_cv.notify_all()
+
+    def _finish(
+        self, raw: Mapping[str, Any], task_id: str, job: str, status: str, result: Any, error: Mapping[str, Any] | None
+    ) -> None:
         try:
             witnessed = self.keystore.witness_generation
             self._record(raw, status, result, error)
@@ -427,14 +459,6 @@ class NodeService:
             key_id=str(raw["key_id"]),
             params=task_params,
         )
-        with self._instances_lock:
-            if task.instance in self._instances:
-                # Same instance, same session ids: a replay of that session's messages would be
-                # accepted, and an honest peer blamed for "equivocating" (review finding).
-                raise TaskError("this session instance was used before", "instance")
-            self._instances[task.instance] = None
-            if len(self._instances) > _INSTANCES:
-                self._instances.popitem(last=False)
         # Who holds which index is ours to know, not the coordinator's to say (committee.py).
         if kind == "keygen":
             committee.record(self.keystore, task.key_id, participants)
@@ -444,6 +468,18 @@ class NodeService:
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
         peers = {int(p["index"]): self.admissions.admit(p, deadline) for p in raw["participants"] if int(p["index"]) != me}
         self._check_rollbacks(peers)
+        # Remembered only now, once the task passed its checks: tasks refused at once must not
+        # push a finished session's instance out of memory (review finding).
+        with self._instances_lock:
+            if task.instance in self._instances:
+                # Same instance, same session ids: a replay of that session's messages would be
+                # accepted, and an honest peer blamed for "equivocating" (review finding).
+                raise TaskError("this session instance was used before", "instance")
+            self._instances[task.instance] = None
+            if len(self._instances) > _INSTANCES:
+                self._instances.popitem(last=False)
+        if kind == "refresh":
+            self._refuse_over_confirmed(task.key_id)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
             if kind != "keygen":
@@ -502,23 +538,51 @@ class NodeService:
         self, task: Task, peers: Mapping[int, AdmittedPeer], inbox: Inbox, deadline: float, result: Mapping[str, Any]
     ) -> None:
         epoch = int(result["epoch"])
-        package = hashlib.sha256(json.dumps(result["public"], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        statement = json.dumps(
-            {"job": task.job, "key_id": task.key_id or result["key_id"], "epoch": epoch, "public": package}, sort_keys=True
-        ).encode()
+        key_id = task.key_id or str(result["key_id"])
+        package = _package_digest(result["public"])
+        statement = json.dumps({"job": task.job, "key_id": key_id, "epoch": epoch, "public": package}, sort_keys=True).encode()
+        # Written before our statement leaves (complete once every statement arrived): the epoch
+        # is then never dropped here, nor replaced once complete (_refuse_over_confirmed).
+        record = {"job": task.job, "epoch": epoch, "public": package, "complete": False}
+        self.keystore.put_state(_staged_name(key_id), record)
         sid = hashlib.sha256(b"shardguard/node/staged/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
         got = exchange(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay,
                        inbox=inbox, messages=dict.fromkeys(peers, statement), deadline=deadline)  # fmt: skip
         differ = sorted(peers[i].node_id for i, said in got.items() if said != statement)
         if differ:
             raise TaskError(f"holders {differ} staged another epoch or public package", "staged")
-        key_id = task.key_id or str(result["key_id"])
-        self.keystore.put_state(_staged_name(key_id), {"job": task.job, "epoch": epoch})
+        self.keystore.put_state(_staged_name(key_id), {**record, "complete": True})
 
     def _confirmed(self, key_id: str, epoch: int, job: str | None = None) -> bool:
-        """Whether every other holder confirmed staging ``epoch`` (in ``job``, if given)."""
+        """Whether every other holder confirmed staging ``epoch`` (in ``job``, if given) — the
+        very share this node has pending at that epoch (its package digest), not another."""
         rec = self.keystore.get_state(_staged_name(key_id))
-        return isinstance(rec, dict) and rec.get("epoch") == epoch and (job is None or rec.get("job") == job)
+        if not isinstance(rec, dict) or rec.get("epoch") != epoch or rec.get("complete") is not True:
+            return False
+        if job is not None and rec.get("job") != job:
+            return False
+        try:
+            pending = self.keystore.share(key_id, epoch)
+        except KeystoreError:
+            return False
+        return rec.get("public") == _package_digest(pending.public.to_dict())
+
+    def _refuse_over_confirmed(self, key_id: str) -> None:
+        """A refresh stages its epoch over a pending one of the same number: refused while that
+        pending epoch is confirmed by every holder here (this node may commit it, and so may the
+        others); the coordinator moving the key to it commits it here first (_resolve_pending).
+
+        A pending epoch whose statements did not all arrive here may be replaced: a holder that
+        committed it had every statement, so it staged and holds that epoch only, and a new
+        refresh (which needs every holder, from the current epoch) cannot complete without it."""
+        rec = self.keystore.get_state(_staged_name(key_id))
+        if not isinstance(rec, dict) or rec.get("complete") is not True or key_id not in self.keystore.keys():  # noqa: SIM118
+            return
+        if rec.get("epoch") in self.keystore.key_status(key_id).pending:
+            raise TaskError(
+                f"key {key_id}: epoch {rec.get('epoch')} this node confirmed staging is still pending; "
+                "it commits once the key moves to it", "epoch",
+            )  # fmt: skip
 
     def _resolve_pending(self, key_id: str, epoch: Any) -> None:
         """Commit a pending epoch the coordinator already uses (it moved the key's epoch, so the
@@ -560,14 +624,23 @@ class NodeService:
                            messages=dict.fromkeys(peers, b"{}"), deadline=deadline)  # fmt: skip
             packages = {bytes(v) for v in got.values()}
             if len(packages) != 1:
-                raise TaskError("the helpers disagree on the key's public package", "package")
-            public = PublicKeyPackage.from_dict(json.loads(packages.pop()))
+                raise TaskError("the helpers disagree on the key's public package or committee", "package")
+            try:
+                told = json.loads(packages.pop())
+                public = PublicKeyPackage.from_dict(told["public"])
+                holders = {int(i): str(n) for i, n in told["committee"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError, ProtocolError):
+                raise TaskError("the helpers' package is malformed", "package") from None
             party: Any = RepairTarget(public, identifier=lost, helpers=helpers, instance=instance)
         else:
             share = self.shares.load(key_id)
             if isinstance(share, EcdsaKeyShare):
                 raise TaskError("share repair through the service is offered for FROST keys only", "key_id")
-            package = json.dumps(share.public.to_dict(), sort_keys=True).encode()
+            # The public package and the committee on record, both: the lost node takes its
+            # committee from its helpers (all must agree), not from the coordinator's task.
+            known = committee.recorded(self.keystore, key_id)
+            package = json.dumps({"public": share.public.to_dict(), "committee": {str(i): n for i, n in (known or {}).items()}},
+                                 sort_keys=True).encode()  # fmt: skip
             exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers={lost: peers[lost]}, relay=self.relay,
                      inbox=inbox, messages={lost: package}, deadline=deadline)  # fmt: skip
             party = RepairHelper(share, helpers=helpers, lost=lost, instance=instance, rng=secrets.token_bytes)
@@ -576,7 +649,7 @@ class NodeService:
                        {i: p for i, p in peers.items() if i in (*helpers, lost)}, relay=self.relay, inbox=inbox,
                        deadline=deadline)  # fmt: skip
         if me == lost:
-            committee.record(self.keystore, key_id, _committee(raw, me, self.node_id, participants))
+            committee.record(self.keystore, key_id, _committee(holders, me, self.node_id, participants, public), replace=True)
             self.shares.stage(key_id, result)
         else:
             # Its state is gone (it repaired, so it had no share): witness it afresh. Only now —
@@ -857,20 +930,30 @@ class NodeService:
         self.keystore.close()
 
 
+def _package_digest(public: Any) -> str:
+    """SHA-256 of a public key package's canonical JSON: what phase one's statements name."""
+    return hashlib.sha256(json.dumps(public, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _staged_name(key_id: str) -> str:
     """Keystore state: the epoch of ``key_id`` that every holder confirmed staging, and its job."""
     return f"staged-{key_id}"
 
 
-def _committee(raw: Mapping[str, Any], me: int, node_id: str, participants: Mapping[int, str]) -> dict[int, str]:
-    """The key's holders as a repair task names them, for the node being re-provisioned (it has
-    no record of its own: committee.py). They must include the participants as named, and us."""
-    try:
-        out = {int(p["index"]): str(p["node_id"]) for p in raw["committee"]}
-    except (KeyError, TypeError, ValueError):
-        raise TaskError("committee must be a list of {node_id, index}", "committee") from None
-    if out.get(me) != node_id or any(out.get(i) != n for i, n in participants.items()) or len(set(out.values())) != len(out):
-        raise TaskError("the committee does not agree with the participants", "committee")
+def _committee(
+    holders: Mapping[int, str], me: int, node_id: str, participants: Mapping[int, str], public: PublicKeyPackage
+) -> dict[int, str]:
+    """The key's holders as the helpers recorded them, for the node being re-provisioned (it
+    has no record of its own: committee.py): every index of the key, once each, the
+    participants as named, and us at ours."""
+    out = dict(holders)
+    if (
+        set(out) != set(public.verifying_shares)
+        or out.get(me) != node_id
+        or any(out.get(i) != n for i, n in participants.items())
+        or len(set(out.values())) != len(out)
+    ):
+        raise TaskError("the helpers' committee does not agree with the key or the participants", "committee")
     return out
 
 

@@ -25,6 +25,7 @@ from shardguard.node import committee
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import verify_chain
 from shardguard.node.service import NodeService
+from shardguard.node.tasks import TaskError
 
 NODES = ("node-1", "node-2")
 
@@ -475,3 +476,50 @@ def test_a_session_instance_used_before_is_refused_before_any_message(
     out = hub.results["again-1"]
     assert out["status"] == "failed" and "(instance)" in out["error"]["detail"], out
     assert not hub.boxes.get("again"), "nothing may be sent"
+
+
+def test_a_second_refresh_never_stages_over_an_epoch_this_node_confirmed(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """Second review (HIGH): a refresh the coordinator called failed left epoch 1 pending and
+    confirmed; a second refresh staged another epoch 1 over it at one node, and a later task at
+    epoch 1 committed different shares at the two nodes: the key was lost. Now the second
+    refresh is refused, and only the very share every holder confirmed is ever committed."""
+    hub, services, parts = nodes
+    hub.job_end.update({"node-1": "failed", "node-2": "failed"})
+    first = _run_all(hub, services, parts, "refresh", "r1", {}, epoch=0)
+    assert [r["status"] for r in first] == ["done", "done"], first
+    second = _run_all(hub, services, parts, "refresh", "r2", {}, epoch=0, seconds=8)
+    for r in second:
+        assert r["status"] == "failed" and "(epoch)" in r["error"]["detail"], r
+    hub.job_end.clear()
+    signed = _run_all(hub, services, parts, "sign", "s1", {"message_hex": "00"}, epoch=1)
+    assert [r["status"] for r in signed] == ["done", "done"], signed
+    for n in NODES:
+        assert services[n].keystore.key_status("k1").current == 1
+
+
+def test_only_the_confirmed_share_is_committed(nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]) -> None:
+    hub, services, parts = nodes
+    hub.job_end.update({"node-1": "failed", "node-2": "failed"})
+    _run_all(hub, services, parts, "refresh", "r1", {}, epoch=0)
+    svc = services["node-1"]
+    other = local.refresh([services[n].keystore.share("k1", 0) for n in NODES])[0]  # another epoch-1 share
+    svc.keystore.stage("k1", other)  # as if staged over the confirmed one
+    svc._resolve_pending("k1", 1)
+    assert (svc.keystore.key_status("k1").current, svc.keystore.key_status("k1").pending) == (0, (1,))
+
+
+def test_a_keygen_for_a_key_id_on_record_is_refused_even_while_the_first_runs(tmp_path: Path) -> None:
+    """Second review (HIGH): a second keygen sent while the first's DKG ran overwrote the
+    committee record (it refused only once the share was staged)."""
+    hub = Hub()
+    svc = _start(hub, tmp_path, "node-1")
+    try:
+        committee.record(svc.keystore, "k9", {1: "node-1", 2: "node-2"})  # the first keygen, running
+        with pytest.raises(TaskError, match="already exists") as e:
+            committee.record(svc.keystore, "k9", {1: "node-1", 2: "node-x"})
+        assert e.value.field == "key_id"
+        assert committee.recorded(svc.keystore, "k9") == {1: "node-1", 2: "node-2"}
+    finally:
+        _stop(svc)
