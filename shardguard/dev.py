@@ -32,8 +32,8 @@ CLUSTER_FILE = "cluster.json"
 
 
 class Cluster(dict[str, Any]):
-    """``cluster.json``: ``url``, ``token`` (admin), ``enroll_token`` (the nodes' token, scope
-    ``nodes:register``), ``coordinator`` {pid}, ``nodes`` [{node_id, pid, state[, wrap]}]."""
+    """``cluster.json``: ``url``, ``token`` (admin), ``coordinator`` {pid}, ``nodes`` [{node_id,
+    pid, state, enroll_token (its own, scope ``nodes:register``)[, wrap]}]."""
 
     @classmethod
     def load(cls, directory: Path) -> Cluster:
@@ -80,17 +80,21 @@ def up(
         coord.kill()
         raise RuntimeError(f"the coordinator did not start (see {coord_log})")
     url = line.split()[-1]
-    with Client(url, token) as c:  # the nodes' enrollment token: it lets them register, nothing else
-        enroll = str(c.create_token(["nodes:register"], label="dev cluster nodes")["token"])
     cluster = Cluster(
-        url=url, token=token, enroll_token=enroll,
-        coordinator={"pid": coord.pid, "log": str(coord_log), "job_timeout": job_timeout}, nodes=[],
-    )  # fmt: skip
+        url=url, token=token, coordinator={"pid": coord.pid, "log": str(coord_log), "job_timeout": job_timeout}, nodes=[]
+    )
+    with Client(url, token) as c:
+        # One enrollment token per node: it lets that node register, and its id is bound to it
+        # (API.md §1.2), so no node can register as another.
+        enroll = {
+            f"node-{i}": str(c.create_token(["nodes:register"], label=f"dev cluster node-{i}")["token"])
+            for i in range(1, nodes + 1)
+        }
     for i in range(1, nodes + 1):
         node_id, state = f"node-{i}", str(directory / f"node-{i}")
         prefix = list((wrap or {}).get(node_id, ()))
-        proc = _spawn(_node_argv(url, state, node_id, prefix), directory / f"{node_id}.log", node_env(enroll))
-        entry: dict[str, Any] = {"node_id": node_id, "pid": proc.pid, "state": state}
+        proc = _spawn(_node_argv(url, state, node_id, prefix), directory / f"{node_id}.log", node_env(enroll[node_id]))
+        entry: dict[str, Any] = {"node_id": node_id, "pid": proc.pid, "state": state, "enroll_token": enroll[node_id]}
         if prefix:
             entry["wrap"] = prefix
         cluster["nodes"].append(entry)
@@ -129,7 +133,7 @@ def start_node(directory: Path, node_id: str, *, wrap: Sequence[str] | None = No
     entry = next(n for n in cluster["nodes"] if n["node_id"] == node_id)
     prefix = list(entry.get("wrap", ()) if wrap is None else wrap)
     argv = _node_argv(cluster["url"], entry["state"], node_id, prefix)
-    proc = _spawn(argv, directory / f"{node_id}.log", node_env(cluster["enroll_token"]))
+    proc = _spawn(argv, directory / f"{node_id}.log", node_env(entry["enroll_token"]))
     entry.pop("wrap", None)
     if prefix:
         entry["wrap"] = prefix

@@ -573,7 +573,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
 
     # -- node API (signed requests) -------------------------------------------------------------
     @app.post("/v1/nodes/register", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
-    async def register(body: schemas.Register, request: Request, _t: Enroller) -> dict[str, Any]:
+    async def register(body: schemas.Register, request: Request, enroller: Enroller) -> dict[str, Any]:
         """Enrollment: a node registers (or re-registers: a restart brings a new identity key)
         with a token of scope ``nodes:register`` as well as its signature, so that nobody without
         one can take over a node id — its tasks, its mailbox, its audit mirror (API.md §1.2)."""
@@ -584,7 +584,8 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         headers = {h: request.headers.get(h) for h in _NODE_HEADERS}
         await run(coord.authenticate_node, headers, request.method, _target(request), raw, card=card)
         return await run(
-            coord.register_node, card, body.platform, body.evidence, body.collateral, body.evidence_nonce, body.challenges
+            coord.register_node, card, body.platform, body.evidence, body.collateral, body.evidence_nonce, body.challenges,
+            enroller,
         )
 
     @app.post("/v1/nodes/{node_id}/challenges", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)

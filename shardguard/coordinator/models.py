@@ -93,6 +93,9 @@ class Node(Base):
     attestation: Mapped[dict[str, Any]]
     #: Incremented whenever the node registers a new identity key (a restarted process).
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    #: The enrollment token (id) the node first registered with; only it (or an admin token)
+    #: may register this node id again (API.md §1.2). None: registered before migration 0004.
+    enrolled_by: Mapped[str | None] = mapped_column(String(32))
     registered_at: Mapped[dt.datetime]
     last_seen: Mapped[dt.datetime]
 

@@ -364,6 +364,7 @@ class Coordinator:
         collateral: bytes | None,
         evidence_nonce: bytes | None,
         challenges: Any = None,
+        enroller: TokenInfo | None = None,
     ) -> dict[str, Any]:
         """Record a node's card and evidence. ``challenges`` (wire form): the verifiers'
         challenges the evidence answers; then ``evidence_nonce`` must be their
@@ -388,6 +389,11 @@ class Coordinator:
             # SHARE while they check its key (_hold_identity), so none made with the old key
             # commits after this and none is missed by the look at its running tasks below.
             row = s.get(Node, card.node_id, with_for_update=True)
+            taken = row is not None and row.enrolled_by not in (None, enroller.token_id if enroller else None)
+            if enroller is not None and taken and "admin" not in enroller.scopes:
+                # A node id belongs to the token that enrolled it: another enrolled node (its
+                # token) must not take it over (review finding).
+                raise ApiError(403, "forbidden", f"node {card.node_id} was enrolled with another token", field="node_id")
             if row is None:
                 row = Node(id=card.node_id, generation=1, registered_at=now)
                 s.add(row)
@@ -427,6 +433,8 @@ class Coordinator:
             row.evidence_challenges = answered
             row.attestation = summary
             row.last_seen = now
+            if enroller is not None and (row.enrolled_by is None or "admin" not in enroller.scopes):
+                row.enrolled_by = enroller.token_id
             out = self._node_out(row, now, full=False)
         self._node_keys[card.node_id] = card.identity_public_key
         self.notify(f"evidence:{card.node_id}", None)

@@ -307,6 +307,20 @@ def test_registration_needs_an_enrollment_token(client: TestClient) -> None:
     assert a.next_task() is None  # the node's own key still works
 
 
+def test_a_node_id_is_bound_to_the_token_that_enrolled_it(client: TestClient) -> None:
+    """Second review: one node's enrollment token (a corrupt node has its own) must not
+    register another node's id. The enrolling token may (a restart), and so may an admin."""
+    tok_a = token(client, "nodes:register")["Authorization"].split()[1]
+    tok_b = token(client, "nodes:register")["Authorization"].split()[1]
+    assert FakeNode(client, "node-a").register(enroll=tok_a).status_code == 200
+    assert FakeNode(client, "node-b").register(enroll=tok_b).status_code == 200
+    err(FakeNode(client, "node-a").register(enroll=tok_b), 403, "forbidden", "node_id")
+    restarted = FakeNode(client, "node-a")
+    assert restarted.register(enroll=tok_a).json()["generation"] == 2
+    assert FakeNode(client, "node-a").register(enroll=BOOT).json()["generation"] == 3  # an admin may
+    err(FakeNode(client, "node-a").register(enroll=tok_b), 403, "forbidden", "node_id")  # still bound to a
+
+
 def test_registration_with_simulated_evidence(client: TestClient, tmp_path: Path) -> None:
     a = FakeNode(client, "node-a")
     nonce = os.urandom(32)

@@ -271,7 +271,7 @@ def test_a_node_that_refuses_its_peers_evidence(cluster: tuple[Path, Client], ke
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "shardguard.node.service", "--coordinator", cl["url"], "--state", entry["state"],
              "--node-id", "node-3", "--platform", "simulated", "--policy", str(policy)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dev.node_env(cl["enroll_token"]),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dev.node_env(entry["enroll_token"]),
         )  # fmt: skip
     try:
         time.sleep(2)
