@@ -699,7 +699,8 @@ class NodeService:
             # witnessed: the next task waits for every note again.
             log.error("witness notes of job %s: %s", task.job, e)
             self._fresh = False
-            self._witness_keys.clear()
+            with self._witness_lock:
+                self._witness_keys.clear()
 
         def take(final: bool) -> bool:
             nonlocal taken
@@ -786,7 +787,8 @@ class NodeService:
 
     def _latch_stale(self, detail: str) -> None:
         self._fresh = False
-        self._witness_keys.clear()
+        with self._witness_lock:
+            self._witness_keys.clear()
         log.error("this state directory looks like an old copy (a peer saw a newer state): %s", detail)
 
     def _mark_rolled_back(self, node: str, identity: bytes, detail: str) -> None:
