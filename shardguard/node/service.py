@@ -478,12 +478,12 @@ class NodeService:
             self._instances[task.instance] = None
             if len(self._instances) > _INSTANCES:
                 self._instances.popitem(last=False)
-        if kind == "refresh":
-            self._refuse_over_confirmed(task.key_id)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
             if kind != "keygen":
                 self._resolve_pending(task.key_id, raw.get("epoch"))
+            if kind == "refresh":
+                self._revoke_confirmation(task.key_id)
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
@@ -542,7 +542,8 @@ class NodeService:
         package = _package_digest(result["public"])
         statement = json.dumps({"job": task.job, "key_id": key_id, "epoch": epoch, "public": package}, sort_keys=True).encode()
         # Written before our statement leaves (complete once every statement arrived): the epoch
-        # is then never dropped here, nor replaced once complete (_refuse_over_confirmed).
+        # is then never dropped here, and replaced only by a refresh that revoked this record
+        # first (_revoke_confirmation).
         record = {"job": task.job, "epoch": epoch, "public": package, "complete": False}
         self.keystore.put_state(_staged_name(key_id), record)
         sid = hashlib.sha256(b"shardguard/node/staged/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
@@ -567,22 +568,19 @@ class NodeService:
             return False
         return rec.get("public") == _package_digest(pending.public.to_dict())
 
-    def _refuse_over_confirmed(self, key_id: str) -> None:
-        """A refresh stages its epoch over a pending one of the same number: refused while that
-        pending epoch is confirmed by every holder here (this node may commit it, and so may the
-        others); the coordinator moving the key to it commits it here first (_resolve_pending).
-
-        A pending epoch whose statements did not all arrive here may be replaced: a holder that
-        committed it had every statement, so it staged and holds that epoch only, and a new
-        refresh (which needs every holder, from the current epoch) cannot complete without it."""
+    def _revoke_confirmation(self, key_id: str) -> None:
+        """Before a refresh sends anything: give up the confirmation of a pending epoch, for
+        good, so that this node never commits it later. The refresh may then stage its own epoch
+        over it. Why that is safe: the refresh needs every holder, each from the current epoch.
+        A holder that committed the pending epoch no longer has the current one, so it cannot
+        take part and the refresh never stages anywhere. Every holder that does take part
+        revokes first, so none of them commits the old pending epoch afterwards (second
+        review: two refreshes had left different shares of one epoch at two nodes)."""
         rec = self.keystore.get_state(_staged_name(key_id))
-        if not isinstance(rec, dict) or rec.get("complete") is not True or key_id not in self.keystore.keys():  # noqa: SIM118
-            return
-        if rec.get("epoch") in self.keystore.key_status(key_id).pending:
-            raise TaskError(
-                f"key {key_id}: epoch {rec.get('epoch')} this node confirmed staging is still pending; "
-                "it commits once the key moves to it", "epoch",
-            )  # fmt: skip
+        held = self.keystore.keys()
+        if isinstance(rec, dict) and key_id in held and rec.get("epoch") in held[key_id].pending:
+            self.keystore.delete_state(_staged_name(key_id))
+            self._audit("epoch_confirmation_revoked", key_id=key_id, epoch=rec.get("epoch"), job=rec.get("job"))
 
     def _resolve_pending(self, key_id: str, epoch: Any) -> None:
         """Commit a pending epoch the coordinator already uses (it moved the key's epoch, so the
