@@ -62,6 +62,8 @@ _POST_RESULTS = 64
 _BOX_MESSAGES = 4096
 _BOX_BYTES = 8 * 1024 * 1024
 _BOXES_BYTES = 64 * 1024 * 1024
+#: The largest answer read from one HTTP request (the same cap as one stream frame).
+_MAX_ANSWER = 8 * 1024 * 1024
 
 #: Limits on what the coordinator's frames carry (API.md §1.3, §1.5, §1.9): ids, node ids,
 #: statuses, cursors and frame sequence numbers.
@@ -253,10 +255,21 @@ class CoordinatorLink:
         if raw:
             headers["Content-Type"] = "application/json"
         kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        r = self._http.request(method, target, content=raw or None, headers=headers, **kw)
-        if r.status_code >= 400:
-            raise CoordinatorRefused(method, path, r.status_code, r.text)
-        return r.json()
+        with self._http.stream(method, target, content=raw or None, headers=headers, **kw) as r:
+            # Read at most _MAX_ANSWER: a hostile coordinator's endless answer must not fill
+            # the enclave's memory (the stream's frames are capped the same way).
+            got = bytearray()
+            for chunk in r.iter_bytes():
+                got += chunk
+                if len(got) > _MAX_ANSWER:
+                    raise MalformedFrame(f"{method} {path}", f"answer larger than {_MAX_ANSWER} bytes")
+            status = r.status_code
+        if status >= 400:
+            raise CoordinatorRefused(method, path, status, got[:2000].decode("utf-8", errors="replace"))
+        try:
+            return json.loads(got)
+        except (ValueError, RecursionError):
+            raise MalformedFrame(f"{method} {path}", "the answer is not JSON") from None
 
 
 @dataclass

@@ -359,3 +359,27 @@ def test_all_boxes_together_keep_at_most_their_limit(monkeypatch: pytest.MonkeyP
     assert [len(s._boxes[j].messages) for j in ("req_1", "req_2")] == [2, 1] and s._boxes["req_2"].dropped == 1
     assert s._boxes_size == 3000
     assert len(s.fetch("req_1", 1, 0.0)) == 1 and s._boxes_size == 2000
+
+
+@pytest.mark.parametrize(
+    ("answer", "what"),
+    [
+        (b"[" * 10 + b"0" * (link._MAX_ANSWER) + b"]" * 10, "larger than"),  # endless, cut at the cap
+        (b"not json", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # nesting that would overflow the parser
+    ],
+)
+def test_an_http_answer_is_read_within_its_cap_and_refused_typed(answer: bytes, what: str) -> None:
+    """A hostile coordinator's answer to a plain request (registration, challenges, the HTTP
+    fallback) is read at most to _MAX_ANSWER and refused as MalformedFrame, never buffered whole
+    or raised untyped."""
+    import httpx
+
+    from shardguard.channel import NodeKeys
+
+    served = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    c = link.CoordinatorLink("http://coordinator.test", NodeKeys.generate("node-1"))
+    c._http = httpx.Client(base_url="http://coordinator.test", transport=served)
+    with pytest.raises(MalformedFrame, match=what):
+        c.request("GET", "/v1/nodes/node-1/challenges")
+    c.close()
