@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from shardguard.node.keystore import Keystore
 from shardguard.node.tasks import TaskError
 
-__all__ = ["check", "record", "recorded"]
+__all__ = ["check", "from_helpers", "record", "recorded"]
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a keystore name once prefixed
 
@@ -48,8 +48,7 @@ def record(keystore: Keystore, key_id: str, committee: Mapping[int, str], *, rep
     ``replace`` (a repair after a failed one): a coordinator must not redefine a key's holders
     by sending another keygen — not even while the first one still runs (review finding)."""
     name = _name(key_id)
-    held = keystore.keys()
-    if key_id in held or (not replace and keystore.get_state(name) is not None):
+    if keystore.find_key(key_id) is not None or (not replace and keystore.get_state(name) is not None):
         raise TaskError(f"key {key_id} already exists on this node", "key_id")
     keystore.put_state(name, {str(i): n for i, n in sorted(committee.items())})
 
@@ -71,6 +70,23 @@ def check(
         raise TaskError(f"this node holds index {_index_of(committee, node_id)} of key {key_id}, not {me}", "you")
     if lost is not None and lost not in participants.values():
         raise TaskError("the lost node is not among the participants", "lost")
+
+
+def from_helpers(
+    holders: Mapping[int, str], me: int, node_id: str, participants: Mapping[int, str], indices: set[int]
+) -> dict[int, str]:
+    """The committee a node being re-provisioned by repair records (it has none of its own):
+    the one its helpers sent, all alike — every index of the key (``indices``) once, the
+    repair's participants as named, and this node at its own index."""
+    out = dict(holders)
+    if (
+        set(out) != indices
+        or out.get(me) != node_id
+        or any(out.get(i) != n for i, n in participants.items())
+        or len(set(out.values())) != len(out)
+    ):
+        raise TaskError("the helpers' committee does not agree with the key or the participants", "committee")
+    return out
 
 
 def _index_of(committee: Mapping[int, str], node_id: str) -> int | None:

@@ -1152,6 +1152,12 @@ class Keystore:
             k = self._key(key_id)
             return KeyStatus(key_id, None if k.current is None else k.current.epoch, tuple(sorted(k.pending)))
 
+    def find_key(self, key_id: str) -> KeyStatus | None:
+        """:meth:`key_status`, or None for a key this store does not hold (no scan of them all)."""
+        with self._mutex:
+            self._check_usable(write=False)
+            return self.key_status(key_id) if key_id in self._manifest.keys else None
+
     def keys(self) -> dict[str, KeyStatus]:
         with self._mutex:
             self._check_usable(write=False)

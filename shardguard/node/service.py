@@ -298,7 +298,8 @@ class NodeService:
         entered = False
         try:
             if changing:
-                entered = self._changing_enter(changing, time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))))
+                self._changing_enter(changing, time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))))
+                entered = True
             status, result, error = "done", self._run(raw), None
         except Exception as e:  # every failure is reported with a reason, never lost
             status, result, error = "failed", None, self._error(e, raw)
@@ -309,14 +310,13 @@ class NodeService:
             if entered:
                 self._changing_exit(changing)
 
-    def _changing_enter(self, key_id: str, deadline: float) -> bool:
+    def _changing_enter(self, key_id: str, deadline: float) -> None:
         """Wait (until ``deadline``) for the key's previous keygen, refresh or repair to end
         here, settling included — the next may be handed out as soon as the job is done."""
         with self._changing_cv:
             if not self._changing_cv.wait_for(lambda: key_id not in self._changing, max(0.0, deadline - time.monotonic())):
                 raise TaskError(f"another keygen, refresh or repair of key {key_id} is still running here", "key_id")
             self._changing.add(key_id)
-        return True
 
     def _changing_exit(self, key_id: str) -> None:
         with self._changing_cv:
@@ -577,17 +577,17 @@ class NodeService:
         revokes first, so none of them commits the old pending epoch afterwards (second
         review: two refreshes had left different shares of one epoch at two nodes)."""
         rec = self.keystore.get_state(_staged_name(key_id))
-        held = self.keystore.keys()
-        if isinstance(rec, dict) and key_id in held and rec.get("epoch") in held[key_id].pending:
+        status = self.keystore.find_key(key_id)
+        if isinstance(rec, dict) and status is not None and rec.get("epoch") in status.pending:
             self.keystore.delete_state(_staged_name(key_id))
             self._audit("epoch_confirmation_revoked", key_id=key_id, epoch=rec.get("epoch"), job=rec.get("job"))
 
     def _resolve_pending(self, key_id: str, epoch: Any) -> None:
         """Commit a pending epoch the coordinator already uses (it moved the key's epoch, so the
         job was done) and that every holder confirmed staging: this node missed the job's end."""
-        if not isinstance(epoch, int) or key_id not in self.keystore.keys():  # noqa: SIM118
+        status = self.keystore.find_key(key_id)  # on every task: no scan of every key
+        if not isinstance(epoch, int) or status is None:
             return
-        status = self.keystore.key_status(key_id)
         if epoch in status.pending and (status.current is None or status.current < epoch) and self._confirmed(key_id, epoch):
             self.shares.commit(key_id, epoch)
             self._audit("epoch_committed", key_id=key_id, epoch=epoch, late=True)
@@ -616,7 +616,7 @@ class NodeService:
         job = str(raw["job_id"])
         sid = hashlib.sha256(b"shardguard/node/repair-package/v1\x00" + job.encode() + b"\x00" + instance).digest()
         if me == lost:
-            if key_id in self.keystore.keys():  # noqa: SIM118 -- before any message: the helpers must not forget us
+            if self.keystore.find_key(key_id) is not None:  # before any message: the helpers must not forget us
                 raise TaskError(f"this node still holds key {key_id}: it has nothing to repair", "lost")
             got = exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
                            messages=dict.fromkeys(peers, b"{}"), deadline=deadline)  # fmt: skip
@@ -647,7 +647,8 @@ class NodeService:
                        {i: p for i, p in peers.items() if i in (*helpers, lost)}, relay=self.relay, inbox=inbox,
                        deadline=deadline)  # fmt: skip
         if me == lost:
-            committee.record(self.keystore, key_id, _committee(holders, me, self.node_id, participants, public), replace=True)
+            told_holders = committee.from_helpers(holders, me, self.node_id, participants, set(public.verifying_shares))
+            committee.record(self.keystore, key_id, told_holders, replace=True)
             self.shares.stage(key_id, result)
         else:
             # Its state is gone (it repaired, so it had no share): witness it afresh. Only now —
@@ -762,7 +763,7 @@ class NodeService:
                     # The same running node announcing a lower counter is only two of its
                     # concurrent tasks arriving out of order: nothing to record, nothing wrong.
                     if self._witness_keys.get(node) != identity:
-                        self._mark_rolled_back(node, identity, str(e))
+                        self._caught[node] = (identity, str(e))  # this process stays caught (_check_rollbacks)
                         raise StalePeer(node, str(e)) from None
         try:
             self.keystore.require_fresh(confirmations, 1)
@@ -788,9 +789,6 @@ class NodeService:
         with self._witness_lock:
             self._witness_keys.clear()
         log.error("this state directory looks like an old copy (a peer saw a newer state): %s", detail)
-
-    def _mark_rolled_back(self, node: str, identity: bytes, detail: str) -> None:
-        self._caught[node] = (identity, detail)
 
     def _check_rollbacks(self, peers: Mapping[int, AdmittedPeer]) -> None:
         for p in peers.values():
@@ -938,23 +936,6 @@ def _package_digest(public: Any) -> str:
 def _staged_name(key_id: str) -> str:
     """Keystore state: the epoch of ``key_id`` that every holder confirmed staging, and its job."""
     return f"staged-{key_id}"
-
-
-def _committee(
-    holders: Mapping[int, str], me: int, node_id: str, participants: Mapping[int, str], public: PublicKeyPackage
-) -> dict[int, str]:
-    """The key's holders as the helpers recorded them, for the node being re-provisioned (it
-    has no record of its own: committee.py): every index of the key, once each, the
-    participants as named, and us at ours."""
-    out = dict(holders)
-    if (
-        set(out) != set(public.verifying_shares)
-        or out.get(me) != node_id
-        or any(out.get(i) != n for i, n in participants.items())
-        or len(set(out.values())) != len(out)
-    ):
-        raise TaskError("the helpers' committee does not agree with the key or the participants", "committee")
-    return out
 
 
 def _seconds_until(iso: Any) -> float:
