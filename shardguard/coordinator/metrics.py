@@ -71,6 +71,12 @@ class Metrics:
         self.job_seconds = Histogram(
             "shardguard_job_seconds", "Job duration from dispatch to end, by kind", ["kind"], buckets=_JOB_BUCKETS, registry=r
         )
+        self.bundles_started = Histogram(
+            "shardguard_bundle_requests",
+            "Sign requests per bundle started (API.md §1.6, Bundles)",
+            buckets=(2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.tasks_claimed = Counter("shardguard_tasks_claimed", "Tasks handed to nodes by this replica", registry=r)
         self.relay_messages = Counter("shardguard_relay_messages", "Ciphertexts accepted for relay", registry=r)
         self.relay_bytes = Counter("shardguard_relay_bytes", "Ciphertext bytes accepted for relay", registry=r)

@@ -161,10 +161,12 @@ class Job(Base):
         Index("ix_jobs_key_status", "key_id", "status"),
         # One job per client idempotency key and token (NULLs never collide).
         Index("uq_jobs_idempotency", "requested_by", "idempotency_key", unique=True),
+        Index("ix_jobs_bundle_id", "bundle_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    #: dkg | sign | refresh | repair
+    #: dkg | sign | refresh | repair, or bundle: several queued FROST signatures of one key run
+    #: as one job (API.md §1.6, "Bundles"); a bundle is no client request.
     kind: Mapped[str] = mapped_column(String(16))
     key_id: Mapped[str] = mapped_column(String(32), ForeignKey("keys.id"))
     params: Mapped[dict[str, Any]]
@@ -190,6 +192,9 @@ class Job(Base):
     #: it: the same key again returns this job, with another request it is refused.
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     idempotency_fp: Mapped[str | None] = mapped_column(String(64))
+    #: A sign request run inside a bundle: the bundle's job id (it has the tasks and the
+    #: mailbox; this one ends when it does). None otherwise.
+    bundle_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     started_at: Mapped[dt.datetime | None]

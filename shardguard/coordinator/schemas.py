@@ -208,7 +208,8 @@ class JobError(_Out):
 
 class RequestOut(_Out):
     request_id: str
-    kind: Literal["dkg", "sign", "refresh", "repair"]
+    #: ``bundle``: not a client request but the job that ran several (API.md §1.6, Bundles).
+    kind: Literal["dkg", "sign", "refresh", "repair", "bundle"]
     key_id: str
     status: Literal["queued", "running", "done", "failed"]
     params: dict[str, Any]
@@ -220,6 +221,8 @@ class RequestOut(_Out):
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    #: The bundle this sign request ran in, if it ran in one.
+    bundle: str | None = None
 
 
 class NodeOut(_Out):

@@ -76,6 +76,10 @@ SCOPES = ("keys:write", "sign:write", "read", "nodes:register", "admin")
 JOB_KINDS = ("dkg", "sign", "refresh", "repair")
 #: Kinds that change the shares: they run alone on their key.
 EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
+#: Most requests in one bundle (the nodes' FrostBatchSigner takes 64), and most requests ×
+#: signers (its round-2 payload: 64 items × 22 signers, 6 × 255 fit 64 KiB).
+_BUNDLE_MAX = 64
+_BUNDLE_SIGNER_ITEMS = 1600
 BROADCAST = "*"
 #: A node's last_seen is written at most this often (every signed request refreshes it).
 _LAST_SEEN_EVERY = 1.0
@@ -783,6 +787,15 @@ class Coordinator:
             # key row is held FOR SHARE (_KEY_FOR_SIGN): a refresh or repair submitted or
             # dispatched at the same moment (FOR UPDATE) waits for this one and then sees it.
             run_now = conn.execute(_KEY_CHANGING, {"key": key_id}).first() is None
+            if run_now and key.scheme != "ecdsa" and self.settings.sign_inflight > 0:
+                # Enough of this key's FROST signatures in flight, or some already waiting:
+                # this one waits too, and dispatch() starts the waiting ones together, as one
+                # bundle, when one in flight ends ("Bundles" in API.md §1.6).
+                cutoff = now - dt.timedelta(seconds=self.settings.sign_inflight_seconds)
+                run_now = (
+                    conn.first(_QUEUED_JOB, {"key": key_id}) is None
+                    and conn.scalar(_SIGNS_IN_FLIGHT, {"key": key_id, "after": cutoff}) < self.settings.sign_inflight
+                )
             job: dict[str, Any] = {
                 "id": job_id, "kind": "sign", "key_id": key_id, "params": params, "status": "queued",
                 "result": None, "error": None, "participants": participants, "attempts": 0, "next_msg_seq": 1,
@@ -898,7 +911,7 @@ class Coordinator:
 
     def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         with self.db.read() as s:
-            q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+            q = select(Job).where(Job.kind != "bundle").order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
             if key_id is not None:
                 q = q.where(Job.key_id == key_id)
             if status is not None:
@@ -932,6 +945,7 @@ class Coordinator:
             "started_at": iso(job.started_at),
             "finished_at": iso(job.finished_at),
             "deadline": iso(job.lease_until),
+            "bundle": job.bundle_id,
         }
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -973,6 +987,102 @@ class Coordinator:
         s.flush()
         return True
 
+    def _next_jobs(self, key_id: str) -> None:
+        """A job of ``key_id`` ended and others wait: start what may run now."""
+        if self._dispatch_signs(key_id)[1]:
+            self.dispatch()
+
+    def _bundles(self, scheme: str) -> bool:
+        """Whether this scheme's signatures wait when enough are in flight, and bundle."""
+        return scheme != "ecdsa" and self.settings.sign_inflight > 0
+
+    def _dispatch_signs(self, key_id: str) -> tuple[list[list[str]], bool]:
+        """Start the FROST signatures of ``key_id`` that wait and may run: as many bundles (or
+        single jobs, for one request) as ``sign_inflight`` allows, the oldest requests first,
+        grouped by signer set (API.md §1.6, "Bundles"). Prebuilt statements (rawsql) in one
+        transaction, the key row held FOR UPDATE as dispatch() holds it. Returns the node ids of
+        each job started, and whether jobs of another kind wait for the key (then dispatch()
+        must look at them)."""
+        started: list[list[str]] = []
+        now = utc_now()
+        with self.db.raw.write() as conn:
+            key = conn.first(_KEY_FOR_DISPATCH, {"key": key_id})
+            if key is None or key.status != "active" or not self._bundles(key.scheme):
+                return [], True
+            # Ordering per key: a refresh or repair running holds every signature back; one
+            # queued holds back those queued after it (dispatch() starts it when its turn comes).
+            changing = conn.first(_KEY_CHANGING_FIRST, {"key": key_id})
+            if changing is not None and changing.status == "running":
+                return [], False
+            rows = list(conn.execute(_QUEUED_SIGNS, {"key": key_id, "limit": 4 * max(1, self.settings.bundle_max)}))
+            if changing is not None:
+                rows = [r for r in rows if (r.created_at, r.id) < (changing.created_at, changing.id)]
+            cutoff = now - dt.timedelta(seconds=self.settings.sign_inflight_seconds)
+            in_flight = conn.scalar(_SIGNS_IN_FLIGHT, {"key": key_id, "after": cutoff}) or 0
+            groups: dict[tuple[str, ...], list[Any]] = {}
+            for r in rows:
+                groups.setdefault(tuple(r.params["signers"]), []).append(r)
+            pending = list(groups.values())
+            while pending and in_flight < self.settings.sign_inflight:
+                # The group holding the oldest waiting request goes first.
+                group = min(pending, key=lambda g: (g[0].created_at, g[0].id))
+                take = self._next_bundle(group)
+                del group[: len(take)]
+                if not group:
+                    pending.remove(group)
+                self._start_signs(conn, take, key, now)
+                in_flight += 1
+                started.append([p["node_id"] for p in take[0].participants])
+            others = changing is not None
+        for nodes in started:
+            for nid in nodes:
+                self.notify(f"node:{nid}", 1)
+        return started, others
+
+    def _next_bundle(self, jobs: Sequence[Any]) -> list[Any]:
+        """The oldest waiting signatures that fit one bundle (at least the first). The nodes'
+        batch round 2 must fit one protocol message (64 KiB): about 1,600 signer-items."""
+        out: list[Any] = []
+        size = 0
+        cap = min(self.settings.bundle_max, _BUNDLE_MAX, _BUNDLE_SIGNER_ITEMS // len(jobs[0].participants))
+        for job in jobs[: max(1, cap)]:
+            size += len(job.params.get("message_hex", "")) // 2
+            if out and size > self.settings.bundle_max_bytes:
+                break
+            out.append(job)
+        return out
+
+    def _start_signs(self, conn: RawConnection, jobs: Sequence[Any], key: Any, now: dt.datetime) -> None:
+        """Start waiting signature requests: one alone as itself; several as a bundle — one
+        job with one task per signer, one session of the nodes signing every message
+        (``FrostBatchSigner``). Each request runs inside it and ends with it: done with its own
+        signature, or failed with the bundle's reason (API.md §1.6, "Bundles")."""
+        first = jobs[0]
+        until = now + dt.timedelta(seconds=self.settings.job_timeout)
+        running = {"status": "running", "epoch": key.epoch, "owner": self.settings.replica_id, "until": until, "now": now}
+        if len(jobs) == 1:
+            job_id = first.id
+            conn.execute(_START_QUEUED, running | {"job": job_id, "instance": secrets.token_bytes(32).hex(), "bundle": None})
+        else:
+            job_id = new_id("bdl")
+            conn.insert(_INSERT_JOB, {
+                "id": job_id, "kind": "bundle", "key_id": key.id, "status": "running", "result": None, "error": None,
+                "params": {
+                    "signers": first.params["signers"],
+                    "bundle": [{"request_id": j.id, "message_hex": j.params["message_hex"]} for j in jobs],
+                },
+                "participants": first.participants, "attempts": 1, "next_msg_seq": 1, "mailbox_bytes": 0,
+                "requested_by": None, "created_at": now, "updated_at": now, "instance": secrets.token_bytes(32).hex(),
+                "epoch": key.epoch, "lease_owner": self.settings.replica_id, "lease_until": until, "started_at": now,
+            })  # fmt: skip
+            conn.execute(_START_QUEUED, [running | {"job": j.id, "instance": None, "bundle": job_id} for j in jobs])
+            self.metrics.bundles_started.observe(len(jobs))
+        conn.insert(_INSERT_TASK, [
+            {"id": new_id("task"), "job_id": job_id, "node_id": p["node_id"], "party_index": p["index"], "status": "queued",
+             "created_at": now}
+            for p in first.participants
+        ])  # fmt: skip
+
     def _submit(self, s: Session, job: Job, key: Key, now: dt.datetime) -> bool:
         """Start a just-submitted job in its own transaction when nothing of its key is ahead
         (no other replica can see it before commit, so it cannot be dispatched twice)."""
@@ -990,8 +1100,9 @@ class Coordinator:
     def _has_queued(s: Session, key_id: str) -> bool:
         return s.scalars(select(Job.id).where(Job.key_id == key_id, Job.status == "queued").limit(1)).first() is not None
 
-    def dispatch(self, limit: int = 64) -> int:
-        """Start the queued jobs that may run now. Safe to call from any replica at any time."""
+    def dispatch(self, limit: int = 256) -> int:
+        """Start the queued jobs that may run now. Safe to call from any replica at any time.
+        Waiting FROST signatures of one key and signer set start together, as bundles."""
         started: list[list[str]] = []
         now = utc_now()
         with self.db.write() as s:
@@ -1012,14 +1123,20 @@ class Coordinator:
                 if key_ids
                 else {}
             )
+            signing: set[str] = set()
             for job in queued:
-                if self._blocked(s, job):
-                    continue
                 key = keys.get(job.key_id)
                 if key is None:  # a job always names an existing key (foreign key); never start one that doesn't
                     continue
+                if job.kind == "sign" and self._bundles(key.scheme):
+                    signing.add(key.id)  # started below, bundled, in their own transaction
+                    continue
+                if self._blocked(s, job):
+                    continue
                 if self._start_job(s, job, key, now):
                     started.append([p["node_id"] for p in job.participants])
+        for key_id in sorted(signing):
+            started += self._dispatch_signs(key_id)[0]
         for nodes in started:
             for nid in nodes:
                 self.notify(f"node:{nid}", 1)
@@ -1198,11 +1315,7 @@ class Coordinator:
                 )
             else:
                 self._check_result(job, key, reported)
-                problem = (
-                    signature_problem(key.scheme, key.public_key, key.public_package, job.params, reported)
-                    if job.kind == "sign"
-                    else None
-                )
+                problem = self._signing_problem(job, key, reported) if job.kind in ("sign", "bundle") else None
                 if problem is not None:
                     # An honest signer verifies the signature before it reports it (FROST and
                     # DKLs23 both do): whoever reports an invalid one is the culprit.
@@ -1221,7 +1334,7 @@ class Coordinator:
         if out["job_status"] != "running":
             self._notify_job(job.id, [p["node_id"] for p in job.participants])
             if waiting:
-                self.dispatch()  # jobs of this key that waited for it may start now
+                self._next_jobs(job.key_id)  # jobs of this key that waited for it may start now
         return out
 
     def _signed(self, task_id: str, node_id: str, result: dict[str, Any], identity: bytes | None) -> dict[str, Any] | None:
@@ -1240,7 +1353,7 @@ class Coordinator:
                 if identity is not None and bytes(probe.identity_public_key) != identity:
                     raise StaleIdentity(node_id)
                 job = conn.first(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id})
-                if job is None or job.kind != "sign" or job.status != "running":
+                if job is None or job.kind not in ("sign", "bundle") or job.status != "running":
                     return None
                 if conn.scalar(_TASK_FOR_REPORT, {"task": task_id}) != "running":
                     return None
@@ -1250,7 +1363,7 @@ class Coordinator:
                 others = [t for t in conn.execute(_JOB_RESULTS, {"job": job.id}) if t.id != task_id]
                 mine = canonical_json(result)
                 verified = any(t.status == "done" and canonical_json(t.result) == mine for t in others)
-                if not verified and signature_problem(job.scheme, job.public_key, job.public_package, job.params, result):
+                if not verified and self._signing_problem(job, job, result):
                     raise _GeneralPath  # invalid_signature: failed by the general path
                 conn.execute(_TASK_DONE, {"task": task_id, "res": result, "now": now})
                 job_status = "running"
@@ -1260,22 +1373,52 @@ class Coordinator:
                     conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
                     self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
+                    if job.kind == "bundle":
+                        done = [
+                            {"job": item["request_id"], "bundle": job.id, "now": now,
+                             "res": {"scheme": result.get("scheme"), "public_key": result.get("public_key"), "signature": sig}}
+                            for item, sig in zip(job.params["bundle"], result["signatures"], strict=True)
+                        ]  # fmt: skip
+                        conn.execute(_MEMBER_DONE, done)
+                        for _ in done:
+                            self._record_end(_Ended("sign", job.started_at, now), "done", "")
                 waiting = job_status != "running" and conn.first(_QUEUED_JOB, {"key": job.key_id}) is not None
         except _GeneralPath:
             return None
         if job_status != "running":
             self._notify_job(job.id, [p["node_id"] for p in job.participants])
             if waiting:
-                self.dispatch()
+                self._next_jobs(job.key_id)
         return {"task_status": "done", "job_status": job_status}
 
     @staticmethod
     def _check_result(job: Any, key: Key | None, result: dict[str, Any]) -> None:
+        if job.kind == "bundle":
+            sigs = result.get("signatures")
+            if not isinstance(sigs, list) or len(sigs) != len(job.params["bundle"]):
+                raise ApiError(422, "validation_error", "one signature per request of the bundle", field="result.signatures")
+            for i, value in enumerate(sigs):
+                if not isinstance(value, str) or not _HEX_RE.fullmatch(value) or len(value) > 512:
+                    raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.signatures[{i}]")
+            return
         need = {"dkg": "public_key", "sign": "signature", "refresh": "public_key", "repair": None}[job.kind]
         if need is not None:
             value = result.get(need)
             if not isinstance(value, str) or not _HEX_RE.fullmatch(value) or len(value) > 512:
                 raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.{need}")
+
+    @staticmethod
+    def _signing_problem(job: Any, key: Any, result: Mapping[str, Any]) -> str | None:
+        """:func:`signature_problem` for a sign job, or for every request of a bundle (the first
+        wrong one). ``key``: a Key or a row with its scheme, public key and package."""
+        if job.kind == "sign":
+            return signature_problem(key.scheme, key.public_key, key.public_package, job.params, result)
+        for i, (item, sig) in enumerate(zip(job.params["bundle"], result["signatures"], strict=True)):
+            one = {"scheme": result.get("scheme"), "public_key": result.get("public_key"), "signature": sig}
+            problem = signature_problem(key.scheme, key.public_key, key.public_package, item, one)
+            if problem is not None:
+                return f"request {i} ({item['request_id']}): {problem}"
+        return None
 
     def _complete_job(self, s: Session, job: Job, key: Key, tasks: Sequence[Task]) -> None:
         groups = collections.Counter(canonical_json(t.result) for t in tasks)
@@ -1322,6 +1465,18 @@ class Coordinator:
         job.finished_at = now
         job.updated_at = now
         self._record_end(job, "done", "")
+        if job.kind == "bundle":
+            signatures = dict(zip((item["request_id"] for item in job.params["bundle"]), result["signatures"], strict=True))
+            for member in s.scalars(select(Job).where(Job.bundle_id == job.id).with_for_update()):
+                if member.status == "running" and member.id in signatures:
+                    member.status = "done"
+                    member.result = {
+                        "scheme": result.get("scheme"), "public_key": result.get("public_key"),
+                        "signature": signatures[member.id],
+                    }  # fmt: skip
+                    member.finished_at = now
+                    member.updated_at = now
+                    self._record_end(member, "done", "")
 
     def _fail_job(self, s: Session, job: Job, *, reason: str, culprits: list[str], party: str | None, detail: str) -> None:
         now = utc_now()
@@ -1341,6 +1496,13 @@ class Coordinator:
                 key.status = "failed"
                 key.updated_at = now
         self._record_end(job, "failed", reason)
+        if job.kind == "bundle":  # every request in it fails with its reason
+            for member in s.scalars(select(Job).where(Job.bundle_id == job.id, Job.status == "running").with_for_update()):
+                member.status = "failed"
+                member.error = job.error | {"detail": f"in bundle {job.id}: {detail}"}
+                member.finished_at = now
+                member.updated_at = now
+                self._record_end(member, "failed", reason)
 
     def _record_end(self, job: Job | _Ended, status: str, reason: str) -> None:
         known = reason if reason in _REASONS else "other"
@@ -1356,6 +1518,10 @@ class Coordinator:
         # The client waiting for the answer first: wake-ups run in the order they are made, and
         # the nodes only learn that their finished job ended.
         self.notify(f"job:{job_id}", None)
+        if job_id.startswith("bdl_"):  # a bundle's requests ended with it
+            with self.db.raw.read() as conn:
+                for (member,) in conn.execute(_BUNDLE_MEMBERS, {"bundle": job_id}):
+                    self.notify(f"job:{member}", None)
         for nid in nodes:
             self.notify(f"inbox:{nid}:{job_id}", None)
 
@@ -1697,7 +1863,8 @@ class Coordinator:
         with self.db.write() as s:
             q = (
                 select(Job)
-                .where(Job.status == "running", Job.lease_until < now)
+                # A request inside a bundle ends with its bundle, never on its own.
+                .where(Job.status == "running", Job.lease_until < now, Job.bundle_id.is_(None))
                 .order_by(Job.lease_until)
                 .limit(100)
                 .with_for_update(skip_locked=True)
@@ -1874,7 +2041,7 @@ _INSERT_JOB = insert(Job)
 _INSERT_TASK = insert(Task)
 _REQUEST = select(
     Job.id, Job.kind, Job.key_id, Job.status, Job.params, Job.result, Job.error, Job.participants, Job.instance, Job.epoch,
-    Job.attempts, Job.created_at, Job.updated_at, Job.started_at, Job.finished_at, Job.lease_until,
+    Job.attempts, Job.created_at, Job.updated_at, Job.started_at, Job.finished_at, Job.lease_until, Job.bundle_id,
 ).where(Job.id == bindparam("job"))  # fmt: skip
 _REQUEST_TASKS = select(Task.node_id, Task.status).where(Task.job_id == bindparam("job"))
 # … and for a signer's report.
@@ -1913,6 +2080,45 @@ _JOB_DONE = (
     .values(status="done", result=bindparam("res"), finished_at=bindparam("now"), updated_at=bindparam("now"))
 )
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
+_BUNDLE_MEMBERS = select(Job.id).where(Job.bundle_id == bindparam("bundle"))
+_MEMBER_DONE = (
+    update(Job)
+    .where(Job.id == bindparam("job"), Job.bundle_id == bindparam("bundle"), Job.status == "running")
+    .values(status="done", result=bindparam("res"), finished_at=bindparam("now"), updated_at=bindparam("now"))
+)
+_KEY_FOR_DISPATCH = (
+    select(Key.id, Key.scheme, Key.status, Key.epoch).where(Key.id == bindparam("key")).with_for_update()
+)
+_KEY_CHANGING_FIRST = (
+    select(Job.id, Job.status, Job.created_at)
+    .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
+    .order_by(Job.status.desc(), Job.created_at, Job.id)  # a running one first
+    .limit(1)
+)
+_QUEUED_SIGNS = (
+    select(Job.id, Job.params, Job.participants, Job.created_at)
+    .where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind == "sign")
+    .order_by(Job.created_at, Job.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_START_QUEUED = (
+    update(Job)
+    .where(Job.id == bindparam("job"), Job.status == "queued")
+    .values(
+        status=bindparam("status"), instance=bindparam("instance"), epoch=bindparam("epoch"), attempts=Job.attempts + 1,
+        lease_owner=bindparam("owner"), lease_until=bindparam("until"), started_at=bindparam("now"),
+        updated_at=bindparam("now"), bundle_id=bindparam("bundle"),
+    )
+)  # fmt: skip
+#: A key's signing jobs (requests run alone, and bundles) started recently and still running.
+_SIGNS_IN_FLIGHT = select(func.count()).where(
+    Job.key_id == bindparam("key"),
+    Job.status == "running",
+    Job.kind.in_(("sign", "bundle")),
+    Job.bundle_id.is_(None),
+    Job.started_at > bindparam("after"),
+)
 _QUEUED_TASK = select(Task.id).where(Task.node_id == bindparam("node"), Task.status == "queued").limit(1)
 _AUDIT_EXISTING = select(AuditEntry.seq, AuditEntry.entry, AuditEntry.entry_hash, AuditEntry.signature).where(
     AuditEntry.node_id == bindparam("node"), AuditEntry.seq.in_(bindparam("seqs", expanding=True))

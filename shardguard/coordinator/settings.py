@@ -43,6 +43,15 @@ class Settings:
     #: Most messages returned by one inbox read.
     inbox_batch: int = 256
 
+    #: FROST signatures of one key started within the last ``sign_inflight_seconds`` and still
+    #: running, at most; requests beyond wait in the queue and start together, in bundles
+    #: (API.md §1.6, "Bundles"). 0: no limit, no bundles.
+    sign_inflight: int = 2
+    sign_inflight_seconds: float = 1.0
+    #: Most sign requests in one bundle, and most message bytes (hex-decoded) in one.
+    bundle_max: int = 32
+    bundle_max_bytes: int = 256 * 1024
+
     #: Seconds a dispatched job may run before it fails with reason ``timeout``.
     job_timeout: float = 120.0
     #: Seconds a job may wait in the queue (behind another job of its key) before it fails.

@@ -291,7 +291,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     state.cursors.setdefault(str(t["job_id"]), 0)
                     state.fresh.add(str(t["job_id"]))
                     state.handed.add(str(t["job_id"]))
-                    if t.get("kind") == "sign":
+                    if t.get("kind") in ("sign", "bundle"):
                         state.signing[str(t["task_id"])] = str(t["job_id"])
                 look = notifier.take_dirty(node_id) | state.fresh
                 state.fresh = set()

@@ -75,7 +75,11 @@ log = logging.getLogger("shardguard.node")
 #: Attestations answering challenges: a burst of this many, then one per second at most
 #: (however fast registered nodes send new challenges).
 _ANSWER_BURST = 5
-_KINDS = {"dkg": "keygen", "sign": "sign", "refresh": "refresh", "repair": "repair"}
+#: The coordinator's job kinds, as tasks.py names them; a bundle is several signings in one
+#: session (API.md §1.6, "Bundles").
+_KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair"}
+#: Most requests in one bundle (FrostBatchSigner's limit).
+_BUNDLE_MAX = 64
 
 
 class StalePeer(Exception):
@@ -381,7 +385,7 @@ class NodeService:
         event = {"dkg": "key_generated", "refresh": "refresh_staged", "repair": "repair"}.get(
             str(raw.get("kind")), "task"
         )
-        if status == "done" and raw.get("kind") == "sign":
+        if status == "done" and raw.get("kind") in ("sign", "bundle"):
             return
         if status == "done" and result is not None:
             fields["public_key"] = result.get("public_key")
@@ -401,6 +405,16 @@ class NodeService:
         if raw.get("kind") == "sign":
             payload = params.get("digest_hex") or params.get("message_hex") or ""
             fields["payload_sha256"] = hashlib.sha256(bytes.fromhex(payload)).hexdigest() if payload else ""
+            fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
+        elif raw.get("kind") == "bundle":  # one entry for the decision to sign them all
+            try:
+                items = _bundle_items(params)
+            except TaskError:
+                items = []  # refused as malformed (the task's error says why)
+            fields["requests"] = [
+                {"request": item["request_id"], "payload_sha256": hashlib.sha256(bytes.fromhex(item["message_hex"])).hexdigest()}
+                for item in items
+            ]
             fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
         return fields
 
@@ -447,6 +461,8 @@ class NodeService:
                 task_params["digest"] = params["digest_hex"]
             if "message_hex" in params:
                 task_params["message"] = params["message_hex"]
+            if raw["kind"] == "bundle":
+                task_params["messages"] = [item["message_hex"] for item in _bundle_items(params)]
             task_params["path"] = params.get("path") or "m"
         task = Task(
             job=str(raw["job_id"]),
@@ -926,6 +942,23 @@ class NodeService:
         self.stream.stop()
         self.link.close()
         self.keystore.close()
+
+
+def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A bundle's requests as the coordinator sent them, checked: 1 to 64 of
+    ``{request_id, message_hex}`` (TaskError otherwise)."""
+    items = params.get("bundle")
+    if not isinstance(items, list) or not 1 <= len(items) <= _BUNDLE_MAX:
+        raise TaskError(f"a bundle names 1 to {_BUNDLE_MAX} requests", "bundle")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
+            raise TaskError("each request names its request_id", f"bundle[{i}]")
+        message = item.get("message_hex")
+        if not isinstance(message, str) or len(message) % 2 or not all(c in "0123456789abcdef" for c in message):
+            raise TaskError("message_hex must be lower-case hex", f"bundle[{i}].message_hex")
+        out.append({"request_id": item["request_id"], "message_hex": message})
+    return out
 
 
 def _package_digest(public: Any) -> str:

@@ -22,7 +22,7 @@ from shardguard.node.engine import Inbox, Relay, drive
 from shardguard.protocols.dkg import Dkg
 from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup, parse_path
 from shardguard.protocols.errors import ProtocolAbort, UsageError
-from shardguard.protocols.frost import FrostSigner
+from shardguard.protocols.frost import FrostBatchSigner, FrostSigner
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.suites import SCHEMES, suite_by_scheme
@@ -165,15 +165,27 @@ def _sign(
                 store.add_bans(task.key_id, share.setup_id, e.culprits)  # persist before reporting (spec P3)
             raise
         return dict(sig.to_dict())
+    if str(task.params.get("path", "m")) != "m":
+        # FROST signs with the key itself; signing for a child key would need the tweak applied.
+        raise TaskError(f"{share.suite.scheme} signing takes no BIP32 path", "path")
+    if "messages" in task.params:  # a bundle: every message in one session
+        try:
+            messages = [bytes.fromhex(m) for m in task.params["messages"]]
+        except (TypeError, ValueError):
+            raise TaskError("messages must be hex", "messages") from None
+        batch = FrostBatchSigner(share, signers=signers, messages=messages, instance=task.instance, rng=rng)
+        signatures: tuple[bytes, ...] = go(batch, release)
+        return {
+            "scheme": share.suite.scheme,
+            "public_key": share.public.public_key_bytes.hex(),
+            "signatures": [sig.hex() for sig in signatures],
+        }
     if not isinstance(task.params.get("message"), str):
         raise TaskError("a FROST signing names its message (hex)", "message")  # never b"" by default
     try:
         message = bytes.fromhex(task.params["message"])
     except ValueError:
         raise TaskError("message must be hex", "message") from None
-    if str(task.params.get("path", "m")) != "m":
-        # FROST signs with the key itself; signing for a child key would need the tweak applied.
-        raise TaskError(f"{share.suite.scheme} signing takes no BIP32 path", "path")
     signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng), release)
     return {"scheme": share.suite.scheme, "public_key": share.public.public_key_bytes.hex(), "signature": signature.hex()}
 

@@ -252,8 +252,12 @@ def sign_result(task: dict[str, Any]) -> dict[str, Any]:
         return {"scheme": "ecdsa", "public_key": child.public_key.format().hex(), "path": path, "digest": digest.hex(),
                 "signature": rec[:64].hex(), "recovery_id": rec[64]}  # fmt: skip
     shares = _frost_shares(scheme)
+    pk = shares[0].public.public_key_bytes.hex()
+    if task["kind"] == "bundle":  # one signature per request, in the bundle's order
+        sigs = [local.sign(shares[:2], bytes.fromhex(item["message_hex"])).hex() for item in params["bundle"]]
+        return {"scheme": scheme, "public_key": pk, "signatures": sigs}
     sig = local.sign(shares[:2], bytes.fromhex(params["message_hex"]))
-    return {"scheme": scheme, "public_key": shares[0].public.public_key_bytes.hex(), "signature": sig.hex()}
+    return {"scheme": scheme, "public_key": pk, "signature": sig.hex()}
 
 
 def run_dkg(client: httpx.Client, nodes: list[FakeNode], scheme: str = "ed25519", t: int = 2, pk: str | None = None) -> str:

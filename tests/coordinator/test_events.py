@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -48,7 +49,11 @@ def claim_all(node: FakeNode, n: int) -> list[dict[str, Any]]:
     return list(r.json()["tasks"])
 
 
-def test_tasks_are_handed_out_in_batches_and_once(client: TestClient, nodes: list[FakeNode]) -> None:
+def test_tasks_are_handed_out_in_batches_and_once(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(sign_inflight=0)  # every request its own job, at once: no bundles
+    nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in nodes:
+        assert n.register().status_code == 200
     key_id = run_dkg(client, nodes)
     a, b, _c = nodes
     jobs = [sign_job(client, key_id, [a.node_id, b.node_id]) for _ in range(3)]

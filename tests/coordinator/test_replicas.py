@@ -1,5 +1,6 @@
 """Two coordinator replicas (two server processes) on one PostgreSQL database serve a burst of
-requests: every task is handed out exactly once and every job runs exactly once."""
+requests: every task is handed out exactly once, every job runs exactly once, and every request
+runs in exactly one job (its own or a bundle's)."""
 
 from __future__ import annotations
 
@@ -44,9 +45,15 @@ def test_two_replicas_never_hand_out_a_task_twice(pg_cluster: PgCluster, tmp_pat
         owners = dict(
             conn.execute("SELECT lease_owner, count(*) FROM tasks WHERE claimed_at IS NOT NULL GROUP BY lease_owner").fetchall()
         )
-    # dkg + the burst + the wake-up probe (of which only node-a's task was handed out)
-    assert len(per_job) == N_SIGN + 2 and all(n in (2, 3) for _job, n in per_job)
-    assert set(owners) <= {"r1", "r2"} and sum(owners.values()) == 2 * N_SIGN + 3 + 1
+        bundles = conn.execute("SELECT count(*) FROM jobs WHERE kind = 'bundle'").fetchone()
+        bundled = conn.execute("SELECT count(*) FROM jobs WHERE bundle_id IS NOT NULL").fetchone()
+    # dkg + the jobs the burst ran (requests alone, and bundles) + the wake-up probe (of which
+    # only node-a's task was handed out)
+    assert bundles is not None and bundled is not None
+    ran = N_SIGN - bundled[0] + bundles[0]
+    assert bundles[0] > 0, "a burst of 30 on one key runs partly in bundles"
+    assert len(per_job) == ran + 2 and all(n in (2, 3) for _job, n in per_job)
+    assert set(owners) <= {"r1", "r2"} and sum(owners.values()) == 2 * ran + 3 + 1
 
 
 def _burst(clients: list[httpx.Client]) -> str:
@@ -108,15 +115,24 @@ def _burst(clients: list[httpx.Client]) -> str:
     assert not errors, errors[:5]
     assert all(f["status"] == "done" and f["attempts"] == 1 for f in finals), [f for f in finals if f["status"] != "done"][:3]
     task_ids = [t for t, _j, _n in claimed]
-    assert len(task_ids) == len(set(task_ids)) == 2 * N_SIGN + 3, "a task was handed out twice"
+    jobs_run = {f["bundle"] or f["request_id"] for f in finals}
+    assert len(task_ids) == len(set(task_ids)) == 2 * len(jobs_run) + 3, "a task was handed out twice"
     runs = collections.Counter((j, n) for _t, j, n in claimed)
     assert max(runs.values()) == 1, "a node ran one job twice"
     for f in finals:
-        ran = sorted(n for (j, n) in runs if j == f["request_id"])
+        ran = sorted(n for (j, n) in runs if j == (f["bundle"] or f["request_id"]))
         assert ran == f["params"]["signers"], (f["request_id"], ran)
+    # Each request in exactly one bundle (or none), and signed with its own message there.
+    by_id = {f["request_id"]: f for f in finals}
+    for bundle_id in {f["bundle"] for f in finals} - {None}:
+        items = clients[0].get(f"/v1/requests/{bundle_id}", headers=ADMIN).json()["params"]["bundle"]
+        assert {i["request_id"] for i in items} == {f["request_id"] for f in finals if f["bundle"] == bundle_id}
+        assert len(items) == len({i["request_id"] for i in items}) > 1
+        for i in items:
+            assert i["message_hex"] == by_id[i["request_id"]]["params"]["message_hex"]
     metrics = [c.get("/metrics").text for c in clients]
     handed = [float(_metric(m, "shardguard_tasks_claimed_total")) for m in metrics]
-    assert sum(handed) == 2 * N_SIGN + 3
+    assert sum(handed) == 2 * len(jobs_run) + 3
     return str(key_id)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import secrets
 import shutil
@@ -21,6 +22,7 @@ from shardguard import local
 from shardguard.attestation.policy import VerificationPolicy
 from shardguard.channel import Challenge, binding, challenge_nonce, challenges_to_wire
 from shardguard.enclave.simulated import SimulatedPlatform
+from shardguard.interop import verify_independently
 from shardguard.node import committee
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import verify_chain
@@ -229,8 +231,16 @@ class FakeLink:
         self.steps, self.done, self.rest = steps, done, rest
         self.calls: list[tuple[str, str, Any]] = []
 
-    def request(self, method: str, path: str, *, params: Any = None, body: Any = None, timeout: float | None = None,
-                bearer: str | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        body: Any = None,
+        timeout: float | None = None,
+        bearer: str | None = None,
+    ) -> Any:
         self.calls.append((method, path, body if body is not None else params))
         if not self.steps:
             self.done.set()
@@ -534,3 +544,53 @@ def test_a_keygen_for_a_key_id_on_record_is_refused_even_while_the_first_runs(tm
         assert committee.recorded(svc.keystore, "k9") == {1: "node-1", 2: "node-2"}
     finally:
         _stop(svc)
+
+
+def test_a_bundle_signs_every_request_in_one_session_with_one_audit_entry(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """API.md §1.6, Bundles: one task, one FROST session for all the messages, one ``signing``
+    entry naming every request before any share leaves, each signature verifiable on its own."""
+    hub, services, parts = nodes
+    _sign(hub, services, parts, "warm")
+    messages = [b"", b"one", secrets.token_bytes(100), b"three"]
+    items = [{"request_id": f"req{i}", "message_hex": m.hex()} for i, m in enumerate(messages)]
+    results = _run_all(hub, services, parts, "bundle", "bdl1", {"bundle": items, "signers": NODES}, 0)
+    assert all(r["status"] == "done" for r in results), results
+    assert results[0]["result"] == results[1]["result"]
+    pk = bytes.fromhex(results[0]["result"]["public_key"])
+    sigs = [bytes.fromhex(s) for s in results[0]["result"]["signatures"]]
+    assert len(sigs) == 4 and "signature" not in results[0]["result"]
+    for m, sig in zip(messages, sigs, strict=True):
+        assert verify_independently("ed25519", pk, m, sig)
+    # One post per round (witness note with round 1, then round 2), as for one signature.
+    assert hub.posts[("node-1", "bdl1")] == hub.posts[("node-1", "warm")]
+    for svc in services.values():
+        chain = verify_chain(svc.audit.pending(), svc.card.identity_public_key)
+        entries = [e for e in chain if e.get("job") == "bdl1"]
+        assert [e["event"] for e in entries] == ["signing"], entries
+        assert entries[0]["requests"] == [
+            {"request": f"req{i}", "payload_sha256": hashlib.sha256(m).hexdigest()} for i, m in enumerate(messages)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("bundle", "field"),
+    [
+        ([], "bundle"),
+        ([{"request_id": "r", "message_hex": "00"}] * 65, "bundle"),
+        ("00", "bundle"),
+        ([{"message_hex": "00"}], "bundle[0]"),
+        ([{"request_id": "r", "message_hex": "0"}], "bundle[0].message_hex"),
+        ([{"request_id": "r", "message_hex": "ZZ"}], "bundle[0].message_hex"),
+        ([{"request_id": "r", "message_hex": "AB"}], "bundle[0].message_hex"),
+    ],
+)
+def test_a_malformed_bundle_is_refused_before_any_message(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], bundle: Any, field: str
+) -> None:
+    hub, services, parts = nodes
+    services["node-1"].handle(_task(parts, "bundle", 1, {"bundle": bundle}, "bad"))
+    r = hub.results["bad-1"]
+    assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and f"({field})" in r["error"]["detail"], r
+    assert ("node-1", "bad") not in hub.posts

@@ -17,7 +17,7 @@ from shardguard.crypto.suites import ALL_SUITES, SUITES
 from shardguard.protocols import wire
 from shardguard.protocols.dkg import DkgConfirm, DkgEcho, DkgRound1, DkgSecretShare, RefreshRound1
 from shardguard.protocols.dkls23 import _messages as dk
-from shardguard.protocols.frost import SignRound1, SignRound2
+from shardguard.protocols.frost import SignBatchRound1, SignBatchRound2, SignRound1, SignRound2
 from shardguard.protocols.repair import RepairCommitments, RepairDelta, RepairSigma
 
 WIRE = Path(__file__).resolve().parent.parent / "vectors" / "wire"
@@ -34,6 +34,22 @@ def _examples(suite):  # type: ignore[no-untyped-def]
         "DkgSecretShare": DkgSecretShare(suite=suite, share=12345),
         "SignRound1": SignRound1(suite=suite, hiding=p[0], binding=p[1]),
         "SignRound2": SignRound2(suite=suite, share=42, commitment_digests=((1, bytes(32)), (3, bytes(range(32))))),
+        "SignBatchRound1": SignBatchRound1(
+            suite=suite,
+            items=(
+                wire.encode_payload(SignRound1(suite=suite, hiding=p[0], binding=p[1])),
+                wire.encode_payload(SignRound1(suite=suite, hiding=p[2], binding=p[0])),
+            ),
+        ),
+        "SignBatchRound2": SignBatchRound2(
+            suite=suite,
+            items=(
+                wire.encode_payload(
+                    SignRound2(suite=suite, share=42, commitment_digests=((1, bytes(32)), (3, bytes(range(32)))))
+                ),
+                wire.encode_payload(SignRound2(suite=suite, share=43, commitment_digests=((1, bytes(32)), (3, bytes(32))))),
+            ),
+        ),
         "DkgConfirm": DkgConfirm(suite=suite, package_digest=bytes(range(1, 33))),
         "RepairDelta": RepairDelta(suite=suite, delta=9, commitment=g.base_mul(9)),
         "RepairCommitments": RepairCommitments(suite=suite, commitments=((1, p[0]), (2, p[1]))),

@@ -1,4 +1,4 @@
-"""FROST signing payloads (RFC 9591 §5.1, §5.2)."""
+"""FROST signing payloads (RFC 9591 §5.1, §5.2), single and batched."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from shardguard.crypto.group import Point
 from shardguard.protocols import wire as w
 from shardguard.protocols.frost._core import Commitment
 
-__all__ = ["SignRound1", "SignRound2", "commitment_digest"]
+__all__ = ["MAX_BATCH", "SignBatchRound1", "SignBatchRound2", "SignRound1", "SignRound2", "commitment_digest"]
+
+#: Most messages one :class:`~shardguard.protocols.frost.FrostBatchSigner` session signs.
+MAX_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -77,3 +80,44 @@ class SignRound2(w.Payload):
             i = w.as_id(entry[0], f"commitment_digests[{k}].id")
             items.append((i, w.as_bytes(entry[1], f"commitment_digests[{i}]")))
         return cls(suite=suite, share=w.scalar(suite, fields[0], "share"), commitment_digests=tuple(items))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class _SignBatch(w.Payload):
+    """A batch round: item ``i`` is the canonical encoding of the single-signing payload of
+    that round for the batch's ``i``-th signature. The count and each item's content are
+    checked by the party (the count must be the batch size; an item must decode as the
+    round's single-signing payload)."""
+
+    suite: Ciphersuite
+    items: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if type(self.items) is not tuple or not 1 <= len(self.items) <= MAX_BATCH:
+            raise w.WireError(w.WireReason.BAD_FIELD, "items")
+        for k, item in enumerate(self.items):
+            if type(item) is not bytes or not item:
+                raise w.WireError(w.WireReason.BAD_FIELD, f"items[{k}]")
+
+    def _fields(self) -> list[Any]:
+        return [list(self.items)]
+
+    @classmethod
+    def _from_fields(cls, suite: Ciphersuite, fields: list[Any]) -> _SignBatch:
+        w.expect_len(fields, 1)
+        items = w.as_list(fields[0], "items", MAX_BATCH)
+        return cls(suite=suite, items=tuple(w.as_bytes(x, f"items[{k}]") for k, x in enumerate(items)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class SignBatchRound1(_SignBatch):
+    """Batch round 1 broadcast: one encoded :class:`SignRound1` per message."""
+
+    TAG = 12
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class SignBatchRound2(_SignBatch):
+    """Batch round 2 broadcast: one encoded :class:`SignRound2` per message."""
+
+    TAG = 13

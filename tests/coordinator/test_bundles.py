@@ -1,0 +1,242 @@
+"""Sign bundles (API.md §1.6, "Bundles"): FROST signatures of one key beyond ``sign_inflight``
+wait, then start together as one job; each request ends with its bundle, done with its own
+signature or failed with the bundle's reason. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from shardguard.interop import verify_independently
+
+from .conftest import ADMIN, FakeNode, coord, run_dkg, sign_result
+
+
+def _cluster(
+    make_client: Callable[..., TestClient], scheme: str = "ed25519", **settings: Any
+) -> tuple[TestClient, list[FakeNode], str]:
+    client = make_client(**settings)
+    nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in nodes:
+        assert n.register().status_code == 200
+    return client, nodes, run_dkg(client, nodes, scheme=scheme)
+
+
+def _sign(client: TestClient, key_id: str, message: bytes, signers: list[str] | None = None) -> str:
+    body: dict[str, Any] = {"message_hex": message.hex(), "signers": signers or ["node-a", "node-b"]}
+    r = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    return str(r.json()["request_id"])
+
+
+def _request(client: TestClient, rid: str) -> dict[str, Any]:
+    r = client.get(f"/v1/requests/{rid}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _tasks(node: FakeNode) -> list[dict[str, Any]]:
+    out = []
+    while (task := node.next_task()) is not None:
+        out.append(task)
+    return out
+
+
+_SIGNED: dict[str, dict[str, Any]] = {}
+
+
+def _report_all(nodes: list[FakeNode], tasks: dict[str, list[dict[str, Any]]]) -> None:
+    """Every task reported done with a valid result, the same for all signers of a job (a
+    FROST signature is randomised: computed once per job)."""
+    for n in nodes:
+        for t in tasks[n.node_id]:
+            result = _SIGNED.setdefault(t["job_id"], sign_result(t))
+            r = n.report(t["task_id"], result=result)
+            assert r.status_code == 200, r.text
+
+
+def test_waiting_signatures_start_as_one_bundle_and_each_gets_its_own_signature(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client)
+    a, b, _c = nodes
+    messages = [bytes([i]) * (i + 1) for i in range(6)]
+    rids = [_sign(client, key_id, m) for m in messages]
+    # Two in flight (sign_inflight = 2), the other four wait.
+    assert [_request(client, r)["status"] for r in rids] == ["running"] * 2 + ["queued"] * 4
+    first = {n.node_id: _tasks(n) for n in (a, b)}
+    assert [t["job_id"] for t in first["node-a"]] == rids[:2]
+    _report_all([a, b], {k: v[:1] for k, v in first.items()})  # the first one ends: the four start, bundled
+    bundled = {n.node_id: _tasks(n) for n in (a, b)}
+    assert len(bundled["node-a"]) == len(bundled["node-b"]) == 1
+    task = bundled["node-a"][0]
+    assert task["kind"] == "bundle" and task["job_id"].startswith("bdl_")
+    assert task["params"]["bundle"] == [
+        {"request_id": r, "message_hex": m.hex()} for r, m in zip(rids[2:], messages[2:], strict=True)
+    ]
+    assert task["params"]["signers"] == ["node-a", "node-b"]
+    for r in rids[2:]:
+        req = _request(client, r)
+        assert req["status"] == "running" and req["bundle"] == task["job_id"] and req["attempts"] == 1
+    _report_all([a, b], {k: v[1:] for k, v in first.items()})
+    _report_all([a, b], bundled)
+    pk = bytes.fromhex(_request(client, rids[0])["result"]["public_key"])
+    for r, m in zip(rids, messages, strict=True):
+        req = _request(client, r)
+        assert req["status"] == "done", req
+        assert req["result"]["public_key"] == pk.hex()
+        assert verify_independently("ed25519", pk, m, bytes.fromhex(req["result"]["signature"]))
+    assert _request(client, task["job_id"])["kind"] == "bundle"
+    listed = client.get("/v1/requests", headers=ADMIN).json()
+    assert all(x["kind"] != "bundle" for x in listed), "a bundle is not a client request"
+    assert "shardguard_bundle_requests_count 1.0" in client.get("/metrics").text
+
+
+def test_bundle_size_and_bytes_are_bounded(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1, bundle_max=3, bundle_max_bytes=5)
+    a = nodes[0]
+    rids = [_sign(client, key_id, b"xx") for _ in range(7)]
+    (single,) = _tasks(a)
+    _report_all(nodes[:2], {"node-a": [single], "node-b": _tasks(nodes[1])})
+    (bundle,) = _tasks(a)  # one in flight at a time: the next bundle starts when this one ends
+    # bundle_max_bytes = 5: two 2-byte messages fit, a third would not.
+    assert [i["request_id"] for i in bundle["params"]["bundle"]] == rids[1:3]
+    _report_all(nodes[:2], {"node-a": [bundle], "node-b": _tasks(nodes[1])})
+    (bundle,) = _tasks(a)
+    assert [i["request_id"] for i in bundle["params"]["bundle"]] == rids[3:5]
+
+
+def test_a_bundle_with_one_bad_signature_fails_every_request_in_it(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1)
+    a, b, _c = nodes
+    rids = [_sign(client, key_id, bytes([i])) for i in range(4)]
+    _report_all([a, b], {"node-a": _tasks(a), "node-b": _tasks(b)})
+    (bundle,) = _tasks(a)
+    good = sign_result(bundle)
+    bad = good | {"signatures": [good["signatures"][1], *good["signatures"][1:]]}  # request 0 signed with 1's
+    r = a.report(bundle["task_id"], result=bad)
+    assert r.status_code == 200 and r.json()["job_status"] == "failed"
+    for rid in rids[1:]:
+        req = _request(client, rid)
+        assert req["status"] == "failed" and req["error"]["reason"] == "invalid_signature"
+        assert req["error"]["culprits"] == ["node-a"] and bundle["job_id"] in req["error"]["detail"]
+        assert f"request 0 ({rids[1]})" in req["error"]["detail"]
+    assert _request(client, rids[0])["status"] == "done"
+
+
+def test_a_result_with_the_wrong_number_of_signatures_is_refused(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1)
+    a, b, _c = nodes
+    for i in range(3):
+        _sign(client, key_id, bytes([i]))
+    _report_all([a, b], {"node-a": _tasks(a), "node-b": _tasks(b)})
+    (bundle,) = _tasks(a)
+    good = sign_result(bundle)
+    for sigs, field in (
+        (good["signatures"][:1], "result.signatures"),
+        ([*good["signatures"], good["signatures"][0]], "result.signatures"),
+        ("ab", "result.signatures"),
+        ([good["signatures"][0], "XYZ"], "result.signatures[1]"),
+    ):
+        r = a.report(bundle["task_id"], result=good | {"signatures": sigs})
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    assert a.report(bundle["task_id"], result=good).status_code == 200
+
+
+def test_a_failed_or_timed_out_bundle_fails_its_requests_with_its_reason(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1, job_timeout=0.5)
+    a, b, _c = nodes
+    rids = [_sign(client, key_id, bytes([i])) for i in range(5)]
+    _report_all([a, b], {"node-a": _tasks(a), "node-b": _tasks(b)})
+    (bundle,) = _tasks(a)
+    r = a.report(bundle["task_id"], status="failed", error={"reason": "POLICY", "culprits": [], "detail": "refused"})
+    assert r.status_code == 200
+    for rid in rids[1:]:
+        err = _request(client, rid)["error"]
+        assert (
+            err["reason"] == "POLICY" and err["party"] == "node-a" and err["detail"].startswith(f"in bundle {bundle['job_id']}")
+        )
+    # A bundle past its deadline: its requests fail with it, "timeout", never on their own first.
+    more = [_sign(client, key_id, bytes([i])) for i in range(2)]
+    (single,) = _tasks(a)
+    assert single["job_id"] == more[0]
+    time.sleep(0.6)
+    coord(client).sweep()  # the single times out; the other starts (alone: a bundle of one is a plain job)
+    assert _request(client, more[0])["error"]["reason"] == "timeout"
+    assert _request(client, more[1])["status"] == "running" and _request(client, more[1])["bundle"] is None
+
+
+def test_a_bundle_member_never_expires_on_its_own(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1, job_timeout=0.5)
+    a, b, _c = nodes
+    rids = [_sign(client, key_id, bytes([i])) for i in range(3)]
+    _report_all([a, b], {"node-a": _tasks(a), "node-b": _tasks(b)})
+    (bundle,) = _tasks(a)
+    time.sleep(0.6)
+    assert coord(client).sweep()["expired"] == 1  # the bundle; its two requests end with it
+    for rid in rids[1:]:
+        err = _request(client, rid)["error"]
+        assert err["reason"] == "timeout" and bundle["job_id"] in err["detail"]
+
+
+def test_a_stalled_signature_stops_holding_the_queue(make_client: Callable[..., TestClient]) -> None:
+    # Running for longer than sign_inflight_seconds, it no longer counts as in flight: the
+    # requests behind it start at the next dispatch (the sweeper's), long before its deadline.
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1, sign_inflight_seconds=0.2)
+    a = nodes[0]
+    rids = [_sign(client, key_id, bytes([i])) for i in range(3)]
+    (stalled,) = _tasks(a)
+    assert stalled["job_id"] == rids[0]
+    assert coord(client).dispatch() == 0
+    time.sleep(0.3)
+    assert coord(client).dispatch() == 1
+    (bundle,) = _tasks(a)
+    assert [i["request_id"] for i in bundle["params"]["bundle"]] == rids[1:]
+
+
+def test_ecdsa_signatures_are_never_held_or_bundled(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, scheme="ecdsa")
+    rids = []
+    for i in range(5):
+        r = client.post(
+            f"/v1/keys/{key_id}/sign", json={"digest_hex": f"{i:064x}", "signers": ["node-a", "node-b"]}, headers=ADMIN
+        )
+        assert r.status_code == 202
+        rids.append(r.json()["request_id"])
+    assert all(_request(client, rid)["status"] == "running" for rid in rids)
+    assert [t["kind"] for t in _tasks(nodes[0])] == ["sign"] * 5
+
+
+def test_only_requests_with_the_same_signers_share_a_bundle(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client, sign_inflight=1)
+    a, b, c = nodes
+    first = _sign(client, key_id, b"0")
+    ab = [_sign(client, key_id, bytes([i]), ["node-a", "node-b"]) for i in range(2)]
+    ac = [_sign(client, key_id, bytes([i]), ["node-a", "node-c"]) for i in range(2)]
+    assert _request(client, first)["status"] == "running"
+    _report_all([a, b], {"node-a": _tasks(a), "node-b": _tasks(b)})
+    # One slot: the a,b requests (older) go first, as one bundle; the a,c ones wait for it.
+    (bundle,) = _tasks(a)
+    assert [i["request_id"] for i in bundle["params"]["bundle"]] == ab
+    assert _tasks(c) == []
+    _report_all([a, b], {"node-a": [bundle], "node-b": _tasks(b)})
+    (bundle2,) = _tasks(c)
+    assert [i["request_id"] for i in bundle2["params"]["bundle"]] == ac
+
+
+def test_requests_after_a_refresh_wait_for_it_and_then_bundle(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client)
+    before = _sign(client, key_id, b"before")
+    r = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN)
+    assert r.status_code == 202, r.text
+    refresh = r.json()["request_id"]
+    after = [_sign(client, key_id, bytes([i])) for i in range(3)]
+    assert _request(client, refresh)["status"] == "queued"
+    assert all(_request(client, x)["status"] == "queued" for x in after)
+    tasks = {n.node_id: _tasks(n) for n in nodes[:2]}
+    assert [t["job_id"] for t in tasks["node-a"]] == [before]
+    assert _request(client, before)["status"] == "running"
+    _report_all(nodes[:2], tasks)
+    assert _request(client, refresh)["status"] == "running"
+    assert all(_request(client, x)["status"] == "queued" for x in after)
