@@ -787,14 +787,13 @@ class Coordinator:
             # key row is held FOR SHARE (_KEY_FOR_SIGN): a refresh or repair submitted or
             # dispatched at the same moment (FOR UPDATE) waits for this one and then sees it.
             run_now = conn.execute(_KEY_CHANGING, {"key": key_id}).first() is None
-            if run_now and key.scheme != "ecdsa" and self.settings.sign_inflight > 0:
-                # Enough of this key's FROST signatures in flight, or some already waiting:
-                # this one waits too, and dispatch() starts the waiting ones together, as one
-                # bundle, when one in flight ends ("Bundles" in API.md §1.6).
-                cutoff = now - dt.timedelta(seconds=self.settings.sign_inflight_seconds)
-                run_now = (
-                    conn.first(_QUEUED_JOB, {"key": key_id}) is None
-                    and conn.scalar(_SIGNS_IN_FLIGHT, {"key": key_id, "after": cutoff}) < self.settings.sign_inflight
+            if run_now and self._bundles(key.scheme):
+                # Enough of this key's FROST signatures by these signers in flight, or some
+                # already waiting: this one waits too, and _dispatch_signs starts the waiting
+                # ones together, as one bundle, when one in flight ends (API.md §1.6, Bundles).
+                signers_now = tuple(chosen)
+                run_now = self._in_flight(conn, key_id, now)[signers_now] < self.settings.sign_inflight and not any(
+                    tuple(r.params["signers"]) == signers_now for r in conn.execute(_QUEUED_SIGNS_SIGNERS, {"key": key_id})
                 )
             job: dict[str, Any] = {
                 "id": job_id, "kind": "sign", "key_id": key_id, "params": params, "status": "queued",
@@ -1017,27 +1016,31 @@ class Coordinator:
             rows = list(conn.execute(_QUEUED_SIGNS, {"key": key_id, "limit": 4 * max(1, self.settings.bundle_max)}))
             if changing is not None:
                 rows = [r for r in rows if (r.created_at, r.id) < (changing.created_at, changing.id)]
-            cutoff = now - dt.timedelta(seconds=self.settings.sign_inflight_seconds)
-            in_flight = conn.scalar(_SIGNS_IN_FLIGHT, {"key": key_id, "after": cutoff}) or 0
+            in_flight = self._in_flight(conn, key_id, now)
             groups: dict[tuple[str, ...], list[Any]] = {}
             for r in rows:
                 groups.setdefault(tuple(r.params["signers"]), []).append(r)
-            pending = list(groups.values())
-            while pending and in_flight < self.settings.sign_inflight:
-                # The group holding the oldest waiting request goes first.
-                group = min(pending, key=lambda g: (g[0].created_at, g[0].id))
-                take = self._next_bundle(group)
-                del group[: len(take)]
-                if not group:
-                    pending.remove(group)
-                self._start_signs(conn, take, key, now)
-                in_flight += 1
-                started.append([p["node_id"] for p in take[0].participants])
+            # Oldest waiting request first; each signer set has its own sign_inflight slots.
+            for signers, group in sorted(groups.items(), key=lambda g: (g[1][0].created_at, g[1][0].id)):
+                while group and in_flight[signers] < self.settings.sign_inflight:
+                    take = self._next_bundle(group)
+                    del group[: len(take)]
+                    self._start_signs(conn, take, key, now)
+                    in_flight[signers] += 1
+                    started.append([p["node_id"] for p in take[0].participants])
             others = changing is not None
         for nodes in started:
             for nid in nodes:
                 self.notify(f"node:{nid}", 1)
         return started, others
+
+    def _in_flight(self, conn: RawConnection, key_id: str, now: dt.datetime) -> collections.Counter[tuple[str, ...]]:
+        """The key's signing jobs (requests alone, bundles) started within the last
+        ``sign_inflight_seconds`` and still running, by signer set: one stalled longer holds
+        nobody back (it still ends by its deadline)."""
+        cutoff = now - dt.timedelta(seconds=self.settings.sign_inflight_seconds)
+        rows = conn.execute(_SIGNS_IN_FLIGHT, {"key": key_id, "after": cutoff})
+        return collections.Counter(tuple(r.params["signers"]) for r in rows)
 
     def _next_bundle(self, jobs: Sequence[Any]) -> list[Any]:
         """The oldest waiting signatures that fit one bundle (at least the first). The nodes'
@@ -2095,6 +2098,9 @@ _KEY_CHANGING_FIRST = (
     .order_by(Job.status.desc(), Job.created_at, Job.id)  # a running one first
     .limit(1)
 )
+_QUEUED_SIGNS_SIGNERS = (
+    select(Job.params).where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind == "sign").limit(256)
+)
 _QUEUED_SIGNS = (
     select(Job.id, Job.params, Job.participants, Job.created_at)
     .where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind == "sign")
@@ -2112,7 +2118,7 @@ _START_QUEUED = (
     )
 )  # fmt: skip
 #: A key's signing jobs (requests run alone, and bundles) started recently and still running.
-_SIGNS_IN_FLIGHT = select(func.count()).where(
+_SIGNS_IN_FLIGHT = select(Job.params).where(
     Job.key_id == bindparam("key"),
     Job.status == "running",
     Job.kind.in_(("sign", "bundle")),

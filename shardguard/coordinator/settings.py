@@ -43,10 +43,10 @@ class Settings:
     #: Most messages returned by one inbox read.
     inbox_batch: int = 256
 
-    #: FROST signatures of one key started within the last ``sign_inflight_seconds`` and still
-    #: running, at most; requests beyond wait in the queue and start together, in bundles
-    #: (API.md §1.6, "Bundles"). 0: no limit, no bundles.
-    sign_inflight: int = 2
+    #: FROST signatures of one key by one signer set started within the last
+    #: ``sign_inflight_seconds`` and still running, at most; requests beyond wait in the queue and
+    #: start together, in bundles (API.md §1.6, "Bundles"). 0: no limit, no bundles.
+    sign_inflight: int = 1
     sign_inflight_seconds: float = 1.0
     #: Most sign requests in one bundle, and most message bytes (hex-decoded) in one.
     bundle_max: int = 32

@@ -59,7 +59,7 @@ def _report_all(nodes: list[FakeNode], tasks: dict[str, list[dict[str, Any]]]) -
 
 
 def test_waiting_signatures_start_as_one_bundle_and_each_gets_its_own_signature(make_client: Callable[..., TestClient]) -> None:
-    client, nodes, key_id = _cluster(make_client)
+    client, nodes, key_id = _cluster(make_client, sign_inflight=2)
     a, b, _c = nodes
     messages = [bytes([i]) * (i + 1) for i in range(6)]
     rids = [_sign(client, key_id, m) for m in messages]
@@ -208,21 +208,31 @@ def test_ecdsa_signatures_are_never_held_or_bundled(make_client: Callable[..., T
     assert [t["kind"] for t in _tasks(nodes[0])] == ["sign"] * 5
 
 
-def test_only_requests_with_the_same_signers_share_a_bundle(make_client: Callable[..., TestClient]) -> None:
-    client, nodes, key_id = _cluster(make_client, sign_inflight=1)
+def test_each_signer_set_has_its_own_slots_and_bundles(make_client: Callable[..., TestClient]) -> None:
+    client, nodes, key_id = _cluster(make_client)  # sign_inflight = 1 (the default)
     a, b, c = nodes
     first = _sign(client, key_id, b"0")
     ab = [_sign(client, key_id, bytes([i]), ["node-a", "node-b"]) for i in range(2)]
-    ac = [_sign(client, key_id, bytes([i]), ["node-a", "node-c"]) for i in range(2)]
-    assert _request(client, first)["status"] == "running"
-    _report_all([a, b], {"node-a": _tasks(a), "node-b": _tasks(b)})
-    # One slot: the a,b requests (older) go first, as one bundle; the a,c ones wait for it.
-    (bundle,) = _tasks(a)
+    ac = [_sign(client, key_id, bytes([i]), ["node-a", "node-c"]) for i in range(3)]
+    # a,b has one in flight: its next ones wait; a,c had none: its first one runs at once.
+    assert [_request(client, r)["status"] for r in [first, *ab, *ac]] == [
+        "running",
+        "queued",
+        "queued",
+        "running",
+        "queued",
+        "queued",
+    ]
+    tasks = {n.node_id: _tasks(n) for n in nodes}
+    assert [t["job_id"] for t in tasks["node-a"]] == [first, ac[0]]
+    _report_all([a, b], {"node-a": tasks["node-a"][:1], "node-b": tasks["node-b"]})
+    # a,b ended: its waiting ones start as one bundle; a,c's wait for theirs.
+    (bundle,) = _tasks(b)
     assert [i["request_id"] for i in bundle["params"]["bundle"]] == ab
     assert _tasks(c) == []
-    _report_all([a, b], {"node-a": [bundle], "node-b": _tasks(b)})
+    _report_all([a, c], {"node-a": tasks["node-a"][1:], "node-c": tasks["node-c"]})
     (bundle2,) = _tasks(c)
-    assert [i["request_id"] for i in bundle2["params"]["bundle"]] == ac
+    assert [i["request_id"] for i in bundle2["params"]["bundle"]] == ac[1:]
 
 
 def test_requests_after_a_refresh_wait_for_it_and_then_bundle(make_client: Callable[..., TestClient]) -> None:
