@@ -253,7 +253,7 @@ def sign_result(task: dict[str, Any]) -> dict[str, Any]:
                 "signature": rec[:64].hex(), "recovery_id": rec[64]}  # fmt: skip
     shares = _frost_shares(scheme)
     pk = shares[0].public.public_key_bytes.hex()
-    if task["kind"] == "bundle":  # one signature per request, in the bundle's order
+    if task.get("kind") == "bundle":  # one signature per request, in the bundle's order
         sigs = [local.sign(shares[:2], bytes.fromhex(item["message_hex"])).hex() for item in params["bundle"]]
         return {"scheme": scheme, "public_key": pk, "signatures": sigs}
     sig = local.sign(shares[:2], bytes.fromhex(params["message_hex"]))

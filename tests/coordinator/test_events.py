@@ -49,11 +49,18 @@ def claim_all(node: FakeNode, n: int) -> list[dict[str, Any]]:
     return list(r.json()["tasks"])
 
 
-def test_tasks_are_handed_out_in_batches_and_once(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(sign_inflight=0)  # every request its own job, at once: no bundles
+def _unbundled(make_client: Callable[..., TestClient]) -> tuple[TestClient, list[FakeNode]]:
+    """A coordinator where every request is its own job, started at once (no bundles, API.md
+    §1.6), and its three nodes."""
+    client = make_client(sign_inflight=0)
     nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
     for n in nodes:
         assert n.register().status_code == 200
+    return client, nodes
+
+
+def test_tasks_are_handed_out_in_batches_and_once(make_client: Callable[..., TestClient]) -> None:
+    client, nodes = _unbundled(make_client)
     key_id = run_dkg(client, nodes)
     a, b, _c = nodes
     jobs = [sign_job(client, key_id, [a.node_id, b.node_id]) for _ in range(3)]
@@ -91,7 +98,8 @@ def test_messages_of_several_jobs_in_one_post(client: TestClient, nodes: list[Fa
     assert [base64.b64decode(m["blob"]) for m in c_news[0]["messages"]] == [b"all", b"c only"]
 
 
-def test_one_jobs_refusal_leaves_the_others_alone(client: TestClient, nodes: list[FakeNode]) -> None:
+def test_one_jobs_refusal_leaves_the_others_alone(make_client: Callable[..., TestClient]) -> None:
+    client, nodes = _unbundled(make_client)
     key_id = run_dkg(client, nodes)
     a, b, c = nodes
     j1 = sign_job(client, key_id, [a.node_id, b.node_id])
