@@ -8,6 +8,7 @@ request done or failed with a reason, lose no share, and the key signs afterward
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -138,6 +139,36 @@ def test_attested_dkg_sign_refresh_sign(cluster: tuple[Path, Client], keys: dict
     client.refresh(key["key_id"])
     assert client.key(key["key_id"])["epoch"] == 1
     sign(client, key, ["node-2", "node-3"])
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "bip340"])
+def test_a_burst_of_frost_signatures_runs_in_bundles(
+    cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]], scheme: str
+) -> None:
+    """Concurrent FROST requests of one key and signer set: those beyond the one in flight wait
+    and run as bundles (API.md §1.6); each gets its own signature over its own message, verified
+    here by libsodium/OpenSSL (ed25519) or libsecp256k1 (bip340)."""
+    d, _ = cluster
+    info = dev.Cluster.load(d)
+    key = keys[scheme]
+    messages = [os.urandom(n) for n in range(1, 17)]
+
+    def one(message: bytes) -> dict[str, Any]:
+        with Client(info["url"], info["token"]) as c:
+            return c.sign_request(key["key_id"], message=message, signers=["node-1", "node-2"], timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(len(messages)) as pool:
+        done = list(pool.map(one, messages))
+    for req, message in zip(done, messages, strict=True):
+        assert req["status"] == "done" and req["params"]["message_hex"] == message.hex()
+        check_signature(key, req["result"], message)
+    bundles = {req["bundle"] for req in done} - {None}
+    assert bundles, "16 requests at once: some waited and ran together"
+    for b in bundles:
+        with Client(info["url"], info["token"]) as c:
+            job = c.request(b)
+        assert job["kind"] == "bundle" and job["status"] == "done"
+        assert {i["request_id"] for i in job["params"]["bundle"]} == {r["request_id"] for r in done if r["bundle"] == b}
 
 
 def test_every_peer_was_admitted_on_evidence_answering_its_verifiers(
