@@ -31,7 +31,7 @@ from shardguard.crypto.transcript import Transcript
 from shardguard.protocols.errors import AbortReason, ProtocolAbort, UsageError
 from shardguard.protocols.frost._core import CheaterDetection
 from shardguard.protocols.frost._messages import MAX_BATCH, SignBatchRound1, SignBatchRound2, SignRound2
-from shardguard.protocols.frost._party import FrostSigner
+from shardguard.protocols.frost._party import FrostSigner, signer_ids
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import BROADCAST, MAX_PAYLOAD, Message
 from shardguard.protocols.party import Party
@@ -78,11 +78,7 @@ class FrostBatchSigner(Party[tuple[bytes, ...]]):
         cheater_detection: CheaterDetection = CheaterDetection.ALL_CHEATERS,
     ) -> None:
         public = key_share.public
-        if not public.suite.frost:
-            raise UsageError(f"{public.suite.scheme} keys sign with their own protocol, not FROST")
-        ids = public.quorum(signers, "signer")
-        if key_share.identifier not in ids:
-            raise UsageError(f"party {key_share.identifier} is not among the signers")
+        ids = signer_ids(key_share, signers)
         if type(messages) not in (list, tuple) or not 1 <= len(messages) <= MAX_BATCH:
             raise UsageError(f"messages must be a list of 1..{MAX_BATCH} messages")
         if any(type(m) is not bytes for m in messages):

@@ -20,7 +20,19 @@ from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
 
-__all__ = ["FrostSigner"]
+__all__ = ["FrostSigner", "signer_ids"]
+
+
+def signer_ids(key_share: KeyShare, signers: Sequence[int]) -> tuple[int, ...]:
+    """The signing set, checked (RFC 9591 §5: at least t distinct holders of the key, us among
+    them), for a FROST key only."""
+    public = key_share.public
+    if not public.suite.frost:
+        raise UsageError(f"{public.suite.scheme} keys sign with their own protocol, not FROST")
+    ids = public.quorum(signers, "signer")
+    if key_share.identifier not in ids:
+        raise UsageError(f"party {key_share.identifier} is not among the signers")
+    return tuple(ids)
 
 
 class FrostSigner(Party[bytes]):
@@ -40,11 +52,7 @@ class FrostSigner(Party[bytes]):
         cheater_detection: CheaterDetection = CheaterDetection.ALL_CHEATERS,
     ) -> None:
         public = key_share.public
-        if not public.suite.frost:
-            raise UsageError(f"{public.suite.scheme} keys sign with their own protocol, not FROST")
-        ids = public.quorum(signers, "signer")
-        if key_share.identifier not in ids:
-            raise UsageError(f"party {key_share.identifier} is not among the signers")
+        ids = signer_ids(key_share, signers)
         if type(message) is not bytes:
             raise UsageError("message must be bytes")
         sid = public.session_id(self.PROTOCOL, ids, instance, message=message)
