@@ -5,7 +5,8 @@ temporary directory. Through the coordinator's API only (:class:`shardguard.clie
 attested DKG of an ``ecdsa``, an ``ed25519`` and a ``bip340`` key (2-of-3); a signature of each
 (ECDSA over an EIP-191 digest, with the key's Ethereum address recovered from the signature);
 every signature checked by a library that is not ShardGuard's; a refresh of each key and a
-signature again; ``kill -9`` of one node and signatures by the other two; the node restarted
+signature again; a burst of Ed25519 requests at once, which the coordinator runs in bundles
+(coordinator API.md §1.6); ``kill -9`` of one node and signatures by the other two; the node restarted
 from its sealed state and signing again; the nodes' audit entries, each signature over its hash
 checked with OpenSSL; tear-down, always (also on an error or Ctrl-C). A progress display while
 it runs, then a summary table (step, scheme, result, time). Exit status 1 if any step failed,
@@ -15,6 +16,7 @@ it runs, then a summary table (step, scheme, result, time). Exit status 1 if any
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -61,6 +63,10 @@ WARNING = (
 #   sig  = Ed25519(identity key) over frame(IDENTITY_DOMAIN) ‖ frame(AUDIT_CONTEXT) ‖ hash
 AUDIT_CONTEXT = b"shardguard/audit/v1"
 IDENTITY_DOMAIN = b"shardguard/attested-channel/v1"
+
+
+#: Requests of the demo's burst (one signer set, all at once).
+BURST = 12
 
 
 class StepFailed(Exception):
@@ -164,6 +170,7 @@ class Story:
         self.keys: dict[str, dict[str, Any]] = {}
         self.address = ""
         self.audit_rows: list[tuple[str, str, str, str, str]] = []
+        self.url = self.token = ""
 
     @property
     def c(self) -> Client:
@@ -179,6 +186,7 @@ class Story:
             *(("sign with node-1, node-3", partial(sign, s, ["node-1", "node-3"])) for s in each),
             *(("refresh (all holders)", partial(self.refresh, s)) for s in each),
             *(("sign again with node-2, node-3", partial(sign, s, ["node-2", "node-3"])) for s in each),
+            (f"{BURST} signatures at once (node-1, node-2)", partial(self.burst, "ed25519")),
             (f"kill -9 {VICTIM}", self.kill),
             *((f"sign without {VICTIM} (node-1, node-3)", partial(sign, s, ["node-1", "node-3"])) for s in each),
             (f"restart {VICTIM} from its sealed state", self.restart),
@@ -189,7 +197,8 @@ class Story:
     # -- steps -------------------------------------------------------------------------------
     def up(self) -> tuple[str, str]:
         cluster = dev.up(self.dir, len(NODES), job_timeout=JOB_TIMEOUT)
-        self.client = Client(cluster["url"], cluster["token"], timeout=JOB_TIMEOUT + 10)
+        self.url, self.token = str(cluster["url"]), str(cluster["token"])
+        self.client = Client(self.url, self.token, timeout=JOB_TIMEOUT + 10)
         nodes = self.c.nodes()
         kinds = Counter(
             f"{(n.get('attestation') or {}).get('verdict', '?')}"
@@ -210,6 +219,27 @@ class Story:
             self.address = ethereum_address(bytes.fromhex(pk))
             extra = f"; Ethereum address {self.address}"
         return scheme, f"{key['key_id']}, public key {pk[:20]}…{extra}"
+
+    def burst(self, scheme: str) -> tuple[str, str]:
+        """``BURST`` clients sign at once with one signer set: those beyond the one in flight
+        wait and run together, as bundles; each request still gets its own signature."""
+        key = self.keys[scheme]
+        pk = bytes.fromhex(str(key["public_key"]))
+        messages = [f"ShardGuard demo: payout {i} ({time.time_ns()})".encode() for i in range(BURST)]
+
+        def one(message: bytes) -> dict[str, Any]:
+            with Client(self.url, self.token, timeout=JOB_TIMEOUT + 10) as c:
+                return c.sign_request(key["key_id"], message=message, signers=["node-1", "node-2"])
+
+        with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
+            done = list(pool.map(one, messages))
+        for req, message in zip(done, messages, strict=True):
+            if not verify_independently(scheme, pk, message, bytes.fromhex(str(req["result"]["signature"]))):
+                raise StepFailed(f"{VERIFIERS[scheme]}: INVALID signature")
+        sizes = sorted(Counter(r["bundle"] for r in done if r.get("bundle")).values(), reverse=True)
+        alone = BURST - sum(sizes)
+        how = f"{sum(sizes)} in {len(sizes)} bundle(s) of {', '.join(map(str, sizes))}" if sizes else "none bundled"
+        return scheme, f"{how}, {alone} alone; every signature {VERIFIERS[scheme]} VALID"
 
     def sign(self, scheme: str, signers: list[str]) -> tuple[str, str]:
         key = self.keys[scheme]

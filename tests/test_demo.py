@@ -83,6 +83,8 @@ def test_demo_runs_the_whole_story_against_a_cluster() -> None:
         for step in ("sign with node-1, node-3", "sign again with node-2, node-3", "sign without node-2 (node-1, node-3)"):
             assert f"{demo.VERIFIERS[scheme]} VALID" in row(step, scheme)
         assert "epoch 1; same public key" in row("refresh (all holders)", scheme)
+    burst = row(f"{demo.BURST} signatures at once (node-1, node-2)", "ed25519")
+    assert re.match(r"[1-9]\d* in [1-9]\d* bundle\(s\) of [\d, ]+", burst), burst  # a cell's first line
     assert "SIGKILL to PID" in row("kill -9 node-2")
     assert "re-registered" in row("restart node-2 from its sealed state")
     assert "VALID" in row("sign with the restarted node-2", "ecdsa")
@@ -95,7 +97,7 @@ def test_demo_runs_the_whole_story_against_a_cluster() -> None:
     assert "every hash, Ed25519 signature (OpenSSL) and chain link valid" in audit
     assert "stopped PIDs" in row("tear down")
     assert "FAILED" not in out and "INVALID" not in out
-    assert "All 21 steps passed" in out
+    assert "All 22 steps passed" in out
     assert not _leftovers(_cluster_dir(out)), "the demo left cluster processes running"
     # The brief: under 60 s on this machine (shared cores: the bound is for the test's own run).
     assert elapsed < 90, f"demo took {elapsed:.1f} s"
