@@ -1333,6 +1333,8 @@ class Coordinator:
                     if all(t.status == "done" for t in tasks):
                         self._complete_job(s, job, key, tasks)
             out = {"task_status": task.status, "job_status": job.status}
+            if job.status != "running":  # as in _signed: the key row before the look for waiting jobs
+                s.execute(_KEY_HOLD, {"key": job.key_id})
             waiting = job.status != "running" and self._has_queued(s, job.key_id)
         if out["job_status"] != "running":
             self._notify_job(job.id, [p["node_id"] for p in job.participants])
@@ -1385,6 +1387,11 @@ class Coordinator:
                         conn.execute(_MEMBER_DONE, done)
                         for _ in done:
                             self._record_end(_Ended("sign", job.started_at, now), "done", "")
+                if job_status != "running":
+                    # The key row first: a submit (FOR SHARE) that saw this job still running and
+                    # queued behind it has committed before we look (review finding: on
+                    # PostgreSQL it waited for the sweeper otherwise).
+                    conn.execute(_KEY_HOLD, {"key": job.key_id})
                 waiting = job_status != "running" and conn.first(_QUEUED_JOB, {"key": job.key_id}) is not None
         except _GeneralPath:
             return None
@@ -2082,6 +2089,7 @@ _JOB_DONE = (
     .where(Job.id == bindparam("job"))
     .values(status="done", result=bindparam("res"), finished_at=bindparam("now"), updated_at=bindparam("now"))
 )
+_KEY_HOLD = select(Key.id).where(Key.id == bindparam("key")).with_for_update()
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
 _BUNDLE_MEMBERS = select(Job.id).where(Job.bundle_id == bindparam("bundle"))
 _MEMBER_DONE = (

@@ -455,14 +455,21 @@ class NodeService:
         participants = {int(p["index"]): str(p["node_id"]) for p in raw["participants"]}
         params = dict(raw.get("params") or {})
         task_params: dict[str, Any] = {}
-        if kind == "sign":
+        if raw["kind"] == "bundle":
+            # Only what the audit entry names is signed: the bundle's messages, nothing beside
+            # them (a digest or message the coordinator adds would be signed unrecorded).
+            if set(params) - {"signers", "bundle"}:
+                raise TaskError("a bundle holds its signers and requests only", "params")
+            if raw["scheme"] == "ecdsa":  # and tasks.py refuses one for an ECDSA share whatever is claimed
+                raise TaskError("ecdsa keys sign one digest per task, never a bundle", "scheme")
+            task_params = {"signers": sorted(participants), "path": "m"}
+            task_params["messages"] = [item["message_hex"] for item in _bundle_items(params)]
+        elif kind == "sign":
             task_params["signers"] = sorted(participants)
             if "digest_hex" in params:
                 task_params["digest"] = params["digest_hex"]
             if "message_hex" in params:
                 task_params["message"] = params["message_hex"]
-            if raw["kind"] == "bundle":
-                task_params["messages"] = [item["message_hex"] for item in _bundle_items(params)]
             task_params["path"] = params.get("path") or "m"
         task = Task(
             job=str(raw["job_id"]),

@@ -152,6 +152,8 @@ def _sign(
     if not isinstance(signers, list) or not all(type(i) is int for i in signers):
         raise TaskError("signers must be a list of party indices", "signers")
     if isinstance(share, EcdsaKeyShare):
+        if "messages" in task.params:
+            raise TaskError("ecdsa keys sign one digest per task, never a bundle", "messages")
         try:
             digest = bytes.fromhex(str(task.params.get("digest", "")))
             path = parse_path(str(task.params.get("path", "m")))

@@ -4,12 +4,16 @@ signature or failed with the bundle's reason. Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from shardguard.coordinator.service import Coordinator
 from shardguard.interop import verify_independently
 
 from .conftest import ADMIN, FakeNode, coord, run_dkg, sign_result
@@ -250,3 +254,45 @@ def test_requests_after_a_refresh_wait_for_it_and_then_bundle(make_client: Calla
     _report_all(nodes[:2], tasks)
     assert _request(client, refresh)["status"] == "running"
     assert all(_request(client, x)["status"] == "queued" for x in after)
+
+
+def test_a_request_queued_while_the_one_in_flight_ends_is_started_by_that_end(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """Review finding (PostgreSQL): a submit that saw the one in flight still running queued
+    behind it, while the ending report had already looked for waiting requests: only the
+    sweeper started it. The end now holds the key row before it looks, so it sees the submit."""
+    client, nodes, key_id = _cluster(make_client)  # the sweeper is off
+    c = coord(client)
+    first = _sign(client, key_id, b"\x00")
+    tasks = [nodes[0].next_task(), nodes[1].next_task()]
+    assert all(t is not None and t["job_id"] == first for t in tasks)
+    checked, go = threading.Event(), threading.Event()
+    real = Coordinator._in_flight
+
+    def slow(self: Coordinator, conn: Any, key: str, now: Any) -> Any:
+        out = real(self, conn, key, now)
+        if threading.current_thread().name == "submitter":
+            checked.set()
+            go.wait(10)  # hold the submit's transaction open while the in-flight one ends
+        return out
+
+    monkeypatch.setattr(Coordinator, "_in_flight", slow)
+    out: dict[str, Any] = {}
+    t = threading.Thread(
+        name="submitter",
+        target=lambda: out.update(
+            c.submit_sign(key_id, digest=None, message=b"\x01", path=None, signers=["node-a", "node-b"], requested_by="t")
+        ),
+    )
+    t.start()
+    assert checked.wait(10)
+    result = sign_result(tasks[0])  # type: ignore[arg-type]
+    reports = concurrent.futures.ThreadPoolExecutor(2)
+    ends = [reports.submit(n.report, task["task_id"], result=result) for n, task in zip(nodes[:2], tasks, strict=True)]  # type: ignore[index]
+    time.sleep(0.5 if db_url.startswith("postgresql") else 0.0)
+    go.set()
+    t.join(10)
+    assert all(e.result(timeout=10).status_code == 200 for e in ends)
+    reports.shutdown()
+    assert _request(client, out["request_id"])["status"] == "running"

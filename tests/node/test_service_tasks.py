@@ -584,13 +584,56 @@ def test_a_bundle_signs_every_request_in_one_session_with_one_audit_entry(
         ([{"request_id": "r", "message_hex": "0"}], "bundle[0].message_hex"),
         ([{"request_id": "r", "message_hex": "ZZ"}], "bundle[0].message_hex"),
         ([{"request_id": "r", "message_hex": "AB"}], "bundle[0].message_hex"),
+        # Review finding: a digest beside the bundle was signed (for an ecdsa key) with no entry naming it.
+        ({"extra": {"digest_hex": "00" * 32}, "items": [{"request_id": "r", "message_hex": "00"}]}, "params"),
+        ({"extra": {"message_hex": "00"}, "items": [{"request_id": "r", "message_hex": "00"}]}, "params"),
     ],
 )
 def test_a_malformed_bundle_is_refused_before_any_message(
     nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], bundle: Any, field: str
 ) -> None:
     hub, services, parts = nodes
-    services["node-1"].handle(_task(parts, "bundle", 1, {"bundle": bundle}, "bad"))
+    params = {"bundle": bundle} if not isinstance(bundle, dict) else {"bundle": bundle["items"], **bundle["extra"]}
+    services["node-1"].handle(_task(parts, "bundle", 1, params, "bad"))
     r = hub.results["bad-1"]
     assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and f"({field})" in r["error"]["detail"], r
     assert ("node-1", "bad") not in hub.posts
+
+
+def test_a_bundle_for_an_ecdsa_key_is_refused_and_signs_nothing(tmp_path: Path) -> None:
+    """Review finding: a hostile coordinator's "bundle" for an ECDSA key, with a digest beside
+    decoy items, had the nodes sign that digest while their audit entry named only the decoys."""
+    hub = Hub()
+    services = {nid: _start(hub, tmp_path, nid) for nid in NODES}
+    try:
+        shares = local.ecdsa_keygen(2, 2)
+        for i, nid in enumerate(NODES, start=1):
+            svc = services[nid]
+            committee.record(svc.keystore, "k1", dict(enumerate(NODES, start=1)))
+            svc.keystore.stage("k1", shares[i - 1])
+            svc.keystore.commit("k1", 0)
+        parts = _parts(services)
+        decoy = [{"request_id": "req_decoy", "message_hex": b"harmless".hex()}]
+        for job, params, scheme in (
+            ("b1", {"bundle": decoy, "signers": list(NODES), "digest_hex": "11" * 32}, "ecdsa"),
+            ("b2", {"bundle": decoy, "signers": list(NODES)}, "ecdsa"),
+            ("b3", {"bundle": decoy, "signers": list(NODES)}, "ed25519"),  # a false scheme: the share decides
+        ):
+            threads = []
+            instance = secrets.token_hex(32)
+            for i, nid in enumerate(NODES, start=1):
+                raw = _task(parts, "bundle", i, params, job) | {"scheme": scheme, "epoch": 0, "instance": instance}
+                threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for i in (1, 2):
+                r = hub.results[f"{job}-{i}"]
+                assert r["status"] == "failed" and r["error"]["reason"] == "TaskError", r
+        for svc in services.values():
+            entries = verify_chain(svc.audit.pending(), svc.card.identity_public_key)
+            assert not [e for e in entries if e.get("event") == "signing"], entries
+    finally:
+        for svc in services.values():
+            _stop(svc)
