@@ -80,6 +80,10 @@ EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
 #: signers (its round-2 payload: 64 items × 22 signers, 6 × 255 fit 64 KiB).
 _BUNDLE_MAX = 64
 _BUNDLE_SIGNER_ITEMS = 1600
+#: Upper bounds of one bundle item's round-1 + round-2 bytes for one recipient: a fixed part
+#: (two points, a scalar, CBOR and the batch framing) and a part per signer (its id and commitment digest, 35 bytes).
+_BUNDLE_ITEM_BYTES = 256
+_BUNDLE_ITEM_BYTES_PER_SIGNER = 40
 BROADCAST = "*"
 #: A node's last_seen is written at most this often (every signed request refreshes it).
 _LAST_SEEN_EVERY = 1.0
@@ -1044,10 +1048,16 @@ class Coordinator:
 
     def _next_bundle(self, jobs: Sequence[Any]) -> list[Any]:
         """The oldest waiting signatures that fit one bundle (at least the first). The nodes'
-        batch round 2 must fit one protocol message (64 KiB): about 1,600 signer-items."""
+        batch round 2 must fit one protocol message (64 KiB): about 1,600 signer-items; and the
+        job's mailbox holds every round sealed once per ordered pair of signers, n(n-1) copies
+        of items × (r1 + r2) bytes, r2 growing with n: half of ``max_job_mailbox_bytes`` at most
+        (review finding: bundles of 32 at 38 signers overflowed the 64 MiB mailbox)."""
         out: list[Any] = []
         size = 0
-        cap = min(self.settings.bundle_max, _BUNDLE_MAX, _BUNDLE_SIGNER_ITEMS // len(jobs[0].participants))
+        n = len(jobs[0].participants)
+        per_item = n * (n - 1) * (_BUNDLE_ITEM_BYTES + _BUNDLE_ITEM_BYTES_PER_SIGNER * n)
+        by_mailbox = self.settings.max_job_mailbox_bytes // 2 // max(1, per_item)
+        cap = min(self.settings.bundle_max, _BUNDLE_MAX, _BUNDLE_SIGNER_ITEMS // n, by_mailbox)
         for job in jobs[: max(1, cap)]:
             size += len(job.params.get("message_hex", "")) // 2
             if out and size > self.settings.bundle_max_bytes:
@@ -1108,15 +1118,17 @@ class Coordinator:
         Waiting FROST signatures of one key and signer set start together, as bundles."""
         started: list[list[str]] = []
         now = utc_now()
+        signing: set[str] = set()
         with self.db.write() as s:
-            q = (
-                select(Job)
-                .where(Job.status == "queued")
-                .order_by(Job.created_at, Job.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            queued = s.scalars(q).all()
+            q = select(Job).where(Job.status == "queued")
+            if self.settings.sign_inflight > 0:
+                # FROST signatures wait by design, maybe many: they start per key below
+                # (_dispatch_signs), and never crowd the other keys' jobs out of this window
+                # (review finding: 256 waiting signatures of one key hid every other job).
+                frost = Job.key_id.in_(select(Key.id).where(Key.scheme != "ecdsa"))
+                signing.update(s.scalars(select(Job.key_id).where(Job.status == "queued", Job.kind == "sign", frost).distinct()))
+                q = q.where(or_(Job.kind != "sign", ~frost))
+            queued = s.scalars(q.order_by(Job.created_at, Job.id).limit(limit).with_for_update(skip_locked=True)).all()
             # Lock the jobs' keys (FOR UPDATE, in id order so dispatches on two replicas cannot
             # deadlock) before _blocked looks at their jobs: a submit of the same key starting
             # its job at the same moment holds the key too (API.md §1.6, "Ordering per key").
@@ -1126,13 +1138,9 @@ class Coordinator:
                 if key_ids
                 else {}
             )
-            signing: set[str] = set()
             for job in queued:
                 key = keys.get(job.key_id)
                 if key is None:  # a job always names an existing key (foreign key); never start one that doesn't
-                    continue
-                if job.kind == "sign" and self._bundles(key.scheme):
-                    signing.add(key.id)  # started below, bundled, in their own transaction
                     continue
                 if self._blocked(s, job):
                     continue

@@ -465,6 +465,11 @@ class NodeService:
             task_params = {"signers": sorted(participants), "path": "m"}
             task_params["messages"] = [item["message_hex"] for item in _bundle_items(params)]
         elif kind == "sign":
+            # One payload, and only what the audit entry names (review finding: a decoy
+            # digest_hex beside the message a FROST key signs was what the entry hashed).
+            unknown = set(params) - {"signers", "digest_hex", "message_hex", "path"}
+            if unknown or ("digest_hex" in params) == ("message_hex" in params):
+                raise TaskError("a signing names exactly one of digest_hex and message_hex, and nothing else", "params")
             task_params["signers"] = sorted(participants)
             if "digest_hex" in params:
                 task_params["digest"] = params["digest_hex"]
@@ -958,9 +963,13 @@ def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:
     if not isinstance(items, list) or not 1 <= len(items) <= _BUNDLE_MAX:
         raise TaskError(f"a bundle names 1 to {_BUNDLE_MAX} requests", "bundle")
     out = []
+    seen: set[str] = set()
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
             raise TaskError("each request names its request_id", f"bundle[{i}]")
+        if item["request_id"] in seen:  # the audit entry names each request once, with its message
+            raise TaskError(f"request {item['request_id']!r} is listed twice", f"bundle[{i}].request_id")
+        seen.add(item["request_id"])
         message = item.get("message_hex")
         if not isinstance(message, str) or len(message) % 2 or not all(c in "0123456789abcdef" for c in message):
             raise TaskError("message_hex must be lower-case hex", f"bundle[{i}].message_hex")

@@ -587,6 +587,8 @@ def test_a_bundle_signs_every_request_in_one_session_with_one_audit_entry(
         # Review finding: a digest beside the bundle was signed (for an ecdsa key) with no entry naming it.
         ({"extra": {"digest_hex": "00" * 32}, "items": [{"request_id": "r", "message_hex": "00"}]}, "params"),
         ({"extra": {"message_hex": "00"}, "items": [{"request_id": "r", "message_hex": "00"}]}, "params"),
+        # Review finding: one request named twice, with two different messages.
+        ([{"request_id": "r", "message_hex": "00"}, {"request_id": "r", "message_hex": "01"}], "bundle[1].request_id"),
     ],
 )
 def test_a_malformed_bundle_is_refused_before_any_message(
@@ -637,3 +639,23 @@ def test_a_bundle_for_an_ecdsa_key_is_refused_and_signs_nothing(tmp_path: Path) 
     finally:
         for svc in services.values():
             _stop(svc)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        # Review finding (before bundles): FROST signs message_hex, and the entry hashed the decoy digest.
+        {"message_hex": b"pay mallory".hex(), "digest_hex": "11" * 32},
+        {},  # nothing to sign: never b"" by default
+        {"message_hex": "00", "note": "x"},
+    ],
+)
+def test_a_signing_names_exactly_one_payload_and_nothing_else(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], params: dict[str, Any]
+) -> None:
+    hub, services, parts = nodes
+    results = _run_all(hub, services, parts, "sign", "one", params | {"signers": list(NODES)}, 0, seconds=8)
+    for r in results:
+        assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and "(params)" in r["error"]["detail"], r
+    for svc in services.values():
+        assert not [e for e in verify_chain(svc.audit.pending(), svc.card.identity_public_key) if e.get("event") == "signing"]
