@@ -49,6 +49,7 @@ Python, i.e. where the CPU goes) and adds the hottest ShardGuard frames (inclusi
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -362,6 +363,29 @@ def timeline(db_path: Path, client_times: dict[str, tuple[float, float]]) -> dic
     return {name: _r(statistics.median(v), 1) for name, v in steps.items()}
 
 
+def bundles(db_path: Path, request_ids: Sequence[str]) -> dict[str, Any]:
+    """How the load's requests ran (coordinator API.md §1.6, Bundles): alone, or in bundles of
+    how many requests (from the coordinator's ``jobs.bundle_id``)."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        ids = list(request_ids)
+        rows = []
+        for k in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[k : k + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += con.execute(f"SELECT id, bundle_id FROM jobs WHERE id IN ({marks})", chunk).fetchall()
+    finally:
+        con.close()
+    sizes = collections.Counter(bundle for _, bundle in rows if bundle is not None)
+    return {
+        "requests_alone": sum(1 for _, bundle in rows if bundle is None),
+        "requests_bundled": sum(sizes.values()),
+        "bundles": len(sizes),
+        "mean_requests_per_bundle": _r(statistics.mean(sizes.values())) if sizes else None,
+        "max_requests_per_bundle": max(sizes.values(), default=None),
+    }
+
+
 def _db_ts(value: Any) -> float:
     """A timestamp as the coordinator stores it in SQLite (ISO text, UTC when naive)."""
     t = dt.datetime.fromisoformat(str(value))
@@ -490,6 +514,7 @@ def bench_scheme(
         "server_sequential": seq_server,
         "http_round_trip_floor_ms": floor,
         "sequential_timeline_ms": timeline(directory / "coordinator.sqlite3", seq.client_times),
+        "load_bundles": bundles(directory / "coordinator.sqlite3", list(load.client_times)),
         "cpu_ms_per_signature": cpu,
         "cpu_bound_sig_per_s": _r((os.cpu_count() or 1) * 1000 / cpu_sum) if cpu_sum else None,
         "peak_rss_mib": {**{name: vm_hwm_mib(pid) for name, pid in pids.items()}, "client (this process)": peak_rss_self()},

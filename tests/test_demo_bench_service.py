@@ -67,3 +67,19 @@ def test_hot_frames_from_py_spy_raw_output(bench: ModuleType, tmp_path: Path) ->
     assert hot["inclusive"]["shardguard/node/service.py:10 main"] == 1.0
     assert hot["inclusive"]["shardguard/node/service.py:79 request"] == 0.75
     assert hot["leaf"] == {"send (_client.py)": 0.75, "seal (channel.py)": 0.25}
+
+
+def test_bundles_are_counted_from_the_coordinator_database(bench: ModuleType, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "c.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, bundle_id TEXT)")
+    rows = [("r1", None), ("r2", "b1"), ("r3", "b1"), ("r4", "b1"), ("r5", "b2"), ("r6", "b2"), ("other", "b2")]
+    con.executemany("INSERT INTO jobs VALUES (?, ?)", rows)
+    con.commit()
+    con.close()
+    out = bench.bundles(db, ["r1", "r2", "r3", "r4", "r5", "r6"])
+    assert out == {
+        "requests_alone": 1, "requests_bundled": 5, "bundles": 2, "mean_requests_per_bundle": 2.5, "max_requests_per_bundle": 3
+    }  # fmt: skip
