@@ -1146,12 +1146,11 @@ class Coordinator:
                     continue
                 if self._start_job(s, job, key, now):
                     started.append([p["node_id"] for p in job.participants])
-        for key_id in sorted(signing):
-            started += self._dispatch_signs(key_id)[0]
         for nodes in started:
             for nid in nodes:
                 self.notify(f"node:{nid}", 1)
-        return len(started)
+        # _dispatch_signs wakes the nodes of what it starts itself.
+        return len(started) + sum(len(self._dispatch_signs(key_id)[0]) for key_id in sorted(signing))
 
     # -- tasks ----------------------------------------------------------------------------------
     def claim_task(self, node_id: str, identity: bytes | None = None) -> dict[str, Any] | None:
@@ -1345,7 +1344,7 @@ class Coordinator:
                 s.execute(_KEY_HOLD, {"key": job.key_id})
             waiting = job.status != "running" and self._has_queued(s, job.key_id)
         if out["job_status"] != "running":
-            self._notify_job(job.id, [p["node_id"] for p in job.participants])
+            self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
             if waiting:
                 self._next_jobs(job.key_id)  # jobs of this key that waited for it may start now
         return out
@@ -1388,10 +1387,9 @@ class Coordinator:
                     self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
                     if job.kind == "bundle":
                         done = [
-                            {"job": item["request_id"], "bundle": job.id, "now": now,
-                             "res": {"scheme": result.get("scheme"), "public_key": result.get("public_key"), "signature": sig}}
-                            for item, sig in zip(job.params["bundle"], result["signatures"], strict=True)
-                        ]  # fmt: skip
+                            {"job": item["request_id"], "bundle": job.id, "now": now, "res": one}
+                            for item, one in zip(job.params["bundle"], _request_results(result), strict=True)
+                        ]
                         conn.execute(_MEMBER_DONE, done)
                         for _ in done:
                             self._record_end(_Ended("sign", job.started_at, now), "done", "")
@@ -1404,7 +1402,7 @@ class Coordinator:
         except _GeneralPath:
             return None
         if job_status != "running":
-            self._notify_job(job.id, [p["node_id"] for p in job.participants])
+            self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
             if waiting:
                 self._next_jobs(job.key_id)
         return {"task_status": "done", "job_status": job_status}
@@ -1416,14 +1414,12 @@ class Coordinator:
             if not isinstance(sigs, list) or len(sigs) != len(job.params["bundle"]):
                 raise ApiError(422, "validation_error", "one signature per request of the bundle", field="result.signatures")
             for i, value in enumerate(sigs):
-                if not isinstance(value, str) or not _HEX_RE.fullmatch(value) or len(value) > 512:
+                if not _short_hex(value):
                     raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.signatures[{i}]")
             return
         need = {"dkg": "public_key", "sign": "signature", "refresh": "public_key", "repair": None}[job.kind]
-        if need is not None:
-            value = result.get(need)
-            if not isinstance(value, str) or not _HEX_RE.fullmatch(value) or len(value) > 512:
-                raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.{need}")
+        if need is not None and not _short_hex(result.get(need)):
+            raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.{need}")
 
     @staticmethod
     def _signing_problem(job: Any, key: Any, result: Mapping[str, Any]) -> str | None:
@@ -1431,8 +1427,7 @@ class Coordinator:
         wrong one). ``key``: a Key or a row with its scheme, public key and package."""
         if job.kind == "sign":
             return signature_problem(key.scheme, key.public_key, key.public_package, job.params, result)
-        for i, (item, sig) in enumerate(zip(job.params["bundle"], result["signatures"], strict=True)):
-            one = {"scheme": result.get("scheme"), "public_key": result.get("public_key"), "signature": sig}
+        for i, (item, one) in enumerate(zip(job.params["bundle"], _request_results(result), strict=True)):
             problem = signature_problem(key.scheme, key.public_key, key.public_package, item, one)
             if problem is not None:
                 return f"request {i} ({item['request_id']}): {problem}"
@@ -1484,14 +1479,12 @@ class Coordinator:
         job.updated_at = now
         self._record_end(job, "done", "")
         if job.kind == "bundle":
-            signatures = dict(zip((item["request_id"] for item in job.params["bundle"]), result["signatures"], strict=True))
+            ids = (item["request_id"] for item in job.params["bundle"])
+            results = dict(zip(ids, _request_results(result), strict=True))
             for member in s.scalars(select(Job).where(Job.bundle_id == job.id).with_for_update()):
-                if member.status == "running" and member.id in signatures:
+                if member.status == "running" and member.id in results:
                     member.status = "done"
-                    member.result = {
-                        "scheme": result.get("scheme"), "public_key": result.get("public_key"),
-                        "signature": signatures[member.id],
-                    }  # fmt: skip
+                    member.result = results[member.id]
                     member.finished_at = now
                     member.updated_at = now
                     self._record_end(member, "done", "")
@@ -1528,18 +1521,19 @@ class Coordinator:
         if job.started_at is not None and job.finished_at is not None:
             self.metrics.job_seconds.labels(job.kind).observe((job.finished_at - job.started_at).total_seconds())
 
-    def _notify_job(self, job_id: str, nodes: Iterable[str] | None = None) -> None:
+    def _notify_job(self, job_id: str, nodes: Iterable[str] | None = None, requests: Iterable[str] = ()) -> None:
+        """Wake whoever waits for the end of ``job_id``: its client, the clients of
+        ``requests`` (a bundle's, :func:`_bundled`), its nodes. Without ``nodes``, all of that is
+        read from the job."""
         if nodes is None:
             with self.db.read() as s:
                 job = s.get(Job, job_id)
                 nodes = [p["node_id"] for p in job.participants] if job is not None else []
+                requests = _bundled(job) if job is not None else []
         # The client waiting for the answer first: wake-ups run in the order they are made, and
         # the nodes only learn that their finished job ended.
-        self.notify(f"job:{job_id}", None)
-        if job_id.startswith("bdl_"):  # a bundle's requests ended with it
-            with self.db.raw.read() as conn:
-                for (member,) in conn.execute(_BUNDLE_MEMBERS, {"bundle": job_id}):
-                    self.notify(f"job:{member}", None)
+        for waiting in (job_id, *requests):
+            self.notify(f"job:{waiting}", None)
         for nid in nodes:
             self.notify(f"inbox:{nid}:{job_id}", None)
 
@@ -1918,7 +1912,7 @@ class Coordinator:
                 )
                 ended.append(job)
         for job in ended:
-            self._notify_job(job.id, [p["node_id"] for p in job.participants])
+            self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
         started = self.dispatch()
         with self.db.write() as s:
             s.execute(delete(NodeNonce).where(NodeNonce.expires_at < now))
@@ -2099,7 +2093,6 @@ _JOB_DONE = (
 )
 _KEY_HOLD = select(Key.id).where(Key.id == bindparam("key")).with_for_update()
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
-_BUNDLE_MEMBERS = select(Job.id).where(Job.bundle_id == bindparam("bundle"))
 _MEMBER_DONE = (
     update(Job)
     .where(Job.id == bindparam("job"), Job.bundle_id == bindparam("bundle"), Job.status == "running")
@@ -2147,6 +2140,23 @@ _AUDIT_EXISTING = select(AuditEntry.seq, AuditEntry.entry, AuditEntry.entry_hash
 )
 _INSERT_AUDIT = insert(AuditEntry)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
+
+
+def _short_hex(value: Any) -> bool:
+    """A reported key or signature: lower-case hex, at most 512 digits."""
+    return isinstance(value, str) and len(value) <= 512 and _HEX_RE.fullmatch(value) is not None
+
+
+def _request_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A bundle's result as each of its requests ends with it (a single signing's shape), in
+    the bundle's order."""
+    head = {"scheme": result.get("scheme"), "public_key": result.get("public_key")}
+    return [head | {"signature": sig} for sig in result["signatures"]]
+
+
+def _bundled(job: Any) -> list[str]:
+    """The requests that end with ``job`` besides itself: a bundle's."""
+    return [item["request_id"] for item in job.params["bundle"]] if job.kind == "bundle" else []
 
 
 def _evidence_fields(n: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -80,6 +81,7 @@ _ANSWER_BURST = 5
 _KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair"}
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 
 
 class StalePeer(Exception):
@@ -971,7 +973,7 @@ def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:
             raise TaskError(f"request {item['request_id']!r} is listed twice", f"bundle[{i}].request_id")
         seen.add(item["request_id"])
         message = item.get("message_hex")
-        if not isinstance(message, str) or len(message) % 2 or not all(c in "0123456789abcdef" for c in message):
+        if not isinstance(message, str) or not _LOWER_HEX.fullmatch(message):
             raise TaskError("message_hex must be lower-case hex", f"bundle[{i}].message_hex")
         out.append({"request_id": item["request_id"], "message_hex": message})
     return out
