@@ -83,3 +83,15 @@ def test_bundles_are_counted_from_the_coordinator_database(bench: ModuleType, tm
     assert out == {
         "requests_alone": 1, "requests_bundled": 5, "bundles": 2, "mean_requests_per_bundle": 2.5, "max_requests_per_bundle": 3
     }  # fmt: skip
+
+
+def test_signer_choice(bench: ModuleType) -> None:
+    # The default names no signers (the coordinator picks, as for a normal client); "rotate"
+    # walks the three pairs of the 2-of-3 key.
+    assert [bench.signers_for("coordinator", i) for i in range(3)] == [None, None, None]
+    assert [bench.signers_for("rotate", i) for i in range(4)] == [
+        ["node-1", "node-2"],
+        ["node-1", "node-3"],
+        ["node-2", "node-3"],
+        ["node-1", "node-2"],
+    ]
