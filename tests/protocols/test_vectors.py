@@ -49,6 +49,10 @@ def test_frost_signing_vector(path: Path) -> None:
     assert sorted(nonces) == inp["participant_list"]
 
     ctx = prepare(suite, pk, commitments, msg)
+    for i, (d, e) in nonces.items():
+        # A signer's own commitment share from its nonces ((d + ρ·e)·G): the same context.
+        assert prepare(suite, pk, commitments, msg, own=(i, d, e)) == ctx
+        assert prepare(suite, pk, commitments, msg, own=(i, d + 1, e)).group_commitment != ctx.group_commitment
     inputs = binding_factor_inputs(suite, ctx.group_key, ctx.commitments, msg)
     for out in v["round_one_outputs"]["outputs"]:
         i = out["identifier"]

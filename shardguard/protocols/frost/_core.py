@@ -18,6 +18,7 @@ from shardguard.crypto.shamir import lagrange_coefficient
 __all__ = [
     "CheaterDetection",
     "Commitment",
+    "OwnNonces",
     "SigningContext",
     "binding_factor_inputs",
     "binding_factors",
@@ -60,11 +61,24 @@ def binding_factors(suite: Ciphersuite, group_key: Point, commitments: Sequence[
     return {i: suite.h1(x) for i, x in binding_factor_inputs(suite, group_key, commitments, msg).items()}
 
 
-def commitment_shares(suite: Ciphersuite, commitments: Sequence[Commitment], rho: Mapping[int, int]) -> dict[int, Point]:
+#: A signer's own ``(identifier, hiding nonce d, binding nonce e)``, known only to that signer.
+OwnNonces = tuple[int, int, int]
+
+
+def commitment_shares(
+    suite: Ciphersuite, commitments: Sequence[Commitment], rho: Mapping[int, int], own: OwnNonces | None = None
+) -> dict[int, Point]:
     """Per-signer ``D_i + ρ_i·E_i``; their sum is the group commitment (RFC 9591 §4.5) and
-    each is the commitment share checked in §5.4 ``verify_signature_share``."""
+    each is the commitment share checked in §5.4 ``verify_signature_share``.
+
+    With ``own``, the signer's own share is computed as ``(d + ρ·e)·G`` from its nonces, the
+    same point (``D = d·G``, ``E = e·G``) for one fixed-base multiplication instead of a
+    variable-base one and an addition: about a fifth of an Ed25519 signer's protocol time.
+    Both multiplications are constant-time in the libraries (libsodium, libsecp256k1), as for
+    the round-1 commitments."""
     g = suite.group
-    return {i: d + g.mul(e, rho[i]) for i, d, e in commitments}
+    me, d_own, e_own = own if own is not None else (None, 0, 0)
+    return {i: g.base_mul(d_own + rho[i] * e_own) if i == me else d + g.mul(e, rho[i]) for i, d, e in commitments}
 
 
 def group_commitment(suite: Ciphersuite, shares: Mapping[int, Point]) -> Point:
@@ -155,14 +169,17 @@ class SigningContext:
         return bad
 
 
-def prepare(suite: Ciphersuite, group_key: Point, commitments: Sequence[Commitment], msg: bytes) -> SigningContext:
+def prepare(
+    suite: Ciphersuite, group_key: Point, commitments: Sequence[Commitment], msg: bytes, own: OwnNonces | None = None
+) -> SigningContext:
     """Derive the :class:`SigningContext` (RFC 9591 §5.2 steps before ``z_i``; BIP340 parity
-    handling as ZF ``frost-secp256k1-tr``)."""
+    handling as ZF ``frost-secp256k1-tr``). ``own``: the caller's nonces, when it is a signer
+    whose commitment is in the list (see :func:`commitment_shares`)."""
     commitments = tuple(sorted(commitments, key=lambda c: c[0]))
     key_factor = suite.key_sign_factor(group_key)
     pk = group_key if key_factor == 1 else -group_key
     rho = binding_factors(suite, pk, commitments, msg)
-    shares = commitment_shares(suite, commitments, rho)
+    shares = commitment_shares(suite, commitments, rho, own)
     r = group_commitment(suite, shares)
     nonce_factor = suite.nonce_sign_factor(r)
     if nonce_factor != 1:

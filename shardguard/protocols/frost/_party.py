@@ -94,9 +94,9 @@ class FrostSigner(Party[bytes]):
         commitments = [self._own_commitment]
         for sender, p in self._received(1, SignRound1).items():
             commitments.append((sender, p.hiding, p.binding))  # type: ignore[attr-defined]
-        ctx = prepare(self.suite, self._key.public.group_key, commitments, self.message)
         d, e = self._nonces
         self._nonces = None
+        ctx = prepare(self.suite, self._key.public.group_key, commitments, self.message, own=(self.me, d, e))
         z = sign_share(
             self.suite,
             hiding=d,
