@@ -13,15 +13,25 @@ secp256k1 arithmetic (RFC 9591 §6 ``verify_signature``, BIP340 ``Verify``, ECDS
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from shardguard.crypto.bip32 import derive_public, parse_path
 from shardguard.crypto.errors import CryptoError
+from shardguard.crypto.group import Point
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.crypto.suites import BIP340, suite_by_scheme
 
 __all__ = ["signature_problem"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_point(scheme: str, key: bytes) -> Point:
+    """A key's decoded point, kept: decoding checks the subgroup (a scalar multiplication, as
+    long as the verification itself), and the same few keys sign again and again. Only keys
+    that decoded are kept (a ``CryptoError`` is not cached)."""
+    return suite_by_scheme(scheme).group.decode(key, field="public_key")
 
 
 def _hex(value: object) -> bytes | None:
@@ -73,7 +83,7 @@ def signature_problem(
             if suite is BIP340:
                 ok = BIP340.verify_xonly(key, message, sig)
             else:
-                ok = suite.verify(suite.group.decode(key, field="public_key"), message, sig)
+                ok = suite.verify(_public_point(scheme, key), message, sig)
     except CryptoError as e:
         return f"cannot check the signature: {e}"
     return None if ok else f"the signature does not verify under the key ({scheme})"
