@@ -29,9 +29,10 @@ from shardguard.channel.identity import MAX_NONCE_LEN, MIN_NONCE_LEN
 from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.db import Database, migrate
 from shardguard.coordinator.errors import ApiError, error_body, install_handlers
+from shardguard.coordinator.fastpath import SignAnswer, SignFastPath
 from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.notify import PgBridge
-from shardguard.coordinator.service import Coordinator, NodeIdentity, TokenInfo, canonical_json, decode_card
+from shardguard.coordinator.service import Coordinator, NodeIdentity, Submitted, TokenInfo, canonical_json, decode_card
 from shardguard.coordinator.settings import Settings
 from shardguard.coordinator.stream import serve_stream
 
@@ -39,6 +40,7 @@ __all__ = ["create_app"]
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
+_SIGN_ROUTE = "/v1/keys/{key_id}/sign"
 
 _ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 #: ``Idempotency-Key`` (API.md §2): the same key again, from the same token, answers the first
@@ -336,7 +338,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.notifier = notifier
     app.state.metrics = metrics
     install_handlers(app)
-    _routes(app, coord, notifier)
+    sign_answer = _routes(app, coord, notifier)
+    sign_route = next(r for r in app.routes if getattr(r, "path", None) == _SIGN_ROUTE and "POST" in getattr(r, "methods", ()))
+    if settings.sign_fast_path:
+        hot = hot_runner(db.dialect == "sqlite")
+        app.add_middleware(
+            SignFastPath,
+            answer=sign_answer,
+            authenticate=lambda token: hot(coord.authenticate_token, token),
+            route=sign_route,
+        )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics, metrics=metrics)
     return app
@@ -361,13 +372,18 @@ async def _long_poll(
     *,
     gone: tuple[Callable[[], Awaitable[bool]], T] | None = None,
     runner: Runner = run,
+    check_first: bool = True,
 ) -> T:
     """Call ``check`` (in a thread) until it reports ready or ``wait`` seconds pass; sleep on
     this replica's notifications in between, re-checking at least every ``interval``. With
     ``gone = (disconnected, idle)``: once the client has disconnected, return ``idle`` before
-    ``check`` runs again — for checks that hand something out, so nothing goes to nobody."""
+    ``check`` runs again — for checks that hand something out, so nothing goes to nobody.
+    ``check_first=False``: the caller knows ``check`` is not ready yet (a request it has just
+    created), so the first look waits for a notification (or ``interval``) instead; ``check``
+    still runs before anything is returned."""
     deadline = time.monotonic() + wait
     first = True
+    skip = not check_first
     while True:
         if gone is not None and not first and await gone[0]():
             return gone[1]
@@ -375,10 +391,13 @@ async def _long_poll(
         fut = notifier.waiter(key)
         leaving = True
         try:
-            ready, value = await runner(check)
-            remaining = deadline - time.monotonic()
-            if ready or remaining <= 0:
-                return value
+            if skip:
+                skip = False
+            else:
+                ready, value = await runner(check)
+                if ready or deadline - time.monotonic() <= 0:
+                    return value
+            remaining = max(0.0, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fut), timeout=min(remaining, interval))
             leaving = False
@@ -396,7 +415,8 @@ def _target(request: Request) -> str:
     return (raw + b"?" + query if query else raw).decode("ascii", errors="replace")
 
 
-def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
+def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
+    """Wire the routes; returns the sign route's work for its fast path."""
     hot = hot_runner(coord.db.dialect == "sqlite")
     settings = coord.settings
     bearer = HTTPBearer(auto_error=False, description="API token (scopes keys:write, sign:write, read, admin)")
@@ -485,17 +505,10 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         200: {"model": schemas.RequestOut, "description": "with ``wait``: the request once it ended"}
     }
 
-    @app.post("/v1/keys/{key_id}/sign", tags=["keys"], status_code=202, response_model=schemas.Accepted, responses=ended)
-    async def sign(
-        key_id: _ID,
-        body: schemas.SignRequest,
-        t: Signer,
-        wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
-        idempotency_key: _IdemKey = None,
+    async def sign_answer(
+        key_id: str, body: schemas.SignRequest, token_id: str, wait: float, idempotency_key: str | None
     ) -> JSONResponse:
-        """Queue a signature. ``wait``: also long-poll up to that many seconds (capped by the
-        server) and answer **200** with the request as ``GET /v1/requests/{id}`` would — done,
-        failed, or still running when the wait ran out — saving the client a second call."""
+        """The sign route's work, shared with its fast path (``fastpath.SignFastPath``)."""
         out = await hot(
             coord.submit_sign,
             key_id,
@@ -503,7 +516,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             message=body.message_hex,
             path=body.path,
             signers=body.signers,
-            requested_by=t.token_id,
+            requested_by=token_id,
             idempotency_key=idempotency_key,
         )
         if wait <= 0:
@@ -515,7 +528,26 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             return r["status"] in ("done", "failed"), r
 
         wait = min(wait, settings.max_wait)
-        return JSONResponse(await _long_poll(notifier, f"job:{request_id}", wait, settings.poll_interval, check, runner=hot))
+        # A request this call created cannot have ended yet: its first look is the wake-up
+        # (one database read fewer per signature). An idempotent replay looks at once.
+        fresh = isinstance(out, Submitted)
+        answer = await _long_poll(
+            notifier, f"job:{request_id}", wait, settings.poll_interval, check, runner=hot, check_first=not fresh
+        )
+        return JSONResponse(answer)
+
+    @app.post(_SIGN_ROUTE, tags=["keys"], status_code=202, response_model=schemas.Accepted, responses=ended)
+    async def sign(
+        key_id: _ID,
+        body: schemas.SignRequest,
+        t: Signer,
+        wait: Annotated[float, Query(ge=0, le=300)] = 0.0,
+        idempotency_key: _IdemKey = None,
+    ) -> JSONResponse:
+        """Queue a signature. ``wait``: also long-poll up to that many seconds (capped by the
+        server) and answer **200** with the request as ``GET /v1/requests/{id}`` would — done,
+        failed, or still running when the wait ran out — saving the client a second call."""
+        return await sign_answer(key_id, body, t.token_id, wait, idempotency_key)
 
     @app.post("/v1/keys/{key_id}/refresh", tags=["keys"], status_code=202, response_model=schemas.Accepted)
     async def refresh(key_id: _ID, t: KeyWriter, idempotency_key: _IdemKey = None) -> dict[str, Any]:
@@ -741,3 +773,5 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
         entries = [(e.seq, e.entry, e.hash, e.signature, bytes.fromhex(e.signer) if e.signer else None) for e in body.entries]
         return JSONResponse(await hot(coord.post_audit, node, entries))
+
+    return sign_answer

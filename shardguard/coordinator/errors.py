@@ -75,10 +75,24 @@ def _validation_message(err: dict[str, Any]) -> str:
     return msg
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """How every ``ApiError`` is answered (the handler below, and the sign fast path)."""
+    return JSONResponse(error_body(exc.code, exc.message, exc.field, **exc.extra), status_code=exc.status)
+
+
+def database_error_response(exc: DBAPIError) -> JSONResponse:
+    """How a database error is answered: 503 while it is unreachable, else a logged 500."""
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        _log.warning("database unavailable: %s", exc.orig)
+        return JSONResponse(error_body("unavailable", "the database is unavailable; retry later"), status_code=503)
+    _log.exception("database error", exc_info=exc)
+    return JSONResponse(error_body("internal", "internal error"), status_code=500)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.field, **exc.extra), status_code=exc.status)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,11 +112,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
-            _log.warning("database unavailable: %s", exc.orig)
-            return JSONResponse(error_body("unavailable", "the database is unavailable; retry later"), status_code=503)
-        _log.exception("database error", exc_info=exc)
-        return JSONResponse(error_body("internal", "internal error"), status_code=500)
+        return database_error_response(exc)
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:

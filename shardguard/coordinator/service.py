@@ -66,6 +66,7 @@ __all__ = [
     "SCOPES",
     "Coordinator",
     "StaleIdentity",
+    "Submitted",
     "TokenInfo",
     "utc_now",
 ]
@@ -141,6 +142,11 @@ def _hold_identity(conn: Session | RawConnection, node_id: str, identity: bytes)
     pk = conn.scalar(_NODE_KEY_HELD, {"node": node_id})
     if pk is None or bytes(pk) != identity:
         raise StaleIdentity(node_id)
+
+
+class Submitted(dict[str, Any]):
+    """What a submission answers when it created its request (not an idempotent replay of an
+    earlier one): the same JSON, and a way for the API to know the request cannot have ended."""
 
 
 def _once(submit: Callable[[], dict[str, Any]], idempotency_key: str | None) -> dict[str, Any]:
@@ -833,7 +839,7 @@ class Coordinator:
         if run_now:
             for p in participants:
                 self.notify(f"node:{p['node_id']}", 1)
-        return {"request_id": job_id}
+        return Submitted(request_id=job_id)
 
     def _default_signers(self, s: Session | RawConnection, key: Any, now: dt.datetime) -> list[str]:
         """t of the key's nodes, those seen recently first (then by party index)."""

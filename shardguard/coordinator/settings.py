@@ -28,6 +28,9 @@ class Settings:
 
     #: Largest request body, bytes (413 beyond).
     max_body_bytes: int = 4 * 1024 * 1024
+    #: Answer plain ``POST /v1/keys/{id}/sign`` requests without FastAPI's per-request
+    #: machinery (``fastpath.py``; same answers). False: every request through FastAPI.
+    sign_fast_path: bool = True
     #: Largest relayed ciphertext (one envelope), bytes after base64 decoding.
     max_message_bytes: int = 320 * 1024
     #: Most messages in one POST /v1/jobs/{job}/messages.

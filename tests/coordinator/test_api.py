@@ -242,6 +242,42 @@ def test_an_idempotency_key_makes_a_retry_answer_the_first_request(
     assert coordinator._submit_sign == real_submit  # the stale look-up ran (and was undone)
 
 
+def test_sign_with_wait_reads_a_new_request_only_once_woken(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST …/sign?wait``: a request this call created cannot have ended, so the long-poll's
+    first read is after a wake-up (here: its deadline, nothing happens); an idempotent replay of
+    a request that ended answers at once from its first read."""
+    client = make_client(poll_interval=5.0)
+    nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in nodes:
+        assert n.register().status_code == 200
+    key_id = run_dkg(client, nodes)
+    coordinator = coord(client)
+    reads: list[str] = []
+    real_get = coordinator.get_request
+
+    def counted(request_id: str) -> dict[str, Any]:
+        reads.append(request_id)
+        return real_get(request_id)
+
+    monkeypatch.setattr(coordinator, "get_request", counted)
+    body = {"message_hex": "aa", "signers": ["node-a", "node-b"]}
+    h = ADMIN | {"Idempotency-Key": "wait-once"}
+    r = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=h, params={"wait": 0.2})
+    assert r.status_code == 200 and r.json()["status"] in ("queued", "running")
+    assert reads == [r.json()["request_id"]]  # one read, at the deadline, not one before it too
+    # The signers finish it; a retry under the same key then answers at once with the result.
+    tasks = [n.next_task() for n in nodes[:2]]
+    result = sign_result(tasks[0])  # type: ignore[arg-type]  # one signature, reported by both
+    for n, task in zip(nodes[:2], tasks, strict=True):
+        assert task is not None and n.report(task["task_id"], result=result).status_code == 200
+    reads.clear()
+    t0 = time.monotonic()
+    again = client.post(f"/v1/keys/{key_id}/sign", json=body, headers=h, params={"wait": 30})
+    assert again.status_code == 200 and again.json()["status"] == "done"
+    assert time.monotonic() - t0 < 4.0 and reads == [again.json()["request_id"]]
+
 def test_sign_needs_an_active_key(client: TestClient, nodes: list[FakeNode]) -> None:
     err(client.post("/v1/keys/key_missing/sign", json={"message_hex": "00"}, headers=ADMIN), 404, "not_found", "key_id")
     r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": ["node-a", "node-b"]}, headers=ADMIN)
