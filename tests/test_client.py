@@ -45,3 +45,19 @@ def test_a_done_request_is_returned_only_with_a_valid_signature_of_this_call(
         key["public_key"] = dkg_result("ed25519" if scheme != "ed25519" else "bip340")["public_key"]
         c._check_signature("key_1", body, {"request_id": "r3", "result": good})
         assert asked == ["key_1"]
+
+
+def test_urls_are_built_as_httpx_builds_them_and_kept() -> None:
+    """The client keeps the absolute URL of each (path, params): the same URL httpx builds from
+    the base URL (a path prefix kept, the query encoded), made once, bounded."""
+    with Client("https://coordinator.invalid/prefix/", "t") as c:
+        for path, params in [("/v1/keys/k1/sign", {"wait": 25.0}), ("/v1/health", None), ("/v1/audit", {"node": "a b"})]:
+            want = c._http.build_request("GET", path, params=params).url
+            got = c._url(path, params)
+            assert got == want and c._url(path, params) is got
+        assert str(c._url("/v1/keys/k1/sign", {"wait": 25.0})) == "https://coordinator.invalid/prefix/v1/keys/k1/sign?wait=25.0"
+        listed = {"node": ["a", "b"]}  # unhashable: built, not kept
+        assert c._url("/v1/audit", listed) == c._http.build_request("GET", "/v1/audit", params=listed).url
+        for i in range(300):
+            c._url(f"/v1/requests/r{i}", None)
+        assert len(c._urls) <= 256
