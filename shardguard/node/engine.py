@@ -156,7 +156,7 @@ def drive(
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
     poll: float = 5.0,
-    after_start: Callable[[], None] | None = None,
+    at_start: Callable[[], None] | None = None,
     gate: Callable[[], None] | None = None,
     idle: Callable[[], bool] | None = None,
 ) -> R:
@@ -166,11 +166,11 @@ def drive(
     party's :class:`~shardguard.protocols.errors.ProtocolAbort` (after posting the messages it
     carries, so the others abort too), or :class:`EngineTimeout`.
 
-    ``after_start`` runs once the first round is posted, before any peer message is taken;
-    ``gate`` runs before anything after the first round is posted, and blocks until that may
-    leave. The node starts a signing's audit write in the one and waits for it in the other, so
-    the write overlaps the first round's trip and the party's own work on the peers' first
-    round, and no share of a later round leaves without its entry. A party that finishes
+    ``at_start`` runs just before the first round is computed and posted; ``gate`` runs before
+    anything after the first round is posted, and blocks until that may leave. The node starts
+    a signing's audit write in the one and waits for it in the other, so the write overlaps the
+    first round's work and trip and the party's own work on the peers' first round, and no
+    share of a later round leaves without its entry (the first round holds only commitments). A party that finishes
     without a later round (one signer) passes the gate before its result is returned; abort
     messages wait for it too, and are dropped if it fails. If either raises, the party stops and
     the exception propagates.
@@ -223,10 +223,10 @@ def drive(
                 send(getattr(e, "outgoing", []) or [])
             raise  # the party's own error stands
 
+    if at_start is not None:
+        at_start()  # first: the write it starts is then under way while round 1 is computed
     send(party.start())
     released = gate is None
-    if after_start is not None:
-        after_start()
     _pump(relay, job, inbox, sid, lambda: party.done, feed, deadline, clock, poll, lambda: party.round, idle)
     pass_gate()  # a party done without a later round (one signer): its result is released here
     return party.result

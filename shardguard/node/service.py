@@ -521,9 +521,10 @@ class NodeService:
         release = None
         writing: list[Future[None]] = []
         if kind == "sign":
-            # The decision to sign is logged, durably, while the first round is in flight and
-            # the peers' first round is worked on, and before any share that helps make the
-            # signature leaves this node.
+            # The decision to sign is logged, durably, while the first round is computed and
+            # in flight and the peers' first round is worked on, and before any share that
+            # helps make the signature leaves this node. Started once the party is built (every
+            # check of the task passed), so a task refused before it has no entry.
             fields = self._audit_fields(raw)
 
             def start() -> None:

@@ -109,17 +109,17 @@ def run_task(
     peer), :class:`~shardguard.protocols.errors.ProtocolAbort` (bans already persisted) or
     :class:`~shardguard.node.engine.EngineTimeout`.
 
-    ``release`` (signing only) is ``(after_start, gate)`` for :func:`~shardguard.node.engine.drive`:
-    the first is called once the first round is posted, the second before anything later is, and
+    ``release`` (signing only) is ``(at_start, gate)`` for :func:`~shardguard.node.engine.drive`:
+    the first is called just before the first round is posted, the second before anything later is, and
     nothing that helps make a signature leaves the node until it has returned. ``idle``: see
     :func:`~shardguard.node.engine.drive`.
     """
     inbox = inbox if inbox is not None else Inbox()
 
     def go(party: Any, release: tuple[Callable[[], None], Callable[[], None]] | None = None) -> Any:
-        after_start, gate = release or (None, None)
+        at_start, gate = release or (None, None)
         return drive(party, job=task.job, me=me, card=card, peers=peers, relay=relay, inbox=inbox, deadline=deadline,
-                     after_start=after_start, gate=gate, idle=idle)  # fmt: skip
+                     at_start=at_start, gate=gate, idle=idle)  # fmt: skip
 
     if task.kind == "keygen":
         return _keygen(task, store, go, rng)

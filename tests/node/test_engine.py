@@ -285,9 +285,10 @@ class Recorder(Hub):
 
 
 @pytest.mark.parametrize("scheme", ["ed25519", "ecdsa"])
-def test_release_hooks_run_after_the_first_round_and_before_any_later_one(cluster: list[Node], scheme: str) -> None:
-    """A signing's audit write starts in ``after_start``, once the first round is posted (so
-    it overlaps that round's trip), and ``gate`` waits for it before anything later can leave.
+def test_release_hooks_run_at_the_first_round_and_before_any_later_one(cluster: list[Node], scheme: str) -> None:
+    """A signing's audit write starts in ``at_start``, just before the first round is computed
+    and posted (so it overlaps that round's work and trip), and ``gate`` waits for it before
+    anything later can leave.
     ``idle`` is called while the party waits, until it says it is done."""
     out = run_all(cluster, "keygen", scheme)
     key_id = out[1]["key_id"]
@@ -301,7 +302,7 @@ def test_release_hooks_run_after_the_first_round_and_before_any_later_one(cluste
             hub.note(idx, "idle")
             return idle_calls[idx] >= 2
 
-        return {"release": (lambda: hub.note(idx, "after_start"), lambda: hub.note(idx, "gate")), "idle": idle}
+        return {"release": (lambda: hub.note(idx, "at_start"), lambda: hub.note(idx, "gate")), "idle": idle}
 
     if scheme == "ecdsa":
         params: dict[str, Any] = {"digest": hashlib.sha256(b"x").hexdigest(), "signers": [1, 3]}
@@ -311,9 +312,9 @@ def test_release_hooks_run_after_the_first_round_and_before_any_later_one(cluste
     assert sig[1] == sig[3] and "signature" in sig[1], sig
     for idx in (1, 3):
         ev = hub.events[idx]
-        assert ev[:2] == ["post", "after_start"], ev  # round 1 out, then the write starts
+        assert ev[:2] == ["at_start", "post"], ev  # the write starts, then round 1 goes out
         posts = [i for i, e in enumerate(ev) if e == "post"]
-        assert ev.count("after_start") == ev.count("gate") == 1 and len(posts) >= 2, ev
+        assert ev.count("at_start") == ev.count("gate") == 1 and len(posts) >= 2, ev
         assert posts[0] < ev.index("gate") < posts[1], ev  # nothing after round 1 leaves before the gate
         # Called while it waits, until it returned True, never after. Once, if the peer's later
         # round was already there at the first fetch (a busy host).
@@ -357,12 +358,12 @@ def test_a_single_signer_passes_the_gate_before_its_signature_is_returned(cluste
     def run(gate: Callable[[], None]) -> bytes:
         party = FrostSigner(share, signers=[1], message=b"alone", instance=os.urandom(32), rng=os.urandom)
         out: bytes = drive(party, job="j", me=node.keys, card=node.card, peers={}, relay=Hub().relay(node.card.node_id),
-                           inbox=Inbox(), deadline=time.monotonic() + 5, after_start=lambda: events.append("after_start"),
+                           inbox=Inbox(), deadline=time.monotonic() + 5, at_start=lambda: events.append("at_start"),
                            gate=gate)  # fmt: skip
         return out
 
     sig = run(lambda: events.append("gate"))
-    assert len(sig) == 64 and events == ["after_start", "gate"]
+    assert len(sig) == 64 and events == ["at_start", "gate"]
 
     class DiskFull(Exception):
         pass
