@@ -29,7 +29,7 @@ from shardguard.channel.identity import MAX_NONCE_LEN, MIN_NONCE_LEN
 from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.db import Database, migrate
 from shardguard.coordinator.errors import ApiError, error_body, install_handlers
-from shardguard.coordinator.fastpath import SignAnswer, SignFastPath
+from shardguard.coordinator.fastpath import SignAnswer, SignFastPath, replay_body
 from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.notify import PgBridge
 from shardguard.coordinator.service import Coordinator, NodeIdentity, Submitted, TokenInfo, canonical_json, decode_card
@@ -229,17 +229,7 @@ class BodyLimit:
                 await self._reject(send, 413, "payload_too_large", too_big)
                 return
             chunks.append(chunk)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _drain(self, receive: Receive, size: int) -> None:
         while size <= self.drain_bytes:

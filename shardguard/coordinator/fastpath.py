@@ -32,7 +32,7 @@ from shardguard.coordinator import schemas
 from shardguard.coordinator.errors import ApiError, api_error_response, database_error_response
 from shardguard.coordinator.service import TokenInfo
 
-__all__ = ["SignAnswer", "SignFastPath"]
+__all__ = ["SignAnswer", "SignFastPath", "replay_body"]
 
 #: The route's constraints (app._ID, app._IdemKey, ``wait`` 0..300), as strict patterns: a
 #: value they do not match goes to the route, which decides.
@@ -74,7 +74,7 @@ class SignFastPath:
                 break
         request = await self._accepted(token, body)
         if request is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         scope["route"] = self.route  # so the metrics name the route
         try:
@@ -125,7 +125,9 @@ def _parse(scope: Scope) -> tuple[str, float, str | None] | None:
     return token, wait, idempotency_key
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the whole ``body`` (already read) once, then what ``receive``
+    gives (the disconnect)."""
     sent = False
 
     async def again() -> Message:
