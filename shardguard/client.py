@@ -16,6 +16,7 @@ the key's public key as this client first saw it, over the digest or message thi
 
 from __future__ import annotations
 
+import collections
 import functools
 import secrets
 import ssl
@@ -89,7 +90,9 @@ class Client:
             base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout, verify=_tls()
         )
         self._keys: dict[str, dict[str, Any]] = {}  # key id -> the key as first seen (its public key)
-        self._urls: dict[tuple[str, tuple[tuple[str, Any], ...]], httpx.URL] = {}
+        self._urls: collections.OrderedDict[tuple[str, tuple[tuple[str, type, Any], ...]], httpx.URL] = (
+            collections.OrderedDict()
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -137,17 +140,21 @@ class Client:
 
     def _url(self, path: str, params: dict[str, Any] | None) -> httpx.URL:
         """The absolute URL of ``path?params``, as httpx builds it from the base URL, made once
-        per distinct pair (a bounded memo): parsing a URL string is a fifth of this client's
-        CPU per signing call, and every signing call of a key uses the same one."""
-        key = (path, tuple(sorted(params.items())) if params else ())
+        per distinct pair (the 64 used last are kept): parsing a URL string is a fifth of this
+        client's CPU per signing call, and every signing call of a key uses the same one. The
+        key holds each value's type (``1``, ``1.0`` and ``True`` are equal, and httpx writes
+        them differently; review finding)."""
+        key = (path, tuple((k, type(v), v) for k, v in sorted(params.items())) if params else ())
         try:
             url = self._urls.get(key)
         except TypeError:  # a value that cannot be a dict key (a list): not kept
             return self._http.build_request("GET", path, params=params).url
         if url is None:
-            if len(self._urls) >= 256:
-                self._urls.clear()
             url = self._urls[key] = self._http.build_request("GET", path, params=params).url
+            if len(self._urls) > 64:
+                self._urls.popitem(last=False)
+        else:
+            self._urls.move_to_end(key)
         return url
 
     # -- reads -------------------------------------------------------------------------------

@@ -58,6 +58,13 @@ def test_urls_are_built_as_httpx_builds_them_and_kept() -> None:
         assert str(c._url("/v1/keys/k1/sign", {"wait": 25.0})) == "https://coordinator.invalid/prefix/v1/keys/k1/sign?wait=25.0"
         listed = {"node": ["a", "b"]}  # unhashable: built, not kept
         assert c._url("/v1/audit", listed) == c._http.build_request("GET", "/v1/audit", params=listed).url
+        # Equal values of other types are other URLs (review finding: True and 1 were one).
+        assert str(c._url("/v1/audit", {"limit": True})).endswith("?limit=true")
+        assert str(c._url("/v1/audit", {"limit": 1})).endswith("?limit=1")
+        assert str(c._url("/v1/audit", {"limit": 1.0})).endswith("?limit=1.0")
+        # Bounded, least recently used out: a URL in use survives one-off ones.
+        sign = c._url("/v1/keys/k1/sign", {"wait": 25.0})
         for i in range(300):
-            c._url(f"/v1/requests/r{i}", None)
-        assert len(c._urls) <= 256
+            c._url(f"/v1/requests/r{i}", {"wait": i / 7})
+            assert c._url("/v1/keys/k1/sign", {"wait": 25.0}) is sign
+        assert len(c._urls) <= 64

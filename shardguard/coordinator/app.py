@@ -407,7 +407,8 @@ def _target(request: Request) -> str:
 
 def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
     """Wire the routes; returns the sign route's work for its fast path."""
-    hot = hot_runner(coord.db.dialect == "sqlite")
+    inline = coord.db.dialect == "sqlite"
+    hot = hot_runner(inline)
     settings = coord.settings
     bearer = HTTPBearer(auto_error=False, description="API token (scopes keys:write, sign:write, read, admin)")
 
@@ -518,11 +519,14 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
             return r["status"] in ("done", "failed"), r
 
         wait = min(wait, settings.max_wait)
-        # A request this call created cannot have ended yet: its first look is the wake-up
-        # (one database read fewer per signature). An idempotent replay looks at once.
-        fresh = isinstance(out, Submitted)
+        # A request this call created cannot have ended before the long-poll's waiter exists
+        # when the submission ran inline on the loop (SQLite: nothing ran in between), so its
+        # first look is the wake-up — one database read fewer per signature. On PostgreSQL the
+        # submission ran in a thread and another replica may have ended the job meanwhile (its
+        # wake-up then came before the waiter; review finding): look at once, as a replay does.
+        skip = isinstance(out, Submitted) and inline
         answer = await _long_poll(
-            notifier, f"job:{request_id}", wait, settings.poll_interval, check, runner=hot, check_first=not fresh
+            notifier, f"job:{request_id}", wait, settings.poll_interval, check, runner=hot, check_first=not skip
         )
         return JSONResponse(answer)
 

@@ -72,16 +72,16 @@ class SignFastPath:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        request = await self._accepted(token, body)
-        if request is None:
-            await self.app(scope, replay_body(body, receive), send)
-            return
-        scope["route"] = self.route  # so the metrics name the route
+        scope["route"] = self.route  # so the metrics name the route (the router sets it again on fall-through)
         try:
+            request = await self._accepted(token, body)
+            if request is None:
+                await self.app(scope, replay_body(body, receive), send)
+                return
             response = await self.answer(match.group(1), request[0], request[1], wait, idempotency_key)
         except ApiError as e:
             response = api_error_response(e)
-        except DBAPIError as e:
+        except DBAPIError as e:  # the token look-up too: 503 while the database is unreachable, as the route
             response = database_error_response(e)
         await response(scope, receive, send)
 
@@ -89,7 +89,7 @@ class SignFastPath:
         """The validated body and the token's id, or None for the route to answer."""
         try:
             request = schemas.SignRequest.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # not JSON, or not a valid request
+        except (ValueError, RecursionError, ValidationError):  # not JSON (or nested too deep), or not valid
             return None
         info = await self.authenticate(token)
         if info is None or not info.allows("sign:write"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -215,3 +216,78 @@ def test_the_application_answers_alike_with_and_without_it(make_client: Any, mon
     assert sum(t is not None for t in taken) == 6  # the well-formed, authorised ones (422 from the service included)
     metrics = fast.get("/metrics").text
     assert 'route="/v1/keys/{key_id}/sign"' in metrics and 'status="202"' in metrics
+
+
+def _keyed(client: Any) -> str:
+    from .conftest import FakeNode, run_dkg
+
+    nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in nodes:
+        assert n.register().status_code == 200
+    return run_dkg(client, nodes)
+
+
+def test_a_database_error_in_the_token_look_up_is_503_as_on_the_route(make_client: Any) -> None:
+    """Review finding: the token look-up ran outside the fast path's error mapping (500 and a
+    traceback where the route answers 503 ``unavailable``, the documented "retry later")."""
+    from .conftest import coord, token
+
+    fast, slow = make_client(), make_client(sign_fast_path=False)
+    key_id = _keyed(fast)
+    sign = token(fast, "sign:write")  # stored, so its look-up reads the database
+
+    def down(_token: str) -> Any:
+        raise OperationalError("SELECT api_tokens", {}, Exception("connection refused"))
+
+    for c in (fast, slow):
+        coord(c).authenticate_token = down  # type: ignore[method-assign]
+    body = {"message_hex": "aa", "signers": ["node-a", "node-b"]}
+    a = fast.post(f"/v1/keys/{key_id}/sign", json=body, headers=sign)
+    b = slow.post(f"/v1/keys/{key_id}/sign", json=body, headers=sign)
+    assert b.status_code == 503 and b.json()["error"]["code"] == "unavailable"
+    assert (a.status_code, a.json()) == (b.status_code, b.json())
+    assert 'route="/v1/keys/{key_id}/sign",status="503"' in fast.get("/metrics").text
+
+
+def test_json_nested_too_deep_is_answered_by_the_route(make_client: Any) -> None:
+    """Review finding: ``json.loads`` raises RecursionError, not ValueError; the fast path let it
+    escape (500, a traceback, no token needed) where the route answers 400."""
+    fast, slow = make_client(), make_client(sign_fast_path=False)
+    headers = {"Authorization": "Bearer whatever", "Content-Type": "application/json"}
+    a = fast.post("/v1/keys/k1/sign", content=b"[" * 100_000, headers=headers)
+    b = slow.post("/v1/keys/k1/sign", content=b"[" * 100_000, headers=headers)
+    assert b.status_code == 400 and (a.status_code, a.json()) == (b.status_code, b.json())
+
+
+def test_a_new_request_ended_before_the_long_poll_waits_is_seen_at_once(make_client: Any, db_url: str) -> None:
+    """Review finding: on PostgreSQL the submission runs in a thread, and another replica may
+    end the job — its wake-up sent — before the long-poll's waiter exists; skipping the first
+    look then cost a whole poll interval. Only an inline (SQLite) submission skips it, where
+    nothing runs in between (simulated here by ending the job inside the submission)."""
+    from shardguard.coordinator.models import Job
+    from shardguard.coordinator.service import utc_now
+
+    from .conftest import ADMIN, coord
+
+    client = make_client(poll_interval=3.0)
+    key_id = _keyed(client)
+    c = coord(client)
+    real = c.submit_sign
+
+    def submit_then_end(*args: Any, **kw: Any) -> Any:
+        out = real(*args, **kw)
+        with c.db.write() as s:
+            job = s.get(Job, out["request_id"])
+            job.status, job.error, job.finished_at = "failed", {"reason": "simulated", "culprits": []}, utc_now()
+        c.notify(f"job:{out['request_id']}", None)  # nobody waits yet
+        return out
+
+    c.submit_sign = submit_then_end  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    r = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "aa"}, headers=ADMIN, params={"wait": 10})
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200
+    if db_url.startswith("postgresql"):
+        assert r.json()["status"] == "failed" and elapsed < 2.0, elapsed
+    else:  # inline: this cannot happen for real; the first look waits for the interval
+        assert r.json()["status"] == "failed" and elapsed >= 2.5, elapsed
