@@ -291,3 +291,79 @@ def test_a_new_request_ended_before_the_long_poll_waits_is_seen_at_once(make_cli
         assert r.json()["status"] == "failed" and elapsed < 2.0, elapsed
     else:  # inline: this cannot happen for real; the first look waits for the interval
         assert r.json()["status"] == "failed" and elapsed >= 2.5, elapsed
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from(["", "aa", "zz", "00" * 32, "AbCd", "m", "m/1", "node-a", "nodé"]),
+    st.lists(st.sampled_from(["node-a", "node-b", "node-c", "x", "NODE-A"]), max_size=4),
+)
+_BODIES = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["message_hex", "digest_hex", "path", "signers", "extra", "MESSAGE_HEX"]), _FIELD_VALUES, max_size=4
+    ).map(lambda d: json.dumps(d).encode()),
+    st.sampled_from([b"", b"{", b"[]", b"null", b'{"message_hex": "aa"} trailing', b"\xff\xfe"]),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    body=_BODIES,
+    auth=st.sampled_from(["admin", "reader", "none", "wrong", "lower"]),
+    content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", None]),
+    idem=st.sampled_from([None, "k-1", "k-2", "a b", ""]),
+    query=st.sampled_from([b"", b"wait=0", b"wait=0.01", b"wait=301", b"wait=x", b"wait=0&wait=0", b"other=1"]),
+)
+def test_random_requests_get_the_same_answer_with_and_without_it(
+    fast_and_slow: tuple[Any, Any, str, dict[str, str]], body: bytes, auth: str, content_type: str | None,
+    idem: str | None, query: bytes,
+) -> None:  # fmt: skip
+    """Differential: random bodies, tokens, content types, idempotency keys and queries get the
+    same status and the same error (or the same fields) from the application with the fast
+    path as from FastAPI alone."""
+    fast, slow, key_id, tokens = fast_and_slow
+    headers = {"Authorization": tokens[auth]} if auth != "none" else {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if idem is not None:
+        headers["Idempotency-Key"] = idem
+    url = f"/v1/keys/{key_id}/sign" + ("?" + query.decode() if query else "")
+    a = fast.post(url, content=body, headers=headers)
+    b = slow.post(url, content=body, headers=headers)
+    assert a.status_code == b.status_code, (body, headers, query, a.text, b.text)
+    ja, jb = a.json(), b.json()
+    if "error" in jb:
+        assert ja == jb
+    else:
+        assert ja.keys() == jb.keys()
+
+
+@pytest.fixture(scope="module")
+def fast_and_slow(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Two applications on one SQLite database, with and without the fast path, and a key."""
+    from fastapi.testclient import TestClient
+
+    from shardguard.coordinator.app import create_app
+    from shardguard.coordinator.settings import Settings
+
+    from .conftest import ADMIN, BOOT, FakeNode, run_dkg, token
+
+    db = tmp_path_factory.mktemp("fastpath") / "c.sqlite3"
+    common: dict[str, Any] = {"db_url": f"sqlite:///{db}", "bootstrap_token": BOOT, "sweep_interval": 0, "poll_interval": 0.05}
+    with (
+        TestClient(create_app(Settings(**common))) as fast,
+        TestClient(create_app(Settings(**common, sign_fast_path=False))) as slow,
+    ):
+        nodes = [FakeNode(fast, f"node-{c}") for c in "abc"]
+        for n in nodes:
+            assert n.register().status_code == 200
+        key_id = run_dkg(fast, nodes)
+        tokens = {
+            "admin": ADMIN["Authorization"],
+            "reader": token(fast, "read")["Authorization"],
+            "wrong": "Bearer sgt_nope",
+            "lower": "bearer " + ADMIN["Authorization"].split(" ", 1)[1],
+        }
+        yield fast, slow, key_id, tokens
