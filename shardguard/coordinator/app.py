@@ -29,7 +29,7 @@ from shardguard.channel.identity import MAX_NONCE_LEN, MIN_NONCE_LEN
 from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.db import Database, migrate
 from shardguard.coordinator.errors import ApiError, error_body, install_handlers
-from shardguard.coordinator.fastpath import SignAnswer, SignFastPath, replay_body
+from shardguard.coordinator.fastpath import SignFastPath, replay_body
 from shardguard.coordinator.metrics import Metrics
 from shardguard.coordinator.notify import PgBridge
 from shardguard.coordinator.service import Coordinator, NodeIdentity, Submitted, TokenInfo, canonical_json, decode_card
@@ -40,7 +40,6 @@ __all__ = ["create_app"]
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
-_SIGN_ROUTE = "/v1/keys/{key_id}/sign"
 
 _ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 #: ``Idempotency-Key`` (API.md §2): the same key again, from the same token, answers the first
@@ -328,16 +327,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.notifier = notifier
     app.state.metrics = metrics
     install_handlers(app)
-    sign_answer = _routes(app, coord, notifier)
-    sign_route = next(r for r in app.routes if getattr(r, "path", None) == _SIGN_ROUTE and "POST" in getattr(r, "methods", ()))
-    if settings.sign_fast_path:
-        hot = hot_runner(db.dialect == "sqlite")
-        app.add_middleware(
-            SignFastPath,
-            answer=sign_answer,
-            authenticate=lambda token: hot(coord.authenticate_token, token),
-            route=sign_route,
-        )
+    _routes(app, coord, notifier)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics, metrics=metrics)
     return app
@@ -405,8 +395,9 @@ def _target(request: Request) -> str:
     return (raw + b"?" + query if query else raw).decode("ascii", errors="replace")
 
 
-def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
-    """Wire the routes; returns the sign route's work for its fast path."""
+def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
+    """Wire the routes, and the sign route's fast path (innermost middleware: the body limit
+    and the metrics, added after, wrap it)."""
     inline = coord.db.dialect == "sqlite"
     hot = hot_runner(inline)
     settings = coord.settings
@@ -530,7 +521,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
         )
         return JSONResponse(answer)
 
-    @app.post(_SIGN_ROUTE, tags=["keys"], status_code=202, response_model=schemas.Accepted, responses=ended)
+    @app.post("/v1/keys/{key_id}/sign", tags=["keys"], status_code=202, response_model=schemas.Accepted, responses=ended)
     async def sign(
         key_id: _ID,
         body: schemas.SignRequest,
@@ -542,6 +533,12 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
         server) and answer **200** with the request as ``GET /v1/requests/{id}`` would — done,
         failed, or still running when the wait ran out — saving the client a second call."""
         return await sign_answer(key_id, body, t.token_id, wait, idempotency_key)
+
+    if settings.sign_fast_path:
+        sign_route = app.router.routes[-1]  # the one just declared
+        app.add_middleware(
+            SignFastPath, answer=sign_answer, authenticate=lambda token: hot(coord.authenticate_token, token), route=sign_route
+        )
 
     @app.post("/v1/keys/{key_id}/refresh", tags=["keys"], status_code=202, response_model=schemas.Accepted)
     async def refresh(key_id: _ID, t: KeyWriter, idempotency_key: _IdemKey = None) -> dict[str, Any]:
@@ -767,5 +764,3 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> SignAnswer:
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
         entries = [(e.seq, e.entry, e.hash, e.signature, bytes.fromhex(e.signer) if e.signer else None) for e in body.entries]
         return JSONResponse(await hot(coord.post_audit, node, entries))
-
-    return sign_answer

@@ -170,10 +170,10 @@ def drive(
     anything after the first round is posted, and blocks until that may leave. The node starts
     a signing's audit write in the one and waits for it in the other, so the write overlaps the
     first round's work and trip and the party's own work on the peers' first round, and no
-    share of a later round leaves without its entry (the first round holds only commitments). A party that finishes
-    without a later round (one signer) passes the gate before its result is returned; abort
-    messages wait for it too, and are dropped if it fails. If either raises, the party stops and
-    the exception propagates.
+    share of a later round leaves without its entry (the first round holds only commitments).
+    A party that finishes without a later round (one signer) passes the gate before its result
+    is returned; abort messages wait for it too, and are dropped if it fails. If either raises,
+    the party stops and the exception propagates.
 
     ``idle`` runs whenever the party has posted what it could and waits for peers, until it
     returns True: work that may use the time a round spends crossing the network.

@@ -383,12 +383,12 @@ class NodeService:
     ) -> None:
         """One audit entry per decision (public facts only), then mirror what is pending. A
         signing that ran has its entry already (``signing``, written before its shares left)."""
+        if status == "done" and raw.get("kind") in ("sign", "bundle"):
+            return
         fields = self._audit_fields(raw)
         event = {"dkg": "key_generated", "refresh": "refresh_staged", "repair": "repair"}.get(
             str(raw.get("kind")), "task"
         )
-        if status == "done" and raw.get("kind") in ("sign", "bundle"):
-            return
         if status == "done" and result is not None:
             fields["public_key"] = result.get("public_key")
             if "signature" in result:
