@@ -393,7 +393,9 @@ def verify_nitro(
     names = ["certificate", *(f"cabundle[{i}]" for i in reversed(range(len(bundle))))]
     at = doc.timestamp
     try:
-        root_name = verify_chain(chain, pinned={**roots, **simulated_roots}, at=at, platform=PLATFORM, names=names)
+        # The DERs the certificates were loaded from (_load_cert): the link memo's keys.
+        ders = [doc.certificate, *reversed(doc.cabundle)]
+        root_name = verify_chain(chain, pinned={**roots, **simulated_roots}, at=at, platform=PLATFORM, names=names, ders=ders)
     except UnsupportedAlgorithm as e:  # safety net; _load_cert should have caught these already
         raise _fail(_R.UNSUPPORTED, f"certificate chain: {e}", "cabundle") from None
     except _CERT_ERRORS as e:

@@ -145,6 +145,7 @@ def verify_chain(
     at: dt.datetime,
     platform: str,
     names: Sequence[str] | None = None,
+    ders: Sequence[bytes] | None = None,
 ) -> str:
     """Check ``chain`` (leaf first, root last): root key pinned, root self-signed, each
     certificate signed by the next, CA flag on every issuer, all valid at ``at``.
@@ -153,11 +154,15 @@ def verify_chain(
     path lengths and validity are checked on every call.
 
     Returns the pinned root's name. ``names`` label the certificates in error messages.
+    ``ders``: the exact DER each certificate was loaded from, when the caller has it (else each
+    is encoded again: about 6 µs a certificate here, on every call).
     """
     if not chain:
         raise AttestationError(AttestationReason.CHAIN_INVALID, "empty chain", platform=platform)
+    if ders is not None and len(ders) != len(chain):
+        raise ValueError("verify_chain: one DER per certificate")
     try:
-        return _verify_chain(chain, pinned=pinned, at=at, platform=platform, names=names)
+        return _verify_chain(chain, pinned=pinned, at=at, platform=platform, names=names, ders=ders)
     except AttestationError:
         raise
     except _LAZY_PARSE_ERRORS as e:
@@ -171,6 +176,7 @@ def _verify_chain(
     at: dt.datetime,
     platform: str,
     names: Sequence[str] | None,
+    ders: Sequence[bytes] | None,
 ) -> str:
     labels = list(names) if names else [f"cert[{i}]" for i in range(len(chain))]
     root = chain[-1]
@@ -182,7 +188,8 @@ def _verify_chain(
             platform=platform,
             field=labels[-1],
         )
-    ders = [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
+    if ders is None:
+        ders = [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
     _ANCHORS.get(ders[-1], lambda: verify_issued_by(root, root, platform=platform, what=labels[-1]))
     for i, cert in enumerate(chain[:-1]):
         issuer = chain[i + 1]

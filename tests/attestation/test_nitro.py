@@ -840,3 +840,12 @@ def test_a_certificate_differing_in_one_byte_is_verified_again(where: str) -> No
         payload["cabundle"][int(where[-2])] = bytes(der)
     err = refusal(rebuild(sample(PROD), payload=payload))
     assert (err.reason, err.field) == (R.BAD_SIGNATURE, where)
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_certificates_are_keyed_by_the_bytes_they_were_loaded_from(name: str) -> None:
+    """verify_nitro hands verify_chain the DERs as the document carries them; cryptography
+    gives back exactly those bytes, so the link memo's keys are what they always were."""
+    doc = parse_document(sample(name))
+    for der in (doc.certificate, *doc.cabundle):
+        assert x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.DER) == der

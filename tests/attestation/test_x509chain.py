@@ -6,11 +6,12 @@ import datetime as dt
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shardguard.attestation import AttestationError, AttestationReason
+from shardguard.attestation.memo import clear_caches
 from shardguard.attestation.x509chain import spki_sha256, verify_chain
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -66,3 +67,20 @@ def test_path_length_and_pinning() -> None:
     assert verify_chain(ok, pinned={spki_sha256(ok[-1]): "r"}, at=T0 + dt.timedelta(days=1), platform="test") == "r"
     mixed = [chain[0], chain[1], _pki(None)[2], chain[3]]  # a CA from another PKI with the same name
     assert _reason(mixed, pins) is AttestationReason.BAD_SIGNATURE
+
+
+def test_given_ders_are_the_memo_keys_and_must_match_the_chain() -> None:
+    chain = _pki(None)
+    pins = {spki_sha256(chain[-1]): "test-root"}
+    at = T0 + dt.timedelta(days=1)
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in chain]
+    clear_caches()
+    assert verify_chain(chain, pinned=pins, at=at, platform="test", ders=ders) == "test-root"
+    # Same verdicts with and without them, refusals included.
+    mixed = [chain[0], chain[1], _pki(None)[2], chain[3]]
+    mixed_ders = [c.public_bytes(serialization.Encoding.DER) for c in mixed]
+    with pytest.raises(AttestationError) as e:
+        verify_chain(mixed, pinned=pins, at=at, platform="test", ders=mixed_ders)
+    assert e.value.reason is AttestationReason.BAD_SIGNATURE
+    with pytest.raises(ValueError, match="one DER per certificate"):
+        verify_chain(chain, pinned=pins, at=at, platform="test", ders=ders[:-1])
