@@ -10,6 +10,10 @@ Goals (issue #5): Nitro and SEV-SNP ≤ 5 ms each.
 only the pinned roots' self-signatures, checked once per process, stay); ``verify`` is a
 verifier that has seen the same certificates before: a region's Nitro CA certificates, an SEV-SNP
 product's ARK and ASK, the same leaf or VCEK.
+
+``median_ms`` is wall time, what a caller waits; ``cpu_median_ms`` the process's CPU time over
+the same call (every thread: a cold Nitro verification proves its signature checks on two,
+attestation/sigbatch.py, so it uses more CPU than it takes time).
 """
 
 from __future__ import annotations
@@ -36,14 +40,21 @@ FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "attestation
 def _time(fn: Callable[[], object], n: int, *, cold: bool) -> dict[str, float]:
     for _ in range(5):
         fn()
-    ts = []
+    ts, cpu = [], []
     for _ in range(n):
         if cold:
             clear_caches()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": round(statistics.median(ts), 4), "min_ms": round(min(ts), 4), "max_ms": round(max(ts), 4), "n": n}
+        cpu.append((time.process_time() - c0) * 1000)
+    return {
+        "median_ms": round(statistics.median(ts), 4),
+        "min_ms": round(min(ts), 4),
+        "max_ms": round(max(ts), 4),
+        "cpu_median_ms": round(statistics.median(cpu), 4),
+        "n": n,
+    }
 
 
 def main() -> None:

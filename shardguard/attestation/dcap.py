@@ -62,6 +62,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import operator
@@ -73,7 +74,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeGuard, TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
@@ -82,6 +83,7 @@ from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.memo import Memo
 from shardguard.attestation.memo import clear_caches as _clear_all
 from shardguard.attestation.result import TCB_ORDER
+from shardguard.attestation.sigbatch import deferred, signature_holds
 from shardguard.attestation.x509chain import load_pem_chain, verify_issued_by
 
 __all__ = [
@@ -209,11 +211,11 @@ def _record(cls: type[_T]) -> Callable[..., _T]:
 
 
 _PEM_CHAINS = Memo()
-_CHAIN_SIGS = Memo()
-_SIG_OK = Memo(1024)
+_CHAIN_SIGS = Memo(signed=True)
+_SIG_OK = Memo(1024, signed=True)
 _PARSED_JSON = Memo()
 _CRLS = Memo()
-_CRL_SIGS = Memo()
+_CRL_SIGS = Memo(signed=True)
 _PCK_EXT = Memo()
 
 
@@ -1612,12 +1614,13 @@ def _issued_by(cert: _Cert, issuer: _Cert, *, platform: str, what: str) -> None:
     if hash_alg is None or not (type(key) is _EC_PUBLIC_KEY_CLASS or isinstance(key, ec.EllipticCurvePublicKey)):
         verify_issued_by(cert.cert, issuer.cert, platform=platform, what=what)  # RSA, or refused there
         return
+    check = functools.partial(key.verify, cert.cert.signature, cert.tbs, _ECDSA_WITH.get(type(hash_alg)) or ec.ECDSA(hash_alg))
     try:
-        key.verify(cert.cert.signature, cert.tbs, _ECDSA_WITH.get(type(hash_alg)) or ec.ECDSA(hash_alg))
-    except InvalidSignature:
-        raise _fail(_R.BAD_SIGNATURE, f"{what}: certificate signature", platform=platform, field=what) from None
+        holds = signature_holds(check)
     except UnsupportedAlgorithm:
         raise _fail(_R.UNSUPPORTED, f"{what}: signature algorithm", platform=platform, field=what) from None
+    if not holds:
+        raise _fail(_R.BAD_SIGNATURE, f"{what}: certificate signature", platform=platform, field=what)
 
 
 def _check_validity(c: _Cert, at: dt.datetime, *, platform: str, what: str) -> None:
@@ -1725,14 +1728,9 @@ def _raw_sig_valid(key: ec.EllipticCurvePublicKey, data: bytes, sig: bytes, *, d
     """ECDSA P-256/SHA-256 with a raw 64-byte ``r‖s`` signature (over ``data``, whose SHA-256
     ``digest`` may be given when already computed)."""
     der = _dss_der(sig)
-    try:
-        if digest is None:
-            key.verify(der, data, _ECDSA_SHA256)
-        else:
-            key.verify(der, digest, _ECDSA_PREHASHED_SHA256)
-    except InvalidSignature:
-        return False
-    return True
+    if digest is None:
+        return signature_holds(functools.partial(key.verify, der, data, _ECDSA_SHA256))
+    return signature_holds(functools.partial(key.verify, der, digest, _ECDSA_PREHASHED_SHA256))
 
 
 def _sig_ok(key: ec.EllipticCurvePublicKey, key_id: bytes, data: bytes, sig: bytes) -> bool:
@@ -2639,10 +2637,9 @@ def _check_crl(der: bytes, issuer: _Chain, index: int, *, platform: str, field: 
                 field=field,
             )
         key = issuer.p256(index, platform=platform, what=f"{field} issuer")
-        try:
-            key.verify(crl.signature, crl.tbs, _ECDSA_WITH.get(type(crl.hash_algorithm)) or ec.ECDSA(crl.hash_algorithm))
-        except InvalidSignature:
-            raise _fail(_R.BAD_SIGNATURE, "CRL signature does not verify", platform=platform, field=field) from None
+        algorithm = _ECDSA_WITH.get(type(crl.hash_algorithm)) or ec.ECDSA(crl.hash_algorithm)
+        if not signature_holds(functools.partial(key.verify, crl.signature, crl.tbs, algorithm)):
+            raise _fail(_R.BAD_SIGNATURE, "CRL signature does not verify", platform=platform, field=field)
         return True
 
     _CRL_SIGS.get((der, issuer.pem, index), check)
@@ -2812,6 +2809,19 @@ def verify_quote(
         AttestationError: with the first reason the quote is refused.
     """
     at = _utc(at)
+    # Its signature checks are proven together at the end, on two cores (sigbatch.py); the
+    # outcome, and the first failure's reason, are those of checking each in place.
+    return deferred(functools.partial(_verify_quote, data, platform=platform, collateral=collateral, at=at, roots=roots))
+
+
+def _verify_quote(
+    data: bytes,
+    *,
+    platform: str,
+    collateral: Collateral | None,
+    at: dt.datetime,
+    roots: Mapping[bytes, str],
+) -> DcapVerdict:
     quote = parse_quote(data, platform=platform)
     if quote.platform != platform:
         raise _fail(_R.UNSUPPORTED, f"this is a {quote.platform.upper()} quote", platform=platform, field="header.tee_type")

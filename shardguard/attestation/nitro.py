@@ -37,13 +37,14 @@ from typing import Any, Final, TypeGuard
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.memo import Memo
 from shardguard.attestation.result import Verified
+from shardguard.attestation.sigbatch import deferred, signature_holds
 from shardguard.attestation.x509chain import load_der, spki_sha256, verify_chain
 
 __all__ = ["MAX_DOCUMENT_SIZE", "NITRO_ROOTS", "NitroDocument", "parse_document", "verify_nitro"]
@@ -366,10 +367,9 @@ def _verify_signature(doc: NitroDocument, leaf: x509.Certificate) -> None:
         raise _fail(_R.UNSUPPORTED, "ES384 needs a P-384 leaf key", "certificate")
     r = int.from_bytes(doc.signature[:_COORD_LEN], "big")
     s = int.from_bytes(doc.signature[_COORD_LEN:], "big")
-    try:
-        key.verify(utils.encode_dss_signature(r, s), doc.to_be_signed(), ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        raise _fail(_R.BAD_SIGNATURE, "COSE_Sign1 signature does not verify with the leaf key", "signature") from None
+    check = functools.partial(key.verify, utils.encode_dss_signature(r, s), doc.to_be_signed(), ec.ECDSA(hashes.SHA384()))
+    if not signature_holds(check):
+        raise _fail(_R.BAD_SIGNATURE, "COSE_Sign1 signature does not verify with the leaf key", "signature")
 
 
 def verify_nitro(
@@ -386,6 +386,12 @@ def verify_nitro(
     cabundle[0]`` (AWS §3.2.3) and is valid as of the document's timestamp, never the current
     time. Freshness, debug mode and PCR allow-lists are the policy's checks.
     """
+    # Its five signature checks are proven together at the end, on two cores (sigbatch.py);
+    # the outcome, and the first failure's reason, are those of checking each in place.
+    return deferred(functools.partial(_verify, document, roots, simulated_roots))
+
+
+def _verify(document: bytes, roots: Mapping[bytes, str], simulated_roots: Mapping[bytes, str]) -> Verified:
     doc = parse_document(document)
     leaf = _load_cert(doc.certificate, "certificate")
     bundle = [_load_cert(der, f"cabundle[{i}]") for i, der in enumerate(doc.cabundle)]

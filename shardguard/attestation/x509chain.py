@@ -10,15 +10,16 @@ import datetime as dt
 import functools
 import hashlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.memo import Memo
+from shardguard.attestation.sigbatch import signature_holds
 
 __all__ = ["check_validity", "load_der", "load_pem_chain", "spki_sha256", "verify_chain", "verify_issued_by"]
 
@@ -31,8 +32,8 @@ _LAZY_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.Duplicate
 # (memo.py): a Nitro document's four CA certificates, or an SEV-SNP ARK and ASK, are checked
 # once, not per evidence. A pinned root's self-signature is the trust store's own check, kept
 # by ``clear_caches``; a root whose bytes differ in any way is a new key and checked again.
-_LINKS = Memo(512)
-_ANCHORS = Memo(64, anchor=True)
+_LINKS = Memo(512, signed=True)
+_ANCHORS = Memo(64, anchor=True, signed=True)
 
 
 def load_der(data: bytes, *, platform: str, what: str) -> x509.Certificate:
@@ -112,19 +113,20 @@ def _verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, platf
         )
     key = issuer.public_key()
     algo = cert.signature_hash_algorithm
+    check: Callable[[], object]
     try:
         if isinstance(key, ec.EllipticCurvePublicKey) and algo is not None:
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
+            check = functools.partial(key.verify, cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
         elif isinstance(key, rsa.RSAPublicKey) and algo is not None:
             params = cert.signature_algorithm_parameters
             pad = params if isinstance(params, padding.PSS | padding.PKCS1v15) else padding.PKCS1v15()
-            key.verify(cert.signature, cert.tbs_certificate_bytes, pad, algo)
+            check = functools.partial(key.verify, cert.signature, cert.tbs_certificate_bytes, pad, algo)
         else:
             raise AttestationError(AttestationReason.UNSUPPORTED, f"{what}: signature algorithm", platform=platform, field=what)
-    except InvalidSignature:
-        raise AttestationError(
-            AttestationReason.BAD_SIGNATURE, f"{what}: certificate signature", platform=platform, field=what
-        ) from None
+        if not signature_holds(check):  # proven here, or with the verification's others (sigbatch.py)
+            raise AttestationError(
+                AttestationReason.BAD_SIGNATURE, f"{what}: certificate signature", platform=platform, field=what
+            )
     except UnsupportedAlgorithm:
         raise AttestationError(
             AttestationReason.UNSUPPORTED, f"{what}: signature algorithm", platform=platform, field=what
