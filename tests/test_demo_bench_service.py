@@ -6,7 +6,10 @@ The bench itself needs a cluster and a minute; these check its parsers on fixed 
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -95,3 +98,41 @@ def test_signer_choice(bench: ModuleType) -> None:
         ["node-2", "node-3"],
         ["node-1", "node-2"],
     ]
+
+
+def test_the_paced_phase_sends_on_a_fixed_schedule_and_counts_from_it(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open loop: request i is planned at start + i / rate, sent by client i mod N; a request
+    planned while its client still waits counts its lateness (no coordinated omission)."""
+    sent: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    class FakeClient:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def health(self) -> None:
+            pass
+
+        def sign_request(self, key_id: str, **kw: object) -> dict[str, object]:
+            with lock:
+                n = len(sent)
+                sent.append((threading.get_ident(), time.perf_counter()))
+            time.sleep(0.25 if n == 0 else 0.001)  # the first answer is slow: its client's next request is late
+            return {"request_id": f"r{n}", "result": {"signature": "00"}, "created_at": None}
+
+    monkeypatch.setattr(bench, "Client", FakeClient)
+    key = {"key_id": "k", "scheme": "ed25519", "public_key": "00"}
+    out, wall = bench.run_paced("http://x", "t", key, clients=4, rate=40.0, seconds=1.0)
+    assert len(out.latency_ms) == len(sent) == 40 and not out.errors
+    assert len({t for t, _ in sent}) == 4
+    gaps = [b - a for (_, a), (_, b) in zip(sorted(sent, key=lambda x: x[1]), sorted(sent, key=lambda x: x[1])[1:])]
+    assert statistics.median(gaps) == pytest.approx(0.025, abs=0.01)
+    # Request 4 (client 0's second, planned at +100 ms) waited for request 0's 250 ms answer.
+    assert max(out.latency_ms) >= 140
+    assert 0.9 <= wall <= 1.6

@@ -213,7 +213,9 @@ def _record(cls: type[_T]) -> Callable[..., _T]:
 _PEM_CHAINS = Memo()
 _CHAIN_SIGS = Memo(signed=True)
 _SIG_OK = Memo(1024, signed=True)
-_PARSED_JSON = Memo()
+# The collateral's JSON is parsed only once its signature is proven (sequentially), so its
+# parses are kept aside like signatures while they are only assumed (no cache pollution).
+_PARSED_JSON = Memo(signed=True)
 _CRLS = Memo()
 _CRL_SIGS = Memo(signed=True)
 _PCK_EXT = Memo()

@@ -35,7 +35,8 @@ class Memo:
 
     ``anchor=True``: a memo of the trust store's own checks (a pinned root's self-signature),
     which ``clear_caches`` keeps: they belong to the configuration, not to the evidence.
-    ``signed=True``: its steps prove signatures; see :func:`staging`.
+    ``signed=True``: its steps prove signatures, or are reached only once one is proven; see
+    :func:`staging`.
     """
 
     def __init__(self, maxsize: int = 256, *, anchor: bool = False, signed: bool = False) -> None:

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -183,6 +184,112 @@ def test_concurrent_verifications_each_get_their_own_outcome() -> None:
     assert errors == []
 
 
+def test_a_failure_stops_the_other_side_so_invalid_evidence_costs_little_more() -> None:
+    """The first kept check fails: the proof (both sides) stops after about two checks, and the
+    in-place rerun stops at that check too."""
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def counted(k: int, fails: bool) -> Callable[[], None]:
+        def check() -> None:
+            with lock:
+                ran.append(k)
+            time.sleep(0.002)
+            if fails:
+                raise InvalidSignature
+
+        return check
+
+    def verification() -> bool:
+        return all(signature_holds(counted(k, k == 0)) for k in range(12))
+
+    assert deferred(verification) is False
+    # Proof: check 0 (helper) and at most a check or two on the caller's side; rerun: check 0.
+    assert ran.count(0) == 2 and len(ran) <= 5, ran
+
+
+def test_a_base_exception_from_a_check_is_an_outcome_like_any_other() -> None:
+    """Not an Exception (pyo3's PanicException is a BaseException): it counts as "not proven",
+    and the sequential rerun decides. KeyboardInterrupt still interrupts."""
+
+    class Panic(BaseException):
+        pass
+
+    def panics() -> None:
+        raise Panic
+
+    def verification() -> str:
+        if not signature_holds(bad):  # the sequential code stops here
+            return "BAD_SIGNATURE"
+        signature_holds(good)
+        signature_holds(panics)  # reached only because the first was assumed
+        return "accepted"
+
+    assert deferred(verification) == "BAD_SIGNATURE"
+
+    def assumed() -> str:
+        if not signature_holds(bad):
+            return "BAD_SIGNATURE"
+        raise Panic  # a parser's panic past a signature taken on trust
+
+    assert deferred(assumed) == "BAD_SIGNATURE"
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deferred(interrupted)
+
+
+def test_a_helper_that_cannot_start_means_proving_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sigbatch, "_queue", None)
+    monkeypatch.setattr(sigbatch, "_thread", None)
+
+    class NoThreads:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(sigbatch.threading, "Thread", NoThreads)
+    threads: list[int] = []
+    for _ in range(2):
+        assert deferred(lambda: all(signature_holds(_recording(threads)) for _ in range(6)))
+    assert set(threads) == {threading.get_ident()}
+    assert sigbatch._busy.acquire(blocking=False)  # not leaked
+    sigbatch._busy.release()
+
+
+def test_an_interrupted_hand_off_leaves_the_helper_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal's exception landing just after the proof was queued: the helper finishes that
+    proof and goes on serving (it, not the caller, releases the hand-off)."""
+    deferred(lambda: all(signature_holds(good) for _ in range(4)))  # the helper exists
+    real = sigbatch._queue
+    assert real is not None
+
+    class InterruptedOnce:
+        fired = False
+
+        def put(self, item: Any) -> None:
+            real.put(item)
+            if not InterruptedOnce.fired:
+                InterruptedOnce.fired = True
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(sigbatch, "_queue", InterruptedOnce())
+    with pytest.raises(KeyboardInterrupt):
+        deferred(lambda: all(signature_holds(good) for _ in range(4)))
+    monkeypatch.setattr(sigbatch, "_queue", real)
+    threads: list[int] = []
+    box: list[bool] = []
+    t = threading.Thread(target=lambda: box.append(deferred(lambda: all(signature_holds(_recording(threads)) for _ in range(6)))))
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and box == [True]
+    assert sigbatch._helper_alive()
+
+
 def _child(q: Any) -> None:
     threads: list[int] = []
     ok = deferred(lambda: all(signature_holds(_recording(threads)) for _ in range(4)))
@@ -263,6 +370,35 @@ def test_collateral_flips_end_alike_deferred_and_in_place(dcap_inputs: tuple[byt
             continue  # refused before any verification
         a, b = _dcap_pair(quote, coll)
         assert a == b, (field, pos)
+
+
+@pytest.mark.parametrize("year", [2017, 2024, 2025, 2026, 2030, 2049, 2060])
+def test_genuine_evidence_at_any_time_ends_alike(dcap_inputs: tuple[bytes, dcap.Collateral, str], year: int) -> None:
+    """Every signature holds, the optimistic run itself raises (a certificate or collateral
+    window): the proof holds, and that error is the sequential one."""
+    quote, coll, _ = dcap_inputs
+    at = dt.datetime(year, 7, 1, tzinfo=dt.UTC)
+    memo.clear_caches()
+    a = outcome(lambda: dcap.verify_quote(quote, platform="tdx", collateral=coll, at=at))
+    memo.clear_caches()
+    b = outcome(lambda: dcap._verify_quote(quote, platform="tdx", collateral=coll, at=at, roots=dcap.INTEL_ROOTS))
+    assert a == b
+
+
+def test_flips_end_alike_with_warm_memos(dcap_inputs: tuple[bytes, dcap.Collateral, str]) -> None:
+    quote, coll, _ = dcap_inputs
+    memo.clear_caches()
+    dcap.verify_quote(quote, platform="tdx", collateral=coll, at=AT)
+    nitro.verify_nitro(fixture_bytes(NITRO))
+    for pos in range(0, len(quote), 97):
+        bad_quote = _flip(quote, pos)
+        a = outcome(lambda q=bad_quote: dcap.verify_quote(q, platform="tdx", collateral=coll, at=AT))
+        b = outcome(lambda q=bad_quote: dcap._verify_quote(q, platform="tdx", collateral=coll, at=AT, roots=dcap.INTEL_ROOTS))
+        assert a == b, pos
+    document = fixture_bytes(NITRO)
+    for pos in range(0, len(document), 101):
+        doc = _flip(document, pos)
+        assert outcome(lambda d=doc: nitro.verify_nitro(d)) == outcome(lambda d=doc: nitro._verify(d, nitro.NITRO_ROOTS, {})), pos
 
 
 def test_every_53rd_nitro_byte_flipped_ends_alike_deferred_and_in_place() -> None:
