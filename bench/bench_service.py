@@ -529,10 +529,14 @@ def bench_scheme(
     done = len(load.latency_ms)
     goal = GOALS[scheme]
     p50_goal = goal.get("p50_ms", inproc + goal.get("p50_ms_over_inprocess", 0.0))
-    paced, paced_wall = Outcome(), 0.0
+    paced, paced_wall, paced_cpu = Outcome(), 0.0, {}
     if args.paced_seconds > 0:
         log(f"{scheme}: paced: {args.clients} clients, {goal['throughput']:g}/s for {args.paced_seconds:g} s…")
+        pc0, pme0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.process_time()
         paced, paced_wall = run_paced(url, token, key, args.clients, goal["throughput"], args.paced_seconds, args.signers)
+        n_paced = max(len(paced.latency_ms), 1)
+        paced_cpu = {name: _r((cpu_seconds(pid) - pc0[name]) * 1000 / n_paced) for name, pid in pids.items()}
+        paced_cpu["client (this process)"] = _r((time.process_time() - pme0) * 1000 / n_paced)
     verified, bad = verify_all(scheme, seq.to_verify + load.to_verify + paced.to_verify)
 
     lat, seq_lat, paced_lat = percentiles(load.latency_ms), percentiles(seq.latency_ms), percentiles(paced.latency_ms)
@@ -564,6 +568,8 @@ def bench_scheme(
             "completed": len(paced.latency_ms),
             "achieved_per_s": _r(len(paced.latency_ms) / paced_wall) if paced_wall > 0 else None,
             "latency_ms": paced_lat,
+            "cpu_ms_per_signature": paced_cpu,
+            "bundles": bundles(directory / "coordinator.sqlite3", list(paced.client_times)) if paced.client_times else {},
         },
         "request_queue_ms": percentiles(load.queue_ms),
         "request_run_ms": percentiles(load.run_ms),
