@@ -529,11 +529,12 @@ def bench_scheme(
     done = len(load.latency_ms)
     goal = GOALS[scheme]
     p50_goal = goal.get("p50_ms", inproc + goal.get("p50_ms_over_inprocess", 0.0))
-    paced, paced_wall, paced_cpu = Outcome(), 0.0, {}
+    paced, paced_wall, paced_cpu, paced_spy = Outcome(), 0.0, {}, {}
     if args.paced_seconds > 0:
         log(f"{scheme}: paced: {args.clients} clients, {goal['throughput']:g}/s for {args.paced_seconds:g} s…")
         pc0, pme0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.process_time()
-        paced, paced_wall = run_paced(url, token, key, args.clients, goal["throughput"], args.paced_seconds, args.signers)
+        with sampling(args.py_spy, f"{scheme}-paced", pids) as paced_spy:
+            paced, paced_wall = run_paced(url, token, key, args.clients, goal["throughput"], args.paced_seconds, args.signers)
         n_paced = max(len(paced.latency_ms), 1)
         paced_cpu = {name: _r((cpu_seconds(pid) - pc0[name]) * 1000 / n_paced) for name, pid in pids.items()}
         paced_cpu["client (this process)"] = _r((time.process_time() - pme0) * 1000 / n_paced)
@@ -601,6 +602,8 @@ def bench_scheme(
     }
     if spy_files:
         record["py_spy"] = {name: hot_frames(path) for name, path in spy_files.items()}
+    if args.paced_seconds > 0 and paced_spy:
+        record["paced"]["py_spy"] = {name: hot_frames(path) for name, path in paced_spy.items()}
     for e in sorted(set(load.errors + seq.errors + paced.errors))[:5]:
         log(f"  ERROR {scheme}: {e}")
     log(

@@ -760,6 +760,14 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             await hot(coord.post_result, task_id, node.node_id, body.status, body.result, error, node.identity_public_key)
         )
 
+    @app.post("/v1/nodes/{node_id}/commitments", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def publish_commitments(node_id: _ID, body: schemas.PublishCommitments, node: SignedNode) -> JSONResponse:
+        """FROST nonce commitments the node made ahead (API.md §1.13): each handed to at most one
+        signing, which then takes one step; ``stock`` says how many unused ones are kept."""
+        same_node(node, node_id)
+        items = [(c.id, c.hiding, c.binding, c.signature) for c in body.commitments]
+        return JSONResponse(await hot(coord.publish_commitments, node, body.scheme, items))
+
     @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
         entries = [(e.seq, e.entry, e.hash, e.signature, bytes.fromhex(e.signer) if e.signer else None) for e in body.entries]

@@ -77,6 +77,13 @@ class Metrics:
             buckets=(2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.signs_started = Counter(
+            "shardguard_signs_started",
+            "FROST signing jobs (requests alone and bundles) started, by mode: precommitted (one step, "
+            "nonce commitments made ahead) or two_round",
+            ["mode"],
+            registry=r,
+        )
         self.tasks_claimed = Counter("shardguard_tasks_claimed", "Tasks handed to nodes by this replica", registry=r)
         self.relay_messages = Counter("shardguard_relay_messages", "Ciphertexts accepted for relay", registry=r)
         self.relay_bytes = Counter("shardguard_relay_bytes", "Ciphertext bytes accepted for relay", registry=r)

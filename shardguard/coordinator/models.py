@@ -31,6 +31,7 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "Base",
+    "Commitment",
     "Job",
     "Key",
     "MailboxMessage",
@@ -120,6 +121,27 @@ class NodeChallenge(Base):
     challenger: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[dt.datetime]
+
+
+class Commitment(Base):
+    """A signer's FROST nonce commitment made ahead (RFC 9591 §5.1; API.md §1.13): public
+    ``(D, E)`` points, handed to at most one signing (deleted when claimed). ``generation`` is the
+    node's when it published: a restarted node (a new generation) holds none of its old nonces."""
+
+    __tablename__ = "commitments"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    scheme: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer)
+    hiding: Mapped[bytes] = mapped_column(LargeBinary(33))
+    binding: Mapped[bytes] = mapped_column(LargeBinary(33))
+    #: The node's identity-key signature of the commitment: co-signers check it, so a
+    #: commitment the node did not make (one the coordinator made up) is never signed over.
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[dt.datetime]
+
+    __table_args__ = (Index("ix_commitments_stock", "node_id", "scheme", "generation", "created_at"),)
 
 
 class ApiToken(Base):

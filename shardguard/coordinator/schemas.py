@@ -13,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstra
 __all__ = [
     "AuditIn",
     "AuditPost",
+    "CommitmentIn",
     "CreateKey",
     "CreateToken",
     "NodeError",
     "OutMessage",
     "PostMessages",
+    "PublishCommitments",
     "Register",
     "Repair",
     "SignRequest",
@@ -111,6 +113,18 @@ class NodeError(_Strict):
     reason: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
     culprits: list[NodeId] = Field(default_factory=list, max_length=255)
     detail: str = Field(default="", max_length=2000)
+
+
+class CommitmentIn(_Strict):
+    id: Hex = Field(description="16 random bytes chosen by the node, hex")
+    hiding: Hex = Field(description="D = d·G, the scheme's point encoding, hex")
+    binding: Hex = Field(description="E = e·G, hex")
+    signature: Hex = Field(description="the node's identity-key signature of the commitment (API.md §1.13), hex")
+
+
+class PublishCommitments(_Strict):
+    scheme: Literal["ed25519", "secp256k1", "bip340"]
+    commitments: list[CommitmentIn] = Field(min_length=1, max_length=256)
 
 
 class TaskResult(_Strict):

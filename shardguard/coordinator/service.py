@@ -49,15 +49,28 @@ from shardguard.channel.challenge import (
     challenges_to_wire,
 )
 from shardguard.channel.identity import CardError, PeerCard
-from shardguard.coordinator import wire
+from shardguard.coordinator import precommit, wire
 from shardguard.coordinator.attest import summarize
 from shardguard.coordinator.db import Database
 from shardguard.coordinator.errors import ApiError
 from shardguard.coordinator.metrics import Metrics
-from shardguard.coordinator.models import ApiToken, AuditEntry, Job, Key, MailboxMessage, Node, NodeChallenge, NodeNonce, Task
+from shardguard.coordinator.models import (
+    ApiToken,
+    AuditEntry,
+    Commitment,
+    Job,
+    Key,
+    MailboxMessage,
+    Node,
+    NodeChallenge,
+    NodeNonce,
+    Task,
+)
+from shardguard.coordinator.precommit import PRECOMMITTED, precommitted
 from shardguard.coordinator.rawsql import RawConnection
 from shardguard.coordinator.settings import Settings
-from shardguard.coordinator.signatures import signature_problem
+from shardguard.coordinator.signatures import assemble_frost, share_shape_problem, signature_problem
+from shardguard.crypto.suites import suite_by_scheme
 
 __all__ = [
     "EXCLUSIVE_KINDS",
@@ -412,9 +425,11 @@ class Coordinator:
                 row = Node(id=card.node_id, generation=1, registered_at=now)
                 s.add(row)
             elif row.identity_public_key != card.identity_public_key:
-                # A new identity key: a new process, which lost whatever it was running.
+                # A new identity key: a new process, which lost whatever it was running — and
+                # the nonces behind every commitment it published (API.md §1.13).
                 row.generation += 1
                 row.registered_at = now
+                s.execute(delete(Commitment).where(Commitment.node_id == card.node_id))
                 # Lock order everywhere: job row, then its tasks (post_result, sweep) — so the
                 # jobs first, in id order, then the node's tasks in them.
                 job_ids = sorted(
@@ -819,6 +834,8 @@ class Coordinator:
                     "lease_owner": self.settings.replica_id,
                     "lease_until": now + dt.timedelta(seconds=self.settings.job_timeout), "started_at": now,
                 }  # fmt: skip
+                if key.scheme in FROST_SCHEMES:
+                    self._precommit(conn, key.scheme, participants, params, 1, now)
             conn.insert(_INSERT_JOB, job)
             if run_now:
                 conn.insert(
@@ -1082,14 +1099,19 @@ class Coordinator:
         if len(jobs) == 1:
             job_id = first.id
             conn.execute(_START_QUEUED, running | {"job": job_id, "instance": secrets.token_bytes(32).hex(), "bundle": None})
+            params = dict(first.params)
+            if self._precommit(conn, key.scheme, first.participants, params, 1, now):
+                conn.execute(_SET_PARAMS, {"job": job_id, "params": params})
         else:
             job_id = new_id("bdl")
+            bundle_params: dict[str, Any] = {
+                "signers": first.params["signers"],
+                "bundle": [{"request_id": j.id, "message_hex": j.params["message_hex"]} for j in jobs],
+            }
+            self._precommit(conn, key.scheme, first.participants, bundle_params, len(jobs), now)
             conn.insert(_INSERT_JOB, {
                 "id": job_id, "kind": "bundle", "key_id": key.id, "status": "running", "result": None, "error": None,
-                "params": {
-                    "signers": first.params["signers"],
-                    "bundle": [{"request_id": j.id, "message_hex": j.params["message_hex"]} for j in jobs],
-                },
+                "params": bundle_params,
                 "participants": first.participants, "attempts": 1, "next_msg_seq": 1, "mailbox_bytes": 0,
                 "requested_by": None, "created_at": now, "updated_at": now, "instance": secrets.token_bytes(32).hex(),
                 "epoch": key.epoch, "lease_owner": self.settings.replica_id, "lease_until": until, "started_at": now,
@@ -1101,6 +1123,68 @@ class Coordinator:
              "created_at": now}
             for p in first.participants
         ])  # fmt: skip
+
+    def _precommit(
+        self,
+        conn: RawConnection,
+        scheme: str,
+        participants: Sequence[Mapping[str, Any]],
+        params: dict[str, Any],
+        count: int,
+        now: dt.datetime,
+    ) -> bool:
+        """Give a FROST signing of ``count`` messages the commitments its signers made ahead
+        (``params["commitments"]``: one step, aggregated here; API.md §1.13), if every signer
+        has enough; otherwise it runs the two-round protocol. In the start's transaction."""
+        lists = None
+        if self.settings.sign_precommitted:
+            lists = precommit.claim(conn, scheme, participants, count, now, self.settings.commitment_ttl)
+        if lists is not None:
+            params[PRECOMMITTED] = lists
+        self.metrics.signs_started.labels("precommitted" if lists is not None else "two_round").inc()
+        return lists is not None
+
+    def publish_commitments(
+        self, node: NodeIdentity, scheme: str, items: Sequence[tuple[bytes, bytes, bytes, bytes]]
+    ) -> dict[str, Any]:
+        """Keep a node's FROST nonce commitments ``(id, hiding, binding, signature)`` for its current
+        process (API.md §1.13). Refused (409 ``commitments_full``) past ``max_commitments``
+        unused ones for the node and scheme; the answer says how many it has (``stock``)."""
+        if scheme not in FROST_SCHEMES:
+            raise ApiError(422, "validation_error", f"commitments are for FROST schemes {list(FROST_SCHEMES)}", field="scheme")
+        size = suite_by_scheme(scheme).group.element_size
+        seen: set[bytes] = set()
+        for i, (cid, hiding, binding, signature) in enumerate(items):
+            if len(signature) != 64:
+                raise ApiError(422, "validation_error", "an Ed25519 signature is 64 bytes", field=f"commitments[{i}].signature")
+            if len(cid) != precommit.ID_BYTES or cid in seen:
+                raise ApiError(422, "validation_error", f"{precommit.ID_BYTES} bytes, distinct", field=f"commitments[{i}].id")
+            seen.add(cid)
+            for name, point in (("hiding", hiding), ("binding", binding)):
+                if len(point) != size:
+                    raise ApiError(422, "validation_error", f"a {scheme} point is {size} bytes", field=f"commitments[{i}].{name}")
+        now = utc_now()
+        fresh = now - dt.timedelta(seconds=self.settings.commitment_ttl)
+        try:
+            with self.db.raw.write() as conn:
+                _hold_identity(conn, node.node_id, node.identity_public_key)
+                generation = conn.scalar(_NODE_GENERATION, {"node": node.node_id})
+                stock = int(conn.scalar(precommit.STOCK, {"node": node.node_id, "scheme": scheme, "gen": generation,
+                                                           "fresh": fresh}) or 0)  # fmt: skip
+                if stock + len(items) > self.settings.max_commitments:
+                    raise ApiError(
+                        409, "commitments_full",
+                        f"{stock} unused {scheme} commitments kept for {node.node_id}: at most "
+                        f"{self.settings.max_commitments}", extra={"stock": stock},
+                    )  # fmt: skip
+                conn.insert(precommit.INSERT, [
+                    {"node_id": node.node_id, "id": cid, "scheme": scheme, "generation": generation, "hiding": hiding,
+                     "binding": binding, "signature": signature, "created_at": now}
+                    for cid, hiding, binding, signature in items
+                ])  # fmt: skip
+        except IntegrityError:
+            raise ApiError(409, "duplicate_commitment", "a commitment with one of these ids is kept already") from None
+        return {"stored": len(items), "stock": stock + len(items), "ttl_seconds": self.settings.commitment_ttl}
 
     def _submit(self, s: Session, job: Job, key: Key, now: dt.datetime) -> bool:
         """Start a just-submitted job in its own transaction when nothing of its key is ahead
@@ -1331,7 +1415,8 @@ class Coordinator:
                 )
             else:
                 self._check_result(job, key, reported)
-                problem = self._signing_problem(job, key, reported) if job.kind in ("sign", "bundle") else None
+                signing = job.kind in ("sign", "bundle") and not precommitted(job.params)  # shares: checked summed
+                problem = self._signing_problem(job, key, reported) if signing else None
                 if problem is not None:
                     # An honest signer verifies the signature before it reports it (FROST and
                     # DKLs23 both do): whoever reports an invalid one is the culprit.
@@ -1380,13 +1465,20 @@ class Coordinator:
                 # result equal to one already done was verified when that one came in.
                 others = [t for t in conn.execute(_JOB_RESULTS, {"job": job.id}) if t.id != task_id]
                 mine = canonical_json(result)
-                verified = any(t.status == "done" and canonical_json(t.result) == mine for t in others)
+                shares = precommitted(job.params)  # each signer reports its own shares (API.md §1.13)
+                verified = shares or any(t.status == "done" and canonical_json(t.result) == mine for t in others)
                 if not verified and self._signing_problem(job, job, result):
                     raise _GeneralPath  # invalid_signature: failed by the general path
                 conn.execute(_TASK_DONE, {"task": task_id, "res": result, "now": now})
                 job_status = "running"
                 if all(t.status == "done" for t in others):
-                    if any(canonical_json(t.result) != mine for t in others):
+                    if shares:
+                        reports = {t.node_id: t.result for t in others} | {node_id: result}
+                        final, _, _, _ = self._precommitted_end(job, job, reports)
+                        if final is None:
+                            raise _GeneralPath  # failed, with its reason, by the general path
+                        result = final
+                    elif any(canonical_json(t.result) != mine for t in others):
                         raise _GeneralPath  # result_mismatch: failed by the general path
                     conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
@@ -1415,6 +1507,21 @@ class Coordinator:
 
     @staticmethod
     def _check_result(job: Any, key: Key | None, result: dict[str, Any]) -> None:
+        if job.kind in ("sign", "bundle") and precommitted(job.params):
+            # One signer's shares, one per message (API.md §1.13): checked whole here, summed
+            # once every signer's is in (_precommitted_end).
+            shares = result.get("shares")
+            if set(result) != {"shares"} or not isinstance(shares, list) or len(shares) != len(job.params[PRECOMMITTED]):
+                raise ApiError(
+                    422, "validation_error", "a precommitted signing reports one share per message, and nothing else",
+                    field="result.shares",
+                )  # fmt: skip
+            scheme = key.scheme if key is not None else job.scheme
+            for i, share in enumerate(shares):
+                problem = share_shape_problem(scheme, share)
+                if problem is not None:
+                    raise ApiError(422, "validation_error", problem, field=f"result.shares[{i}]")
+            return
         if job.kind == "bundle":
             sigs = result.get("signatures")
             if not isinstance(sigs, list) or len(sigs) != len(job.params["bundle"]):
@@ -1439,7 +1546,40 @@ class Coordinator:
                 return f"request {i} ({item['request_id']}): {problem}"
         return None
 
+    @staticmethod
+    def _precommitted_end(
+        job: Any, key: Any, results: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[dict[str, Any] | None, str, str, list[str]]:
+        """A precommitted signing's end once every signer reported (``node id -> result``):
+        each message's shares summed into its signature (RFC 9591 §5.3) and verified. Returns
+        ``(result, "", "", [])`` — the shape a two-round signing reports — or ``(None, reason,
+        detail, culprits)``."""
+        public = {"scheme": key.scheme, "public_key": key.public_key}
+        bundle = job.kind == "bundle"
+        items = job.params["bundle"] if bundle else [job.params]
+        signatures = []
+        for k, item in enumerate(items):
+            sig, problem, culprits = assemble_frost(key.scheme, {node: r["shares"][k] for node, r in results.items()})
+            where = f"request {k} ({item['request_id']}): " if bundle else ""
+            if sig is None:
+                reason = "result_mismatch" if "group commitments" in (problem or "") else "invalid_signature_share"
+                return None, reason, where + (problem or ""), culprits
+            problem = signature_problem(key.scheme, key.public_key, key.public_package, item, public | {"signature": sig})
+            if problem is not None:
+                # The shares sum to no valid signature; which one is wrong would take the
+                # binding factors (RFC 9591 §5.4), which the coordinator does not compute.
+                return None, "invalid_signature", where + problem, []
+            signatures.append(sig)
+        return (public | {"signatures": signatures} if bundle else public | {"signature": signatures[0]}), "", "", []
+
     def _complete_job(self, s: Session, job: Job, key: Key, tasks: Sequence[Task]) -> None:
+        if job.kind in ("sign", "bundle") and precommitted(job.params):
+            final, reason, detail, culprits = self._precommitted_end(job, key, {t.node_id: t.result or {} for t in tasks})
+            if final is None:
+                self._fail_job(s, job, reason=reason, culprits=culprits, party=None, detail=detail)
+                return
+            self._finish_job(s, job, key, final)
+            return
         groups = collections.Counter(canonical_json(t.result) for t in tasks)
         if len(groups) > 1:
             top = groups.most_common()
@@ -1457,6 +1597,11 @@ class Coordinator:
         result = tasks[0].result
         if result is None:  # a done task always carries its result (post_result refuses one without)
             raise ApiError(500, "internal_error", f"task {tasks[0].id} is done without a result")
+        self._finish_job(s, job, key, result, tasks)
+
+    def _finish_job(self, s: Session, job: Job, key: Key, result: dict[str, Any], tasks: Sequence[Task] = ()) -> None:
+        """A job ending with ``result``: done (key records updated for a keygen or refresh; a
+        bundle's requests done with their own signature)."""
         now = utc_now()
         if job.kind == "refresh" and key.public_key is not None and result.get("public_key") != key.public_key:
             self._fail_job(
@@ -1924,6 +2069,8 @@ class Coordinator:
             s.execute(delete(NodeNonce).where(NodeNonce.expires_at < now))
             too_old = now - dt.timedelta(seconds=self.settings.challenge_retention)
             s.execute(delete(NodeChallenge).where(NodeChallenge.created_at < too_old))
+            stale = now - dt.timedelta(seconds=self.settings.commitment_ttl)
+            s.execute(delete(Commitment).where(Commitment.created_at < stale))
             old = select(Job.id).where(
                 Job.status.in_(("done", "failed")),
                 Job.finished_at < now - dt.timedelta(seconds=self.settings.mailbox_retention),
@@ -1949,8 +2096,9 @@ class Coordinator:
 
 
 _REASONS = frozenset(
-    {"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", ""}
-)
+    {"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", "invalid_signature",
+     "invalid_signature_share", ""}
+)  # fmt: skip
 
 
 _TOKEN_BY_HASH = select(ApiToken.id, ApiToken.scopes, ApiToken.revoked_at).where(ApiToken.token_hash == bindparam("hash"))
@@ -2091,13 +2239,14 @@ _TASK_DONE = (
     .where(Task.id == bindparam("task"))
     .values(status="done", result=bindparam("res"), finished_at=bindparam("now"))
 )
-_JOB_RESULTS = select(Task.id, Task.status, Task.result).where(Task.job_id == bindparam("job"))
+_JOB_RESULTS = select(Task.id, Task.node_id, Task.status, Task.result).where(Task.job_id == bindparam("job"))
 _JOB_DONE = (
     update(Job)
     .where(Job.id == bindparam("job"))
     .values(status="done", result=bindparam("res"), finished_at=bindparam("now"), updated_at=bindparam("now"))
 )
 _KEY_HOLD = select(Key.id).where(Key.id == bindparam("key")).with_for_update()
+_NODE_GENERATION = select(Node.generation).where(Node.id == bindparam("node"))
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
 _MEMBER_DONE = (
     update(Job)
@@ -2123,6 +2272,7 @@ _QUEUED_SIGNS = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+_SET_PARAMS = update(Job).where(Job.id == bindparam("job")).values(params=bindparam("params"))
 _START_QUEUED = (
     update(Job)
     .where(Job.id == bindparam("job"), Job.status == "queued")

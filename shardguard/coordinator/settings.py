@@ -55,6 +55,16 @@ class Settings:
     bundle_max: int = 32
     bundle_max_bytes: int = 256 * 1024
 
+    #: Sign FROST requests in one step when every signer has published nonce commitments
+    #: ahead (API.md §1.13): the coordinator picks one of each signer's, and aggregates the
+    #: signers' shares itself. False (or a signer without commitments): the two-round protocol.
+    sign_precommitted: bool = True
+    #: Seconds a published commitment may be handed to a signing; older ones are swept (the
+    #: node forgets its nonces after twice this, so any handed out still finds them).
+    commitment_ttl: float = 300.0
+    #: Most unused commitments kept per node and scheme (a node publishing more is refused).
+    max_commitments: int = 1024
+
     #: Seconds a dispatched job may run before it fails with reason ``timeout``.
     job_timeout: float = 120.0
     #: Seconds a job may wait in the queue (behind another job of its key) before it fails.

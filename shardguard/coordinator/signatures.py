@@ -23,7 +23,7 @@ from shardguard.crypto.group import Point
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.crypto.suites import BIP340, suite_by_scheme
 
-__all__ = ["signature_problem"]
+__all__ = ["assemble_frost", "share_shape_problem", "signature_problem"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -87,3 +87,49 @@ def signature_problem(
     except CryptoError as e:
         return f"cannot check the signature: {e}"
     return None if ok else f"the signature does not verify under the key ({scheme})"
+
+
+def share_shape_problem(scheme: str, share: object) -> str | None:
+    """None if ``share`` is one signer's contribution to a precommitted FROST signature as a
+    node reports it: ``{"r": hex group commitment, "z": hex signature share}`` of the scheme's
+    sizes (API.md §1.13); otherwise what is wrong. Values are checked by :func:`assemble_frost`."""
+    g = suite_by_scheme(scheme).group
+    if not isinstance(share, dict) or set(share) != {"r", "z"}:
+        return 'must be {"r": hex, "z": hex}'
+    r, z = _hex(share["r"]), _hex(share["z"])
+    if r is None or len(r) != g.element_size or share["r"] != r.hex():
+        return f"r must be {g.element_size} bytes of lower-case hex"
+    if z is None or len(z) != g.scalar_size or share["z"] != z.hex():
+        return f"z must be {g.scalar_size} bytes of lower-case hex"
+    return None
+
+
+def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tuple[str | None, str | None, list[str]]:
+    """RFC 9591 §5.3 ``aggregate`` of one precommitted signature: every signer (``node id ->
+    {"r", "z"}``, shapes checked by :func:`share_shape_problem`) derived the same group
+    commitment R, and the signature is ``R ‖ Σ z_i``. Returns ``(signature hex, None, [])``, or
+    ``(None, problem, culprits)``: the signers whose R differs from the others' (all of them
+    when there is no majority). Whether the signature verifies is :func:`signature_problem`'s
+    to say; if it does not, the shares cannot be told apart here (no culprit)."""
+    suite = suite_by_scheme(scheme)
+    g = suite.group
+    counts: dict[str, int] = {}
+    for share in shares.values():
+        counts[share["r"]] = counts.get(share["r"], 0) + 1
+    if len(counts) > 1:
+        top = sorted(counts.values(), reverse=True)
+        majority = max(counts, key=counts.__getitem__) if top[0] > top[1] else None
+        culprits = sorted(node for node, share in shares.items() if share["r"] != majority)
+        return None, f"the signers derived {len(counts)} different group commitments", culprits
+    r = next(iter(counts))
+    try:
+        point = g.decode(bytes.fromhex(r), field="r")
+    except CryptoError as e:
+        return None, f"the group commitment every signer reported is not a point: {e}", sorted(shares)
+    z = 0
+    for node, share in shares.items():
+        try:
+            z += g.scalar_decode(bytes.fromhex(share["z"]), field="z")
+        except CryptoError as e:
+            return None, f"{node}'s signature share is out of range: {e}", [node]
+    return suite.encode_signature(point, z % g.order).hex(), None, []

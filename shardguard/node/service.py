@@ -55,7 +55,7 @@ from shardguard.channel import (
     challenges_from_wire,
     challenges_to_wire,
 )
-from shardguard.channel.identity import is_node_id
+from shardguard.channel.identity import is_node_id, verify_signature
 from shardguard.enclave.platform import Platform, open_platform
 from shardguard.keyfiles import write_file_atomic
 from shardguard.node import committee
@@ -64,9 +64,11 @@ from shardguard.node.audit import AuditBacklogFull, AuditLog, AuditRefused
 from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
-from shardguard.node.tasks import Task, TaskError, run_task
+from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
+from shardguard.node.tasks import Task, TaskError, precommitted_items, run_task
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
+from shardguard.protocols.frost import NonceError
 from shardguard.protocols.keys import PublicKeyPackage
 from shardguard.protocols.repair import RepairHelper, RepairTarget
 
@@ -79,6 +81,7 @@ _ANSWER_BURST = 5
 #: The coordinator's job kinds, as tasks.py names them; a bundle is several signings in one
 #: session (API.md §1.6, "Bundles").
 _KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair"}
+_FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -189,6 +192,8 @@ class NodeService:
         self._nudges = ThreadPoolExecutor(max_workers=2, thread_name_prefix="challenge")
         self._stop = threading.Event()
         self._audit_due = threading.Event()
+        # FROST nonce pairs committed ahead, published once peers confirmed our state (nonces.py).
+        self.nonces = NonceStock(self._publish_commitments, node_id=node_id, sign=self.keys.sign, ready=lambda: self._fresh)
         self._reattest = reattest_seconds
         self._registered_at = 0.0
 
@@ -460,8 +465,8 @@ class NodeService:
         if raw["kind"] == "bundle":
             # Only what the audit entry names is signed: the bundle's messages, nothing beside
             # them (a digest or message the coordinator adds would be signed unrecorded).
-            if set(params) - {"signers", "bundle"}:
-                raise TaskError("a bundle holds its signers and requests only", "params")
+            if set(params) - {"signers", "bundle", "commitments"}:
+                raise TaskError("a bundle holds its signers and requests (and commitments) only", "params")
             if raw["scheme"] == "ecdsa":  # and tasks.py refuses one for an ECDSA share whatever is claimed
                 raise TaskError("ecdsa keys sign one digest per task, never a bundle", "scheme")
             task_params = {"signers": sorted(participants), "path": "m"}
@@ -469,9 +474,11 @@ class NodeService:
         elif kind == "sign":
             # One payload, and only what the audit entry names (review finding: a decoy
             # digest_hex beside the message a FROST key signs was what the entry hashed).
-            unknown = set(params) - {"signers", "digest_hex", "message_hex", "path"}
+            unknown = set(params) - {"signers", "digest_hex", "message_hex", "path", "commitments"}
             if unknown or ("digest_hex" in params) == ("message_hex" in params):
                 raise TaskError("a signing names exactly one of digest_hex and message_hex, and nothing else", "params")
+            if "commitments" in params and "message_hex" not in params:
+                raise TaskError("commitments made ahead are for FROST signing", "commitments")
             task_params["signers"] = sorted(participants)
             if "digest_hex" in params:
                 task_params["digest"] = params["digest_hex"]
@@ -514,6 +521,10 @@ class NodeService:
                 self._resolve_pending(task.key_id, raw.get("epoch"))
             if kind == "refresh":
                 self._revoke_confirmation(task.key_id)
+        if kind == "sign" and task.scheme in _FROST_SCHEMES:
+            self.nonces.enable(task.scheme)  # signs with it: keep nonces committed ahead from now on
+            if "commitments" in params:
+                return self._sign_precommitted(raw, task, params, peers, deadline)
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
@@ -553,6 +564,53 @@ class NodeService:
         if kind in ("keygen", "refresh"):
             self._confirm_staged(task, peers, inbox, deadline, result)
         return result
+
+    # -- signing in one step, with nonces committed ahead ----------------------------------------
+    def _sign_precommitted(
+        self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], peers: Mapping[int, AdmittedPeer], deadline: float
+    ) -> dict[str, Any]:
+        """A FROST signing (or bundle) in one step (docs/NODE.md, "Signing in one step"): each
+        message's commitment list names one of our nonce pairs committed ahead; our shares go
+        to the coordinator, which sums them. Nothing goes to the peers, and no witness notes are
+        exchanged: this node offers commitments only once its peers have confirmed its state
+        (a two-round task), and a precommitted signing changes no share, epoch or ban.
+
+        Every check passes before anything is logged; the ``signing`` entry is then written
+        while the shares are computed (their nonces are taken for good), and the shares leave
+        only once it is durable."""
+        if not self._fresh:
+            raise TaskError("peers have not confirmed this node's state since it started: it signs in two rounds", "commitments")
+        share = self.shares.load(task.key_id)
+        messages = [bytes.fromhex(m) for m in task.params["messages"]] if "messages" in task.params else [
+            bytes.fromhex(str(task.params["message"]))]  # fmt: skip
+        scheme = task.scheme
+
+        def signed_by(index: int, cid: bytes, hiding: bytes, binding: bytes, signature: bytes) -> bool:
+            peer = peers[index]  # admitted: its identity key is the one its evidence binds
+            message = commitment_message(peer.node_id, scheme, cid, hiding, binding)
+            return verify_signature(peer.card.identity_public_key, COMMITMENT_CONTEXT, message, signature)
+
+        items = precommitted_items(share, task.me, task.participants, messages, params.get("commitments"), signed_by)
+        self.nonces.check(share, items)  # every pair ours and unused: a refusal before the entry
+        fields = self._audit_fields(raw) | {"precommitted": True}
+        writing = self._writes.submit(self._audit, "signing", **fields)
+        try:
+            shares = self.nonces.sign(share, sorted(task.participants), items)
+        except BaseException:
+            # Our entry, if it is being written, settles before the refusal's (ordered log).
+            futures_wait([writing], timeout=max(deadline - time.monotonic(), _WRITE_GRACE))
+            raise
+        try:
+            writing.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise EngineTimeout(task.job, 1) from None
+        g = share.public.suite.group
+        return {"shares": [{"r": s.group_commitment.hex(), "z": g.scalar_encode(s.share).hex()} for s in shares]}
+
+    def _publish_commitments(self, scheme: str, commitments: list[dict[str, str]]) -> Any:
+        return self.link.request(
+            "POST", f"/v1/nodes/{self.node_id}/commitments", body={"scheme": scheme, "commitments": commitments}
+        )
 
     # -- two-phase commit of a new epoch ----------------------------------------------------------
     # Phase one: every holder stages the new epoch (run_task), then tells every other holder,
@@ -798,7 +856,9 @@ class NodeService:
                         raise StalePeer(node, str(e)) from None
         try:
             self.keystore.require_fresh(confirmations, 1)
-            self._fresh = True
+            if not self._fresh:
+                self._fresh = True
+                self.nonces.wake()  # commitments may be published now
         except KeystoreError as e:
             if e.reason is KeystoreReason.STALE_STATE:  # refuse, loudly, and from now on
                 self._latch_stale(str(e))
@@ -885,6 +945,8 @@ class NodeService:
             return {"reason": f"AUDIT_{e.reason}", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, EngineTimeout):
             return {"reason": "TIMEOUT", "culprits": [], "detail": str(e)[:2000]}
+        if isinstance(e, NonceError):  # a commitment we never made, used already, or forged
+            return {"reason": f"NONCE_{e.reason.upper()}", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, (ProtocolError, TaskError, EngineError, ValueError)):
             return {"reason": type(e).__name__, "culprits": [], "detail": str(e)[:2000]}
         return {"reason": "INTERNAL", "culprits": [], "detail": type(e).__name__}
@@ -912,6 +974,7 @@ class NodeService:
             self.register()
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
         threading.Thread(target=self._answer_challenges, name="challenges", daemon=True).start()
+        threading.Thread(target=self.nonces.run, args=(self._stop,), name="nonces", daemon=True).start()
         self.stream.start()
         while not self._stop.is_set():
             left = self._reattest - (time.monotonic() - self._registered_at)

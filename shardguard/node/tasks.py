@@ -18,16 +18,17 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard
+from shardguard.crypto.errors import CryptoError
 from shardguard.node.engine import Inbox, Relay, drive
 from shardguard.protocols.dkg import Dkg
 from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup, parse_path
 from shardguard.protocols.errors import ProtocolAbort, UsageError
-from shardguard.protocols.frost import FrostBatchSigner, FrostSigner
+from shardguard.protocols.frost import COMMITMENT_ID_BYTES, FrostBatchSigner, FrostSigner, PrecommittedItem
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
-__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "run_task"]
+__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task"]
 
 KINDS = ("keygen", "sign", "refresh", "repair")
 Share = KeyShare | EcdsaKeyShare
@@ -216,3 +217,56 @@ def _public(share: Share) -> dict[str, Any]:
     if isinstance(share, EcdsaKeyShare):
         out["chain_code"] = share.chain_code.hex()
     return out
+
+
+def precommitted_items(
+    share: Share,
+    me: int,
+    participants: Mapping[int, str],
+    messages: list[bytes],
+    lists: object,
+    signed_by: Callable[[int, bytes, bytes, bytes, bytes], bool],
+) -> list[PrecommittedItem]:
+    """A precommitted signing's messages with the coordinator's commitment lists (API.md §1.13:
+    ``[[{"index", "id", "hiding", "binding", "signature"}, …one per signer], …one per message]``),
+    checked and decoded: each list names exactly the participants, once each, with points of the
+    key's group (neither identity nor off the curve), and every other signer's commitment
+    carries that signer's signature (``signed_by(index, id, hiding, binding, signature)``: made
+    by the node at that index). TaskError otherwise, before any nonce is used."""
+    if not isinstance(share, KeyShare):
+        raise TaskError("only FROST keys sign with commitments made ahead", "commitments")
+    g = share.public.suite.group
+    if not isinstance(lists, list) or len(lists) != len(messages):
+        raise TaskError("one commitment list per message", "commitments")
+    items = []
+    for k, entries in enumerate(lists):
+        if not isinstance(entries, list) or len(entries) != len(participants):
+            raise TaskError("one commitment per signer", f"commitments[{k}]")
+        commitments = []
+        own: bytes | None = None
+        for j, c in enumerate(entries):
+            where = f"commitments[{k}][{j}]"
+            fields = {"index", "id", "hiding", "binding", "signature"}
+            if not isinstance(c, dict) or set(c) != fields or type(c["index"]) is not int:
+                raise TaskError('must be {"index", "id", "hiding", "binding", "signature"}', where)
+            try:
+                cid = bytes.fromhex(str(c["id"]))
+                raw_hiding, raw_binding = bytes.fromhex(str(c["hiding"])), bytes.fromhex(str(c["binding"]))
+                signature = bytes.fromhex(str(c["signature"]))
+                hiding = g.decode(raw_hiding, field=f"{where}.hiding")
+                binding = g.decode(raw_binding, field=f"{where}.binding")
+            except (ValueError, CryptoError) as e:
+                raise TaskError(f"not a commitment of this key's group: {e}", where) from None
+            if len(cid) != COMMITMENT_ID_BYTES:
+                raise TaskError(f"a commitment id is {COMMITMENT_ID_BYTES} bytes", f"{where}.id")
+            if c["index"] == me:
+                own = cid
+            elif c["index"] not in participants or not signed_by(c["index"], cid, raw_hiding, raw_binding, signature):
+                raise TaskError(f"not a commitment signer {c['index']} made (its signature does not verify)", where)
+            commitments.append((c["index"], hiding, binding))
+        if sorted(i for i, _, _ in commitments) != sorted(participants):
+            raise TaskError("the list must name exactly the signers, once each", f"commitments[{k}]")
+        if own is None:  # pragma: no cover - we are a participant, so the check above found us
+            raise TaskError("our own commitment is missing", f"commitments[{k}]")
+        items.append(PrecommittedItem(messages[k], tuple(sorted(commitments, key=lambda c: c[0])), own))
+    return items

@@ -37,6 +37,7 @@ from shardguard.node import tasks as node_tasks
 from shardguard.node.service import KeystoreShares, NodeService
 from shardguard.protocols.dkls23 import sign as dkls_sign
 from shardguard.protocols.frost import _party as frost_party
+from shardguard.protocols.frost import _precommit as frost_precommit
 
 BOOT = "nothing-secret-bootstrap"
 NODES = ("node-1", "node-2", "node-3")
@@ -118,6 +119,19 @@ def _record_secrets(rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
         return out
 
     monkeypatch.setattr(frost_party, "sign_share", recording_sign_share)
+    monkeypatch.setattr(frost_precommit, "sign_share", recording_sign_share)
+    commit = frost_precommit.NoncePool.commit
+
+    def recording_commit(self: Any, count: int, *, now: float, hedge: bytes = b"") -> Any:
+        made = commit(self, count, now=now, hedge=hedge)
+        _scalar(rec, "nonce pool secret", self.suite.group, self._secret)
+        for c in made:  # the nonces behind each published commitment (signed over or not)
+            d, e, *_ = self._entries[c.id]
+            _scalar(rec, "FROST precommitted nonce", self.suite.group, d)
+            _scalar(rec, "FROST precommitted nonce", self.suite.group, e)
+        return made
+
+    monkeypatch.setattr(frost_precommit.NoncePool, "commit", recording_commit)
     stage = KeystoreShares.stage
 
     def recording_stage(self: KeystoreShares, key_id: str, share: Any) -> None:
@@ -248,10 +262,24 @@ def test_no_share_nonce_or_plaintext_reaches_the_coordinator(stack: Stack) -> No
             out = client.sign(key["key_id"], signers=signers, **kw)
             sig, pk = bytes.fromhex(out["signature"]), bytes.fromhex(out["public_key"])
             assert verify_independently(scheme, pk, payload, sig), scheme
+    # Ed25519 signings in one step (nonces committed ahead, shares summed by the coordinator):
+    # the nodes publish commitments once peers confirmed their state (the signings above).
+    one_step = 0
+    for _ in range(40):
+        payload = os.urandom(32)
+        req = client.sign_request(key["key_id"], message=payload, signers=["node-1", "node-2"])
+        assert verify_independently("ed25519", bytes.fromhex(req["result"]["public_key"]), payload,
+                                    bytes.fromhex(req["result"]["signature"]))  # fmt: skip
+        one_step += "commitments" in (req.get("params") or {})
+        if one_step >= 3:
+            break
+        time.sleep(0.05)
+    assert one_step >= 3, "no signing ran in one step"
     kinds = {what.split(" of ")[0] for what, _ in rec.items}
     assert kinds >= {
         "sealed plaintext", "link key", "protocol randomness", "random scalar", "DKLs23 session randomness",
         "FROST hiding nonce", "FROST binding nonce", "share", "identity private key", "channel private key",
+        "FROST precommitted nonce", "nonce pool secret",
     }, kinds  # fmt: skip
     assert sum(what.startswith("share of") for what, _ in rec.items) >= 3 * 3 * 3  # 3 nodes, 3 stages, 3 encodings
     assert len(rec.items) > 1000, len(rec.items)

@@ -4,15 +4,31 @@ from shardguard.protocols.frost._batch import FrostBatchSigner
 from shardguard.protocols.frost._core import CheaterDetection, SigningContext, prepare
 from shardguard.protocols.frost._messages import SignBatchRound1, SignBatchRound2, SignRound1, SignRound2
 from shardguard.protocols.frost._party import FrostSigner
+from shardguard.protocols.frost._precommit import (
+    COMMITMENT_ID_BYTES,
+    NonceError,
+    NoncePool,
+    PrecommittedItem,
+    PrecommittedShare,
+    PublishedCommitment,
+    sign_precommitted,
+)
 
 __all__ = [
+    "COMMITMENT_ID_BYTES",
     "CheaterDetection",
     "FrostBatchSigner",
     "FrostSigner",
+    "NonceError",
+    "NoncePool",
+    "PrecommittedItem",
+    "PrecommittedShare",
+    "PublishedCommitment",
     "SignBatchRound1",
     "SignBatchRound2",
     "SignRound1",
     "SignRound2",
     "SigningContext",
     "prepare",
+    "sign_precommitted",
 ]

@@ -1,0 +1,311 @@
+"""FROST signing with nonce commitments made ahead (API.md §1.13; coordinator/precommit.py): the
+coordinator keeps each node's published commitments, hands one of every signer's to a signing
+(at most once), and sums the signers' shares into a signature it verifies."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from shardguard.channel.identity import verify_signature
+from shardguard.coordinator.models import Commitment
+from shardguard.interop import verify_independently
+from shardguard.node.nonces import COMMITMENT_CONTEXT, commitment_message
+from shardguard.node.tasks import precommitted_items
+from shardguard.protocols.frost import NoncePool, sign_precommitted
+from shardguard.protocols.keys import KeyShare
+
+from .conftest import ADMIN, FakeNode, _frost_shares, coord, run_dkg
+
+SCHEME = "ed25519"
+
+
+class Signer:
+    """A fake node with a nonce pool and its share of the scheme's test key."""
+
+    def __init__(self, node: FakeNode, index: int, scheme: str = SCHEME) -> None:
+        self.node = node
+        self.index = index
+        self.scheme = scheme
+        self.share: KeyShare = _frost_shares(scheme)[index - 1]
+        self.pool = NoncePool(self.share.public.suite, secrets.token_bytes)
+
+    def wire(self, count: int) -> list[dict[str, str]]:
+        g = self.pool.suite.group
+        out = []
+        for c in self.pool.commit(count, now=time.monotonic()):
+            hiding, binding = g.encode(c.hiding), g.encode(c.binding)
+            sig = self.node.keys.sign(
+                COMMITMENT_CONTEXT, commitment_message(self.node.node_id, self.scheme, c.id, hiding, binding)
+            )
+            out.append({"id": c.id.hex(), "hiding": hiding.hex(), "binding": binding.hex(), "signature": sig.hex()})
+        return out
+
+    def publish(self, count: int = 4) -> dict[str, Any]:
+        r = self.node.request(
+            "POST", f"/v1/nodes/{self.node.node_id}/commitments", {"scheme": self.scheme, "commitments": self.wire(count)}
+        )
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def answer(self, task: dict[str, Any], peers: dict[int, Signer]) -> dict[str, Any]:
+        """What an honest node reports: its shares, after checking every co-signer's signature."""
+        params = task["params"]
+        participants = {int(p["index"]): str(p["node_id"]) for p in task["participants"]}
+        messages = (
+            [bytes.fromhex(i["message_hex"]) for i in params["bundle"]]
+            if task["kind"] == "bundle"
+            else [bytes.fromhex(params["message_hex"])]
+        )
+
+        def signed_by(index: int, cid: bytes, hiding: bytes, binding: bytes, signature: bytes) -> bool:
+            peer = peers[index].node
+            message = commitment_message(peer.node_id, self.scheme, cid, hiding, binding)
+            return verify_signature(peer.keys.card().identity_public_key, COMMITMENT_CONTEXT, message, signature)
+
+        items = precommitted_items(self.share, self.index, participants, messages, params["commitments"], signed_by)
+        shares = sign_precommitted(self.share, signers=sorted(participants), items=items, pool=self.pool)
+        g = self.share.public.suite.group
+        return {"shares": [{"r": s.group_commitment.hex(), "z": g.scalar_encode(s.share).hex()} for s in shares]}
+
+
+def _registered(client: TestClient, names: str = "abc") -> list[FakeNode]:
+    nodes = [FakeNode(client, f"node-{c}") for c in names]
+    for n in nodes:
+        assert n.register().status_code == 200
+    return nodes
+
+
+def _stock(client: TestClient, node_id: str | None = None) -> int:
+    with coord(client).db.read() as s:
+        q = select(func.count()).select_from(Commitment)
+        if node_id is not None:
+            q = q.where(Commitment.node_id == node_id)
+        return int(s.scalar(q) or 0)
+
+
+def _setup(client: TestClient, nodes: list[FakeNode], scheme: str = SCHEME) -> tuple[str, dict[int, Signer]]:
+    key_id = run_dkg(client, nodes, scheme)
+    return key_id, {i + 1: Signer(n, i + 1, scheme) for i, n in enumerate(nodes)}
+
+
+def _sign(client: TestClient, key_id: str, message: bytes, signers: list[str]) -> str:
+    r = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": message.hex(), "signers": signers}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    return str(r.json()["request_id"])
+
+
+def _request(client: TestClient, rid: str) -> dict[str, Any]:
+    return dict(client.get(f"/v1/requests/{rid}", headers=ADMIN).json())
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "secp256k1", "bip340"])
+def test_a_signing_with_commitments_made_ahead_is_one_step_summed_here(
+    client: TestClient, nodes: list[FakeNode], scheme: str
+) -> None:
+    key_id, signers = _setup(client, nodes, scheme)
+    for i in (1, 2):
+        assert signers[i].publish(3)["stock"] == 3
+    message = b"pay 1 BTC to bob"
+    rid = _sign(client, key_id, message, [nodes[0].node_id, nodes[1].node_id])
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    for i, task in tasks.items():
+        assert task is not None and task["kind"] == "sign"
+        lists = task["params"]["commitments"]
+        assert len(lists) == 1 and [c["index"] for c in lists[0]] == [1, 2]
+    assert _stock(client) == 4  # one of each signer's taken, for good
+    acks = [nodes[i - 1].report(tasks[i]["task_id"], result=signers[i].answer(tasks[i], signers)) for i in (1, 2)]  # type: ignore[arg-type]
+    assert [a.status_code for a in acks] == [200, 200], [a.text for a in acks]
+    assert acks[-1].json()["job_status"] == "done"
+    req = _request(client, rid)
+    assert req["status"] == "done"
+    result = req["result"]
+    pk = _frost_shares(scheme)[0].public.public_key_bytes
+    assert result["scheme"] == scheme and result["public_key"] == pk.hex()
+    assert verify_independently(scheme, pk, message, bytes.fromhex(result["signature"]))
+
+
+def test_a_signer_without_commitments_means_two_rounds_and_nothing_is_taken(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id, signers = _setup(client, nodes)
+    signers[1].publish(2)
+    _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    task = nodes[0].next_task()
+    assert task is not None and "commitments" not in task["params"]
+    assert _stock(client, nodes[0].node_id) == 2
+
+
+def test_the_setting_turns_it_off(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(sign_precommitted=False)
+    nodes = _registered(client)
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(2)
+    _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    task = nodes[0].next_task()
+    assert task is not None and "commitments" not in task["params"]
+
+
+def test_a_commitment_is_handed_to_one_signing_only(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(sign_inflight=0)  # every request starts at once: no bundles
+    nodes = _registered(client)
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(3)
+    for k in range(5):
+        _sign(client, key_id, b"m%d" % k, [nodes[0].node_id, nodes[1].node_id])
+    seen: list[str] = []
+    precommitted = 0
+    while (task := nodes[0].next_task()) is not None:
+        if "commitments" in task["params"]:
+            precommitted += 1
+            seen += [c["id"] for c in task["params"]["commitments"][0]]
+    assert precommitted == 3 and len(seen) == len(set(seen)) == 6
+    assert _stock(client) == 0
+
+
+def test_a_bundle_takes_one_commitment_per_message_from_every_signer(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(8)
+    pair = [nodes[0].node_id, nodes[1].node_id]
+    first = _sign(client, key_id, b"first", pair)  # in flight: the next ones wait, then bundle
+    waiting = [_sign(client, key_id, b"next %d" % k, pair) for k in range(4)]
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    for i in (1, 2):
+        assert nodes[i - 1].report(tasks[i]["task_id"], result=signers[i].answer(tasks[i], signers)).status_code == 200  # type: ignore[index]
+    assert _request(client, first)["status"] == "done"
+    bundle = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    assert bundle[1] is not None and bundle[1]["kind"] == "bundle" and len(bundle[1]["params"]["commitments"]) == 4
+    for i in (1, 2):
+        assert nodes[i - 1].report(bundle[i]["task_id"], result=signers[i].answer(bundle[i], signers)).status_code == 200  # type: ignore[index]
+    pk = _frost_shares(SCHEME)[0].public.public_key_bytes
+    for k, rid in enumerate(waiting):
+        req = _request(client, rid)
+        assert req["status"] == "done", req
+        assert verify_independently(SCHEME, pk, b"next %d" % k, bytes.fromhex(req["result"]["signature"]))
+
+
+def _one_signing(client: TestClient, nodes: list[FakeNode]) -> tuple[str, dict[int, Signer], dict[int, dict[str, Any]]]:
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(2)
+    rid = _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    assert all(t is not None for t in tasks.values())
+    return rid, signers, tasks  # type: ignore[return-value]
+
+
+def test_shares_that_do_not_sum_to_a_signature_fail_the_request(client: TestClient, nodes: list[FakeNode]) -> None:
+    rid, signers, tasks = _one_signing(client, nodes)
+    good = signers[1].answer(tasks[1], signers)
+    assert nodes[0].report(tasks[1]["task_id"], result=good).status_code == 200
+    bad = signers[2].answer(tasks[2], signers)
+    z = int(bad["shares"][0]["z"], 16)
+    bad["shares"][0]["z"] = ((z + 1) % 2**252).to_bytes(32, "big").hex()
+    ack = nodes[1].report(tasks[2]["task_id"], result=bad)
+    assert ack.status_code == 200 and ack.json()["job_status"] == "failed"
+    err = _request(client, rid)["error"]
+    assert err["reason"] == "invalid_signature" and err["culprits"] == []
+
+
+def test_signers_that_derived_different_commitments_fail_the_request_naming_them(
+    client: TestClient, nodes: list[FakeNode]
+) -> None:
+    rid, signers, tasks = _one_signing(client, nodes)
+    mine = signers[1].answer(tasks[1], signers)
+    other = signers[2].answer(tasks[2], signers)
+    other["shares"][0]["r"] = mine["shares"][0]["r"][:-2] + ("00" if mine["shares"][0]["r"][-2:] != "00" else "01")
+    assert nodes[0].report(tasks[1]["task_id"], result=mine).status_code == 200
+    assert nodes[1].report(tasks[2]["task_id"], result=other).json()["job_status"] == "failed"
+    err = _request(client, rid)["error"]
+    assert err["reason"] == "result_mismatch" and err["culprits"] == sorted(n.node_id for n in nodes[:2])
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"signature": "00"},
+        {"shares": []},
+        {"shares": [{"r": "00" * 32}]},
+        {"shares": [{"r": "00" * 31, "z": "00" * 32}]},
+        {"shares": [{"r": "AA" * 32, "z": "00" * 32}]},
+        {"shares": [{"r": "00" * 32, "z": "00" * 32}], "extra": 1},
+    ],
+    ids=["a signature", "none", "no z", "short r", "upper case", "extra"],
+)
+def test_a_malformed_share_report_is_refused_naming_the_field(client: TestClient, nodes: list[FakeNode], result: Any) -> None:
+    _, _, tasks = _one_signing(client, nodes)
+    r = nodes[0].report(tasks[1]["task_id"], result=result)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"].startswith("result.shares")
+
+
+def _post(node: FakeNode, body: Any, path_node: str | None = None) -> Any:
+    return node.request("POST", f"/v1/nodes/{path_node or node.node_id}/commitments", body)
+
+
+def test_published_commitments_are_validated(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_commitments=6)
+    nodes = _registered(client, "ab")
+    s = Signer(nodes[0], 1)
+    one = s.wire(1)[0]
+    cases: list[tuple[Any, int, str]] = [
+        ({"scheme": "ecdsa", "commitments": [one]}, 422, "scheme"),
+        ({"scheme": SCHEME, "commitments": []}, 422, "commitments"),
+        ({"scheme": SCHEME, "commitments": [one | {"hiding": "00" * 33}]}, 422, "commitments[0].hiding"),
+        ({"scheme": SCHEME, "commitments": [one | {"id": "00" * 15}]}, 422, "commitments[0].id"),
+        ({"scheme": SCHEME, "commitments": [one | {"signature": "00" * 63}]}, 422, "commitments[0].signature"),
+        ({"scheme": SCHEME, "commitments": [one, one]}, 422, "commitments[1].id"),
+        ({"scheme": SCHEME, "commitments": [one | {"extra": "00"}]}, 422, ""),
+    ]
+    for body, status, field in cases:
+        r = _post(nodes[0], body)
+        assert r.status_code == status, (body, r.text)
+        if field:
+            assert r.json()["error"]["field"].endswith(field), r.text
+    assert _post(nodes[1], {"scheme": SCHEME, "commitments": [one]}, path_node=nodes[0].node_id).status_code == 403
+    assert _post(nodes[0], {"scheme": SCHEME, "commitments": [one]}).status_code == 200
+    again = _post(nodes[0], {"scheme": SCHEME, "commitments": [one]})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate_commitment"
+    full = _post(nodes[0], {"scheme": SCHEME, "commitments": s.wire(6)})
+    assert full.status_code == 409 and full.json()["error"]["code"] == "commitments_full"
+    assert full.json()["error"]["stock"] == 1
+
+
+def test_a_restarted_node_has_no_commitments_left(client: TestClient, nodes: list[FakeNode]) -> None:
+    s = Signer(nodes[0], 1)
+    s.publish(4)
+    old = nodes[0].keys
+    nodes[0].restart()
+    assert nodes[0].register().status_code == 200
+    assert _stock(client, nodes[0].node_id) == 0
+    stale = nodes[0].request(
+        "POST", f"/v1/nodes/{nodes[0].node_id}/commitments", {"scheme": SCHEME, "commitments": s.wire(1)}, sign_as=old
+    )
+    assert stale.status_code == 401
+
+
+def test_commitments_past_their_time_are_not_handed_out_and_are_swept(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(commitment_ttl=0.2)
+    nodes = _registered(client)
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(2)
+    time.sleep(0.3)
+    _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    task = nodes[0].next_task()
+    assert task is not None and "commitments" not in task["params"]
+    coord(client).sweep()
+    assert _stock(client) == 0
+
+
+def test_the_metrics_count_the_signings_by_mode(client: TestClient, nodes: list[FakeNode]) -> None:
+    _one_signing(client, nodes)
+    text = client.get("/metrics").text
+    assert 'shardguard_signs_started_total{mode="precommitted"} 1.0' in text

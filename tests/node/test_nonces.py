@@ -1,0 +1,102 @@
+"""The node's FROST nonce pairs committed ahead and their publication (node/nonces.py)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any
+
+import pytest
+
+from shardguard.channel.identity import NodeKeys, verify_signature
+from shardguard.crypto.suites import suite_by_scheme
+from shardguard.node import nonces
+from shardguard.node.link import CoordinatorRefused
+from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _stock(posts: list[tuple[str, list[dict[str, str]]]], *, ready: bool = True, fail: Any = None):  # type: ignore[no-untyped-def]
+    keys = NodeKeys.generate("node-1")
+    clock = Clock()
+
+    def post(scheme: str, wire: list[dict[str, str]]) -> None:
+        if fail is not None:
+            raise fail
+        posts.append((scheme, wire))
+
+    state = {"ready": ready}
+    stock = NonceStock(post, node_id="node-1", sign=keys.sign, ready=lambda: state["ready"], clock=clock)
+    return stock, keys, clock, state
+
+
+def test_nothing_is_published_before_the_node_is_ready_then_the_target_is_kept() -> None:
+    posts: list[tuple[str, list[dict[str, str]]]] = []
+    stock, keys, _, state = _stock(posts, ready=False)
+    stock.enable("ed25519")
+    assert stock.top_up() == 0 and posts == []
+    state["ready"] = True
+    assert stock.top_up() == nonces.TARGET
+    assert all(len(w) <= nonces.BATCH for _, w in posts) and stock.unused("ed25519") == nonces.TARGET
+    g = suite_by_scheme("ed25519").group
+    for scheme, wire in posts:
+        for c in wire:
+            message = commitment_message(
+                "node-1", scheme, bytes.fromhex(c["id"]), bytes.fromhex(c["hiding"]), bytes.fromhex(c["binding"])
+            )
+            assert verify_signature(keys.card().identity_public_key, COMMITMENT_CONTEXT, message, bytes.fromhex(c["signature"]))
+            g.decode(bytes.fromhex(c["hiding"]))
+    assert stock.top_up() == 0  # full: nothing more until it runs low
+
+
+def test_a_refused_post_forgets_its_pairs_and_one_of_unknown_fate_keeps_them() -> None:
+    refused = CoordinatorRefused("POST", "/v1/nodes/node-1/commitments", 409, "commitments_full")
+    stock, _, _, _ = _stock([], fail=refused)
+    stock.enable("secp256k1")
+    with pytest.raises(CoordinatorRefused):
+        stock.top_up()
+    assert stock.unused("secp256k1") == 0
+    lost = _stock([], fail=ConnectionError("cut"))[0]
+    lost.enable("secp256k1")
+    with pytest.raises(ConnectionError):
+        lost.top_up()
+    assert lost.unused("secp256k1") == min(nonces.BATCH, nonces.TARGET)  # the coordinator may hold them
+    assert lost.top_up() == 0  # and it rests before trying again
+
+
+def test_old_pairs_are_forgotten() -> None:
+    stock, _, clock, _ = _stock([])
+    stock.enable("bip340")
+    stock.top_up()
+    clock.now += nonces.KEEP_SECONDS + 1
+    stock.top_up()  # expires the old ones, then makes new ones
+    entries = stock._pools["bip340"][0]._entries
+    assert len(entries) == nonces.TARGET and all(e[4] == clock.now for e in entries.values())
+
+
+def test_the_publisher_loop_survives_errors_and_stops() -> None:
+    calls: list[int] = []
+
+    def post(scheme: str, wire: list[dict[str, str]]) -> None:
+        calls.append(len(wire))
+        raise RuntimeError("coordinator gone")
+
+    keys = NodeKeys.generate("node-1")
+    stock = NonceStock(post, node_id="node-1", sign=keys.sign, ready=lambda: True, rng=secrets.token_bytes)
+    stock.enable("ed25519")
+    stop = threading.Event()
+    t = threading.Thread(target=stock.run, args=(stop,))
+    t.start()
+    stock.wake()
+    stop.wait(0.3)
+    stop.set()
+    stock.wake()
+    t.join(10)
+    assert not t.is_alive() and calls
