@@ -141,7 +141,10 @@ class Commitment(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
     created_at: Mapped[dt.datetime]
 
-    __table_args__ = (Index("ix_commitments_stock", "node_id", "scheme", "generation", "created_at"),)
+    __table_args__ = (
+        Index("ix_commitments_stock", "node_id", "scheme", "generation", "created_at"),
+        Index("ix_commitments_created_at", "created_at"),  # the sweep
+    )
 
 
 class ApiToken(Base):

@@ -1184,7 +1184,11 @@ class Coordinator:
                 ])  # fmt: skip
         except IntegrityError:
             raise ApiError(409, "duplicate_commitment", "a commitment with one of these ids is kept already") from None
-        return {"stored": len(items), "stock": stock + len(items), "ttl_seconds": self.settings.commitment_ttl}
+        # How long the node must keep a pair: handed out until commitment_ttl, used by a job
+        # that may run job_timeout more (and a minute for the clocks and the trip).
+        keep = self.settings.commitment_ttl + self.settings.job_timeout + 60
+        return {"stored": len(items), "stock": stock + len(items), "ttl_seconds": self.settings.commitment_ttl,
+                "keep_seconds": keep}  # fmt: skip
 
     def _submit(self, s: Session, job: Job, key: Key, now: dt.datetime) -> bool:
         """Start a just-submitted job in its own transaction when nothing of its key is ahead

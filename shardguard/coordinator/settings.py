@@ -59,8 +59,8 @@ class Settings:
     #: ahead (API.md §1.13): the coordinator picks one of each signer's, and aggregates the
     #: signers' shares itself. False (or a signer without commitments): the two-round protocol.
     sign_precommitted: bool = True
-    #: Seconds a published commitment may be handed to a signing; older ones are swept (the
-    #: node forgets its nonces after twice this, so any handed out still finds them).
+    #: Seconds a published commitment may be handed to a signing; older ones are swept. Each
+    #: answer to a node's post tells it to keep its pairs this plus ``job_timeout`` plus 60 s.
     commitment_ttl: float = 300.0
     #: Most unused commitments kept per node and scheme (a node publishing more is refused).
     max_commitments: int = 1024

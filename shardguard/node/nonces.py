@@ -22,6 +22,7 @@ notes, so a node only offers it once that check has passed in a two-round task.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -40,7 +41,7 @@ from shardguard.protocols.frost import (
 )
 from shardguard.protocols.keys import KeyShare
 
-__all__ = ["BATCH", "COMMITMENT_CONTEXT", "KEEP_SECONDS", "LOW", "TARGET", "NonceStock", "commitment_message"]
+__all__ = ["BATCH", "COMMITMENT_CONTEXT", "KEEP_SECONDS", "LOW", "TARGET", "TTL_SECONDS", "NonceStock", "commitment_message"]
 
 log = logging.getLogger("shardguard.node")
 
@@ -52,9 +53,14 @@ BATCH = 256
 #: Pairs are made in chunks of this many, the pool's lock held only while one chunk is made
 #: (a signing waiting for the lock waits that long at most).
 CHUNK = 32
-#: A pair is forgotten this long after it was made. The coordinator hands out commitments only
-#: while younger than its ``commitment_ttl`` (300 s by default), to jobs that run 120 s at most.
-KEEP_SECONDS = 900.0
+#: How long the coordinator hands a commitment out, and how long after it was made a signing
+#: may still name it, until its answers say (``ttl_seconds``, ``keep_seconds``: its
+#: ``commitment_ttl`` and that plus its job timeout and a minute).
+TTL_SECONDS = 300.0
+KEEP_SECONDS = 480.0
+#: A published pair stops counting as stock this long before the coordinator stops handing it
+#: out, so that new ones are there in time.
+RENEW_BEFORE = 30.0
 #: Pause after a refused or failed post.
 BACKOFF = 5.0
 #: The identity-key signature context of a published commitment (channel.identity.NodeKeys.sign).
@@ -66,6 +72,21 @@ def commitment_message(node_id: str, scheme: str, commitment_id: bytes, hiding: 
     both points as encoded (node ids and schemes hold no NUL; the rest has fixed lengths)."""
     return b"\x00".join((node_id.encode("ascii"), scheme.encode("ascii"), commitment_id + hiding + binding))
 
+
+
+@dataclasses.dataclass
+class _Scheme:
+    """One scheme's pool and what the coordinator has of it."""
+
+    pool: NoncePool
+    lock: threading.Lock
+    #: Pairs the coordinator confirmed it stores (id -> when made), until used or too old to be
+    #: handed out: the stock. Pairs of a post whose fate is unknown stay in the pool (they may
+    #: be named) but are not stock: the node publishes others.
+    published: dict[bytes, float] = dataclasses.field(default_factory=dict)
+    ttl: float = TTL_SECONDS
+    keep: float = KEEP_SECONDS
+    paused_until: float = 0.0
 
 
 class NonceStock:
@@ -87,54 +108,59 @@ class NonceStock:
         self._ready = ready
         self._rng = rng
         self._clock = clock
-        self._pools: dict[str, tuple[NoncePool, threading.Lock]] = {}
+        self._schemes: dict[str, _Scheme] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._paused_until: dict[str, float] = {}
 
     def enable(self, scheme: str) -> None:
         """Keep nonces for ``scheme`` stocked from now on (this node signs with it)."""
+        self._state(scheme)
+
+    def _state(self, scheme: str) -> _Scheme:
         with self._lock:
-            if scheme not in self._pools:
-                self._pools[scheme] = (NoncePool(suite_by_scheme(scheme), self._rng, capacity=4 * TARGET), threading.Lock())
+            state = self._schemes.get(scheme)
+            if state is None:
+                # Room for the generations a coordinator's times ask for (one per ttl, each kept
+                # keep_seconds); past it a round fails with a warning until pairs expire.
+                pool = NoncePool(suite_by_scheme(scheme), self._rng, capacity=8 * TARGET)
+                state = self._schemes[scheme] = _Scheme(pool, threading.Lock())
                 self._wake.set()
+            return state
 
     def wake(self) -> None:
         """Look at the pools now (e.g. ``ready()`` just became true)."""
         self._wake.set()
 
     def unused(self, scheme: str) -> int:
-        entry = self._pools.get(scheme)
-        return len(entry[0]) if entry is not None else 0
+        state = self._schemes.get(scheme)
+        return len(state.pool) if state is not None else 0
+
+    def stock(self, scheme: str) -> int:
+        """Pairs the coordinator stores and may still hand out, as far as this node knows."""
+        state = self._schemes.get(scheme)
+        return len(state.published) if state is not None else 0
 
     def check(self, key_share: KeyShare, items: Sequence[PrecommittedItem]) -> None:
         """Raise :class:`~shardguard.protocols.frost.NonceError` unless every item names one of
         our pairs, unused, with its points: a request we can sign, checked before it is logged."""
-        entry = self._pools.get(key_share.public.suite.scheme) or self._empty(key_share.public.suite.scheme)
-        pool, lock = entry
+        state = self._state(key_share.public.suite.scheme)
         me = key_share.identifier
-        with lock:
+        with state.lock:
             for item in items:
                 own = next(c for c in item.commitments if c[0] == me)
-                pool.check(item.commitment_id, own[1], own[2])
+                state.pool.check(item.commitment_id, own[1], own[2])
 
     def sign(self, key_share: KeyShare, signers: Sequence[int], items: Sequence[PrecommittedItem]) -> list[PrecommittedShare]:
         """:func:`~shardguard.protocols.frost.sign_precommitted` with this node's pool for the
         key's scheme (its nonces taken for good), then a wake-up for the publisher."""
-        entry = self._pools.get(key_share.public.suite.scheme)
-        if entry is None:
-            entry = self._empty(key_share.public.suite.scheme)
-        pool, lock = entry
+        state = self._state(key_share.public.suite.scheme)
         try:
-            with lock:
-                return sign_precommitted(key_share, signers=signers, items=items, pool=pool)
+            with state.lock:
+                for item in items:
+                    state.published.pop(item.commitment_id, None)
+                return sign_precommitted(key_share, signers=signers, items=items, pool=state.pool)
         finally:
             self._wake.set()
-
-    def _empty(self, scheme: str) -> tuple[NoncePool, threading.Lock]:
-        # No pool: nothing published in this process, so every commitment named is unknown.
-        self.enable(scheme)
-        return self._pools[scheme]
 
     def run(self, stop: threading.Event) -> None:
         """The publisher: until ``stop``, top each pool up whenever it runs low (and forget what
@@ -152,36 +178,50 @@ class NonceStock:
         """One round of the publisher; how many commitments it posted."""
         posted = 0
         now = self._clock()
-        for scheme, (pool, lock) in list(self._pools.items()):
-            with lock:
-                pool.expire(now - KEEP_SECONDS)
-            if not self._ready() or self._paused_until.get(scheme, 0.0) > now or len(pool) >= LOW:
+        for scheme, state in list(self._schemes.items()):
+            with state.lock:
+                state.pool.expire(now - state.keep)
+                stale = now - max(0.0, state.ttl - RENEW_BEFORE)
+                for cid in [cid for cid, made in state.published.items() if made < stale]:
+                    del state.published[cid]
+            if not self._ready() or state.paused_until > now or len(state.published) >= LOW:
                 continue
-            while len(pool) < TARGET:
-                want = min(BATCH, TARGET - len(pool))
-                made: list[PublishedCommitment] = []
-                while len(made) < want:
-                    with lock:
-                        hedge = time.time_ns().to_bytes(8, "big")  # differs in a clone made by a snapshot
-                        made += pool.commit(min(CHUNK, want - len(made)), now=now, hedge=hedge)
-                g = pool.suite.group
-                wire = []
-                for c in made:
-                    hiding, binding = g.encode(c.hiding), g.encode(c.binding)
-                    signature = self._sign(COMMITMENT_CONTEXT, commitment_message(self._node_id, scheme, c.id, hiding, binding))
-                    wire.append(
-                        {"id": c.id.hex(), "hiding": hiding.hex(), "binding": binding.hex(), "signature": signature.hex()}
-                    )
-                try:
-                    self._post(scheme, wire)
-                except Exception as e:
-                    status = getattr(e, "status", None)
-                    if isinstance(status, int) and 400 <= status < 500:
-                        # Refused, so never handed out: forgotten now. (A post whose fate is
-                        # unknown keeps its pairs: the coordinator may hand them out.)
-                        with lock:
-                            pool.discard([c.id for c in made])
-                    self._paused_until[scheme] = now + BACKOFF
-                    raise
-                posted += len(made)
+            while len(state.published) < TARGET:
+                posted += self._publish(scheme, state, min(BATCH, TARGET - len(state.published)), now)
         return posted
+
+    def _publish(self, scheme: str, state: _Scheme, want: int, now: float) -> int:
+        made: list[PublishedCommitment] = []
+        while len(made) < want:
+            with state.lock:
+                hedge = time.time_ns().to_bytes(8, "big")  # differs in a clone made by a snapshot
+                made += state.pool.commit(min(CHUNK, want - len(made)), now=now, hedge=hedge)
+        g = state.pool.suite.group
+        wire = []
+        for c in made:
+            hiding, binding = g.encode(c.hiding), g.encode(c.binding)
+            signature = self._sign(COMMITMENT_CONTEXT, commitment_message(self._node_id, scheme, c.id, hiding, binding))
+            wire.append({"id": c.id.hex(), "hiding": hiding.hex(), "binding": binding.hex(), "signature": signature.hex()})
+        try:
+            answer = self._post(scheme, wire)
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if isinstance(status, int) and 400 <= status < 500:
+                # Refused, so never handed out: forgotten now. (A post whose fate is unknown
+                # keeps its pairs, uncounted: the coordinator may hand them out.)
+                with state.lock:
+                    state.pool.discard([c.id for c in made])
+            state.paused_until = now + BACKOFF
+            raise
+        with state.lock:
+            for c in made:
+                state.published[c.id] = now
+            if isinstance(answer, dict):
+                ttl, keep = answer.get("ttl_seconds"), answer.get("keep_seconds")
+                # Within sane bounds whatever the coordinator says: the pool's capacity bounds
+                # what it holds anyway.
+                if isinstance(ttl, int | float) and not isinstance(ttl, bool) and 1 <= ttl <= 3600:
+                    state.ttl = float(ttl)
+                if isinstance(keep, int | float) and not isinstance(keep, bool) and state.ttl <= keep <= 7200:
+                    state.keep = float(keep)
+        return len(made)

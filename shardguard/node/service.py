@@ -65,7 +65,7 @@ from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, dri
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
-from shardguard.node.tasks import Task, TaskError, precommitted_items, run_task
+from shardguard.node.tasks import Task, TaskError, precommitted_items, run_task, share_scheme
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
 from shardguard.protocols.frost import NonceError
@@ -581,6 +581,8 @@ class NodeService:
         if not self._fresh:
             raise TaskError("peers have not confirmed this node's state since it started: it signs in two rounds", "commitments")
         share = self.shares.load(task.key_id)
+        if share_scheme(share) != task.scheme:  # the scheme the commitments are signed for, and logged
+            raise TaskError(f"the key is {share_scheme(share)}, the task says {task.scheme}", "scheme")
         messages = [bytes.fromhex(m) for m in task.params["messages"]] if "messages" in task.params else [
             bytes.fromhex(str(task.params["message"]))]  # fmt: skip
         scheme = task.scheme

@@ -23,12 +23,12 @@ from shardguard.node.engine import Inbox, Relay, drive
 from shardguard.protocols.dkg import Dkg
 from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup, parse_path
 from shardguard.protocols.errors import ProtocolAbort, UsageError
-from shardguard.protocols.frost import COMMITMENT_ID_BYTES, FrostBatchSigner, FrostSigner, PrecommittedItem
+from shardguard.protocols.frost import COMMITMENT_ID_BYTES, FrostBatchSigner, FrostSigner, PrecommittedItem, signer_ids
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
-__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task"]
+__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task", "share_scheme"]
 
 KINDS = ("keygen", "sign", "refresh", "repair")
 Share = KeyShare | EcdsaKeyShare
@@ -145,10 +145,16 @@ def _keygen(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -
     return _public(share)
 
 
+def share_scheme(share: Share) -> str:
+    return "ecdsa" if isinstance(share, EcdsaKeyShare) else share.public.suite.scheme
+
+
 def _sign(
     task: Task, store: ShareStore, go: Callable[..., Any], rng: Rng, release: tuple[Callable[[], None], Callable[[], None]] | None
 ) -> dict[str, Any]:
     share = store.load(task.key_id)
+    if share_scheme(share) != task.scheme:  # what the audit entry names is what is signed with
+        raise TaskError(f"the key is {share_scheme(share)}, the task says {task.scheme}", "scheme")
     signers = task.params.get("signers")
     if not isinstance(signers, list) or not all(type(i) is int for i in signers):
         raise TaskError("signers must be a list of party indices", "signers")
@@ -235,6 +241,10 @@ def precommitted_items(
     by the node at that index). TaskError otherwise, before any nonce is used."""
     if not isinstance(share, KeyShare):
         raise TaskError("only FROST keys sign with commitments made ahead", "commitments")
+    try:
+        signer_ids(share, sorted(participants))  # at least t holders, us among them
+    except UsageError as e:
+        raise TaskError(str(e), "participants") from None
     g = share.public.suite.group
     if not isinstance(lists, list) or len(lists) != len(messages):
         raise TaskError("one commitment list per message", "commitments")
@@ -269,4 +279,6 @@ def precommitted_items(
         if own is None:  # pragma: no cover - we are a participant, so the check above found us
             raise TaskError("our own commitment is missing", f"commitments[{k}]")
         items.append(PrecommittedItem(messages[k], tuple(sorted(commitments, key=lambda c: c[0])), own))
+    if len({item.commitment_id for item in items}) != len(items):
+        raise TaskError("one commitment of ours is named for two messages", "commitments")
     return items

@@ -206,12 +206,22 @@ def test_shares_that_do_not_sum_to_a_signature_fail_the_request(client: TestClie
     good = signers[1].answer(tasks[1], signers)
     assert nodes[0].report(tasks[1]["task_id"], result=good).status_code == 200
     bad = signers[2].answer(tasks[2], signers)
-    z = int(bad["shares"][0]["z"], 16)
-    bad["shares"][0]["z"] = ((z + 1) % 2**252).to_bytes(32, "big").hex()
+    g = signers[2].share.public.suite.group
+    bad["shares"][0]["z"] = g.scalar_encode((g.scalar_decode(bytes.fromhex(bad["shares"][0]["z"])) + 1) % g.order).hex()
     ack = nodes[1].report(tasks[2]["task_id"], result=bad)
     assert ack.status_code == 200 and ack.json()["job_status"] == "failed"
     err = _request(client, rid)["error"]
     assert err["reason"] == "invalid_signature" and err["culprits"] == []
+
+
+def test_a_share_out_of_range_fails_the_request_naming_its_signer(client: TestClient, nodes: list[FakeNode]) -> None:
+    rid, signers, tasks = _one_signing(client, nodes)
+    assert nodes[0].report(tasks[1]["task_id"], result=signers[1].answer(tasks[1], signers)).status_code == 200
+    bad = signers[2].answer(tasks[2], signers)
+    bad["shares"][0]["z"] = "ff" * 32  # above the group order (scalars are little-endian here)
+    assert nodes[1].report(tasks[2]["task_id"], result=bad).json()["job_status"] == "failed"
+    err = _request(client, rid)["error"]
+    assert err["reason"] == "invalid_signature_share" and err["culprits"] == [nodes[1].node_id]
 
 
 def test_signers_that_derived_different_commitments_fail_the_request_naming_them(

@@ -68,6 +68,7 @@ def test_a_refused_post_forgets_its_pairs_and_one_of_unknown_fate_keeps_them() -
     with pytest.raises(ConnectionError):
         lost.top_up()
     assert lost.unused("secp256k1") == min(nonces.BATCH, nonces.TARGET)  # the coordinator may hold them
+    assert lost.stock("secp256k1") == 0  # but they are not counted as its stock
     assert lost.top_up() == 0  # and it rests before trying again
 
 
@@ -77,8 +78,46 @@ def test_old_pairs_are_forgotten() -> None:
     stock.top_up()
     clock.now += nonces.KEEP_SECONDS + 1
     stock.top_up()  # expires the old ones, then makes new ones
-    entries = stock._pools["bip340"][0]._entries
+    entries = stock._schemes["bip340"].pool._entries
     assert len(entries) == nonces.TARGET and all(e[4] == clock.now for e in entries.values())
+
+
+def test_pairs_the_coordinator_no_longer_hands_out_are_replaced_in_time() -> None:
+    """Review finding (MEDIUM): the node counted pairs the coordinator no longer hands out (older
+    than its commitment_ttl) and published nothing until they expired. Now a pair is stock only
+    until shortly before the coordinator's ttl_seconds, and kept for its keep_seconds."""
+    ttl, keep = 120.0, 300.0
+    coordinator: list[float] = []
+    clock = Clock()
+
+    def post(scheme: str, wire: list[dict[str, str]]) -> dict[str, Any]:
+        coordinator.extend([clock.now] * len(wire))
+        return {"stored": len(wire), "stock": len(wire), "ttl_seconds": ttl, "keep_seconds": keep}
+
+    keys = NodeKeys.generate("node-1")
+    stock = NonceStock(post, node_id="node-1", sign=keys.sign, ready=lambda: True, clock=clock)
+    stock.enable("ed25519")
+    starved = 0.0
+    for _ in range(120):  # ten minutes without a signing, a publisher round every 5 s
+        stock.top_up()
+        if not any(c >= clock.now - ttl for c in coordinator):
+            starved += 5.0
+        clock.now += 5.0
+    assert starved == 0.0
+    pool = stock._schemes["ed25519"].pool
+    assert all(e[4] >= clock.now - keep - 5.0 for e in pool._entries.values())  # kept keep_seconds, no longer
+    # A new generation every ttl - 30 s, each kept keep_seconds: bounded by that ratio.
+    assert len(pool) <= (keep // (ttl - nonces.RENEW_BEFORE) + 2) * nonces.TARGET
+
+
+def test_a_used_pair_leaves_the_stock() -> None:
+    stock, _, _, _ = _stock([])
+    stock.enable("ed25519")
+    stock.top_up()
+    state = stock._schemes["ed25519"]
+    used = next(iter(state.published))
+    state.published.pop(used)  # what sign() does for the pairs it takes
+    assert stock.stock("ed25519") == nonces.TARGET - 1
 
 
 def test_the_publisher_loop_survives_errors_and_stops() -> None:

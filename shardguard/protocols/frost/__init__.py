@@ -3,7 +3,7 @@
 from shardguard.protocols.frost._batch import FrostBatchSigner
 from shardguard.protocols.frost._core import CheaterDetection, SigningContext, prepare
 from shardguard.protocols.frost._messages import SignBatchRound1, SignBatchRound2, SignRound1, SignRound2
-from shardguard.protocols.frost._party import FrostSigner
+from shardguard.protocols.frost._party import FrostSigner, signer_ids
 from shardguard.protocols.frost._precommit import (
     COMMITMENT_ID_BYTES,
     NonceError,
@@ -31,4 +31,5 @@ __all__ = [
     "SigningContext",
     "prepare",
     "sign_precommitted",
+    "signer_ids",
 ]

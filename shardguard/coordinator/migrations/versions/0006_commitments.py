@@ -30,8 +30,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("node_id", "id", name="pk_commitments"),
     )
     op.create_index("ix_commitments_stock", "commitments", ["node_id", "scheme", "generation", "created_at"])
+    op.create_index("ix_commitments_created_at", "commitments", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_commitments_created_at", table_name="commitments")
     op.drop_index("ix_commitments_stock", table_name="commitments")
     op.drop_table("commitments")
