@@ -4,6 +4,7 @@ coordinator keeps each node's published commitments, hands one of every signer's
 
 from __future__ import annotations
 
+import concurrent.futures
 import secrets
 import time
 from collections.abc import Callable
@@ -319,3 +320,31 @@ def test_the_metrics_count_the_signings_by_mode(client: TestClient, nodes: list[
     _one_signing(client, nodes)
     text = client.get("/metrics").text
     assert 'shardguard_signs_started_total{mode="precommitted"} 1.0' in text
+
+
+def test_two_replicas_never_hand_out_one_commitment_twice(make_client: Callable[..., TestClient]) -> None:
+    """Two coordinators on one database (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: one writer)
+    start signings side by side from many threads: each commitment goes to one signing at most,
+    and a signing that found too few runs in two rounds."""
+    replicas = [make_client(sign_inflight=0), make_client(sign_inflight=0)]
+    nodes = _registered(replicas[0])
+    key_id, signers = _setup(replicas[0], nodes)
+    for i in (1, 2):
+        signers[i].publish(10)
+    pair = [nodes[0].node_id, nodes[1].node_id]
+
+    def submit(k: int) -> str:
+        return _sign(replicas[k % 2], key_id, b"burst %d" % k, pair)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        rids = list(pool.map(submit, range(24)))
+    assert len(set(rids)) == 24
+    named: list[str] = []
+    one_step = 0
+    while (task := nodes[0].next_task()) is not None:
+        lists = task["params"].get("commitments")
+        if lists:
+            one_step += 1
+            named += [c["id"] for c in lists[0]]
+    assert one_step == 10 and len(named) == len(set(named)) == 20
+    assert _stock(replicas[0]) == 0
