@@ -1563,11 +1563,10 @@ class Coordinator:
         items = job.params["bundle"] if bundle else [job.params]
         signatures = []
         for k, item in enumerate(items):
-            sig, problem, culprits = assemble_frost(key.scheme, {node: r["shares"][k] for node, r in results.items()})
+            sig, reason, detail, culprits = assemble_frost(key.scheme, {node: r["shares"][k] for node, r in results.items()})
             where = f"request {k} ({item['request_id']}): " if bundle else ""
             if sig is None:
-                reason = "result_mismatch" if "group commitments" in (problem or "") else "invalid_signature_share"
-                return None, reason, where + (problem or ""), culprits
+                return None, reason, where + detail, culprits
             problem = signature_problem(key.scheme, key.public_key, key.public_package, item, public | {"signature": sig})
             if problem is not None:
                 # The shares sum to no valid signature; which one is wrong would take the

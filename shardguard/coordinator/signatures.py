@@ -104,13 +104,15 @@ def share_shape_problem(scheme: str, share: object) -> str | None:
     return None
 
 
-def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tuple[str | None, str | None, list[str]]:
+def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tuple[str | None, str, str, list[str]]:
     """RFC 9591 §5.3 ``aggregate`` of one precommitted signature: every signer (``node id ->
     {"r", "z"}``, shapes checked by :func:`share_shape_problem`) derived the same group
-    commitment R, and the signature is ``R ‖ Σ z_i``. Returns ``(signature hex, None, [])``, or
-    ``(None, problem, culprits)``: the signers whose R differs from the others' (all of them
-    when there is no majority). Whether the signature verifies is :func:`signature_problem`'s
-    to say; if it does not, the shares cannot be told apart here (no culprit)."""
+    commitment R, and the signature is ``R ‖ Σ z_i``. Returns ``(signature hex, "", "", [])``,
+    or ``(None, reason, detail, culprits)``: ``result_mismatch`` naming the signers whose R
+    differs from the others' (all of them when there is no majority), or
+    ``invalid_signature_share`` (an R that is no point: all; a z out of range: its signer).
+    Whether the signature verifies is :func:`signature_problem`'s to say; if it does not, the
+    shares cannot be told apart here (no culprit)."""
     suite = suite_by_scheme(scheme)
     g = suite.group
     counts: dict[str, int] = {}
@@ -120,16 +122,17 @@ def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tupl
         top = sorted(counts.values(), reverse=True)
         majority = max(counts, key=counts.__getitem__) if top[0] > top[1] else None
         culprits = sorted(node for node, share in shares.items() if share["r"] != majority)
-        return None, f"the signers derived {len(counts)} different group commitments", culprits
+        return None, "result_mismatch", f"the signers derived {len(counts)} different group commitments", culprits
     r = next(iter(counts))
     try:
         point = g.decode(bytes.fromhex(r), field="r")
     except CryptoError as e:
-        return None, f"the group commitment every signer reported is not a point: {e}", sorted(shares)
+        detail = f"the group commitment every signer reported is not a point: {e}"
+        return None, "invalid_signature_share", detail, sorted(shares)
     z = 0
     for node, share in shares.items():
         try:
             z += g.scalar_decode(bytes.fromhex(share["z"]), field="z")
         except CryptoError as e:
-            return None, f"{node}'s signature share is out of range: {e}", [node]
-    return suite.encode_signature(point, z % g.order).hex(), None, []
+            return None, "invalid_signature_share", f"{node}'s signature share is out of range: {e}", [node]
+    return suite.encode_signature(point, z % g.order).hex(), "", "", []

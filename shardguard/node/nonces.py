@@ -73,7 +73,6 @@ def commitment_message(node_id: str, scheme: str, commitment_id: bytes, hiding: 
     return b"\x00".join((node_id.encode("ascii"), scheme.encode("ascii"), commitment_id + hiding + binding))
 
 
-
 @dataclasses.dataclass
 class _Scheme:
     """One scheme's pool and what the coordinator has of it."""
@@ -182,7 +181,12 @@ class NonceStock:
             with state.lock:
                 state.pool.expire(now - state.keep)
                 stale = now - max(0.0, state.ttl - RENEW_BEFORE)
-                for cid in [cid for cid, made in state.published.items() if made < stale]:
+                # Oldest first (published in time order): only the stale ones are looked at, as
+                # this runs after every signing.
+                while state.published:
+                    cid, made = next(iter(state.published.items()))
+                    if made >= stale:
+                        break
                     del state.published[cid]
             if not self._ready() or state.paused_until > now or len(state.published) >= LOW:
                 continue

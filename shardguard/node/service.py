@@ -71,6 +71,7 @@ from shardguard.protocols.errors import ProtocolAbort, ProtocolError
 from shardguard.protocols.frost import NonceError
 from shardguard.protocols.keys import PublicKeyPackage
 from shardguard.protocols.repair import RepairHelper, RepairTarget
+from shardguard.protocols.suites import SCHEMES
 
 __all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]  # CoordinatorLink: from .link
 
@@ -81,7 +82,6 @@ _ANSWER_BURST = 5
 #: The coordinator's job kinds, as tasks.py names them; a bundle is several signings in one
 #: session (API.md §1.6, "Bundles").
 _KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair"}
-_FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -521,7 +521,7 @@ class NodeService:
                 self._resolve_pending(task.key_id, raw.get("epoch"))
             if kind == "refresh":
                 self._revoke_confirmation(task.key_id)
-        if kind == "sign" and task.scheme in _FROST_SCHEMES:
+        if kind == "sign" and task.scheme in SCHEMES:  # FROST
             self.nonces.enable(task.scheme)  # signs with it: keep nonces committed ahead from now on
             if "commitments" in params:
                 return self._sign_precommitted(raw, task, params, peers, deadline)

@@ -31,6 +31,7 @@ from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 __all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task", "share_scheme"]
 
 KINDS = ("keygen", "sign", "refresh", "repair")
+_COMMITMENT_FIELDS = frozenset({"index", "id", "hiding", "binding", "signature"})
 Share = KeyShare | EcdsaKeyShare
 Rng = Callable[[int], bytes]
 
@@ -256,8 +257,7 @@ def precommitted_items(
         own: bytes | None = None
         for j, c in enumerate(entries):
             where = f"commitments[{k}][{j}]"
-            fields = {"index", "id", "hiding", "binding", "signature"}
-            if not isinstance(c, dict) or set(c) != fields or type(c["index"]) is not int:
+            if not isinstance(c, dict) or set(c) != _COMMITMENT_FIELDS or type(c["index"]) is not int:
                 raise TaskError('must be {"index", "id", "hiding", "binding", "signature"}', where)
             try:
                 cid = bytes.fromhex(str(c["id"]))
