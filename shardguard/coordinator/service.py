@@ -1252,19 +1252,23 @@ class Coordinator:
         tasks = self.claim_tasks(node_id, 1, identity=identity)
         return tasks[0] if tasks else None
 
-    def claim_tasks(self, node_id: str, limit: int, identity: bytes | None = None) -> list[dict[str, Any]]:
+    def claim_tasks(
+        self, node_id: str, limit: int, identity: bytes | None = None, *, probe: bool = True
+    ) -> list[dict[str, Any]]:
         """Up to ``limit`` of the node's queued tasks, oldest first, each handed out at most once
         across all replicas (``FOR UPDATE SKIP LOCKED``; SQLite: the one writer lock). Core
         statements on the raw connection (rawsql), one transaction for the whole batch: this
         runs on every task. ``identity``: the key the asking request or stream was signed
         with; nothing is handed out unless it is still the node's (:class:`StaleIdentity`):
-        a long-poll or stream may outlive the registration it was signed under."""
+        a long-poll or stream may outlive the registration it was signed under.
+        ``probe``: look for a queued task in a read first, so that a look that finds none
+        takes no write lock; a caller told that a task was just queued skips it."""
         if limit <= 0:
             return []
-        with self.db.raw.read() as probe:
-            queued = probe.first(_QUEUED_TASK, {"node": node_id})
-        if queued is None:
-            return []
+        if probe:
+            with self.db.raw.read() as conn:
+                if conn.first(_QUEUED_TASK, {"node": node_id}) is None:
+                    return []
         now = utc_now()
         out: list[dict[str, Any]] = []
         with self.db.raw.write() as conn:

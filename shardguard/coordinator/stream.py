@@ -44,6 +44,7 @@ from starlette.websockets import WebSocketState
 
 from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.errors import ApiError, error_body
+from shardguard.coordinator.precommit import PRECOMMITTED
 from shardguard.coordinator.service import Coordinator, NodeIdentity, StaleIdentity
 
 __all__ = ["serve_stream"]
@@ -210,6 +211,12 @@ def _reported(state: _State, acks: dict[str, Any]) -> None:
             state.handed.discard(job)
 
 
+def _one_step(task: dict[str, Any]) -> bool:
+    """A FROST signing in one step (API.md §1.13): its job never has mailbox messages."""
+    params = task.get("params")
+    return task.get("kind") in ("sign", "bundle") and isinstance(params, dict) and PRECOMMITTED in params
+
+
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     return f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
@@ -283,13 +290,18 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                 if state.claim > 0 and (hinted or state.claim_now or now - last_claim >= settings.poll_interval):
                     state.claim_now = False
                     last_claim = now
-                    claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64), identity=identity)
+                    # Told of a new task: claim without probing for one first (one transaction less).
+                    claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64), identity=identity, probe=not hinted)
                     state.claim -= len(claimed)
                     tasks += claimed
                 pushed.update(str(t["task_id"]) for t in tasks)
                 for t in tasks:
                     state.cursors.setdefault(str(t["job_id"]), 0)
-                    state.fresh.add(str(t["job_id"]))
+                    if not _one_step(t):
+                        # Messages a co-signer posted before this stream followed the job:
+                        # read them with the task. A signing in one step has no messages, and
+                        # its end (a failure) still wakes the stream (dirty jobs).
+                        state.fresh.add(str(t["job_id"]))
                     state.handed.add(str(t["job_id"]))
                     if t.get("kind") in ("sign", "bundle"):
                         state.signing[str(t["task_id"])] = str(t["job_id"])

@@ -941,6 +941,19 @@ def test_metrics_can_require_a_token(make_client: Any) -> None:
 
 
 # -- stale identities, hostile input, the node listing -----------------------------------------
+def test_a_claim_without_the_probe_hands_out_the_same_tasks_once(client: TestClient, nodes: list[FakeNode]) -> None:
+    """``probe=False`` (a stream told of a new task) skips the read that looks for one first:
+    nothing queued → nothing; a queued task → handed out once, as with the probe."""
+    key_id = run_dkg(client, nodes)
+    c = coord(client)
+    assert c.claim_tasks("node-a", 4, probe=False) == []
+    job = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "01", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    got = c.claim_tasks("node-a", 4, probe=False)
+    assert [t["job_id"] for t in got] == [job.json()["request_id"]]
+    assert c.claim_tasks("node-a", 4, probe=False) == c.claim_tasks("node-a", 4) == []
+    assert [t["job_id"] for t in c.claim_tasks("node-b", 4)] == [job.json()["request_id"]]
+
+
 def test_claims_and_reports_with_a_replaced_identity_key_are_refused_in_their_transaction(
     client: TestClient, nodes: list[FakeNode]
 ) -> None:

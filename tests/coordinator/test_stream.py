@@ -366,3 +366,45 @@ def test_an_outbox_post_on_a_stale_stream_keeps_nothing_and_closes_it(make_clien
     assert b.inbox(job).json()["messages"] == []
     # The task is still the new process's to report.
     assert new.report(ta["task_id"], result=sign_result(ta)).json() == {"task_status": "done", "job_status": "running"}
+
+
+def test_a_one_step_signing_is_pushed_without_reading_its_news_and_its_end_still_arrives(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signing in one step has no mailbox messages (API.md §1.13): its task goes out without
+    a read of the job's news first. A failure of its job still reaches a node that has not
+    reported (the stream follows the job from the task on)."""
+    from .conftest import coord
+    from .test_precommit import Signer, _registered
+
+    client = make_client(poll_interval=30.0)  # no sweep reads the job meanwhile
+    nodes = _registered(client)
+    key_id = run_dkg(client, nodes, "ed25519")
+    a, b, _c = nodes
+    signers = {i + 1: Signer(n, i + 1, "ed25519") for i, n in enumerate(nodes)}
+    for i in (1, 2):
+        signers[i].publish(2)
+    service = coord(client)
+    reads: list[set[str]] = []
+    read_news = service.read_news
+
+    def counting(node_id: str, cursors: dict[str, int]) -> Any:
+        reads.append(set(cursors))
+        return read_news(node_id, cursors)
+
+    monkeypatch.setattr(service, "read_news", counting)
+    with stream(client, a) as sa, stream(client, b) as sb:
+        sa.want(claim=4)
+        sb.want(claim=4)
+        time.sleep(0.2)  # both streams past their first look
+        job = sign_job(client, key_id, [a.node_id, b.node_id])
+        ta = sa.receive("events")["tasks"]
+        tb = sb.receive("events")["tasks"]
+        assert [t["job_id"] for t in ta] == [job] == [t["job_id"] for t in tb]
+        assert "commitments" in ta[0]["params"]
+        assert not any(job in r for r in reads)
+        # b fails its task: the job fails, and a, still running it, is told.
+        ack = sb.outbox(results=[{"task_id": tb[0]["task_id"], "status": "failed", "error": {"reason": "aborted", "detail": "test"}}])
+        assert ack["results"][tb[0]["task_id"]]["job_status"] == "failed", ack
+        ended = sa.receive("events")["jobs"]
+        assert [(j["job_id"], j["job_status"]) for j in ended] == [(job, "failed")]
