@@ -719,7 +719,7 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
             tasks: list[dict[str, Any]] = []
             if body.claim and (hinted or now - last_claim >= settings.poll_interval):
                 last_claim = now
-                tasks = coord.claim_tasks(node_id, body.claim, node.identity_public_key)  # as in next_task
+                tasks = coord.claim_tasks(node_id, body.claim, node.identity_public_key, admitted=body.admitted)
             jobs = coord.read_events(node_id, cursors)
             return bool(tasks or jobs), {"tasks": tasks, "jobs": jobs}
 

@@ -148,6 +148,7 @@ class AuditPost(_Strict):
 
 
 JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Events(_Strict):
@@ -156,6 +157,12 @@ class Events(_Strict):
     )
     claim: int = Field(default=0, ge=0, le=64, description="hand out up to this many queued tasks")
     wait: float = Field(default=0.0, ge=0, le=300, description="long-poll: seconds to wait for news")
+    admitted: dict[NodeId, Sha256Hex] = Field(
+        default_factory=dict,
+        max_length=1024,
+        description="peer node id → SHA-256 (lower-case hex) of the evidence the node admitted it on: "
+        "tasks name such a peer's evidence by that digest instead of repeating it (API.md §1.3)",
+    )
 
 
 class OutboxMessage(OutMessage):

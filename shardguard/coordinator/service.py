@@ -1253,7 +1253,13 @@ class Coordinator:
         return tasks[0] if tasks else None
 
     def claim_tasks(
-        self, node_id: str, limit: int, identity: bytes | None = None, *, probe: bool = True
+        self,
+        node_id: str,
+        limit: int,
+        identity: bytes | None = None,
+        *,
+        probe: bool = True,
+        admitted: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` of the node's queued tasks, oldest first, each handed out at most once
         across all replicas (``FOR UPDATE SKIP LOCKED``; SQLite: the one writer lock). Core
@@ -1262,7 +1268,9 @@ class Coordinator:
         with; nothing is handed out unless it is still the node's (:class:`StaleIdentity`):
         a long-poll or stream may outlive the registration it was signed under.
         ``probe``: look for a queued task in a read first, so that a look that finds none
-        takes no write lock; a caller told that a task was just queued skips it."""
+        takes no write lock; a caller told that a task was just queued skips it.
+        ``admitted``: the peers the node holds an admission for, with the SHA-256 of the
+        evidence it admitted each on (:meth:`_task_payload`)."""
         if limit <= 0:
             return []
         if probe:
@@ -1285,11 +1293,13 @@ class Coordinator:
                     _CLAIM_TASK,
                     {"task": task_id, "now": now, "owner": self.settings.replica_id, "until": job.lease_until},
                 )
-                out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes))
+                out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes, admitted))
         self.metrics.tasks_claimed.inc(len(out))
         return out
 
-    def claimed_tasks(self, node_id: str, limit: int = 64, identity: bytes | None = None) -> list[dict[str, Any]]:
+    def claimed_tasks(
+        self, node_id: str, limit: int = 64, identity: bytes | None = None, *, admitted: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """The node's tasks handed out and not yet reported, of running jobs (oldest first), as
         handed out: pushed again on each new event-stream connection (API.md §1.11), because a
         frame written just before a connection died may never have reached the node. The
@@ -1305,7 +1315,7 @@ class Coordinator:
             if not rows:
                 return []
             return [
-                self._task_payload(task_id, node_id, party_index, job, key, nodes)
+                self._task_payload(task_id, node_id, party_index, job, key, nodes, admitted)
                 for task_id, party_index, job, key, nodes in self._task_rows(conn, rows)
                 if job is not None and key is not None and job.status == "running"
             ]
@@ -1325,11 +1335,30 @@ class Coordinator:
         return out
 
     @staticmethod
-    def _task_payload(task_id: str, node_id: str, party_index: int, job: Any, key: Any, nodes: dict[str, Any]) -> dict[str, Any]:
+    def _task_payload(
+        task_id: str,
+        node_id: str,
+        party_index: int,
+        job: Any,
+        key: Any,
+        nodes: dict[str, Any],
+        admitted: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A task as API.md §1.3 shows it. A participant's evidence is named by its SHA-256
+        instead of repeated when it is of no use to the node: its own, and a peer's the node
+        says it admitted on exactly that evidence (``admitted``). A TDX or SGX quote with its
+        collateral is tens of kilobytes, and every signing task names its signers."""
         participants = []
         for p in job.participants:
             n = nodes.get(p["node_id"])
-            participants.append({"node_id": p["node_id"], "index": p["index"], **_evidence_fields(n)})
+            fields = _evidence_fields(n)
+            own = p["node_id"] == node_id
+            held = admitted.get(p["node_id"]) if admitted else None
+            if n is not None and n.evidence is not None and (own or held is not None):
+                digest = hashlib.sha256(n.evidence).hexdigest()
+                if own or held == digest:
+                    fields = _evidence_reference(fields, digest)
+            participants.append({"node_id": p["node_id"], "index": p["index"], **fields})
         return {
             "task_id": task_id,
             "job_id": job.id,
@@ -2334,6 +2363,17 @@ def _evidence_fields(n: Any) -> dict[str, Any]:
         "evidence_challenges": n.evidence_challenges if n else None,
         "generation": n.generation if n else None,
     }
+
+
+#: What a participant entry leaves out when it names the evidence by digest (API.md §1.3).
+_BY_REFERENCE = ("evidence", "collateral", "evidence_nonce", "evidence_challenges")
+
+
+def _evidence_reference(fields: dict[str, Any], digest: str) -> dict[str, Any]:
+    """``fields`` (:func:`_evidence_fields`) with the evidence named by its SHA-256 instead."""
+    out = {k: v for k, v in fields.items() if k not in _BY_REFERENCE}
+    out["evidence_sha256"] = digest
+    return out
 
 
 def _error_item(e: ApiError, field: str | None) -> dict[str, Any]:

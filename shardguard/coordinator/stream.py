@@ -88,6 +88,9 @@ class _State:
     handed: set[str] = field(default_factory=set)
     #: Task id -> job id of the signing tasks pushed on this connection and not yet reported.
     signing: dict[str, str] = field(default_factory=dict)
+    #: The node's latest ``want``: peers it admitted -> SHA-256 of that evidence (tasks name
+    #: their evidence by the digest, API.md §1.3).
+    admitted: dict[str, str] = field(default_factory=dict)
 
 
 async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
@@ -232,6 +235,7 @@ def _apply_want(state: _State, want: schemas.Events) -> None:
             cursors[job] = state.cursors[job]
     state.fresh |= cursors.keys() - state.cursors.keys()
     state.cursors = cursors
+    state.admitted = dict(want.admitted)
     if want.claim > state.claim:
         state.claim_now = True
     state.claim = want.claim
@@ -283,7 +287,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     # are not counted against the room (it may be running them already).
                     # This look also checks the stream's key (StaleIdentity), busy or idle.
                     last_recheck = now
-                    held = await hot(coord.claimed_tasks, node_id, identity=identity)
+                    held = await hot(coord.claimed_tasks, node_id, identity=identity, admitted=state.admitted)
                     pushed &= {str(t["task_id"]) for t in held}
                     tasks = [t for t in held if str(t["task_id"]) not in pushed]
                 hinted = notifier.take_task_hint(node_id)
@@ -291,7 +295,14 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     state.claim_now = False
                     last_claim = now
                     # Told of a new task: claim without probing for one first (one transaction less).
-                    claimed = await hot(coord.claim_tasks, node_id, min(state.claim, 64), identity=identity, probe=not hinted)
+                    claimed = await hot(
+                        coord.claim_tasks,
+                        node_id,
+                        min(state.claim, 64),
+                        identity=identity,
+                        probe=not hinted,
+                        admitted=state.admitted,
+                    )
                     state.claim -= len(claimed)
                     tasks += claimed
                 pushed.update(str(t["task_id"]) for t in tasks)

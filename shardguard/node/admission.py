@@ -13,6 +13,12 @@ answers it, so a busy peer is re-admitted without a task waiting for the answer.
 The coordinator can delay or refuse to relay challenges and evidence (then the task fails,
 naming the peer), but cannot make stale evidence pass: the binding, the challenge list's hash
 and our own nonce are all checked here.
+
+Tasks need not repeat evidence we hold: the node tells the coordinator which peers it admitted,
+on evidence with which SHA-256 (:meth:`Admissions.advertised`, in the stream's ``want``), and a
+task then names such a peer's evidence by that digest only. Nothing is taken on the
+coordinator's word: a task without evidence is served by the admission we made ourselves, or,
+if that does not cover it, by challenging the peer as for a peer never seen.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import functools
+import hashlib
 import logging
 import math
 import threading
@@ -60,6 +68,10 @@ ANSWER_WAIT = 30.0
 REPORT_MARGIN = 2.0
 #: Peers never admitted are forgotten once more than this many are known.
 _MAX_PEERS = 1024
+#: A peer leaves :meth:`Admissions.advertised` this long before its admission is due for
+#: renewal, so that a task sent on an advert the coordinator has not yet seen withdrawn still
+#: finds the admission good for it.
+ADVERT_MARGIN = 30.0
 
 
 class PeerNotAdmitted(Exception):
@@ -80,6 +92,11 @@ class _Admission:
     until: float  # monotonic: our challenge it answered runs out
     renew_at: float  # monotonic: challenge again, without waiting, from here on
     tried: bytes = b""  # evidence seen while renewing that gave nothing newer (not tried again)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 (hex) of ``evidence``: how a task names it (coordinator API.md §1.3)."""
+        return hashlib.sha256(self.evidence).hexdigest()
 
 
 class Admissions:
@@ -106,6 +123,15 @@ class Admissions:
         self._peer_locks: dict[str, threading.Lock] = {}
         self._admitted: dict[str, _Admission] = {}
         self._renewing: dict[str, bytes] = {}  # peer -> the challenge sent ahead, not yet answered
+
+    def advertised(self) -> dict[str, str]:
+        """Peers whose tasks may name their evidence by digest instead of repeating it: node id
+        -> SHA-256 of the evidence we admitted it on, for admissions good for any task for a
+        while yet (up to :data:`ADVERT_MARGIN` before renewal is due). What a task then leaves
+        out we hold already; past that point tasks carry the evidence again, for the renewal."""
+        now = self._clock()
+        held = dict(self._admitted)  # one step under the GIL: admissions change on task threads
+        return {node: a.digest for node, a in held.items() if now < min(a.renew_at, a.until) - ADVERT_MARGIN}
 
     def admit(self, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
         """Admit the participant ``p`` (a task's entry: node_id, peer_card, platform, evidence,

@@ -309,6 +309,7 @@ class EventStream:
         free_slots: Callable[[], int],
         poll: float = 10.0,
         transport: str = "websocket",
+        admitted: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         if transport not in ("websocket", "http"):
             raise ValueError("transport is 'websocket' or 'http'")
@@ -316,6 +317,8 @@ class EventStream:
         self._node = node_id
         self._on_task = on_task
         self._free_slots = free_slots
+        # Peers whose evidence tasks may name by digest (admission.Admissions.advertised).
+        self._admitted = admitted
         self._poll = poll
         # One lock for the boxes; each box has its own condition on it, so a message for one
         # job wakes that job's task only.
@@ -341,6 +344,7 @@ class EventStream:
         self._ws_nonce = b""
         self._acks: dict[int, Future[dict[str, Any]]] = {}
         self._wanted: tuple[frozenset[str], int] | None = None
+        self._advert: Mapping[str, str] = {}  # the ``admitted`` of the last want sent
         self._want_lock = threading.Lock()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -471,8 +475,8 @@ class EventStream:
                 claim = max(0, min(64, self._free_slots()))
                 # A full node re-asks soon, so a task that frees a slot is not kept waiting a whole poll.
                 wait = self._poll if claim else min(self._poll, 0.2)
-                out = self._link.request("POST", f"/v1/nodes/{self._node}/events",
-                                         body={"cursors": cursors, "claim": claim, "wait": wait}, timeout=wait + 30)  # fmt: skip
+                body = {"cursors": cursors, "claim": claim, "wait": wait, "admitted": dict(self._admitted())}
+                out = self._link.request("POST", f"/v1/nodes/{self._node}/events", body=body, timeout=wait + 30)
             except (httpx.HTTPError, EngineError, ValueError) as e:
                 log.warning("event stream: coordinator unreachable: %s", e)
                 self._stop.wait(1.0)
@@ -715,13 +719,16 @@ class EventStream:
         # of the tasks it hands out until they end, moves the cursors as it pushes, and counts
         # the room down by the tasks handed out. A want is needed only when we need a job it
         # does not follow, or when the room it counts fell below half of our free slots (a
-        # want per ~16 tasks, not two per task). A job it follows that we closed costs
-        # nothing: its end is the last news pushed for it.
+        # want per ~16 tasks, not two per task), or when the peers we hold admissions for
+        # changed. A job it follows that we closed costs nothing: its end is the last news
+        # pushed for it.
+        advert = dict(self._admitted())
         last = self._wanted
-        if not force and last is not None and cursors.keys() <= last[0] and last[1] * 2 >= claim:
+        if not force and last is not None and cursors.keys() <= last[0] and last[1] * 2 >= claim and advert == self._advert:
             return
         self._wanted = (frozenset(cursors), claim)
-        self._frame("want", {"cursors": cursors, "claim": claim})
+        self._advert = advert
+        self._frame("want", {"cursors": cursors, "claim": claim, "admitted": advert})
 
     def _pushed(self, events: _Events) -> None:
         """Mirror the coordinator's bookkeeping for an events frame it pushed (``_wanted``)."""

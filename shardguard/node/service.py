@@ -159,7 +159,9 @@ class NodeService:
         self._workers = workers
         self._busy = 0
         self._busy_lock = threading.Lock()
-        self.stream = EventStream(self.link, node_id, on_task=self._submit, free_slots=self._free_slots)
+        self.stream = EventStream(
+            self.link, node_id, on_task=self._submit, free_slots=self._free_slots, admitted=lambda: self.admissions.advertised()
+        )
         self.relay = self.stream
         # Peers we admitted, on evidence answering our own challenges (admission.py); and the
         # challenges to us that our registered evidence answers (_answer_challenges).

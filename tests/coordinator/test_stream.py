@@ -8,6 +8,7 @@ a forged, replayed, reordered or transplanted frame closes the stream with the r
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 from shardguard.channel import NodeKeys
 from shardguard.coordinator import wire
 
-from .conftest import FakeNode, run_dkg, sign_result
+from .conftest import ADMIN, FakeNode, run_dkg, sign_result
 from .test_events import sign_job
 
 
@@ -47,8 +48,11 @@ class Stream:
         self.ws.send_bytes(wire.sign_frame(keys or self.node.keys, self.nonce if nonce is None else nonce, n, raw))
         return n
 
-    def want(self, cursors: dict[str, int] | None = None, claim: int = 0) -> None:
-        self.frame("want", {"cursors": cursors or {}, "claim": claim})
+    def want(self, cursors: dict[str, int] | None = None, claim: int = 0, admitted: dict[str, str] | None = None) -> None:
+        data: dict[str, Any] = {"cursors": cursors or {}, "claim": claim}
+        if admitted is not None:
+            data["admitted"] = admitted
+        self.frame("want", data)
 
     def outbox(self, messages: list[tuple[str, str, int, bytes]] = (), results: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
         seq = self.frame(
@@ -404,7 +408,65 @@ def test_a_one_step_signing_is_pushed_without_reading_its_news_and_its_end_still
         assert "commitments" in ta[0]["params"]
         assert not any(job in r for r in reads)
         # b fails its task: the job fails, and a, still running it, is told.
-        ack = sb.outbox(results=[{"task_id": tb[0]["task_id"], "status": "failed", "error": {"reason": "aborted", "detail": "test"}}])
+        failed = {"task_id": tb[0]["task_id"], "status": "failed", "error": {"reason": "aborted", "detail": "test"}}
+        ack = sb.outbox(results=[failed])
         assert ack["results"][tb[0]["task_id"]]["job_status"] == "failed", ack
         ended = sa.receive("events")["jobs"]
         assert [(j["job_id"], j["job_status"]) for j in ended] == [(job, "failed")]
+
+
+def _evidence_digests(client: TestClient, nodes: list[FakeNode]) -> dict[str, str]:
+    out = {}
+    for n in nodes:
+        record = client.get(f"/v1/nodes/{n.node_id}", headers=ADMIN).json()
+        out[n.node_id] = hashlib.sha256(base64.b64decode(record["evidence"])).hexdigest()
+    return out
+
+
+_REFERENCED = {"evidence", "collateral", "evidence_nonce", "evidence_challenges"}
+
+
+def test_a_task_names_by_digest_the_evidence_the_node_holds(make_client: Any) -> None:
+    """API.md §1.3: the node's own evidence, and a peer's it says it admitted on exactly that
+    evidence (``admitted`` in its want), are named by SHA-256 instead of repeated; a peer whose
+    evidence the node does not hold (another digest, or none) comes whole."""
+    from .test_events import _unbundled
+
+    client, nodes = _unbundled(make_client)
+    key_id = run_dkg(client, nodes)
+    a, b, c = nodes
+    digests = _evidence_digests(client, nodes)
+    jobs = [sign_job(client, key_id, [a.node_id, b.node_id]), sign_job(client, key_id, [a.node_id, c.node_id])]
+    with stream(client, a) as sa:
+        sa.want(claim=4, admitted={b.node_id: digests[b.node_id], c.node_id: "ab" * 32})
+        tasks: list[dict[str, Any]] = []
+        while len(tasks) < 2:
+            tasks += sa.receive("events")["tasks"]
+    assert sorted(t["job_id"] for t in tasks) == sorted(jobs)
+    for t in tasks:
+        entries = {p["node_id"]: p for p in t["participants"]}
+        for nid, entry in entries.items():
+            if nid in (a.node_id, b.node_id):  # ours, and b's as we hold it
+                assert entry["evidence_sha256"] == digests[nid] and not _REFERENCED & entry.keys()
+                assert entry["peer_card"] and entry["platform"] and entry["generation"] == 1
+            else:  # c: the digest we gave is not its evidence's
+                assert "evidence_sha256" not in entry and entry["evidence"] and entry.keys() >= _REFERENCED
+    # The HTTP long-poll (§1.9) takes the same field.
+    job = sign_job(client, key_id, [a.node_id, c.node_id])
+    body = {"cursors": {}, "claim": 4, "admitted": {c.node_id: digests[c.node_id]}}
+    r = a.request("POST", f"/v1/nodes/{a.node_id}/events", body)
+    assert r.status_code == 200, r.text
+    (task,) = [t for t in r.json()["tasks"] if t["job_id"] == job]
+    assert all(p["evidence_sha256"] == digests[p["node_id"]] and "evidence" not in p for p in task["participants"])
+
+
+@pytest.mark.parametrize(
+    "admitted",
+    [{"node-b": "AB" * 32}, {"node-b": "ab" * 31}, {"not a node id!": "ab" * 32}, {f"node-{i}": "ab" * 32 for i in range(1025)}],
+)
+def test_a_malformed_admitted_map_closes_the_stream(client: TestClient, nodes: list[FakeNode], admitted: dict[str, str]) -> None:
+    a = nodes[0]
+    with stream(client, a) as sa:
+        sa.want(claim=1, admitted=admitted)
+        code, reason = sa.closed()
+    assert code == 1008 and reason.startswith("validation_error: want: admitted")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -392,3 +393,57 @@ def test_a_relay_that_refuses_or_fails_is_named_as_the_peer_s_failure(setup: tup
         adm._ask = ask_own
         with pytest.raises(Refused):
             adm.admit(peer.record, deadline=clock.t + 60)
+
+
+def _by_reference(record: Mapping[str, Any], digest: str) -> dict[str, Any]:
+    """A participant entry as a task names it when the node said it holds its evidence."""
+    out = {k: v for k, v in record.items() if k not in ("evidence", "collateral", "evidence_nonce", "evidence_challenges")}
+    out["evidence_sha256"] = digest
+    return out
+
+
+def test_admitted_peers_are_advertised_by_evidence_digest_until_renewal_nears(
+    setup: tuple[Admissions, Peer, Relay, Clock],
+) -> None:
+    adm, peer, _relay, clock = setup
+    assert adm.advertised() == {}
+    adm.admit(peer.record, deadline=clock.t + 60)
+    evidence = base64.b64decode(peer.record["evidence"])
+    digest = hashlib.sha256(evidence).hexdigest()
+    assert adm.advertised() == {"node-2": digest}
+    # Withdrawn ADVERT_MARGIN before renewal is due (half the lifetime), while still good.
+    clock.t += LIFE / 2 - admission.ADVERT_MARGIN - 1
+    assert adm.advertised() == {"node-2": digest}
+    clock.t += 2
+    assert adm.advertised() == {}
+
+
+def test_a_task_naming_the_evidence_by_digest_is_served_by_our_own_admission(
+    setup: tuple[Admissions, Peer, Relay, Clock],
+) -> None:
+    adm, peer, relay, clock = setup
+    first = adm.admit(peer.record, deadline=clock.t + 60)
+    digest = adm.advertised()["node-2"]
+    # The digest is the coordinator's word only: what serves the task is our admission.
+    for claimed in (digest, "00" * 32):
+        assert adm.admit(_by_reference(peer.record, claimed), deadline=clock.t + 60) is first
+    assert len(relay.asked) == 1 and relay.nudged == []
+    # Past renewal, a task without evidence gives nothing to renew on: a challenge goes out
+    # in the background and the task goes on with the admission it has.
+    clock.t += LIFE / 2 + 1
+    assert adm.admit(_by_reference(peer.record, digest), deadline=clock.t + 60) is first
+    assert len(relay.nudged) == 1 and len(relay.asked) == 1
+
+
+def test_a_task_naming_evidence_we_do_not_hold_challenges_the_peer(setup: tuple[Admissions, Peer, Relay, Clock]) -> None:
+    """Without an admission (say the coordinator acted on an advert of an earlier process, or
+    lies), a task without evidence is served as for a peer never seen: challenge, then admit
+    on the evidence that answers it."""
+    adm, peer, relay, clock = setup
+    got = adm.admit(_by_reference(peer.record, "11" * 32), deadline=clock.t + 60)
+    assert got.card == peer.keys.card() and len(relay.asked) == 1
+    # Our admission ran out: the same, even though the entry names evidence we once held.
+    digest = adm.advertised()["node-2"]
+    clock.t += LIFE + 1
+    again = adm.admit(_by_reference(peer.record, digest), deadline=clock.t + 60)
+    assert again.card == peer.keys.card() and len(relay.asked) == 2

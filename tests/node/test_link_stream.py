@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import socket
 import threading
@@ -152,3 +153,46 @@ def test_falls_back_to_http_without_a_stream_endpoint() -> None:
         until(lambda: len(coord.events) >= 1)  # and the long-poll
     finally:
         s.stop()
+
+
+def test_the_want_says_which_peers_evidence_the_node_holds_and_tasks_name_it_by_digest(server: str) -> None:
+    """A change of the peers the node holds admissions for (admission.Admissions.advertised)
+    sends a want within a receive timeout; the tasks then pushed name that peer's evidence, and
+    the node's own, by SHA-256 instead of repeating it (coordinator API.md §1.3)."""
+    with httpx.Client(base_url=server) as http:
+        a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
+        for n in (a, b):
+            assert n.register().status_code == 200
+        key_id = run_dkg(http, [a, b])
+        record = http.get(f"/v1/nodes/{b.node_id}", headers=ADMIN).json()
+        digest_b = hashlib.sha256(base64.b64decode(record["evidence"])).hexdigest()
+        advert: dict[str, str] = {}
+        tasks: list[Mapping[str, Any]] = []
+        link = CoordinatorLink(server, a.keys)
+        s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4, admitted=lambda: dict(advert))
+        s.start()
+        try:
+            until(lambda: _want_frames(http) == 1)
+            body = {"message_hex": "00", "signers": ["node-a", "node-b"]}
+            http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
+            until(lambda: len(tasks) == 1)
+            entry = {p["node_id"]: p for p in tasks[0]["participants"]}
+            assert entry["node-b"]["evidence"] == record["evidence"] and "evidence_sha256" not in entry["node-b"]
+            assert "evidence" not in entry["node-a"] and entry["node-a"]["evidence_sha256"]
+            task_b = b.next_task()
+            assert task_b is not None
+            result = sign_result(task_b)
+            b.report(task_b["task_id"], result=result)
+            assert s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})["job_status"] == "done"
+
+            advert["node-b"] = digest_b
+            until(lambda: _want_frames(http) == 2)  # sent on the next receive timeout
+            http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
+            until(lambda: len(tasks) == 2)
+            entry = {p["node_id"]: p for p in tasks[1]["participants"]}
+            assert entry["node-b"]["evidence_sha256"] == digest_b and "evidence" not in entry["node-b"]
+            time.sleep(0.3)
+            assert _want_frames(http) == 2  # once: the advert has not changed since
+        finally:
+            s.stop()
+            link.close()
