@@ -7,8 +7,9 @@ committed or dropped, a ban — is an entry::
     hash  = SHA-256("shardguard/audit/v1" 0x00 ‖ entry)        (so "prev" chains every entry)
     sig   = Ed25519 by the node's identity key over frame(AUDIT_CONTEXT) ‖ frame(hash)
 
-The head (``seq``, ``hash``) and the entries not yet mirrored are kept in one sealed keystore
-record, so the chain continues across restarts (a restarted node signs with its new identity
+The head (``seq``, ``hash``) and the entries not yet mirrored are kept in the sealed keystore,
+as an inline state value of its manifest (public facts only; one file and two fsyncs per
+write), so the chain continues across restarts (a restarted node signs with its new identity
 key; the coordinator's mirror records which attested key signed each entry). The coordinator mirrors the
 entries but cannot forge, reorder or drop one unnoticed: :func:`verify_chain` checks the chain
 and every signature offline. Entries hold public facts only (ids, digests, reasons) — never a
@@ -303,7 +304,7 @@ class AuditLog:
         self._cv.release()
         error: BaseException | None = None
         try:
-            self._ks.put_state_json(_STATE, data)
+            self._ks.put_state_json(_STATE, data, inline=True)
         except BaseException as e:
             error = e
         finally:

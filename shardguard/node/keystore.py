@@ -7,7 +7,9 @@ What it keeps, in one state directory:
   reshare or repair: :meth:`Keystore.stage` / :meth:`Keystore.commit` / :meth:`Keystore.abort`);
 * **node state** — small named JSON values (the identity-key seed, policy, the audit log's
   head, …): :meth:`Keystore.put_state` / :meth:`Keystore.get_state` (:meth:`Keystore.put_state_json`
-  for a caller that keeps the value's canonical JSON itself);
+  for a caller that keeps the value's canonical JSON itself), each in a record file of its own
+  or, written with ``inline=True``, in the manifest itself (values written often and not
+  secret: one file and two fsyncs per write instead of two and four);
 * **the witness file** — the latest ``(counter, digest)`` each *peer* announced to this node
   (:meth:`Keystore.record_peer_counter`), used to tell a restarted peer whether it is stale.
 
@@ -35,8 +37,10 @@ payload from pieces kept encoded (names and hex need no escaping) instead of enc
 the bytes are the same, tested, and a manifest whose pieces would differ at open is encoded whole
 from then on. The manifest payload lists per key
 its group key id and the ``{epoch, counter, file, sha256}`` of the current and pending records,
-the same for each state record, the SHA-256 of the previous manifest (``prev``) and the last
-:data:`HISTORY` ``(counter, digest)`` pairs. ``sha256`` pins the exact bytes of each record file.
+the same for each state record, the values of the inline state (``inline``: name -> value;
+the field is left out when there are none, as manifests before it had none), the SHA-256 of
+the previous manifest (``prev``) and the last :data:`HISTORY` ``(counter, digest)`` pairs.
+``sha256`` pins the exact bytes of each record file.
 :meth:`Keystore.state_digest` is SHA-256(``"shardguard/keystore/state/v1" 0x00`` ‖ P) of the
 manifest; it commits to the whole state and, through ``prev``, to its history.
 
@@ -326,7 +330,10 @@ def _manifest_json(m: _Manifest, history: str | None = None) -> bytes:
         pending = ",".join([f'"{ep}":{_entry_json(k.pending[e])}' for ep, e in sorted((str(e), e) for e in k.pending)])
         keys.append(f'"{kid}":{{"current":{current},"group":"{k.group}","pending":{{{pending}}}}}')
     state = ",".join([f'"{name}":{_entry_json(m.state[name])}' for name in sorted(m.state)])
-    return f'{{"history":[{history}],"keys":{{{",".join(keys)}}},"prev":"{m.prev}","state":{{{state}}}}}'.encode()
+    head = f'{{"history":[{history}],'.encode()
+    if m.inline:  # only when there is any: a manifest without inline values reads as before
+        head += b'"inline":{' + b",".join([b'"%s":%s' % (name.encode(), m.inline[name]) for name in sorted(m.inline)]) + b"},"
+    return head + f'"keys":{{{",".join(keys)}}},"prev":"{m.prev}","state":{{{state}}}}}'.encode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +382,8 @@ class _Manifest:
     history: list[tuple[int, str]]
     keys: dict[str, _KeyEntry]
     state: dict[str, _Entry]
+    #: State values kept in the manifest itself (name -> canonical JSON), not in record files.
+    inline: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
     def files(self) -> set[str]:
         out = {e.file for e in self.state.values()}
@@ -393,10 +402,11 @@ class _Manifest:
 
     def copy(self) -> _Manifest:
         keys = {kid: _KeyEntry(k.group, k.current, dict(k.pending)) for kid, k in self.keys.items()}
-        return _Manifest(self.store, self.counter, self.prev, list(self.history), keys, dict(self.state))
+        return _Manifest(self.store, self.counter, self.prev, list(self.history), keys, dict(self.state), dict(self.inline))
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        inline = {"inline": {name: json.loads(v) for name, v in sorted(self.inline.items())}} if self.inline else {}
+        return inline | {
             "prev": self.prev,
             "history": [[c, d] for c, d in self.history],
             "keys": {
@@ -412,12 +422,18 @@ class _Manifest:
 
     @classmethod
     def from_payload(cls, store: str, counter: int, p: object) -> _Manifest:
-        if not isinstance(p, dict) or set(p) != {"prev", "history", "keys", "state"}:
+        if not isinstance(p, dict) or set(p) - {"inline"} != {"prev", "history", "keys", "state"}:
             raise ValueError("manifest fields")
-        prev, history, keys, state = p["prev"], p["history"], p["keys"], p["state"]
+        prev, history, keys, state, inline = p["prev"], p["history"], p["keys"], p["state"], p.get("inline", {})
         if not isinstance(prev, str) or len(prev) not in (0, 64):
             raise ValueError("prev")
-        if not isinstance(history, list) or len(history) > HISTORY or not isinstance(keys, dict) or not isinstance(state, dict):
+        if (
+            not isinstance(history, list)
+            or len(history) > HISTORY
+            or not isinstance(keys, dict)
+            or not isinstance(state, dict)
+            or not isinstance(inline, dict)
+        ):
             raise ValueError("manifest field types")
         hist: list[tuple[int, str]] = []
         for item in history:
@@ -434,6 +450,10 @@ class _Manifest:
             out.state[name] = _Entry.from_json(_STATE, name, e, counter)
             if out.state[name].epoch != 0:
                 raise ValueError("state epoch")
+        for name, value in inline.items():
+            if not _NAME_RE.match(name) or name in out.state:
+                raise ValueError("inline state name")
+            out.inline[name] = _canonical(value)
         for kid, k in keys.items():
             if not _NAME_RE.match(kid) or not isinstance(k, dict) or set(k) != {"group", "current", "pending"}:
                 raise ValueError("key entry")
@@ -631,6 +651,7 @@ class Keystore:
         self._check_orphans(names)
         for entry in manifest.entries():
             self._load_entry(entry)
+        self._state.update(manifest.inline)
         if WITNESS in names:
             self._load_witness()
 
@@ -1165,32 +1186,46 @@ class Keystore:
 
     # small node state -----------------------------------------------------------------------
 
-    def put_state(self, name: str, value: Any) -> bool:
+    def put_state(self, name: str, value: Any, *, inline: bool = False) -> bool:
         """Store a JSON value (dicts, lists, str, int, bool, None; bytes as hex) under ``name``.
-        Returns ``False`` without writing when the stored value is already equal."""
+        Returns ``False`` without writing when the stored value is already equal.
+
+        ``inline``: keep the value in the manifest itself instead of a record file of its own:
+        the write is then one file and two fsyncs instead of two and four. For values written
+        often and not secret (the audit log's head): the manifest is rewritten, with every
+        inline value, at every write of the store, and :meth:`state_digest` (announced to
+        peers) is a hash over its content."""
         with self._mutex:
             self._check_usable(write=True)
             self._check_name(name, "state name")
-            return self._put_state(name, _payload_bytes(value, self._dir))
+            return self._put_state(name, _payload_bytes(value, self._dir), inline)
 
-    def put_state_json(self, name: str, canonical: bytes) -> bool:
+    def put_state_json(self, name: str, canonical: bytes, *, inline: bool = False) -> bool:
         """:meth:`put_state` for a value the caller has already encoded as canonical JSON
         (sorted keys, no whitespace, ASCII, no NaN: ``json.dumps(value, sort_keys=True,
         separators=(",", ":"), ensure_ascii=True, allow_nan=False)``), e.g. spliced from pieces it
-        keeps encoded. The bytes are stored as they are: bytes that are not canonical JSON make a
-        record that does not pass the payload digest check at the next open."""
+        keeps encoded. The bytes are stored as they are, unchecked (checking would cost as much
+        as encoding): bytes that are not canonical JSON make a record — ``inline``: a manifest —
+        that does not pass the payload digest check at the next open."""
         if type(canonical) is not bytes or not canonical.isascii():
             raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "canonical JSON must be ASCII bytes")
         with self._mutex:
             self._check_usable(write=True)
             self._check_name(name, "state name")
-            return self._put_state(name, canonical)
+            return self._put_state(name, canonical, inline)
 
-    def _put_state(self, name: str, canonical: bytes) -> bool:
+    def _put_state(self, name: str, canonical: bytes, inline: bool) -> bool:
         if self._state.get(name) == canonical:
             return False
         new = self._manifest.copy()
         new.counter += 1
+        if inline:
+            new.state.pop(name, None)  # its record file, if it had one, goes once this commits
+            new.inline[name] = canonical
+            self._transact(new, [])
+            self._state[name] = canonical
+            return True
+        new.inline.pop(name, None)
         entry = new.state[name] = _Entry(_STATE, name, 0, new.counter, "")
         self._transact(new, [(entry, canonical)])
         return True
@@ -1205,11 +1240,12 @@ class Keystore:
     def delete_state(self, name: str) -> bool:
         with self._mutex:
             self._check_usable(write=True)
-            if name not in self._manifest.state:
+            if name not in self._manifest.state and name not in self._manifest.inline:
                 return False
             new = self._manifest.copy()
             new.counter += 1
-            del new.state[name]
+            new.state.pop(name, None)
+            new.inline.pop(name, None)
             self._transact(new, [])
             self._state.pop(name, None)
             return True
@@ -1217,7 +1253,7 @@ class Keystore:
     def state_names(self) -> tuple[str, ...]:
         with self._mutex:
             self._check_usable(write=False)
-            return tuple(sorted(self._manifest.state))
+            return tuple(sorted(self._manifest.state.keys() | self._manifest.inline.keys()))
 
     # rollback defence -----------------------------------------------------------------------
 

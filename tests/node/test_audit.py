@@ -96,7 +96,7 @@ def test_mirrored_survives_a_disk_that_cannot_be_written(store: Keystore, monkey
         log.append("signed", job=f"j{i}")
     real = store.put_state_json
 
-    def full(name: str, value: bytes) -> bool:
+    def full(name: str, value: bytes, *, inline: bool = False) -> bool:
         raise KeystoreError(KeystoreReason.DISK_FULL, store.directory, "write failed: No space left on device")
 
     monkeypatch.setattr(store, "put_state_json", full)
@@ -196,7 +196,7 @@ def test_the_reviewed_scenario_refuses_at_the_default_bound(store: Keystore, mon
     the node refuses the next decision, and what it keeps verifies after the mirrored ones."""
     written: list[bytes] = []
 
-    def fast(name: str, data: bytes) -> bool:  # a fast disk (1,000 real writes take seconds)
+    def fast(name: str, data: bytes, *, inline: bool = False) -> bool:  # a fast disk (1,000 real writes take seconds)
         written.append(data)
         return True
 

@@ -9,6 +9,7 @@ The helpers here (model, observation, share builders) are shared with both.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import hashlib
@@ -195,7 +196,7 @@ class Model:
                 return self, R.NO_SUCH_EPOCH
             m.counter += 1
             return m, None
-        if kind == "put":
+        if kind in ("put", "put_inline"):  # inline or in a record file: the same to a reader
             _, name, value = op
             if name in m.state and m.state[name] == value:
                 return self, False
@@ -229,6 +230,8 @@ def run_op(store: Keystore, op: Op) -> Any:
         return store.update_share(op[1], op[2])
     if kind == "put":
         return store.put_state(op[1], op[2])
+    if kind == "put_inline":
+        return store.put_state(op[1], op[2], inline=True)
     if kind == "del_state":
         return store.delete_state(op[1])
     if kind == "del_key":
@@ -274,7 +277,7 @@ def random_op(model: Model, rng: Any) -> Op:
         return ("update", kid, KEY_SHARES[kid](rng.choice(epochs), bans))
     if roll < 0.93:
         return (
-            "put",
+            rng.choice(["put", "put_inline"]),
             rng.choice(["identity", "policy", "audit-head"]),
             {"v": rng.randint(0, 5), "seed": "ab" * rng.randint(0, 40)},
         )
@@ -933,6 +936,8 @@ def _fault_cases() -> list[tuple[str, Op]]:
         ("commit", ("commit", "k1", 1)),
         ("update", ("update", "k3", FROST_B[0])),
         ("put", ("put", "identity", {"seed": "22" * 32})),
+        ("put_inline", ("put_inline", "audit", {"seq": 7, "pending": ["ab" * 40]})),
+        ("put_inline over a record", ("put_inline", "policy", {"v": 9})),
     ]
 
 
@@ -1250,9 +1255,9 @@ def test_random_operation_sequences_match_a_model(fast_tmp: Path, platform: Simu
             kid = self.kid(data)
             self.do(("update", kid, KEY_SHARES[kid](self.epoch(data, kid), bans)))
 
-        @rule(name=st.sampled_from(["identity", "policy"]), value=st.integers(0, 2))
-        def put(self, name: str, value: int) -> None:
-            self.do(("put", name, {"v": value}))
+        @rule(name=st.sampled_from(["identity", "policy"]), value=st.integers(0, 2), inline=st.booleans())
+        def put(self, name: str, value: int, inline: bool) -> None:
+            self.do(("put_inline" if inline else "put", name, {"v": value}))
 
         @rule(name=st.sampled_from(["identity", "policy"]))
         def del_state(self, name: str) -> None:
@@ -1290,3 +1295,77 @@ def test_random_operation_sequences_match_a_model(fast_tmp: Path, platform: Simu
     # The refusals (CONFLICT, NO_SUCH_EPOCH) have their own direct tests above; whether this
     # random walk reaches them depends on draws (it missed CONFLICT once on a clean clone), so
     # they are not asserted here.
+
+
+# -- inline state: in the manifest itself ----------------------------------------------------
+
+
+class _CountingOs:
+    """``os`` for the keystore module, counting the calls by name."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(os, name)
+        if not callable(real):
+            return real
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapped
+
+
+def test_an_inline_value_is_one_file_and_two_fsyncs_and_reads_back(
+    store: Keystore, store_dir: Path, platform: SimulatedPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = _CountingOs()
+    monkeypatch.setattr(ks_module, "os", counting)
+    assert store.put_state("audit", {"seq": 1, "pending": ["ab" * 10]}, inline=True) is True
+    assert (counting.calls["fsync"], counting.calls["replace"]) == (2, 1)  # the manifest, the directory
+    counting.calls.clear()
+    assert store.put_state("policy", {"max": 5}) is True
+    assert (counting.calls["fsync"], counting.calls["replace"]) == (4, 2)  # a record file as well
+    monkeypatch.setattr(ks_module, "os", os)
+    assert store.put_state("audit", {"seq": 1, "pending": ["ab" * 10]}, inline=True) is False  # unchanged: no write
+    assert not [n for n in our_files(store_dir) if n.startswith("ks-state.audit.")]
+    assert store.state_names() == ("audit", "policy")
+    before = store.announcement()
+    store.put_state_json("audit", b'{"pending":[],"seq":2}', inline=True)
+    after = store.announcement()
+    assert after[0] == before[0] + 1 and after[1] != before[1]  # witnessed like any write
+    store.close()
+    with Keystore.open(store_dir, platform) as s:
+        assert s.get_state("audit") == {"pending": [], "seq": 2} and s.get_state("policy") == {"max": 5}
+        assert s._fast_manifest  # the spliced manifest is exactly its canonical JSON
+        assert s.announcement() == after
+
+
+def test_a_value_moves_between_a_record_file_and_the_manifest(
+    store: Keystore, store_dir: Path, platform: SimulatedPlatform
+) -> None:
+    store.put_state("identity", {"seed": "11" * 32})
+    assert [n for n in our_files(store_dir) if n.startswith("ks-state.identity.")]
+    store.put_state("identity", {"seed": "22" * 32}, inline=True)
+    assert not [n for n in our_files(store_dir) if n.startswith("ks-state.")]  # its record file went
+    store.put_state("identity", {"seed": "33" * 32})
+    assert len([n for n in our_files(store_dir) if n.startswith("ks-state.identity.")]) == 1
+    store.put_state("audit", [1, 2, 3], inline=True)
+    assert store.delete_state("audit") is True and store.delete_state("audit") is False
+    store.close()
+    with Keystore.open(store_dir, platform) as s:
+        assert s.get_state("identity") == {"seed": "33" * 32} and s.state_names() == ("identity",)
+        assert_clean(s)
+
+
+def test_a_manifest_naming_a_value_both_inline_and_in_a_record_is_refused(
+    store: Keystore, store_dir: Path, platform: SimulatedPlatform
+) -> None:
+    """Written by nothing but a forger with the sealing key; checked anyway."""
+    store.put_state("identity", {"seed": "11" * 32})
+    manifest = store._manifest.copy()
+    manifest.inline["identity"] = b'{"seed":"22"}'
+    with pytest.raises(ValueError, match="inline state name"):
+        ks_module._Manifest.from_payload(manifest.store, manifest.counter, json.loads(ks_module._manifest_json(manifest)))

@@ -83,8 +83,10 @@ class MemStream:
         ks = self.svc.keystore
         with ks._mutex:
             # Nothing of the task leaves before its entry and its recorded peer counters are
-            # durable: the audit record on disk holds an entry of this job ...
-            _, _, _, audit = ks._read(ks._manifest.state["audit"].file, ks_module._Expect("state", "audit"), ks_module.MAX_RECORD)
+            # durable: the audit state on disk (inline in the manifest) holds an entry of this job ...
+            expect = ks_module._Expect("manifest", "manifest")
+            _, _, _, manifest = ks._read(ks_module.MANIFEST, expect, ks_module.MAX_MANIFEST, store=None)
+            audit = manifest["inline"]["audit"]
             jobs = [json.loads(base64.b64decode(r["entry"])).get("job") for r in audit["pending"]]
             # ... and the peer counters this task recorded are on disk too.
             unsaved = ks._witness_saved < getattr(self.recorded, "gen", 0)

@@ -181,11 +181,11 @@ def test_concurrent_appends_share_writes_and_are_durable_when_returned(store: Ke
     writes = 0
     real = store.put_state_json
 
-    def slow(name: str, data: bytes) -> bool:
+    def slow(name: str, data: bytes, *, inline: bool = False) -> bool:
         nonlocal writes
         writes += 1
         time.sleep(0.01)  # a slow disk: appends pile up behind the write in flight
-        return real(name, data)
+        return real(name, data, inline=inline)
 
     store.put_state_json = slow  # type: ignore[method-assign]
     returned: list[dict[str, Any]] = []
@@ -222,14 +222,14 @@ def test_a_failed_group_write_fails_every_entry_in_it(store: Keystore) -> None:
     entered, release = threading.Event(), threading.Event()
     calls = 0
 
-    def failing(name: str, data: bytes) -> bool:
+    def failing(name: str, data: bytes, *, inline: bool = False) -> bool:
         nonlocal calls
         calls += 1
         if calls == 1:
             entered.set()
             release.wait(5)
             raise KeystoreError(R.DISK_FULL, store.directory, "write failed: No space left on device")
-        return real(name, data)
+        return real(name, data, inline=inline)
 
     store.put_state_json = failing  # type: ignore[method-assign]
     errors: list[BaseException] = []
