@@ -272,6 +272,9 @@ class Outcome:
     run_ms: list[float] = field(default_factory=list)
     to_verify: list[tuple[bytes, bytes, dict[str, Any]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Paced: how late each request left the client after its planned time (the client's own
+    #: scheduling: a thread woken from its sleep waits for the GIL), counted in its latency.
+    late_ms: list[float] = field(default_factory=list)
     #: request id -> (wall clock when the client sent it, when the client saw it done)
     client_times: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -293,6 +296,8 @@ def sign_once(
     ecdsa = key["scheme"] == "ecdsa"
     t0, wall0 = time.perf_counter(), time.time()
     if planned is not None:
+        with lock:
+            out.late_ms.append(max(0.0, t0 - planned) * 1000)
         t0 = min(t0, planned)
     try:
         req = client.sign_request(
@@ -571,6 +576,7 @@ def bench_scheme(
             "latency_ms": paced_lat,
             "cpu_ms_per_signature": paced_cpu,
             "bundles": bundles(directory / "coordinator.sqlite3", list(paced.client_times)) if paced.client_times else {},
+            "client_late_ms": percentiles(paced.late_ms),
             "request_queue_ms": percentiles(paced.queue_ms),
             "request_run_ms": percentiles(paced.run_ms),
             "timeline_ms": timeline(directory / "coordinator.sqlite3", paced.client_times) if paced.client_times else {},
