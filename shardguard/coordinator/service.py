@@ -69,7 +69,7 @@ from shardguard.coordinator.models import (
 from shardguard.coordinator.precommit import PRECOMMITTED, precommitted
 from shardguard.coordinator.rawsql import RawConnection
 from shardguard.coordinator.settings import Settings
-from shardguard.coordinator.signatures import assemble_frost, share_shape_problem, signature_problem
+from shardguard.coordinator.signatures import assemble_frost, frost_share_culprits, share_shape_problem, signature_problem
 from shardguard.crypto.suites import suite_by_scheme
 
 __all__ = [
@@ -1602,8 +1602,15 @@ class Coordinator:
                 return None, reason, where + detail, culprits
             problem = signature_problem(key.scheme, key.public_key, key.public_package, item, public | {"signature": sig})
             if problem is not None:
-                # The shares sum to no valid signature; which one is wrong would take the
-                # binding factors (RFC 9591 §5.4), which the coordinator does not compute.
+                # The shares sum to no valid signature: whose share is wrong (RFC 9591 §5.4).
+                blamed = frost_share_culprits(
+                    key.scheme, key.public_package, job.epoch, bytes.fromhex(item["message_hex"]),
+                    job.params[PRECOMMITTED][k], {node: r["shares"][k] for node, r in results.items()},
+                    {p["node_id"]: p["index"] for p in job.participants},
+                )  # fmt: skip
+                if blamed:
+                    detail = f"the signature share of {', '.join(blamed)} does not verify (RFC 9591 §5.4)"
+                    return None, "invalid_signature_share", where + detail, blamed
                 return None, "invalid_signature", where + problem, []
             signatures.append(sig)
         return (public | {"signatures": signatures} if bundle else public | {"signature": signatures[0]}), "", "", []
@@ -1659,6 +1666,8 @@ class Coordinator:
         elif job.kind == "refresh":
             epoch = result.get("epoch")
             key.epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else (job.epoch or 0) + 1
+            # The holders' new verifying shares (what names the signer of a wrong share, §1.13).
+            key.public_package = result
             key.updated_at = now
         job.status = "done"
         job.result = result
@@ -2262,7 +2271,7 @@ _SHARE_A_JOB = (
 )
 _SIGN_JOB_FOR_REPORT = (
     select(
-        Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at, Job.params,
+        Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at, Job.params, Job.epoch,
         Key.scheme, Key.public_key, Key.public_package,
     )
     .join(Key, Key.id == Job.key_id)

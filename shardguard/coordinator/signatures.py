@@ -14,16 +14,17 @@ secp256k1 arithmetic (RFC 9591 §6 ``verify_signature``, BIP340 ``Verify``, ECDS
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shardguard.crypto.bip32 import derive_public, parse_path
 from shardguard.crypto.errors import CryptoError
+from shardguard.crypto.frost import CheaterDetection, prepare
 from shardguard.crypto.group import Point
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.crypto.suites import BIP340, suite_by_scheme
 
-__all__ = ["assemble_frost", "share_shape_problem", "signature_problem"]
+__all__ = ["assemble_frost", "frost_share_culprits", "share_shape_problem", "signature_problem"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -136,3 +137,48 @@ def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tupl
         except CryptoError as e:
             return None, "invalid_signature_share", f"{node}'s signature share is out of range: {e}", [node]
     return suite.encode_signature(point, z % g.order).hex(), "", "", []
+
+
+def frost_share_culprits(
+    scheme: str,
+    package: Mapping[str, Any] | None,
+    epoch: int | None,
+    message: bytes,
+    commitments: Sequence[Mapping[str, Any]],
+    shares: Mapping[str, Mapping[str, str]],
+    index_of: Mapping[str, int],
+) -> list[str] | None:
+    """RFC 9591 §5.4 ``verify_signature_share`` for every signer of a one-step signing whose
+    shares (``node id -> {"r", "z"}``, one group commitment R for all) sum to no valid
+    signature: the node ids whose share does not verify, from the public key package of the
+    key (``package["public"]``: what the holders reported at the DKG or the latest refresh),
+    the commitment list the job handed out (``[{"index", "hiding", "binding", …}]``) and the
+    message. None when that cannot be told here, and then nobody is blamed: a package of
+    another epoch or without verifying shares, or commitments whose group commitment is not
+    the R every signer reported (the coordinator's own view would be what is wrong)."""
+    suite = suite_by_scheme(scheme)
+    g = suite.group
+    public = (package or {}).get("public")
+    if not isinstance(public, Mapping) or public.get("epoch") != epoch or not isinstance(public.get("verifying_shares"), Mapping):
+        return None
+    try:
+        group_key = g.decode(bytes.fromhex(str(public["group_key"])), field="group_key")
+        verifying = {
+            int(i): g.decode(bytes.fromhex(str(y)), field="verifying_share") for i, y in public["verifying_shares"].items()
+        }
+        listed = [
+            (int(c["index"]), g.decode(bytes.fromhex(str(c["hiding"])), field="hiding"),
+             g.decode(bytes.fromhex(str(c["binding"])), field="binding"))
+            for c in commitments
+        ]  # fmt: skip
+        z = {index_of[node]: g.scalar_decode(bytes.fromhex(share["z"]), field="z") for node, share in shares.items()}
+        reported = {bytes.fromhex(share["r"]) for share in shares.values()}
+    except (CryptoError, KeyError, TypeError, ValueError):
+        return None
+    if set(z) != {i for i, _, _ in listed} or not set(z) <= set(verifying):
+        return None
+    ctx = prepare(suite, group_key, listed, message)
+    if reported != {g.encode(ctx.group_commitment)}:
+        return None
+    bad = ctx.invalid_shares(z, verifying, CheaterDetection.ALL_CHEATERS)
+    return sorted(node for node, i in index_of.items() if i in bad and node in shares)

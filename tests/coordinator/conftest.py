@@ -237,7 +237,18 @@ def dkg_result(scheme: str) -> dict[str, Any]:
     if scheme == "ecdsa":
         pk = coincurve.PrivateKey(_ECDSA_SECRET.to_bytes(32, "big")).public_key.format().hex()
         return {"public_key": pk, "chain_code": _CHAIN_CODE.hex()}
-    return {"public_key": _frost_shares(scheme)[0].public.public_key_bytes.hex()}
+    public = _frost_shares(scheme)[0].public
+    return frost_public_result(public)
+
+
+def frost_public_result(public: Any) -> dict[str, Any]:
+    """What a node reports at the end of a FROST DKG or refresh (node/tasks.py ``_public``)."""
+    return {
+        "public_key": public.public_key_bytes.hex(),
+        "epoch": public.epoch,
+        "public": public.to_dict(),
+        "key_id": public.key_id.hex(),
+    }
 
 
 def sign_result(task: dict[str, Any]) -> dict[str, Any]:

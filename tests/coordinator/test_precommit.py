@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from shardguard import local
 from shardguard.channel.identity import verify_signature
 from shardguard.coordinator.models import Commitment
 from shardguard.interop import verify_independently
@@ -22,7 +23,7 @@ from shardguard.node.tasks import precommitted_items
 from shardguard.protocols.frost import NoncePool, sign_precommitted
 from shardguard.protocols.keys import KeyShare
 
-from .conftest import ADMIN, FakeNode, _frost_shares, coord, run_dkg
+from .conftest import ADMIN, FakeNode, _frost_shares, coord, dkg_result, frost_public_result, run_dkg
 
 SCHEME = "ed25519"
 
@@ -212,7 +213,93 @@ def test_shares_that_do_not_sum_to_a_signature_fail_the_request(client: TestClie
     ack = nodes[1].report(tasks[2]["task_id"], result=bad)
     assert ack.status_code == 200 and ack.json()["job_status"] == "failed"
     err = _request(client, rid)["error"]
+    # RFC 9591 §5.4: the coordinator checks each share against its signer's verifying share.
+    assert err["reason"] == "invalid_signature_share" and err["culprits"] == [nodes[1].node_id], err
+    assert "does not verify" in err["detail"]
+
+
+def _off_by_one(signer: Signer, answer: dict[str, Any], k: int = 0) -> dict[str, Any]:
+    g = signer.share.public.suite.group
+    z = g.scalar_decode(bytes.fromhex(answer["shares"][k]["z"]))
+    answer["shares"][k]["z"] = g.scalar_encode((z + 1) % g.order).hex()
+    return answer
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "secp256k1", "bip340"])
+def test_every_signer_of_a_wrong_share_is_named(make_client: Callable[..., TestClient], scheme: str) -> None:
+    """Both shares wrong: both named. BIP340 covers the parity rules (even Y of key and R)."""
+    client = make_client()
+    nodes = _registered(client)
+    key_id, signers = _setup(client, nodes, scheme)
+    for i in (1, 2):
+        signers[i].publish(2)
+    rid = _sign(client, key_id, b"pay", [nodes[0].node_id, nodes[1].node_id])
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    for i in (1, 2):
+        nodes[i - 1].report(tasks[i]["task_id"], result=_off_by_one(signers[i], signers[i].answer(tasks[i], signers)))  # type: ignore[index]
+    err = _request(client, rid)["error"]
+    assert err["reason"] == "invalid_signature_share" and err["culprits"] == [nodes[0].node_id, nodes[1].node_id], err
+
+
+def test_a_wrong_share_in_a_bundle_is_named_with_its_request(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(4)
+    pair = [nodes[0].node_id, nodes[1].node_id]
+    first = _sign(client, key_id, b"first", pair)  # runs alone; the next two wait and go together
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    rids = [_sign(client, key_id, m, pair) for m in (b"second", b"third")]
+    for i in (1, 2):
+        nodes[i - 1].report(tasks[i]["task_id"], result=signers[i].answer(tasks[i], signers))  # type: ignore[index]
+    assert _request(client, first)["status"] == "done"
+    bundle = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    assert all(t is not None and t["kind"] == "bundle" for t in bundle.values())
+    for i in (1, 2):
+        answer = signers[i].answer(bundle[i], signers)  # type: ignore[arg-type]
+        nodes[i - 1].report(bundle[i]["task_id"], result=_off_by_one(signers[i], answer, 1) if i == 1 else answer)  # type: ignore[index]
+    for rid in rids:
+        err = _request(client, rid)["error"]
+        assert err["reason"] == "invalid_signature_share" and err["culprits"] == [nodes[0].node_id], err
+        assert f"request 1 ({rids[1]}): the signature share of {nodes[0].node_id} does not verify" in err["detail"]
+
+
+def test_without_the_holders_verifying_shares_no_signer_is_named(client: TestClient, nodes: list[FakeNode]) -> None:
+    """A key whose DKG result carried no public key package (no verifying shares): the failure
+    names nobody rather than guessing."""
+    key_id = run_dkg(client, nodes, pk=dkg_result(SCHEME)["public_key"])
+    signers = {i + 1: Signer(n, i + 1) for i, n in enumerate(nodes)}
+    for i in (1, 2):
+        signers[i].publish(1)
+    rid = _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    nodes[0].report(tasks[1]["task_id"], result=signers[1].answer(tasks[1], signers))  # type: ignore[index]
+    nodes[1].report(tasks[2]["task_id"], result=_off_by_one(signers[2], signers[2].answer(tasks[2], signers)))  # type: ignore[index]
+    err = _request(client, rid)["error"]
     assert err["reason"] == "invalid_signature" and err["culprits"] == []
+
+
+def test_after_a_refresh_the_new_verifying_shares_name_the_signer(client: TestClient, nodes: list[FakeNode]) -> None:
+    """The refresh's result carries the holders' new package: the key keeps it (API.md §1.6),
+    and a wrong share of epoch 1 is checked against epoch 1's verifying shares."""
+    key_id, signers = _setup(client, nodes)
+    refreshed = local.refresh(list(_frost_shares(SCHEME)))
+    rid = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN).json()["request_id"]
+    for n in nodes:
+        task = n.next_task()
+        assert task is not None and task["kind"] == "refresh"
+        assert n.report(task["task_id"], result=frost_public_result(refreshed[0].public)).status_code == 200
+    assert _request(client, rid)["status"] == "done"
+    key = client.get(f"/v1/keys/{key_id}", headers=ADMIN).json()
+    assert key["epoch"] == 1 and key["public_package"]["public"]["epoch"] == 1
+    for i in (1, 2):
+        signers[i].share = refreshed[i - 1]
+        signers[i].publish(1)
+    rid = _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    nodes[0].report(tasks[1]["task_id"], result=_off_by_one(signers[1], signers[1].answer(tasks[1], signers)))  # type: ignore[index]
+    nodes[1].report(tasks[2]["task_id"], result=signers[2].answer(tasks[2], signers))  # type: ignore[index]
+    err = _request(client, rid)["error"]
+    assert err["reason"] == "invalid_signature_share" and err["culprits"] == [nodes[0].node_id], err
 
 
 def test_a_share_out_of_range_fails_the_request_naming_its_signer(client: TestClient, nodes: list[FakeNode]) -> None:

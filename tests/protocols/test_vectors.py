@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from shardguard.crypto.frost import binding_factor_inputs, prepare, sign_share
 from shardguard.crypto.pok import pok_verify
 from shardguard.crypto.shamir import eval_polynomial
 from shardguard.crypto.suites import BIP340, suite_by_context
 from shardguard.interop import verify_independently
 from shardguard.protocols.dkg._party import finish_key
 from shardguard.protocols.frost import CheaterDetection
-from shardguard.protocols.frost._core import binding_factor_inputs, prepare, sign_share
 from tests.helpers.vectors import h, load, vector_files, vector_id
 
 FROST_FILES = vector_files("frost")

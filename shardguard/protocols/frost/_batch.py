@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shardguard.crypto.ciphersuite import Ciphersuite
+from shardguard.crypto.frost import CheaterDetection
 from shardguard.crypto.group import Rng
 from shardguard.crypto.transcript import Transcript
 from shardguard.protocols.errors import AbortReason, ProtocolAbort, UsageError
-from shardguard.protocols.frost._core import CheaterDetection
 from shardguard.protocols.frost._messages import MAX_BATCH, SignBatchRound1, SignBatchRound2, SignRound2
 from shardguard.protocols.frost._party import FrostSigner, signer_ids
 from shardguard.protocols.keys import KeyShare

@@ -7,9 +7,9 @@ import hashlib
 from typing import Any
 
 from shardguard.crypto.ciphersuite import Ciphersuite
+from shardguard.crypto.frost import Commitment
 from shardguard.crypto.group import Point
 from shardguard.protocols import wire as w
-from shardguard.protocols.frost._core import Commitment
 
 __all__ = ["MAX_BATCH", "SignBatchRound1", "SignBatchRound2", "SignRound1", "SignRound2", "commitment_digest"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shardguard.crypto.frost import CheaterDetection, Commitment, SigningContext, prepare, sign_share
 from shardguard.crypto.group import Rng
 from shardguard.protocols.errors import AbortReason, UsageError
-from shardguard.protocols.frost._core import CheaterDetection, Commitment, SigningContext, prepare, sign_share
 from shardguard.protocols.frost._messages import SignRound1, SignRound2, commitment_digest
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import Message

@@ -40,9 +40,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from shardguard.crypto.ciphersuite import Ciphersuite
+from shardguard.crypto.frost import Commitment, prepare, sign_share
 from shardguard.crypto.group import Point, Rng
 from shardguard.protocols.errors import UsageError
-from shardguard.protocols.frost._core import Commitment, prepare, sign_share
 from shardguard.protocols.frost._party import signer_ids
 from shardguard.protocols.keys import KeyShare
 

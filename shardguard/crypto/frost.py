@@ -1,6 +1,9 @@
-"""FROST two-round signing math (RFC 9591 §4 and §5), pure functions.
+"""FROST signing math (RFC 9591 §4 and §5), pure functions.
 
-The state machine in ``_party.py`` drives these; the RFC test vectors drive them directly.
+The state machines in ``shardguard.protocols.frost`` drive these; the RFC test vectors drive
+them directly. The public part — binding factors, group commitment, challenge, signature-share
+verification (§5.4) — is what a Coordinator computes too: the coordinator service uses it to
+name the signer whose share is wrong in a signing it aggregates (it never holds a secret).
 A ``commitment list`` is ``[(identifier, hiding_commitment D, binding_commitment E)]``
 sorted by identifier.
 """
