@@ -72,6 +72,8 @@ _MAX_PEERS = 1024
 #: renewal, so that a task sent on an advert the coordinator has not yet seen withdrawn still
 #: finds the admission good for it.
 ADVERT_MARGIN = 30.0
+#: Most peers advertised (the coordinator takes no more: API.md §1.9): those good longest.
+ADVERT_MAX = 1024
 
 
 class PeerNotAdmitted(Exception):
@@ -131,7 +133,11 @@ class Admissions:
         out we hold already; past that point tasks carry the evidence again, for the renewal."""
         now = self._clock()
         held = dict(self._admitted)  # one step under the GIL: admissions change on task threads
-        return {node: a.digest for node, a in held.items() if now < min(a.renew_at, a.until) - ADVERT_MARGIN}
+        good = [(min(a.renew_at, a.until), node, a) for node, a in held.items()]
+        good = [g for g in good if now < g[0] - ADVERT_MARGIN]
+        if len(good) > ADVERT_MAX:
+            good = sorted(good, key=lambda g: g[0], reverse=True)[:ADVERT_MAX]
+        return {node: a.digest for _, node, a in good}
 
     def admit(self, p: Mapping[str, Any], deadline: float) -> AdmittedPeer:
         """Admit the participant ``p`` (a task's entry: node_id, peer_card, platform, evidence,

@@ -979,6 +979,8 @@ class Keystore:
         for (placeholder, _), (entry, _, _) in zip(records, encoded):  # put the files' digests into the manifest
             _swap_entry(new, placeholder, entry)
         mdata, mplain = self._encode(_MANIFEST_KIND, _MANIFEST_KIND, 0, new.counter, self._manifest_bytes(new))
+        if len(mdata) > MAX_MANIFEST:  # the next open would refuse it: refuse the write instead
+            raise KeystoreError(KeystoreReason.TOO_LARGE, self._dir / MANIFEST, f"the manifest would be {len(mdata)} bytes")
         written: list[str] = []
         witness = None
         try:

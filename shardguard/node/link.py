@@ -475,7 +475,10 @@ class EventStream:
                 claim = max(0, min(64, self._free_slots()))
                 # A full node re-asks soon, so a task that frees a slot is not kept waiting a whole poll.
                 wait = self._poll if claim else min(self._poll, 0.2)
-                body = {"cursors": cursors, "claim": claim, "wait": wait, "admitted": dict(self._admitted())}
+                body = {"cursors": cursors, "claim": claim, "wait": wait}
+                advert = dict(self._admitted())
+                if advert:  # left out when empty: a coordinator before API.md §1.3's references refuses it
+                    body["admitted"] = advert
                 out = self._link.request("POST", f"/v1/nodes/{self._node}/events", body=body, timeout=wait + 30)
             except (httpx.HTTPError, EngineError, ValueError) as e:
                 log.warning("event stream: coordinator unreachable: %s", e)
@@ -728,7 +731,10 @@ class EventStream:
             return
         self._wanted = (frozenset(cursors), claim)
         self._advert = advert
-        self._frame("want", {"cursors": cursors, "claim": claim, "admitted": advert})
+        want: dict[str, Any] = {"cursors": cursors, "claim": claim}
+        if advert:  # as in _poll_loop
+            want["admitted"] = advert
+        self._frame("want", want)
 
     def _pushed(self, events: _Events) -> None:
         """Mirror the coordinator's bookkeeping for an events frame it pushed (``_wanted``)."""

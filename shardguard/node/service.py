@@ -585,6 +585,12 @@ class NodeService:
         share = self.shares.load(task.key_id)
         if share_scheme(share) != task.scheme:  # the scheme the commitments are signed for, and logged
             raise TaskError(f"the key is {share_scheme(share)}, the task says {task.scheme}", "scheme")
+        if raw.get("epoch") != share.public.epoch:
+            # The coordinator checks our share against the verifying share of its epoch and
+            # names us if it fails (API.md §1.13). A holder left on the previous epoch (a refresh
+            # it could not commit, NODE.md) says why instead. Two rounds sign with the share we
+            # hold whatever the task says: the signers check each other's shares there.
+            raise TaskError(f"the task signs at epoch {raw.get('epoch')!r}; our share is of epoch {share.public.epoch}", "epoch")
         messages = [bytes.fromhex(m) for m in task.params["messages"]] if "messages" in task.params else [
             bytes.fromhex(str(task.params["message"]))]  # fmt: skip
         scheme = task.scheme

@@ -400,7 +400,13 @@ def test_a_one_step_signing_is_pushed_without_reading_its_news_and_its_end_still
     with stream(client, a) as sa, stream(client, b) as sb:
         sa.want(claim=4)
         sb.want(claim=4)
-        time.sleep(0.2)  # both streams past their first look
+        # A first signing, run to its end: both streams are then past their first look (which
+        # reads every job the stream follows, whatever it is).
+        first = sign_job(client, key_id, [a.node_id, b.node_id])
+        for s, i in ((sa, 1), (sb, 2)):
+            (t,) = s.receive("events")["tasks"]
+            assert t["job_id"] == first
+            s.outbox(results=[{"task_id": t["task_id"], "status": "done", "result": signers[i].answer(t, signers)}])
         job = sign_job(client, key_id, [a.node_id, b.node_id])
         ta = sa.receive("events")["tasks"]
         tb = sb.receive("events")["tasks"]

@@ -18,6 +18,7 @@ import pytest
 from shardguard.attestation.errors import AttestationReason
 from shardguard.attestation.policy import VerificationPolicy
 from shardguard.channel import Challenge, NodeKeys, binding, challenge_nonce, challenges_to_wire
+from shardguard.coordinator.schemas import Events
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node import admission
 from shardguard.node.admission import Admissions, PeerNotAdmitted
@@ -447,3 +448,18 @@ def test_a_task_naming_evidence_we_do_not_hold_challenges_the_peer(setup: tuple[
     clock.t += LIFE + 1
     again = adm.admit(_by_reference(peer.record, digest), deadline=clock.t + 60)
     assert again.card == peer.keys.card() and len(relay.asked) == 2
+
+
+def test_the_advert_holds_at_most_advert_max_peers_those_good_longest(
+    setup: tuple[Admissions, Peer, Relay, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator takes at most 1024 (API.md §1.9): a node that holds more admissions lists
+    those good longest, and the rest come whole in tasks."""
+    adm, _peer, _relay, clock = setup
+    limit = next(m.max_length for m in Events.model_fields["admitted"].metadata if hasattr(m, "max_length"))
+    assert limit == admission.ADVERT_MAX  # what the coordinator's schema takes
+    monkeypatch.setattr(admission, "ADVERT_MAX", 2)
+    for k, left in enumerate([100.0, 400.0, 300.0, 200.0]):
+        until = clock.t + left + LIFE / 2
+        adm._admitted[f"node-{k + 5}"] = admission._Admission(b"card", None, b"e%d" % k, until, until - LIFE / 2)  # type: ignore[arg-type]
+    assert sorted(adm.advertised()) == ["node-6", "node-7"]

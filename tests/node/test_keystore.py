@@ -1369,3 +1369,20 @@ def test_a_manifest_naming_a_value_both_inline_and_in_a_record_is_refused(
     manifest.inline["identity"] = b'{"seed":"22"}'
     with pytest.raises(ValueError, match="inline state name"):
         ks_module._Manifest.from_payload(manifest.store, manifest.counter, json.loads(ks_module._manifest_json(manifest)))
+
+
+def test_a_write_that_would_make_the_manifest_too_large_is_refused_and_changes_nothing(
+    store: Keystore, store_dir: Path, platform: SimulatedPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inline values grow the manifest; one the next open would refuse (MAX_MANIFEST) is
+    refused at the write instead, with memory and disk as before."""
+    store.put_state("audit", {"pending": []}, inline=True)
+    before = observe(store)
+    monkeypatch.setattr(ks_module, "MAX_MANIFEST", 4096)
+    with pytest.raises(KeystoreError) as e:
+        store.put_state("audit", {"pending": ["ab" * 4096]}, inline=True)
+    assert e.value.reason is R.TOO_LARGE
+    assert observe(store) == before
+    store.close()
+    with Keystore.open(store_dir, platform) as s:
+        assert observe(s) == before

@@ -170,6 +170,15 @@ def test_the_want_says_which_peers_evidence_the_node_holds_and_tasks_name_it_by_
         tasks: list[Mapping[str, Any]] = []
         link = CoordinatorLink(server, a.keys)
         s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4, admitted=lambda: dict(advert))
+        wants: list[dict[str, Any]] = []
+        frame = s._frame
+
+        def recording(op: str, data: dict[str, Any], **kw: Any) -> bool:
+            if op == "want":
+                wants.append(data)
+            return frame(op, data, **kw)
+
+        s._frame = recording  # type: ignore[method-assign]
         s.start()
         try:
             until(lambda: _want_frames(http) == 1)
@@ -185,8 +194,11 @@ def test_the_want_says_which_peers_evidence_the_node_holds_and_tasks_name_it_by_
             b.report(task_b["task_id"], result=result)
             assert s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})["job_status"] == "done"
 
+            # Nothing held: no "admitted" at all (a coordinator before it refuses the field).
+            assert wants and all("admitted" not in w for w in wants)
             advert["node-b"] = digest_b
             until(lambda: _want_frames(http) == 2)  # sent on the next receive timeout
+            assert wants[-1]["admitted"] == {"node-b": digest_b}
             http.post(f"/v1/keys/{key_id}/sign", json=body, headers=ADMIN)
             until(lambda: len(tasks) == 2)
             entry = {p["node_id"]: p for p in tasks[1]["participants"]}

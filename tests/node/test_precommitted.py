@@ -132,3 +132,16 @@ def test_a_refused_task_signs_nothing_and_spends_no_nonce(nodes: Stack, forge: s
     assert result["error"]["reason"] == expected, result
     assert not [e for e in _entries(one, "x") if e["event"] == "signing"]
     assert len(pool) >= before  # nothing spent (a mismatch leaves the pair: it was never used)
+
+
+def test_a_signing_at_another_epoch_than_our_share_is_refused_saying_so(nodes: Stack) -> None:  # noqa: F811
+    """A holder left on the previous epoch (a refresh it could not commit) refuses, naming the
+    epochs, instead of making a share the coordinator would find wrong (API.md §1.13)."""
+    hub, services, parts = nodes
+    _warm(nodes)
+    results = _run_all(hub, services, parts, "sign", "ep1", {"message_hex": "01", "commitments": _commitments(services)}, 1)
+    for r in results:
+        assert r["status"] == "failed" and r["error"]["reason"] == "TaskError", r
+        assert "epoch 1" in r["error"]["detail"] and "epoch 0" in r["error"]["detail"]
+    for svc in services.values():
+        assert not [e for e in _entries(svc, "ep1") if e["event"] == "signing"]  # refused before the entry

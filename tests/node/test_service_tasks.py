@@ -310,7 +310,7 @@ def _task(parts: list[dict[str, Any]], kind: str, index: int, params: dict[str, 
     return {"task_id": f"{job}-{index}", "job_id": job, "kind": kind, "scheme": "ed25519", "threshold": 2,
             "participants": parts, "you": {"index": index}, "instance": secrets.token_hex(32), "key_id": "k1",
             "committee": [{"node_id": p["node_id"], "index": p["index"]} for p in parts], "params": params,
-            "deadline": deadline}  # fmt: skip
+            "deadline": deadline, "epoch": 0}  # fmt: skip
 
 
 @pytest.mark.parametrize(
