@@ -506,7 +506,8 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         request_id = str(out["request_id"])
 
         def check() -> tuple[bool, dict[str, Any]]:
-            r = coord.get_request(request_id)
+            # Ended by a report on this replica: its record as written, not read back.
+            r = coord.take_answer(request_id) or coord.get_request(request_id)
             return r["status"] in ("done", "failed"), r
 
         wait = min(wait, settings.max_wait)

@@ -31,7 +31,9 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -243,6 +245,10 @@ class Coordinator:
         # node id -> its identity key as this replica last read it (checked again on every
         # nonce insert, so a stale entry can only refuse, never accept)
         self._node_keys: dict[str, bytes] = {}
+        # request id -> its record as it ended here (take_answer): what a client waiting on this
+        # replica is answered, without reading back what was just written.
+        self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._answers_lock = threading.Lock()
 
     # -- API tokens ---------------------------------------------------------------------------
     def create_token(self, scopes: Sequence[str], label: str = "") -> tuple[dict[str, Any], str]:
@@ -926,6 +932,19 @@ class Coordinator:
         return self._started(job, "repair")
 
     # -- requests -------------------------------------------------------------------------------
+    def take_answer(self, job_id: str) -> dict[str, Any] | None:
+        """The record of a request that a report on this replica just ended (``done``), once:
+        what :meth:`get_request` would read back. None if there is none (ended elsewhere,
+        failed, a bundle's, already taken, or pushed out by newer ones)."""
+        with self._answers_lock:
+            return self._answers.pop(job_id, None)
+
+    def _keep_answer(self, record: dict[str, Any]) -> None:
+        with self._answers_lock:
+            self._answers[str(record["request_id"])] = record
+            while len(self._answers) > _ANSWERS_KEPT:  # nobody waited for these
+                self._answers.popitem(last=False)
+
     def get_request(self, job_id: str) -> dict[str, Any]:
         # Prebuilt statements (rawsql): clients long-poll this for every signature.
         with self.db.raw.read() as conn:
@@ -1483,6 +1502,7 @@ class Coordinator:
         kind, a repeated or late report, differing results): the general path answers it.
         Prebuilt statements on the raw connection (rawsql)."""
         now = utc_now()
+        answer = None
         try:
             with self.db.raw.write() as conn:
                 # The owner's key comes with the task, its row held as _hold_identity holds it:
@@ -1519,6 +1539,10 @@ class Coordinator:
                         raise _GeneralPath  # result_mismatch: failed by the general path
                     conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
+                    if job.kind == "sign":  # as get_request would read it back (a bundle's members: read)
+                        ended = job._asdict() | {"status": "done", "result": result, "finished_at": now, "updated_at": now}
+                        tasks = {t.node_id: _TASK_DONE_ROW for t in others} | {node_id: _TASK_DONE_ROW}
+                        answer = self._job_out(types.SimpleNamespace(**ended), tasks)
                     self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
                     if job.kind == "bundle":
                         done = [
@@ -1537,6 +1561,8 @@ class Coordinator:
         except _GeneralPath:
             return None
         if job_status != "running":
+            if answer is not None:
+                self._keep_answer(answer)
             self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
             if waiting:
                 self._next_jobs(job.key_id)
@@ -2272,12 +2298,17 @@ _SHARE_A_JOB = (
 _SIGN_JOB_FOR_REPORT = (
     select(
         Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at, Job.params, Job.epoch,
+        Job.result, Job.error, Job.instance, Job.attempts, Job.created_at, Job.updated_at, Job.finished_at,
+        Job.lease_until, Job.bundle_id,
         Key.scheme, Key.public_key, Key.public_package,
     )
     .join(Key, Key.id == Job.key_id)
     .where(Job.id == bindparam("job"))
     .with_for_update(of=Job)
 )
+#: Requests ended on this replica kept for their waiting client (Coordinator.take_answer).
+_ANSWERS_KEPT = 1024
+_TASK_DONE_ROW = types.SimpleNamespace(status="done")
 _TASK_FOR_REPORT = select(Task.status).where(Task.id == bindparam("task")).with_for_update()
 _TASK_DONE = (
     update(Task)

@@ -435,3 +435,31 @@ def test_two_replicas_never_hand_out_one_commitment_twice(make_client: Callable[
             named += [c["id"] for c in lists[0]]
     assert one_step == 10 and len(named) == len(set(named)) == 20
     assert _stock(replicas[0]) == 0
+
+
+def test_the_answer_kept_for_a_waiting_client_is_what_the_database_says(client: TestClient, nodes: list[FakeNode]) -> None:
+    """A request that a report on this replica ended is answered from the record as written
+    (Coordinator.take_answer), once: it must be exactly what get_request reads back."""
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(2)
+    service = coord(client)
+    rid = _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    for i in (1, 2):
+        nodes[i - 1].report(tasks[i]["task_id"], result=signers[i].answer(tasks[i], signers))  # type: ignore[index]
+    kept = service.take_answer(rid)
+    assert kept is not None and kept["status"] == "done"
+    assert kept == service.get_request(rid) == _request(client, rid)
+    assert service.take_answer(rid) is None  # once
+    # Through the API: a client waiting on its sign call gets the same record.
+    pair = [nodes[0].node_id, nodes[1].node_id]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        body = {"message_hex": "aa", "signers": pair}
+        waiting = pool.submit(client.post, f"/v1/keys/{key_id}/sign", params={"wait": 10}, json=body, headers=ADMIN)
+        tasks = {i: nodes[i - 1].next_task(wait=5) for i in (1, 2)}
+        for i in (1, 2):
+            nodes[i - 1].report(tasks[i]["task_id"], result=signers[i].answer(tasks[i], signers))  # type: ignore[index]
+        answered = waiting.result(timeout=10)
+    assert answered.status_code == 200, answered.text
+    assert answered.json() == _request(client, answered.json()["request_id"]) and answered.json()["status"] == "done"
