@@ -1386,3 +1386,28 @@ def test_a_write_that_would_make_the_manifest_too_large_is_refused_and_changes_n
     store.close()
     with Keystore.open(store_dir, platform) as s:
         assert observe(s) == before
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.dictionaries(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,10}", fullmatch=True), _JSON, max_size=4))
+def test_inline_values_splice_into_exactly_the_canonical_manifest(values: dict[str, Any]) -> None:
+    """The manifest with inline values, spliced from pieces (``_manifest_json``), is byte for byte
+    its canonical JSON (what the payload digest is checked against at open), and reads back
+    whole: any JSON value, unicode and floats included."""
+    m = ks_module._Manifest("ab" * 16, 3, "cd" * 32, [(1, "ef" * 32), (2, "01" * 32)], {}, {})
+    m.inline = {name: ks_module._canonical(v) for name, v in values.items()}
+    spliced = ks_module._manifest_json(m)
+    assert spliced == ks_module._canonical(m.to_payload())
+    back = ks_module._Manifest.from_payload(m.store, m.counter, json.loads(spliced))
+    assert back.inline == m.inline and ks_module._manifest_json(back) == spliced
