@@ -1370,13 +1370,15 @@ class Coordinator:
         participants = []
         for p in job.participants:
             n = nodes.get(p["node_id"])
-            fields = _evidence_fields(n)
             own = p["node_id"] == node_id
             held = admitted.get(p["node_id"]) if admitted else None
-            if n is not None and n.evidence is not None and (own or held is not None):
+            fields = None
+            if n is not None and n.evidence is not None and (own or held):
                 digest = hashlib.sha256(n.evidence).hexdigest()
-                if own or held == digest:
-                    fields = _evidence_reference(fields, digest)
+                if own or held == digest:  # by reference: the evidence is neither encoded nor sent
+                    fields = _evidence_reference(n, digest)
+            if fields is None:
+                fields = _evidence_fields(n)
             participants.append({"node_id": p["node_id"], "index": p["index"], **fields})
         return {
             "task_id": task_id,
@@ -2391,29 +2393,27 @@ def _bundled(job: Any) -> list[str]:
     return [item["request_id"] for item in job.params["bundle"]] if job.kind == "bundle" else []
 
 
+def _card_fields(n: Any) -> dict[str, Any]:
+    """A node row's card, platform and generation (all None for a missing node)."""
+    return {"peer_card": b64(n.peer_card) if n else None, "platform": n.platform if n else None,
+            "generation": n.generation if n else None}  # fmt: skip
+
+
 def _evidence_fields(n: Any) -> dict[str, Any]:
     """What a verifier needs of a node row (all None for a missing node): card, platform,
     evidence, collateral, the nonce it binds and the challenges that nonce answers."""
-    return {
-        "peer_card": b64(n.peer_card) if n else None,
-        "platform": n.platform if n else None,
+    return _card_fields(n) | {
         "evidence": b64(n.evidence) if n else None,
         "collateral": b64(n.collateral) if n else None,
         "evidence_nonce": n.evidence_nonce.hex() if n and n.evidence_nonce is not None else None,
         "evidence_challenges": n.evidence_challenges if n else None,
-        "generation": n.generation if n else None,
     }
 
 
-#: What a participant entry leaves out when it names the evidence by digest (API.md §1.3).
-_BY_REFERENCE = ("evidence", "collateral", "evidence_nonce", "evidence_challenges")
-
-
-def _evidence_reference(fields: dict[str, Any], digest: str) -> dict[str, Any]:
-    """``fields`` (:func:`_evidence_fields`) with the evidence named by its SHA-256 instead."""
-    out = {k: v for k, v in fields.items() if k not in _BY_REFERENCE}
-    out["evidence_sha256"] = digest
-    return out
+def _evidence_reference(n: Any, digest: str) -> dict[str, Any]:
+    """A participant entry naming the evidence by its SHA-256 (API.md §1.3): the card fields
+    of :func:`_evidence_fields`, and instead of the rest, ``evidence_sha256``."""
+    return _card_fields(n) | {"evidence_sha256": digest}
 
 
 def _error_item(e: ApiError, field: str | None) -> dict[str, Any]:

@@ -159,13 +159,13 @@ class NodeService:
         self._workers = workers
         self._busy = 0
         self._busy_lock = threading.Lock()
-        self.stream = EventStream(
-            self.link, node_id, on_task=self._submit, free_slots=self._free_slots, admitted=lambda: self.admissions.advertised()
-        )
-        self.relay = self.stream
         # Peers we admitted, on evidence answering our own challenges (admission.py); and the
         # challenges to us that our registered evidence answers (_answer_challenges).
         self.admissions = Admissions(node_id, policy, ask=self._ask_peer, nudge=self._nudge_peer)
+        self.stream = EventStream(
+            self.link, node_id, on_task=self._submit, free_slots=self._free_slots, admitted=self.admissions.advertised
+        )
+        self.relay = self.stream
         self._open_challenges: tuple[Challenge, ...] = ()
         self._register_lock = threading.Lock()
         # Identity key of each peer when we last recorded its counter, and whether peers have
