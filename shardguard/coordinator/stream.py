@@ -323,6 +323,9 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     look = set(state.cursors)
                 cursors = {j: state.cursors[j] for j in look if j in state.cursors}
                 jobs, cut = await hot(coord.read_news, node_id, cursors) if cursors else ([], set())
+                # A job the node stopped following while we read (its result went in, or a
+                # want dropped it) is no concern of the node any more: its news is not pushed.
+                jobs = [j for j in jobs if j["job_id"] in state.cursors]
                 for j in jobs:
                     if j["job_status"] != "running":
                         state.cursors.pop(j["job_id"], None)  # ended: the node closes it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,48 @@ def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClien
         for s in (sa, sb):
             nxt = s.receive("events")
             assert [t["job_id"] for t in nxt["tasks"]] == [job2] and nxt["jobs"] == []
+
+
+# Only where reads run off the event loop: on SQLite they run inline, and nothing can happen
+# between the read and the push.
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_news_of_a_job_reported_while_it_was_read_is_not_pushed(
+    client: TestClient, nodes: list[FakeNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race CI once lost: the pusher reads a job's news, and while that read runs the
+    node's result goes in (it stops following the job) and the job ends. What the read
+    brings back for that job is no concern of the node any more and is not pushed; the next
+    frame is the next task."""
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    service = client.app.state.coordinator  # type: ignore[attr-defined]
+    read_news = service.read_news
+    job = sign_job(client, key_id, [a.node_id, b.node_id])
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def held(node_id: str, cursors: dict[str, int]) -> Any:
+        if armed.is_set() and node_id == a.node_id and job in cursors:
+            armed.clear()
+            entered.set()
+            assert release.wait(10)
+        return read_news(node_id, cursors)
+
+    monkeypatch.setattr(service, "read_news", held)
+    with stream(client, a) as sa, stream(client, b) as sb:
+        sa.want(claim=4)
+        sb.want(claim=4)
+        ta = sa.receive("events")["tasks"]
+        tb = sb.receive("events")["tasks"]
+        armed.set()
+        sb.outbox([(job, a.node_id, 1, b"round one")])  # wakes a's pusher for the job
+        assert entered.wait(10)
+        result = sign_result(ta[0])
+        for s, t in ((sa, ta), (sb, tb)):
+            s.outbox(results=[{"task_id": t[0]["task_id"], "status": "done", "result": result}])
+        release.set()  # the read now finds the job ended, with b's message in it
+        job2 = sign_job(client, key_id, [a.node_id, b.node_id])
+        nxt = sa.receive("events")
+        assert [t["job_id"] for t in nxt["tasks"]] == [job2] and nxt["jobs"] == []
 
 
 def test_a_want_that_omits_a_handed_job_does_not_drop_it(client: TestClient, nodes: list[FakeNode]) -> None:
