@@ -35,6 +35,7 @@ from shardguard.coordinator.notify import PgBridge
 from shardguard.coordinator.service import Coordinator, NodeIdentity, Submitted, TokenInfo, canonical_json, decode_card
 from shardguard.coordinator.settings import Settings
 from shardguard.coordinator.stream import serve_stream
+from shardguard.coordinator.waits import woken
 
 __all__ = ["create_app"]
 
@@ -378,8 +379,7 @@ async def _long_poll(
                 if ready or deadline - time.monotonic() <= 0:
                     return value
             remaining = max(0.0, deadline - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), timeout=min(remaining, interval))
+            await woken(fut, min(remaining, interval))
             leaving = False
         finally:
             notifier.discard(key, fut)

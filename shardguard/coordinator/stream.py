@@ -46,6 +46,7 @@ from shardguard.coordinator import schemas, wire
 from shardguard.coordinator.errors import ApiError, error_body
 from shardguard.coordinator.precommit import PRECOMMITTED
 from shardguard.coordinator.service import Coordinator, NodeIdentity, StaleIdentity
+from shardguard.coordinator.waits import LET_WOKEN_RUN, woken
 
 __all__ = ["serve_stream"]
 
@@ -196,8 +197,18 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
             except ApiError as e:
                 await send({"op": "ack", "seq": state.seq, "error": {"status": e.status, "code": e.code, "message": e.message}})
                 continue
-            await send({"op": "ack", "seq": state.seq, **out})
+            signing = all(r.task_id in state.signing for r in box.results)
             _reported(state, out.get("results") or {})
+            relayed = any(j.get("accepted") for j in (out.get("jobs") or {}).values())
+            if signing and (relayed or box.results):
+                # Let what this post woke go first: the recipients of its messages (waiting
+                # for them: a round of a two-round signing), the clients of the signatures its
+                # results completed and the nodes of the jobs started after them. The poster
+                # only learns here that its post is kept. Not for DKG, refresh or repair
+                # results: their reporter follows the job and must not hear of its end first.
+                for _ in range(LET_WOKEN_RUN):
+                    await asyncio.sleep(0)
+            await send({"op": "ack", "seq": state.seq, **out})
         else:
             raise _Closed(_POLICY_VIOLATION, f"malformed_frame: unknown op {op!r} in frame {state.seq}")
 
@@ -341,8 +352,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     # Jobs the answer's limits cut short (count or bytes): read them again at once.
                     state.fresh |= {j for j in cut if j in state.cursors}
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), timeout=settings.poll_interval)
+                await woken(fut, settings.poll_interval)
             finally:
                 notifier.discard(key, fut)
     finally:

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shardguard.channel import NodeKeys
 from shardguard.coordinator import wire
 
-from .conftest import ADMIN, FakeNode, run_dkg, sign_result
+from .conftest import ADMIN, FakeNode, dkg_result, run_dkg, sign_result
 from .test_events import sign_job
 
 
@@ -163,6 +163,75 @@ def test_news_of_a_job_reported_while_it_was_read_is_not_pushed(
         job2 = sign_job(client, key_id, [a.node_id, b.node_id])
         nxt = sa.receive("events")
         assert [t["job_id"] for t in nxt["tasks"]] == [job2] and nxt["jobs"] == []
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Every frame the coordinator sends on a stream, in order: (node id, frame)."""
+    log: list[tuple[str, dict[str, Any]]] = []
+    original = WebSocket.send_text
+
+    async def send_text(self: WebSocket, data: str) -> None:
+        log.append((self.scope["path"].split("/")[3], json.loads(data)))
+        await original(self, data)
+
+    monkeypatch.setattr(WebSocket, "send_text", send_text)
+    return log
+
+
+# SQLite only: there the database work runs on the event loop and the order of frames is fixed;
+# on PostgreSQL it runs in threads, and either may go first.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_relayed_message_goes_to_its_recipient_before_the_senders_ack(
+    client: TestClient, nodes: list[FakeNode], sent: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """The recipient waits for the message; the sender only learns that it is kept."""
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    job = sign_job(client, key_id, [a.node_id, b.node_id])
+    with stream(client, a) as sa, stream(client, b) as sb:
+        sa.want(claim=4)
+        sb.want(claim=4)
+        ta, tb = sa.receive("events")["tasks"], sb.receive("events")["tasks"]
+        sent.clear()
+        sa.outbox([(job, b.node_id, 1, b"round one")])
+        assert [m["cursor"] for m in sb.receive("events")["jobs"][0]["messages"]] == [1]
+        assert [(node, f["op"]) for node, f in sent] == [(b.node_id, "events"), (a.node_id, "ack")]
+        # A signing's results too: the job started once it ended goes out first.
+        job2 = sign_job(client, key_id, [a.node_id, b.node_id])  # queued behind the first
+        result = sign_result(ta[0])
+        sa.outbox(results=[{"task_id": ta[0]["task_id"], "status": "done", "result": result}])
+        sent.clear()
+        ack = sb.outbox(results=[{"task_id": tb[0]["task_id"], "status": "done", "result": result}])
+        assert ack["results"][tb[0]["task_id"]]["job_status"] == "done"
+        assert [(node, f["op"], [t["job_id"] for t in f.get("tasks", ())]) for node, f in sent] == [
+            (a.node_id, "events", [job2]), (b.node_id, "events", [job2]), (b.node_id, "ack", [])
+        ]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_dkg_reporter_gets_its_ack_before_its_jobs_end(
+    client: TestClient, nodes: list[FakeNode], sent: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A DKG (refresh, repair) reporter follows its job to its end: the ack of the result that
+    ended it comes first, then the end."""
+    r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    with stream(client, nodes[0]) as s0, stream(client, nodes[1]) as s1, stream(client, nodes[2]) as s2:
+        streams = (s0, s1, s2)
+        tasks = []
+        for s in streams:
+            s.want(claim=1)
+            tasks.append(s.receive("events")["tasks"][0])
+        result = dkg_result("ed25519")
+        for s, t in zip(streams[:2], tasks[:2], strict=True):
+            s.outbox(results=[{"task_id": t["task_id"], "status": "done", "result": result}])
+        sent.clear()
+        ack = s2.outbox(results=[{"task_id": tasks[2]["task_id"], "status": "done", "result": result}])
+        assert ack["results"][tasks[2]["task_id"]]["job_status"] == "done"
+        assert [j["job_status"] for j in s2.receive("events")["jobs"]] == ["done"]
+        mine = [f["op"] for node, f in sent if node == nodes[2].node_id]
+        assert mine[:2] == ["ack", "events"]
 
 
 def test_a_want_that_omits_a_handed_job_does_not_drop_it(client: TestClient, nodes: list[FakeNode]) -> None:
