@@ -183,9 +183,13 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 # on PostgreSQL it runs in threads, and either may go first.
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_relayed_message_goes_to_its_recipient_before_the_senders_ack(
-    client: TestClient, nodes: list[FakeNode], sent: list[tuple[str, dict[str, Any]]]
+    make_client: Any, sent: list[tuple[str, dict[str, Any]]]
 ) -> None:
     """The recipient waits for the message; the sender only learns that it is kept."""
+    from .test_precommit import _registered
+
+    client = make_client(poll_interval=30.0)  # no timer wakes a stream meanwhile
+    nodes = _registered(client)
     key_id = run_dkg(client, nodes)
     a, b, _c = nodes
     job = sign_job(client, key_id, [a.node_id, b.node_id])
@@ -210,11 +214,13 @@ def test_a_relayed_message_goes_to_its_recipient_before_the_senders_ack(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_a_dkg_reporter_gets_its_ack_before_its_jobs_end(
-    client: TestClient, nodes: list[FakeNode], sent: list[tuple[str, dict[str, Any]]]
-) -> None:
+def test_a_dkg_reporter_gets_its_ack_before_its_jobs_end(make_client: Any, sent: list[tuple[str, dict[str, Any]]]) -> None:
     """A DKG (refresh, repair) reporter follows its job to its end: the ack of the result that
     ended it comes first, then the end."""
+    from .test_precommit import _registered
+
+    client = make_client(poll_interval=30.0)
+    nodes = _registered(client)
     r = client.post("/v1/keys", json={"scheme": "ed25519", "threshold": 2, "nodes": [n.node_id for n in nodes]}, headers=ADMIN)
     assert r.status_code == 202, r.text
     with stream(client, nodes[0]) as s0, stream(client, nodes[1]) as s1, stream(client, nodes[2]) as s2:
