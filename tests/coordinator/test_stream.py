@@ -88,9 +88,12 @@ def stream(client: TestClient, node: FakeNode, **sign: Any) -> Iterator[Stream]:
         yield Stream(ws, node, bytes.fromhex(headers[wire.HEADER_NONCE]))
 
 
-def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClient, nodes: list[FakeNode]) -> None:
-    key_id = run_dkg(client, nodes)
-    a, b, _c = nodes
+@contextmanager
+def signing_pair(
+    client: TestClient, key_id: str, a: FakeNode, b: FakeNode
+) -> Iterator[tuple[str, Stream, Stream, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """A signing by ``a`` and ``b``, each on its stream with its task pushed:
+    ``(job, a's stream, b's stream, a's tasks, b's tasks)``."""
     job = sign_job(client, key_id, [a.node_id, b.node_id])
     with stream(client, a) as sa, stream(client, b) as sb:
         sa.want(claim=4)
@@ -98,6 +101,13 @@ def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClien
         ta = sa.receive("events")["tasks"]
         tb = sb.receive("events")["tasks"]
         assert [t["job_id"] for t in ta] == [job] == [t["job_id"] for t in tb]
+        yield job, sa, sb, ta, tb
+
+
+def test_tasks_and_messages_are_pushed_and_outbox_acknowledged(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    with signing_pair(client, key_id, a, b) as (job, sa, sb, ta, tb):
         assert ta[0]["you"] == {"node_id": a.node_id, "index": 1}
         ack = sa.outbox([(job, b.node_id, 1, b"round one")])
         assert ack["jobs"] == {job: {"accepted": 1, "duplicates": 0}}
@@ -137,22 +147,17 @@ def test_news_of_a_job_reported_while_it_was_read_is_not_pushed(
     a, b, _c = nodes
     service = client.app.state.coordinator  # type: ignore[attr-defined]
     read_news = service.read_news
-    job = sign_job(client, key_id, [a.node_id, b.node_id])
     armed, entered, release = threading.Event(), threading.Event(), threading.Event()
 
     def held(node_id: str, cursors: dict[str, int]) -> Any:
-        if armed.is_set() and node_id == a.node_id and job in cursors:
+        if armed.is_set() and node_id == a.node_id and cursors:
             armed.clear()
             entered.set()
             assert release.wait(10)
         return read_news(node_id, cursors)
 
     monkeypatch.setattr(service, "read_news", held)
-    with stream(client, a) as sa, stream(client, b) as sb:
-        sa.want(claim=4)
-        sb.want(claim=4)
-        ta = sa.receive("events")["tasks"]
-        tb = sb.receive("events")["tasks"]
+    with signing_pair(client, key_id, a, b) as (job, sa, sb, ta, tb):
         armed.set()
         sb.outbox([(job, a.node_id, 1, b"round one")])  # wakes a's pusher for the job
         assert entered.wait(10)
@@ -192,11 +197,7 @@ def test_a_relayed_message_goes_to_its_recipient_before_the_senders_ack(
     nodes = _registered(client)
     key_id = run_dkg(client, nodes)
     a, b, _c = nodes
-    job = sign_job(client, key_id, [a.node_id, b.node_id])
-    with stream(client, a) as sa, stream(client, b) as sb:
-        sa.want(claim=4)
-        sb.want(claim=4)
-        ta, tb = sa.receive("events")["tasks"], sb.receive("events")["tasks"]
+    with signing_pair(client, key_id, a, b) as (job, sa, sb, ta, tb):
         sent.clear()
         sa.outbox([(job, b.node_id, 1, b"round one")])
         assert [m["cursor"] for m in sb.receive("events")["jobs"][0]["messages"]] == [1]
