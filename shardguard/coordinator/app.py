@@ -383,9 +383,10 @@ async def _long_poll(
             leaving = False
         finally:
             notifier.discard(key, fut)
-            if leaving and fut.done():
+            if leaving and fut.done() and not fut.cancelled():
                 # We were woken but are leaving (answered, timed out, gone): pass the wake on,
-                # it may have been meant for something we did not take.
+                # it may have been meant for something we did not take. (A future cancelled
+                # with this task, its client gone, was never woken.)
                 notifier.notify(key, 1)
 
 

@@ -60,3 +60,29 @@ def test_a_woken_task_runs_within_let_woken_run_steps(run: Run) -> None:
         assert order == ["woken", "waker"]
 
     run(main())
+
+
+def test_a_long_poll_cancelled_with_its_client_passes_no_wake_on() -> None:
+    """Only a long-poll that was woken and leaves passes its wake-up on to the next waiter; one
+    cancelled while it slept (its client gone) was never woken."""
+    from shardguard.coordinator.app import Notifier, _long_poll
+
+    async def inline(fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    async def main() -> None:
+        notifier = Notifier()
+        poll = asyncio.create_task(
+            _long_poll(notifier, "job:x", 30.0, 30.0, lambda: (False, None), runner=inline, check_first=False)
+        )
+        await asyncio.sleep(0.01)  # asleep on its waiter
+        other = notifier.waiter("job:x")
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+        await asyncio.sleep(0.01)
+        assert not other.done()
+        notifier.notify("job:x", None)  # and the other waiter still hears a real wake-up
+        assert await woken(other, 1.0)
+
+    asyncio.run(main())
