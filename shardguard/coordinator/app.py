@@ -108,13 +108,17 @@ class Notifier:
             self._waiters.setdefault(key, []).append(fut)
         return fut
 
-    def discard(self, key: str, fut: asyncio.Future[None]) -> None:
+    def discard(self, key: str, fut: asyncio.Future[None]) -> bool:
+        """Stop waiting on ``fut``; False if a wake-up had taken it already (resolved, or about
+        to be)."""
         with self._lock:
             waiting = self._waiters.get(key)
             if waiting is not None and fut in waiting:
                 waiting.remove(fut)
                 if not waiting:
                     del self._waiters[key]
+                return True
+            return False
 
     def notify(self, key: str, n: int | None = None) -> None:
         """Wake the ``n`` longest-waiting long-polls on ``key`` (all of them when None). What
@@ -382,11 +386,11 @@ async def _long_poll(
             await woken(fut, min(remaining, interval))
             leaving = False
         finally:
-            notifier.discard(key, fut)
-            if leaving and fut.done() and not fut.cancelled():
-                # We were woken but are leaving (answered, timed out, gone): pass the wake on,
-                # it may have been meant for something we did not take. (A future cancelled
-                # with this task, its client gone, was never woken.)
+            if not notifier.discard(key, fut) and leaving:
+                # A wake-up took our future (it may not have resolved it yet, or found it
+                # cancelled with this task, its client gone) and we are leaving (answered,
+                # timed out, gone): pass it on, it may have been meant for something we did
+                # not take.
                 notifier.notify(key, 1)
 
 

@@ -60,7 +60,7 @@ class Notifier(Protocol):
     """What the stream needs of ``app.Notifier``."""
 
     def waiter(self, key: str) -> asyncio.Future[None]: ...
-    def discard(self, key: str, fut: asyncio.Future[None]) -> None: ...
+    def discard(self, key: str, fut: asyncio.Future[None]) -> bool: ...
     def notify(self, key: str, n: int | None = None) -> None: ...
     def take_task_hint(self, node_id: str) -> bool: ...
     def follow(self, node_id: str) -> None: ...
@@ -349,8 +349,11 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     # Tasks in a frame that never reached the node stay claimed: its next
                     # connection pushes them again (above).
                     await send({"op": "events", "tasks": tasks, "jobs": jobs})
-                    # Jobs the answer's limits cut short (count or bytes): read them again at once.
-                    state.fresh |= {j for j in cut if j in state.cursors}
+                # Jobs the answer's limits cut short (count or bytes): read them again at once —
+                # also when what filled the answer was dropped above (review finding).
+                again = {j for j in cut if j in state.cursors}
+                if tasks or jobs or again:
+                    state.fresh |= again
                     continue
                 await woken(fut, settings.poll_interval)
             finally:

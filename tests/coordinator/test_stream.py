@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -433,6 +434,40 @@ def test_news_cut_short_by_the_byte_limit_is_read_again_at_once(make_client: Any
             got += [base64.b64decode(m["blob"]) for j in ev["jobs"] for m in j["messages"]]
     assert got == blobs and frames == 3
     assert time.monotonic() - start < 10
+
+
+def test_a_job_cut_short_is_read_again_even_when_nothing_else_was_pushed(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The news of a job that an answer's limits cut short is read again at once — also when
+    what filled the answer belonged to a job the node stopped following meanwhile, so that no
+    frame went out (review finding): not at the next poll (here 30 s)."""
+    from .test_precommit import _registered
+
+    client = make_client(poll_interval=30.0)
+    nodes = _registered(client)
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    service = client.app.state.coordinator  # type: ignore[attr-defined]
+    read_news = service.read_news
+    armed = threading.Event()
+
+    def filled_by_another(node_id: str, cursors: dict[str, int]) -> Any:
+        if armed.is_set() and node_id == a.node_id:
+            armed.clear()
+            # What a read returns when another job's messages filled it: that job, unfollowed
+            # during the read, and this one cut short.
+            other = {"job_id": "req_unfollowed", "job_status": "running", "messages": [], "next_after": 7}
+            return [other], set(cursors)
+        return read_news(node_id, cursors)
+
+    monkeypatch.setattr(service, "read_news", filled_by_another)
+    with signing_pair(client, key_id, a, b) as (job, sa, sb, _ta, _tb), ThreadPoolExecutor(1) as pool:
+        armed.set()
+        sb.outbox([(job, a.node_id, 1, b"round one")])
+        got = pool.submit(sa.receive, "events").result(timeout=10)
+        assert [(j["job_id"], [m["cursor"] for m in j["messages"]]) for j in got["jobs"]] == [(job, [1])]
+        assert not armed.is_set()
 
 
 def _frames_until_closed(s: Stream) -> tuple[list[dict[str, Any]], int, str]:

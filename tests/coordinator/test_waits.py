@@ -86,3 +86,27 @@ def test_a_long_poll_cancelled_with_its_client_passes_no_wake_on() -> None:
         assert await woken(other, 1.0)
 
     asyncio.run(main())
+
+
+def test_a_wake_up_taken_by_a_long_poll_cancelled_before_it_ran_is_passed_on() -> None:
+    """The wake-up chose this long-poll's waiter, and the poll was cancelled before the wake
+    resolved it: it is passed on to the next waiter, not lost."""
+    from shardguard.coordinator.app import Notifier, _long_poll
+
+    async def inline(fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    async def main() -> None:
+        notifier = Notifier()
+        poll = asyncio.create_task(
+            _long_poll(notifier, "job:x", 30.0, 30.0, lambda: (False, None), runner=inline, check_first=False)
+        )
+        await asyncio.sleep(0.01)  # asleep on its waiter, the oldest
+        other = notifier.waiter("job:x")
+        notifier.notify("job:x", 1)  # takes the poll's waiter …
+        poll.cancel()  # … which is cancelled before the wake resolves it
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+        assert await woken(other, 1.0)
+
+    asyncio.run(main())
