@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from shardguard.coordinator.app import Notifier, _long_poll
 from shardguard.coordinator.waits import LET_WOKEN_RUN, woken
 
 #: The server runs on uvloop (uvicorn's default when it is installed); the tests on asyncio's loop.
@@ -62,21 +63,24 @@ def test_a_woken_task_runs_within_let_woken_run_steps(run: Run) -> None:
     run(main())
 
 
-def test_a_long_poll_cancelled_with_its_client_passes_no_wake_on() -> None:
-    """Only a long-poll that was woken and leaves passes its wake-up on to the next waiter; one
-    cancelled while it slept (its client gone) was never woken."""
-    from shardguard.coordinator.app import Notifier, _long_poll
+async def _sleeping_poll(notifier: Notifier) -> tuple[asyncio.Task[None], asyncio.Future[None]]:
+    """A long-poll on ``job:x`` asleep on the oldest waiter, and a second waiter after it."""
 
     async def inline(fn: Callable[[], Any]) -> Any:
         return fn()
 
+    poll = asyncio.create_task(_long_poll(notifier, "job:x", 30.0, 30.0, lambda: (False, None), runner=inline, check_first=False))
+    await asyncio.sleep(0.01)
+    return poll, notifier.waiter("job:x")
+
+
+def test_a_long_poll_cancelled_with_its_client_passes_no_wake_on() -> None:
+    """Only a long-poll that was woken and leaves passes its wake-up on to the next waiter; one
+    cancelled while it slept (its client gone) was never woken."""
+
     async def main() -> None:
         notifier = Notifier()
-        poll = asyncio.create_task(
-            _long_poll(notifier, "job:x", 30.0, 30.0, lambda: (False, None), runner=inline, check_first=False)
-        )
-        await asyncio.sleep(0.01)  # asleep on its waiter
-        other = notifier.waiter("job:x")
+        poll, other = await _sleeping_poll(notifier)
         poll.cancel()
         with pytest.raises(asyncio.CancelledError):
             await poll
@@ -91,18 +95,10 @@ def test_a_long_poll_cancelled_with_its_client_passes_no_wake_on() -> None:
 def test_a_wake_up_taken_by_a_long_poll_cancelled_before_it_ran_is_passed_on() -> None:
     """The wake-up chose this long-poll's waiter, and the poll was cancelled before the wake
     resolved it: it is passed on to the next waiter, not lost."""
-    from shardguard.coordinator.app import Notifier, _long_poll
-
-    async def inline(fn: Callable[[], Any]) -> Any:
-        return fn()
 
     async def main() -> None:
         notifier = Notifier()
-        poll = asyncio.create_task(
-            _long_poll(notifier, "job:x", 30.0, 30.0, lambda: (False, None), runner=inline, check_first=False)
-        )
-        await asyncio.sleep(0.01)  # asleep on its waiter, the oldest
-        other = notifier.waiter("job:x")
+        poll, other = await _sleeping_poll(notifier)
         notifier.notify("job:x", 1)  # takes the poll's waiter …
         poll.cancel()  # … which is cancelled before the wake resolves it
         with pytest.raises(asyncio.CancelledError):
