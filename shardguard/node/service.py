@@ -24,6 +24,7 @@ import base64
 import collections
 import datetime as dt
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -1118,6 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         enroll_token=enroll,
     )
     (args.state / "node.pid").write_text(f"{os.getpid()}\n")
+    gc.freeze()  # as the coordinator: what exists now lives as long as the process
     signal.signal(signal.SIGTERM, lambda *_: service._stop.set())
     try:
         service.run_forever()
