@@ -343,7 +343,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                         state.handed.discard(j["job_id"])
                         for task_id in [t for t, job in state.signing.items() if job == j["job_id"]]:
                             del state.signing[task_id]
-                    elif j["job_id"] in state.cursors:
+                    else:  # followed (filtered above)
                         state.cursors[j["job_id"]] = max(state.cursors[j["job_id"]], int(j["next_after"]))
                 if tasks or jobs:
                     # Tasks in a frame that never reached the node stay claimed: its next

@@ -181,6 +181,12 @@ def _parse_events(out: Any) -> _Events:
     return _Events(tasks, jobs)
 
 
+def _with_admitted(body: dict[str, Any], advert: Mapping[str, str]) -> dict[str, Any]:
+    """``body`` with ``admitted`` when there is any: the field is left out when empty, since a
+    coordinator from before API.md §1.3's references refuses it."""
+    return body | {"admitted": dict(advert)} if advert else body
+
+
 def _backoff(failures: int) -> float:
     """Seconds to wait after ``failures`` failures in a row (``_BACKOFF_FIRST`` … ``_BACKOFF_LAST``)."""
     return min(_BACKOFF_LAST, _BACKOFF_FIRST * float(1 << min(max(failures - 1, 0), 16)))
@@ -470,15 +476,10 @@ class EventStream:
             # malformed answer is dropped whole (nothing of it applied, so the next poll reads
             # the same jobs from the same cursors) and the next poll waits a little longer.
             try:
-                with self._cond:
-                    cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
-                claim = max(0, min(64, self._free_slots()))
+                cursors, claim, advert = self._asking()
                 # A full node re-asks soon, so a task that frees a slot is not kept waiting a whole poll.
                 wait = self._poll if claim else min(self._poll, 0.2)
-                body = {"cursors": cursors, "claim": claim, "wait": wait}
-                advert = dict(self._admitted())
-                if advert:  # left out when empty: a coordinator before API.md §1.3's references refuses it
-                    body["admitted"] = advert
+                body = _with_admitted({"cursors": cursors, "claim": claim, "wait": wait}, advert)
                 out = self._link.request("POST", f"/v1/nodes/{self._node}/events", body=body, timeout=wait + 30)
             except (httpx.HTTPError, EngineError, ValueError) as e:
                 log.warning("event stream: coordinator unreachable: %s", e)
@@ -714,10 +715,15 @@ class EventStream:
         with self._want_lock:
             self._want_locked(force)
 
-    def _want_locked(self, force: bool) -> None:
+    def _asking(self) -> tuple[dict[str, int], int, dict[str, str]]:
+        """What a ``want`` or an events poll asks for: the running jobs' cursors, the room for
+        tasks (at most 64) and the peers whose evidence tasks may name by digest."""
         with self._cond:
             cursors = {job: box.cursor for job, box in self._boxes.items() if box.status == "running"}
-        claim = max(0, min(64, self._free_slots()))
+        return cursors, max(0, min(64, self._free_slots())), dict(self._admitted())
+
+    def _want_locked(self, force: bool) -> None:
+        cursors, claim, advert = self._asking()
         # ``_wanted`` mirrors what the coordinator believes (API.md §1.11): it follows the jobs
         # of the tasks it hands out until they end, moves the cursors as it pushes, and counts
         # the room down by the tasks handed out. A want is needed only when we need a job it
@@ -725,16 +731,12 @@ class EventStream:
         # want per ~16 tasks, not two per task), or when the peers we hold admissions for
         # changed. A job it follows that we closed costs nothing: its end is the last news
         # pushed for it.
-        advert = dict(self._admitted())
         last = self._wanted
         if not force and last is not None and cursors.keys() <= last[0] and last[1] * 2 >= claim and advert == self._advert:
             return
         self._wanted = (frozenset(cursors), claim)
         self._advert = advert
-        want: dict[str, Any] = {"cursors": cursors, "claim": claim}
-        if advert:  # as in _poll_loop
-            want["admitted"] = advert
-        self._frame("want", want)
+        self._frame("want", _with_admitted({"cursors": cursors, "claim": claim}, advert))
 
     def _pushed(self, events: _Events) -> None:
         """Mirror the coordinator's bookkeeping for an events frame it pushed (``_wanted``)."""
