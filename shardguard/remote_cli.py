@@ -17,9 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from shardguard.client import ApiError, Client, RequestFailed
+from shardguard.client import ApiError, Client, RequestFailed, TransportError
 
 __all__ = ["COMMANDS", "main", "wants_remote"]
 
@@ -108,6 +106,6 @@ def main(argv: Sequence[str]) -> int:
     except RequestFailed as e:
         print(f"shardguard: {e}", file=sys.stderr)
         return 1
-    except (ApiError, ValueError, OSError, httpx.HTTPError) as e:
+    except (ApiError, ValueError, OSError, TransportError) as e:
         print(f"shardguard: error: {e}", file=sys.stderr)
         return 2

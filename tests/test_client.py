@@ -6,18 +6,17 @@ import ssl
 
 import pytest
 
-from shardguard.client import Client, SignatureRejected
+from shardguard.client import Client, SignatureRejected, _query
+from shardguard.client.connections import tls_context
 
 
 def test_clients_share_one_verifying_tls_context() -> None:
-    """httpx builds a TLS context (loading the CA bundle, ~50 ms) for every client unless given
-    one: ours is made once per process and keeps certificate and host-name checks on."""
-    with Client("https://coordinator.invalid", "t") as a, Client("http://127.0.0.1:1", "t") as b:
-        ctx_a = a._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-        ctx_b = b._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-    assert ctx_a is ctx_b
-    assert isinstance(ctx_a, ssl.SSLContext)
-    assert ctx_a.verify_mode == ssl.CERT_REQUIRED and ctx_a.check_hostname
+    """Loading a CA bundle takes ~50 ms: the context is made once per process, shared by every
+    client, and keeps certificate and host-name checks on."""
+    tls_context.cache_clear()
+    ctx = tls_context()
+    assert tls_context() is ctx and isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
 
 
 @pytest.mark.parametrize("scheme", ["ed25519", "bip340", "ecdsa"])
@@ -47,24 +46,19 @@ def test_a_done_request_is_returned_only_with_a_valid_signature_of_this_call(
         assert asked == ["key_1"]
 
 
-def test_urls_are_built_as_httpx_builds_them_and_kept() -> None:
-    """The client keeps the absolute URL of each (path, params): the same URL httpx builds from
-    the base URL (a path prefix kept, the query encoded), made once, bounded."""
-    with Client("https://coordinator.invalid/prefix/", "t") as c:
-        for path, params in [("/v1/keys/k1/sign", {"wait": 25.0}), ("/v1/health", None), ("/v1/audit", {"node": "a b"})]:
-            want = c._http.build_request("GET", path, params=params).url
-            got = c._url(path, params)
-            assert got == want and c._url(path, params) is got
-        assert str(c._url("/v1/keys/k1/sign", {"wait": 25.0})) == "https://coordinator.invalid/prefix/v1/keys/k1/sign?wait=25.0"
-        listed = {"node": ["a", "b"]}  # unhashable: built, not kept
-        assert c._url("/v1/audit", listed) == c._http.build_request("GET", "/v1/audit", params=listed).url
-        # Equal values of other types are other URLs (review finding: True and 1 were one).
-        assert str(c._url("/v1/audit", {"limit": True})).endswith("?limit=true")
-        assert str(c._url("/v1/audit", {"limit": 1})).endswith("?limit=1")
-        assert str(c._url("/v1/audit", {"limit": 1.0})).endswith("?limit=1.0")
-        # Bounded, least recently used out: a URL in use survives one-off ones.
-        sign = c._url("/v1/keys/k1/sign", {"wait": 25.0})
-        for i in range(300):
-            c._url(f"/v1/requests/r{i}", {"wait": i / 7})
-            assert c._url("/v1/keys/k1/sign", {"wait": 25.0}) is sign
-        assert len(c._urls) <= 64
+def test_queries_are_written_as_httpx_wrote_them() -> None:
+    """The query a call's ``params`` make: httpx's spelling of booleans and None, a list as the
+    name repeated, everything percent-encoded; no ``?`` without params."""
+    assert _query(None) == _query({}) == ""
+    assert _query({"wait": 25.0}) == "?wait=25.0"
+    assert _query({"limit": 1, "flag": True, "off": False, "none": None}) == "?limit=1&flag=true&off=false&none="
+    assert _query({"node": ["a", "b c"], "q": "x&y=z/é"}) == "?node=a&node=b+c&q=x%26y%3Dz%2F%C3%A9"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://coordinator", "coordinator:8750", "http://", "http://h/?q=1", "http://h/#f", "http://user:pw@h/"],
+)
+def test_a_coordinator_url_the_client_cannot_use_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ValueError, match="coordinator URL"):
+        Client(url, "t")

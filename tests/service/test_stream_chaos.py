@@ -21,11 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from shardguard import dev
-from shardguard.client import Client
+from shardguard.client import Client, TransportError
 
 from .test_cluster import check_signature
 
@@ -315,20 +314,20 @@ def test_a_client_whose_answers_are_lost_signs_each_digest_once(chaos_cluster: C
 
     client, _proxy, nodes = chaos_cluster
     key = client.create_key("ed25519", 2, NODES)
-    host, port = client._http.base_url.host, client._http.base_url.port
-    front = CuttingProxy((host, int(port or 80)))
-    cut_client = Client(f"http://127.0.0.1:{front.port}", client._http.headers["Authorization"].split()[1], timeout=60)
+    route = client._connections._route
+    front = CuttingProxy((route.host, route.port))
+    cut_client = Client(f"http://127.0.0.1:{front.port}", client._connections._headers["Authorization"].split()[1], timeout=60)
     lost = {"n": 0}
-    send = cut_client._http.request
+    send = cut_client._connections.request
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         try:
             return send(*args, **kwargs)
-        except httpx.TransportError:
+        except TransportError:
             lost["n"] += 1
             raise
 
-    cut_client._http.request = counting  # type: ignore[method-assign]
+    cut_client._connections.request = counting  # type: ignore[method-assign]
     db = sqlite3.connect(f"file:{nodes.d / 'coordinator.sqlite3'}?mode=ro", uri=True)
     try:
         (before,) = db.execute("SELECT count(*) FROM jobs WHERE kind = 'sign'").fetchone()
@@ -377,7 +376,7 @@ def test_a_coordinator_crash_among_the_cuts(chaos_cluster: Chaos) -> None:
             except RequestFailed as e:
                 assert e.reason and e.reason != "unknown", e
                 what = f"failed:{e.reason}"
-            except httpx.TransportError:
+            except TransportError:
                 what = "unreachable"
                 time.sleep(0.2)
             with lock:

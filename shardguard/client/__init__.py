@@ -16,20 +16,19 @@ the key's public key as this client first saw it, over the digest or message thi
 
 from __future__ import annotations
 
-import collections
-import functools
+import json as jsonlib
 import secrets
-import ssl
 import time
+import urllib.parse
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-import httpx
-
+from shardguard import __version__
+from shardguard.client.connections import Connections, TransportError
 from shardguard.coordinator.signatures import signature_problem
 
-__all__ = ["ApiError", "Client", "RequestFailed", "SignatureRejected"]
+__all__ = ["ApiError", "Client", "RequestFailed", "SignatureRejected", "TransportError"]
 
 
 class ApiError(Exception):
@@ -73,26 +72,22 @@ def new_idempotency_key() -> str:
     return secrets.token_urlsafe(16)
 
 
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """httpx's default TLS context (certificate and host name checks, the certifi roots),
-    made once per process: building one loads the CA bundle, about 50 ms each time, and
-    httpx builds it for every client, even for an http:// URL. A context is safe to share
-    between clients and threads."""
-    return httpx.create_ssl_context()
-
-
 class Client:
     """A token-authenticated session with one coordinator."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
-        self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout, verify=_tls()
+        """``url``: the coordinator (``http://`` or ``https://``, a path prefix allowed);
+        ``timeout``: for each request, in seconds, unless a call says otherwise."""
+        self._connections = Connections(
+            url,
+            timeout=timeout,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": f"shardguard-client/{__version__}",
+            },
         )
         self._keys: dict[str, dict[str, Any]] = {}  # key id -> the key as first seen (its public key)
-        self._urls: collections.OrderedDict[tuple[str, tuple[tuple[str, type, Any], ...]], httpx.URL] = (
-            collections.OrderedDict()
-        )
 
     def __enter__(self) -> Client:
         return self
@@ -101,7 +96,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._connections.close()
 
     def _call(
         self,
@@ -117,45 +112,33 @@ class Client:
         lost to the network (connection reset, timeout, …) is sent again, up to ``RETRIES``
         times in all, with the same key: the coordinator answers the first request instead of
         making a second."""
-        kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        headers: dict[str, str] = {}
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
         if idempotency_key is not None:
-            kw["headers"] = {"Idempotency-Key": idempotency_key}
-        url = self._url(path, params)
+            headers["Idempotency-Key"] = idempotency_key
+        target = path + _query(params)
         for attempt in range(1, RETRIES + 1):
             try:
-                r = self._http.request(method, url, json=json, **kw)
+                r = self._connections.request(method, target, body=body, headers=headers, timeout=timeout)
                 break
-            except httpx.TransportError:
+            except TransportError as e:
                 # Reads are safe to repeat; writes only under an idempotency key.
-                if (idempotency_key is None and method != "GET") or attempt == RETRIES:
+                if not e.retry or (idempotency_key is None and method != "GET") or attempt == RETRIES:
                     raise
                 time.sleep(0.2 * attempt)
-        if r.status_code >= 400:
+        if r.status >= 400:
             try:
-                e = r.json()["error"]
-                raise ApiError(r.status_code, str(e.get("code", "")), str(e.get("message", "")), str(e.get("field") or ""))
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(r.status_code, "http_error", r.text[:200]) from None
-        return r.json()
-
-    def _url(self, path: str, params: dict[str, Any] | None) -> httpx.URL:
-        """The absolute URL of ``path?params``, as httpx builds it from the base URL, made once
-        per distinct pair (the 64 used last are kept): parsing a URL string is a fifth of this
-        client's CPU per signing call, and every signing call of a key uses the same one. The
-        key holds each value's type (``1``, ``1.0`` and ``True`` are equal, and httpx writes
-        them differently; review finding)."""
-        key = (path, tuple((k, type(v), v) for k, v in sorted(params.items())) if params else ())
+                err = jsonlib.loads(r.body)["error"]
+                raise ApiError(r.status, str(err.get("code", "")), str(err.get("message", "")), str(err.get("field") or ""))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise ApiError(r.status, "http_error", r.body[:200].decode(errors="replace")) from None
         try:
-            url = self._urls.get(key)
-        except TypeError:  # a value that cannot be a dict key (a list): not kept
-            return self._http.build_request("GET", path, params=params).url
-        if url is None:
-            url = self._urls[key] = self._http.build_request("GET", path, params=params).url
-            if len(self._urls) > 64:
-                self._urls.popitem(last=False)
-        else:
-            self._urls.move_to_end(key)
-        return url
+            return jsonlib.loads(r.body)
+        except ValueError:  # not UTF-8 or not JSON: the coordinator always answers JSON
+            raise ApiError(r.status, "malformed_answer", f"the answer to {method} {path} is not JSON") from None
 
     # -- reads -------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -301,3 +284,15 @@ def _sign_body(digest: bytes | None, message: bytes | None, path: str | None, si
     if signers is not None:
         body["signers"] = list(signers)
     return body
+
+
+def _query(params: dict[str, Any] | None) -> str:
+    """``?name=value&…`` for ``params`` (empty for none), values written as httpx wrote them:
+    ``true``/``false`` for booleans, nothing for None, a list as the name repeated."""
+    if not params:
+        return ""
+    pairs = []
+    for name, value in params.items():
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            pairs.append((name, "true" if v is True else "false" if v is False else "" if v is None else str(v)))
+    return "?" + urllib.parse.urlencode(pairs)
