@@ -35,7 +35,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -226,6 +226,23 @@ class _Ended:
     finished_at: dt.datetime | None
 
 
+class TaskTaker(Protocol):
+    """A node's event stream open on this replica that takes tasks claimed for it in the very
+    transaction that queues them (:meth:`Coordinator._hand_over`): stream.py's connection
+    state. Only from the thread its event loop runs on (``thread``), where nothing else
+    touches that state meanwhile."""
+
+    @property
+    def identity(self) -> bytes: ...
+    @property
+    def admitted(self) -> Mapping[str, str]: ...
+    @property
+    def claim(self) -> int: ...
+    @property
+    def thread(self) -> int: ...
+    def take(self, tasks: list[dict[str, Any]]) -> None: ...
+
+
 #: What :meth:`Coordinator._append_messages` did: participants, accepted, duplicates, bytes,
 #: and the recipients (``to``) of the accepted messages.
 _Appended = tuple[list[str], int, int, int, list[str]]
@@ -249,6 +266,8 @@ class Coordinator:
         # replica is answered, without reading back what was just written.
         self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._answers_lock = threading.Lock()
+        #: node id -> its event stream on this replica, if one is open (stream.py registers it).
+        self.takers: dict[str, TaskTaker] = {}
 
     # -- API tokens ---------------------------------------------------------------------------
     def create_token(self, scopes: Sequence[str], label: str = "") -> tuple[dict[str, Any], str]:
@@ -843,6 +862,7 @@ class Coordinator:
                 if key.scheme in FROST_SCHEMES:
                     self._precommit(conn, key.scheme, participants, params, 1, now)
             conn.insert(_INSERT_JOB, job)
+            handed: dict[str, list[dict[str, Any]]] = {}
             if run_now:
                 conn.insert(
                     _INSERT_TASK,
@@ -858,10 +878,10 @@ class Coordinator:
                         for p in participants
                     ],
                 )
+                handed = self._hand_over(conn, [str(p["node_id"]) for p in participants], now)
         self.metrics.jobs_submitted.labels("sign").inc()
         if run_now:
-            for p in participants:
-                self.notify(f"node:{p['node_id']}", 1)
+            self._announce([str(p["node_id"]) for p in participants], handed)
         return Submitted(request_id=job_id)
 
     def _default_signers(self, s: Session | RawConnection, key: Any, now: dt.datetime) -> list[str]:
@@ -1075,9 +1095,9 @@ class Coordinator:
                     in_flight[signers] += 1
                     started.append([p["node_id"] for p in take[0].participants])
             others = changing is not None
+            handed = self._hand_over(conn, {nid for nodes in started for nid in nodes}, now)
         for nodes in started:
-            for nid in nodes:
-                self.notify(f"node:{nid}", 1)
+            self._announce(nodes, handed)
         return started, others
 
     def _in_flight(self, conn: RawConnection, key_id: str, now: dt.datetime) -> collections.Counter[tuple[str, ...]]:
@@ -1296,25 +1316,70 @@ class Coordinator:
             with self.db.raw.read() as conn:
                 if conn.first(_QUEUED_TASK, {"node": node_id}) is None:
                     return []
-        now = utc_now()
-        out: list[dict[str, Any]] = []
         with self.db.raw.write() as conn:
-            if identity is not None:
-                _hold_identity(conn, node_id, identity)
-            rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit})
-            if not rows:
-                return []
-            for task_id, party_index, job, key, nodes in self._task_rows(conn, rows):
-                if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
-                    conn.execute(_CANCEL_TASK, {"task": task_id})
-                    continue
-                conn.execute(
-                    _CLAIM_TASK,
-                    {"task": task_id, "now": now, "owner": self.settings.replica_id, "until": job.lease_until},
-                )
-                out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes, admitted))
+            return self._claim(conn, node_id, limit, identity, admitted, utc_now())
+
+    def _claim(
+        self,
+        conn: RawConnection,
+        node_id: str,
+        limit: int,
+        identity: bytes | None,
+        admitted: Mapping[str, str] | None,
+        now: dt.datetime,
+    ) -> list[dict[str, Any]]:
+        """:meth:`claim_tasks` in the caller's write transaction."""
+        if identity is not None:
+            _hold_identity(conn, node_id, identity)
+        rows = conn.execute(_QUEUED_TASKS, {"node": node_id, "limit": limit})
+        if not rows:
+            return []
+        out: list[dict[str, Any]] = []
+        for task_id, party_index, job, key, nodes in self._task_rows(conn, rows):
+            if job is None or key is None or job.status != "running":  # cannot happen: failing a job cancels its tasks
+                conn.execute(_CANCEL_TASK, {"task": task_id})
+                continue
+            conn.execute(
+                _CLAIM_TASK,
+                {"task": task_id, "now": now, "owner": self.settings.replica_id, "until": job.lease_until},
+            )
+            out.append(self._task_payload(task_id, node_id, party_index, job, key, nodes, admitted))
         self.metrics.tasks_claimed.inc(len(out))
         return out
+
+    def _hand_over(self, conn: RawConnection, node_ids: Iterable[str], now: dt.datetime) -> dict[str, list[dict[str, Any]]]:
+        """In the write transaction that just queued tasks for ``node_ids``: claim them at once
+        for those nodes whose event stream is open on this replica's event loop, the thread
+        this runs on (on SQLite, where the hot paths run inline), as the stream itself would
+        (:meth:`claim_tasks`: its identity key, its room, the evidence it admitted). That
+        saves each task the stream's own claim — a write transaction, after a wake-up that
+        waits its turn on the loop — between the dispatch and the push. A stream whose key is
+        stale is left to find that out with its own claim (it is closed then). Node id ->
+        tasks claimed; they are the stream's once committed (:meth:`_announce`)."""
+        handed: dict[str, list[dict[str, Any]]] = {}
+        me = threading.get_ident()
+        for nid in sorted(node_ids):
+            taker = self.takers.get(nid)
+            if taker is None or taker.thread != me or taker.claim <= 0:
+                continue
+            try:
+                tasks = self._claim(conn, nid, min(taker.claim, 64), taker.identity, taker.admitted, now)
+            except StaleIdentity:
+                continue
+            if tasks:
+                handed[nid] = tasks
+        return handed
+
+    def _announce(self, node_ids: Iterable[str], handed: Mapping[str, list[dict[str, Any]]]) -> None:
+        """After the commit that queued tasks for ``node_ids``: give each stream what was
+        claimed for it (:meth:`_hand_over`), and tell the other nodes a task waits."""
+        for nid in node_ids:
+            tasks = handed.get(nid)
+            taker = self.takers.get(nid)
+            if tasks and taker is not None:
+                taker.take(tasks)
+            else:
+                self.notify(f"node:{nid}", 1)
 
     def claimed_tasks(
         self, node_id: str, limit: int = 64, identity: bytes | None = None, *, admitted: Mapping[str, str] | None = None

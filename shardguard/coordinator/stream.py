@@ -33,7 +33,9 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,6 +94,23 @@ class _State:
     #: The node's latest ``want``: peers it admitted -> SHA-256 of that evidence (tasks name
     #: their evidence by the digest, API.md §1.3).
     admitted: dict[str, str] = field(default_factory=dict)
+    #: Tasks claimed for this stream in the transaction that queued them (service.TaskTaker),
+    #: not pushed yet; ``wake`` wakes the pusher for them.
+    taken: list[dict[str, Any]] = field(default_factory=list)
+    wake: Callable[[], None] | None = None
+    #: The event loop's thread: where the coordinator may hand this stream tasks.
+    thread: int = field(default_factory=threading.get_ident)
+
+    @property
+    def identity(self) -> bytes:
+        return self.node.identity_public_key
+
+    def take(self, tasks: list[dict[str, Any]]) -> None:
+        """Tasks claimed for this stream (within ``claim``): pushed by its pusher, woken now."""
+        self.claim -= len(tasks)
+        self.taken += tasks
+        if self.wake is not None:
+            self.wake()
 
 
 async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
@@ -113,6 +132,7 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
         return
     await ws.accept()
     state = _State(node, nonce)
+    state.wake = lambda: notifier.notify(f"events:{node_id}", None)
     coord.metrics.stream_connections.inc()
     send_lock = asyncio.Lock()
 
@@ -128,6 +148,7 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
                 raise WebSocketDisconnect(code=1006) from e
 
     pusher = asyncio.create_task(_pushing(ws, state, coord, notifier, hot, send))
+    coord.takers[node_id] = state  # the newest connection takes the node's tasks
     try:
         await _receive(ws, state, coord, notifier, hot, send)
     except _Closed as e:
@@ -137,6 +158,8 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
     except WebSocketDisconnect:
         pass
     finally:
+        if coord.takers.get(node_id) is state:
+            del coord.takers[node_id]
         pusher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pusher
@@ -316,6 +339,12 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     )
                     state.claim -= len(claimed)
                     tasks += claimed
+                if state.taken:
+                    # Claimed for this stream when they were queued (service._hand_over); the
+                    # look above may have found them among the claimed ones already.
+                    ids = {str(t["task_id"]) for t in tasks}
+                    tasks += [t for t in state.taken if str(t["task_id"]) not in ids and str(t["task_id"]) not in pushed]
+                    state.taken = []
                 pushed.update(str(t["task_id"]) for t in tasks)
                 for t in tasks:
                     state.cursors.setdefault(str(t["job_id"]), 0)
