@@ -436,3 +436,53 @@ def test_connections_need_no_client(server: _Server) -> None:
         answer = pool.request("POST", "/echo", body=b"raw", headers={"Content-Type": "text/plain"})
     assert answer.status == 200 and answer.headers["content-type"] == "application/json"
     assert json.loads(answer.body)["body"] == "raw" and server.seen[0][2]["X-A"] == "1"
+
+
+# -- review findings ---------------------------------------------------------------------------
+
+
+def test_what_cannot_change_on_a_retry_is_not_retried(server: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An oversized answer, or a header value http.client refuses (CR/LF), fails at once: a
+    GET is not sent again."""
+    monkeypatch.setattr(conns, "MAX_ANSWER", 4096)
+    with Client(f"http://127.0.0.1:{server.port}", "tok") as c:
+        with pytest.raises(TransportError, match="more than 4096") as e:
+            c._call("GET", "/chunked")
+        assert not e.value.retry and len(server.seen) == 1
+        with pytest.raises(TransportError) as e:
+            c._call("POST", "/echo", json={}, idempotency_key="a\r\nX-Evil: 1")
+        assert not e.value.retry and len(server.seen) == 1
+
+
+def test_paths_are_percent_encoded(server: _Server) -> None:
+    with Client(f"http://127.0.0.1:{server.port}", "tok") as c:
+        assert c._call("GET", "/v1/keys/a b/é", params={"q": "x y"})["path"] == "/v1/keys/a%20b/%C3%A9?q=x+y"
+        assert c._call("GET", "/v1/keys/a%2Fb")["path"] == "/v1/keys/a%2Fb"  # escaped already: kept
+
+
+def test_an_interim_answer_is_refused_and_its_connection_dropped() -> None:
+    def answer(conn: socket.socket, data: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    port, first, listener = _raw_server(answer)
+    try:
+        with Client(f"http://127.0.0.1:{port}", "tok") as c:
+            with pytest.raises(TransportError, match="interim answer") as e:
+                c._call("GET", "/v1/health")
+            assert not e.value.retry and c._connections._idle == []
+    finally:
+        listener.close()
+    assert len(first) == 1
+
+
+def test_a_garbled_answer_to_connect_is_a_transport_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def answer(conn: socket.socket, data: bytes) -> None:
+        conn.sendall(b"garbage\r\n\r\n")
+
+    port, _first, listener = _raw_server(answer)
+    try:
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        with Client("https://coordinator.example", "tok") as c, pytest.raises(TransportError):
+            c._call("POST", "/v1/tokens", json={})
+    finally:
+        listener.close()

@@ -10,14 +10,16 @@ more:
 - one base URL (``http`` or ``https``, with an optional path prefix); ``https`` verifies the
   certificate and the host name against the certifi roots, or against ``SSL_CERT_FILE`` /
   ``SSL_CERT_DIR`` when set (as httpx did);
-- HTTP proxies from the environment (``http_proxy``, ``https_proxy``, ``no_proxy``): an
-  ``http`` URL is asked of the proxy in absolute form, an ``https`` one through a ``CONNECT``
-  tunnel, so TLS still ends at the coordinator;
+- HTTP proxies as :func:`urllib.request.getproxies` finds them (``http_proxy``,
+  ``https_proxy``, ``no_proxy``; on Windows and macOS also the system settings; not
+  ``ALL_PROXY``): an ``http`` URL is asked of the proxy in absolute form, an ``https`` one
+  through a ``CONNECT`` tunnel, so TLS still ends at the coordinator;
 - connections kept alive and reused, LIFO, at most ``keep`` idle ones; one the server has
   closed while idle (it is readable: end of stream) is dropped before use, not written to;
 - a timeout for each request, and no Nagle delay (``TCP_NODELAY``);
 - an answer's body at most :data:`MAX_ANSWER` bytes (a hostile or broken server cannot make
-  the client hold more).
+  the client hold more); an interim (1xx) answer other than ``100 Continue`` is refused;
+- the path percent-encoded where a URL needs it (ids with spaces or non-ASCII letters).
 
 Every failure to get an answer is a :class:`TransportError`; retrying is the caller's decision
 (the client retries only reads and writes under an ``Idempotency-Key``).
@@ -165,7 +167,7 @@ class Connections:
     ) -> Answer:
         """Send one request (``path`` with its query, below the base URL's path) and read its
         whole answer."""
-        target = self._route.target(path)
+        target = self._route.target(_quoted(path))
         all_headers = self._headers | dict(headers or {})
         if self._route.absolute:
             all_headers |= self._route.proxy_headers
@@ -173,11 +175,18 @@ class Connections:
         try:
             conn.request(method, target, body=body, headers=all_headers)
             response = conn.getresponse()
+            if 100 <= response.status < 200:  # http.client skips 100 Continue only
+                raise _Refused(f"an interim answer ({response.status}) where a final one was due")
             answer = Answer(response.status, _headers(response), _read(response))
         except ssl.SSLCertVerificationError as e:
             conn.close()
             raise TransportError(method, target, f"certificate: {e.verify_message}", retry=False) from None
-        except (OSError, http.client.HTTPException, _TooLarge) as e:
+        except (_Refused, http.client.InvalidURL, ValueError) as e:
+            # Sending it again would change nothing: too large, an interim answer, or a
+            # header value (CR/LF) or URL http.client will not send.
+            conn.close()
+            raise TransportError(method, target, _reason(e), retry=False) from None
+        except (OSError, http.client.HTTPException) as e:
             conn.close()
             raise TransportError(method, target, _reason(e)) from None
         if response.will_close:
@@ -218,7 +227,7 @@ class Connections:
         except ssl.SSLCertVerificationError as e:
             conn.close()
             raise TransportError(method, target, f"certificate: {e.verify_message}", retry=False) from None
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:  # the latter: a garbled answer to CONNECT
             conn.close()
             raise TransportError(method, target, _reason(e)) from None
         return conn
@@ -231,20 +240,27 @@ class Connections:
         conn.close()
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """An answer not to be read (or retried): too large, or interim."""
+
+
+def _quoted(path: str) -> str:
+    """``path?query`` with the path percent-encoded as a URL needs (what is already escaped,
+    and the query, which the client encodes, are left as they are)."""
+    path, sep, query = path.partition("?")
+    return urllib.parse.quote(path, safe="/%:@!$&'()*+,;=-._~") + sep + query
 
 
 def _read(response: http.client.HTTPResponse) -> bytes:
     if response.length is not None and response.length > MAX_ANSWER:
-        raise _TooLarge(f"an answer of {response.length} bytes (at most {MAX_ANSWER})")
+        raise _Refused(f"an answer of {response.length} bytes (at most {MAX_ANSWER})")
     if response.length is not None:
         return response.read()
     chunks, size = [], 0
     while chunk := response.read(_CHUNK):
         size += len(chunk)
         if size > MAX_ANSWER:
-            raise _TooLarge(f"an answer of more than {MAX_ANSWER} bytes")
+            raise _Refused(f"an answer of more than {MAX_ANSWER} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -261,6 +277,8 @@ def _readable(sock: socket.socket) -> bool:
     """True if reading would not block: an idle keep-alive connection the server closed (or
     wrote to unasked), never to be reused."""
     try:
+        if not hasattr(select, "poll"):  # Windows
+            return bool(select.select([sock], [], [], 0)[0])
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))

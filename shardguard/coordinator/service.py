@@ -1097,7 +1097,7 @@ class Coordinator:
             others = changing is not None
             handed = self._hand_over(conn, {nid for nodes in started for nid in nodes}, now)
         for nodes in started:
-            self._announce(nodes, handed)
+            self._announce(nodes, handed)  # a node in two jobs takes its tasks once (popped)
         return started, others
 
     def _in_flight(self, conn: RawConnection, key_id: str, now: dt.datetime) -> collections.Counter[tuple[str, ...]]:
@@ -1366,15 +1366,22 @@ class Coordinator:
                 tasks = self._claim(conn, nid, min(taker.claim, 64), taker.identity, taker.admitted, now)
             except StaleIdentity:
                 continue
+            except Exception:
+                # Only a shortcut: never the reason a submission or a report fails. Whatever
+                # this claim wrote (SQLite: kept) the stream pushes at its next look at the
+                # tasks handed out and not reported (every poll interval).
+                _log.exception("claiming the tasks of %s for its stream failed; it is told instead", nid)
+                continue
             if tasks:
                 handed[nid] = tasks
         return handed
 
-    def _announce(self, node_ids: Iterable[str], handed: Mapping[str, list[dict[str, Any]]]) -> None:
+    def _announce(self, node_ids: Iterable[str], handed: dict[str, list[dict[str, Any]]]) -> None:
         """After the commit that queued tasks for ``node_ids``: give each stream what was
-        claimed for it (:meth:`_hand_over`), and tell the other nodes a task waits."""
+        claimed for it (:meth:`_hand_over`; taken out of ``handed``, so once), and tell the
+        other nodes a task waits."""
         for nid in node_ids:
-            tasks = handed.get(nid)
+            tasks = handed.pop(nid, None)
             taker = self.takers.get(nid)
             if tasks and taker is not None:
                 taker.take(tasks)

@@ -342,8 +342,11 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                 if state.taken:
                     # Claimed for this stream when they were queued (service._hand_over); the
                     # look above may have found them among the claimed ones already.
-                    ids = {str(t["task_id"]) for t in tasks}
-                    tasks += [t for t in state.taken if str(t["task_id"]) not in ids and str(t["task_id"]) not in pushed]
+                    ids = {str(t["task_id"]) for t in tasks} | pushed
+                    for t in state.taken:
+                        if str(t["task_id"]) not in ids:
+                            ids.add(str(t["task_id"]))
+                            tasks.append(t)
                     state.taken = []
                 pushed.update(str(t["task_id"]) for t in tasks)
                 for t in tasks:

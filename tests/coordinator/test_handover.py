@@ -135,3 +135,22 @@ def test_the_next_jobs_tasks_reach_open_streams_without_a_claim_of_their_own(
         sa.want(claim=1)
         (ta2,) = sa.receive("events")["tasks"]
         assert ta2["job_id"] == last and claims == [a.node_id]
+
+
+def test_a_node_in_two_jobs_of_one_dispatch_takes_its_tasks_once(client: TestClient, nodes: list[FakeNode]) -> None:
+    """Review finding: a dispatch that starts two jobs sharing a node announced each job's
+    nodes, so that node's stream took the same claimed tasks twice (its room counted twice)."""
+    a, b, c = nodes
+    service = coord(client)
+    taker = Taker(_identity(a))
+    service.takers[a.node_id] = taker
+    told: list[str] = []
+    service.notify = lambda k, n=None: told.append(k)  # type: ignore[method-assign]
+    try:
+        handed = {a.node_id: [{"task_id": "t1"}, {"task_id": "t2"}]}
+        service._announce([a.node_id, b.node_id], handed)
+        service._announce([a.node_id, c.node_id], handed)
+    finally:
+        del service.takers[a.node_id]
+    assert [t["task_id"] for t in taker.taken] == ["t1", "t2"] and taker.claim == 2
+    assert told == [f"node:{b.node_id}", f"node:{a.node_id}", f"node:{c.node_id}"]
