@@ -422,6 +422,10 @@ def test_proxies_from_the_environment(tls_server: tuple[_Server, Path], monkeypa
         with Client(f"https://localhost:{server.port}", "tok") as c:
             assert c._call("GET", "/echo")["method"] == "GET"
         assert len(proxy.lines) == n
+        monkeypatch.delenv("http_proxy")
+        monkeypatch.setenv("all_proxy", f"http://127.0.0.1:{proxy.port}")  # for every scheme not named
+        with Client("http://coordinator.example:8750", "tok") as c:
+            assert c._call("GET", "/v1/health") == {"proxied": "GET http://coordinator.example:8750/v1/health HTTP/1.1"}
         monkeypatch.setenv("https_proxy", "socks5://127.0.0.1:1080")
         monkeypatch.delenv("no_proxy")
         with pytest.raises(ValueError, match="only http:// proxies"):

@@ -2,17 +2,16 @@
 
 The standard library's :mod:`http.client` under a small thread-safe pool. httpx did this job
 before; its per-request machinery (request and response models, cookies, auth and redirect
-hooks) cost about 0.5 ms of CPU and 0.7–1 ms of
-latency per signing call on the bench host, as much as the coordinator's whole handling of
-the request (bench/README.md, "The client on http.client"). What this module does, and no
-more:
+hooks) cost about 0.5 ms of CPU and 0.7–1 ms of latency per signing call on the bench host,
+as much as the coordinator's whole handling of the request (bench/README.md, "The client on
+http.client"). What this module does, and no more:
 
 - one base URL (``http`` or ``https``, with an optional path prefix); ``https`` verifies the
   certificate and the host name against the certifi roots, or against ``SSL_CERT_FILE`` /
   ``SSL_CERT_DIR`` when set (as httpx did);
 - HTTP proxies as :func:`urllib.request.getproxies` finds them (``http_proxy``,
-  ``https_proxy``, ``no_proxy``; on Windows and macOS also the system settings; not
-  ``ALL_PROXY``): an ``http`` URL is asked of the proxy in absolute form, an ``https`` one
+  ``https_proxy``, else ``all_proxy``, and ``no_proxy``; on Windows and macOS also the
+  system settings): an ``http`` URL is asked of the proxy in absolute form, an ``https`` one
   through a ``CONNECT`` tunnel, so TLS still ends at the coordinator;
 - connections kept alive and reused, LIFO, at most ``keep`` idle ones; one the server has
   closed while idle (it is readable: end of stream) is dropped before use, not written to;
@@ -117,7 +116,8 @@ def _route(url: str) -> _Route:
 
 def _proxy(scheme: str, host: str) -> tuple[tuple[str, int] | None, dict[str, str]]:
     """The environment's proxy for ``scheme`` URLs to ``host`` (None: connect directly)."""
-    url = urllib.request.getproxies().get(scheme)
+    proxies = urllib.request.getproxies()
+    url = proxies.get(scheme) or proxies.get("all")
     if not url or urllib.request.proxy_bypass(host):
         return None, {}
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
