@@ -178,17 +178,9 @@ class Connections:
             if 100 <= response.status < 200:  # http.client skips 100 Continue only
                 raise _Refused(f"an interim answer ({response.status}) where a final one was due")
             answer = Answer(response.status, _headers(response), _read(response))
-        except ssl.SSLCertVerificationError as e:
+        except _FAILURES as e:
             conn.close()
-            raise TransportError(method, target, f"certificate: {e.verify_message}", retry=False) from None
-        except (_Refused, http.client.InvalidURL, ValueError) as e:
-            # Sending it again would change nothing: too large, an interim answer, or a
-            # header value (CR/LF) or URL http.client will not send.
-            conn.close()
-            raise TransportError(method, target, _reason(e), retry=False) from None
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise TransportError(method, target, _reason(e)) from None
+            raise _failure(method, target, e) from None
         if response.will_close:
             conn.close()
         else:
@@ -220,16 +212,13 @@ class Connections:
         if route.proxy is not None and route.https:
             conn.set_tunnel(route.host, route.port, headers=route.proxy_headers)
         try:
-            conn.connect()
-            assert conn.sock is not None
-            # Requests and answers are single small writes: no waiting for an ACK (Nagle).
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except ssl.SSLCertVerificationError as e:
+            conn.connect()  # an HTTPException here: a garbled answer to CONNECT
+            if conn.sock is not None:  # always, once connected
+                # Requests and answers are single small writes: no waiting for an ACK (Nagle).
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except _FAILURES as e:
             conn.close()
-            raise TransportError(method, target, f"certificate: {e.verify_message}", retry=False) from None
-        except (OSError, http.client.HTTPException) as e:  # the latter: a garbled answer to CONNECT
-            conn.close()
-            raise TransportError(method, target, _reason(e)) from None
+            raise _failure(method, target, e) from None
         return conn
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
@@ -242,6 +231,21 @@ class Connections:
 
 class _Refused(Exception):
     """An answer not to be read (or retried): too large, or interim."""
+
+
+#: What a request or a connection can fail with (a certificate's verification failure is an
+#: OSError and a ValueError; http.client's InvalidURL is an HTTPException).
+_FAILURES = (OSError, ValueError, http.client.HTTPException, _Refused)
+
+
+def _failure(method: str, target: str, e: BaseException) -> TransportError:
+    """``e`` as a :class:`TransportError`; not to be retried when sending again would change
+    nothing: a certificate that failed verification, an answer too large or interim, a header
+    value (CR/LF) or URL that http.client will not send."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return TransportError(method, target, f"certificate: {e.verify_message}", retry=False)
+    final = isinstance(e, (_Refused, http.client.InvalidURL)) or (isinstance(e, ValueError) and not isinstance(e, OSError))
+    return TransportError(method, target, _reason(e), retry=not final)
 
 
 def _quoted(path: str) -> str:

@@ -878,10 +878,10 @@ class Coordinator:
                         for p in participants
                     ],
                 )
-                handed = self._hand_over(conn, [str(p["node_id"]) for p in participants], now)
+                handed = self._hand_over(conn, chosen, now)
         self.metrics.jobs_submitted.labels("sign").inc()
         if run_now:
-            self._announce([str(p["node_id"]) for p in participants], handed)
+            self._announce(chosen, handed)
         return Submitted(request_id=job_id)
 
     def _default_signers(self, s: Session | RawConnection, key: Any, now: dt.datetime) -> list[str]:

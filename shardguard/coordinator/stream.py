@@ -97,7 +97,7 @@ class _State:
     #: Tasks claimed for this stream in the transaction that queued them (service.TaskTaker),
     #: not pushed yet; ``wake`` wakes the pusher for them.
     taken: list[dict[str, Any]] = field(default_factory=list)
-    wake: Callable[[], None] | None = None
+    wake: Callable[[], None] = lambda: None
     #: The event loop's thread: where the coordinator may hand this stream tasks.
     thread: int = field(default_factory=threading.get_ident)
 
@@ -109,8 +109,7 @@ class _State:
         """Tasks claimed for this stream (within ``claim``): pushed by its pusher, woken now."""
         self.claim -= len(tasks)
         self.taken += tasks
-        if self.wake is not None:
-            self.wake()
+        self.wake()
 
 
 async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier: Notifier, hot: Any) -> None:
@@ -131,8 +130,7 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
         await _deny(ws, ApiError(401, "malformed_signature", "malformed nonce header"))
         return
     await ws.accept()
-    state = _State(node, nonce)
-    state.wake = lambda: notifier.notify(f"events:{node_id}", None)
+    state = _State(node, nonce, wake=lambda: notifier.notify(f"events:{node_id}", None))
     coord.metrics.stream_connections.inc()
     send_lock = asyncio.Lock()
 
