@@ -160,6 +160,11 @@ class Client:
     def request(self, request_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/requests/{request_id}"))
 
+    def requests(self, *, key_id: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest requests (``GET /v1/requests``), of one key and in one status if given."""
+        params = {"key_id": key_id, "status": status, "limit": limit}
+        return list(self._call("GET", "/v1/requests", params={k: v for k, v in params.items() if v is not None}))
+
     def audit(self, **params: Any) -> Any:
         return self._call("GET", "/v1/audit", params=params)
 

@@ -742,6 +742,13 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         same_node(node, node_id)
         return JSONResponse(await hot(coord.post_outbox, node, *body.items()))
 
+    @app.post("/v1/nodes/{node_id}/witness", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def request_witness(node_id: _ID, node: SignedNode) -> JSONResponse:
+        """The node asks the other holders of its keys to confirm its state (API.md §1.14): one
+        ``witness`` job per active key it holds, with the holders seen lately."""
+        same_node(node, node_id)
+        return JSONResponse(await hot(coord.request_witness, node))
+
     @app.websocket("/v1/nodes/{node_id}/stream")
     async def stream(ws: WebSocket, node_id: _ID) -> None:
         """The event stream and the outbox on one WebSocket (API.md §1.11, ``stream`` module)."""

@@ -230,7 +230,7 @@ class JobError(_Out):
 class RequestOut(_Out):
     request_id: str
     #: ``bundle``: not a client request but the job that ran several (API.md §1.6, Bundles).
-    kind: Literal["dkg", "sign", "refresh", "repair", "bundle"]
+    kind: Literal["dkg", "sign", "refresh", "repair", "bundle", "witness"]
     key_id: str
     status: Literal["queued", "running", "done", "failed"]
     params: dict[str, Any]

@@ -89,7 +89,7 @@ __all__ = [
 SCHEMES = ("ecdsa", "ed25519", "secp256k1", "bip340")
 FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
 SCOPES = ("keys:write", "sign:write", "read", "nodes:register", "admin")
-JOB_KINDS = ("dkg", "sign", "refresh", "repair")
+JOB_KINDS = ("dkg", "sign", "refresh", "repair", "witness")
 #: Kinds that change the shares: they run alone on their key.
 EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
 #: Most requests in one bundle (the nodes' FrostBatchSigner takes 64), and most requests ×
@@ -951,6 +951,47 @@ class Coordinator:
             self._submit(s, job, key, now)
         return self._started(job, "repair")
 
+    def request_witness(self, node: NodeIdentity) -> dict[str, Any]:
+        """A node that started asks the other holders of its keys to confirm its state before
+        it signs (docs/NODE.md, "Rollback witness"; API.md §1.14): one ``witness`` job per
+        active key it holds, for itself and the holders seen within ``node_alive_seconds``. A
+        key with such a job of this node's queued or running gets no second one."""
+        now = utc_now()
+        alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
+        jobs: list[str] = []
+        new: list[Job] = []
+        with self.db.write() as s:
+            _hold_identity(s, node.node_id, node.identity_public_key)
+            for key in s.scalars(select(Key).where(Key.status == "active").order_by(Key.id)):
+                if node.node_id not in key.node_ids:
+                    continue
+                pending = s.scalars(
+                    select(Job.id).where(
+                        Job.key_id == key.id,
+                        Job.kind == "witness",
+                        Job.requested_by == node.node_id,
+                        Job.status.in_(("queued", "running")),
+                    ).limit(1)
+                ).first()
+                if pending is not None:
+                    jobs.append(pending)
+                    continue
+                seen = {nid: ts for nid, ts in s.execute(_NODES_SEEN, {"ids": list(key.node_ids)})}
+                participants = [
+                    {"node_id": nid, "index": i + 1}
+                    for i, nid in enumerate(key.node_ids)
+                    if nid == node.node_id or (nid in seen and seen[nid] >= alive_after)
+                ]
+                if len(participants) < 2:
+                    continue
+                job = self._new_job(s, "witness", key, {"for": node.node_id}, participants, node.node_id, now)
+                self._submit(s, job, key, now)
+                new.append(job)
+                jobs.append(job.id)
+        for job in new:
+            self._started(job, "witness")
+        return {"jobs": jobs}
+
     # -- requests -------------------------------------------------------------------------------
     def take_answer(self, job_id: str) -> dict[str, Any] | None:
         """The record of a request that a report on this replica just ended (``done``), once:
@@ -1666,6 +1707,10 @@ class Coordinator:
             for i, value in enumerate(sigs):
                 if not _short_hex(value):
                     raise ApiError(422, "validation_error", "must be lower-case hex", field=f"result.signatures[{i}]")
+            return
+        if job.kind == "witness":
+            if result:
+                raise ApiError(422, "validation_error", "a witness task reports an empty result", field="result")
             return
         need = {"dkg": "public_key", "sign": "signature", "refresh": "public_key", "repair": None}[job.kind]
         if need is not None and not _short_hex(result.get(need)):

@@ -262,9 +262,10 @@ class PeerCounter:
 
 @dataclasses.dataclass(frozen=True)
 class FreshnessReport:
-    """Outcome of a successful :meth:`Keystore.require_fresh`: ``confirmed`` peers witnessed a
-    state on our history (``lag`` = our counter − theirs); ``unverifiable`` peers saw a counter
-    older than our kept history; ``unknown`` peers had never seen us."""
+    """Outcome of :meth:`Keystore.check_witnessed` (and of a successful
+    :meth:`Keystore.require_fresh`): ``confirmed`` peers witnessed a state on our history
+    (``lag`` = our counter − theirs); ``unverifiable`` peers saw a counter older than our kept
+    history (or more than ``max_lag`` behind); ``unknown`` peers had never seen us."""
 
     counter: int
     digest: bytes
@@ -517,6 +518,7 @@ class Keystore:
         self._broken = False
         self._closed = False
         self._fresh = False
+        self._created = False
         self._manifest = _Manifest("", 0, "", [], {}, {})
         self._digest = b""
         self._shares: dict[str, AnyShare] = {}  # file name -> decoded share
@@ -632,6 +634,7 @@ class Keystore:
                 raise KeystoreError(KeystoreReason.MISSING, mpath, "no keystore here")
             self._cleanup_temps(names)
             self._initialise()
+            self._created = True
             return
         expect = _Expect(_MANIFEST_KIND, _MANIFEST_KIND)
         store, counter, plaintext, payload = self._read(MANIFEST, expect, MAX_MANIFEST, store=None)
@@ -1390,6 +1393,25 @@ class Keystore:
         if type(t) is not int or t < 1:
             raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "t must be an int ≥ 1")
         with self._mutex:
+            report = self.check_witnessed(confirmations, max_lag=max_lag)
+            if len(report.confirmed) < t:
+                raise KeystoreError(
+                    KeystoreReason.UNCONFIRMED,
+                    self._dir,
+                    f"{len(report.confirmed)} of the required {t} peers confirmed counter ≤ {report.counter} on our "
+                    f"history (unverifiable: {list(report.unverifiable) or 'none'}, never saw us: "
+                    f"{list(report.unknown) or 'none'})",
+                )
+            self._fresh = True
+            return report
+
+    def check_witnessed(
+        self, confirmations: Mapping[str, tuple[int, bytes] | None], *, max_lag: int | None = None
+    ) -> FreshnessReport:
+        """:meth:`require_fresh`'s checks without its quorum: raises ``STALE_STATE`` as it does,
+        else says which peers confirm our state, which cannot tell, and which never saw us. The
+        caller counts (the node asks for t holders of each key, docs/NODE.md)."""
+        with self._mutex:
             self._check_usable(write=False)
             counter, digest = self._manifest.counter, self._digest
             confirmed: list[str] = []
@@ -1425,15 +1447,13 @@ class Keystore:
                     f"loaded counter {counter}, but {'; '.join(stale)}: this state directory is an older (or diverged) copy. "
                     "Refusing to sign: restore the newest state, or wipe it and re-provision the shares by repair from peers",
                 )
-            if len(confirmed) < t:
-                raise KeystoreError(
-                    KeystoreReason.UNCONFIRMED,
-                    self._dir,
-                    f"{len(confirmed)} of the required {t} peers confirmed counter ≤ {counter} on our history "
-                    f"(unverifiable: {unverifiable or 'none'}, never saw us: {unknown or 'none'})",
-                )
-            self._fresh = True
             return FreshnessReport(counter, digest, tuple(confirmed), lag, tuple(unverifiable), tuple(unknown))
+
+    @property
+    def created(self) -> bool:
+        """Whether this store was made empty when it was opened (nothing older to roll back to:
+        every state in it was written since)."""
+        return self._created
 
     @property
     def fresh(self) -> bool:

@@ -28,6 +28,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -60,7 +61,7 @@ from shardguard.channel.identity import is_node_id, verify_signature
 from shardguard.enclave.platform import Platform, open_platform
 from shardguard.keyfiles import write_file_atomic
 from shardguard.node import committee
-from shardguard.node.admission import Admissions, PeerNotAdmitted
+from shardguard.node.admission import REPORT_MARGIN, Admissions, PeerNotAdmitted
 from shardguard.node.audit import AuditBacklogFull, AuditLog, AuditRefused
 from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
@@ -82,7 +83,7 @@ log = logging.getLogger("shardguard.node")
 _ANSWER_BURST = 5
 #: The coordinator's job kinds, as tasks.py names them; a bundle is several signings in one
 #: session (API.md §1.6, "Bundles").
-_KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair"}
+_KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair", "witness": "witness"}
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -175,6 +176,12 @@ class NodeService:
         self._witness_lock = threading.Lock()
         self._changing: set[str] = set()  # keys with a keygen, refresh or repair running here
         self._fresh = False
+        # Peers (node id → identity key) that confirmed our state since this process started:
+        # a signature waits for t other holders of its key among them (_await_confirmed).
+        self._vouched: dict[str, bytes] = {}
+        self._vouched_cv = threading.Condition(threading.Lock())
+        self._stale: str | None = None  # the last STALE_STATE a peer's note proved, if any
+        self._witness_asked = -math.inf  # when we last asked for witness jobs (monotonic)
         # Peer processes (node id → identity key, reason) caught serving an old state copy.
         self._caught: dict[str, tuple[bytes, str]] = {}
         # Session instances this process has run (the newest _INSTANCES): a coordinator that
@@ -488,6 +495,8 @@ class NodeService:
             if "message_hex" in params:
                 task_params["message"] = params["message_hex"]
             task_params["path"] = params.get("path") or "m"
+        elif kind == "witness" and (set(params) != {"for"} or params["for"] not in participants.values()):
+            raise TaskError("a witness job names the participant it is for, and nothing else", "params")
         task = Task(
             job=str(raw["job_id"]),
             kind=kind,
@@ -506,18 +515,11 @@ class NodeService:
             lost = str(params.get("lost", "")) if kind == "repair" else None
             committee.check(self.keystore, task.key_id, participants, me, self.node_id, lost=lost)
         deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
+        if kind == "witness":
+            return self._witness_job(raw, task, params, deadline)
         peers = {int(p["index"]): self.admissions.admit(p, deadline) for p in raw["participants"] if int(p["index"]) != me}
         self._check_rollbacks(peers)
-        # Remembered only now, once the task passed its checks: tasks refused at once must not
-        # push a finished session's instance out of memory (review finding).
-        with self._instances_lock:
-            if task.instance in self._instances:
-                # Same instance, same session ids: a replay of that session's messages would be
-                # accepted, and an honest peer blamed for "equivocating" (review finding).
-                raise TaskError("this session instance was used before", "instance")
-            self._instances[task.instance] = None
-            if len(self._instances) > _INSTANCES:
-                self._instances.popitem(last=False)
+        self._remember_instance(task)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
             if kind != "keygen":
@@ -532,6 +534,8 @@ class NodeService:
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
         later, early = self._witness(task, peers, inbox, deadline)
+        if kind == "sign":
+            self._await_confirmed(task.key_id, deadline)
         release = None
         writing: list[Future[None]] = []
         if kind == "sign":
@@ -568,6 +572,19 @@ class NodeService:
             self._confirm_staged(task, peers, inbox, deadline, result)
         return result
 
+    def _remember_instance(self, task: Task) -> None:
+        """Refuse a session instance this process has run before. Called only once the task
+        passed its checks: tasks refused at once must not push a finished session's instance
+        out of memory (review finding)."""
+        with self._instances_lock:
+            if task.instance in self._instances:
+                # Same instance, same session ids: a replay of that session's messages would be
+                # accepted, and an honest peer blamed for "equivocating" (review finding).
+                raise TaskError("this session instance was used before", "instance")
+            self._instances[task.instance] = None
+            if len(self._instances) > _INSTANCES:
+                self._instances.popitem(last=False)
+
     # -- signing in one step, with nonces committed ahead ----------------------------------------
     def _sign_precommitted(
         self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], peers: Mapping[int, AdmittedPeer], deadline: float
@@ -583,6 +600,7 @@ class NodeService:
         only once it is durable."""
         if not self._fresh:
             raise TaskError("peers have not confirmed this node's state since it started: it signs in two rounds", "commitments")
+        self._await_confirmed(task.key_id, deadline)
         share = self.shares.load(task.key_id)
         if share_scheme(share) != task.scheme:  # the scheme the commitments are signed for, and logged
             raise TaskError(f"the key is {share_scheme(share)}, the task says {task.scheme}", "scheme")
@@ -774,20 +792,11 @@ class NodeService:
         arrived (the second callable, the engine's ``idle``: while a later round crosses the
         network, with the witness write) or at the latest after the protocol (the first), to
         keep the recorded counters current."""
-        counter, digest = self.keystore.announcement()
-        seen = self.keystore.peer_counters()
-
-        def note(node: str) -> bytes:
-            pc = seen.get(node)
-            return json.dumps(
-                {"counter": counter, "digest": digest.hex(), "seen_you": None if pc is None else [pc.counter, pc.digest.hex()]}
-            ).encode()
-
         sid = hashlib.sha256(b"shardguard/node/witness/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
         needed = not self._fresh or any(self._witness_keys.get(p.node_id) != p.card.identity_public_key for p in peers.values())
         # Not awaited: the notes ride with the protocol's first round (one frame fewer).
         notes = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
-                      messages={i: note(p.node_id) for i, p in peers.items()}, hold=not needed)  # fmt: skip
+                      messages=self._witness_notes(peers), hold=not needed)  # fmt: skip
         if needed:
             self._check_witness(notes.receive(deadline), peers)
             return (lambda: None), None
@@ -838,6 +847,126 @@ class NodeService:
 
         return later, functools.partial(take, False)
 
+    def _witness_notes(self, peers: Mapping[int, AdmittedPeer]) -> dict[int, bytes]:
+        """Our witness note for each peer: our keystore's (counter, digest) and the last pair we
+        recorded for that peer."""
+        counter, digest = self.keystore.announcement()
+        seen = self.keystore.peer_counters()
+        out = {}
+        for i, p in peers.items():
+            pc = seen.get(p.node_id)
+            note = {"counter": counter, "digest": digest.hex(), "seen_you": None if pc is None else [pc.counter, pc.digest.hex()]}
+            out[i] = json.dumps(note).encode()
+        return out
+
+    def _witness_job(self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+        """A ``witness`` job (docs/NODE.md, "Rollback witness"; coordinator API.md §1.14): the
+        node it is ``for`` started and asks the other holders of a key, those the coordinator
+        saw lately, to confirm its state before it signs. Only witness notes cross, between that
+        node and each other participant. It admits them all and takes every note that comes by
+        the deadline (a peer that cannot be admitted is skipped: it confirms nothing); every
+        other participant admits it alone and records its counter, which catches it if it went
+        back (``STALE_PEER``, as in any task). Reports an empty result."""
+        asker = str(params["for"])
+        mine = asker == self.node_id
+        wanted = [p for p in raw["participants"] if int(p["index"]) != task.me and (mine or p["node_id"] == asker)]
+        self._remember_instance(task)
+        inbox = Inbox()
+        peers: dict[int, AdmittedPeer] = {}
+        waiting: dict[int, Notes] = {}
+        end = deadline - REPORT_MARGIN
+        # Admitted side by side, and each peer's note taken as it comes: a holder that went down
+        # after the coordinator last saw it holds up nobody else's confirmation.
+        admitting = ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="witness")
+        try:
+            pending = {admitting.submit(self.admissions.admit, p, deadline): p for p in wanted}
+            while pending or waiting:
+                done = [f for f in pending if f.done()]
+                for f in done:
+                    p = pending.pop(f)
+                    i = int(p["index"])
+                    try:
+                        peers[i] = f.result()
+                        self._check_rollbacks({i: peers[i]})
+                    except (PeerNotAdmitted, StalePeer) as e:
+                        if not mine:
+                            raise
+                        log.warning("witness job %s: %s confirms nothing: %s", task.job, p["node_id"], e)
+                        continue
+                    # One session per pair: the asker and this peer (each takes only its own).
+                    other = p["node_id"] if mine else self.node_id
+                    sid = hashlib.sha256(b"shardguard/node/witness-job/v1\x00" + task.job.encode() + b"\x00"
+                                         + task.instance + other.encode()).digest()  # fmt: skip
+                    waiting[i] = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers={i: peers[i]},
+                                       relay=self.relay, inbox=inbox, messages=self._witness_notes({i: peers[i]}))  # fmt: skip
+                for i, notes in list(waiting.items()):
+                    try:
+                        got = notes.receive(min(end, time.monotonic() + 0.05))
+                    except EngineTimeout:
+                        continue
+                    del waiting[i]
+                    try:
+                        self._check_witness(dict(got), {i: peers[i]})  # a confirmation counts at once
+                    except (StalePeer, TaskError) as e:
+                        if not mine:
+                            raise
+                        log.warning("witness job %s: %s confirms nothing: %s", task.job, peers[i].node_id, e)
+                if time.monotonic() >= end:
+                    break
+                if not waiting and pending:
+                    futures_wait(list(pending), timeout=0.05)
+        finally:
+            admitting.shutdown(wait=False, cancel_futures=True)
+        if waiting:
+            log.warning("witness job %s: no note in time from %s", task.job, ", ".join(peers[i].node_id for i in waiting))
+        return {}
+
+    def _await_confirmed(self, key_id: str, deadline: float) -> None:
+        """Rollback defence before a signature (ARCHITECTURE §7): wait until t other holders of
+        the key (t its threshold, from our own share; all others if fewer) have confirmed our
+        state since this process started — through a task's witness notes or a witness job,
+        which this asks for while they are missing. A store made empty by this process needs
+        none: every state in it is newer than anything a peer saw. Raises ``UNCONFIRMED``
+        (reason ``KEYSTORE_UNCONFIRMED``) at the deadline, naming who confirmed."""
+        if self.keystore.created:
+            return
+        holders = committee.recorded(self.keystore, key_id) or {}
+        others = {n for n in holders.values() if n != self.node_id}
+        need = min(self.shares.load(key_id).public.threshold, len(others))
+        with self._vouched_cv:
+            while True:
+                have = others & self._vouched.keys()
+                if len(have) >= need:
+                    return
+                if self._stale is not None:  # a peer saw a newer state of ours: no quorum will come
+                    raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
+                left = deadline - REPORT_MARGIN - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    raise KeystoreError(
+                        KeystoreReason.UNCONFIRMED,
+                        self.keystore.directory,
+                        f"{len(have)} of the {need} other holders of key {key_id} needed confirmed this node's state "
+                        f"since it started ({', '.join(sorted(have)) or 'none'}): it does not sign before they do",
+                    )
+                self._ask_witness()
+                self._vouched_cv.wait(min(left, 1.0))
+
+    def _ask_witness(self, *, every: float = 2.0) -> None:
+        """Ask the coordinator for witness jobs (``POST /v1/nodes/{id}/witness``), at most once
+        every ``every`` seconds, off the caller's thread."""
+        now = time.monotonic()
+        if now - self._witness_asked < every:
+            return
+        self._witness_asked = now
+
+        def post() -> None:
+            try:
+                self.link.request("POST", f"/v1/nodes/{self.node_id}/witness", body={})
+            except (httpx.HTTPError, EngineError, CoordinatorRefused) as e:
+                log.warning("witness jobs not asked for: %s", e)
+
+        self._nudges.submit(post)
+
     def _check_witness(self, got: Mapping[int, bytes], peers: Mapping[int, AdmittedPeer], *, defer: bool = False) -> None:
         confirmations: dict[str, tuple[int, bytes] | None] = {}
         for i, raw in got.items():
@@ -866,17 +995,24 @@ class NodeService:
                         self._caught[node] = (identity, str(e))  # this process stays caught (_check_rollbacks)
                         raise StalePeer(node, str(e)) from None
         try:
-            self.keystore.require_fresh(confirmations, 1)
-            if not self._fresh:
-                self._fresh = True
-                self.nonces.wake()  # commitments may be published now
+            report = self.keystore.check_witnessed(confirmations)
         except KeystoreError as e:
             if e.reason is KeystoreReason.STALE_STATE:  # refuse, loudly, and from now on
-                self._latch_stale(str(e))
-            if e.reason is not KeystoreReason.UNCONFIRMED:
-                raise
-            # No peer has witnessed us yet (a new cluster, or peers that never saw this node):
-            # nothing proves staleness; from now on they do witness.
+                self._latch_stale(e.detail)
+            raise
+        # A peer that saw a state on our history, or one older than the history we keep, saw
+        # nothing newer: it confirms. One that never saw us (a new cluster, a peer re-provisioned
+        # by repair) proves nothing either way, and from now on it does witness.
+        vouching = {*report.confirmed, *report.unverifiable}
+        if vouching:
+            with self._vouched_cv:
+                for p in peers.values():
+                    if p.node_id in vouching:
+                        self._vouched[p.node_id] = p.card.identity_public_key
+                self._vouched_cv.notify_all()
+        if report.confirmed and not self._fresh:
+            self._fresh = True
+            self.nonces.wake()  # commitments may be published now
 
     # -- rollbacks, once caught, stay caught for the process caught -------------------------------
     # A restored state directory that a peer caught (STALE_STATE here, STALE_PEER there) must
@@ -890,6 +1026,10 @@ class NodeService:
         self._fresh = False
         with self._witness_lock:
             self._witness_keys.clear()
+        with self._vouched_cv:
+            self._vouched.clear()
+            self._stale = detail
+            self._vouched_cv.notify_all()
         log.error("this state directory looks like an old copy (a peer saw a newer state): %s", detail)
 
     def _check_rollbacks(self, peers: Mapping[int, AdmittedPeer]) -> None:
@@ -983,6 +1123,8 @@ class NodeService:
                         return
         else:
             self.register()
+        if self.keystore.keys() and not self.keystore.created:
+            self._ask_witness()  # the other holders confirm our state before we sign (_await_confirmed)
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
         threading.Thread(target=self._answer_challenges, name="challenges", daemon=True).start()
         threading.Thread(target=self.nonces.run, args=(self._stop,), name="nonces", daemon=True).start()

@@ -30,7 +30,7 @@ from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
 __all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task", "share_scheme"]
 
-KINDS = ("keygen", "sign", "refresh", "repair")
+KINDS = ("keygen", "sign", "refresh", "repair", "witness")
 _COMMITMENT_FIELDS = frozenset({"index", "id", "hiding", "binding", "signature"})
 Share = KeyShare | EcdsaKeyShare
 Rng = Callable[[int], bytes]
@@ -129,7 +129,7 @@ def run_task(
         return _sign(task, store, go, rng, release)
     if task.kind == "refresh":
         return _refresh(task, store, go, rng)
-    raise TaskError("repair runs in the node service (the lost node has no share to load)", "kind")
+    raise TaskError(f"{task.kind} runs in the node service (no protocol party of its own)", "kind")
 
 
 def _keygen(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:
