@@ -1086,6 +1086,30 @@ def test_fresh_state_is_confirmed(cluster: dict[str, Keystore], platform: Simula
     assert info.value.reason is R.UNCONFIRMED
 
 
+def test_check_witnessed_says_who_confirms_without_a_quorum(cluster: dict[str, Keystore], platform: SimulatedPlatform) -> None:
+    """The node counts confirmations per key itself (docs/NODE.md, t holders before a
+    signature): check_witnessed sorts the peers and raises only for a stale state."""
+    a = cluster["a"]
+    assert a.created  # made empty by this open
+    a.stage("k1", FROST_A[0])
+    a.commit("k1", 0)
+    announce("a", cluster)
+    a.close()
+    a = cluster["a"] = Keystore.open(a.directory, platform)
+    assert not a.created  # it held a state: a peer may have seen a newer one
+    confirmations = ask("a", cluster)
+    report = a.check_witnessed({"b": confirmations["b"], "x": None})
+    assert report.confirmed == ("b",) and report.unknown == ("x",) and report.unverifiable == ()
+    assert not a.fresh  # no quorum was asked: the store's own flag stays unset
+    report = a.check_witnessed({}, max_lag=0)
+    assert report.confirmed == () and report.counter == a.counter
+    a.put_state("policy", {"max": 1})
+    assert a.check_witnessed({"b": confirmations["b"]}, max_lag=0).unverifiable == ("b",)
+    with pytest.raises(KeystoreError) as info:
+        a.check_witnessed({"b": (a.counter + 1, b"\x00" * 32)})
+    assert info.value.reason is R.STALE_STATE
+
+
 def test_restored_snapshot_is_refused(cluster: dict[str, Keystore], platform: SimulatedPlatform, tmp_path: Path) -> None:
     a = cluster["a"]
     a.stage("k1", FROST_A[0])

@@ -661,3 +661,41 @@ def test_a_signing_names_exactly_one_payload_and_nothing_else(
         assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and "(params)" in r["error"]["detail"], r
     for svc in services.values():
         assert not [e for e in verify_chain(svc.audit.pending(), svc.card.identity_public_key) if e.get("event") == "signing"]
+
+
+def test_a_restarted_node_signs_only_once_the_other_holders_confirmed_it(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """docs/NODE.md, "t holders before a signature": a store opened with a state waits for t
+    other holders (here the one other holder of a 2-of-2 key); a witness job gives it; a
+    STALE_STATE proved by a peer refuses at once."""
+    hub, services, parts = nodes
+    _sign(hub, services, parts, "before")
+    assert services["node-1"].keystore.created  # made empty here: nothing to confirm
+    services["node-1"]._await_confirmed("k1", time.monotonic() + 2.5)
+    _stop(services["node-1"])
+    services["node-1"] = svc = _start(hub, tmp_path, "node-1")  # the same state, a new process
+    parts = _parts(services)
+    asked = []
+    svc._ask_witness = lambda **_: asked.append(1)  # type: ignore[method-assign]
+    with pytest.raises(ks_module.KeystoreError) as e:
+        svc._await_confirmed("k1", time.monotonic() + 2.6)
+    assert e.value.reason is ks_module.KeystoreReason.UNCONFIRMED and "0 of the 1" in str(e.value)
+    assert asked, "it asked for witness jobs while it waited"
+    out = _run_all(hub, services, parts, "witness", "w1", {"for": "node-1"}, 0, seconds=10)
+    assert [r["status"] for r in out] == ["done", "done"] and out[0]["result"] == {}, out
+    svc._await_confirmed("k1", time.monotonic() + 2.5)  # node-2 confirmed it
+    assert _sign(hub, services, parts, "after")[0]["status"] == "done"
+    svc._latch_stale("a peer saw counter 99")
+    with pytest.raises(ks_module.KeystoreError) as e:
+        svc._await_confirmed("k1", time.monotonic() + 30)
+    assert e.value.reason is ks_module.KeystoreReason.STALE_STATE and "counter 99" in str(e.value)
+
+
+def test_a_witness_job_names_whom_it_is_for_and_nothing_else(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    hub, services, parts = nodes
+    for params in ({}, {"for": "node-9"}, {"for": "node-1", "message_hex": "00"}):
+        out = _run_all(hub, services, parts, "witness", f"w{len(params)}{params.get('for', '')}", params, 0, seconds=5)
+        assert all(r["status"] == "failed" and r["error"]["detail"].startswith("a witness job") for r in out), out

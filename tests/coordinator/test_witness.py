@@ -1,0 +1,95 @@
+"""Witness jobs (API.md §1.14): a node that started asks the other holders of its keys to
+confirm its state; the coordinator makes one ``witness`` job per active key it holds, with the
+holders it saw lately, and never a second one while the first is queued or running."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from shardguard.coordinator.models import Node
+
+from .conftest import ADMIN, FakeNode, coord, run_dkg
+
+
+def _ask(node: FakeNode, path_node: str | None = None) -> Any:
+    return node.request("POST", f"/v1/nodes/{path_node or node.node_id}/witness", {})
+
+
+def _request(client: TestClient, rid: str) -> dict[str, Any]:
+    r = client.get(f"/v1/requests/{rid}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_one_witness_job_per_key_with_every_holder(client: TestClient, nodes: list[FakeNode]) -> None:
+    k1 = run_dkg(client, nodes, "ed25519")
+    k2 = run_dkg(client, nodes[:2], "bip340")
+    r = _ask(nodes[0])
+    assert r.status_code == 200, r.text
+    jobs = r.json()["jobs"]
+    assert len(jobs) == 2
+    by_key = {_request(client, j)["key_id"]: _request(client, j) for j in jobs}
+    assert set(by_key) == {k1, k2}
+    assert by_key[k1]["kind"] == "witness" and by_key[k1]["params"] == {"for": "node-a"}
+    assert [(p["node_id"], p["index"]) for p in by_key[k1]["participants"]] == [("node-a", 1), ("node-b", 2), ("node-c", 3)]
+    assert [p["node_id"] for p in by_key[k2]["participants"]] == ["node-a", "node-b"]
+    # Asked again while they run: the same jobs, no second one.
+    again = _ask(nodes[0])
+    assert sorted(again.json()["jobs"]) == sorted(jobs)
+    # Every participant gets a task of each job it is in; each reports an empty result.
+    for n, count in zip(nodes, (2, 2, 1), strict=True):
+        for _ in range(count):
+            task = n.next_task()
+            assert task is not None and task["kind"] == "witness" and task["params"] == {"for": "node-a"}, n.node_id
+            assert task["job_id"] in jobs
+            assert n.report(task["task_id"], result={}).status_code == 200
+        assert n.next_task() is None
+    assert [_request(client, j)["status"] for j in jobs] == ["done", "done"]
+    assert len(_ask(nodes[0]).json()["jobs"]) == 2  # once they are done, new ones
+
+
+def test_holders_not_seen_lately_are_left_out(client: TestClient, nodes: list[FakeNode]) -> None:
+    run_dkg(client, nodes, "ed25519")
+    with coord(client).db.write() as s:
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        s.execute(update(Node).where(Node.id == "node-c").values(last_seen=old))
+    (job,) = _ask(nodes[0]).json()["jobs"]
+    assert [p["node_id"] for p in _request(client, job)["participants"]] == ["node-a", "node-b"]
+    with coord(client).db.write() as s:
+        s.execute(update(Node).where(Node.id.in_(["node-a", "node-c"])).values(last_seen=old))
+    assert _ask(nodes[1]).json()["jobs"] == []  # for node-b: no other holder seen lately
+    r = _ask(nodes[0])
+    assert r.json()["jobs"] == [job]  # node-a's first one still runs
+
+
+def test_a_witness_job_does_not_hold_signatures_back(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id = run_dkg(client, nodes, "ed25519")
+    (job,) = _ask(nodes[0]).json()["jobs"]
+    r = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    assert _request(client, r.json()["request_id"])["status"] == "running"
+    assert _request(client, job)["status"] == "running"
+
+
+def test_only_the_node_itself_asks_and_a_result_must_be_empty(client: TestClient, nodes: list[FakeNode]) -> None:
+    run_dkg(client, nodes, "ed25519")
+    assert _ask(nodes[1], path_node="node-a").status_code == 403
+    unsigned = client.post("/v1/nodes/node-a/witness", json={})
+    assert unsigned.status_code == 401
+    nodes[0].restart()  # a new identity key the coordinator has not registered
+    assert _ask(nodes[0]).status_code == 401
+    assert nodes[0].register().status_code == 200
+    (job,) = _ask(nodes[0]).json()["jobs"]
+    task = nodes[1].next_task()
+    assert task is not None and task["job_id"] == job
+    r = nodes[1].report(task["task_id"], result={"confirmed": True})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "result", r.text
+
+
+def test_a_node_without_keys_gets_no_jobs(client: TestClient, nodes: list[FakeNode]) -> None:
+    r = _ask(nodes[0])
+    assert r.status_code == 200 and r.json() == {"jobs": []}
