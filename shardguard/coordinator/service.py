@@ -266,6 +266,9 @@ class Coordinator:
         # replica is answered, without reading back what was just written.
         self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._answers_lock = threading.Lock()
+        # When each node last asked for witness jobs (request_witness), on this replica.
+        self._witness_asked: collections.OrderedDict[str, dt.datetime] = collections.OrderedDict()
+        self._witness_lock = threading.Lock()
         #: node id -> its event stream on this replica, if one is open (stream.py registers it).
         self.takers: dict[str, TaskTaker] = {}
 
@@ -955,26 +958,49 @@ class Coordinator:
         """A node that started asks the other holders of its keys to confirm its state before
         it signs (docs/NODE.md, "Rollback witness"; API.md §1.14): one ``witness`` job per
         active key it holds, for itself and the holders seen within ``node_alive_seconds``. A
-        key with such a job of this node's queued or running gets no second one."""
+        key with such a job of this node's queued or running gets no second one (one asked
+        before the node last registered is failed, ``superseded``, and replaced), nor does a
+        node that asked less than ``witness_interval`` seconds ago (it is answered the jobs it
+        has). The keys' rows are held (FOR UPDATE, in id order) as a submit holds its key, so
+        two replicas never make two, and a refresh or repair submitted meanwhile is ordered."""
         now = utc_now()
         alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
         jobs: list[str] = []
         new: list[Job] = []
         with self.db.write() as s:
             _hold_identity(s, node.node_id, node.identity_public_key)
-            for key in s.scalars(select(Key).where(Key.status == "active").order_by(Key.id)):
-                if node.node_id not in key.node_ids:
+            registered_at = s.scalar(select(Node.registered_at).where(Node.id == node.node_id))
+            if registered_at is None:  # gone since _hold_identity: not this node's any more
+                raise StaleIdentity(node.node_id)
+            held = [
+                k.id for k in s.execute(select(Key.id, Key.node_ids).where(Key.status == "active")) if node.node_id in k.node_ids
+            ]
+            keys = s.scalars(select(Key).where(Key.id.in_(held)).order_by(Key.id).with_for_update()).all() if held else []
+            with self._witness_lock:
+                last = self._witness_asked.get(node.node_id)
+            # Per process: a node that registered again since (a restart) may ask at once.
+            interval = dt.timedelta(seconds=self.settings.witness_interval)
+            fresh_ask = last is None or last < registered_at or now - last >= interval
+            for key in keys:
+                if key.status != "active":
                     continue
-                pending = s.scalars(
-                    select(Job.id).where(
+                pending = None
+                for old in s.scalars(
+                    select(Job).where(
                         Job.key_id == key.id,
                         Job.kind == "witness",
                         Job.requested_by == node.node_id,
                         Job.status.in_(("queued", "running")),
-                    ).limit(1)
-                ).first()
-                if pending is not None:
-                    jobs.append(pending)
+                    ).with_for_update()
+                ):
+                    if old.created_at >= registered_at:
+                        pending = old.id
+                    else:  # asked by an earlier process of the node, whose notes never come
+                        self._fail_job(s, old, reason="superseded", culprits=[], party=None,
+                                       detail="the node registered again since it asked")  # fmt: skip
+                if pending is not None or not fresh_ask:
+                    if pending is not None:
+                        jobs.append(pending)
                     continue
                 seen = {nid: ts for nid, ts in s.execute(_NODES_SEEN, {"ids": list(key.node_ids)})}
                 participants = [
@@ -988,6 +1014,12 @@ class Coordinator:
                 self._submit(s, job, key, now)
                 new.append(job)
                 jobs.append(job.id)
+        if fresh_ask:
+            with self._witness_lock:
+                self._witness_asked[node.node_id] = now
+                self._witness_asked.move_to_end(node.node_id)
+                while len(self._witness_asked) > 10_000:  # one per node; bounded all the same
+                    self._witness_asked.popitem(last=False)
         for job in new:
             self._started(job, "witness")
         return {"jobs": jobs}
@@ -1576,14 +1608,19 @@ class Coordinator:
                         raise ApiError(422, "validation_error", f"{c!r} is not a participant", field=f"error.culprits[{i}]")
                 task.status = "failed"
                 task.error = reported
-                self._fail_job(
-                    s,
-                    job,
-                    reason=reported["reason"],
-                    culprits=list(reported.get("culprits", [])),
-                    party=node_id,
-                    detail=reported.get("detail", ""),
-                )
+                s.flush()
+                # A witness job's participants conclude on their own (API.md §1.14): one
+                # failing ends nobody else's task; the job fails once every task has ended.
+                others = s.scalars(select(Task.status).where(Task.job_id == job.id, Task.id != task.id)).all()
+                if job.kind != "witness" or all(st in ("done", "failed", "cancelled") for st in others):
+                    self._fail_job(
+                        s,
+                        job,
+                        reason=reported["reason"],
+                        culprits=list(reported.get("culprits", [])),
+                        party=node_id,
+                        detail=reported.get("detail", ""),
+                    )
             else:
                 self._check_result(job, key, reported)
                 signing = job.kind in ("sign", "bundle") and not precommitted(job.params)  # shares: checked summed
@@ -1601,6 +1638,10 @@ class Coordinator:
                     tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
                     if all(t.status == "done" for t in tasks):
                         self._complete_job(s, job, key, tasks)
+                    elif job.kind == "witness" and all(t.status in ("done", "failed") for t in tasks):
+                        first = next(t for t in tasks if t.status == "failed").error or {}
+                        self._fail_job(s, job, reason=str(first.get("reason", "failed")), culprits=list(
+                            first.get("culprits", [])), party=None, detail=str(first.get("detail", "")))  # fmt: skip
             out = {"task_status": task.status, "job_status": job.status}
             if job.status != "running":  # as in _signed: the key row before the look for waiting jobs
                 s.execute(_KEY_HOLD, {"key": job.key_id})

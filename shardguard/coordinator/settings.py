@@ -83,6 +83,9 @@ class Settings:
     max_clock_skew: int = 60
     #: A node seen within this many seconds counts as alive (default signer choice, listings).
     node_alive_seconds: float = 30.0
+    #: A node's witness jobs (API.md §1.14) are made at most this often (s); asked sooner, it
+    #: is answered the ones it has.
+    witness_interval: float = 1.0
     #: Seconds a finished job's mailbox is kept before it is deleted.
     mailbox_retention: float = 600.0
 

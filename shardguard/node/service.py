@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import datetime as dt
 import functools
 import gc
@@ -129,6 +130,8 @@ class KeystoreShares:
 
 #: How long a failed signing waits for its audit write in flight, even past its deadline (s).
 _WRITE_GRACE = 5.0
+#: How long a signature waits for the other holders to confirm a restarted node's state (s).
+_QUORUM_WAIT = 5.0
 #: How many session instances a node remembers, to refuse one used again (≈ 100 B each).
 _INSTANCES = 100_000
 
@@ -181,6 +184,7 @@ class NodeService:
         self._vouched: dict[str, bytes] = {}
         self._vouched_cv = threading.Condition(threading.Lock())
         self._stale: str | None = None  # the last STALE_STATE a peer's note proved, if any
+        self._quorum_keys: set[str] = set()  # keys whose quorum of holders has vouched
         self._witness_asked = -math.inf  # when we last asked for witness jobs (monotonic)
         # Peer processes (node id → identity key, reason) caught serving an old state copy.
         self._caught: dict[str, tuple[bytes, str]] = {}
@@ -470,6 +474,8 @@ class NodeService:
             raise TaskError(f"task kind {raw['kind']!r} is not supported by this node", "kind")
         me = int(raw["you"]["index"])
         participants = {int(p["index"]): str(p["node_id"]) for p in raw["participants"]}
+        if len(participants) != len(raw["participants"]):
+            raise TaskError("a participant index is named twice", "participants")
         params = dict(raw.get("params") or {})
         task_params: dict[str, Any] = {}
         if raw["kind"] == "bundle":
@@ -793,7 +799,11 @@ class NodeService:
         network, with the witness write) or at the latest after the protocol (the first), to
         keep the recorded counters current."""
         sid = hashlib.sha256(b"shardguard/node/witness/v1\x00" + task.job.encode() + b"\x00" + task.instance).digest()
-        needed = not self._fresh or any(self._witness_keys.get(p.node_id) != p.card.identity_public_key for p in peers.values())
+        needed = (
+            not self._fresh
+            or any(self._witness_keys.get(p.node_id) != p.card.identity_public_key for p in peers.values())
+            or (task.kind == "sign" and not self._quorum_met(task.key_id))  # the co-signers' notes count now
+        )
         # Not awaited: the notes ride with the protocol's first round (one frame fewer).
         notes = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
                       messages=self._witness_notes(peers), hold=not needed)  # fmt: skip
@@ -869,7 +879,8 @@ class NodeService:
         back (``STALE_PEER``, as in any task). Reports an empty result."""
         asker = str(params["for"])
         mine = asker == self.node_id
-        wanted = [p for p in raw["participants"] if int(p["index"]) != task.me and (mine or p["node_id"] == asker)]
+        by_index = {int(p["index"]): p for p in raw["participants"]}  # one per index (_run checked)
+        wanted = [p for i, p in sorted(by_index.items()) if i != task.me and (mine or p["node_id"] == asker)]
         self._remember_instance(task)
         inbox = Inbox()
         peers: dict[int, AdmittedPeer] = {}
@@ -877,7 +888,7 @@ class NodeService:
         end = deadline - REPORT_MARGIN
         # Admitted side by side, and each peer's note taken as it comes: a holder that went down
         # after the coordinator last saw it holds up nobody else's confirmation.
-        admitting = ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="witness")
+        admitting = ThreadPoolExecutor(max_workers=max(1, min(len(wanted), 16)), thread_name_prefix="witness")
         try:
             pending = {admitting.submit(self.admissions.admit, p, deadline): p for p in wanted}
             while pending or waiting:
@@ -904,11 +915,15 @@ class NodeService:
                         got = notes.receive(min(end, time.monotonic() + 0.05))
                     except EngineTimeout:
                         continue
+                    except EngineError as e:  # the job ended at the coordinator: no more notes come
+                        log.warning("witness job %s: %s", task.job, e)
+                        end = time.monotonic()
+                        break
                     del waiting[i]
                     try:
                         self._check_witness(dict(got), {i: peers[i]})  # a confirmation counts at once
-                    except (StalePeer, TaskError) as e:
-                        if not mine:
+                    except (StalePeer, TaskError, KeystoreError) as e:
+                        if not mine or (isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE):
                             raise
                         log.warning("witness job %s: %s confirms nothing: %s", task.job, peers[i].node_id, e)
                 if time.monotonic() >= end:
@@ -921,26 +936,68 @@ class NodeService:
             log.warning("witness job %s: no note in time from %s", task.job, ", ".join(peers[i].node_id for i in waiting))
         return {}
 
+    def _quorum_met(self, key_id: str) -> bool:
+        """Whether signatures with ``key_id`` no longer wait for confirmations (_await_confirmed)."""
+        return self.keystore.created or key_id in self._quorum_keys
+
+    def _quorum(self, key_id: str) -> tuple[set[str], int]:
+        """The key's other holders (our committee record) and how many must confirm us: t, the
+        threshold of our own share, or all of them if fewer."""
+        holders = committee.recorded(self.keystore, key_id) or {}
+        others = {n for n in holders.values() if n != self.node_id}
+        return others, min(self.shares.load(key_id).public.threshold, len(others))
+
+    def _unconfirmed(self) -> list[str]:
+        """The keys held here whose holders have not yet confirmed this process's state."""
+        out = []
+        for key_id in list(self.keystore.keys()):
+            if self._quorum_met(key_id):
+                continue
+            try:
+                others, need = self._quorum(key_id)
+            except (KeystoreError, TaskError):
+                continue  # no share or committee to go by: not ours to sign with
+            with self._vouched_cv:
+                if self._stale is None and len(others & self._vouched.keys()) >= need:
+                    self._quorum_keys.add(key_id)
+                    continue
+            out.append(key_id)
+        return out
+
+    def _confirming(self) -> None:
+        """After a start with keys: ask for witness jobs until every key's holders have
+        confirmed our state, so signatures need not wait for it. A holder whose record of us
+        was too old to check confirms only in the round after the one that recorded us."""
+        delay = 2.0
+        while self._stale is None and self._unconfirmed():
+            self._ask_witness(every=0.0)
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 1.5, 30.0)  # a holder that is down may stay down
+
     def _await_confirmed(self, key_id: str, deadline: float) -> None:
         """Rollback defence before a signature (ARCHITECTURE §7): wait until t other holders of
         the key (t its threshold, from our own share; all others if fewer) have confirmed our
         state since this process started — through a task's witness notes or a witness job,
         which this asks for while they are missing. A store made empty by this process needs
         none: every state in it is newer than anything a peer saw. Raises ``UNCONFIRMED``
-        (reason ``KEYSTORE_UNCONFIRMED``) at the deadline, naming who confirmed."""
-        if self.keystore.created:
+        (reason ``KEYSTORE_UNCONFIRMED``) after :data:`_QUORUM_WAIT` (or at the deadline), naming
+        who confirmed; ``STALE_STATE`` once any peer has proved our state old in this process."""
+        if self._quorum_met(key_id):
             return
-        holders = committee.recorded(self.keystore, key_id) or {}
-        others = {n for n in holders.values() if n != self.node_id}
-        need = min(self.shares.load(key_id).public.threshold, len(others))
+        others, need = self._quorum(key_id)
+        # Not to the task's deadline: waiting tasks hold task slots, which the witness jobs
+        # that would let them go on need too.
+        until = time.monotonic() + _QUORUM_WAIT
         with self._vouched_cv:
             while True:
+                if self._stale is not None:  # a peer saw a newer state of ours: whoever else vouches
+                    raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
                 have = others & self._vouched.keys()
                 if len(have) >= need:
+                    self._quorum_keys.add(key_id)  # vouching is never taken back but by _latch_stale
                     return
-                if self._stale is not None:  # a peer saw a newer state of ours: no quorum will come
-                    raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
-                left = deadline - REPORT_MARGIN - time.monotonic()
+                left = min(deadline - REPORT_MARGIN, until) - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     raise KeystoreError(
                         KeystoreReason.UNCONFIRMED,
@@ -965,7 +1022,8 @@ class NodeService:
             except (httpx.HTTPError, EngineError, CoordinatorRefused) as e:
                 log.warning("witness jobs not asked for: %s", e)
 
-        self._nudges.submit(post)
+        with contextlib.suppress(RuntimeError):  # shut down: nobody signs any more
+            self._nudges.submit(post)
 
     def _check_witness(self, got: Mapping[int, bytes], peers: Mapping[int, AdmittedPeer], *, defer: bool = False) -> None:
         confirmations: dict[str, tuple[int, bytes] | None] = {}
@@ -1000,16 +1058,18 @@ class NodeService:
             if e.reason is KeystoreReason.STALE_STATE:  # refuse, loudly, and from now on
                 self._latch_stale(e.detail)
             raise
-        # A peer that saw a state on our history, or one older than the history we keep, saw
-        # nothing newer: it confirms. One that never saw us (a new cluster, a peer re-provisioned
-        # by repair) proves nothing either way, and from now on it does witness.
-        vouching = {*report.confirmed, *report.unverifiable}
-        if vouching:
-            with self._vouched_cv:
-                for p in peers.values():
-                    if p.node_id in vouching:
-                        self._vouched[p.node_id] = p.card.identity_public_key
-                self._vouched_cv.notify_all()
+        # A peer that saw a state on our history confirms it. One whose record is older than
+        # the history we keep (its digest cannot be checked: a fork there passes), or that never
+        # saw us (a new cluster, a peer re-provisioned by repair), proves nothing either way;
+        # it records us now, so its next note can confirm. Nothing counts once a peer proved
+        # this state old (_latch_stale).
+        with self._vouched_cv:
+            if self._stale is not None:
+                return
+            for p in peers.values():
+                if p.node_id in report.confirmed:
+                    self._vouched[p.node_id] = p.card.identity_public_key
+            self._vouched_cv.notify_all()
         if report.confirmed and not self._fresh:
             self._fresh = True
             self.nonces.wake()  # commitments may be published now
@@ -1028,6 +1088,7 @@ class NodeService:
             self._witness_keys.clear()
         with self._vouched_cv:
             self._vouched.clear()
+            self._quorum_keys.clear()
             self._stale = detail
             self._vouched_cv.notify_all()
         log.error("this state directory looks like an old copy (a peer saw a newer state): %s", detail)
@@ -1124,7 +1185,8 @@ class NodeService:
         else:
             self.register()
         if self.keystore.keys() and not self.keystore.created:
-            self._ask_witness()  # the other holders confirm our state before we sign (_await_confirmed)
+            # The other holders confirm our state before we sign (_await_confirmed).
+            threading.Thread(target=self._confirming, name="witness", daemon=True).start()
         threading.Thread(target=self._audit_flusher, name="audit", daemon=True).start()
         threading.Thread(target=self._answer_challenges, name="challenges", daemon=True).start()
         threading.Thread(target=self.nonces.run, args=(self._stop,), name="nonces", daemon=True).start()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from collections.abc import Callable
+
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -25,7 +27,16 @@ def _request(client: TestClient, rid: str) -> dict[str, Any]:
     return dict(r.json())
 
 
-def test_one_witness_job_per_key_with_every_holder(client: TestClient, nodes: list[FakeNode]) -> None:
+def _registered(client: TestClient) -> list[FakeNode]:
+    nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+    for n in nodes:
+        assert n.register().status_code == 200
+    return nodes
+
+
+def test_one_witness_job_per_key_with_every_holder(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(witness_interval=0)
+    nodes = _registered(client)
     k1 = run_dkg(client, nodes, "ed25519")
     k2 = run_dkg(client, nodes[:2], "bip340")
     r = _ask(nodes[0])
@@ -93,3 +104,39 @@ def test_only_the_node_itself_asks_and_a_result_must_be_empty(client: TestClient
 def test_a_node_without_keys_gets_no_jobs(client: TestClient, nodes: list[FakeNode]) -> None:
     r = _ask(nodes[0])
     assert r.status_code == 200 and r.json() == {"jobs": []}
+
+
+def test_a_node_asking_again_soon_is_answered_the_jobs_it_has(client: TestClient, nodes: list[FakeNode]) -> None:
+    run_dkg(client, nodes, "ed25519")
+    (job,) = _ask(nodes[0]).json()["jobs"]
+    for n in nodes:
+        task = n.next_task()
+        assert task is not None and n.report(task["task_id"], result={}).status_code == 200
+    assert _request(client, job)["status"] == "done"
+    assert _ask(nodes[0]).json()["jobs"] == []  # within witness_interval (1 s): none made
+
+
+def test_one_participant_failing_ends_nobody_else_s_task(client: TestClient, nodes: list[FakeNode]) -> None:
+    run_dkg(client, nodes, "ed25519")
+    (job,) = _ask(nodes[0]).json()["jobs"]
+    tasks = {n.node_id: n.next_task() for n in nodes}
+    error = {"reason": "STALE_PEER", "culprits": ["node-a"], "detail": "caught"}
+    r = nodes[2].report(tasks["node-c"]["task_id"], status="failed", error=error)  # type: ignore[index]
+    assert r.status_code == 200 and r.json()["job_status"] == "running", r.text
+    for n in nodes[:2]:
+        assert n.report(tasks[n.node_id]["task_id"], result={}).status_code == 200  # type: ignore[index]
+    out = _request(client, job)
+    assert out["status"] == "failed" and out["error"]["reason"] == "STALE_PEER", out
+
+
+def test_a_job_asked_by_an_earlier_process_of_the_node_is_superseded(client: TestClient, nodes: list[FakeNode]) -> None:
+    """The node restarted while its job waited for notes its old process will never send."""
+    run_dkg(client, nodes, "ed25519")
+    (old,) = _ask(nodes[0]).json()["jobs"]
+    nodes[0].restart()
+    assert nodes[0].register().status_code == 200
+    (new,) = _ask(nodes[0]).json()["jobs"]  # at once: witness_interval counts per process
+    assert new != old
+    out = _request(client, old)
+    assert out["status"] == "failed" and out["error"]["reason"] == "superseded", out
+    assert _request(client, new)["status"] == "running"
