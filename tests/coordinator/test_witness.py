@@ -5,9 +5,8 @@ holders it saw lately, and never a second one while the first is queued or runni
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-
 from collections.abc import Callable
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import update
