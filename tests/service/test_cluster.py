@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-import shardguard
 from shardguard import dev
 from shardguard.channel import challenge_nonce, challenges_from_wire
 from shardguard.client import Client, RequestFailed
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.interop import verify_independently
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
+from tests.service.imaged import imaged_cluster
 
 NODES = ["node-1", "node-2", "node-3"]
 JOB_TIMEOUT = 12.0
@@ -40,25 +40,8 @@ JOB_TIMEOUT = 12.0
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Client]]:
     d = tmp_path_factory.mktemp("cluster")
-    # Run the nodes from a copy of the package, as an enclave runs a fixed image: the simulated
-    # measurement hashes the code, so every restarted node must run exactly the same bytes.
-    image = d / "image"
-    shutil.copytree(
-        Path(shardguard.__file__).resolve().parent, image / "shardguard", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(image), *([old] if old else [])])
-    c = dev.up(d, 3, job_timeout=JOB_TIMEOUT)
-    client = Client(c["url"], c["token"])
-    try:
+    with imaged_cluster(d, 3, job_timeout=JOB_TIMEOUT) as client:
         yield d, client
-    finally:
-        client.close()
-        dev.down(d)
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 def check_signature(key: dict[str, Any], result: dict[str, Any], payload: bytes) -> None:

@@ -9,7 +9,6 @@ even when the signing names a co-signer that never did.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 
 import pytest
 
-import shardguard
 from shardguard import dev
 from shardguard.client import Client, RequestFailed
+from tests.service.imaged import imaged_cluster
 from tests.service.test_cluster import kill9, node_pid, restart, sign
 
 JOB_TIMEOUT = 8.0
@@ -28,25 +27,8 @@ JOB_TIMEOUT = 8.0
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Client, dict[str, Any]]]:
     d = tmp_path_factory.mktemp("quorum")
-    # The nodes run from a copy of the package (the simulated measurement hashes the code).
-    image = d / "image"
-    shutil.copytree(
-        Path(shardguard.__file__).resolve().parent, image / "shardguard", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(image), *([old] if old else [])])
-    c = dev.up(d, 3, job_timeout=JOB_TIMEOUT)
-    client = Client(c["url"], c["token"])
-    try:
-        key = client.create_key("ed25519", 2, ["node-1", "node-2", "node-3"])
-        yield d, client, key
-    finally:
-        client.close()
-        dev.down(d)
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    with imaged_cluster(d, 3, job_timeout=JOB_TIMEOUT) as client:
+        yield d, client, client.create_key("ed25519", 2, ["node-1", "node-2", "node-3"])
 
 
 def _state(d: Path, node: str) -> Path:
