@@ -472,6 +472,10 @@ class NodeService:
         kind = _KINDS.get(str(raw["kind"]))
         if kind is None:
             raise TaskError(f"task kind {raw['kind']!r} is not supported by this node", "kind")
+        if self._stale is not None:
+            # A peer proved this state old: take part in nothing, send no note (a peer whose
+            # record lags would take our counter for a newer state of ours).
+            raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
         me = int(raw["you"]["index"])
         participants = {int(p["index"]): str(p["node_id"]) for p in raw["participants"]}
         if len(participants) != len(raw["participants"]):
@@ -876,7 +880,10 @@ class NodeService:
         node and each other participant. It admits them all and takes every note that comes by
         the deadline (a peer that cannot be admitted is skipped: it confirms nothing); every
         other participant admits it alone and records its counter, which catches it if it went
-        back (``STALE_PEER``, as in any task). Reports an empty result."""
+        back (``STALE_PEER``, as in any task). A counter above the record of a new process of
+        that node is recorded only once it acknowledges, after every note it got passed its
+        checks: an old copy that another holder caught never does, so a holder whose record
+        lags does not take the copy's counter for a newer state. Reports an empty result."""
         asker = str(params["for"])
         mine = asker == self.node_id
         by_index = {int(p["index"]): p for p in raw["participants"]}  # one per index (_run checked)
@@ -885,6 +892,13 @@ class NodeService:
         inbox = Inbox()
         peers: dict[int, AdmittedPeer] = {}
         waiting: dict[int, Notes] = {}
+        checked: list[int] = []  # the asker: peers whose notes passed; they get an acknowledgement
+        held: dict[int, bytes] = {}  # another participant: the asker's note, until checked
+
+        def sid(kind: bytes, other: str) -> bytes:  # one session per pair: the asker and this peer
+            parts = (b"shardguard/node/witness-job/v1", kind, task.job.encode(), task.instance, other.encode())
+            return hashlib.sha256(b"\x00".join(parts)).digest()
+
         end = deadline - REPORT_MARGIN
         # Admitted side by side, and each peer's note taken as it comes: a holder that went down
         # after the coordinator last saw it holds up nobody else's confirmation.
@@ -904,12 +918,10 @@ class NodeService:
                             raise
                         log.warning("witness job %s: %s confirms nothing: %s", task.job, p["node_id"], e)
                         continue
-                    # One session per pair: the asker and this peer (each takes only its own).
                     other = p["node_id"] if mine else self.node_id
-                    sid = hashlib.sha256(b"shardguard/node/witness-job/v1\x00" + task.job.encode() + b"\x00"
-                                         + task.instance + other.encode()).digest()  # fmt: skip
-                    waiting[i] = Notes(job=task.job, session_id=sid, me=self.keys, card=self.card, peers={i: peers[i]},
-                                       relay=self.relay, inbox=inbox, messages=self._witness_notes({i: peers[i]}))  # fmt: skip
+                    waiting[i] = Notes(job=task.job, session_id=sid(b"note", other), me=self.keys, card=self.card,
+                                       peers={i: peers[i]}, relay=self.relay, inbox=inbox,
+                                       messages=self._witness_notes({i: peers[i]}))  # fmt: skip
                 for i, notes in list(waiting.items()):
                     try:
                         got = notes.receive(min(end, time.monotonic() + 0.05))
@@ -920,10 +932,14 @@ class NodeService:
                         end = time.monotonic()
                         break
                     del waiting[i]
+                    if not mine:
+                        held[i] = got[i]
+                        continue
                     try:
                         self._check_witness(dict(got), {i: peers[i]})  # a confirmation counts at once
+                        checked.append(i)
                     except (StalePeer, TaskError, KeystoreError) as e:
-                        if not mine or (isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE):
+                        if isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE:
                             raise
                         log.warning("witness job %s: %s confirms nothing: %s", task.job, peers[i].node_id, e)
                 if time.monotonic() >= end:
@@ -934,7 +950,37 @@ class NodeService:
             admitting.shutdown(wait=False, cancel_futures=True)
         if waiting:
             log.warning("witness job %s: no note in time from %s", task.job, ", ".join(peers[i].node_id for i in waiting))
+        if mine:  # every note that came passed: this state is not older than any of them saw
+            for i in checked:
+                Notes(job=task.job, session_id=sid(b"ack", peers[i].node_id), me=self.keys, card=self.card,
+                      peers={i: peers[i]}, relay=self.relay, inbox=inbox, messages={i: b"ack"})  # fmt: skip
+            return {}
+        # Another participant: only the asker's note, checked below.
+        for i, note in held.items():
+            if self._raises_record(peers[i], note):
+                # Both sides of the pair post on the acknowledgement session; only ours is read.
+                acks = Notes(job=task.job, session_id=sid(b"ack", self.node_id), me=self.keys, card=self.card,
+                             peers={i: peers[i]}, relay=self.relay, inbox=inbox, messages={i: b"ack"})  # fmt: skip
+                try:
+                    acks.receive(end)
+                except (EngineTimeout, EngineError):
+                    log.warning("witness job %s: %s did not acknowledge our note; its counter is not recorded",
+                                task.job, peers[i].node_id)  # fmt: skip
+                    continue
+            self._check_witness({i: note}, {i: peers[i]})
         return {}
+
+    def _raises_record(self, peer: AdmittedPeer, note: bytes) -> bool:
+        """Whether ``note`` is a new process of ``peer`` announcing a counter above our record of
+        it (what an old copy of its state, not yet caught, would announce to a holder that lags)."""
+        try:
+            counter = int(json.loads(note)["counter"])
+        except (ValueError, KeyError, TypeError):
+            return False  # malformed: _check_witness says so
+        recorded = self.keystore.peer_counters().get(peer.node_id)
+        with self._witness_lock:
+            new_process = self._witness_keys.get(peer.node_id) != peer.card.identity_public_key
+        return new_process and (recorded is None or counter > recorded.counter)
 
     def _quorum_met(self, key_id: str) -> bool:
         """Whether signatures with ``key_id`` no longer wait for confirmations (_await_confirmed)."""

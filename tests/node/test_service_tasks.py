@@ -699,3 +699,30 @@ def test_a_witness_job_names_whom_it_is_for_and_nothing_else(
     for params in ({}, {"for": "node-9"}, {"for": "node-1", "message_hex": "00"}):
         out = _run_all(hub, services, parts, "witness", f"w{len(params)}{params.get('for', '')}", params, 0, seconds=5)
         assert all(r["status"] == "failed" and r["error"]["detail"].startswith("a witness job") for r in out), out
+
+
+def test_a_holder_records_a_restarted_node_s_higher_counter_only_once_it_acknowledges(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """An old copy that another holder caught must not leave its counter with a holder whose
+    record lagged (that holder would call the newest state a fork later): the asker of a
+    witness job acknowledges the notes only once every note it got passed its checks."""
+    hub, services, parts = nodes
+    _sign(hub, services, parts, "before")
+    _stop(services["node-1"])
+    services["node-1"] = svc = _start(hub, tmp_path, "node-1")  # a new process: node_started raises its counter
+    parts = _parts(services)
+    recorded = services["node-2"].keystore.peer_counters()["node-1"].counter
+    assert svc.keystore.counter > recorded
+
+    def caught(*_: Any, **__: Any) -> None:  # as if a third holder had proved this state old
+        raise ks_module.KeystoreError(ks_module.KeystoreReason.STALE_STATE, svc.keystore.directory, "a peer saw more")
+
+    real, svc._check_witness = svc._check_witness, caught  # type: ignore[method-assign]
+    out = _run_all(hub, services, parts, "witness", "w-caught", {"for": "node-1"}, 0, seconds=5)
+    assert out[0]["status"] == "failed" and out[1]["status"] == "done", out
+    assert services["node-2"].keystore.peer_counters()["node-1"].counter == recorded  # no acknowledgement
+    svc._check_witness = real  # type: ignore[method-assign]
+    out = _run_all(hub, services, parts, "witness", "w-ok", {"for": "node-1"}, 0, seconds=10)
+    assert [r["status"] for r in out] == ["done", "done"], out
+    assert services["node-2"].keystore.peer_counters()["node-1"].counter > recorded  # acknowledged: recorded
