@@ -959,7 +959,8 @@ class Coordinator:
         it signs (docs/NODE.md, "Rollback witness"; API.md §1.14): one ``witness`` job per
         active key it holds, for itself and the holders seen within ``node_alive_seconds``. A
         key with such a job of this node's queued or running gets no second one (one asked
-        before the node last registered is failed, ``superseded``, and replaced), nor does a
+        before the node last registered, or ``witness_restart`` seconds ago or more, is failed,
+        ``superseded``, and replaced), nor does a
         node that asked less than ``witness_interval`` seconds ago (it is answered the jobs it
         has). The keys' rows are held (FOR UPDATE, in id order) as a submit holds its key, so
         two replicas never make two, and a refresh or repair submitted meanwhile is ordered."""
@@ -980,6 +981,7 @@ class Coordinator:
                 last = self._witness_asked.get(node.node_id)
             # Per process: a node that registered again since (a restart) may ask at once.
             interval = dt.timedelta(seconds=self.settings.witness_interval)
+            restart_after = dt.timedelta(seconds=self.settings.witness_restart)
             fresh_ask = last is None or last < registered_at or now - last >= interval
             for key in keys:
                 if key.status != "active":
@@ -993,11 +995,16 @@ class Coordinator:
                         Job.status.in_(("queued", "running")),
                     ).with_for_update()
                 ):
-                    if old.created_at >= registered_at:
-                        pending = old.id
-                    else:  # asked by an earlier process of the node, whose notes never come
+                    if old.created_at < registered_at:  # asked by an earlier process: its notes never come
                         self._fail_job(s, old, reason="superseded", culprits=[], party=None,
                                        detail="the node registered again since it asked")  # fmt: skip
+                    elif fresh_ask and now - old.created_at >= restart_after:
+                        # Waiting on a holder that went quiet (frozen, or down since it was
+                        # last seen): a new job, with the holders seen now.
+                        self._fail_job(s, old, reason="superseded", culprits=[], party=None,
+                                       detail=f"asked again after {restart_after.total_seconds():g} s")  # fmt: skip
+                    else:
+                        pending = old.id
                 if pending is not None or not fresh_ask:
                     if pending is not None:
                         jobs.append(pending)

@@ -86,6 +86,9 @@ class Settings:
     #: A node's witness jobs (API.md §1.14) are made at most this often (s); asked sooner, it
     #: is answered the ones it has.
     witness_interval: float = 1.0
+    #: ... and one still running after this long when the node asks again is replaced (a holder
+    #: in it went quiet; the new one has the holders seen now).
+    witness_restart: float = 5.0
     #: Seconds a finished job's mailbox is kept before it is deleted.
     mailbox_retention: float = 600.0
 

@@ -131,7 +131,10 @@ class KeystoreShares:
 #: How long a failed signing waits for its audit write in flight, even past its deadline (s).
 _WRITE_GRACE = 5.0
 #: How long a signature waits for the other holders to confirm a restarted node's state (s).
-_QUORUM_WAIT = 5.0
+_QUORUM_WAIT = 10.0
+#: How long before the others stop waiting the asker of a witness job acknowledges at the
+#: latest (s; at most a third of the job's time).
+_ACK_MARGIN = 3.0
 #: How many session instances a node remembers, to refuse one used again (≈ 100 B each).
 _INSTANCES = 100_000
 
@@ -900,6 +903,10 @@ class NodeService:
             return hashlib.sha256(b"\x00".join(parts)).digest()
 
         end = deadline - REPORT_MARGIN
+        # The asker stops collecting notes a while before the others stop waiting for its
+        # acknowledgement: a holder that never answers must not make every acknowledgement late.
+        collect = end - min(_ACK_MARGIN, (end - time.monotonic()) / 3) if mine else end
+        caught: StalePeer | None = None
         # Admitted side by side, and each peer's note taken as it comes: a holder that went down
         # after the coordinator last saw it holds up nobody else's confirmation.
         admitting = ThreadPoolExecutor(max_workers=max(1, min(len(wanted), 16)), thread_name_prefix="witness")
@@ -913,7 +920,14 @@ class NodeService:
                     try:
                         peers[i] = f.result()
                         self._check_rollbacks({i: peers[i]})
-                    except (PeerNotAdmitted, StalePeer) as e:
+                    except StalePeer as e:
+                        if mine:
+                            log.warning("witness job %s: %s confirms nothing: %s", task.job, p["node_id"], e)
+                            continue
+                        # The asker is a process we caught: our note still goes, so that it
+                        # learns its state is old (and acknowledges nobody); we record nothing.
+                        caught = e
+                    except PeerNotAdmitted as e:
                         if not mine:
                             raise
                         log.warning("witness job %s: %s confirms nothing: %s", task.job, p["node_id"], e)
@@ -922,14 +936,16 @@ class NodeService:
                     waiting[i] = Notes(job=task.job, session_id=sid(b"note", other), me=self.keys, card=self.card,
                                        peers={i: peers[i]}, relay=self.relay, inbox=inbox,
                                        messages=self._witness_notes({i: peers[i]}))  # fmt: skip
+                    if caught is not None:
+                        raise caught
                 for i, notes in list(waiting.items()):
                     try:
-                        got = notes.receive(min(end, time.monotonic() + 0.05))
+                        got = notes.receive(min(collect, time.monotonic() + 0.05))
                     except EngineTimeout:
                         continue
                     except EngineError as e:  # the job ended at the coordinator: no more notes come
                         log.warning("witness job %s: %s", task.job, e)
-                        end = time.monotonic()
+                        end = collect = time.monotonic()
                         break
                     del waiting[i]
                     if not mine:
@@ -942,7 +958,7 @@ class NodeService:
                         if isinstance(e, KeystoreError) and e.reason is KeystoreReason.STALE_STATE:
                             raise
                         log.warning("witness job %s: %s confirms nothing: %s", task.job, peers[i].node_id, e)
-                if time.monotonic() >= end:
+                if time.monotonic() >= collect:
                     break
                 if not waiting and pending:
                     futures_wait(list(pending), timeout=0.05)
@@ -951,6 +967,9 @@ class NodeService:
         if waiting:
             log.warning("witness job %s: no note in time from %s", task.job, ", ".join(peers[i].node_id for i in waiting))
         if mine:  # every note that came passed: this state is not older than any of them saw
+            with self._vouched_cv:
+                if self._stale is not None:  # proved old meanwhile (another key's job): nobody
+                    raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
             for i in checked:
                 Notes(job=task.job, session_id=sid(b"ack", peers[i].node_id), me=self.keys, card=self.card,
                       peers={i: peers[i]}, relay=self.relay, inbox=inbox, messages={i: b"ack"})  # fmt: skip
@@ -975,7 +994,7 @@ class NodeService:
         it (what an old copy of its state, not yet caught, would announce to a holder that lags)."""
         try:
             counter = int(json.loads(note)["counter"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return False  # malformed: _check_witness says so
         recorded = self.keystore.peer_counters().get(peer.node_id)
         with self._witness_lock:
@@ -1080,7 +1099,7 @@ class NodeService:
                 peer_counter, peer_digest = int(msg["counter"]), bytes.fromhex(msg["digest"])
                 sy = msg["seen_you"]
                 confirmations[node] = None if sy is None else (int(sy[0]), bytes.fromhex(sy[1]))
-            except (ValueError, KeyError, TypeError, IndexError):
+            except (ValueError, KeyError, TypeError, IndexError, OverflowError):
                 raise TaskError(f"malformed witness message from {node}", "witness") from None
             identity = peers[i].card.identity_public_key
             # One lock over recording a counter and the identity key it came with: a concurrent
@@ -1104,16 +1123,17 @@ class NodeService:
             if e.reason is KeystoreReason.STALE_STATE:  # refuse, loudly, and from now on
                 self._latch_stale(e.detail)
             raise
-        # A peer that saw a state on our history confirms it. One whose record is older than
-        # the history we keep (its digest cannot be checked: a fork there passes), or that never
-        # saw us (a new cluster, a peer re-provisioned by repair), proves nothing either way;
-        # it records us now, so its next note can confirm. Nothing counts once a peer proved
-        # this state old (_latch_stale).
+        # A peer that saw a state on our history confirms it; so does one whose record is older
+        # than the history we keep (it saw no newer state; its digest cannot be checked, so a
+        # fork that far back passes — as it would one round later, once the peer recorded us).
+        # One that never saw us (a new cluster, a peer re-provisioned by repair) proves nothing
+        # either way. Nothing counts once a peer proved this state old (_latch_stale).
+        vouching = {*report.confirmed, *report.unverifiable}
         with self._vouched_cv:
             if self._stale is not None:
                 return
             for p in peers.values():
-                if p.node_id in report.confirmed:
+                if p.node_id in vouching:
                     self._vouched[p.node_id] = p.card.identity_public_key
             self._vouched_cv.notify_all()
         if report.confirmed and not self._fresh:

@@ -5,6 +5,7 @@ holders it saw lately, and never a second one while the first is queued or runni
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -139,3 +140,16 @@ def test_a_job_asked_by_an_earlier_process_of_the_node_is_superseded(client: Tes
     out = _request(client, old)
     assert out["status"] == "failed" and out["error"]["reason"] == "superseded", out
     assert _request(client, new)["status"] == "running"
+
+
+def test_a_job_still_running_after_witness_restart_is_replaced(make_client: Callable[..., TestClient]) -> None:
+    """A holder in it went quiet (frozen, or down since it was last seen): asked again, the
+    coordinator makes a new job with the holders seen now."""
+    client = make_client(witness_interval=0, witness_restart=0.2)
+    nodes = _registered(client)
+    run_dkg(client, nodes, "ed25519")
+    (old,) = _ask(nodes[0]).json()["jobs"]
+    assert _ask(nodes[0]).json()["jobs"] == [old]  # younger than witness_restart
+    time.sleep(0.3)
+    (new,) = _ask(nodes[0]).json()["jobs"]
+    assert new != old and _request(client, old)["error"]["reason"] == "superseded"

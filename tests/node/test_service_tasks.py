@@ -726,3 +726,17 @@ def test_a_holder_records_a_restarted_node_s_higher_counter_only_once_it_acknowl
     out = _run_all(hub, services, parts, "witness", "w-ok", {"for": "node-1"}, 0, seconds=10)
     assert [r["status"] for r in out] == ["done", "done"], out
     assert services["node-2"].keystore.peer_counters()["node-1"].counter > recorded  # acknowledged: recorded
+
+
+def test_a_holder_that_caught_the_asker_still_sends_its_note_then_refuses(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """So that the caught process learns its state is old (and acknowledges nobody)."""
+    hub, services, parts = nodes
+    _sign(hub, services, parts, "before")
+    identity = services["node-1"].card.identity_public_key
+    services["node-2"]._caught["node-1"] = (identity, "node-1 is serving an older state than it announced before")
+    out = _run_all(hub, services, parts, "witness", "w-caught-asker", {"for": "node-1"}, 0, seconds=6)
+    assert out[1]["status"] == "failed" and out[1]["error"]["reason"] == "STALE_PEER", out
+    sent = [e for e in hub.boxes.get("w-caught-asker", []) if e[1] == "node-2"]
+    assert len(sent) == 1 and sent[0][2] == "node-1", sent  # its note, nothing more

@@ -107,6 +107,23 @@ def restart(d: Path, client: Client, node: str) -> None:
     raise AssertionError(f"{node} did not re-register")
 
 
+def witnessed(client: Client, node: str, timeout: float = 30.0) -> None:
+    """Wait until, for every key ``node`` holds, a witness job it asked for since it last
+    registered is done: that key's other holders confirmed its state (docs/NODE.md, "t holders
+    before a signature"). A restarted node whose holders go down before that does not sign."""
+    since = next(n["registered_at"] for n in client.nodes() if n["node_id"] == node)
+    listed = client.keys()
+    held = {k["key_id"] for k in listed if k["status"] == "active" and node in {n["node_id"] for n in k["nodes"]}}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done = {r["key_id"] for r in client.requests(limit=500) if r["kind"] == "witness"
+                and r["params"].get("for") == node and r["created_at"] >= since and r["status"] == "done"}  # fmt: skip
+        if held <= done:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{node}'s holders did not confirm it")
+
+
 @pytest.fixture(scope="module")
 def keys(cluster: tuple[Path, Client]) -> dict[str, dict[str, Any]]:
     _, client = cluster
@@ -198,6 +215,7 @@ def test_nothing_secret_reaches_the_coordinator(cluster: tuple[Path, Client], ke
     found = 0
     for n in NODES:
         kill9(node_pid(d, n))  # the running node holds the keystore lock
+    for n in NODES:
         platform = SimulatedPlatform(state_dir=d / n / "platform")
         with open_when_released(d / n / "keystore", platform) as ks:
             key_ids = ks.keys()  # a mapping of key id -> status
@@ -208,7 +226,10 @@ def test_nothing_secret_reaches_the_coordinator(cluster: tuple[Path, Client], ke
                 for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
                     assert form not in haystack, f"{n}'s share of {key_id} is visible to the coordinator"
                 found += 1
+    for n in NODES:
         restart(d, client, n)
+    for n in NODES:  # the next test stops a node: each restarted one must be confirmed by then
+        witnessed(client, n)
     assert found >= 3 * len(keys)
 
 
