@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import shardguard
 from shardguard import dev
@@ -16,8 +17,9 @@ from shardguard.client import Client
 
 
 @contextlib.contextmanager
-def imaged_cluster(d: Path, nodes: int, *, job_timeout: float) -> Iterator[Client]:
-    """``dev.up`` in ``d`` with the nodes on a copy of the package; a client; ``dev.down`` after."""
+def imaged_cluster(d: Path, nodes: int, *, job_timeout: float, **up: Any) -> Iterator[Client]:
+    """``dev.up`` in ``d`` (``up``: its other arguments) with the nodes on a copy of the
+    package; a client; ``dev.down`` after."""
     image = d / "image"
     shutil.copytree(
         Path(shardguard.__file__).resolve().parent, image / "shardguard", ignore=shutil.ignore_patterns("__pycache__")
@@ -25,7 +27,7 @@ def imaged_cluster(d: Path, nodes: int, *, job_timeout: float) -> Iterator[Clien
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(image), *([old] if old else [])])
     try:
-        c = dev.up(d, nodes, job_timeout=job_timeout)
+        c = dev.up(d, nodes, job_timeout=job_timeout, **up)
         client = Client(c["url"], c["token"])
         try:
             yield client

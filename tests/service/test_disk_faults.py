@@ -40,12 +40,12 @@ from typing import Any
 
 import pytest
 
-import shardguard
 from shardguard import dev
 from shardguard.client import Client, RequestFailed
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node.audit import verify_chain
 from shardguard.node.keystore import TMP_PREFIX, TMP_SUFFIX, Keystore
+from tests.service.imaged import imaged_cluster
 from tests.service.test_cluster import NODES, check_signature, kill9, node_pid, restart, sign
 
 JOB_TIMEOUT = 10.0
@@ -108,32 +108,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Cl
             " — these tests need root or CAP_SYS_ADMIN and are never skipped"
         )
     ns = Namespace(holder, state)
-    image = d / "image"  # a fixed copy of the code, as test_cluster.py does (restarts measure the same bytes)
-    shutil.copytree(
-        Path(shardguard.__file__).resolve().parent, image / "shardguard", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(image), *([old] if old else [])])
     try:
         # The tmpfs is node-1's alone: not mounted in our namespace, mounted (rw, sized) in the holder's.
         assert not os.path.ismount(state)
         assert "rw" in ns.mount_options()
         assert os.statvfs(ns.path()).f_blocks * os.statvfs(ns.path()).f_frsize == TMPFS_SIZE
         wrap = ["nsenter", "--mount", f"--target={ns.pid}", "--"]
-        c = dev.up(d, 3, job_timeout=JOB_TIMEOUT, wrap={FULL: wrap})
-        client = Client(c["url"], c["token"])
-        try:
+        # On a fixed copy of the code, as test_cluster.py does (restarts measure the same bytes).
+        with imaged_cluster(d, 3, job_timeout=JOB_TIMEOUT, wrap={FULL: wrap}) as client:
             assert (ns.path("keystore") / "ks-manifest.sealed").exists()  # node-1 really keeps its state there
             assert not (state / "keystore").exists()
             yield d, client, ns
-        finally:
-            client.close()
-            dev.down(d)
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
         holder.kill()  # the namespace and its tmpfs go with it
         holder.wait()
 
