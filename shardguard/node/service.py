@@ -135,6 +135,8 @@ _QUORUM_WAIT = 10.0
 #: How long before the others stop waiting the asker of a witness job acknowledges at the
 #: latest (s; at most a third of the job's time).
 _ACK_MARGIN = 3.0
+#: Most bytes of audit records in one ``POST /v1/audit`` (the coordinator takes 4 MiB bodies).
+_AUDIT_POST_BYTES = 2 * 1024 * 1024
 #: How many session instances a node remembers, to refuse one used again (≈ 100 B each).
 _INSTANCES = 100_000
 
@@ -462,12 +464,21 @@ class NodeService:
             self.flush_audit()
 
     def flush_audit(self) -> None:
-        pending = self.audit.pending()
-        if not pending:
+        """Mirror the oldest pending entries: one post of at most 256 (the coordinator's limit)
+        and :data:`_AUDIT_POST_BYTES` of records (its body limit is 4 MiB; an entry may be 64 KB)."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for r in self.audit.pending()[:256]:
+            n = len(r["entry"]) + len(r["signature"]) + 200  # the record as JSON, about
+            if batch and size + n > _AUDIT_POST_BYTES:
+                break
+            batch.append(r)
+            size += n
+        if not batch:
             return
         try:
-            self.link.request("POST", "/v1/audit", body={"entries": pending[:256]})
-            self.audit.mirrored(r["seq"] for r in pending[:256])
+            self.link.request("POST", "/v1/audit", body={"entries": batch})
+            self.audit.mirrored(r["seq"] for r in batch)
         except (httpx.HTTPError, EngineError) as e:
             log.warning("audit mirror deferred: %s", e)
 

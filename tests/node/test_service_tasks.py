@@ -740,3 +740,25 @@ def test_a_holder_that_caught_the_asker_still_sends_its_note_then_refuses(
     assert out[1]["status"] == "failed" and out[1]["error"]["reason"] == "STALE_PEER", out
     sent = [e for e in hub.boxes.get("w-caught-asker", []) if e[1] == "node-2"]
     assert len(sent) == 1 and sent[0][2] == "node-1", sent  # its note, nothing more
+
+
+def test_audit_posts_stay_within_the_coordinator_s_body_limit(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """Entries may be 64 KB each and the backlog 4 MiB of records: one post of 256 of them
+    would pass the coordinator's 4 MiB body limit and be refused on every retry."""
+    _, services, _ = nodes
+    svc = services["node-1"]
+    for i in range(40):
+        svc.audit.append("big", note="x" * 60_000, i=i)
+    posts: list[int] = []
+
+    def request(method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any]:
+        assert (method, path) == ("POST", "/v1/audit")
+        posts.append(len(json.dumps(body)))
+        return {"accepted": len(body["entries"]), "duplicates": 0}
+
+    svc.link.request = request  # type: ignore[method-assign]
+    while svc.audit.pending():
+        svc.flush_audit()
+    assert len(posts) >= 2 and max(posts) <= 2 * 1024 * 1024 + 100_000, posts
