@@ -269,6 +269,9 @@ class Coordinator:
         # When each node last asked for witness jobs (request_witness), on this replica.
         self._witness_asked: collections.OrderedDict[str, dt.datetime] = collections.OrderedDict()
         self._witness_lock = threading.Lock()
+        # Node processes (node id → identity key) that reported their own state old
+        # (STALE_STATE naming themselves): chosen last by default until they restart.
+        self._proved_stale: dict[str, bytes] = {}
         #: node id -> its event stream on this replica, if one is open (stream.py registers it).
         self.takers: dict[str, TaskTaker] = {}
 
@@ -888,14 +891,37 @@ class Coordinator:
         return Submitted(request_id=job_id)
 
     def _default_signers(self, s: Session | RawConnection, key: Any, now: dt.datetime) -> list[str]:
-        """t of the key's nodes, those seen recently first (then by party index)."""
+        """t of the key's nodes: not proved stale in their current process first, then those
+        seen recently (then by party index)."""
         seen: dict[str, dt.datetime] = {nid: ts for nid, ts in s.execute(_NODES_SEEN, {"ids": list(key.node_ids)})}
         alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
+        stale = self._stale_processes(s, key.node_ids)
         order = sorted(
             range(len(key.node_ids)),
-            key=lambda i: (not (key.node_ids[i] in seen and seen[key.node_ids[i]] >= alive_after), i),
+            key=lambda i: (
+                key.node_ids[i] in stale,
+                not (key.node_ids[i] in seen and seen[key.node_ids[i]] >= alive_after),
+                i,
+            ),
         )
         return sorted((key.node_ids[i] for i in order[: key.threshold]), key=key.node_ids.index)
+
+    def _stale_processes(self, s: Session | RawConnection, node_ids: Sequence[str]) -> set[str]:
+        """Which of ``node_ids`` run a process that reported its own state old (docs/NODE.md,
+        "t holders before a signature"); a mark whose node has restarted since is dropped. On
+        this replica only: a hint for the default choice, never a check."""
+        with self._witness_lock:
+            marked = {n: k for n, k in self._proved_stale.items() if n in node_ids}
+        out = set()
+        for node, identity in marked.items():
+            current = s.scalar(_NODE_KEY, {"node": node})
+            if current is not None and bytes(current) == identity:
+                out.add(node)
+            else:
+                with self._witness_lock:
+                    if self._proved_stale.get(node) == identity:
+                        del self._proved_stale[node]
+        return out
 
     def submit_refresh(self, key_id: str, requested_by: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """A refresh; with ``idempotency_key``, a retry answers the first request."""
@@ -1615,6 +1641,11 @@ class Coordinator:
                         raise ApiError(422, "validation_error", f"{c!r} is not a participant", field=f"error.culprits[{i}]")
                 task.status = "failed"
                 task.error = reported
+                if reported.get("reason") == "STALE_STATE" and node_id in reported.get("culprits", []) and identity:
+                    with self._witness_lock:  # a hint for the default signer choice (_stale_processes)
+                        self._proved_stale[node_id] = identity
+                        while len(self._proved_stale) > 10_000:
+                            self._proved_stale.pop(next(iter(self._proved_stale)))
                 s.flush()
                 # A witness job's participants conclude on their own (API.md §1.14): one
                 # failing ends nobody else's task; the job fails once every task has ended.
@@ -2357,6 +2388,7 @@ _INSERT_NONCE_IF_KEY = (
 _NODE_KEY = select(Node.identity_public_key).where(Node.id == bindparam("node"))
 #: The node's key, the row held FOR KEY SHARE until commit (_hold_identity): conflicts only with
 #: register_node's FOR UPDATE, not with other holders nor with last_seen updates.
+_NODE_KEY = select(Node.identity_public_key).where(Node.id == bindparam("node"))
 _NODE_KEY_HELD = (
     select(Node.identity_public_key).where(Node.id == bindparam("node")).with_for_update(read=True, key_share=True)
 )

@@ -153,3 +153,26 @@ def test_a_job_still_running_after_witness_restart_is_replaced(make_client: Call
     time.sleep(0.3)
     (new,) = _ask(nodes[0]).json()["jobs"]
     assert new != old and _request(client, old)["error"]["reason"] == "superseded"
+
+
+def test_a_node_that_reported_its_own_state_old_is_chosen_last_until_it_restarts(
+    client: TestClient, nodes: list[FakeNode]
+) -> None:
+    """docs/NODE.md: a node a peer proved stale refuses every task; the coordinator's default
+    signer choice then passes over it (a hint on this replica) until it registers a new key."""
+    key_id = run_dkg(client, nodes, "ed25519")
+
+    def signers() -> list[str]:
+        r = client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN)
+        assert r.status_code == 202, r.text
+        return [p["node_id"] for p in _request(client, r.json()["request_id"])["participants"]]
+
+    assert signers() == ["node-a", "node-b"]
+    task = nodes[0].next_task()
+    assert task is not None
+    error = {"reason": "STALE_STATE", "culprits": ["node-a"], "detail": "a peer saw a newer state"}
+    assert nodes[0].report(task["task_id"], status="failed", error=error).status_code == 200
+    assert signers() == ["node-b", "node-c"]
+    nodes[0].restart()
+    assert nodes[0].register().status_code == 200
+    assert signers() == ["node-a", "node-b"]
