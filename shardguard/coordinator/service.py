@@ -148,6 +148,14 @@ def _seen_in(conn: Any, requested_by: str, key: str, fp: str | None) -> Any:
     return seen
 
 
+def _remember(kept: collections.OrderedDict[str, Any], node_id: str, value: Any, most: int = 10_000) -> None:
+    """Keep ``value`` for ``node_id``, newest last; one per node, bounded all the same."""
+    kept[node_id] = value
+    kept.move_to_end(node_id)
+    while len(kept) > most:
+        kept.popitem(last=False)
+
+
 def _hold_identity(conn: Session | RawConnection, node_id: str, identity: bytes) -> None:
     """In a node's write transaction, before it claims or posts anything: refuse
     (:class:`StaleIdentity`) unless ``identity`` is still the node's registered key, and keep it
@@ -271,7 +279,7 @@ class Coordinator:
         self._witness_lock = threading.Lock()
         # Node processes (node id → identity key) that reported their own state old
         # (STALE_STATE naming themselves): chosen last by default until they restart.
-        self._proved_stale: dict[str, bytes] = {}
+        self._proved_stale: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         #: node id -> its event stream on this replica, if one is open (stream.py registers it).
         self.takers: dict[str, TaskTaker] = {}
 
@@ -906,6 +914,20 @@ class Coordinator:
         )
         return sorted((key.node_ids[i] for i in order[: key.threshold]), key=key.node_ids.index)
 
+    def _witness_ended(self, s: Session, job: Job, tasks: Sequence[Task] | None = None) -> None:
+        """A witness job's participants conclude on their own (API.md §1.14): one failing ends
+        nobody else's task, and the job fails — with the first failure — once every task has
+        ended (all done: :meth:`_complete_job`)."""
+        if tasks is None:
+            tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
+        if any(t.status in ("queued", "running") for t in tasks):
+            return
+        failed = next((t for t in tasks if t.status == "failed"), None)
+        if failed is not None:
+            error = failed.error or {}
+            self._fail_job(s, job, reason=str(error.get("reason", "failed")), culprits=list(error.get("culprits", [])),
+                           party=failed.node_id, detail=str(error.get("detail", "")))  # fmt: skip
+
     def _stale_processes(self, s: Session | RawConnection, node_ids: Sequence[str]) -> set[str]:
         """Which of ``node_ids`` run a process that reported its own state old (docs/NODE.md,
         "t holders before a signature"); a mark whose node has restarted since is dropped. On
@@ -1049,10 +1071,7 @@ class Coordinator:
                 jobs.append(job.id)
         if fresh_ask:
             with self._witness_lock:
-                self._witness_asked[node.node_id] = now
-                self._witness_asked.move_to_end(node.node_id)
-                while len(self._witness_asked) > 10_000:  # one per node; bounded all the same
-                    self._witness_asked.popitem(last=False)
+                _remember(self._witness_asked, node.node_id, now)
         for job in new:
             self._started(job, "witness")
         return {"jobs": jobs}
@@ -1643,14 +1662,11 @@ class Coordinator:
                 task.error = reported
                 if reported.get("reason") == "STALE_STATE" and node_id in reported.get("culprits", []) and identity:
                     with self._witness_lock:  # a hint for the default signer choice (_stale_processes)
-                        self._proved_stale[node_id] = identity
-                        while len(self._proved_stale) > 10_000:
-                            self._proved_stale.pop(next(iter(self._proved_stale)))
-                s.flush()
-                # A witness job's participants conclude on their own (API.md §1.14): one
-                # failing ends nobody else's task; the job fails once every task has ended.
-                others = s.scalars(select(Task.status).where(Task.job_id == job.id, Task.id != task.id)).all()
-                if job.kind != "witness" or all(st in ("done", "failed", "cancelled") for st in others):
+                        _remember(self._proved_stale, node_id, identity)
+                if job.kind == "witness":
+                    s.flush()
+                    self._witness_ended(s, job)
+                else:
                     self._fail_job(
                         s,
                         job,
@@ -1676,10 +1692,8 @@ class Coordinator:
                     tasks = s.scalars(select(Task).where(Task.job_id == job.id)).all()
                     if all(t.status == "done" for t in tasks):
                         self._complete_job(s, job, key, tasks)
-                    elif job.kind == "witness" and all(t.status in ("done", "failed") for t in tasks):
-                        first = next(t for t in tasks if t.status == "failed").error or {}
-                        self._fail_job(s, job, reason=str(first.get("reason", "failed")), culprits=list(
-                            first.get("culprits", [])), party=None, detail=str(first.get("detail", "")))  # fmt: skip
+                    elif job.kind == "witness":
+                        self._witness_ended(s, job, tasks)
             out = {"task_status": task.status, "job_status": job.status}
             if job.status != "running":  # as in _signed: the key row before the look for waiting jobs
                 s.execute(_KEY_HOLD, {"key": job.key_id})

@@ -1034,16 +1034,23 @@ class NodeService:
             except (KeystoreError, TaskError):
                 continue  # no share or committee to go by: not ours to sign with
             with self._vouched_cv:
-                if self._stale is None and len(others & self._vouched.keys()) >= need:
-                    self._quorum_keys.add(key_id)
-                    continue
-            out.append(key_id)
+                if self._stale is not None or len(self._vouched_for(key_id, others, need)) < need:
+                    out.append(key_id)
         return out
+
+    def _vouched_for(self, key_id: str, others: set[str], need: int) -> set[str]:
+        """Which of the key's other holders have vouched; once ``need`` have, the key's
+        signatures wait no more (vouching is taken back only by _latch_stale). Hold
+        ``_vouched_cv``."""
+        have = others & self._vouched.keys()
+        if len(have) >= need:
+            self._quorum_keys.add(key_id)
+        return have
 
     def _confirming(self) -> None:
         """After a start with keys: ask for witness jobs until every key's holders have
-        confirmed our state, so signatures need not wait for it. A holder whose record of us
-        was too old to check confirms only in the round after the one that recorded us."""
+        confirmed our state, so signatures need not wait for it. A holder that never saw us
+        confirms only in the round after the one that recorded us."""
         delay = 2.0
         while self._stale is None and self._unconfirmed():
             self._ask_witness(every=0.0)
@@ -1069,9 +1076,8 @@ class NodeService:
             while True:
                 if self._stale is not None:  # a peer saw a newer state of ours: whoever else vouches
                     raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
-                have = others & self._vouched.keys()
+                have = self._vouched_for(key_id, others, need)
                 if len(have) >= need:
-                    self._quorum_keys.add(key_id)  # vouching is never taken back but by _latch_stale
                     return
                 left = min(deadline - REPORT_MARGIN, until) - time.monotonic()
                 if left <= 0 or self._stop.is_set():
