@@ -8,23 +8,31 @@ committed or dropped, a ban — is an entry::
     sig   = Ed25519 by the node's identity key over frame(AUDIT_CONTEXT) ‖ frame(hash)
 
 The head (``seq``, ``hash``) and the entries not yet mirrored are kept in the sealed keystore,
-as an inline state value of its manifest (public facts only; one file and two fsyncs per
-write), so the chain continues across restarts (a restarted node signs with its new identity
+so the chain continues across restarts (a restarted node signs with its new identity
 key; the coordinator's mirror records which attested key signed each entry). The coordinator mirrors the
 entries but cannot forge, reorder or drop one unnoticed: :func:`verify_chain` checks the chain
 and every signature offline. Entries hold public facts only (ids, digests, reasons) — never a
 share, nonce or plaintext payload.
 
-**Writes.** :meth:`AuditLog.append` returns only once its entry is durable in that record; the
-caller releases nothing before. Entries appended while a write is in flight are made durable
-together by the next one (group commit: one keystore transaction for all of them, each caller
-still waits for the write that holds its entry). The record is written as canonical JSON
-spliced from each entry's encoding, made once (:meth:`Keystore.put_state_json`).
+**Writes.** :meth:`AuditLog.append` returns only once its entry is durable; the caller releases
+nothing before. Its write is a *compaction*: one manifest write (:meth:`Keystore.compact_journal`)
+of an inline state value holding the head and the entries not yet acknowledged, spliced from
+each entry's encoding, made once — so the keystore's counter moves and the peers that witness
+the new state witness the entry. :meth:`AuditLog.append_journaled` is for the decisions whose
+state change no peer witnesses anyway (a signing in one step, which exchanges no notes): its
+entry is appended to the keystore's journal instead (:meth:`Keystore.journal_append`: one
+``write`` and one ``fdatasync``, sealed, no manifest rewrite), and the next manifest write
+anchors the journal (keystore rule 8), committing the counter to it. A journaled write compacts
+too once the journal holds :data:`COMPACT_RECORDS` records or :data:`COMPACT_BYTES`. At open the
+log reads the inline value and the journal after it, and checks that every journal entry chains
+to the one before. Entries appended while a write is in flight are made durable together by the
+next one (group commit: one write for all of them — a compaction if any of them needs one —
+each caller still waits for the write that holds its entry).
 
 **Mirroring.** :meth:`AuditLog.pending` lists durable entries only (an entry whose write fails
 is never mirrored; its sequence number is used again). :meth:`AuditLog.mirrored` does not write:
-acknowledged entries leave :meth:`AuditLog.pending` at once and the record with the next write
-(:meth:`AuditLog.forget_mirrored` writes at once, at shutdown). A crash before that loses only
+acknowledged entries leave :meth:`AuditLog.pending` at once and the record with the next
+compaction (:meth:`AuditLog.forget_mirrored` compacts at once, at shutdown). A crash before that loses only
 the acknowledgement: the restarted node sends those entries again, byte for byte, and the
 coordinator takes identical entries as duplicates (``POST /v1/audit`` is idempotent per
 ``seq``). A full or read-only state disk: :meth:`AuditLog.append` raises the keystore's error (an
@@ -55,10 +63,12 @@ from typing import Any, Final
 from shardguard.channel import NodeKeys
 from shardguard.channel.identity import verify_signature
 from shardguard.coordinator import wire
-from shardguard.node.keystore import Keystore, KeystoreError
+from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 
 __all__ = [
     "AUDIT_CONTEXT",
+    "COMPACT_BYTES",
+    "COMPACT_RECORDS",
     "GENESIS",
     "MAX_ENTRY_BYTES",
     "MAX_PENDING",
@@ -69,6 +79,7 @@ __all__ = [
     "AuditLog",
     "AuditRefused",
     "ChainFault",
+    "durable_record",
     "entry_hash",
     "verify_chain",
 ]
@@ -76,7 +87,11 @@ __all__ = [
 AUDIT_CONTEXT = wire.AUDIT_CONTEXT
 #: The ``prev`` of entry 1.
 GENESIS: Final = "00" * 32
-_STATE = "audit"  # {"seq", "hash", "pending": [...]}: one keystore write per entry
+_STATE = "audit"  # {"seq", "hash", "pending": [...]}: written at each compaction
+#: The journal is folded into the manifest once it holds this many records ...
+COMPACT_RECORDS: Final = 256
+#: ... or this many bytes.
+COMPACT_BYTES: Final = 1 << 20
 #: Default bound on the backlog (entries not acknowledged by the coordinator): entries ...
 MAX_PENDING: Final = 1000
 #: ... and bytes of their kept records (canonical JSON; the keystore record is about this size).
@@ -167,10 +182,10 @@ class _Kept:
 
     __slots__ = ("json", "record", "seq")
 
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(self, record: dict[str, Any], encoded: bytes | None = None) -> None:
         self.seq = int(record["seq"])
         self.record = record
-        self.json = _canonical(record)
+        self.json = _canonical(record) if encoded is None else encoded
 
 
 class _Batch:
@@ -205,10 +220,9 @@ class AuditLog:
         self._signer = keys.card().identity_public_key.hex()
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._cv = threading.Condition(threading.Lock())
-        state = keystore.get_state(_STATE, None) or {"seq": 0, "hash": GENESIS, "pending": []}
-        kept = [_Kept(r) for r in state["pending"]]
+        head, kept = _load(keystore)
         # What the keystore holds (the durable head and record) ...
-        self._durable: tuple[int, str] = (int(state["seq"]), str(state["hash"]))
+        self._durable: tuple[int, str] = head
         # ... and the head with the entries appended since, not yet durable; ``_kept`` lists
         # both, in sequence order.
         self._head = self._durable
@@ -218,9 +232,16 @@ class AuditLog:
         self._acked: set[int] = set()
         self._batch = _Batch()  # entries waiting for the next write
         self._writing = False  # a write is in flight (its writer does not hold _cv meanwhile)
+        # Entries (and forget_mirrored calls) that need a compaction, and how many of them the
+        # last successful compaction covered: the next write compacts while these differ.
+        self._counted = 0
+        self._compacted = 0
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Add one entry; return its mirror record once the entry is durable (and never before).
+
+        The write that makes it durable is a manifest write (a compaction of the journal): the
+        keystore's counter moves, and peers that witness the new state witness the entry.
 
         Group commit: entries appended while a write is in flight wait for it and are then made
         durable together by one write, so concurrent tasks share a keystore transaction. If the
@@ -232,6 +253,16 @@ class AuditLog:
         (durable or not) fill the backlog, :class:`AuditEntryTooLarge` for an entry the
         coordinator would not mirror: nothing is signed or written then, and the caller must not
         take the decision the entry would have recorded."""
+        return self._append(event, fields, journaled=False)
+
+    def append_journaled(self, event: str, **fields: Any) -> dict[str, Any]:
+        """:meth:`append`, made durable by a journal append (one ``write``, one ``fdatasync``)
+        unless a compaction is due: the keystore's counter does not move. For the decisions
+        whose state change no peer witnesses anyway (a signing in one step): the next manifest
+        write anchors the journal, and so commits the counter peers witness to these entries."""
+        return self._append(event, fields, journaled=True)
+
+    def _append(self, event: str, fields: Mapping[str, Any], *, journaled: bool) -> dict[str, Any]:
         with self._cv:
             seq = self._head[0] + 1
             body = {
@@ -258,6 +289,8 @@ class AuditLog:
             }
             self._kept.append(_Kept(record))
             self._head = (seq, h)
+            if not journaled:
+                self._counted += 1
             self._commit(self._batch)
             return dict(record)
 
@@ -295,16 +328,25 @@ class AuditLog:
     def _write(self) -> None:
         writing, self._batch = self._batch, _Batch()
         head, acked = self._head, set(self._acked)
+        new = [k.json for k in self._kept if k.seq > self._durable[0]]
+        records, size = self._ks.journal_size
+        counted = self._counted
+        compact = counted > self._compacted or records + len(new) > COMPACT_RECORDS or size + sum(map(len, new)) > COMPACT_BYTES
         # Only acknowledged entries leave the record: append() bounds the rest (never dropped).
-        kept = [k for k in self._kept if k.seq not in acked]
+        kept = [k for k in self._kept if k.seq not in acked] if compact else []
         data = b"".join(
             (b'{"hash":"', head[1].encode(), b'","pending":[', b",".join([k.json for k in kept]), b'],"seq":', b"%d}" % head[0])
-        )
+        ) if compact else b""  # fmt: skip
         self._writing = True
         self._cv.release()
         error: BaseException | None = None
         try:
-            self._ks.put_state_json(_STATE, data, inline=True)
+            if compact and records:
+                self._ks.compact_journal(_STATE, data)
+            elif compact:  # the journal is empty: the same manifest, its generation kept
+                self._ks.put_state_json(_STATE, data, inline=True)
+            else:
+                self._ks.journal_append(new)
         except BaseException as e:
             error = e
         finally:
@@ -313,8 +355,10 @@ class AuditLog:
         writing.done = True
         if error is None:
             self._durable = head
-            self._kept = kept + [k for k in self._kept if k.seq > head[0]]
-            self._acked -= acked
+            if compact:
+                self._kept = kept + [k for k in self._kept if k.seq > head[0]]
+                self._acked -= acked
+                self._compacted = max(self._compacted, counted)
         else:
             writing.error = error
             if self._head != head:  # appended meanwhile, on top of entries that are not durable
@@ -345,10 +389,52 @@ class AuditLog:
                 self._cv.wait()
             if not self._acked:
                 return
+            self._counted += 1
             try:
                 self._commit(self._batch)
             except KeystoreError as e:
                 log.warning("mirrored audit entries stay in the keystore record until it can be written: %s", e)
+
+
+def _load(keystore: Keystore) -> tuple[tuple[int, str], list[_Kept]]:
+    """The durable head and kept entries: the inline value of the last compaction, then the
+    journal's entries, each checked to follow the one before."""
+    state = keystore.get_state(_STATE, None) or {"seq": 0, "hash": GENESIS, "pending": []}
+    kept = [_Kept(r) for r in state["pending"]]
+    head = (int(state["seq"]), str(state["hash"]))
+    for i, payload in enumerate(keystore.journal_records()):
+        record = _journal_entry(payload, head)
+        if record is None:
+            detail = f"journal record {i} is not the audit entry after entry {head[0]}"
+            raise KeystoreError(KeystoreReason.INVALID_RECORD, keystore.directory, detail)
+        kept.append(_Kept(record, payload))
+        head = (record["seq"], record["hash"])
+    return head, kept
+
+
+def durable_record(keystore: Keystore) -> dict[str, Any]:
+    """What the keystore holds of the audit log, as a restarted node reads it: ``{"seq",
+    "hash"}`` of the head and ``pending``, every kept entry's mirror record, acknowledged or not
+    (acknowledged ones leave at the next compaction)."""
+    (seq, h), kept = _load(keystore)
+    return {"seq": seq, "hash": h, "pending": [k.record for k in kept]}
+
+
+def _journal_entry(payload: bytes, head: tuple[int, str]) -> dict[str, Any] | None:
+    """The mirror record a journal payload holds if it is the entry after ``head`` (its
+    ``seq`` next, its hash its entry's, its entry's ``prev`` the head's hash), else None. The
+    records are sealed: this catches a fault of ours, not the host's."""
+    try:
+        record = json.loads(payload)
+        entry = base64.b64decode(record["entry"], validate=True)
+        body = json.loads(entry)
+        if record["seq"] != head[0] + 1 or body["seq"] != record["seq"] or body["prev"] != head[1]:
+            return None
+        if record["hash"] != entry_hash(entry) or _canonical(record) != payload:
+            return None
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def verify_chain(

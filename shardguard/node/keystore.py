@@ -11,7 +11,12 @@ What it keeps, in one state directory:
   or, written with ``inline=True``, in the manifest itself (values written often and not
   secret: one file and two fsyncs per write instead of two and four);
 * **the witness file** — the latest ``(counter, digest)`` each *peer* announced to this node
-  (:meth:`Keystore.record_peer_counter`), used to tell a restarted peer whether it is stale.
+  (:meth:`Keystore.record_peer_counter`), used to tell a restarted peer whether it is stale;
+* **the journal** — small sealed records appended one ``write`` and one ``fdatasync`` at a time
+  (:meth:`Keystore.journal_append`; format in :mod:`shardguard.node.journal`), for a value that
+  grows by small pieces often (the audit log's entries): no manifest rewrite per piece. Its
+  owner folds it into an inline state value now and then (:meth:`Keystore.compact_journal`,
+  which starts a new generation of it).
 
 Files (nothing else in the directory is touched)::
 
@@ -19,6 +24,7 @@ Files (nothing else in the directory is touched)::
     ks-share.<key id>.e<epoch>.c<counter>.sealed  one share record
     ks-state.<name>.e0.c<counter>.sealed          one node-state record
     ks-witness.sealed                             peers' announced counters
+    ks-journal.g<gen>.log                         the journal of the manifest's generation
     ks.lock                                       flock (opened read-only): one writer at a time
     .ks-<random>.tmp                              a write in progress (removed at open)
 
@@ -84,6 +90,17 @@ itself (a share must decode, carry the record's epoch and the key's group key:
    loadable. If the directory fsync *after* the manifest rename fails, the outcome on disk is
    unknown: the store answers ``BROKEN`` to everything until it is reopened (which reads
    whatever the disk holds).
+8. A journal append writes its records at the end of the file and calls ``fdatasync`` on it (the first
+   append to a new generation's file fsyncs the directory too); only then does it return. A
+   failed append cuts the file back to its length before (``BROKEN`` if that fails too). Every
+   manifest names its journal's generation and how many records the journal held when it was
+   written (the *anchor*); a compaction commits a manifest naming the next generation, empty,
+   and deletes the old file after (rule 3).
+9. At open the journal must hold at least the anchored number of records, each authentic and in
+   place (sealed with its generation and index): fewer → ``TRUNCATED`` (``MISSING`` without
+   the file). A torn *last* record (a crash during its append) is cut off: that append never
+   returned. A journal of an older generation is deleted; one of a newer generation with an
+   authentic record means the manifest was rolled back → ``STALE_STATE``.
 
 **Rollback defence** (ARCHITECTURE §7, ROTE-style). None of the supported platforms gives the
 enclave a trusted monotonic counter, and sealing alone cannot tell an old sealed copy from the
@@ -93,10 +110,10 @@ digest)`` to its peers; each peer stores it with :meth:`Keystore.record_peer_cou
 (monotonic: a lower counter, or a different digest at the same counter, is refused with
 ``PEER_ROLLBACK``) in its witness file — kept outside the manifest so that witnessing does not
 change the witness's own counter (no announcement ping-pong). With ``defer=True`` the value is
-taken at once and written by the next transaction of the store (before its records and
-manifest, sharing its directory fsyncs) or by :meth:`Keystore.flush_witness`: the node records a
-task's witness notes so and they are durable with the task's audit entry, before its result
-leaves the node. A restarted node asks peers for
+taken at once and written by the next transaction or journal append of the store (before its
+records and manifest, sharing its directory fsyncs) or by :meth:`Keystore.flush_witness`: the
+node records a task's witness notes so and they are durable with the task's audit entry, before
+its result leaves the node. A restarted node asks peers for
 the last value they saw from it and calls :meth:`Keystore.require_fresh`: any peer that saw a
 higher counter, or a different digest at a counter we passed through (a fork), is proof that
 this directory is an old copy → ``STALE_STATE``; fewer than ``t`` verifiable confirmations →
@@ -104,7 +121,10 @@ this directory is an old copy → ``STALE_STATE``; fewer than ``t`` verifiable c
 must not sign. What the peers never saw is not protected: anything whose loss matters (a
 committed refresh, a ban, the audit head) must be announced and acknowledged by t peers before
 the node acts on it. Locally, a manifest older than the records it should name is detected by
-rule 4.
+rule 4, and a journal cut below its anchor by rule 9. Journal appends change neither the counter
+nor the digest: the records appended since the manifest's last write are covered by neither,
+and a copy restored without them passes the peers (the audit log's mirror at the coordinator
+sees a restored node's reused sequence numbers: ``audit_conflict``).
 """
 
 from __future__ import annotations
@@ -129,6 +149,9 @@ from types import TracebackType
 from typing import Any, Final, NoReturn
 
 from shardguard.enclave.platform import NotSupported, Platform, SealingError, SealingReason
+from shardguard.node.journal import JOURNAL_RE as _JOURNAL_RE
+from shardguard.node.journal import MAX_JOURNAL, JournalCorrupt, encode_record, journal_name
+from shardguard.node.journal import parse as _parse_journal
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.keys import KeyShare
 
@@ -334,6 +357,8 @@ def _manifest_json(m: _Manifest, history: str | None = None) -> bytes:
     head = f'{{"history":[{history}],'.encode()
     if m.inline:  # only when there is any: a manifest without inline values reads as before
         head += b'"inline":{' + b",".join([b'"%s":%s' % (name.encode(), m.inline[name]) for name in sorted(m.inline)]) + b"},"
+    if m.journal != (0, 0):  # likewise: a store that never used its journal reads as before
+        head += b'"journal":{"gen":%d,"records":%d},' % m.journal
     return head + f'"keys":{{{",".join(keys)}}},"prev":"{m.prev}","state":{{{state}}}}}'.encode()
 
 
@@ -385,6 +410,8 @@ class _Manifest:
     state: dict[str, _Entry]
     #: State values kept in the manifest itself (name -> canonical JSON), not in record files.
     inline: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    #: The journal's anchor: its generation and how many records it held at this commit.
+    journal: tuple[int, int] = (0, 0)
 
     def files(self) -> set[str]:
         out = {e.file for e in self.state.values()}
@@ -403,10 +430,14 @@ class _Manifest:
 
     def copy(self) -> _Manifest:
         keys = {kid: _KeyEntry(k.group, k.current, dict(k.pending)) for kid, k in self.keys.items()}
-        return _Manifest(self.store, self.counter, self.prev, list(self.history), keys, dict(self.state), dict(self.inline))
+        return _Manifest(
+            self.store, self.counter, self.prev, list(self.history), keys, dict(self.state), dict(self.inline), self.journal
+        )
 
     def to_payload(self) -> dict[str, Any]:
         inline = {"inline": {name: json.loads(v) for name, v in sorted(self.inline.items())}} if self.inline else {}
+        if self.journal != (0, 0):
+            inline["journal"] = {"gen": self.journal[0], "records": self.journal[1]}
         return inline | {
             "prev": self.prev,
             "history": [[c, d] for c, d in self.history],
@@ -423,8 +454,13 @@ class _Manifest:
 
     @classmethod
     def from_payload(cls, store: str, counter: int, p: object) -> _Manifest:
-        if not isinstance(p, dict) or set(p) - {"inline"} != {"prev", "history", "keys", "state"}:
+        if not isinstance(p, dict) or set(p) - {"inline", "journal"} != {"prev", "history", "keys", "state"}:
             raise ValueError("manifest fields")
+        journal = p.get("journal", {"gen": 0, "records": 0})
+        if not isinstance(journal, dict) or set(journal) != {"gen", "records"}:
+            raise ValueError("journal anchor")
+        if not (_is_int(journal["gen"]) and _is_int(journal["records"]) and journal["gen"] < 1 << 63):
+            raise ValueError("journal anchor numbers")
         prev, history, keys, state, inline = p["prev"], p["history"], p["keys"], p["state"], p.get("inline", {})
         if not isinstance(prev, str) or len(prev) not in (0, 64):
             raise ValueError("prev")
@@ -444,7 +480,7 @@ class _Manifest:
                 raise ValueError("history order")
             bytes.fromhex(item[1])
             hist.append((item[0], item[1]))
-        out = cls(store, counter, prev, hist, {}, {})
+        out = cls(store, counter, prev, hist, {}, {}, journal=(journal["gen"], journal["records"]))
         for name, e in state.items():
             if not _NAME_RE.match(name):
                 raise ValueError("state name")
@@ -531,6 +567,11 @@ class Keystore:
         self._witness_saved = 0
         self._fast_manifest = True
         self._history_cache: tuple[int, int, str] | None = None  # (first, last counter, pieces)
+        # The journal of the manifest's generation: how many records it holds now and their
+        # bytes, and its descriptor (opened at the first append).
+        self._journal_count = 0
+        self._journal_size = 0
+        self._journal_fd: int | None = None
 
     # opening and closing --------------------------------------------------------------------
 
@@ -587,6 +628,7 @@ class Keystore:
 
     def close(self) -> None:
         with self._mutex:
+            self._close_journal()
             if self._dir_fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._dir_fd)
@@ -626,7 +668,7 @@ class Keystore:
         mpath = self._dir / MANIFEST
         names = self._listdir()
         if MANIFEST not in names:
-            leftovers = sorted(n for n in names if _RECORD_RE.match(n) or n == WITNESS)
+            leftovers = sorted(n for n in names if _RECORD_RE.match(n) or _JOURNAL_RE.match(n) or n == WITNESS)
             if leftovers:
                 detail = f"the manifest is gone but {len(leftovers)} record file(s) remain; refusing to start empty"
                 raise KeystoreError(KeystoreReason.MISSING, mpath, detail)
@@ -655,6 +697,7 @@ class Keystore:
         for entry in manifest.entries():
             self._load_entry(entry)
         self._state.update(manifest.inline)
+        self._load_journal(names)
         if WITNESS in names:
             self._load_witness()
 
@@ -713,6 +756,66 @@ class Keystore:
                 with contextlib.suppress(OSError):
                     os.unlink(self._dir / name)
             self._fsync_dir_quietly()
+
+    def _load_journal(self, names: Iterable[str]) -> None:
+        """Read the journal the manifest anchors (rules 8 and 9 of the module docstring): at
+        least the anchored number of records, each authentic; a torn last record is cut off.
+        Journals of other generations: older ones are obsolete (deleted), a newer one with an
+        authentic record means the manifest was rolled back (``STALE_STATE``)."""
+        gen, anchored = self._manifest.journal
+        current = journal_name(gen)
+        for name in sorted(names):
+            m = _JOURNAL_RE.match(name)
+            if m is None or name == current:
+                continue
+            if int(m.group(1)) > gen:
+                authentic: list[bytes] = []
+                with contextlib.suppress(KeystoreError, JournalCorrupt):  # not of this store: a stray file
+                    data = self._read_journal(name)
+                    authentic = _parse_journal(data, self._platform, self._manifest.store, int(m.group(1))).payloads
+                if authentic:
+                    raise KeystoreError(
+                        KeystoreReason.STALE_STATE,
+                        self._dir / name,
+                        f"an authentic journal of generation {m.group(1)} is newer than the manifest's "
+                        f"generation {gen}: the manifest was restored from an older copy",
+                    )
+            if not self._read_only:  # obsolete (a compaction's deletion was interrupted) or stray
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{self._dir_s}/{name}")
+        path = self._dir / current
+        data = self._read_journal(current) if current in names else b""
+        try:
+            parsed = _parse_journal(data, self._platform, self._manifest.store, gen)
+        except JournalCorrupt as e:
+            raise KeystoreError(KeystoreReason[e.reason], path, str(e)) from None
+        if len(parsed.payloads) < anchored:
+            detail = f"{len(parsed.payloads)} whole records, the manifest names {anchored}: the journal was cut short"
+            raise KeystoreError(KeystoreReason.TRUNCATED if current in names else KeystoreReason.MISSING, path, detail)
+        if parsed.torn and not self._read_only:
+            # The last append never returned (a crash during it): nothing depended on it.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, parsed.end)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise _os_error(e, path, "cannot cut off the torn last record") from None
+        self._journal_count = len(parsed.payloads)
+        self._journal_size = parsed.end
+
+    def _read_journal(self, name: str) -> bytes:
+        path = self._dir / name
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_JOURNAL + 1)
+        except OSError as e:
+            raise _os_error(e, path, "cannot read") from None
+        if len(data) > MAX_JOURNAL:
+            raise KeystoreError(KeystoreReason.TOO_LARGE, path, f"more than {MAX_JOURNAL} bytes")
+        return data
 
     def _load_entry(self, entry: _Entry) -> None:
         expect = _Expect(entry.kind, entry.key_id, entry.epoch, entry.counter, entry.sha256)
@@ -975,6 +1078,8 @@ class Keystore:
             )
         new.prev = self._digest.hex()
         new.history = [*old.history, (old.counter, new.prev)][-HISTORY:]
+        if new.journal[0] == old.journal[0]:  # the anchor: what the journal holds now (rule 8)
+            new.journal = (old.journal[0], self._journal_count)
         encoded = []
         for entry, payload in records:
             data, _ = self._encode(entry.kind, entry.key_id, entry.epoch, entry.counter, payload)
@@ -1016,6 +1121,10 @@ class Keystore:
             self._witness_saved = witness
         # Durable: adopt it in memory, then delete what it no longer names.
         obsolete = old.files() - new.files()
+        if new.journal[0] != old.journal[0]:  # a new generation (compact_journal): start it empty
+            self._close_journal()
+            obsolete.add(journal_name(old.journal[0]))
+            self._journal_count, self._journal_size = 0, 0
         self._manifest = new
         self._digest = _sha256(_STATE_DIGEST_PREFIX + mplain)
         for entry, _, payload in encoded:
@@ -1234,6 +1343,110 @@ class Keystore:
         entry = new.state[name] = _Entry(_STATE, name, 0, new.counter, "")
         self._transact(new, [(entry, canonical)])
         return True
+
+    # the journal ------------------------------------------------------------------------------
+
+    def journal_records(self) -> list[bytes]:
+        """The payloads the journal holds, oldest first, read from the disk (its owner reads
+        them once, at start), with the checks of the open (rule 9)."""
+        with self._mutex:
+            self._check_usable(write=False)
+            gen = self._manifest.journal[0]
+            name = journal_name(gen)
+            if not self._journal_size:
+                return []
+            data = self._read_journal(name)[: self._journal_size]
+            try:
+                parsed = _parse_journal(data, self._platform, self._manifest.store, gen)
+            except JournalCorrupt as e:
+                raise KeystoreError(KeystoreReason[e.reason], self._dir / name, str(e)) from None
+            if len(parsed.payloads) != self._journal_count or parsed.torn:
+                raise KeystoreError(KeystoreReason.TRUNCATED, self._dir / name, "the journal changed under the store")
+            return parsed.payloads
+
+    @property
+    def journal_size(self) -> tuple[int, int]:
+        """``(records, bytes)`` in the journal now: its owner compacts it past a bound."""
+        return self._journal_count, self._journal_size
+
+    def journal_append(self, payloads: Iterable[bytes]) -> None:
+        """Append records to the journal and make them durable (one ``write``, one
+        ``fdatasync``; rule 8): the manifest, its counter and digest do not change. Deferred
+        witness values are written first, as a transaction would. On failure nothing of it
+        stays in the file (cut back) and the error is the keystore's; if even cutting back
+        fails, the store is ``BROKEN`` until reopened (the next open reads what the disk holds)."""
+        with self._mutex:
+            self._check_usable(write=True)
+            gen = self._manifest.journal[0]
+            path = self._dir / journal_name(gen)
+            records = list(payloads)
+            try:
+                data = b"".join(
+                    encode_record(self._platform, self._manifest.store, gen, self._journal_count + i, p)
+                    for i, p in enumerate(records)
+                )
+            except (SealingError, NotSupported):
+                raise KeystoreError(KeystoreReason.SEALING_UNAVAILABLE, path, "sealing failed") from None
+            except ValueError as e:
+                raise KeystoreError(KeystoreReason.TOO_LARGE, path, str(e)) from None
+            if not data:
+                return
+            if self._journal_size + len(data) > MAX_JOURNAL:  # the next open would refuse it
+                raise KeystoreError(KeystoreReason.TOO_LARGE, path, f"the journal would pass {MAX_JOURNAL} bytes; compact it")
+            if self._witness_saved < self._witness_gen:
+                witness = self._witness_gen
+                self._write_witness(self._witness)
+                self._witness_saved = witness
+            created = self._journal_fd is None and not os.path.exists(path)
+            try:
+                if self._journal_fd is None:
+                    self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                fd = self._journal_fd
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fdatasync(fd)
+                if created:
+                    self._fsync_dir()  # the new file's name, once
+            except (OSError, KeystoreError) as e:
+                self._cut_journal_back(path)
+                if isinstance(e, KeystoreError):
+                    raise
+                raise _os_error(e, path, "append failed") from None
+            self._journal_count += len(records)
+            self._journal_size += len(data)
+
+    def _cut_journal_back(self, path: Path) -> None:
+        """After a failed append: the file back to its last durable length, or ``BROKEN``."""
+        try:
+            if self._journal_fd is not None:
+                os.ftruncate(self._journal_fd, self._journal_size)
+                os.fdatasync(self._journal_fd)
+        except OSError:
+            self._broken = True
+
+    def compact_journal(self, name: str, canonical: bytes) -> None:
+        """Write inline state ``name`` (:meth:`put_state_json` with ``inline=True``) and start a
+        new, empty journal generation in the same commit: the value supersedes every record of
+        the journal. The old generation's file is deleted once the manifest is durable."""
+        if type(canonical) is not bytes or not canonical.isascii():
+            raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "canonical JSON must be ASCII bytes")
+        with self._mutex:
+            self._check_usable(write=True)
+            self._check_name(name, "state name")
+            new = self._manifest.copy()
+            new.counter += 1
+            new.state.pop(name, None)
+            new.inline[name] = canonical
+            new.journal = (new.journal[0] + 1, 0)
+            self._transact(new, [])
+            self._state[name] = canonical
+
+    def _close_journal(self) -> None:
+        if self._journal_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._journal_fd)
+            self._journal_fd = None
 
     def get_state(self, name: str, default: Any = None) -> Any:
         """A fresh copy of the value stored under ``name`` (``default`` if none)."""

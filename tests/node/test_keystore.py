@@ -103,7 +103,8 @@ def observe(store: Keystore) -> dict[str, Any]:
             "pending": {e: fingerprint(store.share(kid, e)) for e in status.pending},
         }
     state = {name: store.get_state(name) for name in store.state_names()}
-    return {"counter": store.counter, "keys": keys, "state": state}
+    journal = [p.decode() for p in store.journal_records()]
+    return {"counter": store.counter, "keys": keys, "state": state, "journal": journal}
 
 
 Op = tuple[Any, ...]
@@ -116,11 +117,12 @@ class Model:
     counter: int = 0
     keys: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # kid -> current, pending, group
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    journal: list[str] = dataclasses.field(default_factory=list)  # the journal's payloads
 
     @classmethod
     def of(cls, store: Keystore) -> Model:
         obs = observe(store)
-        m = cls(obs["counter"], {}, obs["state"])
+        m = cls(obs["counter"], {}, obs["state"], obs["journal"])
         for kid, k in obs["keys"].items():
             share = store.share(kid, k["current"][0] if k["current"] else min(k["pending"]))
             m.keys[kid] = {"current": k["current"], "pending": dict(k["pending"]), "group": share.public.key_id}
@@ -128,11 +130,12 @@ class Model:
 
     def copy(self) -> Model:
         keys = {kid: {**k, "pending": dict(k["pending"])} for kid, k in self.keys.items()}
-        return Model(self.counter, keys, json.loads(json.dumps(self.state)))
+        return Model(self.counter, keys, json.loads(json.dumps(self.state)), list(self.journal))
 
     def observe(self) -> dict[str, Any]:
         keys = {kid: {"current": k["current"], "pending": dict(sorted(k["pending"].items()))} for kid, k in self.keys.items()}
-        return {"counter": self.counter, "keys": dict(sorted(keys.items())), "state": dict(sorted(self.state.items()))}
+        state = dict(sorted(self.state.items()))
+        return {"counter": self.counter, "keys": dict(sorted(keys.items())), "state": state, "journal": list(self.journal)}
 
     def apply(self, op: Op) -> tuple[Model, Any]:
         """(new model, return value); the return value is a KeystoreReason when the store must raise."""
@@ -215,6 +218,14 @@ class Model:
             del m.keys[op[1]]
             m.counter += 1
             return m, True
+        if kind == "journal":  # appended: the manifest (counter) does not change
+            m.journal += op[1]
+            return m, None
+        if kind == "compact":  # an inline value that supersedes the journal, which starts anew
+            m.state[op[1]] = op[2]
+            m.journal = []
+            m.counter += 1
+            return m, None
         raise AssertionError(op)
 
 
@@ -236,6 +247,10 @@ def run_op(store: Keystore, op: Op) -> Any:
         return store.delete_state(op[1])
     if kind == "del_key":
         return store.delete_key(op[1])
+    if kind == "journal":
+        return store.journal_append([p.encode() for p in op[1]])
+    if kind == "compact":
+        return store.compact_journal(op[1], ks_module._canonical(op[2]))
     raise AssertionError(op)
 
 
@@ -275,6 +290,10 @@ def random_op(model: Model, rng: Any) -> Op:
     if roll < 0.7:
         epochs = sorted(k["pending"]) + ([k["current"][0]] if k["current"] else [])
         return ("update", kid, KEY_SHARES[kid](rng.choice(epochs), bans))
+    if roll < 0.8:
+        return ("journal", [f"entry-{rng.randint(0, 999)}" + "x" * rng.randint(0, 300) for _ in range(rng.randint(1, 3))])
+    if roll < 0.84:
+        return ("compact", "audit-log", {"head": rng.randint(0, 99), "pending": model.journal[-2:]})
     if roll < 0.93:
         return (
             rng.choice(["put", "put_inline"]),
@@ -295,6 +314,8 @@ def assert_clean(store: Keystore) -> None:
     files = our_files(store.directory)
     assert not [n for n in files if n.endswith(".tmp")], files
     named = store._manifest.files() | {MANIFEST} | ({WITNESS} if store.peer_counters() else set())
+    journal = f"ks-journal.g{store._manifest.journal[0]}.log"
+    named |= {journal} & files  # created at the first append of its generation
     assert files == named, files ^ named
 
 
@@ -303,7 +324,7 @@ class FaultyOs:
     write-path functions raises ``OSError(err)`` (or calls ``on_fault``), and with
     ``persistent`` every later call of a non-``unlink`` function does too."""
 
-    FUNCS = ("open", "write", "fsync", "replace", "unlink")
+    FUNCS = ("open", "write", "fsync", "fdatasync", "ftruncate", "replace", "unlink")
 
     def __init__(
         self, fail_at: int = 0, err: int = errno.ENOSPC, *, persistent: bool = False, on_fault: Callable[[], None] | None = None

@@ -143,6 +143,12 @@ def scripted_ops() -> list[Op]:
         ("del_state", "identity"),
         ("stage", "k3", FROST_B[0]),
         ("commit", "k3", 0),
+        ("journal", ["one"]),  # the journal: appends (the first creates its file) ...
+        ("journal", ["two", "three" * 50]),
+        ("put", "policy", {"v": 1}),  # ... a manifest write anchors them ...
+        ("journal", ["four"]),
+        ("compact", "audit", {"seq": 4, "pending": []}),  # ... a new generation, the old file goes
+        ("journal", ["five"]),
         ("del_key", "k3"),
     ]
 

@@ -83,11 +83,13 @@ class MemStream:
         ks = self.svc.keystore
         with ks._mutex:
             # Nothing of the task leaves before its entry and its recorded peer counters are
-            # durable: the audit state on disk (inline in the manifest) holds an entry of this job ...
+            # durable: the audit state on disk (inline in the manifest, and the journal's records
+            # after it) holds an entry of this job ...
             expect = ks_module._Expect("manifest", "manifest")
             _, _, _, manifest = ks._read(ks_module.MANIFEST, expect, ks_module.MAX_MANIFEST, store=None)
-            audit = manifest["inline"]["audit"]
-            jobs = [json.loads(base64.b64decode(r["entry"])).get("job") for r in audit["pending"]]
+            kept = manifest.get("inline", {}).get("audit", {"pending": []})["pending"]
+            kept += [json.loads(p) for p in ks.journal_records()]
+            jobs = [json.loads(base64.b64decode(r["entry"])).get("job") for r in kept]
             # ... and the peer counters this task recorded are on disk too.
             unsaved = ks._witness_saved < getattr(self.recorded, "gen", 0)
             self.recorded.gen = 0
