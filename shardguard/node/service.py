@@ -444,12 +444,16 @@ class NodeService:
             fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
         return fields
 
-    def _audit(self, event: str, *, journaled: bool = False, **fields: Any) -> None:
+    def _audit(self, event: str, **fields: Any) -> None:
+        self._entry(self.audit.append, event, fields)
+
+    def _audit_journaled(self, event: str, **fields: Any) -> None:
+        """:meth:`_audit` for a signing in one step: no peer witnesses its state (AuditLog.append_journaled)."""
+        self._entry(self.audit.append_journaled, event, fields)
+
+    def _entry(self, append: Callable[..., Any], event: str, fields: Mapping[str, Any]) -> None:
         try:
-            if journaled:  # a signing in one step: no peer witnesses its state (AuditLog.append_journaled)
-                self.audit.append_journaled(event, **fields)
-            else:
-                self.audit.append(event, **fields)
+            append(event, **fields)
         except AuditRefused as e:  # the decision is not taken: the task fails with this reason
             log.warning("audit entry %s refused: %s", event, e)
             raise
@@ -649,7 +653,7 @@ class NodeService:
         items = precommitted_items(share, task.me, task.participants, messages, params.get("commitments"), signed_by)
         self.nonces.check(share, items)  # every pair ours and unused: a refusal before the entry
         fields = self._audit_fields(raw) | {"precommitted": True}
-        writing = self._writes.submit(self._audit, "signing", journaled=True, **fields)
+        writing = self._writes.submit(self._audit_journaled, "signing", **fields)
         try:
             shares = self.nonces.sign(share, sorted(task.participants), items)
         except BaseException:
