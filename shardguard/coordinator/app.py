@@ -781,6 +781,13 @@ def _routes(app: FastAPI, coord: Coordinator, notifier: Notifier) -> None:
         items = [(c.id, c.hiding, c.binding, c.signature) for c in body.commitments]
         return JSONResponse(await hot(coord.publish_commitments, node, body.scheme, items))
 
+    @app.get("/v1/nodes/{node_id}/audit/head", tags=["node API"], openapi_extra=_NODE_AUTH_DOC)
+    async def audit_head(node_id: _ID, node: SignedNode) -> JSONResponse:
+        """The newest entry the mirror holds of this node (API.md §1.8): a node whose audit log
+        is empty (its state was lost) continues its chain after it."""
+        same_node(node, node_id)
+        return JSONResponse(await hot(coord.audit_head, node))
+
     @app.post("/v1/audit", tags=["node API"], response_model=schemas.Counts, openapi_extra=_NODE_AUTH_DOC)
     async def post_audit(body: schemas.AuditPost, node: SignedNode) -> JSONResponse:
         entries = [(e.seq, e.entry, e.hash, e.signature, bytes.fromhex(e.signer) if e.signer else None) for e in body.entries]

@@ -2280,6 +2280,20 @@ class Coordinator:
             conn.insert(_INSERT_AUDIT, fresh)
         return accepted, duplicates
 
+    def audit_head(self, node: NodeIdentity) -> dict[str, Any]:
+        """The newest entry the mirror holds of ``node``: ``{"seq", "hash"}`` (0 and the genesis
+        value when none). A node whose audit log is empty asks before its first entry, so that a
+        node that lost its state continues its mirrored chain instead of numbering from 1 again
+        (each of its entries would be an ``audit_conflict``; API.md §1.8)."""
+        with self.db.read() as s:
+            last = s.execute(
+                select(AuditEntry.seq, AuditEntry.entry_hash)
+                .where(AuditEntry.node_id == node.node_id)
+                .order_by(AuditEntry.seq.desc())
+                .limit(1)
+            ).first()
+        return {"seq": 0, "hash": "00" * 32} if last is None else {"seq": last.seq, "hash": last.entry_hash}
+
     def list_audit(self, node_id: str | None, after: int | None, limit: int) -> list[dict[str, Any]]:
         with self.db.read() as s:
             q = select(AuditEntry).order_by(AuditEntry.node_id, AuditEntry.seq).limit(limit)

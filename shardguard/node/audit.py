@@ -294,6 +294,28 @@ class AuditLog:
             self._commit(self._batch)
             return dict(record)
 
+    @property
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest entry (``(0, GENESIS)`` for an empty log)."""
+        with self._cv:
+            return self._head
+
+    def continue_after(self, seq: int, prev_hash: str) -> None:
+        """Start an empty log after entry ``seq`` (hash ``prev_hash``) of a chain kept elsewhere
+        — the coordinator's mirror of a node whose state was lost — so that its next entry is
+        ``seq + 1`` and links to that one. Durable when it returns (one keystore write). The
+        caller records where it took the head from in its next entry: nothing here can check it."""
+        if type(seq) is not int or not 0 <= seq < 1 << 63:
+            raise ValueError("seq must be an int in 0..2^63-1")
+        if not isinstance(prev_hash, str) or len(prev_hash) != 64 or prev_hash != prev_hash.lower():
+            raise ValueError("prev_hash must be 64 lower-case hex digits")
+        bytes.fromhex(prev_hash)
+        with self._cv:
+            if self._head != (0, GENESIS) or self._kept or self._writing:
+                raise ValueError("only an empty log continues another chain")
+            self._ks.put_state_json(_STATE, b'{"hash":"%s","pending":[],"seq":%d}' % (prev_hash.encode(), seq), inline=True)
+            self._head = self._durable = (seq, prev_hash)
+
     def _check_backlog(self, event: str, entry_size: int) -> None:
         """Raise :class:`AuditBacklogFull` if one more entry (``entry_size`` bytes, its record
         about 4/3 of that plus a fixed part) would pass the backlog's bounds. Acknowledged

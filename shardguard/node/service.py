@@ -63,7 +63,7 @@ from shardguard.enclave.platform import Platform, open_platform
 from shardguard.keyfiles import write_file_atomic
 from shardguard.node import committee
 from shardguard.node.admission import REPORT_MARGIN, Admissions, PeerNotAdmitted
-from shardguard.node.audit import AuditBacklogFull, AuditLog, AuditRefused
+from shardguard.node.audit import GENESIS, AuditBacklogFull, AuditLog, AuditRefused
 from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, drive, exchange
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
@@ -1257,7 +1257,14 @@ class NodeService:
     def run_forever(self) -> None:
         # The first write comes before registration: a node that cannot write its state (full
         # or read-only disk) stops here, before the coordinator hands it any task.
-        started = {"platform": self.platform.kind, "identity_public_key": self.card.identity_public_key.hex()}
+        started: dict[str, Any] = {"platform": self.platform.kind, "identity_public_key": self.card.identity_public_key.hex()}
+        # An empty log registers first, to ask where to continue (no task comes before the
+        # stream starts below) — after a write all the same, which a full disk fails here.
+        registered = self.audit.head[0] == 0
+        if registered:
+            self.audit.continue_after(0, GENESIS)
+            if not self._continue_mirrored_chain(started):
+                return
         try:
             self._audit("node_started", **started)
         except AuditBacklogFull:
@@ -1273,7 +1280,8 @@ class NodeService:
                     if self._stop.wait(2.0):
                         return
         else:
-            self.register()
+            if not registered:
+                self.register()
         if self.keystore.keys() and not self.keystore.created:
             # The other holders confirm our state before we sign (_await_confirmed).
             threading.Thread(target=self._confirming, name="witness", daemon=True).start()
@@ -1291,6 +1299,35 @@ class NodeService:
             except (httpx.HTTPError, EngineError) as e:
                 log.warning("re-registration failed (retrying): %s", e)
                 self._stop.wait(1.0)
+
+    def _continue_mirrored_chain(self, started: dict[str, Any]) -> bool:
+        """An empty audit log (a new node, or one whose state was lost and is being repaired):
+        register, ask the coordinator for the newest entry it mirrors of this node, and start
+        after it — numbering from 1 again, every entry of a node that lost its state would be
+        an ``audit_conflict`` at the mirror, and after ``MAX_PENDING`` of them the node would
+        refuse every task. The head is the coordinator's word: ``node_started`` records it
+        (``continues``), and a lie shows in the mirror as a conflict or a gap. False if stopped
+        before it could ask."""
+        self.register()
+        while True:
+            try:
+                try:
+                    head = self.link.request("GET", f"/v1/nodes/{self.node_id}/audit/head")
+                except CoordinatorRefused as e:
+                    if e.status != 404:
+                        raise
+                    # A coordinator from before this route: start at 1, as nodes did then.
+                    log.warning("the coordinator does not tell the audit mirror's head: this log starts at entry 1")
+                    return True
+                seq, h = head["seq"], head["hash"]
+                if seq:
+                    self.audit.continue_after(seq, h)
+                    started["continues"] = {"seq": seq, "hash": h, "from": "coordinator mirror"}
+                return True
+            except (httpx.HTTPError, EngineError, KeyError, TypeError, ValueError) as e:
+                log.warning("the audit mirror's head could not be read (retrying): %s", e)
+                if self._stop.wait(2.0):
+                    return False
 
     def _free_slots(self) -> int:
         with self._busy_lock:

@@ -921,6 +921,23 @@ def test_audit_mirror(client: TestClient, nodes: list[FakeNode]) -> None:
 
 
 # -- metrics -------------------------------------------------------------------------------------
+def test_the_audit_head_is_a_nodes_own_newest_mirrored_entry(client: TestClient, nodes: list[FakeNode]) -> None:
+    """A node whose audit log is empty (its state was lost) asks where its mirrored chain ends,
+    to continue it (API.md §1.8): its own newest entry, or 0 and the genesis value."""
+    a, b, _c = nodes
+    head = lambda n, who=None: n.request("GET", f"/v1/nodes/{who or n.keys.node_id}/audit/head")  # noqa: E731
+    assert head(a).json() == {"seq": 0, "hash": "00" * 32}
+    for seq, text in ((1, b"one"), (2, b"two"), (7, b"seven")):
+        h = wire.audit_entry_hash(text)
+        sig = base64.b64encode(a.keys.sign(wire.AUDIT_CONTEXT, bytes.fromhex(h))).decode()
+        body = {"entries": [{"seq": seq, "entry": base64.b64encode(text).decode(), "hash": h, "signature": sig}]}
+        assert a.request("POST", "/v1/audit", body).status_code == 200
+    assert head(a).json() == {"seq": 7, "hash": wire.audit_entry_hash(b"seven")}
+    assert head(b).json() == {"seq": 0, "hash": "00" * 32}  # another node's entries are not its own
+    err(head(b, a.keys.node_id), 403, "forbidden", "node_id")
+    err(client.get(f"/v1/nodes/{a.keys.node_id}/audit/head"), 401)
+
+
 def test_metrics(client: TestClient, nodes: list[FakeNode]) -> None:
     key_id = run_dkg(client, nodes)
     client.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00"}, headers=ADMIN)

@@ -296,3 +296,28 @@ def test_a_record_without_a_key_or_readable_fields_is_rejected(chain: tuple[list
     with pytest.raises(AuditChainError) as e:
         verify_chain([{**records[0], "signature": "abc"}], pk)
     assert (e.value.seq, e.value.fault) == (1, ChainFault.MALFORMED)
+
+
+# -- a node that lost its state continues its mirrored chain --------------------------------------
+
+
+def test_an_empty_log_continues_a_chain_kept_elsewhere(store: Keystore) -> None:
+    old = AuditLog(store, NodeKeys.generate("node-1"))
+    mirrored = [old.append("signing", job=f"j{i}") for i in range(3)]
+    fresh_dir = store.directory.parent / "new-disk"
+    with Keystore.open(fresh_dir, store._platform) as fresh:
+        keys = NodeKeys.generate("node-1")
+        log = AuditLog(fresh, keys)
+        assert log.head == (0, GENESIS)
+        for bad in [(-1, mirrored[-1]["hash"]), (3, "AB" * 32), (3, "ab" * 31), (True, mirrored[-1]["hash"])]:
+            with pytest.raises(ValueError):
+                log.continue_after(*bad)  # type: ignore[arg-type]
+        log.continue_after(3, mirrored[-1]["hash"])
+        assert log.head == (3, mirrored[-1]["hash"])
+        assert log.append("node_started", continues={"seq": 3})["seq"] == 4
+        with pytest.raises(ValueError, match="only an empty log"):
+            log.continue_after(9, "00" * 32)
+        # The mirror's chain runs on across the lost state: the new entries link to the old head.
+        verify_chain(mirrored + log.pending(), None)
+    with Keystore.open(fresh_dir, store._platform) as again:
+        assert AuditLog(again, NodeKeys.generate("node-1")).head[0] == 4

@@ -30,6 +30,7 @@ from shardguard.channel import challenge_nonce, challenges_from_wire
 from shardguard.client import Client, RequestFailed
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.interop import verify_independently
+from shardguard.node.audit import verify_chain
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from tests.service.imaged import imaged_cluster
 
@@ -360,6 +361,8 @@ def test_a_node_that_lost_its_state_is_repaired_by_its_peers(
 ) -> None:
     d, client = cluster
     state = Path(next(n["state"] for n in dev.Cluster.load(d)["nodes"] if n["node_id"] == "node-2"))
+    sign(client, keys["ed25519"], ["node-1", "node-2"])
+    lost = _mirrored_chain(client, "node-2", lambda bodies: bool(bodies))[-1]["seq"]  # mirrored before the loss
     kill9(node_pid(d, "node-2"))
     shutil.rmtree(state)  # the disk is gone
     restart(d, client, "node-2")
@@ -369,3 +372,21 @@ def test_a_node_that_lost_its_state_is_repaired_by_its_peers(
         client.repair(keys[scheme]["key_id"], "node-2")
         sign(client, keys[scheme], ["node-2", "node-3"])
         sign(client, keys[scheme], ["node-1", "node-2"])
+    # Its new state's audit log continued the mirrored chain (numbering from 1 again, each entry
+    # would be an audit_conflict, and the node would stop after MAX_PENDING of them).
+    bodies = _mirrored_chain(client, "node-2", lambda b: sum(x["event"] == "signing" and x["seq"] > lost for x in b) >= 4)
+    (restart_entry,) = [b for b in bodies if b["event"] == "node_started" and "continues" in b]
+    assert restart_entry["seq"] > lost and restart_entry["continues"]["seq"] == restart_entry["seq"] - 1
+
+
+def _mirrored_chain(client: Client, node: str, done: Any, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """The node's mirrored audit entries once ``done(bodies)``: one chain from entry 1, each
+    entry verified with the key the mirror recorded for it."""
+    end = time.monotonic() + timeout
+    while True:
+        records = client.audit(node=node, limit=1000)["entries"]
+        bodies = verify_chain(records, {int(r["seq"]): bytes.fromhex(r["identity_public_key"]) for r in records})
+        if done(bodies):
+            return bodies
+        assert time.monotonic() < end, f"{node}'s audit entries never reached the coordinator"
+        time.sleep(0.3)
