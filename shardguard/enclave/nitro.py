@@ -25,6 +25,9 @@ import enum
 import fcntl
 import io
 import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -402,6 +405,14 @@ _NO_KMS = (
 )
 
 
+#: A data key seals at most this many blobs ...
+DATA_KEY_USES = 1 << 20
+#: ... for at most this long (seconds), then KMS makes the next one.
+DATA_KEY_SECONDS = 3600.0
+#: Data keys KMS decrypted for unsealing, kept by their ciphertext blob.
+_KEPT_KEYS = 64
+
+
 class NitroPlatform(Platform):
     """The Nitro backend. ``transport`` defaults to :class:`NsmDevice` on ``device``; tests pass a
     function that answers encoded requests. At start it asks ``DescribeNSM`` (digest must be
@@ -421,6 +432,17 @@ class NitroPlatform(Platform):
         super().__init__(rng=rng)
         self._transport: Transport = transport if transport is not None else NsmDevice(device)
         self._kms = kms
+        # Every seal would otherwise cost an attestation and a KMS GenerateDataKey round trip
+        # through the vsock proxy, and every unseal a Decrypt — and the keystore seals once per
+        # signing (its audit journal) and unseals every record at open. So one data key seals
+        # many blobs (AES-GCM with random nonces, per-label keys derived from it: far below
+        # the 2^32 messages a key takes) and is replaced after DATA_KEY_USES seals or
+        # DATA_KEY_SECONDS; keys KMS gave us are kept by their blob for unsealing. They live in
+        # enclave memory, as each did while it sealed.
+        self._keys_lock = threading.Lock()
+        self._data_key: tuple[bytes, bytes, float] | None = None  # (blob, key, when made)
+        self._data_key_uses = 0
+        self._known_keys: OrderedDict[bytes, bytes] = OrderedDict()
         self.description = self._call(DescribeNsmRequest(), DescribeNsmResponse)
         if self.description.digest != "SHA384":
             raise DeviceError("nitro", "DescribeNSM", f"digest {self.description.digest!r} is not SHA384")
@@ -465,17 +487,39 @@ class NitroPlatform(Platform):
     def _new_sealing_secret(self) -> tuple[bytes, bytes]:
         if self._kms is None:
             raise NotSupported("nitro", "seal", _NO_KMS)
-        blob, key = self._kms.generate_data_key(self._recipient_document)
-        if not blob or len(key) != 32:
-            raise SealingError(SealingReason.KEY, "the KMS client returned no ciphertext blob or a key that is not 32 bytes")
-        return blob, key
+        with self._keys_lock:
+            current = self._data_key
+            if current is None or self._data_key_uses >= DATA_KEY_USES or time.monotonic() - current[2] >= DATA_KEY_SECONDS:
+                blob, key = self._kms.generate_data_key(self._recipient_document)
+                if not blob or len(key) != 32:
+                    detail = "the KMS client returned no ciphertext blob or a key that is not 32 bytes"
+                    raise SealingError(SealingReason.KEY, detail)
+                current = self._data_key = (bytes(blob), bytes(key), time.monotonic())
+                self._data_key_uses = 0
+                self._keep_key(current[0], current[1])
+            self._data_key_uses += 1
+            return current[0], current[1]
 
     def _sealing_secret(self, context: bytes) -> bytes:
         if self._kms is None:
             raise NotSupported("nitro", "unseal", _NO_KMS)
         if not context:
             raise SealingError(SealingReason.MALFORMED, "no KMS ciphertext blob in the sealed blob")
+        with self._keys_lock:
+            key = self._known_keys.get(context)
+            if key is not None:
+                self._known_keys.move_to_end(context)
+                return key
         key = self._kms.decrypt(context, self._recipient_document)
         if len(key) != 32:
             raise SealingError(SealingReason.KEY, "the KMS client returned a key that is not 32 bytes")
+        with self._keys_lock:
+            self._keep_key(context, key)
         return key
+
+    def _keep_key(self, blob: bytes, key: bytes) -> None:
+        """Called holding ``_keys_lock``."""
+        self._known_keys[blob] = key
+        self._known_keys.move_to_end(blob)
+        while len(self._known_keys) > _KEPT_KEYS:
+            self._known_keys.popitem(last=False)

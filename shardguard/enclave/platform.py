@@ -272,7 +272,8 @@ class Platform(abc.ABC):
 
     def _aead_for(self, context: bytes, secret: bytes, label: bytes) -> AESGCM:
         """:meth:`_aead`, kept per label for the platform's own secret (no ``context``). A
-        context names a secret per blob (Nitro's KMS data keys): those are never kept."""
+        context names a secret kept elsewhere (Nitro's KMS data keys, which NitroPlatform keeps itself):
+        no AEAD of those is kept here."""
         if context:
             return self._aead(secret, label)
         aeads: dict[tuple[bytes, bytes], AESGCM] | None = getattr(self, "_aeads", None)  # if __init__ was not called

@@ -579,9 +579,48 @@ def test_nitro_sealing_needs_kms(sim: SimulatedPlatform) -> None:
     blob = platform.seal(b"share", label=b"L")
     assert b"wrapped-0" in blob
     assert platform.unseal(blob, label=b"L") == b"share"
-    assert kms.recipients == [genuine_with_key, genuine_with_key]
+    assert kms.recipients == [genuine_with_key]  # the key KMS made is kept for unsealing
     with pytest.raises(SealingError):
         platform.unseal(blob, label=b"other")
+    # A restarted process (a new platform object) asks KMS to decrypt the data key once.
+    again = nsm.NitroPlatform(transport=FakeNsm(sim, document=genuine_with_key), kms=kms)
+    assert again.unseal(blob, label=b"L") == b"share" and again.unseal(blob, label=b"L") == b"share"
+    assert kms.recipients == [genuine_with_key] * 2
+
+
+def test_nitro_data_keys_seal_many_blobs_and_are_replaced(sim: SimulatedPlatform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One GenerateDataKey seals many blobs (each with its own nonce), until DATA_KEY_USES seals
+    or DATA_KEY_SECONDS; unsealing asks KMS once per data key it does not hold."""
+    calls: list[str] = []
+    keys: dict[bytes, bytes] = {}
+
+    class CountingKms:
+        def generate_data_key(self, attest: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
+            calls.append("generate")
+            blob = b"wrapped-%d" % len(keys)
+            keys[blob] = os.urandom(32)
+            return blob, keys[blob]
+
+        def decrypt(self, ciphertext_blob: bytes, attest: Callable[[bytes], bytes]) -> bytes:
+            calls.append("decrypt")
+            return keys[ciphertext_blob]
+
+    monkeypatch.setattr(nsm, "DATA_KEY_USES", 3)
+    platform = nsm.NitroPlatform(transport=FakeNsm(sim), kms=CountingKms())
+    blobs = [platform.seal(b"x%d" % i, label=b"L") for i in range(7)]
+    assert calls == ["generate"] * 3  # 3 + 3 + 1 seals
+    assert len(set(blobs)) == 7  # one key, fresh nonces
+    clock = [1000.0]
+    monkeypatch.setattr(nsm.time, "monotonic", lambda: clock[0])
+    platform = nsm.NitroPlatform(transport=FakeNsm(sim), kms=CountingKms())
+    platform.seal(b"a", label=b"L")
+    clock[0] += nsm.DATA_KEY_SECONDS
+    platform.seal(b"b", label=b"L")
+    assert calls == ["generate"] * 5
+    calls.clear()
+    restarted = nsm.NitroPlatform(transport=FakeNsm(sim), kms=CountingKms())
+    assert [restarted.unseal(b, label=b"L") for b in blobs] == [b"x%d" % i for i in range(7)]
+    assert calls == ["decrypt"] * 3  # one per data key
 
 
 # == TSM (configfs) ================================================================================
