@@ -409,7 +409,8 @@ _NO_KMS = (
 DATA_KEY_USES = 1 << 20
 #: ... for at most this long (seconds), then KMS makes the next one.
 DATA_KEY_SECONDS = 3600.0
-#: Data keys KMS decrypted for unsealing, kept by their ciphertext blob.
+#: Data keys KMS decrypted for unsealing, kept by their ciphertext blob (each at most
+#: DATA_KEY_SECONDS: a KMS key disabled or a key policy changed takes effect within that).
 _KEPT_KEYS = 64
 
 
@@ -442,7 +443,7 @@ class NitroPlatform(Platform):
         self._keys_lock = threading.Lock()
         self._data_key: tuple[bytes, bytes, float] | None = None  # (blob, key, when made)
         self._data_key_uses = 0
-        self._known_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._known_keys: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.description = self._call(DescribeNsmRequest(), DescribeNsmResponse)
         if self.description.digest != "SHA384":
             raise DeviceError("nitro", "DescribeNSM", f"digest {self.description.digest!r} is not SHA384")
@@ -489,16 +490,19 @@ class NitroPlatform(Platform):
             raise NotSupported("nitro", "seal", _NO_KMS)
         with self._keys_lock:
             current = self._data_key
-            if current is None or self._data_key_uses >= DATA_KEY_USES or time.monotonic() - current[2] >= DATA_KEY_SECONDS:
-                blob, key = self._kms.generate_data_key(self._recipient_document)
-                if not blob or len(key) != 32:
-                    detail = "the KMS client returned no ciphertext blob or a key that is not 32 bytes"
-                    raise SealingError(SealingReason.KEY, detail)
-                current = self._data_key = (bytes(blob), bytes(key), time.monotonic())
-                self._data_key_uses = 0
-                self._keep_key(current[0], current[1])
-            self._data_key_uses += 1
-            return current[0], current[1]
+            if current is not None and self._data_key_uses < DATA_KEY_USES and time.monotonic() - current[2] < DATA_KEY_SECONDS:
+                self._data_key_uses += 1
+                return current[0], current[1]
+        # A new one, without the lock (an attestation and a KMS round trip): seals meanwhile
+        # may make their own; the last one installed seals on.
+        blob, key = self._kms.generate_data_key(self._recipient_document)
+        if not blob or len(key) != 32:
+            raise SealingError(SealingReason.KEY, "the KMS client returned no ciphertext blob or a key that is not 32 bytes")
+        made = (bytes(blob), bytes(key), time.monotonic())
+        with self._keys_lock:
+            self._data_key, self._data_key_uses = made, 1
+            self._keep_key(made[0], made[1])
+        return made[0], made[1]
 
     def _sealing_secret(self, context: bytes) -> bytes:
         if self._kms is None:
@@ -506,10 +510,10 @@ class NitroPlatform(Platform):
         if not context:
             raise SealingError(SealingReason.MALFORMED, "no KMS ciphertext blob in the sealed blob")
         with self._keys_lock:
-            key = self._known_keys.get(context)
-            if key is not None:
+            kept = self._known_keys.get(context)
+            if kept is not None and time.monotonic() - kept[1] < DATA_KEY_SECONDS:
                 self._known_keys.move_to_end(context)
-                return key
+                return kept[0]
         key = self._kms.decrypt(context, self._recipient_document)
         if len(key) != 32:
             raise SealingError(SealingReason.KEY, "the KMS client returned a key that is not 32 bytes")
@@ -519,7 +523,7 @@ class NitroPlatform(Platform):
 
     def _keep_key(self, blob: bytes, key: bytes) -> None:
         """Called holding ``_keys_lock``."""
-        self._known_keys[blob] = key
+        self._known_keys[blob] = (key, time.monotonic())
         self._known_keys.move_to_end(blob)
         while len(self._known_keys) > _KEPT_KEYS:
             self._known_keys.popitem(last=False)

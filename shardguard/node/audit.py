@@ -56,6 +56,7 @@ import datetime as dt
 import enum
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -100,6 +101,7 @@ MAX_PENDING_BYTES: Final = 4 << 20
 MAX_ENTRY_BYTES: Final = 64 * 1024
 
 log = logging.getLogger("shardguard.node.audit")
+_HEX64 = re.compile("[0-9a-f]{64}")
 
 
 def _canonical(value: Any) -> bytes:
@@ -305,11 +307,13 @@ class AuditLog:
         — the coordinator's mirror of a node whose state was lost — so that its next entry is
         ``seq + 1`` and links to that one. Durable when it returns (one keystore write). The
         caller records where it took the head from in its next entry: nothing here can check it."""
-        if type(seq) is not int or not 0 <= seq < 1 << 63:
-            raise ValueError("seq must be an int in 0..2^63-1")
-        if not isinstance(prev_hash, str) or len(prev_hash) != 64 or prev_hash != prev_hash.lower():
+        # The next entry must be mirrorable (the coordinator takes seq ≤ 2^63 − 1), and the hash is
+        # spliced into the keystore's JSON as it is: exactly 64 lower-case hex digits (fromhex
+        # would let whitespace through).
+        if type(seq) is not int or not 0 <= seq < (1 << 63) - 1:
+            raise ValueError("seq must be an int in 0..2^63-2")
+        if not isinstance(prev_hash, str) or not _HEX64.fullmatch(prev_hash):
             raise ValueError("prev_hash must be 64 lower-case hex digits")
-        bytes.fromhex(prev_hash)
         with self._cv:
             if self._head != (0, GENESIS) or self._kept or self._writing:
                 raise ValueError("only an empty log continues another chain")
@@ -351,6 +355,8 @@ class AuditLog:
         writing, self._batch = self._batch, _Batch()
         head, acked = self._head, set(self._acked)
         new = [k.json for k in self._kept if k.seq > self._durable[0]]
+        # Read without the keystore's lock: this log is the journal's only writer, and one write
+        # of it is in flight at a time (this one), so nothing changes it meanwhile.
         records, size = self._ks.journal_size
         counted = self._counted
         compact = counted > self._compacted or records + len(new) > COMPACT_RECORDS or size + sum(map(len, new)) > COMPACT_BYTES

@@ -3,32 +3,41 @@
 A value written often and whole (the audit log's entries not yet mirrored) costs a manifest
 rewrite per write — a temp file, its fsync, a rename and a directory fsync, with every other
 inline value and the 256 pairs of history re-encoded and re-sealed. The journal takes such
-writes instead: each append is one ``write`` of the new records and one ``fdatasync``. The
-keystore (:mod:`shardguard.node.keystore`) owns the file and its place in the crash-safety and
-rollback rules; this module holds only the format, pure (no I/O)::
+writes instead: each append is one ``write`` of one frame and one ``fdatasync``. The keystore
+(:mod:`shardguard.node.keystore`) owns the file and its place in the crash-safety and rollback
+rules; this module holds only the format, pure (no I/O)::
 
     file    ks-journal.g<gen>.log         one generation; the manifest names the current one
-    record  "SGKJ" ‖ u32 BE len(S) ‖ S
+    frame   "SGKJ" ‖ u32 BE len(S) ‖ S ‖ SHA-256("SGKJ" ‖ len ‖ S)[:16]
     S       platform.seal(P, label = "shardguard/keystore/v1" 0x00 "journal" 0x00 store id)
-    P       "SGKJ" 0x01 ‖ u64 BE gen ‖ u64 BE index ‖ payload
+    P       "SGKJ" 0x02 ‖ u64 BE gen ‖ u64 BE first ‖ u32 BE count ‖ count × (u32 BE len ‖ record)
 
-``index`` counts from 0 within a generation. The sealed ``gen`` and ``index`` keep the host
-from reordering, repeating or moving records between generations, and the label from moving them
-between stores; the host can only cut the file short — which the manifest's anchor (the number
-of records the journal had at its last write) catches below that number, and which is otherwise
-the same power as rolling the whole directory back (see the keystore's rollback defence).
+One frame holds the records of one append (a group commit writes several): ``first`` is the
+index of its first record, counted from 0 within a generation. The sealed ``gen`` and ``first``
+keep the host from reordering, repeating or moving frames between generations, and the label
+from moving them between stores; the host can only cut the file short — which the manifest's
+anchor (the number of records the journal held at the manifest's last write) catches below that
+number, and which is otherwise the same power as rolling the whole directory back (see the
+keystore's rollback defence).
 
-A crash during an append can leave the *last* record incomplete (short, or, after a power loss,
-zero-filled). :func:`parse` reports such a tail as torn instead of failing: that append never
-returned, so nothing depended on it. A bad record with a whole record or more after it cannot
-come from a crash and is an error.
+**Torn tails.** Appends are serial and each returns only after its ``fdatasync``, so a crash can
+damage only the frame being appended: cut short, or, after a power loss, with blocks of it
+zero-filled or lost anywhere inside. The checksum tells such a frame from a whole one, so
+:func:`parse` ends the journal at the first frame that is cut short or fails its checksum (the
+*torn* tail: that append never returned, nothing depended on it; the keystore cuts it off). A
+frame whose checksum holds was written whole: if it does not open, or is out of place, that is
+an error, never a torn tail — a transient failure of the platform's sealing key must not drop
+durable records.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import re
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from shardguard.enclave.platform import NotSupported, Platform, SealingError, SealingReason
@@ -36,21 +45,24 @@ from shardguard.enclave.platform import NotSupported, Platform, SealingError, Se
 __all__ = [
     "JOURNAL_RE",
     "MAX_JOURNAL",
-    "MAX_JOURNAL_RECORD",
+    "MAX_JOURNAL_FRAME",
     "JournalCorrupt",
     "Parsed",
-    "encode_record",
+    "encode_frame",
     "journal_name",
     "parse",
 ]
 
 MAGIC: Final = b"SGKJ"
-_VERSION: Final = 1
+_VERSION: Final = 2
 _LABEL_PREFIX: Final = b"shardguard/keystore/v1\x00journal\x00"
 _FRAME = struct.Struct(">4sI")
-_PLAIN = struct.Struct(">4sBQQ")
-#: Largest sealed record (an audit entry is at most 64 KiB, its mirror record about 4/3 of it).
-MAX_JOURNAL_RECORD: Final = 1 << 20
+_CHECK = 16  # bytes of SHA-256 after each frame
+_PLAIN = struct.Struct(">4sBQQI")
+_LEN = struct.Struct(">I")
+#: Largest sealed frame (an audit entry is at most 64 KiB, its mirror record about 4/3 of it; a
+#: group commit writes the entries of the tasks that finished meanwhile).
+MAX_JOURNAL_FRAME: Final = 8 << 20
 #: Largest journal file read at open (the keystore starts a new generation long before).
 MAX_JOURNAL: Final = 64 << 20
 JOURNAL_RE: Final = re.compile(r"^ks-journal\.g(0|[1-9][0-9]{0,17})\.log$")
@@ -64,17 +76,21 @@ def _label(store: str) -> bytes:
     return _LABEL_PREFIX + store.encode()
 
 
-def encode_record(platform: Platform, store: str, gen: int, index: int, payload: bytes) -> bytes:
-    """One record, ready to append. Raises the platform's :class:`SealingError` / :class:`NotSupported`."""
-    sealed = platform.seal(_PLAIN.pack(MAGIC, _VERSION, gen, index) + payload, label=_label(store))
-    if len(sealed) > MAX_JOURNAL_RECORD:
-        raise ValueError(f"a journal record of {len(sealed)} bytes is larger than {MAX_JOURNAL_RECORD}")
-    return _FRAME.pack(MAGIC, len(sealed)) + sealed
+def encode_frame(platform: Platform, store: str, gen: int, first: int, records: Sequence[bytes]) -> bytes:
+    """One frame holding ``records`` (indices ``first``, ``first + 1``, …), ready to append.
+    Raises the platform's :class:`SealingError` / :class:`NotSupported`, and ``ValueError`` for a
+    frame larger than :data:`MAX_JOURNAL_FRAME`."""
+    body = b"".join(_LEN.pack(len(r)) + r for r in records)
+    sealed = platform.seal(_PLAIN.pack(MAGIC, _VERSION, gen, first, len(records)) + body, label=_label(store))
+    if len(sealed) > MAX_JOURNAL_FRAME:
+        raise ValueError(f"a journal frame of {len(sealed)} bytes is larger than {MAX_JOURNAL_FRAME}")
+    head = _FRAME.pack(MAGIC, len(sealed)) + sealed
+    return head + hashlib.sha256(head).digest()[:_CHECK]
 
 
 class JournalCorrupt(Exception):
-    """Record ``index`` of the journal is bad and is not a torn tail. ``reason`` is the name of
-    the :class:`~shardguard.node.keystore.KeystoreReason` the keystore raises for it."""
+    """The frame at record ``index`` of the journal was written whole but is bad. ``reason`` is
+    the name of the :class:`~shardguard.node.keystore.KeystoreReason` the keystore raises."""
 
     def __init__(self, reason: str, index: int, detail: str) -> None:
         self.reason = reason
@@ -85,52 +101,63 @@ class JournalCorrupt(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Parsed:
-    """The payloads of a journal's whole records, the byte length they take (``end``), and
-    whether bytes after them were a torn last record (to cut off before the next append)."""
+    """The records of a journal's whole frames, the byte length those frames take (``end``), and
+    whether bytes after them were a torn frame (to cut off before the next append)."""
 
-    payloads: list[bytes]
+    records: list[bytes]
     end: int
     torn: bool
 
 
 def parse(data: bytes, platform: Platform, store: str, gen: int) -> Parsed:
-    """Read every record of generation ``gen`` of ``store``'s journal. Raises
-    :class:`JournalCorrupt` for a bad record that is not the torn last one."""
-    payloads: list[bytes] = []
+    """Read every frame of generation ``gen`` of ``store``'s journal, up to a torn tail. Raises
+    :class:`JournalCorrupt` for a whole frame (its checksum holds) that is bad."""
+    records: list[bytes] = []
     pos = 0
     while pos < len(data):
-        index = len(payloads)
-        rest = len(data) - pos
-        if rest < _FRAME.size and MAGIC.startswith(data[pos : pos + len(MAGIC)]):
-            return Parsed(payloads, pos, True)  # cut short by a crash during the append
-        magic, length = _FRAME.unpack_from(data, pos) if rest >= _FRAME.size else (b"", 0)
-        if magic != MAGIC:
-            if not data[pos:].strip(b"\x00"):
-                return Parsed(payloads, pos, True)  # zero-filled by a power loss during the append
-            raise JournalCorrupt("MALFORMED", index, "bad magic")
-        if length > MAX_JOURNAL_RECORD:
-            raise JournalCorrupt("MALFORMED", index, "record length out of range")
-        end = pos + _FRAME.size + length
-        if end > len(data):
-            return Parsed(payloads, pos, True)  # cut short by a crash during the append
+        index = len(records)
+        if len(data) - pos < _FRAME.size:
+            return Parsed(records, pos, True)
+        magic, length = _FRAME.unpack_from(data, pos)
+        end = pos + _FRAME.size + length + _CHECK
+        if magic != MAGIC or length > MAX_JOURNAL_FRAME or end > len(data):
+            return Parsed(records, pos, True)  # cut short, or its header is damaged
+        head = data[pos : end - _CHECK]
+        if not hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
+            return Parsed(records, pos, True)  # not written whole
         try:
-            plain = platform.unseal(data[pos + _FRAME.size : end], label=_label(store))
+            plain = platform.unseal(head[_FRAME.size :], label=_label(store))
         except NotSupported:
             raise JournalCorrupt("SEALING_UNAVAILABLE", index, "the platform cannot unseal") from None
         except SealingError as e:
             if e.reason is SealingReason.KEY:
-                raise JournalCorrupt("SEALING_UNAVAILABLE", index, "the platform cannot unseal") from None
-            if end == len(data):
-                return Parsed(payloads, pos, True)  # the last record, not all of it written
+                raise JournalCorrupt("SEALING_UNAVAILABLE", index, "the platform's sealing key is not available") from None
             raise JournalCorrupt("UNSEAL_FAILED", index, "sealed content does not open") from None
-        if len(plain) < _PLAIN.size:
-            raise JournalCorrupt("INVALID_RECORD", index, "sealed content too short")
-        pmagic, version, rgen, rindex = _PLAIN.unpack_from(plain)
-        if pmagic != MAGIC or version != _VERSION:
-            raise JournalCorrupt("INVALID_RECORD", index, "unknown record format")
-        if rgen != gen or rindex != index:
-            detail = f"sealed as record {rindex} of generation {rgen}, found as record {index} of generation {gen}"
-            raise JournalCorrupt("WRONG_EPOCH", index, detail)
-        payloads.append(plain[_PLAIN.size :])
+        records.extend(_records(plain, gen, index))
         pos = end
-    return Parsed(payloads, pos, False)
+    return Parsed(records, pos, False)
+
+
+def _records(plain: bytes, gen: int, index: int) -> list[bytes]:
+    if len(plain) < _PLAIN.size:
+        raise JournalCorrupt("INVALID_RECORD", index, "sealed content too short")
+    pmagic, version, rgen, first, count = _PLAIN.unpack_from(plain)
+    if pmagic != MAGIC or version != _VERSION:
+        raise JournalCorrupt("INVALID_RECORD", index, "unknown frame format")
+    if rgen != gen or first != index:
+        detail = f"sealed as record {first} of generation {rgen}, found as record {index} of generation {gen}"
+        raise JournalCorrupt("WRONG_EPOCH", index, detail)
+    out: list[bytes] = []
+    pos = _PLAIN.size
+    for _ in range(count):
+        if pos + _LEN.size > len(plain):
+            raise JournalCorrupt("INVALID_RECORD", index, "the frame's records run past its end")
+        (n,) = _LEN.unpack_from(plain, pos)
+        pos += _LEN.size
+        if pos + n > len(plain):
+            raise JournalCorrupt("INVALID_RECORD", index, "the frame's records run past its end")
+        out.append(plain[pos : pos + n])
+        pos += n
+    if pos != len(plain) or not out:
+        raise JournalCorrupt("INVALID_RECORD", index, "the frame holds bytes beyond its records, or none")
+    return out

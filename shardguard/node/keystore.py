@@ -90,17 +90,22 @@ itself (a share must decode, carry the record's epoch and the key's group key:
    loadable. If the directory fsync *after* the manifest rename fails, the outcome on disk is
    unknown: the store answers ``BROKEN`` to everything until it is reopened (which reads
    whatever the disk holds).
-8. A journal append writes its records at the end of the file and calls ``fdatasync`` on it (the first
-   append to a new generation's file fsyncs the directory too); only then does it return. A
-   failed append cuts the file back to its length before (``BROKEN`` if that fails too). Every
+8. A journal append writes its records, as one frame, at the end of the file and calls
+   ``fdatasync`` on it (the first append of a generation in each process fsyncs the directory
+   too, so the file's name is durable even if an earlier process died before it could); only
+   then does it return. A failed append cuts the file back to its length before (``BROKEN`` if
+   that fails too). Every
    manifest names its journal's generation and how many records the journal held when it was
    written (the *anchor*); a compaction commits a manifest naming the next generation, empty,
    and deletes the old file after (rule 3).
-9. At open the journal must hold at least the anchored number of records, each authentic and in
-   place (sealed with its generation and index): fewer → ``TRUNCATED`` (``MISSING`` without
-   the file). A torn *last* record (a crash during its append) is cut off: that append never
-   returned. A journal of an older generation is deleted; one of a newer generation with an
-   authentic record means the manifest was rolled back → ``STALE_STATE``.
+9. At open the journal must hold at least the anchored number of records, each whole frame
+   authentic and in place (sealed with its generation and first index): fewer → ``TRUNCATED``
+   (``MISSING`` without the file). The journal ends at the first frame cut short or failing its
+   checksum — a torn tail, from a crash during its append, which never returned — and a
+   writable open cuts it off. A journal of an older generation is deleted (writable opens); one
+   of a newer generation with an authentic frame means the manifest was rolled back →
+   ``STALE_STATE``; one that does not open is left alone, and that generation's first append
+   replaces it.
 
 **Rollback defence** (ARCHITECTURE §7, ROTE-style). None of the supported platforms gives the
 enclave a trusted monotonic counter, and sealing alone cannot tell an old sealed copy from the
@@ -150,7 +155,7 @@ from typing import Any, Final, NoReturn
 
 from shardguard.enclave.platform import NotSupported, Platform, SealingError, SealingReason
 from shardguard.node.journal import JOURNAL_RE as _JOURNAL_RE
-from shardguard.node.journal import MAX_JOURNAL, JournalCorrupt, encode_record, journal_name
+from shardguard.node.journal import MAX_JOURNAL, JournalCorrupt, encode_frame, journal_name
 from shardguard.node.journal import parse as _parse_journal
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.keys import KeyShare
@@ -572,6 +577,7 @@ class Keystore:
         self._journal_count = 0
         self._journal_size = 0
         self._journal_fd: int | None = None
+        self._journal_dir_synced = False  # the directory was fsynced since the file was made
 
     # opening and closing --------------------------------------------------------------------
 
@@ -770,9 +776,9 @@ class Keystore:
                 continue
             if int(m.group(1)) > gen:
                 authentic: list[bytes] = []
-                with contextlib.suppress(KeystoreError, JournalCorrupt):  # not of this store: a stray file
+                with contextlib.suppress(KeystoreError, JournalCorrupt):
                     data = self._read_journal(name)
-                    authentic = _parse_journal(data, self._platform, self._manifest.store, int(m.group(1))).payloads
+                    authentic = _parse_journal(data, self._platform, self._manifest.store, int(m.group(1))).records
                 if authentic:
                     raise KeystoreError(
                         KeystoreReason.STALE_STATE,
@@ -780,7 +786,10 @@ class Keystore:
                         f"an authentic journal of generation {m.group(1)} is newer than the manifest's "
                         f"generation {gen}: the manifest was restored from an older copy",
                     )
-            if not self._read_only:  # obsolete (a compaction's deletion was interrupted) or stray
+                # Left alone (as rule 4 leaves a record it cannot read): it may be evidence that
+                # did not open this time. The generation's first append replaces it.
+                continue
+            if not self._read_only:  # obsolete: a compaction's deletion was interrupted
                 with contextlib.suppress(OSError):
                     os.unlink(f"{self._dir_s}/{name}")
         path = self._dir / current
@@ -789,8 +798,8 @@ class Keystore:
             parsed = _parse_journal(data, self._platform, self._manifest.store, gen)
         except JournalCorrupt as e:
             raise KeystoreError(KeystoreReason[e.reason], path, str(e)) from None
-        if len(parsed.payloads) < anchored:
-            detail = f"{len(parsed.payloads)} whole records, the manifest names {anchored}: the journal was cut short"
+        if len(parsed.records) < anchored:
+            detail = f"{len(parsed.records)} whole records, the manifest names {anchored}: the journal was cut short"
             raise KeystoreError(KeystoreReason.TRUNCATED if current in names else KeystoreReason.MISSING, path, detail)
         if parsed.torn and not self._read_only:
             # The last append never returned (a crash during it): nothing depended on it.
@@ -803,8 +812,9 @@ class Keystore:
                     os.close(fd)
             except OSError as e:
                 raise _os_error(e, path, "cannot cut off the torn last record") from None
-        self._journal_count = len(parsed.payloads)
+        self._journal_count = len(parsed.records)
         self._journal_size = parsed.end
+        self._journal_dir_synced = False  # the file's name may not be durable yet (a crash before)
 
     def _read_journal(self, name: str) -> bytes:
         path = self._dir / name
@@ -1124,7 +1134,7 @@ class Keystore:
         if new.journal[0] != old.journal[0]:  # a new generation (compact_journal): start it empty
             self._close_journal()
             obsolete.add(journal_name(old.journal[0]))
-            self._journal_count, self._journal_size = 0, 0
+            self._journal_count, self._journal_size, self._journal_dir_synced = 0, 0, False
         self._manifest = new
         self._digest = _sha256(_STATE_DIGEST_PREFIX + mplain)
         for entry, _, payload in encoded:
@@ -1360,9 +1370,9 @@ class Keystore:
                 parsed = _parse_journal(data, self._platform, self._manifest.store, gen)
             except JournalCorrupt as e:
                 raise KeystoreError(KeystoreReason[e.reason], self._dir / name, str(e)) from None
-            if len(parsed.payloads) != self._journal_count or parsed.torn:
+            if len(parsed.records) != self._journal_count or parsed.torn:
                 raise KeystoreError(KeystoreReason.TRUNCATED, self._dir / name, "the journal changed under the store")
-            return parsed.payloads
+            return parsed.records
 
     @property
     def journal_size(self) -> tuple[int, int]:
@@ -1380,34 +1390,35 @@ class Keystore:
             gen = self._manifest.journal[0]
             path = self._dir / journal_name(gen)
             records = list(payloads)
+            if not records:
+                return
             try:
-                data = b"".join(
-                    encode_record(self._platform, self._manifest.store, gen, self._journal_count + i, p)
-                    for i, p in enumerate(records)
-                )
+                # One frame for the whole append: a crash tears at most the last frame (journal.py).
+                data = encode_frame(self._platform, self._manifest.store, gen, self._journal_count, records)
             except (SealingError, NotSupported):
                 raise KeystoreError(KeystoreReason.SEALING_UNAVAILABLE, path, "sealing failed") from None
             except ValueError as e:
                 raise KeystoreError(KeystoreReason.TOO_LARGE, path, str(e)) from None
-            if not data:
-                return
             if self._journal_size + len(data) > MAX_JOURNAL:  # the next open would refuse it
                 raise KeystoreError(KeystoreReason.TOO_LARGE, path, f"the journal would pass {MAX_JOURNAL} bytes; compact it")
             if self._witness_saved < self._witness_gen:
                 witness = self._witness_gen
                 self._write_witness(self._witness)
                 self._witness_saved = witness
-            created = self._journal_fd is None and not os.path.exists(path)
             try:
                 if self._journal_fd is None:
-                    self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                    # Empty so far (a stray file of this name, e.g. one a newer generation's
+                    # check at open could not read, is replaced).
+                    trunc = os.O_TRUNC if self._journal_size == 0 else 0
+                    self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | trunc, 0o600)
                 fd = self._journal_fd
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fdatasync(fd)
-                if created:
-                    self._fsync_dir()  # the new file's name, once
+                if not self._journal_dir_synced:
+                    self._fsync_dir()  # the file's name, once per generation and process
+                    self._journal_dir_synced = True
             except (OSError, KeystoreError) as e:
                 self._cut_journal_back(path)
                 if isinstance(e, KeystoreError):

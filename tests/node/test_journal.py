@@ -6,9 +6,10 @@ another generation or another store, a manifest rolled back behind its journal."
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardguard.channel import NodeKeys
+from shardguard.enclave.nitro import NitroPlatform
+from shardguard.enclave.platform import DeviceError
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node import audit as audit_module
 from shardguard.node import journal as journal_module
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import AuditLog, durable_record, verify_chain
-from shardguard.node.journal import JournalCorrupt, encode_record, journal_name, parse
+from shardguard.node.journal import encode_frame, journal_name, parse
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
+from tests.enclave.test_platforms import FakeNsm
 from tests.node.test_keystore import FaultyOs
 
 R = KeystoreReason
@@ -50,12 +54,17 @@ def _reopen(s: Keystore, *, read_only: bool = False) -> Keystore:
 
 
 def _offsets(data: bytes) -> list[int]:
-    """Where each record of a journal file starts."""
+    """Where each frame (one append) of a journal file starts."""
     out, pos = [], 0
     while pos < len(data):
         out.append(pos)
-        pos += 8 + struct.unpack_from(">I", data, pos + 4)[0]
+        pos += 8 + struct.unpack_from(">I", data, pos + 4)[0] + 16
     return out
+
+
+def _append_each(s: Keystore, *records: bytes) -> None:
+    for r in records:
+        s.journal_append([r])
 
 
 def _refused(s: Keystore) -> KeystoreError:
@@ -132,7 +141,7 @@ def test_a_manifest_rolled_back_behind_its_journal_is_stale(store: Keystore) -> 
 
 
 def test_a_journal_cut_below_its_anchor_is_refused(store: Keystore) -> None:
-    store.journal_append([b"a", b"b", b"c"])
+    _append_each(store, b"a", b"b", b"c")
     store.put_state("policy", {"v": 1})  # anchors 3
     data = _file(store).read_bytes()
     _file(store).write_bytes(data[: _offsets(data)[2]])  # two whole records left
@@ -157,15 +166,19 @@ def test_records_after_the_anchor_may_be_cut_off(store: Keystore) -> None:
 # -- a torn last record ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tail", ["half a record", "half a header", "zeros", "a record's length, zeros"])
-def test_a_torn_last_record_is_cut_off_and_appends_go_on(store: Keystore, tail: str) -> None:
+@pytest.mark.parametrize(
+    "tail", ["half a frame", "half a header", "zeros", "a frame's length, zeros", "zeros inside", "a block lost"]
+)
+def test_a_torn_last_frame_is_cut_off_and_appends_go_on(store: Keystore, tail: str) -> None:
     store.journal_append([b"a", b"b"])
-    whole = encode_record(store._platform, store.store_id, 0, 2, b"c")
+    whole = encode_frame(store._platform, store.store_id, 0, 2, [b"c" * 3000, b"d"])
     junk = {
-        "half a record": whole[: len(whole) // 2],
+        "half a frame": whole[: len(whole) // 2],
         "half a header": whole[:5],
         "zeros": bytes(300),
-        "a record's length, zeros": whole[:8] + bytes(len(whole) - 8),
+        "a frame's length, zeros": whole[:8] + bytes(len(whole) - 8),
+        "zeros inside": whole[:100] + bytes(500) + whole[600:],  # a power loss kept later blocks
+        "a block lost": whole[:40] + whole[1040:],
     }[tail]
     with open(_file(store), "ab") as f:
         f.write(junk)
@@ -193,17 +206,39 @@ def test_a_read_only_open_reads_past_a_torn_record_without_cutting(store: Keysto
 # -- damage that no crash makes ----------------------------------------------------------------
 
 
-def test_a_flipped_byte_in_a_record_before_the_last_is_refused(store: Keystore) -> None:
-    store.journal_append([b"a", b"b", b"c"])
+def test_a_damaged_frame_ends_the_journal_and_below_the_anchor_that_is_refused(store: Keystore) -> None:
+    """A frame that fails its checksum is a torn tail wherever it is (so is all after it): past
+    the anchor that is the host's power to cut the file short; below it, refused."""
+    _append_each(store, b"a", b"b", b"c")
     data = bytearray(_file(store).read_bytes())
     data[_offsets(bytes(data))[1] + 40] ^= 1
     _file(store).write_bytes(bytes(data))
+    with _reopen(store) as again:
+        assert again.journal_records() == [b"a"]
+        _append_each(again, b"b2", b"c2")
+        again.put_state("policy", {"v": 1})  # anchors 3
+        data = bytearray(_file(again).read_bytes())
+        data[_offsets(bytes(data))[1] + 40] ^= 1
+        _file(again).write_bytes(bytes(data))
+        assert _refused(again).reason is R.TRUNCATED
+
+
+def test_a_whole_frame_that_does_not_open_is_refused_even_last(store: Keystore) -> None:
+    """Its checksum holds (the host made it, or the platform's key failed): never a torn tail, so
+    a transient sealing failure cannot drop durable records."""
+    _append_each(store, b"a", b"b")
+    data = _file(store).read_bytes()
+    o = _offsets(data)[1]
+    sealed = bytearray(data[o + 8 : -16])
+    sealed[20] ^= 1
+    head = data[o : o + 8] + bytes(sealed)
+    _file(store).write_bytes(data[:o] + head + hashlib.sha256(head).digest()[:16])
     e = _refused(store)
     assert e.reason is R.UNSEAL_FAILED and "record 1" in str(e)
 
 
-def test_swapped_records_are_refused(store: Keystore) -> None:
-    store.journal_append([b"a", b"b", b"c"])
+def test_swapped_frames_are_refused(store: Keystore) -> None:
+    _append_each(store, b"a", b"b", b"c")
     data = _file(store).read_bytes()
     o = _offsets(data)
     _file(store).write_bytes(data[o[1] : o[2]] + data[: o[1]] + data[o[2] :])
@@ -215,29 +250,28 @@ def test_a_record_of_another_generation_is_refused(store: Keystore) -> None:
     store.journal_append([b"a"])
     store.compact_journal("audit", b"{}")
     store.journal_append([b"b"])
-    planted = encode_record(store._platform, store.store_id, 0, 1, b"from generation 0")
+    planted = encode_frame(store._platform, store.store_id, 0, 1, [b"from generation 0"])
     with open(_file(store), "ab") as f:
-        f.write(planted + encode_record(store._platform, store.store_id, 1, 2, b"after it"))
+        f.write(planted)
     assert _refused(store).reason is R.WRONG_EPOCH
 
 
 def test_a_record_of_another_store_does_not_open(tmp_path: Path, store: Keystore, platform: SimulatedPlatform) -> None:
     with Keystore.open(tmp_path / "other", platform) as other:
-        foreign = encode_record(platform, other.store_id, 0, 1, b"foreign")
+        foreign = encode_frame(platform, other.store_id, 0, 1, [b"foreign"])
     store.journal_append([b"a"])
     with open(_file(store), "ab") as f:
-        f.write(foreign + encode_record(platform, store.store_id, 0, 2, b"after it"))
+        f.write(foreign)
     assert _refused(store).reason is R.UNSEAL_FAILED
 
 
-def test_bad_framing_is_refused(store: Keystore, platform: SimulatedPlatform) -> None:
-    record = encode_record(platform, store.store_id, 0, 0, b"a")
-    with pytest.raises(JournalCorrupt) as e:
-        parse(b"XXXX" + record[4:] + record, platform, store.store_id, 0)
-    assert (e.value.reason, e.value.index) == ("MALFORMED", 0)
-    with pytest.raises(JournalCorrupt) as e:
-        parse(record[:4] + struct.pack(">I", journal_module.MAX_JOURNAL_RECORD + 1), platform, store.store_id, 0)
-    assert e.value.reason == "MALFORMED"
+def test_a_damaged_header_ends_the_journal_there(store: Keystore, platform: SimulatedPlatform) -> None:
+    frame = encode_frame(platform, store.store_id, 0, 0, [b"a"])
+    second = encode_frame(platform, store.store_id, 0, 1, [b"b"])
+    got = parse(frame + b"XXXX" + second[4:], platform, store.store_id, 0)
+    assert (got.records, got.end, got.torn) == ([b"a"], len(frame), True)
+    huge = frame[:4] + struct.pack(">I", journal_module.MAX_JOURNAL_FRAME + 1) + frame[8:]
+    assert parse(huge, platform, store.store_id, 0).records == []
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -249,17 +283,13 @@ def test_any_cut_or_flip_opens_a_prefix_or_is_refused_with_a_reason(
     records, or refuses with a typed reason."""
     store = "ab" * 16
     payloads = [f"record {i}".encode() * (i + 1) for i in range(8)]
-    data = bytearray(b"".join(encode_record(platform, store, 0, i, p) for i, p in enumerate(payloads)))
+    data = bytearray(b"".join(encode_frame(platform, store, 0, i, [p]) for i, p in enumerate(payloads)))
     if flip is not None and flip < len(data):
         data[flip] ^= 0x40
     data = data[: len(data) - cut] if cut < len(data) else bytearray()
-    try:
-        got = parse(bytes(data), platform, store, 0)
-    except JournalCorrupt as e:
-        assert e.reason in KeystoreReason.__members__ and flip is not None
-    else:
-        assert got.payloads == payloads[: len(got.payloads)]
-        assert got.end <= len(data) and got.torn == (got.end < len(data))
+    got = parse(bytes(data), platform, store, 0)  # a flip fails the frame's checksum: never an error
+    assert got.records == payloads[: len(got.records)]
+    assert got.end <= len(data) and got.torn == (got.end < len(data))
 
 
 # -- failures ---------------------------------------------------------------------------------
@@ -302,6 +332,46 @@ def test_the_journal_never_grows_past_what_an_open_reads(store: Keystore, monkey
         store.journal_append([b"y" * 300])
     assert e.value.reason is R.TOO_LARGE
     assert store.journal_records() == [b"x" * 100]
+
+
+def test_the_first_append_of_each_process_makes_the_files_name_durable(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that died after creating the file, before the directory fsync, leaves a file
+    whose name may not be durable: the next process's first append fsyncs the directory too."""
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(ks_module.os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    store.journal_append([b"a"])
+    store.journal_append([b"b"])
+    assert len(fsyncs) == 1  # the directory, once (the records: fdatasync)
+    with _reopen(store) as again:
+        again.journal_append([b"c"])
+        again.journal_append([b"d"])
+        assert len(fsyncs) == 2
+
+
+def test_a_failed_directory_fsync_is_tried_again_by_the_next_append(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = FaultyOs(4, errno.EIO)  # open, write, fdatasync, the directory's fsync
+    monkeypatch.setattr(ks_module, "os", failing)
+    with pytest.raises(KeystoreError):
+        store.journal_append([b"a"])
+    assert failing.failed == "fsync"
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(ks_module, "os", os)
+    monkeypatch.setattr(ks_module.os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    store.journal_append([b"b"])
+    assert len(fsyncs) == 1 and store.journal_records() == [b"b"]
+
+
+def test_a_newer_generation_that_does_not_open_is_left_and_replaced_in_its_turn(store: Keystore) -> None:
+    stray = store.directory / journal_name(1)
+    stray.write_bytes(b"not a journal")
+    with _reopen(store) as again:
+        assert stray.exists()  # perhaps evidence that did not open this time: not deleted
+        again.compact_journal("audit", b"{}")
+        again.journal_append([b"first of generation 1"])
+    with Keystore.open(store.directory, store._platform) as third:
+        assert third.journal_records() == [b"first of generation 1"]
 
 
 def test_deferred_peer_counters_are_written_before_the_append(store: Keystore) -> None:
@@ -371,3 +441,44 @@ def test_a_journal_record_that_does_not_chain_is_refused(store: Keystore) -> Non
     with pytest.raises(KeystoreError) as e:
         AuditLog(store, keys)
     assert e.value.reason is R.INVALID_RECORD and "journal record 1" in str(e.value)
+
+
+class _Kms:
+    """A KMS stand-in that, like KMS, refuses a damaged ciphertext blob."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, bytes] = {}
+
+    def generate_data_key(self, attest: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
+        blob = b"wrapped-key-blob-%04d" % len(self.keys) + bytes(range(100))
+        self.keys[blob] = os.urandom(32)
+        return blob, self.keys[blob]
+
+    def decrypt(self, blob: bytes, attest: Callable[[bytes], bytes]) -> bytes:
+        if blob not in self.keys:
+            raise DeviceError("nitro", "KMS Decrypt", "InvalidCiphertextException")
+        return self.keys[blob]
+
+
+@pytest.mark.parametrize("kind", ["nitro", "simulated"])
+@pytest.mark.parametrize("records", [1, 3])  # a group commit writes several records in one frame
+def test_a_torn_frame_is_cut_off_on_every_platform(tmp_path: Path, kind: str, records: int) -> None:
+    """Zeros from a power loss inside the last frame — in the KMS blob of its seal, where a
+    Nitro unseal fails with the platform's key error — end the journal there (review finding)."""
+    sim = SimulatedPlatform(state_dir=tmp_path / "sim")
+    kms = _Kms()
+    make = (lambda: NitroPlatform(transport=FakeNsm(sim), kms=kms)) if kind == "nitro" else (lambda: sim)
+    s = Keystore.open(tmp_path / "ks", make())
+    s.journal_append([b"durable"])
+    before = s.journal_size[1]
+    s.journal_append([b"torn" * 100] * records)  # it never returned
+    s.close()
+    f = tmp_path / "ks" / journal_name(0)
+    data = bytearray(f.read_bytes())
+    data[before + 8 + 33 : before + 8 + 63] = bytes(30)  # inside the context (the KMS blob)
+    f.write_bytes(bytes(data))
+    with Keystore.open(tmp_path / "ks", make()) as again:  # a restarted process: a new platform object
+        assert again.journal_records() == [b"durable"]
+        again.journal_append([b"next"])
+    with Keystore.open(tmp_path / "ks", make()) as third:
+        assert third.journal_records() == [b"durable", b"next"]
