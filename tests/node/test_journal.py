@@ -9,7 +9,7 @@ import errno
 import hashlib
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,18 +30,6 @@ from tests.enclave.test_platforms import FakeNsm
 from tests.node.test_keystore import FaultyOs
 
 R = KeystoreReason
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> SimulatedPlatform:
-    return SimulatedPlatform(state_dir=tmp_path_factory.mktemp("platform"))
-
-
-@pytest.fixture
-def store(tmp_path: Path, platform: SimulatedPlatform) -> Iterator[Keystore]:
-    s = Keystore.open(tmp_path / "ks", platform)
-    yield s
-    s.close()
 
 
 def _file(s: Keystore) -> Path:

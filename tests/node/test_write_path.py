@@ -10,7 +10,6 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,6 @@ from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from tests.node.test_keystore import FROST_A, FROST_B, FaultyOs, at
 
 R = KeystoreReason
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> SimulatedPlatform:
-    return SimulatedPlatform(state_dir=tmp_path_factory.mktemp("platform"))
-
-
-@pytest.fixture
-def store(tmp_path: Path, platform: SimulatedPlatform) -> Iterator[Keystore]:
-    s = Keystore.open(tmp_path / "ks", platform)
-    yield s
-    s.close()
 
 
 # -- keystore: spliced encodings ---------------------------------------------------------------
