@@ -23,11 +23,13 @@ keystore's rollback defence).
 **Torn tails.** Appends are serial and each returns only after its ``fdatasync``, so a crash can
 damage only the frame being appended: cut short, or, after a power loss, with blocks of it
 zero-filled or lost anywhere inside. The checksum tells such a frame from a whole one, so
-:func:`parse` ends the journal at the first frame that is cut short or fails its checksum (the
-*torn* tail: that append never returned, nothing depended on it; the keystore cuts it off). A
-frame whose checksum holds was written whole: if it does not open, or is out of place, that is
-an error, never a torn tail — a transient failure of the platform's sealing key must not drop
-durable records.
+:func:`parse` ends the journal at a frame that is cut short (its header's length runs past the
+file), whose header is damaged, or that fails its checksum as the file's last frame (the *torn*
+tail: that append never returned, nothing depended on it; the keystore cuts it off). A frame
+that fails its checksum with more after it cannot come from a crash (bit rot, tampering): an
+error (``CHECKSUM``). A frame whose checksum holds was written whole: if it does not open, or is
+out of place, that is an error, never a torn tail — a transient failure of the platform's
+sealing key must not drop durable records.
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ def parse(data: bytes, platform: Platform, store: str, gen: int) -> Parsed:
             return Parsed(records, pos, True)  # cut short, or its header is damaged
         head = data[pos : end - _CHECK]
         if not hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
-            return Parsed(records, pos, True)  # not written whole
+            if end == len(data):
+                return Parsed(records, pos, True)  # the last frame, not written whole
+            # A crash damages only the last append: a damaged frame with more after it is not one.
+            raise JournalCorrupt("CHECKSUM", index, "a frame before the last fails its checksum")
         try:
             plain = platform.unseal(head[_FRAME.size :], label=_label(store))
         except NotSupported:

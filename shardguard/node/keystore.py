@@ -100,12 +100,14 @@ itself (a share must decode, carry the record's epoch and the key's group key:
    and deletes the old file after (rule 3).
 9. At open the journal must hold at least the anchored number of records, each whole frame
    authentic and in place (sealed with its generation and first index): fewer → ``TRUNCATED``
-   (``MISSING`` without the file). The journal ends at the first frame cut short or failing its
-   checksum — a torn tail, from a crash during its append, which never returned — and a
-   writable open cuts it off. A journal of an older generation is deleted (writable opens); one
+   (``MISSING`` without the file). The journal ends at a frame cut short, with a damaged
+   header, or failing its checksum as the file's last frame — a torn tail, from a crash during
+   its append, which never returned — and a writable open cuts it off; a frame failing its
+   checksum with more after it → ``CHECKSUM``. A journal of an older generation is deleted (writable opens); one
    of a newer generation with an authentic frame means the manifest was rolled back →
-   ``STALE_STATE``; one that does not open is left alone, and that generation's first append
-   replaces it.
+   ``STALE_STATE`` (while the sealing key is unavailable it is not judged: the open fails
+   ``SEALING_UNAVAILABLE``); one with no frame of this store is left alone, and that
+   generation's first append replaces it.
 
 **Rollback defence** (ARCHITECTURE §7, ROTE-style). None of the supported platforms gives the
 enclave a trusted monotonic counter, and sealing alone cannot tell an old sealed copy from the
@@ -775,10 +777,13 @@ class Keystore:
             if m is None or name == current:
                 continue
             if int(m.group(1)) > gen:
-                authentic: list[bytes] = []
-                with contextlib.suppress(KeystoreError, JournalCorrupt):
-                    data = self._read_journal(name)
+                data = self._read_journal(name)  # an I/O error here is raised, never taken for "not ours"
+                try:
                     authentic = _parse_journal(data, self._platform, self._manifest.store, int(m.group(1))).records
+                except JournalCorrupt as e:
+                    if e.reason == "SEALING_UNAVAILABLE":  # may be evidence: not judged without the key
+                        raise KeystoreError(KeystoreReason.SEALING_UNAVAILABLE, self._dir / name, str(e)) from None
+                    authentic = []  # whole frames that are not this store's: a stray file
                 if authentic:
                     raise KeystoreError(
                         KeystoreReason.STALE_STATE,
@@ -786,8 +791,8 @@ class Keystore:
                         f"an authentic journal of generation {m.group(1)} is newer than the manifest's "
                         f"generation {gen}: the manifest was restored from an older copy",
                     )
-                # Left alone (as rule 4 leaves a record it cannot read): it may be evidence that
-                # did not open this time. The generation's first append replaces it.
+                # Not this store's (no whole frame of it opens): left alone, as rule 4 leaves a
+                # record it cannot read; the generation's first append replaces it.
                 continue
             if not self._read_only:  # obsolete: a compaction's deletion was interrupted
                 with contextlib.suppress(OSError):
@@ -1419,11 +1424,13 @@ class Keystore:
                 if not self._journal_dir_synced:
                     self._fsync_dir()  # the file's name, once per generation and process
                     self._journal_dir_synced = True
-            except (OSError, KeystoreError) as e:
+            except BaseException as e:
+                # Whatever stopped it (a signal's exception too) after part of the frame was
+                # written: nothing of it may stay, or the next append would land behind it.
                 self._cut_journal_back(path)
-                if isinstance(e, KeystoreError):
-                    raise
-                raise _os_error(e, path, "append failed") from None
+                if isinstance(e, OSError):
+                    raise _os_error(e, path, "append failed") from None
+                raise
             self._journal_count += len(records)
             self._journal_size += len(data)
 

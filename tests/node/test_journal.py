@@ -11,6 +11,7 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,13 +19,13 @@ from hypothesis import strategies as st
 
 from shardguard.channel import NodeKeys
 from shardguard.enclave.nitro import NitroPlatform
-from shardguard.enclave.platform import DeviceError
+from shardguard.enclave.platform import DeviceError, SealingError, SealingReason
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node import audit as audit_module
 from shardguard.node import journal as journal_module
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import AuditLog, durable_record, verify_chain
-from shardguard.node.journal import encode_frame, journal_name, parse
+from shardguard.node.journal import JournalCorrupt, encode_frame, journal_name, parse
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from tests.enclave.test_platforms import FakeNsm
 from tests.node.test_keystore import FaultyOs
@@ -194,21 +195,35 @@ def test_a_read_only_open_reads_past_a_torn_record_without_cutting(store: Keysto
 # -- damage that no crash makes ----------------------------------------------------------------
 
 
-def test_a_damaged_frame_ends_the_journal_and_below_the_anchor_that_is_refused(store: Keystore) -> None:
-    """A frame that fails its checksum is a torn tail wherever it is (so is all after it): past
-    the anchor that is the host's power to cut the file short; below it, refused."""
+def test_a_damaged_frame_before_the_last_is_refused(store: Keystore) -> None:
+    """A crash damages only the last append: a frame failing its checksum with more after it is
+    bit rot or tampering, refused — not dropped with every durable frame after it (review)."""
     _append_each(store, b"a", b"b", b"c")
     data = bytearray(_file(store).read_bytes())
     data[_offsets(bytes(data))[1] + 40] ^= 1
     _file(store).write_bytes(bytes(data))
+    e = _refused(store)
+    assert e.reason is R.CHECKSUM and "record 1" in str(e)
+
+
+def test_an_append_stopped_half_way_leaves_nothing_of_itself(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever stops it after part of the frame was written (here a signal's exception): the
+    frame is cut back, so the next append does not land behind a half-frame (review finding)."""
+    store.journal_append([b"a"])
+    real = os.write
+
+    def half_then_interrupted(fd: int, data: Any) -> int:
+        real(fd, bytes(data[: len(data) // 2]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ks_module.os, "write", half_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.journal_append([b"b"])
+    monkeypatch.setattr(ks_module.os, "write", real)
+    assert _file(store).stat().st_size == store.journal_size[1]
+    store.journal_append([b"c"])
     with _reopen(store) as again:
-        assert again.journal_records() == [b"a"]
-        _append_each(again, b"b2", b"c2")
-        again.put_state("policy", {"v": 1})  # anchors 3
-        data = bytearray(_file(again).read_bytes())
-        data[_offsets(bytes(data))[1] + 40] ^= 1
-        _file(again).write_bytes(bytes(data))
-        assert _refused(again).reason is R.TRUNCATED
+        assert again.journal_records() == [b"a", b"c"]
 
 
 def test_a_whole_frame_that_does_not_open_is_refused_even_last(store: Keystore) -> None:
@@ -275,9 +290,13 @@ def test_any_cut_or_flip_opens_a_prefix_or_is_refused_with_a_reason(
     if flip is not None and flip < len(data):
         data[flip] ^= 0x40
     data = data[: len(data) - cut] if cut < len(data) else bytearray()
-    got = parse(bytes(data), platform, store, 0)  # a flip fails the frame's checksum: never an error
-    assert got.records == payloads[: len(got.records)]
-    assert got.end <= len(data) and got.torn == (got.end < len(data))
+    try:
+        got = parse(bytes(data), platform, store, 0)
+    except JournalCorrupt as e:  # a flipped frame before the last
+        assert e.reason == "CHECKSUM" and flip is not None
+    else:
+        assert got.records == payloads[: len(got.records)]
+        assert got.end <= len(data) and got.torn == (got.end < len(data))
 
 
 # -- failures ---------------------------------------------------------------------------------
@@ -349,6 +368,34 @@ def test_a_failed_directory_fsync_is_tried_again_by_the_next_append(store: Keyst
     monkeypatch.setattr(ks_module.os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
     store.journal_append([b"b"])
     assert len(fsyncs) == 1 and store.journal_records() == [b"b"]
+
+
+def test_a_newer_generation_is_not_judged_without_the_sealing_key(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest restored behind its journal, opened while the platform's key is unavailable
+    (a KMS throttled): the open fails, it does not take the evidence for a stray file that the
+    next generation would overwrite (review finding)."""
+    manifest = (store.directory / ks_module.MANIFEST).read_bytes()
+    store.journal_append([b"a"])
+    store.compact_journal("audit", b"{}")
+    store.journal_append([b"b"])
+    store.close()
+    (store.directory / ks_module.MANIFEST).write_bytes(manifest)
+    platform = store._platform
+    real = platform.unseal
+
+    def no_key_for_the_journal(blob: bytes, *, label: bytes) -> bytes:
+        if b"journal" in label:
+            raise SealingError(SealingReason.KEY, "KMS throttled")
+        return real(blob, label=label)
+
+    monkeypatch.setattr(platform, "unseal", no_key_for_the_journal)
+    with pytest.raises(KeystoreError) as e:
+        Keystore.open(store.directory, platform)
+    assert e.value.reason is R.SEALING_UNAVAILABLE
+    monkeypatch.setattr(platform, "unseal", real)
+    with pytest.raises(KeystoreError) as e:
+        Keystore.open(store.directory, platform)
+    assert e.value.reason is R.STALE_STATE
 
 
 def test_a_newer_generation_that_does_not_open_is_left_and_replaced_in_its_turn(store: Keystore) -> None:
