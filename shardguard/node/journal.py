@@ -26,10 +26,11 @@ zero-filled or lost anywhere inside. The checksum tells such a frame from a whol
 :func:`parse` ends the journal at a frame that is cut short (its header's length runs past the
 file), whose header is damaged, or that fails its checksum as the file's last frame (the *torn*
 tail: that append never returned, nothing depended on it; the keystore cuts it off). A frame
-that fails its checksum with more after it cannot come from a crash (bit rot, tampering): an
-error (``CHECKSUM``). A frame whose checksum holds was written whole: if it does not open, or is
-out of place, that is an error, never a torn tail — a transient failure of the platform's
-sealing key must not drop durable records.
+that fails its checksum with more after it, or a damaged header with a whole frame somewhere
+after it, cannot come from a crash (bit rot, tampering): an error (``CHECKSUM``). A frame whose
+checksum holds was written whole: if it does not open, or is out of place, that is an error,
+never a torn tail — a transient failure of the platform's sealing key must not drop durable
+records.
 """
 
 from __future__ import annotations
@@ -123,7 +124,11 @@ def parse(data: bytes, platform: Platform, store: str, gen: int) -> Parsed:
         magic, length = _FRAME.unpack_from(data, pos)
         end = pos + _FRAME.size + length + _CHECK
         if magic != MAGIC or length > MAX_JOURNAL_FRAME or end > len(data):
-            return Parsed(records, pos, True)  # cut short, or its header is damaged
+            # Cut short, or its header is damaged: a torn tail — unless a whole frame follows,
+            # which a crash (it damages only the last append) cannot leave behind a torn one.
+            if _whole_frame_after(data, pos + 1):
+                raise JournalCorrupt("CHECKSUM", index, "a damaged frame header before a whole frame")
+            return Parsed(records, pos, True)
         head = data[pos : end - _CHECK]
         if not hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
             if end == len(data):
@@ -141,6 +146,22 @@ def parse(data: bytes, platform: Platform, store: str, gen: int) -> Parsed:
         records.extend(_records(plain, gen, index))
         pos = end
     return Parsed(records, pos, False)
+
+
+def _whole_frame_after(data: bytes, start: int) -> bool:
+    """Whether a frame whose checksum holds starts anywhere at or after ``start`` (only looked
+    for when a header is damaged, so the scan's cost is paid on damage alone)."""
+    at = data.find(MAGIC, start)
+    while at != -1:
+        if len(data) - at >= _FRAME.size:
+            (length,) = _LEN.unpack_from(data, at + len(MAGIC))
+            end = at + _FRAME.size + length + _CHECK
+            if length <= MAX_JOURNAL_FRAME and end <= len(data):
+                head = data[at : end - _CHECK]
+                if hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
+                    return True
+        at = data.find(MAGIC, at + 1)
+    return False
 
 
 def _records(plain: bytes, gen: int, index: int) -> list[bytes]:

@@ -103,8 +103,9 @@ itself (a share must decode, carry the record's epoch and the key's group key:
    (``MISSING`` without the file). The journal ends at a frame cut short, with a damaged
    header, or failing its checksum as the file's last frame — a torn tail, from a crash during
    its append, which never returned — and a writable open cuts it off; a frame failing its
-   checksum with more after it → ``CHECKSUM``. A journal of an older generation is deleted (writable opens); one
-   of a newer generation with an authentic frame means the manifest was rolled back →
+   checksum with more after it, or a damaged header with a whole frame after it →
+   ``CHECKSUM``. A journal of an older generation is deleted (writable opens); one of a newer
+   generation with an authentic frame means the manifest was rolled back →
    ``STALE_STATE`` (while the sealing key is unavailable it is not judged: the open fails
    ``SEALING_UNAVAILABLE``); one with no frame of this store is left alone, and that
    generation's first append replaces it.

@@ -206,6 +206,19 @@ def test_a_damaged_frame_before_the_last_is_refused(store: Keystore) -> None:
     assert e.reason is R.CHECKSUM and "record 1" in str(e)
 
 
+@pytest.mark.parametrize("damage", ["zeros", "a length past the end"])
+def test_a_damaged_header_before_a_whole_frame_is_refused(store: Keystore, damage: str) -> None:
+    """A torn tail is the last append only: a header that does not parse with a whole frame
+    somewhere after it is bit rot or tampering, refused — not a tail to cut off."""
+    _append_each(store, b"a", b"b" * 500, b"c")
+    data = bytearray(_file(store).read_bytes())
+    o = _offsets(bytes(data))[1]
+    data[o : o + 8] = bytes(8) if damage == "zeros" else b"SGKJ" + struct.pack(">I", 1 << 22)
+    _file(store).write_bytes(bytes(data))
+    e = _refused(store)
+    assert e.reason is R.CHECKSUM and "record 1" in str(e)
+
+
 def test_an_append_stopped_half_way_leaves_nothing_of_itself(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever stops it after part of the frame was written (here a signal's exception): the
     frame is cut back, so the next append does not land behind a half-frame (review finding)."""
