@@ -68,6 +68,7 @@ _LEN = struct.Struct(">I")
 MAX_JOURNAL_FRAME: Final = 8 << 20
 #: Largest journal file read at open (the keystore starts a new generation long before).
 MAX_JOURNAL: Final = 64 << 20
+_SCAN_BUDGET = 4 * MAX_JOURNAL_FRAME
 JOURNAL_RE: Final = re.compile(r"^ks-journal\.g(0|[1-9][0-9]{0,17})\.log$")
 
 
@@ -150,13 +151,23 @@ def parse(data: bytes, platform: Platform, store: str, gen: int) -> Parsed:
 
 def _whole_frame_after(data: bytes, start: int) -> bool:
     """Whether a frame whose checksum holds starts anywhere at or after ``start`` (only looked
-    for when a header is damaged, so the scan's cost is paid on damage alone)."""
+    for when a header is damaged, so the scan's cost is paid on damage alone). Bounded: a torn
+    frame is sealed bytes, where the magic hardly ever occurs; a file that makes the scan pass
+    :data:`_SCAN_BUDGET` bytes of hashing or 4,096 magics was not torn by a crash, and counts as
+    damaged."""
+    budget, candidates = _SCAN_BUDGET, 4096
     at = data.find(MAGIC, start)
     while at != -1:
+        candidates -= 1
+        if candidates < 0:
+            return True
         if len(data) - at >= _FRAME.size:
             (length,) = _LEN.unpack_from(data, at + len(MAGIC))
             end = at + _FRAME.size + length + _CHECK
             if length <= MAX_JOURNAL_FRAME and end <= len(data):
+                budget -= end - at
+                if budget < 0:
+                    return True
                 head = data[at : end - _CHECK]
                 if hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
                     return True

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -530,3 +531,20 @@ def test_a_torn_frame_is_cut_off_on_every_platform(tmp_path: Path, kind: str, re
         again.journal_append([b"next"])
     with Keystore.open(tmp_path / "ks", make()) as third:
         assert third.journal_records() == [b"durable", b"next"]
+
+
+def test_a_file_full_of_false_frame_headers_is_refused_quickly(platform: SimulatedPlatform) -> None:
+    """A damaged header makes parse look for a whole frame after it; a hostile file of false
+    headers, each claiming the rest of the file, cannot make that scan quadratic."""
+    store = "ab" * 16
+    false_header = b"SGKJ" + struct.pack(">I", 1 << 20)
+    data = b"XXXXXXXX" + false_header * ((8 << 20) // len(false_header)) + bytes(1 << 20)
+    started = time.monotonic()
+    with pytest.raises(JournalCorrupt) as e:
+        parse(data, platform, store, 0)
+    assert e.value.reason == "CHECKSUM" and time.monotonic() - started < 5
+    short_headers = b"XXXXXXXX" + (b"SGKJ" + struct.pack(">I", 1 << 22)) * (1 << 20)  # each runs past the end
+    started = time.monotonic()
+    with pytest.raises(JournalCorrupt):
+        parse(short_headers, platform, store, 0)
+    assert time.monotonic() - started < 5
