@@ -2416,7 +2416,6 @@ _INSERT_NONCE_IF_KEY = (
 _NODE_KEY = select(Node.identity_public_key).where(Node.id == bindparam("node"))
 #: The node's key, the row held FOR KEY SHARE until commit (_hold_identity): conflicts only with
 #: register_node's FOR UPDATE, not with other holders nor with last_seen updates.
-_NODE_KEY = select(Node.identity_public_key).where(Node.id == bindparam("node"))
 _NODE_KEY_HELD = (
     select(Node.identity_public_key).where(Node.id == bindparam("node")).with_for_update(read=True, key_share=True)
 )

@@ -120,24 +120,20 @@ def parse(data: bytes, platform: Platform, store: str, gen: int) -> Parsed:
     pos = 0
     while pos < len(data):
         index = len(records)
-        if len(data) - pos < _FRAME.size:
-            return Parsed(records, pos, True)
-        magic, length = _FRAME.unpack_from(data, pos)
-        end = pos + _FRAME.size + length + _CHECK
-        if magic != MAGIC or length > MAX_JOURNAL_FRAME or end > len(data):
+        end = _frame_end(data, pos)
+        if end is None:
             # Cut short, or its header is damaged: a torn tail — unless a whole frame follows,
             # which a crash (it damages only the last append) cannot leave behind a torn one.
             if _whole_frame_after(data, pos + 1):
                 raise JournalCorrupt("CHECKSUM", index, "a damaged frame header before a whole frame")
             return Parsed(records, pos, True)
-        head = data[pos : end - _CHECK]
-        if not hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
+        if not _checksum_holds(data, pos, end):
             if end == len(data):
                 return Parsed(records, pos, True)  # the last frame, not written whole
             # A crash damages only the last append: a damaged frame with more after it is not one.
             raise JournalCorrupt("CHECKSUM", index, "a frame before the last fails its checksum")
         try:
-            plain = platform.unseal(head[_FRAME.size :], label=_label(store))
+            plain = platform.unseal(data[pos + _FRAME.size : end - _CHECK], label=_label(store))
         except NotSupported:
             raise JournalCorrupt("SEALING_UNAVAILABLE", index, "the platform cannot unseal") from None
         except SealingError as e:
@@ -161,18 +157,27 @@ def _whole_frame_after(data: bytes, start: int) -> bool:
         candidates -= 1
         if candidates < 0:
             return True
-        if len(data) - at >= _FRAME.size:
-            (length,) = _LEN.unpack_from(data, at + len(MAGIC))
-            end = at + _FRAME.size + length + _CHECK
-            if length <= MAX_JOURNAL_FRAME and end <= len(data):
-                budget -= end - at
-                if budget < 0:
-                    return True
-                head = data[at : end - _CHECK]
-                if hmac.compare_digest(hashlib.sha256(head).digest()[:_CHECK], data[end - _CHECK : end]):
-                    return True
+        end = _frame_end(data, at)
+        if end is not None:
+            budget -= end - at
+            if budget < 0 or _checksum_holds(data, at, end):
+                return True
         at = data.find(MAGIC, at + 1)
     return False
+
+
+def _frame_end(data: bytes, pos: int) -> int | None:
+    """Where the frame at ``pos`` ends by its header, or None if the header is damaged or the
+    frame runs past the data."""
+    if len(data) - pos < _FRAME.size:
+        return None
+    magic, length = _FRAME.unpack_from(data, pos)
+    end = pos + _FRAME.size + length + _CHECK
+    return end if magic == MAGIC and length <= MAX_JOURNAL_FRAME and end <= len(data) else None
+
+
+def _checksum_holds(data: bytes, pos: int, end: int) -> bool:
+    return hmac.compare_digest(hashlib.sha256(data[pos : end - _CHECK]).digest()[:_CHECK], data[end - _CHECK : end])
 
 
 def _records(plain: bytes, gen: int, index: int) -> list[bytes]:

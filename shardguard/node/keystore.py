@@ -158,7 +158,7 @@ from typing import Any, Final, NoReturn
 
 from shardguard.enclave.platform import NotSupported, Platform, SealingError, SealingReason
 from shardguard.node.journal import JOURNAL_RE as _JOURNAL_RE
-from shardguard.node.journal import MAX_JOURNAL, JournalCorrupt, encode_frame, journal_name
+from shardguard.node.journal import MAX_JOURNAL, JournalCorrupt, Parsed, encode_frame, journal_name
 from shardguard.node.journal import parse as _parse_journal
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.keys import KeyShare
@@ -443,10 +443,12 @@ class _Manifest:
         )
 
     def to_payload(self) -> dict[str, Any]:
-        inline = {"inline": {name: json.loads(v) for name, v in sorted(self.inline.items())}} if self.inline else {}
+        optional: dict[str, Any] = {}  # fields left out when empty: older manifests had none
+        if self.inline:
+            optional["inline"] = {name: json.loads(v) for name, v in sorted(self.inline.items())}
         if self.journal != (0, 0):
-            inline["journal"] = {"gen": self.journal[0], "records": self.journal[1]}
-        return inline | {
+            optional["journal"] = {"gen": self.journal[0], "records": self.journal[1]}
+        return optional | {
             "prev": self.prev,
             "history": [[c, d] for c, d in self.history],
             "keys": {
@@ -799,11 +801,7 @@ class Keystore:
                 with contextlib.suppress(OSError):
                     os.unlink(f"{self._dir_s}/{name}")
         path = self._dir / current
-        data = self._read_journal(current) if current in names else b""
-        try:
-            parsed = _parse_journal(data, self._platform, self._manifest.store, gen)
-        except JournalCorrupt as e:
-            raise KeystoreError(KeystoreReason[e.reason], path, str(e)) from None
+        parsed = self._parse_journal(current, gen, self._read_journal(current) if current in names else b"")
         if len(parsed.records) < anchored:
             detail = f"{len(parsed.records)} whole records, the manifest names {anchored}: the journal was cut short"
             raise KeystoreError(KeystoreReason.TRUNCATED if current in names else KeystoreReason.MISSING, path, detail)
@@ -821,6 +819,12 @@ class Keystore:
         self._journal_count = len(parsed.records)
         self._journal_size = parsed.end
         self._journal_dir_synced = False  # the file's name may not be durable yet (a crash before)
+
+    def _parse_journal(self, name: str, gen: int, data: bytes) -> Parsed:
+        try:
+            return _parse_journal(data, self._platform, self._manifest.store, gen)
+        except JournalCorrupt as e:
+            raise KeystoreError(KeystoreReason[e.reason], self._dir / name, str(e)) from None
 
     def _read_journal(self, name: str) -> bytes:
         path = self._dir / name
@@ -1337,18 +1341,25 @@ class Keystore:
         keeps encoded. The bytes are stored as they are, unchecked (checking would cost as much
         as encoding): bytes that are not canonical JSON make a record — ``inline``: a manifest —
         that does not pass the payload digest check at the next open."""
-        if type(canonical) is not bytes or not canonical.isascii():
-            raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "canonical JSON must be ASCII bytes")
+        self._check_canonical(canonical)
         with self._mutex:
             self._check_usable(write=True)
             self._check_name(name, "state name")
             return self._put_state(name, canonical, inline)
 
-    def _put_state(self, name: str, canonical: bytes, inline: bool) -> bool:
-        if self._state.get(name) == canonical:
+    def _check_canonical(self, canonical: bytes) -> None:
+        if type(canonical) is not bytes or not canonical.isascii():
+            raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "canonical JSON must be ASCII bytes")
+
+    def _put_state(self, name: str, canonical: bytes, inline: bool, *, new_journal: bool = False) -> bool:
+        """``new_journal``: the value supersedes the journal, which starts a new generation in
+        the same commit (always a write, even of an equal value)."""
+        if self._state.get(name) == canonical and not new_journal:
             return False
         new = self._manifest.copy()
         new.counter += 1
+        if new_journal:
+            new.journal = (new.journal[0] + 1, 0)
         if inline:
             new.state.pop(name, None)  # its record file, if it had one, goes once this commits
             new.inline[name] = canonical
@@ -1371,11 +1382,7 @@ class Keystore:
             name = journal_name(gen)
             if not self._journal_size:
                 return []
-            data = self._read_journal(name)[: self._journal_size]
-            try:
-                parsed = _parse_journal(data, self._platform, self._manifest.store, gen)
-            except JournalCorrupt as e:
-                raise KeystoreError(KeystoreReason[e.reason], self._dir / name, str(e)) from None
+            parsed = self._parse_journal(name, gen, self._read_journal(name)[: self._journal_size])
             if len(parsed.records) != self._journal_count or parsed.torn:
                 raise KeystoreError(KeystoreReason.TRUNCATED, self._dir / name, "the journal changed under the store")
             return parsed.records
@@ -1448,18 +1455,11 @@ class Keystore:
         """Write inline state ``name`` (:meth:`put_state_json` with ``inline=True``) and start a
         new, empty journal generation in the same commit: the value supersedes every record of
         the journal. The old generation's file is deleted once the manifest is durable."""
-        if type(canonical) is not bytes or not canonical.isascii():
-            raise KeystoreError(KeystoreReason.INVALID_ARGUMENT, self._dir, "canonical JSON must be ASCII bytes")
+        self._check_canonical(canonical)
         with self._mutex:
             self._check_usable(write=True)
             self._check_name(name, "state name")
-            new = self._manifest.copy()
-            new.counter += 1
-            new.state.pop(name, None)
-            new.inline[name] = canonical
-            new.journal = (new.journal[0] + 1, 0)
-            self._transact(new, [])
-            self._state[name] = canonical
+            self._put_state(name, canonical, True, new_journal=True)
 
     def _close_journal(self) -> None:
         if self._journal_fd is not None:
