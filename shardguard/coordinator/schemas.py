@@ -48,7 +48,13 @@ def _hex(value: object) -> bytes:
     return bytes.fromhex(value)
 
 
+def _blob(value: object) -> bytes:
+    # bytes only from an event-stream frame's attachment (API.md §1.11); JSON has no bytes.
+    return value if isinstance(value, bytes) else _b64(value)
+
+
 B64 = Annotated[bytes, PlainValidator(_b64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
+Blob = Annotated[bytes, PlainValidator(_blob), WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
 Hex = Annotated[bytes, PlainValidator(_hex), WithJsonSchema({"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"})]
 
 
@@ -102,7 +108,7 @@ class ChallengeIn(_Strict):
 class OutMessage(_Strict):
     to: Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,63})$")]
     seq: int = Field(ge=0, le=2**63 - 1)
-    blob: B64
+    blob: Blob
 
 
 class PostMessages(_Strict):

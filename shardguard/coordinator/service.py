@@ -2109,9 +2109,12 @@ class Coordinator:
         that do not exist, are reported as ``not_found`` (the same answer for both)."""
         return self.read_news(node_id, cursors)[0]
 
-    def read_news(self, node_id: str, cursors: Mapping[str, int]) -> tuple[list[dict[str, Any]], set[str]]:
+    def read_news(
+        self, node_id: str, cursors: Mapping[str, int], *, raw_blobs: bool = False
+    ) -> tuple[list[dict[str, Any]], set[str]]:
         """:meth:`read_events`, and the running jobs the answer's limits (message count, bytes)
-        may have cut short: their news continues past what is answered, so read them again."""
+        may have cut short: their news continues past what is answered, so read them again.
+        ``raw_blobs``: blobs as bytes, not base64 (a stream with attachments, API.md §1.11)."""
         if not cursors:
             return [], set()
         cut: set[str] = set()
@@ -2140,7 +2143,8 @@ class Coordinator:
                     count += 1
                     size += len(blob)
                     item["next_after"] = job_seq
-                    item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": b64(blob), "cursor": job_seq})
+                    data = bytes(blob) if raw_blobs else b64(blob)
+                    item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": data, "cursor": job_seq})
                 if count >= self.settings.inbox_batch:
                     cut.update(order[k:])  # this one may have more, the rest were not read
                     break

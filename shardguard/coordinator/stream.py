@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
-from shardguard.coordinator import schemas, wire
+from shardguard.coordinator import attached, schemas, wire
 from shardguard.coordinator.errors import ApiError, error_body
 from shardguard.coordinator.precommit import PRECOMMITTED
 from shardguard.coordinator.service import Coordinator, NodeIdentity, StaleIdentity
@@ -98,6 +98,8 @@ class _State:
     #: not pushed yet; ``wake`` wakes the pusher for them.
     taken: list[dict[str, Any]] = field(default_factory=list)
     wake: Callable[[], None] = lambda: None
+    #: Frames carry blobs as binary attachments (the node offered ``attached.ATTACHED``).
+    attached: bool = False
     #: The event loop's thread: where the coordinator may hand this stream tasks.
     thread: int = field(default_factory=threading.get_ident)
 
@@ -129,16 +131,17 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
     if nonce is None:  # cannot happen: authenticate_node parsed the same header
         await _deny(ws, ApiError(401, "malformed_signature", "malformed nonce header"))
         return
-    await ws.accept()
-    state = _State(node, nonce, wake=lambda: notifier.notify(f"events:{node_id}", None))
+    binary = attached.ATTACHED in (ws.scope.get("subprotocols") or ())
+    await ws.accept(subprotocol=attached.ATTACHED if binary else None)
+    state = _State(node, nonce, wake=lambda: notifier.notify(f"events:{node_id}", None), attached=binary)
     coord.metrics.stream_connections.inc()
     send_lock = asyncio.Lock()
 
     async def send(obj: dict[str, Any]) -> None:
-        text = json.dumps(obj, separators=(",", ":"))
+        body = attached.encode(obj) if binary else json.dumps(obj, separators=(",", ":"))
         async with send_lock:
             try:
-                await ws.send_text(text)
+                await (ws.send_bytes(body) if isinstance(body, bytes) else ws.send_text(body))
             except (RuntimeError, OSError) as e:
                 # The connection is gone (Starlette raises WebSocketDisconnected, a
                 # RuntimeError, for every send after the first one that failed): one way to
@@ -187,13 +190,12 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
         body = wire.verify_frame(state.node.identity_public_key, state.node.node_id, state.conn_nonce, state.seq, frame)
         if body is None:
             raise _Closed(_POLICY_VIOLATION, f"bad_signature: frame {state.seq} does not verify (or is out of order)")
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq} is not JSON") from None
+        obj, blobs = _decode_body(body, state)
         if not isinstance(obj, dict) or obj.get("seq") != state.seq or not isinstance(obj.get("data"), dict):
             raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq} needs seq = {state.seq} and a data object")
         op, data = obj.get("op"), obj["data"]
+        if blobs and op != "outbox":
+            raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq}: only an outbox carries attachments")
         coord.metrics.stream_frames.labels(str(op) if op in ("want", "outbox") else "other").inc()
         if op == "want":
             try:
@@ -204,7 +206,13 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
             notifier.notify(f"events:{state.node.node_id}", None)  # the pusher looks again
         elif op == "outbox":
             try:
+                if state.attached:
+                    _take_blobs(data, blobs)
                 box = schemas.Outbox.model_validate(data)
+            except attached.AttachedFrameError as e:
+                error = {"status": 422, "code": "validation_error", "message": str(e)}
+                await send({"op": "ack", "seq": state.seq, "error": error})
+                continue
             except ValidationError as e:
                 error = {"status": 422, "code": "validation_error", "message": _first_error(e)}
                 await send({"op": "ack", "seq": state.seq, "error": error})
@@ -232,6 +240,30 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
             await send({"op": "ack", "seq": state.seq, **out})
         else:
             raise _Closed(_POLICY_VIOLATION, f"malformed_frame: unknown op {op!r} in frame {state.seq}")
+
+
+def _decode_body(body: bytes, state: _State) -> tuple[Any, list[bytes]]:
+    """A frame body's object and attachments (none unless the stream has them)."""
+    if state.attached:
+        try:
+            return attached.decode(body)
+        except attached.AttachedFrameError as e:
+            raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq}: {e}") from None
+    try:
+        return json.loads(body), []
+    except (ValueError, RecursionError):
+        raise _Closed(_POLICY_VIOLATION, f"malformed_frame: frame {state.seq} is not JSON") from None
+
+
+def _take_blobs(data: dict[str, Any], blobs: list[bytes]) -> None:
+    """Put an attached outbox's blobs in place of their indices (raises AttachedFrameError).
+    A message that is not an object is left to the schema to refuse."""
+    taken: set[int] = set()
+    messages = data.get("messages")
+    for i, m in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(m, dict) and "blob" in m:
+            m["blob"] = attached.take(m["blob"], blobs, taken, f"messages[{i}].blob")
+    attached.check_all_taken(blobs, taken)
 
 
 def _reported(state: _State, acks: dict[str, Any]) -> None:
@@ -363,7 +395,7 @@ async def _push(ws: WebSocket, state: _State, coord: Coordinator, notifier: Noti
                     last_sweep = now
                     look = set(state.cursors)
                 cursors = {j: state.cursors[j] for j in look if j in state.cursors}
-                jobs, cut = await hot(coord.read_news, node_id, cursors) if cursors else ([], set())
+                jobs, cut = await hot(coord.read_news, node_id, cursors, raw_blobs=state.attached) if cursors else ([], set())
                 # A job the node stopped following while we read (its result went in, or a
                 # want dropped it) is no concern of the node any more: its news is not pushed.
                 jobs = [j for j in jobs if j["job_id"] in state.cursors]

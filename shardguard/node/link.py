@@ -31,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,8 +39,10 @@ from typing import Any
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from shardguard.channel import NodeKeys
+from shardguard.coordinator import attached
 from shardguard.coordinator.wire import HEADER_NONCE, sign_frame, sign_request
 from shardguard.node.engine import EngineError
 
@@ -148,10 +150,13 @@ class _Events:
     jobs: list[_JobNews]
 
 
-def _parse_events(out: Any) -> _Events:
+def _parse_events(out: Any, blobs: Sequence[bytes] | None = None) -> _Events:
     """Check an events frame's every field ``_deliver`` uses (API.md §1.9); raises
-    :class:`MalformedFrame`. The rest of a task is the task handler's to check."""
+    :class:`MalformedFrame`. The rest of a task is the task handler's to check. ``blobs``: the
+    attachments of a binary frame (API.md §1.11), which its blob fields refer to by index;
+    ``None`` for JSON, whose blobs are base64."""
     out = _obj(out, "frame")
+    taken: set[int] = set()
     tasks = []
     for i, t in enumerate(_list(out, "tasks", "")):
         where = f"tasks[{i}]"
@@ -169,16 +174,39 @@ def _parse_events(out: Any) -> _Events:
             m = _obj(m, at)
             cursor = _int(m.get("cursor"), f"{at}.cursor", 1)
             sender = _str(m, "from", f"{at}.", _NODE_ID_CHARS)
-            blob = m.get("blob")
-            if not isinstance(blob, str):
-                raise MalformedFrame(f"{at}.blob", f"expected a base64 string, got {_kind(blob)}")
-            try:
-                data = base64.b64decode(blob, validate=True)
-            except (binascii.Error, ValueError):
-                raise MalformedFrame(f"{at}.blob", "not base64") from None
-            messages.append((cursor, sender, data))
+            messages.append((cursor, sender, _blob(m.get("blob"), blobs, taken, f"{at}.blob")))
         jobs.append(_JobNews(job_id, status, messages))
+    if blobs is not None:
+        with _as_malformed():
+            attached.check_all_taken(blobs, taken)
     return _Events(tasks, jobs)
+
+
+def _blob(value: Any, blobs: Sequence[bytes] | None, taken: set[int], where: str) -> bytes:
+    if blobs is not None:
+        with _as_malformed():
+            return attached.take(value, blobs, taken, where)
+    if not isinstance(value, str):
+        raise MalformedFrame(where, f"expected a base64 string, got {_kind(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedFrame(where, "not base64") from None
+
+
+@contextlib.contextmanager
+def _as_malformed() -> Iterator[None]:
+    """:class:`~shardguard.coordinator.attached.AttachedFrameError` raised as :class:`MalformedFrame`."""
+    try:
+        yield
+    except attached.AttachedFrameError as e:
+        raise MalformedFrame(e.field, e.problem) from None
+
+
+def _b64_blobs(body: dict[str, Any]) -> dict[str, Any]:
+    """An outbox body for JSON: its messages' blobs as base64."""
+    msgs = [m | {"blob": base64.b64encode(m["blob"]).decode()} for m in body["messages"]]
+    return body | {"messages": msgs}
 
 
 def _with_admitted(body: dict[str, Any], advert: Mapping[str, str]) -> dict[str, Any]:
@@ -218,10 +246,13 @@ def _parse_outbox_answer(out: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class CoordinatorLink:
-    """Signed HTTP requests to the coordinator's node API (coordinator/API.md). Thread-safe."""
+    """Signed HTTP requests to the coordinator's node API (coordinator/API.md). Thread-safe.
+    ``offer_attachments``: the event stream offers binary frames (API.md §1.11); a coordinator
+    that does not accept them gets JSON, as before them."""
 
-    def __init__(self, base_url: str, keys: NodeKeys, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, keys: NodeKeys, *, timeout: float = 30.0, offer_attachments: bool = True) -> None:
         self._keys = keys
+        self.offer_attachments = offer_attachments
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=5.0),
@@ -240,7 +271,10 @@ class CoordinatorLink:
         url = str(self._http.base_url.copy_with(path=path))
         url = "ws" + url.removeprefix("http")  # http → ws, https → wss
         try:
-            ws = connect(url, additional_headers=headers, open_timeout=10, max_size=8 * 1024 * 1024, compression=None)
+            ws = connect(
+                url, additional_headers=headers, open_timeout=10, max_size=8 * 1024 * 1024, compression=None,
+                subprotocols=[Subprotocol(attached.ATTACHED)] if self.offer_attachments else None,
+            )  # fmt: skip
         except InvalidStatus as e:
             body = (e.response.body or b"").decode(errors="replace")
             raise CoordinatorRefused("GET", path, e.response.status_code, body) from None
@@ -348,6 +382,7 @@ class EventStream:
         self._ws_lock = threading.Lock()
         self._ws_seq = 0
         self._ws_nonce = b""
+        self._ws_attached = False  # the connection's frames carry blobs as attachments
         self._acks: dict[int, Future[dict[str, Any]]] = {}
         self._wanted: tuple[frozenset[str], int] | None = None
         self._advert: Mapping[str, str] = {}  # the ``admitted`` of the last want sent
@@ -503,10 +538,10 @@ class EventStream:
             else:
                 failures = 0
 
-    def _deliver(self, out: Any) -> _Events:
+    def _deliver(self, out: Any, blobs: list[bytes] | None = None) -> _Events:
         """Check a whole events frame (raises :class:`MalformedFrame`, nothing applied), then
         apply it: new tasks to ``on_task``, messages and job ends to the jobs' boxes."""
-        events = _parse_events(out)
+        events = _parse_events(out, blobs)
         tasks = []
         with self._cond:
             for task_id, job_id, t in events.tasks:
@@ -617,7 +652,7 @@ class EventStream:
                 results.append(item)
             else:
                 job, to, seq, blob = item
-                messages.append({"job": job, "to": to, "seq": seq, "blob": base64.b64encode(blob).decode()})
+                messages.append({"job": job, "to": to, "seq": seq, "blob": blob})
         body = {"messages": messages, "results": [{"task_id": r.task_id, **r.body} for r in results]}
         try:
             jobs, acks = _parse_outbox_answer(self._post_outbox(body))
@@ -676,7 +711,7 @@ class EventStream:
     # -- the WebSocket transport ----------------------------------------------------------------
     def _post_outbox(self, body: dict[str, Any]) -> Any:
         if not self._websocket:
-            return self._link.request("POST", f"/v1/nodes/{self._node}/outbox", body=body)
+            return self._link.request("POST", f"/v1/nodes/{self._node}/outbox", body=_b64_blobs(body))
         done: Future[dict[str, Any]] = Future()
         if not self._frame("outbox", body, ack=done):
             raise _Disconnected("the event stream is not connected")
@@ -697,7 +732,13 @@ class EventStream:
                 return False
             self._ws_seq += 1
             seq = self._ws_seq
-            body = json.dumps({"seq": seq, "op": op, "data": data}, separators=(",", ":")).encode()
+            obj = {"seq": seq, "op": op, "data": data}
+            if self._ws_attached:
+                body = attached.encode(obj)
+            else:
+                if op == "outbox":
+                    obj["data"] = _b64_blobs(data)
+                body = json.dumps(obj, separators=(",", ":")).encode()
             if ack is not None:
                 self._acks[seq] = ack
             try:
@@ -781,6 +822,7 @@ class EventStream:
             failed = False
             with self._ws_lock:
                 self._ws, self._ws_nonce, self._ws_seq, self._wanted = ws, nonce, 0, None
+                self._ws_attached = ws.subprotocol == attached.ATTACHED
             try:
                 self._want(force=True)
                 while not self._stop.is_set():
@@ -791,7 +833,7 @@ class EventStream:
                         # sent unless the want changed).
                         self._want()
                         continue
-                    self._on_frame(_decode_frame(raw))
+                    self._on_frame(*_decode_frame(raw))
             except (ConnectionClosed, OSError) as e:
                 if not self._stop.is_set():
                     log.warning("event stream: connection lost: %s (reconnecting)", e)
@@ -815,11 +857,14 @@ class EventStream:
                 failures += 1
                 self._stop.wait(_backoff(failures))
 
-    def _on_frame(self, obj: Any) -> None:
-        """Handle one decoded coordinator frame; raises :class:`MalformedFrame` (nothing of
-        the frame applied) when it is not what API.md §1.11 says. Unknown ops are ignored."""
+    def _on_frame(self, obj: Any, blobs: list[bytes] | None = None) -> None:
+        """Handle one decoded coordinator frame (``blobs``: a binary frame's attachments);
+        raises :class:`MalformedFrame` (nothing of the frame applied) when it is not what
+        API.md §1.11 says. Unknown ops are ignored."""
         obj = _obj(obj, "frame")
         op = obj.get("op")
+        if blobs and op != "events":
+            raise MalformedFrame("attachments", f"only an events frame carries attachments, not {op!r}")
         if op == "ack":
             seq = _int(obj.get("seq"), "seq", 1)
             with self._ws_lock:
@@ -827,15 +872,20 @@ class EventStream:
             if fut is not None:
                 fut.set_result(obj)
         elif op == "events":
-            events = self._deliver(obj)
+            events = self._deliver(obj, blobs)
             self._pushed(events)
             self._want()
 
 
-def _decode_frame(raw: str | bytes) -> Any:
+def _decode_frame(raw: str | bytes) -> tuple[Any, list[bytes] | None]:
+    """A text frame is JSON; a binary one has attachments (API.md §1.11)."""
+    if isinstance(raw, bytes):
+        with _as_malformed():
+            header, blobs = attached.decode(raw)
+        return header, blobs
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
+        return json.loads(raw), None
+    except (ValueError, RecursionError):  # not JSON, or nested too deep
         raise MalformedFrame("frame", "not JSON") from None
 
 

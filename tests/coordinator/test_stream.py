@@ -23,7 +23,7 @@ from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shardguard.channel import NodeKeys
-from shardguard.coordinator import wire
+from shardguard.coordinator import attached, wire
 
 from .conftest import ADMIN, FakeNode, dkg_result, run_dkg, sign_result
 from .test_events import sign_job
@@ -32,21 +32,19 @@ from .test_events import sign_job
 class Stream:
     """A node's side of the stream, frames signed by hand."""
 
-    def __init__(self, ws: Any, node: FakeNode, nonce: bytes) -> None:
+    def __init__(self, ws: Any, node: FakeNode, nonce: bytes, *, attachments: bool = False) -> None:
         self.ws = ws
         self.node = node
         self.nonce = nonce
         self.seq = 0
+        self.attachments = attachments  # frames carry blobs as binary attachments (API.md §1.11)
 
     def frame(self, op: str, data: Any, *, seq: int | None = None, keys: NodeKeys | None = None, nonce: bytes | None = None,
               body: bytes | None = None, frame_seq: int | None = None) -> int:  # fmt: skip
         self.seq += 1
         n = self.seq if seq is None else seq
-        raw = (
-            body
-            if body is not None
-            else json.dumps({"seq": n if frame_seq is None else frame_seq, "op": op, "data": data}).encode()
-        )
+        obj = {"seq": n if frame_seq is None else frame_seq, "op": op, "data": data}
+        raw = body if body is not None else attached.encode(obj) if self.attachments else json.dumps(obj).encode()
         self.ws.send_bytes(wire.sign_frame(keys or self.node.keys, self.nonce if nonce is None else nonce, n, raw))
         return n
 
@@ -60,7 +58,7 @@ class Stream:
         seq = self.frame(
             "outbox",
             {
-                "messages": [{"job": j, "to": to, "seq": s, "blob": base64.b64encode(b).decode()} for j, to, s, b in messages],
+                "messages": [{"job": j, "to": to, "seq": s, "blob": self._blob(b)} for j, to, s, b in messages],
                 "results": list(results),
             },
         )
@@ -68,35 +66,58 @@ class Stream:
         assert ack["seq"] == seq
         return ack
 
+    def _blob(self, b: bytes) -> bytes | str:
+        return b if self.attachments else base64.b64encode(b).decode()
+
     def receive(self, op: str) -> dict[str, Any]:
+        """The next frame of ``op``; blobs are base64 as in JSON whichever way they came."""
         while True:
-            obj = self.ws.receive_json()
+            obj = self._next()
             if obj["op"] == op:
                 return dict(obj)
+
+    def _next(self) -> dict[str, Any]:
+        message = self.ws.receive()
+        if message["type"] == "websocket.close":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason", ""))
+        if message.get("text") is not None:
+            assert not self.attachments, "a text frame on a stream with attachments"
+            return dict(json.loads(message["text"]))
+        assert self.attachments, "a binary frame on a JSON stream"
+        obj, blobs = attached.decode(message["bytes"])
+        taken: set[int] = set()
+        for j in obj.get("jobs", ()) if obj["op"] == "events" else ():  # an ack's jobs are the outbox answer
+            for m in j["messages"]:
+                m["blob"] = base64.b64encode(attached.take(m["blob"], blobs, taken, "blob")).decode()
+        attached.check_all_taken(blobs, taken)
+        return obj
 
     def closed(self) -> tuple[int, str]:
         with pytest.raises(WebSocketDisconnect) as e:
             while True:
-                self.ws.receive_json()
+                self._next()
         return e.value.code, e.value.reason
 
 
 @contextmanager
-def stream(client: TestClient, node: FakeNode, **sign: Any) -> Iterator[Stream]:
+def stream(client: TestClient, node: FakeNode, *, attachments: bool = False, **sign: Any) -> Iterator[Stream]:
     path = f"/v1/nodes/{node.node_id}/stream"
     headers = wire.sign_request(sign.pop("sign_as", node.keys), "GET", path, b"", **sign)
-    with client.websocket_connect(path, headers=headers) as ws:
-        yield Stream(ws, node, bytes.fromhex(headers[wire.HEADER_NONCE]))
+    offer = [attached.ATTACHED] if attachments else None
+    with client.websocket_connect(path, headers=headers, subprotocols=offer) as ws:
+        assert ws.accepted_subprotocol == (attached.ATTACHED if attachments else None)
+        yield Stream(ws, node, bytes.fromhex(headers[wire.HEADER_NONCE]), attachments=attachments)
 
 
 @contextmanager
 def signing_pair(
-    client: TestClient, key_id: str, a: FakeNode, b: FakeNode
+    client: TestClient, key_id: str, a: FakeNode, b: FakeNode, *, attachments: tuple[bool, bool] = (False, False)
 ) -> Iterator[tuple[str, Stream, Stream, list[dict[str, Any]], list[dict[str, Any]]]]:
     """A signing by ``a`` and ``b``, each on its stream with its task pushed:
-    ``(job, a's stream, b's stream, a's tasks, b's tasks)``."""
+    ``(job, a's stream, b's stream, a's tasks, b's tasks)``; ``attachments``: which of the two
+    streams carry blobs as binary attachments."""
     job = sign_job(client, key_id, [a.node_id, b.node_id])
-    with stream(client, a) as sa, stream(client, b) as sb:
+    with stream(client, a, attachments=attachments[0]) as sa, stream(client, b, attachments=attachments[1]) as sb:
         sa.want(claim=4)
         sb.want(claim=4)
         ta = sa.receive("events")["tasks"]
@@ -150,12 +171,12 @@ def test_news_of_a_job_reported_while_it_was_read_is_not_pushed(
     read_news = service.read_news
     armed, entered, release = threading.Event(), threading.Event(), threading.Event()
 
-    def held(node_id: str, cursors: dict[str, int]) -> Any:
+    def held(node_id: str, cursors: dict[str, int], **kw: Any) -> Any:
         if armed.is_set() and node_id == a.node_id and cursors:
             armed.clear()
             entered.set()
             assert release.wait(10)
-        return read_news(node_id, cursors)
+        return read_news(node_id, cursors, **kw)
 
     monkeypatch.setattr(service, "read_news", held)
     with signing_pair(client, key_id, a, b) as (job, sa, sb, ta, tb):
@@ -452,14 +473,14 @@ def test_a_job_cut_short_is_read_again_even_when_nothing_else_was_pushed(
     read_news = service.read_news
     armed = threading.Event()
 
-    def filled_by_another(node_id: str, cursors: dict[str, int]) -> Any:
+    def filled_by_another(node_id: str, cursors: dict[str, int], **kw: Any) -> Any:
         if armed.is_set() and node_id == a.node_id:
             armed.clear()
             # What a read returns when another job's messages filled it: that job, unfollowed
             # during the read, and this one cut short.
             other = {"job_id": "req_unfollowed", "job_status": "running", "messages": [], "next_after": 7}
             return [other], set(cursors)
-        return read_news(node_id, cursors)
+        return read_news(node_id, cursors, **kw)
 
     monkeypatch.setattr(service, "read_news", filled_by_another)
     with signing_pair(client, key_id, a, b) as (job, sa, sb, _ta, _tb), ThreadPoolExecutor(1) as pool:
@@ -546,9 +567,9 @@ def test_a_one_step_signing_is_pushed_without_reading_its_news_and_its_end_still
     reads: list[set[str]] = []
     read_news = service.read_news
 
-    def counting(node_id: str, cursors: dict[str, int]) -> Any:
+    def counting(node_id: str, cursors: dict[str, int], **kw: Any) -> Any:
         reads.append(set(cursors))
-        return read_news(node_id, cursors)
+        return read_news(node_id, cursors, **kw)
 
     monkeypatch.setattr(service, "read_news", counting)
     with stream(client, a) as sa, stream(client, b) as sb:
@@ -630,3 +651,91 @@ def test_a_malformed_admitted_map_closes_the_stream(client: TestClient, nodes: l
         sa.want(claim=1, admitted=admitted)
         code, reason = sa.closed()
     assert code == 1008 and reason.startswith("validation_error: want: admitted")
+
+
+# -- frames with binary attachments (API.md §1.11) ----------------------------------------------
+@pytest.mark.parametrize("attachments", [(True, True), (True, False), (False, True)], ids=["both", "a-only", "b-only"])
+def test_blobs_travel_as_attachments_on_the_streams_that_offer_them(
+    client: TestClient, nodes: list[FakeNode], attachments: tuple[bool, bool]
+) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    big = bytes(range(256)) * 300  # a DKLs23 round's size
+    with signing_pair(client, key_id, a, b, attachments=attachments) as (job, sa, sb, _ta, _tb):
+        ack = sa.outbox([(job, b.node_id, 1, b"one"), (job, b.node_id, 2, big)])
+        assert ack["jobs"] == {job: {"accepted": 2, "duplicates": 0}}
+        got = sb.receive("events")["jobs"][0]["messages"]
+        pushed = [(m["from"], base64.b64decode(m["blob"]), m["cursor"]) for m in got]
+        assert pushed == [(a.node_id, b"one", 1), (a.node_id, big, 2)]
+        assert sb.outbox([(job, a.node_id, 1, b"back")])["jobs"][job]["accepted"] == 1
+        got = sa.receive("events")["jobs"][0]["messages"]
+        assert [(m["from"], base64.b64decode(m["blob"])) for m in got] == [(b.node_id, b"back")]
+        # Stored as posted: the HTTP inbox (base64) reads the same bytes.
+        assert [base64.b64decode(m["blob"]) for m in b.inbox(job).json()["messages"]] == [b"one", big]
+
+
+def _outbox_header(job: str, to: str, refs: list[Any], lengths: list[int], seq: int) -> bytes:
+    header = {"seq": seq, "op": "outbox", "data": {"messages": [{"job": job, "to": to, "seq": i + 1, "blob": r} for i, r in
+              enumerate(refs)], "results": []}, "attachments": lengths}  # fmt: skip
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(4, "big") + raw
+
+
+@pytest.mark.parametrize(
+    ("refs", "blobs", "field", "problem"),
+    [
+        ([0, 0], [b"a"], "messages[1].blob", "referred to twice"),
+        ([1], [b"a"], "messages[0].blob", "does not exist"),
+        (["YQ=="], [], "messages[0].blob", "an attachment index"),
+        ([0], [b"a", b"b"], "attachments", "attachment 1 is not referred to"),
+    ],
+    ids=["twice", "missing", "base64", "unread"],
+)
+def test_an_outbox_whose_references_do_not_match_its_attachments_is_refused_whole(
+    client: TestClient, nodes: list[FakeNode], refs: list[Any], blobs: list[bytes], field: str, problem: str
+) -> None:
+    key_id = run_dkg(client, nodes)
+    a, b, _c = nodes
+    with signing_pair(client, key_id, a, b, attachments=(True, True)) as (job, sa, _sb, _ta, _tb):
+        body = _outbox_header(job, b.node_id, refs, [len(x) for x in blobs], sa.seq + 1) + b"".join(blobs)
+        seq = sa.frame("outbox", None, body=body)
+        ack = sa.receive("ack")
+        assert ack["seq"] == seq and ack["error"]["status"] == 422 and ack["error"]["code"] == "validation_error"
+        assert ack["error"]["message"] == f"{field}: {problem}" or problem in ack["error"]["message"]
+        assert b.inbox(job).json()["messages"] == []  # nothing of it kept
+        # The stream stays open: the next post goes through.
+        assert sa.outbox([(job, b.node_id, 1, b"ok")])["jobs"][job]["accepted"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\x00\x00", "shorter than its 4-byte header length"),
+        ((500).to_bytes(4, "big") + b"{}", "runs past the frame's end"),
+        ((2).to_bytes(4, "big") + b"{}" + b"extra", "the lengths add up to 0 bytes"),
+        ((2).to_bytes(4, "big") + b"[]", "the header is not a JSON object"),
+    ],
+    ids=["short", "header-past-end", "stray-bytes", "not-object"],
+)
+def test_a_malformed_attached_frame_closes_the_stream(
+    client: TestClient, nodes: list[FakeNode], body: bytes, reason: str
+) -> None:
+    with stream(client, nodes[0], attachments=True) as s:
+        s.frame("want", None, body=body)
+        code, why = s.closed()
+        assert code == 1008 and why.startswith("malformed_frame: frame 1") and reason in why
+
+
+def test_attachments_on_a_want_close_the_stream(client: TestClient, nodes: list[FakeNode]) -> None:
+    with stream(client, nodes[0], attachments=True) as s:
+        raw = json.dumps({"seq": 1, "op": "want", "data": {"cursors": {}, "claim": 0}, "attachments": [1]}).encode()
+        s.frame("want", None, body=len(raw).to_bytes(4, "big") + raw + b"x")
+        code, why = s.closed()
+        assert code == 1008 and why == "malformed_frame: frame 1: only an outbox carries attachments"
+
+
+def test_a_json_body_on_a_stream_with_attachments_closes_it(client: TestClient, nodes: list[FakeNode]) -> None:
+    with stream(client, nodes[0], attachments=True) as s:
+        s.frame("want", None, body=json.dumps({"seq": 1, "op": "want", "data": {"cursors": {}, "claim": 0}}).encode())
+        code, why = s.closed()
+        assert code == 1008 and why.startswith("malformed_frame: frame 1")

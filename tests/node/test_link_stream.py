@@ -47,16 +47,19 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def streaming(server: str) -> Iterator[tuple[httpx.Client, FakeNode, FakeNode, str, EventStream, list[Mapping[str, Any]]]]:
+def streaming(
+    server: str, *, attachments: bool = True
+) -> Iterator[tuple[httpx.Client, FakeNode, FakeNode, str, EventStream, list[Mapping[str, Any]]]]:
     """node-a and node-b registered with a FROST key; node-a's EventStream running (the tasks
-    it is handed collected in the list), node-b a hand-driven FakeNode."""
+    it is handed collected in the list), node-b a hand-driven FakeNode. ``attachments``: the
+    stream offers binary frames (API.md §1.11), else it speaks JSON as a node before them."""
     with httpx.Client(base_url=server) as http:
         a, b = FakeNode(http, "node-a"), FakeNode(http, "node-b")
         for n in (a, b):
             assert n.register().status_code == 200
         key_id = run_dkg(http, [a, b])
         tasks: list[Mapping[str, Any]] = []
-        link = CoordinatorLink(server, a.keys)
+        link = CoordinatorLink(server, a.keys, offer_attachments=attachments)
         s = EventStream(link, a.node_id, on_task=tasks.append, free_slots=lambda: 4)
         s.start()
         try:
@@ -66,12 +69,14 @@ def streaming(server: str) -> Iterator[tuple[httpx.Client, FakeNode, FakeNode, s
             link.close()
 
 
-def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("attachments", [True, False], ids=["attached", "json"])
+def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptureFixture, attachments: bool) -> None:
     caplog.set_level(logging.INFO, logger="shardguard.node")
-    with streaming(server) as (http, a, b, key_id, s, tasks):
+    with streaming(server, attachments=attachments) as (http, a, b, key_id, s, tasks):
         r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
         job = r.json()["request_id"]
         until(lambda: len(tasks) == 1)  # pushed, no long-poll
+        assert s._ws_attached is attachments  # the coordinator accepts the offer
         task_b = b.next_task()
         assert task_b is not None and tasks[0]["job_id"] == job == task_b["job_id"]
         s.open(job)
@@ -85,6 +90,7 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
         assert _received(b, job, 2) == [b"one", b"two"]
         # The new connection pushed the unreported task again (API.md §1.11): run once.
         until(lambda: s._ws is not None)
+        assert s._ws_attached is attachments
         until(lambda: "pushed again" in caplog.text)
         assert len(tasks) == 1
         result = sign_result(task_b)  # the coordinator checks reported signatures
