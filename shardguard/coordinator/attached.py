@@ -11,16 +11,17 @@ The header is the frame's JSON object as before, plus ``"attachments": [len_0, l
 blob field holds the *index* of its attachment (an integer) instead of base64 text. Which fields
 may hold one is the reader's to say (:func:`take`): an index anywhere else is just an integer.
 Every attachment must be taken exactly once (:func:`check_all_taken`), so nothing rides along
-unread. Pure functions; the node and the coordinator both import this module.
+unread. Writers likewise name their blob fields (:func:`lift`). Pure functions; the node and the
+coordinator both import this module.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ATTACHED", "MAX_ATTACHMENTS", "AttachedFrameError", "check_all_taken", "decode", "encode", "take"]
+__all__ = ["ATTACHED", "MAX_ATTACHMENTS", "AttachedFrameError", "check_all_taken", "decode", "encode", "lift", "take"]
 
 #: The WebSocket subprotocol a node offers and the coordinator accepts for these bodies.
 ATTACHED = "shardguard.attached.v1"
@@ -39,24 +40,21 @@ class AttachedFrameError(ValueError):
         super().__init__(f"{field}: {problem}")
 
 
-def encode(obj: dict[str, Any]) -> bytes:
-    """``obj`` as an attached body: every ``bytes`` value in it, at any depth, becomes an
-    attachment and its place holds the attachment's index."""
-    blobs: list[bytes] = []
+def lift(items: Sequence[Mapping[str, Any]], blobs: list[bytes]) -> list[dict[str, Any]]:
+    """``items`` (messages) with each ``blob`` moved to the end of ``blobs`` and replaced by its
+    index. The writer names the fields, as the reader does: nothing else is walked (a frame's
+    tasks are large nested objects, and a walk of them in Python cost more than the JSON)."""
+    out = []
+    for m in items:
+        blobs.append(m["blob"])
+        out.append({**m, "blob": len(blobs) - 1})
+    return out
 
-    def lift(v: Any) -> Any:
-        if isinstance(v, bytes):
-            blobs.append(v)
-            return len(blobs) - 1
-        if isinstance(v, dict):
-            return {k: lift(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [lift(x) for x in v]
-        return v
 
-    header = lift(obj)
-    header["attachments"] = [len(b) for b in blobs]
-    raw = json.dumps(header, separators=(",", ":")).encode()
+def encode(header: Mapping[str, Any], blobs: Sequence[bytes]) -> bytes:
+    """An attached body: ``header`` (whose blob fields hold indices into ``blobs``, see
+    :func:`lift`) with the attachments' lengths, then the attachments."""
+    raw = json.dumps({**header, "attachments": [len(b) for b in blobs]}, separators=(",", ":")).encode()
     return b"".join([len(raw).to_bytes(_LEN, "big"), raw, *blobs])
 
 

@@ -734,7 +734,10 @@ class EventStream:
             seq = self._ws_seq
             obj = {"seq": seq, "op": op, "data": data}
             if self._ws_attached:
-                body = attached.encode(obj)
+                blobs: list[bytes] = []
+                if op == "outbox":
+                    obj["data"] = data | {"messages": attached.lift(data["messages"], blobs)}
+                body = attached.encode(obj, blobs)
             else:
                 if op == "outbox":
                     obj["data"] = _b64_blobs(data)

@@ -19,37 +19,34 @@ def _body(header: Any, *blobs: bytes, length: int | None = None) -> bytes:
     return (len(raw) if length is None else length).to_bytes(4, "big") + raw + b"".join(blobs)
 
 
-def _resolve(v: Any, blobs: list[bytes], taken: set[int]) -> Any:
-    """Every integer in a decoded header taken as a reference, as a reader that knew the
-    fields would (only the encoder's bytes become integers here)."""
-    if isinstance(v, dict):
-        return {k: _resolve(x, blobs, taken) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_resolve(x, blobs, taken) for x in v]
-    if type(v) is int:
-        return attached.take(v, blobs, taken, "f")
-    return v
+_json = st.recursive(
+    st.one_of(st.text(max_size=20), st.integers(), st.none(), st.booleans()),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=20,
+)
 
 
-_leaves = st.one_of(st.binary(max_size=300), st.text(max_size=20), st.none(), st.booleans())
-_docs = st.recursive(_leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                     max_leaves=20)  # fmt: skip
-
-
-@given(st.dictionaries(st.text(max_size=8).filter(lambda k: k != "attachments"), _docs, max_size=5))
-def test_round_trip(obj: dict[str, Any]) -> None:
-    header, blobs = attached.decode(attached.encode(obj))
+@given(
+    st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("attachments", "messages")), _json, max_size=5),
+    st.lists(st.binary(max_size=300), max_size=6),
+)
+def test_round_trip(extra: dict[str, Any], payloads: list[bytes]) -> None:
+    blobs: list[bytes] = []
+    messages = attached.lift([{"to": "node-b", "seq": i, "blob": b} for i, b in enumerate(payloads)], blobs)
+    header, got = attached.decode(attached.encode({**extra, "messages": messages}, blobs))
     taken: set[int] = set()
-    assert _resolve(header, blobs, taken) == obj
-    attached.check_all_taken(blobs, taken)
+    assert [attached.take(m["blob"], got, taken, "blob") for m in header.pop("messages")] == payloads
+    attached.check_all_taken(got, taken)
+    assert header == extra
 
 
 def test_a_blob_costs_its_length_and_no_more() -> None:
     blob = bytes(range(256)) * 200
-    body = attached.encode({"op": "outbox", "data": {"messages": [{"blob": blob}]}})
+    blobs: list[bytes] = []
+    body = attached.encode({"op": "outbox", "data": {"messages": attached.lift([{"blob": blob}], blobs)}}, blobs)
     assert body.endswith(blob) and len(body) < len(blob) + 100
-    header, blobs = attached.decode(body)
-    assert header == {"op": "outbox", "data": {"messages": [{"blob": 0}]}} and blobs == [blob]
+    header, got = attached.decode(body)
+    assert header == {"op": "outbox", "data": {"messages": [{"blob": 0}]}} and got == [blob]
 
 
 @pytest.mark.parametrize(

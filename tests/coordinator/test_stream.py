@@ -44,7 +44,15 @@ class Stream:
         self.seq += 1
         n = self.seq if seq is None else seq
         obj = {"seq": n if frame_seq is None else frame_seq, "op": op, "data": data}
-        raw = body if body is not None else attached.encode(obj) if self.attachments else json.dumps(obj).encode()
+        if body is not None:
+            raw = body
+        elif self.attachments:
+            blobs: list[bytes] = []
+            if op == "outbox":
+                obj["data"] = data | {"messages": attached.lift(data["messages"], blobs)}
+            raw = attached.encode(obj, blobs)
+        else:
+            raw = json.dumps(obj).encode()
         self.ws.send_bytes(wire.sign_frame(keys or self.node.keys, self.nonce if nonce is None else nonce, n, raw))
         return n
 

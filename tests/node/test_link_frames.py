@@ -152,8 +152,10 @@ def test_a_binary_frame_delivers_its_attachments() -> None:
     s._on_frame(*link._decode_frame(_attached_events([1, 0], [b"hi", big])))
     assert s.fetch("req_1", 0, 0.0) == [(1, "node-b", big), (2, "node-b", b"hi")]
     # What the coordinator encodes (bytes in place) is what the node reads.
-    s._on_frame(*link._decode_frame(attached.encode({"op": "events", "jobs": [{"job_id": "req_1", "messages": [
-        {"cursor": 3, "from": "node-b", "blob": b"three"}]}]})))  # fmt: skip
+    blobs: list[bytes] = []
+    messages = attached.lift([{"cursor": 3, "from": "node-b", "blob": b"three"}], blobs)
+    frame = attached.encode({"op": "events", "jobs": [{"job_id": "req_1", "messages": messages}]}, blobs)
+    s._on_frame(*link._decode_frame(frame))
     assert s.fetch("req_1", 2, 0.0) == [(3, "node-b", b"three")]
 
 
