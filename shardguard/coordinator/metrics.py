@@ -92,6 +92,11 @@ class Metrics:
         )
         self.audit_entries = Counter("shardguard_audit_entries", "Audit entries mirrored", registry=r)
         self.stream_connections = Gauge("shardguard_stream_connections", "Open node event-stream WebSockets", registry=r)
+        self.stream_attached = Gauge(
+            "shardguard_stream_attached_connections",
+            "Open node event streams whose frames carry blobs as binary attachments (API.md §1.11)",
+            registry=r,
+        )
         self.stream_frames = Counter(
             "shardguard_stream_frames", "Frames received on node event streams, by op", ["op"], registry=r
         )

@@ -135,6 +135,8 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
     await ws.accept(subprotocol=attached.ATTACHED if binary else None)
     state = _State(node, nonce, wake=lambda: notifier.notify(f"events:{node_id}", None), attached=binary)
     coord.metrics.stream_connections.inc()
+    if binary:
+        coord.metrics.stream_attached.inc()
     send_lock = asyncio.Lock()
 
     async def send(obj: dict[str, Any]) -> None:
@@ -165,6 +167,8 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pusher
         coord.metrics.stream_connections.dec()
+        if binary:
+            coord.metrics.stream_attached.dec()
 
 
 async def _deny(ws: WebSocket, e: ApiError) -> None:

@@ -77,6 +77,8 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
         job = r.json()["request_id"]
         until(lambda: len(tasks) == 1)  # pushed, no long-poll
         assert s._ws_attached is attachments  # the coordinator accepts the offer
+        assert _gauge(http, "shardguard_stream_attached_connections") == (1.0 if attachments else 0.0)
+        assert _gauge(http, "shardguard_stream_connections") == 1.0
         task_b = b.next_task()
         assert task_b is not None and tasks[0]["job_id"] == job == task_b["job_id"]
         s.open(job)
@@ -98,6 +100,13 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
         ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
         assert ack == {"task_status": "done", "job_status": "done"}
         # A signing job is not followed after our result (API.md §1.11): its end came in the ack.
+
+
+def _gauge(http: httpx.Client, name: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} in /metrics")
 
 
 def _want_frames(http: httpx.Client) -> float:
