@@ -25,7 +25,8 @@ __all__ = ["ATTACHED", "MAX_ATTACHMENTS", "AttachedFrameError", "check_all_taken
 
 #: The WebSocket subprotocol a node offers and the coordinator accepts for these bodies.
 ATTACHED = "shardguard.attached.v1"
-#: More than a frame's messages (1,024 per outbox post) never needs.
+#: Most attachments in one frame: an outbox post holds at most 1,024 messages, and an events
+#: frame's messages are capped to this too (``Coordinator.read_news``), whatever ``inbox_batch``.
 MAX_ATTACHMENTS = 4096
 _LEN = 4
 
@@ -67,7 +68,7 @@ def decode(body: bytes) -> tuple[dict[str, Any], list[bytes]]:
     if n > len(body) - _LEN:
         raise AttachedFrameError("frame", f"header length {n} runs past the frame's end")
     try:
-        header = json.loads(body[_LEN : _LEN + n])
+        header = json.loads(body[_LEN : _LEN + n].decode("utf-8"))  # UTF-8 only (bytes would admit UTF-16/32)
     except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
         raise AttachedFrameError("frame", "the header is not JSON") from None
     if not isinstance(header, dict):

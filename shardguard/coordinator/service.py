@@ -51,7 +51,7 @@ from shardguard.channel.challenge import (
     challenges_to_wire,
 )
 from shardguard.channel.identity import CardError, PeerCard
-from shardguard.coordinator import precommit, wire
+from shardguard.coordinator import attached, precommit, wire
 from shardguard.coordinator.attest import summarize
 from shardguard.coordinator.db import Database
 from shardguard.coordinator.errors import ApiError
@@ -2128,12 +2128,14 @@ class Coordinator:
                 for j in cursors
             }
             count = size = 0
+            # A frame with attachments holds at most MAX_ATTACHMENTS blobs (the node refuses more).
+            batch = min(self.settings.inbox_batch, attached.MAX_ATTACHMENTS) if raw_blobs else self.settings.inbox_batch
             order = sorted(known)
             for k, job_id in enumerate(order):
                 item = news[job_id]
                 rows = conn.execute(
                     _NEWS,
-                    {"job": job_id, "after": cursors[job_id], "node": node_id, "limit": self.settings.inbox_batch - count},
+                    {"job": job_id, "after": cursors[job_id], "node": node_id, "limit": batch - count},
                 )
                 for from_node, to_node, seq, blob, job_seq in rows:
                     # A job's cursor only moves over what is answered: the rest comes next time.
@@ -2145,7 +2147,7 @@ class Coordinator:
                     item["next_after"] = job_seq
                     data = bytes(blob) if raw_blobs else b64(blob)
                     item["messages"].append({"from": from_node, "to": to_node, "seq": seq, "blob": data, "cursor": job_seq})
-                if count >= self.settings.inbox_batch:
+                if count >= batch:
                     cut.update(order[k:])  # this one may have more, the rest were not read
                     break
         cut = {j for j in cut if known.get(j) == "running"}

@@ -45,6 +45,9 @@ class Settings:
     max_result_bytes: int = 256 * 1024
     #: Most messages returned by one inbox read.
     inbox_batch: int = 256
+    #: Accept the event stream's binary attachments when a node offers them (API.md §1.11);
+    #: False: every stream speaks JSON, blobs in base64.
+    stream_attachments: bool = True
 
     #: FROST signatures of one key by one signer set started within the last
     #: ``sign_inflight_seconds`` and still running, at most; requests beyond wait in the queue and

@@ -131,7 +131,7 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
     if nonce is None:  # cannot happen: authenticate_node parsed the same header
         await _deny(ws, ApiError(401, "malformed_signature", "malformed nonce header"))
         return
-    binary = attached.ATTACHED in (ws.scope.get("subprotocols") or ())
+    binary = coord.settings.stream_attachments and attached.ATTACHED in (ws.scope.get("subprotocols") or ())
     await ws.accept(subprotocol=attached.ATTACHED if binary else None)
     state = _State(node, nonce, wake=lambda: notifier.notify(f"events:{node_id}", None), attached=binary)
     coord.metrics.stream_connections.inc()
@@ -268,13 +268,15 @@ def _decode_body(body: bytes, state: _State) -> tuple[Any, list[bytes]]:
 
 
 def _take_blobs(data: dict[str, Any], blobs: list[bytes]) -> None:
-    """Put an attached outbox's blobs in place of their indices (raises AttachedFrameError).
-    A message that is not an object is left to the schema to refuse."""
-    taken: set[int] = set()
+    """Put an attached outbox's blobs in place of their indices (raises AttachedFrameError;
+    fields named as the schema's errors name them). Messages that are not a list of objects
+    each with a blob are left to the schema to refuse, with its more precise error."""
     messages = data.get("messages")
-    for i, m in enumerate(messages if isinstance(messages, list) else ()):
-        if isinstance(m, dict) and "blob" in m:
-            m["blob"] = attached.take(m["blob"], blobs, taken, f"messages[{i}].blob")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "blob" in m for m in messages):
+        return
+    taken: set[int] = set()
+    for i, m in enumerate(messages):
+        m["blob"] = attached.take(m["blob"], blobs, taken, f"messages.{i}.blob")
     attached.check_all_taken(blobs, taken)
 
 

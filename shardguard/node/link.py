@@ -836,7 +836,7 @@ class EventStream:
                         # sent unless the want changed).
                         self._want()
                         continue
-                    self._on_frame(*_decode_frame(raw))
+                    self._on_frame(*_decode_frame(raw, attachments=self._ws_attached))
             except (ConnectionClosed, OSError) as e:
                 if not self._stop.is_set():
                     log.warning("event stream: connection lost: %s (reconnecting)", e)
@@ -880,9 +880,12 @@ class EventStream:
             self._want()
 
 
-def _decode_frame(raw: str | bytes) -> tuple[Any, list[bytes] | None]:
-    """A text frame is JSON; a binary one has attachments (API.md §1.11)."""
-    if isinstance(raw, bytes):
+def _decode_frame(raw: str | bytes, *, attachments: bool) -> tuple[Any, list[bytes] | None]:
+    """A frame of a stream with attachments is binary, a header and its attachments; any other
+    stream's frame is JSON, as before them (API.md §1.11)."""
+    if attachments:
+        if not isinstance(raw, bytes):
+            raise MalformedFrame("frame", "a text frame on a stream with attachments (binary frames only)")
         with _as_malformed():
             header, blobs = attached.decode(raw)
         return header, blobs

@@ -46,6 +46,14 @@ def _with_blobs(header: dict[str, Any], blobs: list[bytes]) -> bytes:
     return len(raw).to_bytes(4, "big") + raw + b"".join(blobs)
 
 
+def _decoded(frame: Any) -> tuple[Any, list[bytes] | None]:
+    """A frame as the stream loop decodes it: bytes on a stream with attachments, anything
+    else as JSON text on a stream without."""
+    if isinstance(frame, bytes):
+        return link._decode_frame(frame, attachments=True)
+    return link._decode_frame(json.dumps(frame), attachments=False)
+
+
 MALFORMED: list[tuple[str, Any, str]] = [
     ("frame not an object", ["op", "events"], "frame"),
     ("ack seq a list", {"op": "ack", "seq": [1]}, "seq"),
@@ -91,6 +99,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ),
     # Binary frames: attachments (API.md §1.11).
     ("truncated", b"\x00\x00\x01", "frame"),
+    ("header in UTF-16", len("{}".encode("utf-16")).to_bytes(4, "big") + "{}".encode("utf-16"), "frame"),
     ("header past the end", (99).to_bytes(4, "big") + b"{}", "frame"),
     ("lengths past the end", _with_blobs({"op": "events"}, [b"ab"])[:-1], "attachments"),
     ("base64 in a binary frame", _attached_events(["aGk="], []), "jobs[0].messages[0].blob"),
@@ -108,7 +117,7 @@ def test_a_malformed_frame_is_refused_with_its_field_named_and_nothing_applied(f
     s = idle_stream(tasks)
     s.open("req_1")
     with pytest.raises(MalformedFrame) as caught:
-        s._on_frame(*link._decode_frame(frame if isinstance(frame, bytes) else json.dumps(frame)))
+        s._on_frame(*_decoded(frame))
     assert caught.value.where == where
     assert isinstance(caught.value, EngineError)
     assert "notbase64" not in str(caught.value)  # the value received is not repeated
@@ -149,14 +158,30 @@ def test_a_binary_frame_delivers_its_attachments() -> None:
     s = idle_stream()
     s.open("req_1")
     big = bytes(range(256)) * 200
-    s._on_frame(*link._decode_frame(_attached_events([1, 0], [b"hi", big])))
+    s._on_frame(*_decoded(_attached_events([1, 0], [b"hi", big])))
     assert s.fetch("req_1", 0, 0.0) == [(1, "node-b", big), (2, "node-b", b"hi")]
     # What the coordinator encodes (bytes in place) is what the node reads.
     blobs: list[bytes] = []
     messages = attached.lift([{"cursor": 3, "from": "node-b", "blob": b"three"}], blobs)
     frame = attached.encode({"op": "events", "jobs": [{"job_id": "req_1", "messages": messages}]}, blobs)
-    s._on_frame(*link._decode_frame(frame))
+    s._on_frame(*_decoded(frame))
     assert s.fetch("req_1", 2, 0.0) == [(3, "node-b", b"three")]
+
+
+def test_a_stream_reads_frames_of_its_own_kind_only() -> None:
+    """With attachments every frame is binary; without, frames are JSON whether sent as text or
+    as bytes, exactly as before attachments (API.md §1.11)."""
+    with pytest.raises(MalformedFrame) as caught:
+        link._decode_frame(json.dumps({"op": "events"}), attachments=True)
+    assert caught.value.where == "frame" and "text frame" in str(caught.value)
+    body = _attached_events([0], [b"x"])
+    with pytest.raises(MalformedFrame, match="not JSON"):
+        link._decode_frame(body, attachments=False)
+    s = idle_stream()
+    s.open("req_1")
+    frame = {"op": "events", "jobs": [{"job_id": "req_1", "messages": [{"cursor": 1, "from": "node-b", "blob": b64(b"hi")}]}]}
+    s._on_frame(*link._decode_frame(json.dumps(frame).encode(), attachments=False))
+    assert s.fetch("req_1", 0, 0.0) == [(1, "node-b", b"hi")]
 
 
 def test_a_task_that_cannot_be_started_runs_when_pushed_again(caplog: pytest.LogCaptureFixture) -> None:

@@ -30,7 +30,15 @@ from .test_link import ScriptedCoordinator, until
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'c.sqlite3'}", bootstrap_token=BOOT, sweep_interval=0, poll_interval=0.1)
+    with _serving(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path, **settings_kw: Any) -> Iterator[str]:
+    settings = Settings(
+        db_url=f"sqlite:///{tmp_path / 'c.sqlite3'}", bootstrap_token=BOOT, sweep_interval=0, poll_interval=0.1, **settings_kw
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -100,6 +108,23 @@ def test_stream_end_to_end_with_a_reconnect(server: str, caplog: pytest.LogCaptu
         ack = s.report(tasks[0]["task_id"], {"status": "done", "result": result, "error": None})
         assert ack == {"task_status": "done", "job_status": "done"}
         # A signing job is not followed after our result (API.md §1.11): its end came in the ack.
+
+
+def test_a_node_offering_attachments_to_a_coordinator_that_declines_speaks_json(tmp_path: Path) -> None:
+    """A coordinator from before attachments (or set not to accept them) does not pick the
+    subprotocol: the node's frames and the coordinator's stay JSON, and everything arrives."""
+    with _serving(tmp_path, stream_attachments=False) as url, streaming(url) as (http, a, b, key_id, s, tasks):
+        r = http.post(f"/v1/keys/{key_id}/sign", json={"message_hex": "00", "signers": ["node-a", "node-b"]}, headers=ADMIN)
+        job = r.json()["request_id"]
+        until(lambda: len(tasks) == 1)
+        assert b.next_task() is not None  # b claims its task: its messages are taken
+        assert s._link.offer_attachments and not s._ws_attached
+        assert _gauge(http, "shardguard_stream_attached_connections") == 0.0
+        s.open(job)
+        s.post(job, [(b.node_id, b"one")])
+        assert _received(b, job, 1) == [b"one"]
+        b.send(job, [(a.node_id, 1, b"back")])
+        assert s.fetch(job, 0, 5.0)[0][1:] == (b.node_id, b"back")
 
 
 def _gauge(http: httpx.Client, name: str) -> float:
