@@ -21,7 +21,18 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ATTACHED", "MAX_ATTACHMENTS", "AttachedFrameError", "check_all_taken", "decode", "encode", "lift", "take"]
+__all__ = [
+    "ATTACHED",
+    "MAX_ATTACHMENTS",
+    "AttachedFrameError",
+    "check_all_taken",
+    "coordinator_frame",
+    "decode",
+    "encode",
+    "lift",
+    "node_frame",
+    "take",
+]
 
 #: The WebSocket subprotocol a node offers and the coordinator accepts for these bodies.
 ATTACHED = "shardguard.attached.v1"
@@ -57,6 +68,25 @@ def encode(header: Mapping[str, Any], blobs: Sequence[bytes]) -> bytes:
     :func:`lift`) with the attachments' lengths, then the attachments."""
     raw = json.dumps({**header, "attachments": [len(b) for b in blobs]}, separators=(",", ":")).encode()
     return b"".join([len(raw).to_bytes(_LEN, "big"), raw, *blobs])
+
+
+def node_frame(frame: Mapping[str, Any]) -> bytes:
+    """A node's frame (``{"seq", "op", "data"}``) as an attached body: an outbox's message blobs
+    become attachments; nothing else carries any."""
+    blobs: list[bytes] = []
+    if frame.get("op") == "outbox":
+        data = frame["data"]
+        frame = {**frame, "data": {**data, "messages": lift(data["messages"], blobs)}}
+    return encode(frame, blobs)
+
+
+def coordinator_frame(frame: Mapping[str, Any]) -> bytes:
+    """A coordinator's frame as an attached body: an events frame's message blobs become
+    attachments (an ack has none)."""
+    blobs: list[bytes] = []
+    if frame.get("op") == "events":
+        frame = {**frame, "jobs": [{**j, "messages": lift(j["messages"], blobs)} for j in frame["jobs"]]}
+    return encode(frame, blobs)
 
 
 def decode(body: bytes) -> tuple[dict[str, Any], list[bytes]]:

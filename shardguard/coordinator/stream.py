@@ -140,7 +140,7 @@ async def serve_stream(ws: WebSocket, node_id: str, coord: Coordinator, notifier
     send_lock = asyncio.Lock()
 
     async def send(obj: dict[str, Any]) -> None:
-        body = _attached_body(obj) if binary else json.dumps(obj, separators=(",", ":"))
+        body = attached.coordinator_frame(obj) if binary else json.dumps(obj, separators=(",", ":"))
         async with send_lock:
             try:
                 await (ws.send_bytes(body) if isinstance(body, bytes) else ws.send_text(body))
@@ -244,14 +244,6 @@ async def _receive(ws: WebSocket, state: _State, coord: Coordinator, notifier: N
             await send({"op": "ack", "seq": state.seq, **out})
         else:
             raise _Closed(_POLICY_VIOLATION, f"malformed_frame: unknown op {op!r} in frame {state.seq}")
-
-
-def _attached_body(obj: dict[str, Any]) -> bytes:
-    """An events frame's message blobs as attachments (an ack has none)."""
-    blobs: list[bytes] = []
-    if obj.get("op") == "events":
-        obj = obj | {"jobs": [j | {"messages": attached.lift(j["messages"], blobs)} for j in obj["jobs"]]}
-    return attached.encode(obj, blobs)
 
 
 def _decode_body(body: bytes, state: _State) -> tuple[Any, list[bytes]]:

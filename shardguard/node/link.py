@@ -734,10 +734,7 @@ class EventStream:
             seq = self._ws_seq
             obj = {"seq": seq, "op": op, "data": data}
             if self._ws_attached:
-                blobs: list[bytes] = []
-                if op == "outbox":
-                    obj["data"] = data | {"messages": attached.lift(data["messages"], blobs)}
-                body = attached.encode(obj, blobs)
+                body = attached.node_frame(obj)
             else:
                 if op == "outbox":
                     obj["data"] = _b64_blobs(data)

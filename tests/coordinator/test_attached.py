@@ -132,3 +132,21 @@ def test_each_attachment_is_taken_once_and_none_is_left_unread() -> None:
     attached.take(2, blobs, taken, "z")
     with pytest.raises(AttachedFrameError, match="attachment 0 is not referred to"):
         attached.check_all_taken(blobs, taken)
+
+
+def test_each_side_lifts_the_blobs_of_its_own_frames_only() -> None:
+    outbox = {"seq": 3, "op": "outbox", "data": {"messages": [{"job": "j", "to": "b", "seq": 1, "blob": b"one"}], "results": []}}
+    header, blobs = attached.decode(attached.node_frame(outbox))
+    assert header["data"]["messages"][0]["blob"] == 0 and blobs == [b"one"]
+    assert outbox["data"]["messages"][0]["blob"] == b"one"  # the caller's frame is left as it was
+    job = {"job_id": "j", "messages": [{"blob": b"a"}, {"blob": b"b"}]}
+    events = {"op": "events", "tasks": [{"task_id": "t"}], "jobs": [job]}
+    header, blobs = attached.decode(attached.coordinator_frame(events))
+    assert [m["blob"] for m in header["jobs"][0]["messages"]] == [0, 1] and blobs == [b"a", b"b"]
+    plain = [
+        ({"seq": 4, "op": "want", "data": {"claim": 1}}, attached.node_frame),
+        ({"op": "ack", "seq": 4}, attached.coordinator_frame),
+    ]
+    for frame, encode in plain:
+        header, blobs = attached.decode(encode(frame))
+        assert header == frame and blobs == []

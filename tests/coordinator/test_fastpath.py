@@ -334,9 +334,9 @@ def test_random_requests_get_the_same_answer_with_and_without_it(
     b = slow.post(url, content=body, headers=headers)
     assert a.status_code == b.status_code, (body, headers, query, a.text, b.text)
     ja, jb = a.json(), b.json()
-    if "error" in jb:
+    if b.status_code >= 400:
         assert ja == jb
-    else:
+    else:  # two requests: their ids and times differ (a request's own "error" may be null, or a job's)
         assert ja.keys() == jb.keys()
 
 

@@ -47,10 +47,7 @@ class Stream:
         if body is not None:
             raw = body
         elif self.attachments:
-            blobs: list[bytes] = []
-            if op == "outbox":
-                obj["data"] = data | {"messages": attached.lift(data["messages"], blobs)}
-            raw = attached.encode(obj, blobs)
+            raw = attached.node_frame(obj)
         else:
             raw = json.dumps(obj).encode()
         self.ws.send_bytes(wire.sign_frame(keys or self.node.keys, self.nonce if nonce is None else nonce, n, raw))
