@@ -127,7 +127,8 @@ def run_once(tree: Path, spec: Spec, bench_args: list[str], timeout: float) -> t
         return [], f"timed out after {timeout:.0f} s"
     lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     if p.returncode or not lines:
-        return lines, f"exit status {p.returncode}: {p.stderr.strip().splitlines()[-1:] or ''}"
+        last = p.stderr.strip().splitlines()[-1:]
+        return lines, f"exit status {p.returncode}: {last[0] if last else 'no output'}"
     return lines, None
 
 
