@@ -8,6 +8,7 @@ OpenSSL, libsecp256k1). A signature only ours accepts fails the test that made i
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from coincurve import PublicKey
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 
 from shardguard.interop import verify_independently
 from shardguard.protocols.dkls23 import DklsSigner, EcdsaSignature
+from shardguard.protocols.dkls23 import presign as presign_module
 from shardguard.protocols.frost import FrostSigner
 
 _produced = {"count": 0}
@@ -44,6 +46,16 @@ def _independently_verify_every_signature(monkeypatch: pytest.MonkeyPatch) -> It
         original_ecdsa(self, sig)
 
     monkeypatch.setattr(DklsSigner, "_finish", finish_ecdsa)
+    original_assemble = presign_module.assemble
+
+    def assemble_presigned(*args: Any, **kwargs: Any) -> EcdsaSignature | None:
+        sig = original_assemble(*args, **kwargs)
+        if sig is not None:  # a pre-signed signature (None: refused, nothing released)
+            check_ecdsa_independently(sig)
+            _produced["count"] += 1
+        return sig
+
+    monkeypatch.setattr(presign_module, "assemble", assemble_presigned)
     yield
 
 

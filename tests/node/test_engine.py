@@ -109,10 +109,10 @@ def admit(verifier: Node, peer: Node, policy: VerificationPolicy) -> AdmittedPee
 
 @pytest.fixture(autouse=True)
 def fresh_ban_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shardguard.protocols.dkls23 import sign
+    from shardguard.protocols.dkls23 import _rounds
     from shardguard.protocols.dkls23.bans import BanRegistry
 
-    monkeypatch.setattr(sign, "REGISTRY", BanRegistry())
+    monkeypatch.setattr(_rounds, "REGISTRY", BanRegistry())
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from shardguard.crypto.bip32 import derive_public
 from shardguard.crypto.suites import ECDSA_SECP256K1
 from shardguard.protocols import wire
 from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup
-from shardguard.protocols.dkls23 import sign as sign_module
+from shardguard.protocols.dkls23 import _rounds as rounds_module
 from shardguard.protocols.dkls23._messages import (
     SetupCommit,
     SetupConfirm,
@@ -45,7 +45,7 @@ G = ECDSA_SECP256K1.group
 def fresh_ban_registry(monkeypatch: pytest.MonkeyPatch) -> BanRegistry:
     """Each test starts with an empty live registry (it is process-wide by design)."""
     registry = BanRegistry()
-    monkeypatch.setattr(sign_module, "REGISTRY", registry)
+    monkeypatch.setattr(rounds_module, "REGISTRY", registry)
     return registry
 
 

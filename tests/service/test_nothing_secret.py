@@ -35,7 +35,7 @@ from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.interop import verify_independently
 from shardguard.node import tasks as node_tasks
 from shardguard.node.service import KeystoreShares, NodeService
-from shardguard.protocols.dkls23 import sign as dkls_sign
+from shardguard.protocols.dkls23 import _rounds as dkls_rounds
 from shardguard.protocols.frost import _party as frost_party
 from shardguard.protocols.frost import _precommit as frost_precommit
 
@@ -102,14 +102,14 @@ def _record_secrets(rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
         return k
 
     monkeypatch.setattr(Group, "random_scalar", recording_random_scalar)
-    stream = dkls_sign._HedgedStream.__call__
+    stream = dkls_rounds._HedgedStream.__call__
 
     def recording_stream(self: Any, n: int) -> bytes:
         out: bytes = stream(self, n)
         rec.add("DKLs23 session randomness", out)
         return out
 
-    monkeypatch.setattr(dkls_sign._HedgedStream, "__call__", recording_stream)
+    monkeypatch.setattr(dkls_rounds._HedgedStream, "__call__", recording_stream)
     sign_share = frost_party.sign_share
 
     def recording_sign_share(suite: Any, **kw: Any) -> int:
