@@ -29,12 +29,11 @@ on derivation); a signing with a path runs the three rounds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterable, Sequence
 
+from shardguard.crypto.ecdsa_combine import SEED_BYTES, rerandomizer
 from shardguard.crypto.group import Point, Rng
 from shardguard.crypto.secp256k1 import SECP256K1
-from shardguard.crypto.transcript import Transcript
 from shardguard.protocols.dkls23._messages import SignCommit, SignMultiply, SignOtStart
 from shardguard.protocols.dkls23._rounds import DklsRounds
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare
@@ -45,20 +44,11 @@ from shardguard.protocols.message import Message
 __all__ = ["SEED_BYTES", "DklsPresigner", "Presignature", "PresignedShare", "presigned_signature", "rerandomizer"]
 
 
-#: Bytes of the combiner's fresh seed in ``δ``.
-SEED_BYTES = 32
-
-
-def rerandomizer(presignature_id: bytes, public_key: Point, big_r: Point, digest: bytes, seed: bytes) -> int:
-    """``δ`` for one signing with one pre-signature: a hash of the pre-signature (its id and
-    ``R``), the key, the digest and the combiner's fresh seed, reduced mod q from 48 bytes
-    (bias ≤ 2^-128)."""
-    if type(seed) is not bytes or len(seed) != SEED_BYTES:
-        raise UsageError(f"the re-randomising seed must be exactly {SEED_BYTES} bytes")
-    t = Transcript(b"shardguard/dkls23/presign-rerandomize/v1").append(b"id", presignature_id)
-    t.append(b"PK", SECP256K1.encode(public_key)).append(b"R", SECP256K1.encode(big_r)).append(b"digest", digest)
-    t.append(b"seed", seed)
-    return int.from_bytes(hashlib.shake_256(t.digest()).digest(48), "big") % SECP256K1.order
+def _delta(presignature_id: bytes, public_key: Point, big_r: Point, digest: bytes, seed: bytes) -> int:
+    try:
+        return rerandomizer(presignature_id, public_key, big_r, digest, seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_digest(digest: bytes) -> None:
@@ -118,7 +108,7 @@ class Presignature:
         _check_digest(digest)
         phi, u, v = held
         q = SECP256K1.order
-        delta = rerandomizer(self.presignature_id, self.public_key, self.big_r, digest, seed)
+        delta = _delta(self.presignature_id, self.public_key, self.big_r, digest, seed)
         big_r = self.big_r + SECP256K1.base_mul(delta)
         if big_r.is_identity:  # δ = −k: probability 2^-256, and then no signature can be made
             raise UsageError("the re-randomised nonce is the identity")
@@ -141,7 +131,7 @@ def presigned_signature(
     share cannot be told from the others, spec P12). Public inputs only: the coordinator
     combines."""
     _check_digest(digest)
-    delta = rerandomizer(presignature_id, public_key, big_r, digest, seed)
+    delta = _delta(presignature_id, public_key, big_r, digest, seed)
     return assemble(public_key, big_r + SECP256K1.base_mul(delta), ((s.u, s.w) for s in shares), digest, "m")
 
 
