@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from shardguard.protocols.dealer import trusted_dealer_keygen
 from shardguard.protocols.dkg import Dkg
-from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, EcdsaSignature, OtSetup
+from shardguard.protocols.dkls23 import DklsPresigner, DklsSigner, EcdsaKeyShare, EcdsaSignature, OtSetup, Presignature
 from shardguard.protocols.frost import FrostSigner
 from shardguard.protocols.keys import KeyShare, PublicKeyPackage
 from shardguard.protocols.message import Message
@@ -25,6 +25,7 @@ from shardguard.protocols.suites import decode_secret, suite_by_scheme
 __all__ = [
     "decode_secret",
     "ecdsa_keygen",
+    "ecdsa_presign",
     "ecdsa_refresh",
     "ecdsa_setup",
     "ecdsa_sign",
@@ -139,6 +140,16 @@ def ecdsa_sign(
     if len(sigs) != 1:  # pragma: no cover - every honest signer combines the same signature
         raise RuntimeError("signers disagree on the signature")
     return sigs.pop()
+
+
+def ecdsa_presign(shares: Sequence[EcdsaKeyShare], *, rng: Rng = secrets.token_bytes) -> list[Presignature]:
+    """One DKLs23 pre-signature of the key (path ``m``) by exactly the given shares, one part
+    per share in their order: each part signs one digest (``Presignature.share``) and the
+    parts combine with ``presigned_signature``."""
+    signers = [s.identifier for s in shares]
+    instance = rng(32)
+    out = run({s.identifier: DklsPresigner(s, signers=signers, instance=instance, rng=rng) for s in shares})
+    return [out[s.identifier] for s in shares]
 
 
 def ecdsa_refresh(shares: Sequence[EcdsaKeyShare], *, rng: Rng = secrets.token_bytes) -> list[EcdsaKeyShare]:

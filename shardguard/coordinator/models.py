@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -121,6 +122,29 @@ class NodeChallenge(Base):
     challenger: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[dt.datetime]
+
+
+class Presignature(Base):
+    """A DKLs23 pre-signature the signers of one key made together (API.md §1.15): its id and
+    nonce point ``R`` (public; the secrets stay in the nodes' memory), handed to at most one
+    signing (deleted when claimed). ``generations``: each signer's process when it was made —
+    a restarted node holds none of its old ones."""
+
+    __tablename__ = "presignatures"
+
+    key_id: Mapped[str] = mapped_column(String(32), ForeignKey("keys.id"), primary_key=True)
+    id: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    #: The signers' node ids in party-index order, comma-joined (the claim's equality test).
+    signer_set: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(Integer)
+    generations: Mapped[dict[str, int]] = mapped_column(JSON)
+    big_r: Mapped[bytes] = mapped_column(LargeBinary(33))
+    created_at: Mapped[dt.datetime]
+
+    __table_args__ = (
+        Index("ix_presignatures_stock", "key_id", "signer_set", "epoch", "created_at"),
+        Index("ix_presignatures_created_at", "created_at"),  # the sweep
+    )
 
 
 class Commitment(Base):

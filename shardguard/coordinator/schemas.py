@@ -236,7 +236,7 @@ class JobError(_Out):
 class RequestOut(_Out):
     request_id: str
     #: ``bundle``: not a client request but the job that ran several (API.md §1.6, Bundles).
-    kind: Literal["dkg", "sign", "refresh", "repair", "bundle", "witness"]
+    kind: Literal["dkg", "sign", "presign", "refresh", "repair", "bundle", "witness"]
     key_id: str
     status: Literal["queued", "running", "done", "failed"]
     params: dict[str, Any]

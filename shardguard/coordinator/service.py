@@ -52,6 +52,7 @@ from shardguard.channel.challenge import (
 )
 from shardguard.channel.identity import CardError, PeerCard
 from shardguard.coordinator import attached, precommit, wire
+from shardguard.coordinator import presigned as presigned_mod
 from shardguard.coordinator.attest import summarize
 from shardguard.coordinator.db import Database
 from shardguard.coordinator.errors import ApiError
@@ -66,12 +67,21 @@ from shardguard.coordinator.models import (
     Node,
     NodeChallenge,
     NodeNonce,
+    Presignature,
     Task,
 )
 from shardguard.coordinator.precommit import PRECOMMITTED, precommitted
+from shardguard.coordinator.presigned import PRESIGNATURE, presigned
 from shardguard.coordinator.rawsql import RawConnection
 from shardguard.coordinator.settings import Settings
-from shardguard.coordinator.signatures import assemble_frost, frost_share_culprits, share_shape_problem, signature_problem
+from shardguard.coordinator.signatures import (
+    assemble_frost,
+    assemble_presigned,
+    frost_share_culprits,
+    presigned_share_problem,
+    share_shape_problem,
+    signature_problem,
+)
 from shardguard.crypto.suites import suite_by_scheme
 
 __all__ = [
@@ -89,7 +99,7 @@ __all__ = [
 SCHEMES = ("ecdsa", "ed25519", "secp256k1", "bip340")
 FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
 SCOPES = ("keys:write", "sign:write", "read", "nodes:register", "admin")
-JOB_KINDS = ("dkg", "sign", "refresh", "repair", "witness")
+JOB_KINDS = ("dkg", "sign", "presign", "refresh", "repair", "witness")
 #: Kinds that change the shares: they run alone on their key.
 EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
 #: Most requests in one bundle (the nodes' FrostBatchSigner takes 64), and most requests ×
@@ -875,6 +885,11 @@ class Coordinator:
                 }  # fmt: skip
                 if key.scheme in FROST_SCHEMES:
                     self._precommit(conn, key.scheme, participants, params, 1, now)
+                elif self._presigns(key.scheme, path):
+                    ref = presigned_mod.claim(conn, key_id, key.epoch, chosen, now, self.settings.presign_ttl)
+                    if ref is not None:
+                        params[PRESIGNATURE] = ref
+                    self.metrics.signs_started.labels("presigned" if ref is not None else "three_round").inc()
             conn.insert(_INSERT_JOB, job)
             handed: dict[str, list[dict[str, Any]]] = {}
             if run_now:
@@ -896,7 +911,58 @@ class Coordinator:
         self.metrics.jobs_submitted.labels("sign").inc()
         if run_now:
             self._announce(chosen, handed)
+        if self._presigns(key.scheme, path):
+            # While the signers work: pre-sign for the next request of these signers.
+            self._replenish(key_id, chosen)
         return Submitted(request_id=job_id)
+
+    def _presigns(self, scheme: str, path: str | None) -> bool:
+        """Whether an ECDSA signing of the key itself uses (and restocks) pre-signatures."""
+        return scheme == "ecdsa" and (path is None or path == "m") and self.settings.presign_stock > 0
+
+    def _replenish(self, key_id: str, node_ids: Sequence[str]) -> int:
+        """Start ``presign`` jobs for ``key_id`` and these signers (party-index order) until
+        the stock and the jobs in flight make ``presign_stock``, at most ``presign_inflight``
+        in flight (API.md §1.15). None while a refresh or repair of the key is queued or
+        running (the shares are about to change; it drops the stock when done). Returns how
+        many it started."""
+        now = utc_now()
+        started: list[str] = []
+        with self.db.raw.write() as conn:
+            key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
+            if key is None or key.status != "active" or key.scheme != "ecdsa":
+                return 0
+            if conn.execute(_KEY_CHANGING, {"key": key_id}).first() is not None:
+                return 0
+            ids = list(node_ids)
+            in_flight = sum(1 for r in conn.execute(_PRESIGNS_IN_FLIGHT, {"key": key_id}) if r.params.get("signers") == ids)
+            have = presigned_mod.stock(conn, key_id, key.epoch, ids, now, self.settings.presign_ttl)
+            want = min(self.settings.presign_stock - have - in_flight, self.settings.presign_inflight - in_flight)
+            if want <= 0:
+                return 0
+            index = {nid: i + 1 for i, nid in enumerate(key.node_ids)}
+            participants = [{"node_id": nid, "index": index[nid]} for nid in ids]
+            until = now + dt.timedelta(seconds=self.settings.job_timeout)
+            for _ in range(want):
+                job_id = new_id("pre")
+                conn.insert(_INSERT_JOB, {
+                    "id": job_id, "kind": "presign", "key_id": key_id, "params": {"signers": ids}, "status": "running",
+                    "result": None, "error": None, "participants": participants, "attempts": 1, "next_msg_seq": 1,
+                    "mailbox_bytes": 0, "requested_by": None, "created_at": now, "updated_at": now,
+                    "instance": secrets.token_bytes(32).hex(), "epoch": key.epoch, "lease_owner": self.settings.replica_id,
+                    "lease_until": until, "started_at": now,
+                })  # fmt: skip
+                conn.insert(_INSERT_TASK, [
+                    {"id": new_id("task"), "job_id": job_id, "node_id": p["node_id"], "party_index": p["index"],
+                     "status": "queued", "created_at": now}
+                    for p in participants
+                ])  # fmt: skip
+                started.append(job_id)
+            handed = self._hand_over(conn, ids, now)
+        for _ in started:
+            self.metrics.jobs_submitted.labels("presign").inc()
+        self._announce(ids, handed)
+        return len(started)
 
     def _default_signers(self, s: Session | RawConnection, key: Any, now: dt.datetime) -> list[str]:
         """t of the key's nodes: not proved stale in their current process first, then those
@@ -1101,7 +1167,8 @@ class Coordinator:
 
     def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         with self.db.read() as s:
-            q = select(Job).where(Job.kind != "bundle").order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+            q = select(Job).where(Job.kind.notin_(("bundle", "presign")))  # no client asked for these
+            q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
             if key_id is not None:
                 q = q.where(Job.key_id == key_id)
             if status is not None:
@@ -1155,6 +1222,9 @@ class Coordinator:
         if job.kind != "dkg" and key.status != "active":
             self._fail_job(s, job, reason="key_not_active", culprits=[], party=None, detail=f"key is {key.status}")
             return False
+        if job.kind in ("refresh", "repair"):
+            # Its nodes drop theirs as it starts (node/presignatures.py), whatever its end.
+            s.execute(delete(Presignature).where(Presignature.key_id == key.id))
         job.status = "running"
         job.instance = secrets.token_bytes(32).hex()
         job.epoch = key.epoch
@@ -1677,7 +1747,7 @@ class Coordinator:
                     )
             else:
                 self._check_result(job, key, reported)
-                signing = job.kind in ("sign", "bundle") and not precommitted(job.params)  # shares: checked summed
+                signing = job.kind in ("sign", "bundle") and not _one_step(job.params)  # shares: checked summed
                 problem = self._signing_problem(job, key, reported) if signing else None
                 if problem is not None:
                     # An honest signer verifies the signature before it reports it (FROST and
@@ -1702,6 +1772,8 @@ class Coordinator:
             self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
             if waiting:
                 self._next_jobs(job.key_id)  # jobs of this key that waited for it may start now
+            if out["job_status"] == "done" and job.kind == "presign":
+                self._replenish(job.key_id, job.params["signers"])  # until the stock is full
         return out
 
     def _signed(self, task_id: str, node_id: str, result: dict[str, Any], identity: bytes | None) -> dict[str, Any] | None:
@@ -1730,7 +1802,7 @@ class Coordinator:
                 # result equal to one already done was verified when that one came in.
                 others = [t for t in conn.execute(_JOB_RESULTS, {"job": job.id}) if t.id != task_id]
                 mine = canonical_json(result)
-                shares = precommitted(job.params)  # each signer reports its own shares (API.md §1.13)
+                shares = _one_step(job.params)  # each signer reports its own shares (API.md §1.13, §1.15)
                 verified = shares or any(t.status == "done" and canonical_json(t.result) == mine for t in others)
                 if not verified and self._signing_problem(job, job, result):
                     raise _GeneralPath  # invalid_signature: failed by the general path
@@ -1739,7 +1811,7 @@ class Coordinator:
                 if all(t.status == "done" for t in others):
                     if shares:
                         reports = {t.node_id: t.result for t in others} | {node_id: result}
-                        final, _, _, _ = self._precommitted_end(job, job, reports)
+                        final, _, _, _ = self._one_step_end(job, job, reports)
                         if final is None:
                             raise _GeneralPath  # failed, with its reason, by the general path
                         result = final
@@ -1778,6 +1850,11 @@ class Coordinator:
 
     @staticmethod
     def _check_result(job: Any, key: Key | None, result: dict[str, Any]) -> None:
+        if (job.kind == "sign" and presigned(job.params)) or job.kind == "presign":
+            wrong = presigned_share_problem(result) if job.kind == "sign" else presigned_mod.result_problem(result, job.epoch)
+            if wrong is not None:
+                raise ApiError(422, "validation_error", wrong[1], field=wrong[0])
+            return
         if job.kind in ("sign", "bundle") and precommitted(job.params):
             # One signer's shares, one per message (API.md §1.13): checked whole here, summed
             # once every signer's is in (_precommitted_end).
@@ -1821,6 +1898,24 @@ class Coordinator:
                 return f"request {i} ({item['request_id']}): {problem}"
         return None
 
+    @classmethod
+    def _one_step_end(
+        cls, job: Any, key: Any, results: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[dict[str, Any] | None, str, str, list[str]]:
+        """A one-step signing's end once every signer reported: pre-signed ECDSA, or FROST
+        with commitments made ahead (:meth:`_precommitted_end`)."""
+        if not presigned(job.params):
+            return cls._precommitted_end(job, key, results)
+        ordered = [results[p["node_id"]]["share"] for p in job.participants]
+        final = assemble_presigned(key.public_key, job.params[PRESIGNATURE], bytes.fromhex(job.params["digest_hex"]), ordered)
+        if final is None:
+            detail = "the signers' shares make no valid signature (a wrong share cannot be told apart: DKLs23 spec P12)"
+            return None, "invalid_signature", detail, []
+        problem = signature_problem(key.scheme, key.public_key, key.public_package, job.params, final)
+        if problem is not None:  # pragma: no cover - assemble_presigned verified it under this key and digest
+            return None, "invalid_signature", problem, []
+        return final, "", "", []
+
     @staticmethod
     def _precommitted_end(
         job: Any, key: Any, results: Mapping[str, Mapping[str, Any]]
@@ -1854,8 +1949,8 @@ class Coordinator:
         return (public | {"signatures": signatures} if bundle else public | {"signature": signatures[0]}), "", "", []
 
     def _complete_job(self, s: Session, job: Job, key: Key, tasks: Sequence[Task]) -> None:
-        if job.kind in ("sign", "bundle") and precommitted(job.params):
-            final, reason, detail, culprits = self._precommitted_end(job, key, {t.node_id: t.result or {} for t in tasks})
+        if job.kind in ("sign", "bundle") and _one_step(job.params):
+            final, reason, detail, culprits = self._one_step_end(job, key, {t.node_id: t.result or {} for t in tasks})
             if final is None:
                 self._fail_job(s, job, reason=reason, culprits=culprits, party=None, detail=detail)
                 return
@@ -1907,14 +2002,26 @@ class Coordinator:
             # The holders' new verifying shares (what names the signer of a wrong share, §1.13).
             key.public_package = result
             key.updated_at = now
+        elif job.kind == "presign":
+            if job.epoch != key.epoch:  # a refresh ended meanwhile: made with shares now replaced
+                self._fail_job(s, job, reason="key_changed", culprits=[], party=None, detail=f"the key is at epoch {key.epoch}")
+                return
+            ids = [p["node_id"] for p in job.participants]
+            s.add(
+                Presignature(
+                    key_id=key.id, id=bytes.fromhex(result["presignature"]), signer_set=presigned_mod.signer_set(ids),
+                    epoch=key.epoch, big_r=bytes.fromhex(result["R"]), created_at=now,
+                    generations={n.id: n.generation for n in s.scalars(select(Node).where(Node.id.in_(ids)))},
+                )
+            )  # fmt: skip
         job.status = "done"
         job.result = result
         job.finished_at = now
         job.updated_at = now
         self._record_end(job, "done", "")
         if job.kind == "bundle":
-            ids = (item["request_id"] for item in job.params["bundle"])
-            results = dict(zip(ids, _request_results(result), strict=True))
+            members = (item["request_id"] for item in job.params["bundle"])
+            results = dict(zip(members, _request_results(result), strict=True))
             for member in s.scalars(select(Job).where(Job.bundle_id == job.id).with_for_update()):
                 if member.status == "running" and member.id in results:
                     member.status = "done"
@@ -2374,6 +2481,8 @@ class Coordinator:
             s.execute(delete(NodeChallenge).where(NodeChallenge.created_at < too_old))
             stale = now - dt.timedelta(seconds=self.settings.commitment_ttl)
             s.execute(delete(Commitment).where(Commitment.created_at < stale))
+            stale = now - dt.timedelta(seconds=self.settings.presign_ttl)
+            s.execute(delete(Presignature).where(Presignature.created_at < stale))
             old = select(Job.id).where(
                 Job.status.in_(("done", "failed")),
                 Job.finished_at < now - dt.timedelta(seconds=self.settings.mailbox_retention),
@@ -2500,6 +2609,9 @@ _KEY_FOR_SIGN = (
     .where(Key.id == bindparam("key"))
     .with_for_update(read=True)
 )
+_PRESIGNS_IN_FLIGHT = select(Job.params).where(
+    Job.key_id == bindparam("key"), Job.kind == "presign", Job.status.in_(("queued", "running"))
+)
 _KEY_CHANGING = (
     select(Job.id)
     .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
@@ -2604,6 +2716,12 @@ _AUDIT_EXISTING = select(AuditEntry.seq, AuditEntry.entry, AuditEntry.entry_hash
 )
 _INSERT_AUDIT = insert(AuditEntry)
 _MESSAGE_FIELD_RE = re.compile(r"^messages\[(\d+)\](.*)$")
+
+
+def _one_step(params: Mapping[str, Any] | None) -> bool:
+    """Whether a sign job's signers each report their shares and the coordinator combines
+    them: FROST with commitments made ahead (API.md §1.13), ECDSA with a pre-signature (§1.15)."""
+    return precommitted(params) or presigned(params)
 
 
 def _short_hex(value: Any) -> bool:

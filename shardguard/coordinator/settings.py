@@ -68,6 +68,17 @@ class Settings:
     #: Most unused commitments kept per node and scheme (a node publishing more is refused).
     max_commitments: int = 1024
 
+    #: ECDSA pre-signatures kept in stock per key and signer set (API.md §1.15): an ECDSA
+    #: request for the key itself (no path) whose signers have one signs in one step, and each
+    #: use (or a three-round signing that found none) starts ``presign`` jobs until the stock is
+    #: back. 0 turns pre-signing off: every ECDSA signing runs the three rounds.
+    presign_stock: int = 8
+    #: Most ``presign`` jobs of one key and signer set running at once.
+    presign_inflight: int = 2
+    #: Seconds a pre-signature may be handed to a signing; older ones are swept (the nodes keep
+    #: theirs about ten minutes longer, node/presignatures.py).
+    presign_ttl: float = 3600.0
+
     #: Seconds a dispatched job may run before it fails with reason ``timeout``.
     job_timeout: float = 120.0
     #: Seconds a job may wait in the queue (behind another job of its key) before it fails.

@@ -18,13 +18,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shardguard.crypto.bip32 import derive_public, parse_path
+from shardguard.crypto.ecdsa_combine import combine, rerandomizer
 from shardguard.crypto.errors import CryptoError
 from shardguard.crypto.frost import CheaterDetection, prepare
 from shardguard.crypto.group import Point
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.crypto.suites import BIP340, suite_by_scheme
 
-__all__ = ["assemble_frost", "frost_share_culprits", "share_shape_problem", "signature_problem"]
+__all__ = [
+    "assemble_frost",
+    "assemble_presigned",
+    "frost_share_culprits",
+    "presigned_share_problem",
+    "share_shape_problem",
+    "signature_problem",
+]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -103,6 +111,44 @@ def share_shape_problem(scheme: str, share: object) -> str | None:
     if z is None or len(z) != g.scalar_size or share["z"] != z.hex():
         return f"z must be {g.scalar_size} bytes of lower-case hex"
     return None
+
+
+def presigned_share_problem(result: Mapping[str, Any]) -> tuple[str, str] | None:
+    """None if ``result`` is one signer's answer in a pre-signed ECDSA signing (API.md §1.15):
+    ``{"share": {"u": hex, "w": hex}}``, two canonical secp256k1 scalars; otherwise (field,
+    problem)."""
+    share = result.get("share")
+    if set(result) != {"share"} or not isinstance(share, dict) or set(share) != {"u", "w"}:
+        return "result.share", 'a pre-signed signing reports {"share": {"u": hex, "w": hex}}, and nothing else'
+    for name in ("u", "w"):
+        raw = _hex(share[name])
+        if raw is None or len(raw) != 32 or share[name] != raw.hex() or int.from_bytes(raw, "big") >= SECP256K1.order:
+            return f"result.share.{name}", "must be a secp256k1 scalar: 32 bytes of lower-case hex, below the group order"
+    return None
+
+
+def assemble_presigned(
+    public_key_hex: str, presignature: Mapping[str, str], digest: bytes, shares: Sequence[Mapping[str, str]]
+) -> dict[str, Any] | None:
+    """The signature of a pre-signed ECDSA signing (DKLs23 spec §4.1): the job's pre-signature
+    (``{"id", "R", "seed"}``) re-randomised as every signer did (``R' = R + δ·G``), and the
+    signers' ``(u, w)`` (shapes checked by :func:`presigned_share_problem`) combined and
+    verified; the result in the shape a three-round signing reports. None if they make no valid
+    signature: a wrong share cannot be told from the others (spec P12)."""
+    try:
+        key = _public_point("ecdsa", bytes.fromhex(public_key_hex))
+        big_r = SECP256K1.decode(bytes.fromhex(presignature["R"]), field="R")
+        delta = rerandomizer(bytes.fromhex(presignature["id"]), key, big_r, digest, bytes.fromhex(presignature["seed"]))
+    except (CryptoError, KeyError, ValueError):
+        return None
+    made = combine(key, big_r + SECP256K1.base_mul(delta), ((int(s["u"], 16), int(s["w"], 16)) for s in shares), digest)
+    if made is None:
+        return None
+    r, s, recovery_id = made
+    return {
+        "scheme": "ecdsa", "public_key": public_key_hex, "path": "m", "digest": digest.hex(),
+        "signature": (r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex(), "recovery_id": recovery_id,
+    }  # fmt: skip
 
 
 def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tuple[str | None, str, str, list[str]]:

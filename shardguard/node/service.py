@@ -68,8 +68,10 @@ from shardguard.node.engine import EngineError, EngineTimeout, Inbox, Notes, dri
 from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
+from shardguard.node.presignatures import PresignaturePool
 from shardguard.node.tasks import Task, TaskError, precommitted_items, run_task, share_scheme
 from shardguard.protocols.dkls23 import EcdsaKeyShare
+from shardguard.protocols.dkls23.bans import REGISTRY
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
 from shardguard.protocols.frost import NonceError
 from shardguard.protocols.keys import PublicKeyPackage
@@ -84,7 +86,10 @@ log = logging.getLogger("shardguard.node")
 _ANSWER_BURST = 5
 #: The coordinator's job kinds, as tasks.py names them; a bundle is several signings in one
 #: session (API.md §1.6, "Bundles").
-_KINDS = {"dkg": "keygen", "sign": "sign", "bundle": "sign", "refresh": "refresh", "repair": "repair", "witness": "witness"}
+_KINDS = {
+    "dkg": "keygen", "sign": "sign", "bundle": "sign", "presign": "presign", "refresh": "refresh", "repair": "repair",
+    "witness": "witness",
+}  # fmt: skip
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -213,6 +218,8 @@ class NodeService:
         self._audit_due = threading.Event()
         # FROST nonce pairs committed ahead, published once peers confirmed our state (nonces.py).
         self.nonces = NonceStock(self._publish_commitments, node_id=node_id, sign=self.keys.sign, ready=lambda: self._fresh)
+        # DKLs23 pre-signatures made with co-signers, each for one digest, in memory only.
+        self.presignatures = PresignaturePool()
         self._reattest = reattest_seconds
         self._registered_at = 0.0
 
@@ -409,6 +416,9 @@ class NodeService:
         signing that ran has its entry already (``signing``, written before its shares left)."""
         if status == "done" and raw.get("kind") in ("sign", "bundle"):
             return
+        if status == "done" and raw.get("kind") == "presign":
+            # Nothing is signed or changed; the signing that uses it names it in its entry.
+            return
         fields = self._audit_fields(raw)
         event = {"dkg": "key_generated", "refresh": "refresh_staged", "repair": "repair"}.get(
             str(raw.get("kind")), "task"
@@ -515,17 +525,23 @@ class NodeService:
         elif kind == "sign":
             # One payload, and only what the audit entry names (review finding: a decoy
             # digest_hex beside the message a FROST key signs was what the entry hashed).
-            unknown = set(params) - {"signers", "digest_hex", "message_hex", "path", "commitments"}
+            unknown = set(params) - {"signers", "digest_hex", "message_hex", "path", "commitments", "presignature"}
             if unknown or ("digest_hex" in params) == ("message_hex" in params):
                 raise TaskError("a signing names exactly one of digest_hex and message_hex, and nothing else", "params")
             if "commitments" in params and "message_hex" not in params:
                 raise TaskError("commitments made ahead are for FROST signing", "commitments")
+            if "presignature" in params and ("digest_hex" not in params or params.get("path", "m") != "m"):
+                raise TaskError("a pre-signature signs an ecdsa digest with the key itself (no path)", "presignature")
             task_params["signers"] = sorted(participants)
             if "digest_hex" in params:
                 task_params["digest"] = params["digest_hex"]
             if "message_hex" in params:
                 task_params["message"] = params["message_hex"]
             task_params["path"] = params.get("path") or "m"
+        elif kind == "presign":
+            if set(params) != {"signers"} or raw["scheme"] != "ecdsa":
+                raise TaskError("a pre-signing is for an ecdsa key and names its signers only", "params")
+            task_params = {"signers": sorted(participants)}
         elif kind == "witness" and (set(params) != {"for"} or params["for"] not in participants.values()):
             raise TaskError("a witness job names the participant it is for, and nothing else", "params")
         task = Task(
@@ -557,15 +573,19 @@ class NodeService:
                 self._resolve_pending(task.key_id, raw.get("epoch"))
             if kind == "refresh":
                 self._revoke_confirmation(task.key_id)
+            if kind in ("refresh", "repair"):
+                self.presignatures.drop(task.key_id)  # made with the shares about to change
         if kind == "sign" and task.scheme in SCHEMES:  # FROST
             self.nonces.enable(task.scheme)  # signs with it: keep nonces committed ahead from now on
             if "commitments" in params:
                 return self._sign_precommitted(raw, task, params, peers, deadline)
+        if kind == "sign" and "presignature" in params:
+            return self._sign_presigned(raw, task, params, deadline)
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
         later, early = self._witness(task, peers, inbox, deadline)
-        if kind == "sign":
+        if kind in ("sign", "presign"):
             self._await_confirmed(task.key_id, deadline)
         release = None
         writing: list[Future[None]] = []
@@ -589,7 +609,7 @@ class NodeService:
         try:
             result = run_task(
                 task, store=self.shares, me=self.keys, card=self.card, peers=peers, relay=self.relay, deadline=deadline,
-                inbox=inbox, release=release, idle=early,
+                inbox=inbox, release=release, idle=early, keep=functools.partial(self.presignatures.add, task.key_id),
             )  # fmt: skip
         finally:
             if writing and not writing[0].cancel() and not writing[0].done():
@@ -666,6 +686,58 @@ class NodeService:
             raise EngineTimeout(task.job, 1) from None
         g = share.public.suite.group
         return {"shares": [{"r": s.group_commitment.hex(), "z": g.scalar_encode(s.share).hex()} for s in shares]}
+
+    # -- ECDSA in one step, with a pre-signature -------------------------------------------------
+    def _sign_presigned(self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+        """A DKLs23 signing in one step (docs/NODE.md, "ECDSA in one step"; API.md §1.14): the
+        task names one of our pre-signatures, made with these signers at this epoch, and the
+        coordinator's fresh seed; our ``(u, w)`` goes to the coordinator, which combines them.
+        No peer round and no witness notes: the ``presign`` task that made it, in this process
+        (they live in memory only), exchanged them and waited for the key's quorum to confirm
+        our state, as a three-round signing does; a peer proving it old since stops every task
+        (``_stale``, checked first in :meth:`_run`).
+
+        The pre-signature leaves the pool first, for good (spec P9); any check that fails after
+        that wastes it and releases nothing. The ``signing`` entry is written while the share
+        is computed, and the share leaves only once the entry is durable."""
+        self._await_confirmed(task.key_id, deadline)
+        ref = params["presignature"]
+        if not isinstance(ref, dict) or set(ref) != {"id", "R", "seed"} or not all(isinstance(v, str) for v in ref.values()):
+            raise TaskError('must be {"id", "R", "seed"}, each hex', "presignature")
+        try:
+            pid, big_r, seed = bytes.fromhex(ref["id"]), bytes.fromhex(ref["R"]), bytes.fromhex(ref["seed"])
+            digest = bytes.fromhex(str(params["digest_hex"]))
+        except ValueError:
+            raise TaskError("must be hex", "presignature") from None
+        if len(pid) != 32 or len(seed) != 32 or len(digest) != 32:
+            raise TaskError("the id, the seed and the digest are 32 bytes each", "presignature")
+        share = self.shares.load(task.key_id)
+        if not isinstance(share, EcdsaKeyShare) or task.scheme != "ecdsa":
+            raise TaskError("pre-signatures are for ecdsa (DKLs23) keys", "scheme")
+        presig = self.presignatures.take(task.key_id, pid)
+        signers = sorted(task.participants)
+        if presig.epoch != share.public.epoch or raw.get("epoch") != share.public.epoch or presig.setup_id != share.setup_id:
+            raise TaskError(f"the pre-signature is of epoch {presig.epoch}; our share is of epoch {share.public.epoch}", "epoch")
+        if list(presig.signers) != signers:
+            raise TaskError("the pre-signature was made with other signers", "participants")
+        if share.public.suite.group.encode(presig.big_r) != big_r:
+            raise TaskError("the pre-signature's nonce point is not the one named", "presignature.R")
+        banned = (share.banned | REGISTRY.banned(share.setup_id, task.me)) & set(signers)
+        if banned:
+            raise TaskError(f"parties {sorted(banned)} are banned by this share after a failed check", "participants")
+        fields = self._audit_fields(raw) | {"presignature": pid.hex()}
+        writing = self._writes.submit(self._audit_journaled, "signing", **fields)
+        try:
+            made = presig.share(digest, seed)
+        except BaseException:
+            futures_wait([writing], timeout=max(deadline - time.monotonic(), _WRITE_GRACE))
+            raise
+        try:
+            writing.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise EngineTimeout(task.job, 1) from None
+        g = share.public.suite.group
+        return {"share": {"u": g.scalar_encode(made.u).hex(), "w": g.scalar_encode(made.w).hex()}}
 
     def _publish_commitments(self, scheme: str, commitments: list[dict[str, str]]) -> Any:
         return self.link.request(

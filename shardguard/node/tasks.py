@@ -1,7 +1,7 @@
 """What a node does for each kind of task: build the protocol parties, drive them, keep the
 results (ARCHITECTURE §7).
 
-A task names the job, its kind (``keygen``, ``sign``, ``refresh``), the scheme, the
+A task names the job, its kind (``keygen``, ``sign``, ``presign``, ``refresh``), the scheme, the
 participants as ``protocol index -> node id``, our own index, a coordinator-chosen 32-byte
 ``instance`` and the parameters (for signing: the digest or message, path, signer indices).
 The coordinator is untrusted: every value is validated here, and the protocols bind all of
@@ -21,7 +21,7 @@ from shardguard.channel import AdmittedPeer, NodeKeys, PeerCard
 from shardguard.crypto.errors import CryptoError
 from shardguard.node.engine import Inbox, Relay, drive
 from shardguard.protocols.dkg import Dkg
-from shardguard.protocols.dkls23 import DklsSigner, EcdsaKeyShare, OtSetup, parse_path
+from shardguard.protocols.dkls23 import DklsPresigner, DklsSigner, EcdsaKeyShare, OtSetup, Presignature, parse_path
 from shardguard.protocols.errors import ProtocolAbort, UsageError
 from shardguard.protocols.frost import COMMITMENT_ID_BYTES, FrostBatchSigner, FrostSigner, PrecommittedItem, signer_ids
 from shardguard.protocols.keys import KeyShare
@@ -30,7 +30,7 @@ from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
 __all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task", "share_scheme"]
 
-KINDS = ("keygen", "sign", "refresh", "repair", "witness")
+KINDS = ("keygen", "sign", "presign", "refresh", "repair", "witness")
 _COMMITMENT_FIELDS = frozenset({"index", "id", "hiding", "binding", "signature"})
 Share = KeyShare | EcdsaKeyShare
 Rng = Callable[[int], bytes]
@@ -104,6 +104,7 @@ def run_task(
     inbox: Inbox | None = None,
     release: tuple[Callable[[], None], Callable[[], None]] | None = None,
     idle: Callable[[], bool] | None = None,
+    keep: Callable[[Presignature], None] | None = None,
 ) -> dict[str, Any]:
     """Run one task; return its public result (what the coordinator may see).
 
@@ -114,7 +115,8 @@ def run_task(
     ``release`` (signing only) is ``(at_start, gate)`` for :func:`~shardguard.node.engine.drive`:
     the first is called just before the first round is posted, the second before anything later is, and
     nothing that helps make a signature leaves the node until it has returned. ``idle``: see
-    :func:`~shardguard.node.engine.drive`.
+    :func:`~shardguard.node.engine.drive`. ``keep`` (``presign`` only) takes the pre-signature
+    made: it never leaves the node, the result names it.
     """
     inbox = inbox if inbox is not None else Inbox()
 
@@ -127,6 +129,10 @@ def run_task(
         return _keygen(task, store, go, rng)
     if task.kind == "sign":
         return _sign(task, store, go, rng, release)
+    if task.kind == "presign":
+        if keep is None:
+            raise TaskError("this node keeps no pre-signatures", "kind")
+        return _presign(task, store, go, rng, keep)
     if task.kind == "refresh":
         return _refresh(task, store, go, rng)
     raise TaskError(f"{task.kind} runs in the node service (no protocol party of its own)", "kind")
@@ -156,9 +162,7 @@ def _sign(
     share = store.load(task.key_id)
     if share_scheme(share) != task.scheme:  # what the audit entry names is what is signed with
         raise TaskError(f"the key is {share_scheme(share)}, the task says {task.scheme}", "scheme")
-    signers = task.params.get("signers")
-    if not isinstance(signers, list) or not all(type(i) is int for i in signers):
-        raise TaskError("signers must be a list of party indices", "signers")
+    signers = _signer_indices(task)
     if isinstance(share, EcdsaKeyShare):
         if "messages" in task.params:
             raise TaskError("ecdsa keys sign one digest per task, never a bundle", "messages")
@@ -168,12 +172,7 @@ def _sign(
         except ValueError as e:
             raise TaskError(str(e), "digest/path") from None
         party = DklsSigner(share, signers=signers, digest=digest, instance=task.instance, rng=rng, path=path)
-        try:
-            sig = go(party, release)
-        except ProtocolAbort as e:
-            if e.reason.bans and e.culprits:
-                store.add_bans(task.key_id, share.setup_id, e.culprits)  # persist before reporting (spec P3)
-            raise
+        sig = _banning(task, store, share, go, party, release)
         return dict(sig.to_dict())
     if str(task.params.get("path", "m")) != "m":
         # FROST signs with the key itself; signing for a child key would need the tweak applied.
@@ -198,6 +197,43 @@ def _sign(
         raise TaskError("message must be hex", "message") from None
     signature: bytes = go(FrostSigner(share, signers=signers, message=message, instance=task.instance, rng=rng), release)
     return {"scheme": share.suite.scheme, "public_key": share.public.public_key_bytes.hex(), "signature": signature.hex()}
+
+
+def _signer_indices(task: Task) -> list[int]:
+    signers = task.params.get("signers")
+    if not isinstance(signers, list) or not all(type(i) is int for i in signers):
+        raise TaskError("signers must be a list of party indices", "signers")
+    return signers
+
+
+def _banning(task: Task, store: ShareStore, share: EcdsaKeyShare, go: Callable[..., Any], party: Any, release: Any = None) -> Any:
+    """Drive a DKLs23 party; a failed pairwise check's ban is persisted before the abort is
+    reported (spec P3)."""
+    try:
+        return go(party, release)
+    except ProtocolAbort as e:
+        if e.reason.bans and e.culprits:
+            store.add_bans(task.key_id, share.setup_id, e.culprits)
+        raise
+
+
+def _presign(
+    task: Task, store: ShareStore, go: Callable[..., Any], rng: Rng, keep: Callable[[Presignature], None]
+) -> dict[str, Any]:
+    """DKLs23 rounds 1–3 with the job's signers (spec §4.1): the pre-signature stays here
+    (``keep``); the result names it — its id and nonce point, the same at every signer — and
+    the epoch of the share it was made with."""
+    share = store.load(task.key_id)
+    if not isinstance(share, EcdsaKeyShare) or task.scheme != "ecdsa":
+        raise TaskError("pre-signatures are for ecdsa (DKLs23) keys", "scheme")
+    party = DklsPresigner(share, signers=_signer_indices(task), instance=task.instance, rng=rng)
+    made: Presignature = _banning(task, store, share, go, party)
+    keep(made)
+    return {
+        "presignature": made.presignature_id.hex(),
+        "R": share.public.suite.group.encode(made.big_r).hex(),
+        "epoch": made.epoch,
+    }
 
 
 def _refresh(task: Task, store: ShareStore, go: Callable[[Any], Any], rng: Rng) -> dict[str, Any]:

@@ -80,11 +80,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def make_client(db_url: str) -> Iterator[Callable[..., TestClient]]:
     """``make_client(**settings)`` → a TestClient (lifespan entered) on this test's database.
-    The sweeper is off unless asked for: tests call ``coord(client).sweep()`` themselves."""
+    The sweeper is off unless asked for: tests call ``coord(client).sweep()`` themselves. So is
+    pre-signing (``presign_stock``): its jobs would come between the tasks the tests play by
+    hand; test_presigned.py turns it on."""
     made: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
-        kw: dict[str, Any] = {"db_url": db_url, "bootstrap_token": BOOT, "sweep_interval": 0, "poll_interval": 0.05}
+        kw: dict[str, Any] = {
+            "db_url": db_url, "bootstrap_token": BOOT, "sweep_interval": 0, "poll_interval": 0.05, "presign_stock": 0,
+        }  # fmt: skip
         kw.update(overrides)
         client = TestClient(create_app(Settings(**kw)), raise_server_exceptions=False)
         client.__enter__()

@@ -1,0 +1,280 @@
+"""ECDSA signing with pre-signatures (API.md §1.15; coordinator/presigned.py): an ECDSA signing
+of the key itself restocks its signers' pre-signatures with ``presign`` jobs; the next one
+claims one (at most once), the signers answer in one step and the coordinator combines and
+verifies. Fake nodes holding real DKLs23 shares (``local``) play the tasks by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from shardguard import local
+from shardguard.coordinator.models import Presignature
+from shardguard.crypto.secp256k1 import SECP256K1
+from shardguard.protocols.dkls23 import EcdsaKeyShare, EcdsaSignature
+from shardguard.protocols.dkls23 import Presignature as NodePresignature
+from tests.conftest import check_ecdsa_independently
+
+from .conftest import ADMIN, FakeNode, coord
+
+DIGEST = bytes(range(32))
+
+
+@functools.cache
+def _shares() -> tuple[EcdsaKeyShare, ...]:
+    return tuple(local.ecdsa_keygen(2, 3))
+
+
+class Cluster:
+    """Three fake nodes with real shares of one 2-of-3 ECDSA key, and the parts of the
+    pre-signatures they made together (by presignature id), as their memory would hold them."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.nodes = [FakeNode(client, f"node-{c}") for c in "abc"]
+        for n in self.nodes:
+            assert n.register().status_code == 200
+        self.index = {n.node_id: i + 1 for i, n in enumerate(self.nodes)}
+        self.made: dict[str, dict[str, NodePresignature]] = {}
+        r = client.post("/v1/keys", json={"scheme": "ecdsa", "threshold": 2, "nodes": [n.node_id for n in self.nodes]},
+                        headers=ADMIN)  # fmt: skip
+        assert r.status_code == 202, r.text
+        self.key_id = str(r.json()["key_id"])
+        share = _shares()[0]
+        result = {"public_key": share.public.public_key_bytes.hex(), "chain_code": share.chain_code.hex()}
+        for n in self.nodes:
+            task = n.next_task()
+            assert task is not None and task["kind"] == "dkg"
+            assert n.report(task["task_id"], result=result).status_code == 200
+        self.public_key = result["public_key"]
+
+    def node(self, node_id: str) -> FakeNode:
+        return self.nodes[self.index[node_id] - 1]
+
+    def sign(self, digest: bytes = DIGEST, **body: Any) -> str:
+        r = self.client.post(f"/v1/keys/{self.key_id}/sign", json={"digest_hex": digest.hex(), **body}, headers=ADMIN)
+        assert r.status_code == 202, r.text
+        return str(r.json()["request_id"])
+
+    def tasks(self, node_id: str) -> list[dict[str, Any]]:
+        out = []
+        while (task := self.node(node_id).next_task()) is not None:
+            out.append(task)
+        return out
+
+    def presign(self, tasks_by_node: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Play every presign task: the signers make one pre-signature per job and report it."""
+        jobs: dict[str, dict[str, dict[str, Any]]] = {}
+        for nid, tasks in tasks_by_node.items():
+            for t in tasks:
+                if t["kind"] == "presign":
+                    jobs.setdefault(t["job_id"], {})[nid] = t
+        for job_id, by_node in jobs.items():
+            ids = sorted(by_node, key=self.index.__getitem__)
+            parts = local.ecdsa_presign([_shares()[self.index[nid] - 1] for nid in ids])
+            pid = parts[0].presignature_id.hex()
+            self.made[pid] = dict(zip(ids, parts, strict=True))
+            for nid in ids:
+                result = {"presignature": pid, "R": SECP256K1.encode(parts[0].big_r).hex(), "epoch": 0}
+                ack = self.node(nid).report(by_node[nid]["task_id"], result=result)
+                assert ack.status_code == 200, ack.text
+        return list(jobs)
+
+    def answer(self, task: dict[str, Any], node_id: str) -> dict[str, Any]:
+        ref = task["params"]["presignature"]
+        share = self.made[ref["id"]][node_id].share(bytes.fromhex(task["params"]["digest_hex"]), bytes.fromhex(ref["seed"]))
+        return {"share": {"u": share.u.to_bytes(32, "big").hex(), "w": share.w.to_bytes(32, "big").hex()}}
+
+    def stock(self) -> int:
+        with coord(self.client).db.read() as s:
+            return int(s.scalar(select(func.count()).select_from(Presignature)) or 0)
+
+    def request(self, rid: str) -> dict[str, Any]:
+        return dict(self.client.get(f"/v1/requests/{rid}", headers=ADMIN).json())
+
+
+@pytest.fixture
+def cluster(make_client: Callable[..., TestClient]) -> Cluster:
+    return Cluster(make_client(presign_stock=2, presign_inflight=2))
+
+
+def _three_round_then_stock(c: Cluster) -> None:
+    """The first signing finds no stock: three rounds, and two presign jobs start beside it."""
+    rid = c.sign()
+    a, b = c.tasks("node-a"), c.tasks("node-b")
+    assert [t["kind"] for t in a] == ["sign", "presign", "presign"], a
+    assert "presignature" not in a[0]["params"]
+    sig = local.ecdsa_sign(list(_shares()[:2]), DIGEST)
+    for nid, t in (("node-a", a[0]), ("node-b", b[0])):
+        assert c.node(nid).report(t["task_id"], result=sig.to_dict()).status_code == 200
+    assert c.request(rid)["status"] == "done"
+    assert len(c.presign({"node-a": a, "node-b": b})) == 2
+    assert c.stock() == 2
+    assert c.tasks("node-a") == []  # the stock is full: nothing more
+
+
+def test_a_signing_with_a_pre_signature_is_one_step_combined_here(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign(b"\x07" * 32)
+    a, b = c.tasks("node-a"), c.tasks("node-b")
+    assert [t["kind"] for t in a] == ["sign", "presign"], a  # and one presign job to restock
+    ref = a[0]["params"]["presignature"]
+    assert set(ref) == {"id", "R", "seed"} and ref == b[0]["params"]["presignature"]
+    assert c.stock() == 1
+    for nid, t in (("node-a", a[0]), ("node-b", b[0])):
+        assert c.node(nid).report(t["task_id"], result=c.answer(t, nid)).status_code == 200
+    req = c.request(rid)
+    assert req["status"] == "done", req
+    result = req["result"]
+    assert result["public_key"] == c.public_key and result["digest"] == (b"\x07" * 32).hex() and result["path"] == "m"
+    sig = bytes.fromhex(result["signature"])
+    check_ecdsa_independently(
+        EcdsaSignature(r=int.from_bytes(sig[:32], "big"), s=int.from_bytes(sig[32:], "big"), recovery_id=result["recovery_id"],
+                       public_key=bytes.fromhex(c.public_key), digest=b"\x07" * 32)
+    )  # fmt: skip
+    # The nonce was re-randomised: r is not x(R) of the pre-signature.
+    assert sig[:32] != bytes.fromhex(ref["R"])[1:]
+    # Requests list only what clients asked for.
+    listed = c.client.get("/v1/requests", headers=ADMIN).json()
+    assert all(not r["request_id"].startswith("pre") for r in (listed if isinstance(listed, list) else listed["requests"]))
+
+
+def test_a_pre_signature_is_handed_to_one_signing_only(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    rids = [c.sign(bytes([k]) * 32) for k in range(3)]
+    a = c.tasks("node-a")
+    named = [t["params"]["presignature"]["id"] for t in a if t["kind"] == "sign" and "presignature" in t["params"]]
+    assert len(named) == 2 and len(set(named)) == 2  # the third found none: three rounds
+    assert [t["kind"] for t in a].count("sign") == 3 and c.stock() == 0
+    assert all(c.request(r)["status"] == "running" for r in rids)
+
+
+def test_a_restarted_signer_s_pre_signatures_are_never_handed_out(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    c.node("node-b").restart()  # a new process: its pre-signatures are gone with the old one
+    assert c.node("node-b").register().status_code == 200
+    c.sign()
+    (task,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
+    assert "presignature" not in task["params"]
+    assert c.stock() == 0  # the dead ones deleted on the way
+
+
+@pytest.mark.parametrize("body", [{"path": "m/0/1"}, {"signers": ["node-a", "node-c"]}])
+def test_a_child_key_or_other_signers_run_three_rounds(cluster: Cluster, body: dict[str, Any]) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    c.sign(**body)
+    tasks = c.tasks("node-a")
+    (sign,) = [t for t in tasks if t["kind"] == "sign"]
+    assert "presignature" not in sign["params"]
+    assert c.stock() == 2
+    presigns = [t for t in tasks if t["kind"] == "presign"]
+    # A path signs a child key: no pre-signature is made for it. Other signers get their own.
+    assert len(presigns) == (0 if "path" in body else 2)
+    assert all(t["params"]["signers"] == ["node-a", "node-c"] for t in presigns)
+
+
+def test_the_setting_turns_it_off(make_client: Callable[..., TestClient]) -> None:
+    c = Cluster(make_client(presign_stock=0))
+    c.sign()
+    assert [t["kind"] for t in c.tasks("node-a")] == ["sign"]
+
+
+def test_a_refresh_drops_the_stock_and_holds_pre_signing_back(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    r = c.client.post(f"/v1/keys/{c.key_id}/refresh", json={}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    assert c.stock() == 0  # the nodes drop theirs as it starts
+    assert coord(c.client)._replenish(c.key_id, ["node-a", "node-b"]) == 0  # no pre-signing while it runs
+
+
+def test_the_sweep_drops_old_pre_signatures(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    with coord(c.client).db.write() as s:
+        s.execute(update(Presignature).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)))
+    coord(c.client).sweep()
+    assert c.stock() == 0
+
+
+def _presign_tasks(c: Cluster) -> dict[str, dict[str, Any]]:
+    """Each signer's task of one of the presign jobs a first signing starts."""
+    c.sign()
+    by_node = {nid: [t for t in c.tasks(nid) if t["kind"] == "presign"] for nid in ("node-a", "node-b")}
+    job = by_node["node-a"][0]["job_id"]
+    return {nid: next(t for t in tasks if t["job_id"] == job) for nid, tasks in by_node.items()}
+
+
+@pytest.mark.parametrize(
+    ("result", "field"),
+    [
+        ({"presignature": "00" * 32, "R": "02" + "11" * 32}, "result"),
+        ({"presignature": "00" * 31, "R": "02" + "11" * 32, "epoch": 0}, "result.presignature"),
+        ({"presignature": "AA" * 32, "R": "02" + "11" * 32, "epoch": 0}, "result.presignature"),
+        ({"presignature": "00" * 32, "R": "04" + "11" * 32, "epoch": 0}, "result.R"),
+        ({"presignature": "00" * 32, "R": "02" + "11" * 31, "epoch": 0}, "result.R"),
+        ({"presignature": "00" * 32, "R": "02" + "11" * 32, "epoch": 1}, "result.epoch"),
+        ({"presignature": "00" * 32, "R": "02" + "11" * 32, "epoch": True}, "result.epoch"),
+        ({"presignature": "00" * 32, "R": "02" + "11" * 32, "epoch": 0, "phi": "00"}, "result"),
+    ],
+)
+def test_a_malformed_pre_signing_report_is_refused_naming_the_field(cluster: Cluster, result: dict[str, Any], field: str) -> None:
+    c = cluster
+    tasks = _presign_tasks(c)
+    r = c.node("node-a").report(tasks["node-a"]["task_id"], result=result)
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    assert c.stock() == 0
+
+
+def test_signers_naming_different_pre_signatures_store_none(cluster: Cluster) -> None:
+    c = cluster
+    tasks = _presign_tasks(c)
+    for k, nid in enumerate(("node-a", "node-b")):
+        result = {"presignature": (bytes([k]) * 32).hex(), "R": "02" + "11" * 32, "epoch": 0}
+        assert c.node(nid).report(tasks[nid]["task_id"], result=result).status_code == 200
+    job = c.request(tasks["node-a"]["job_id"])
+    assert job["status"] == "failed" and job["error"]["reason"] == "result_mismatch", job
+    assert c.stock() == 0
+
+
+@pytest.mark.parametrize(
+    ("share", "field"),
+    [
+        ({"u": "00" * 32}, "result.share"),
+        ({"u": "00" * 32, "w": "00" * 31}, "result.share.w"),
+        ({"u": "ff" * 32, "w": "00" * 32}, "result.share.u"),  # not below the group order
+        ({"u": "0" * 64, "w": "XX" * 32}, "result.share.w"),
+    ],
+)
+def test_a_malformed_share_is_refused_naming_the_field(cluster: Cluster, share: dict[str, str], field: str) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    c.sign()
+    (task,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
+    r = c.node("node-a").report(task["task_id"], result={"share": share})
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+
+
+def test_a_wrong_share_fails_the_signing_naming_nobody(cluster: Cluster) -> None:
+    """DKLs23 spec P12: a wrong (u, w) cannot be told from the others."""
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    tasks = {nid: next(t for t in c.tasks(nid) if t["kind"] == "sign") for nid in ("node-a", "node-b")}
+    for nid, t in tasks.items():
+        answer = c.answer(t, nid)
+        if nid == "node-b":
+            answer["share"]["w"] = (int(answer["share"]["w"], 16) ^ 1).to_bytes(32, "big").hex()
+        assert c.node(nid).report(t["task_id"], result=answer).status_code == 200
+    req = c.request(rid)
+    assert req["status"] == "failed" and req["error"]["reason"] == "invalid_signature" and req["error"]["culprits"] == [], req
