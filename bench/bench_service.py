@@ -166,11 +166,16 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
 
 
 def parse_metrics(text: str) -> dict[tuple[str, str], float]:
-    """``{("count" | "sum", "METHOD route"): value}`` of the HTTP latency histogram."""
+    """``{("count" | "sum", "METHOD route"): value}`` of the HTTP latency histogram, and
+    ``{("mode", mode): n}`` of the signings started by mode (one step with commitments or a
+    pre-signature, or the rounds)."""
     out: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         m = _SAMPLE.match(line)
-        if m and m.group(1) in ("shardguard_http_request_seconds_count", "shardguard_http_request_seconds_sum"):
+        if m and m.group(1) == "shardguard_signs_started_total":
+            mode = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))).get("mode", "?")
+            out[("mode", mode)] = float(m.group(3))
+        elif m and m.group(1) in ("shardguard_http_request_seconds_count", "shardguard_http_request_seconds_sum"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
             route = f"{labels.get('method', '?')} {labels.get('route', '?')}"
             out[(m.group(1).rsplit("_", 1)[1], route)] = float(m.group(3))
@@ -180,6 +185,11 @@ def parse_metrics(text: str) -> dict[tuple[str, str], float]:
 def server_breakdown(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], sigs: int) -> dict[str, Any]:
     routes: dict[str, dict[str, float | None]] = {}
     total_requests = 0.0
+    modes = {
+        route: int(value - before.get((kind, route), 0.0))
+        for (kind, route), value in after.items()
+        if kind == "mode" and value > before.get((kind, route), 0.0)
+    }
     for (kind, route), value in after.items():
         if kind != "count":
             continue
@@ -193,7 +203,11 @@ def server_breakdown(before: dict[tuple[str, str], float], after: dict[tuple[str
             "mean_ms": _r(secs / n * 1000),
             "ms_per_signature": _r(secs / sigs * 1000),
         }
-    return {"http_requests_per_signature": _r(total_requests / sigs), "routes": dict(sorted(routes.items()))}
+    return {
+        "http_requests_per_signature": _r(total_requests / sigs),
+        "signs_started": dict(sorted(modes.items())),
+        "routes": dict(sorted(routes.items())),
+    }
 
 
 # -- py-spy (optional) -------------------------------------------------------------------------
@@ -534,8 +548,9 @@ def bench_scheme(
     done = len(load.latency_ms)
     goal = GOALS[scheme]
     p50_goal = goal.get("p50_ms", inproc + goal.get("p50_ms_over_inprocess", 0.0))
-    paced, paced_wall, paced_cpu, paced_spy = Outcome(), 0.0, {}, {}
+    paced, paced_wall, paced_cpu, paced_spy, paced_modes = Outcome(), 0.0, {}, {}, {}
     if args.paced_seconds > 0:
+        paced_before = scrape(url)
         log(f"{scheme}: paced: {args.clients} clients, {goal['throughput']:g}/s for {args.paced_seconds:g} s…")
         pc0, pme0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.process_time()
         with sampling(args.py_spy, f"{scheme}-paced", pids) as paced_spy:
@@ -543,6 +558,7 @@ def bench_scheme(
         n_paced = max(len(paced.latency_ms), 1)
         paced_cpu = {name: _r((cpu_seconds(pid) - pc0[name]) * 1000 / n_paced) for name, pid in pids.items()}
         paced_cpu["client (this process)"] = _r((time.process_time() - pme0) * 1000 / n_paced)
+        paced_modes = server_breakdown(paced_before, scrape(url), n_paced)["signs_started"]
     verified, bad = verify_all(scheme, seq.to_verify + load.to_verify + paced.to_verify)
 
     lat, seq_lat, paced_lat = percentiles(load.latency_ms), percentiles(seq.latency_ms), percentiles(paced.latency_ms)
@@ -575,6 +591,7 @@ def bench_scheme(
             "achieved_per_s": _r(len(paced.latency_ms) / paced_wall) if paced_wall > 0 else None,
             "latency_ms": paced_lat,
             "cpu_ms_per_signature": paced_cpu,
+            "signs_started": paced_modes,
             "bundles": bundles(directory / "coordinator.sqlite3", list(paced.client_times)) if paced.client_times else {},
             "client_late_ms": percentiles(paced.late_ms),
             "request_queue_ms": percentiles(paced.queue_ms),

@@ -584,7 +584,13 @@ class NodeService:
         inbox = Inbox()
         if kind == "repair":
             return self._repair(raw, participants, me, peers, inbox, deadline)
-        later, early = self._witness(task, peers, inbox, deadline)
+        if kind == "presign":
+            # No witness notes: recording peers' counters is a disk write, and a pre-signing
+            # changes nothing and signs nothing. What guards the one-step signing it enables is
+            # the quorum's confirmation of our state, awaited below as for any signing.
+            later, early = (lambda: None), None
+        else:
+            later, early = self._witness(task, peers, inbox, deadline)
         if kind in ("sign", "presign"):
             self._await_confirmed(task.key_id, deadline)
         release = None
@@ -693,9 +699,9 @@ class NodeService:
         task names one of our pre-signatures, made with these signers at this epoch, and the
         coordinator's fresh seed; our ``(u, w)`` goes to the coordinator, which combines them.
         No peer round and no witness notes: the ``presign`` task that made it, in this process
-        (they live in memory only), exchanged them and waited for the key's quorum to confirm
-        our state, as a three-round signing does; a peer proving it old since stops every task
-        (``_stale``, checked first in :meth:`_run`).
+        (they live in memory only), waited for the key's quorum to confirm our state, as a
+        three-round signing does, and so does this; a peer proving it old since stops every
+        task (``_stale``, checked first in :meth:`_run`).
 
         The pre-signature leaves the pool first, for good (spec P9); any check that fails after
         that wastes it and releases nothing. The ``signing`` entry is written while the share

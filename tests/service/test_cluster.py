@@ -11,7 +11,9 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from coincurve import PublicKey
 from cryptography.hazmat.primitives import hashes
@@ -140,6 +143,30 @@ def test_attested_dkg_sign_refresh_sign(cluster: tuple[Path, Client], keys: dict
     client.refresh(key["key_id"])
     assert client.key(key["key_id"])["epoch"] == 1
     sign(client, key, ["node-2", "node-3"])
+
+
+def _signs_started(d: Path) -> dict[str, float]:
+    url = json.loads((d / "cluster.json").read_text())["url"]
+    text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    return {m[0]: float(m[1]) for m in re.findall(r'^shardguard_signs_started_total\{mode="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def test_ecdsa_signs_in_one_step_once_its_signers_pre_signed(
+    cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]]
+) -> None:
+    """API.md §1.15: a signing restocks its signers' pre-signatures; the next ones take one step,
+    and their signatures verify with OpenSSL and libsecp256k1 (re-randomised nonce, low-s,
+    recovery id)."""
+    d, client = cluster
+    key = keys["ecdsa"]
+    before = _signs_started(d)
+    sign(client, key, ["node-1", "node-2"])
+    end = time.monotonic() + 30
+    presigned = 0.0
+    while time.monotonic() < end and presigned < 3:
+        sign(client, key, ["node-1", "node-2"])
+        presigned = _signs_started(d).get("presigned", 0.0) - before.get("presigned", 0.0)
+    assert presigned >= 3, _signs_started(d)
 
 
 @pytest.mark.parametrize("scheme", ["ed25519", "bip340"])

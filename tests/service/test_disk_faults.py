@@ -298,7 +298,10 @@ def test_read_only_state_disk(cluster: tuple[Path, Client, Namespace], keys: dic
     d, client, ns = cluster
     epochs = {s: client.key(k["key_id"])["epoch"] for s, k in keys.items()}
     log_before = len(node_log(d))
-    sign(client, keys["ecdsa"], [FULL, "node-3"])
+    # Three rounds (a child key: no pre-signature): its entry goes into the manifest. A one-step
+    # signing's entry is a journal append, and the journal stays open for writing until it is
+    # compacted: the remount would fail (EBUSY) for longer than this waits.
+    sign(client, keys["ecdsa"], [FULL, "node-3"], path="m/0")
     end = time.monotonic() + 5
     while (r := ns.run("mount", "-o", "remount,ro", str(ns.mountpoint))).returncode != 0:
         # EBUSY while node-1 has a file open for writing (its audit mirror may be mid-write)
