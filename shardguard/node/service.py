@@ -588,7 +588,8 @@ class NodeService:
             # No witness notes: recording peers' counters is a disk write, and a pre-signing
             # changes nothing and signs nothing. What guards the one-step signing it enables is
             # the quorum's confirmation of our state, awaited below as for any signing.
-            later, early = (lambda: None), None
+            later: Callable[[], None] = _nothing
+            early: Callable[[], bool] | None = None
         else:
             later, early = self._witness(task, peers, inbox, deadline)
         if kind in ("sign", "presign"):
@@ -1440,6 +1441,10 @@ class NodeService:
         self.stream.stop()
         self.link.close()
         self.keystore.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:
