@@ -42,7 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -81,6 +81,7 @@ from shardguard.protocols.suites import SCHEMES
 __all__ = ["CoordinatorLink", "KeystoreShares", "NodeService", "main"]  # CoordinatorLink: from .link
 
 log = logging.getLogger("shardguard.node")
+_T = TypeVar("_T")
 #: Attestations answering challenges: a burst of this many, then one per second at most
 #: (however fast registered nodes send new challenges).
 _ANSWER_BURST = 5
@@ -680,17 +681,7 @@ class NodeService:
         items = precommitted_items(share, task.me, task.participants, messages, params.get("commitments"), signed_by)
         self.nonces.check(share, items)  # every pair ours and unused: a refusal before the entry
         fields = self._audit_fields(raw) | {"precommitted": True}
-        writing = self._writes.submit(self._audit_journaled, "signing", **fields)
-        try:
-            shares = self.nonces.sign(share, sorted(task.participants), items)
-        except BaseException:
-            # Our entry, if it is being written, settles before the refusal's (ordered log).
-            futures_wait([writing], timeout=max(deadline - time.monotonic(), _WRITE_GRACE))
-            raise
-        try:
-            writing.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            raise EngineTimeout(task.job, 1) from None
+        shares = self._entry_first(fields, lambda: self.nonces.sign(share, sorted(task.participants), items), task.job, deadline)
         g = share.public.suite.group
         return {"shares": [{"r": s.group_commitment.hex(), "z": g.scalar_encode(s.share).hex()} for s in shares]}
 
@@ -733,18 +724,25 @@ class NodeService:
         if banned:
             raise TaskError(f"parties {sorted(banned)} are banned by this share after a failed check", "participants")
         fields = self._audit_fields(raw) | {"presignature": pid.hex()}
+        made = self._entry_first(fields, lambda: presig.share(digest, seed), task.job, deadline)
+        g = share.public.suite.group
+        return {"share": {"u": g.scalar_encode(made.u).hex(), "w": g.scalar_encode(made.w).hex()}}
+
+    def _entry_first(self, fields: Mapping[str, Any], compute: Callable[[], _T], job: str, deadline: float) -> _T:
+        """A one-step signing's ``signing`` entry (a journal append) written while ``compute``
+        makes what it releases; that is returned only once the entry is durable."""
         writing = self._writes.submit(self._audit_journaled, "signing", **fields)
         try:
-            made = presig.share(digest, seed)
+            out = compute()
         except BaseException:
+            # Our entry, if it is being written, settles before the refusal's (ordered log).
             futures_wait([writing], timeout=max(deadline - time.monotonic(), _WRITE_GRACE))
             raise
         try:
             writing.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise EngineTimeout(task.job, 1) from None
-        g = share.public.suite.group
-        return {"share": {"u": g.scalar_encode(made.u).hex(), "w": g.scalar_encode(made.w).hex()}}
+            raise EngineTimeout(job, 1) from None
+        return out
 
     def _publish_commitments(self, scheme: str, commitments: list[dict[str, str]]) -> Any:
         return self.link.request(

@@ -6,10 +6,8 @@ naming it answers in one step, once; every refusal releases nothing. Two nodes i
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,6 @@ import pytest
 
 from shardguard import local
 from shardguard.coordinator.signatures import assemble_presigned
-from shardguard.node import committee
 from shardguard.node.audit import verify_chain
 from shardguard.node.presignatures import PresignaturePool
 from shardguard.node.service import NodeService
@@ -26,7 +23,7 @@ from shardguard.node.tasks import TaskError
 from shardguard.protocols.dkls23 import EcdsaSignature, Presignature
 from tests.conftest import check_ecdsa_independently
 
-from .test_service_tasks import NODES, Hub, _parts, _start, _stop
+from .test_service_tasks import NODES, Hub, _run_all, two_nodes
 
 Stack = tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]
 DIGEST = bytes(range(32))
@@ -34,34 +31,12 @@ DIGEST = bytes(range(32))
 
 @pytest.fixture
 def ecdsa_nodes(tmp_path: Path) -> Iterator[Stack]:
-    hub = Hub()
-    services = {nid: _start(hub, tmp_path, nid) for nid in NODES}
-    shares = local.ecdsa_keygen(2, 2)
-    for i, nid in enumerate(NODES, start=1):
-        svc = services[nid]
-        committee.record(svc.keystore, "k1", dict(enumerate(NODES, start=1)))
-        svc.keystore.stage("k1", shares[i - 1])
-        svc.keystore.commit("k1", 0)
-    yield hub, services, _parts(services)
-    for svc in services.values():
-        _stop(svc)
+    yield from two_nodes(tmp_path, local.ecdsa_keygen(2, 2))
 
 
-def _run(stack: Stack, kind: str, job: str, params: dict[str, Any], epoch: int = 0, parts: Any = None) -> list[dict[str, Any]]:
-    hub, services, all_parts = stack
-    instance = secrets.token_hex(32)
-    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat()
-    threads = []
-    for i, nid in enumerate(NODES, start=1):
-        raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": kind, "scheme": "ecdsa", "threshold": 2,
-               "participants": parts or all_parts, "you": {"index": i}, "instance": instance, "key_id": "k1",
-               "epoch": epoch, "params": params, "deadline": deadline}  # fmt: skip
-        threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [hub.results[f"{job}-{i}"] for i in (1, 2)]
+def _run(stack: Stack, kind: str, job: str, params: dict[str, Any], epoch: int = 0) -> list[dict[str, Any]]:
+    hub, services, parts = stack
+    return _run_all(hub, services, parts, kind, job, params, epoch, scheme="ecdsa")
 
 
 def _presign(stack: Stack, job: str = "p1") -> dict[str, str]:

@@ -132,11 +132,10 @@ def _stop(svc: NodeService) -> None:
     svc.keystore.close()
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]]:
+def two_nodes(tmp_path: Path, shares: Sequence[Any]) -> Iterator[tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]]:
+    """Both nodes started, each holding its share of key ``k1`` at epoch 0; stopped after."""
     hub = Hub()
     services = {nid: _start(hub, tmp_path, nid) for nid in NODES}
-    shares = local.keygen("ed25519", 2, 2)
     for i, nid in enumerate(NODES, start=1):
         svc = services[nid]
         committee.record(svc.keystore, "k1", dict(enumerate(NODES, start=1)))
@@ -145,6 +144,11 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[di
     yield hub, services, _parts(services)
     for svc in services.values():
         _stop(svc)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]]:
+    yield from two_nodes(tmp_path, local.keygen("ed25519", 2, 2))
 
 
 def _sign(
@@ -417,12 +421,13 @@ def test_a_caught_rollback_stays_caught_for_the_process_caught(
 
 # -- two-phase commit of a new epoch (service.py _confirm_staged, _settle, _resolve_pending) -----------
 def _run_all(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], kind: str, job: str,
-             params: dict[str, Any], epoch: int, seconds: float = 30) -> list[dict[str, Any]]:  # fmt: skip
+             params: dict[str, Any], epoch: int, seconds: float = 30,
+             scheme: str = "ed25519") -> list[dict[str, Any]]:  # fmt: skip
     instance = secrets.token_hex(32)
     deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
     threads = []
     for i, nid in enumerate(NODES, start=1):
-        raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": kind, "scheme": "ed25519", "threshold": 2,
+        raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": kind, "scheme": scheme, "threshold": 2,
                "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1", "epoch": epoch,
                "params": params, "deadline": deadline}  # fmt: skip
         threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from shardguard import local
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.protocols.dkls23 import DklsPresigner, DklsSigner, EcdsaKeyShare, Presignature, presigned_signature
-from shardguard.protocols.dkls23 import _rounds as rounds_module
 from shardguard.protocols.dkls23._messages import SignMultiply, SignShare
 from shardguard.protocols.dkls23.bans import BanRegistry
 from shardguard.protocols.dkls23.presign import PresignedShare, rerandomizer
@@ -26,18 +25,11 @@ from shardguard.protocols.message import BROADCAST, Message
 from shardguard.protocols.party import Party
 from shardguard.protocols.wire import decode_payload, encode_payload
 from tests.helpers.rng import DeterministicRng
-from tests.protocols.test_dkls23 import run, run_to_the_end
+from tests.protocols.test_dkls23 import fresh_ban_registry, run, run_to_the_end  # noqa: F401 - autouse fixture
 
 DIGEST = hashlib.sha256(b"shardguard dkls23 presign test").digest()
 SEED = b"\x5e" * 32
 Q = SECP256K1.order
-
-
-@pytest.fixture(autouse=True)
-def fresh_ban_registry(monkeypatch: pytest.MonkeyPatch) -> BanRegistry:
-    registry = BanRegistry()
-    monkeypatch.setattr(rounds_module, "REGISTRY", registry)
-    return registry
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +171,7 @@ def test_round_three_share_is_refused(key23: list[EcdsaKeyShare]) -> None:
     assert e.value.reason is AbortReason.UNEXPECTED_MESSAGE and e.value.culprits == {2}
 
 
-def test_cheating_counterparty_is_banned(key23: list[EcdsaKeyShare], fresh_ban_registry: BanRegistry) -> None:
+def test_cheating_counterparty_is_banned(key23: list[EcdsaKeyShare], fresh_ban_registry: BanRegistry) -> None:  # noqa: F811
     """The multiplication checks of round 3 run in a pre-signing as in a signing (spec P3)."""
     parties = presigners(key23[:2])
     suite = key23[0].public.suite
