@@ -31,7 +31,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 from shardguard.coordinator.models import Node, Presignature
 from shardguard.coordinator.rawsql import RawConnection
 
-__all__ = ["PRESIGNATURE", "claim", "presigned", "result_problem", "signer_set", "stock"]
+__all__ = ["PRESIGNATURE", "claim", "presigned", "result_problem", "signer_set", "stock", "stocked_sets"]
 
 #: The job parameter that names the pre-signature: ``{"id", "R", "seed"}`` (hex).
 PRESIGNATURE = "presignature"
@@ -48,8 +48,17 @@ _PICK = (
     select(Presignature.id, Presignature.big_r, Presignature.generations)
     .where(*_FRESH)
     .order_by(Presignature.created_at)
-    .limit(_CANDIDATES)
+    .limit(1)
     .with_for_update(skip_locked=True)
+)
+_SETS = (
+    select(Presignature.signer_set)
+    .where(
+        Presignature.key_id == bindparam("key"),
+        Presignature.epoch == bindparam("epoch"),
+        Presignature.created_at >= bindparam("fresh"),
+    )
+    .distinct()
 )
 _DROP = delete(Presignature).where(Presignature.key_id == bindparam("key"), Presignature.id.in_(bindparam("ids", expanding=True)))
 _STOCK = select(func.count()).select_from(Presignature).where(*_FRESH)
@@ -81,19 +90,27 @@ def claim(
     there is none. Candidates made by a process since restarted are deleted on the way. In the
     caller's write transaction."""
     current = generations(conn, node_ids)
-    dead: list[bytes] = []
+    where = _where(key_id, epoch, node_ids, now, ttl)
     chosen = None
-    for row in conn.execute(_PICK, _where(key_id, epoch, node_ids, now, ttl)):
+    # One row at a time (SKIP LOCKED): a concurrent claim for the same signers takes the next
+    # one instead of finding every candidate locked (review finding).
+    for _ in range(_CANDIDATES):
+        row = conn.first(_PICK, where)
+        if row is None:
+            break
+        conn.execute(_DROP, {"key": key_id, "ids": [bytes(row.id)]})
         if row.generations == current:
             chosen = row
             break
-        dead.append(bytes(row.id))
-    taken = dead + ([bytes(chosen.id)] if chosen is not None else [])
-    if taken:
-        conn.execute(_DROP, {"key": key_id, "ids": taken})
     if chosen is None:
         return None
     return {"id": bytes(chosen.id).hex(), "R": bytes(chosen.big_r).hex(), "seed": secrets.token_bytes(32).hex()}
+
+
+def stocked_sets(conn: RawConnection, key_id: str, epoch: int, now: dt.datetime, ttl: float) -> set[tuple[str, ...]]:
+    """The signer sets (node ids in party-index order) with fresh pre-signatures of the key."""
+    fresh = now - dt.timedelta(seconds=ttl)
+    return {tuple(r.signer_set.split(",")) for r in conn.execute(_SETS, {"key": key_id, "epoch": epoch, "fresh": fresh})}
 
 
 def stock(conn: RawConnection, key_id: str, epoch: int, node_ids: Sequence[str], now: dt.datetime, ttl: float) -> int:

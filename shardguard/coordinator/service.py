@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from shardguard.channel.challenge import (
@@ -95,6 +95,8 @@ __all__ = [
     "TokenInfo",
     "utc_now",
 ]
+
+log = logging.getLogger("shardguard.coordinator")
 
 SCHEMES = ("ecdsa", "ed25519", "secp256k1", "bip340")
 FROST_SCHEMES = ("ed25519", "secp256k1", "bip340")
@@ -481,14 +483,30 @@ class Coordinator:
                 s.execute(delete(Commitment).where(Commitment.node_id == card.node_id))
                 # Lock order everywhere: job row, then its tasks (post_result, sweep) — so the
                 # jobs first, in id order, then the node's tasks in them.
+                # So did every pre-signature it held (API.md §1.15): a presign job it took part
+                # in is lost whatever its task's state, a pre-signed signing it has not answered.
                 job_ids = sorted(
                     set(s.scalars(select(Task.job_id).where(Task.node_id == card.node_id, Task.status == "running")))
-                )
+                    | set(
+                        s.scalars(
+                            select(Task.job_id)
+                            .join(Job, Job.id == Task.job_id)
+                            .where(Task.node_id == card.node_id, Task.status.in_(("queued", "done")),
+                                   Job.status == "running", Job.kind.in_(("presign", "sign")))
+                        )
+                    )
+                )  # fmt: skip
                 locked = select(Job).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update()
                 for job in s.scalars(locked).all() if job_ids else []:
+                    if job.kind == "presign":
+                        mine: tuple[str, ...] = ("running", "queued", "done")
+                    elif presigned(job.params):
+                        mine = ("running", "queued")
+                    else:
+                        mine = ("running",)
                     handed = s.scalars(
                         select(Task.id)
-                        .where(Task.job_id == job.id, Task.node_id == card.node_id, Task.status == "running")
+                        .where(Task.job_id == job.id, Task.node_id == card.node_id, Task.status.in_(mine))
                         .with_for_update()
                     ).first()
                     if handed is not None and job.status == "running":
@@ -912,9 +930,32 @@ class Coordinator:
         if run_now:
             self._announce(chosen, handed)
         if self._presigns(key.scheme, path):
-            # While the signers work: pre-sign for the next request of these signers.
-            self._replenish(key_id, chosen)
+            # While the signers work: pre-sign for the next request of these signers. Best
+            # effort: the request exists already, and its client must not be told otherwise.
+            try:
+                self._replenish(key_id, chosen)
+            except SQLAlchemyError as e:
+                log.warning("pre-signing for key %s not started: %s", key_id, e)
         return Submitted(request_id=job_id)
+
+    def _presigns_wanted(self, conn: RawConnection, key_id: str, ids: list[str], now: dt.datetime, key_stmt: Any) -> int:
+        """How many ``presign`` jobs to start for these signers now (see :meth:`_replenish`)."""
+        key = conn.first(key_stmt, {"key": key_id})
+        if key is None or key.status != "active" or key.scheme != "ecdsa":
+            return 0
+        if conn.first(_KEY_CHANGING, {"key": key_id}) is not None:
+            return 0
+        flying = [tuple(r.params.get("signers") or ()) for r in conn.execute(_PRESIGNS_IN_FLIGHT, {"key": key_id})]
+        in_flight = flying.count(tuple(ids))
+        have = presigned_mod.stock(conn, key_id, key.epoch, ids, now, self.settings.presign_ttl)
+        if not have and not in_flight:
+            # A signer set new to the stock: only if fewer than presign_sets sets have some
+            # (review finding: clients choosing many sets made every node keep, and evict,
+            # hundreds, and cost a pre-signing each for nothing).
+            sets = presigned_mod.stocked_sets(conn, key_id, key.epoch, now, self.settings.presign_ttl) | set(flying)
+            if len(sets) >= self.settings.presign_sets:
+                return 0
+        return min(self.settings.presign_stock - have - in_flight, self.settings.presign_inflight - in_flight)
 
     def _presigns(self, scheme: str, path: str | None) -> bool:
         """Whether an ECDSA signing of the key itself uses (and restocks) pre-signatures."""
@@ -928,18 +969,17 @@ class Coordinator:
         many it started."""
         now = utc_now()
         started: list[str] = []
+        ids = list(node_ids)
+        with self.db.raw.read() as conn:  # most calls need nothing: no write transaction for them
+            if self._presigns_wanted(conn, key_id, ids, now, _KEY_FOR_READ) <= 0:
+                return 0
         with self.db.raw.write() as conn:
-            key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
-            if key is None or key.status != "active" or key.scheme != "ecdsa":
-                return 0
-            if conn.execute(_KEY_CHANGING, {"key": key_id}).first() is not None:
-                return 0
-            ids = list(node_ids)
-            in_flight = sum(1 for r in conn.execute(_PRESIGNS_IN_FLIGHT, {"key": key_id}) if r.params.get("signers") == ids)
-            have = presigned_mod.stock(conn, key_id, key.epoch, ids, now, self.settings.presign_ttl)
-            want = min(self.settings.presign_stock - have - in_flight, self.settings.presign_inflight - in_flight)
+            # Again with the key row held FOR UPDATE: two calls at once (two submits, two
+            # replicas) must not both count the same jobs in flight (review finding).
+            want = self._presigns_wanted(conn, key_id, ids, now, _KEY_FOR_DISPATCH)
             if want <= 0:
                 return 0
+            key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
             index = {nid: i + 1 for i, nid in enumerate(key.node_ids)}
             participants = [{"node_id": nid, "index": index[nid]} for nid in ids]
             until = now + dt.timedelta(seconds=self.settings.job_timeout)
@@ -2509,7 +2549,7 @@ class Coordinator:
 
 _REASONS = frozenset(
     {"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", "invalid_signature",
-     "invalid_signature_share", ""}
+     "invalid_signature_share", "key_changed", ""}
 )  # fmt: skip
 
 
@@ -2609,6 +2649,7 @@ _KEY_FOR_SIGN = (
     .where(Key.id == bindparam("key"))
     .with_for_update(read=True)
 )
+_KEY_FOR_READ = select(Key.id, Key.scheme, Key.status, Key.epoch).where(Key.id == bindparam("key"))
 _PRESIGNS_IN_FLIGHT = select(Job.params).where(
     Job.key_id == bindparam("key"), Job.kind == "presign", Job.status.in_(("queued", "running"))
 )

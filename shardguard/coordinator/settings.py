@@ -75,6 +75,9 @@ class Settings:
     presign_stock: int = 8
     #: Most ``presign`` jobs of one key and signer set running at once.
     presign_inflight: int = 2
+    #: Most signer sets of one key with pre-signatures in stock (or being made): a signing by
+    #: another set runs three rounds and makes none (a node keeps at most 256 per key).
+    presign_sets: int = 4
     #: Seconds a pre-signature may be handed to a signing; older ones are swept (the nodes keep
     #: theirs about ten minutes longer, node/presignatures.py).
     presign_ttl: float = 3600.0

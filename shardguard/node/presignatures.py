@@ -1,5 +1,5 @@
 """DKLs23 pre-signatures this node made with its co-signers, each waiting for one digest
-(docs/NODE.md, "ECDSA in one step"; coordinator API.md §1.14; DKLs23 spec §4.1, P9).
+(docs/NODE.md, "ECDSA in one step"; coordinator API.md §1.15; DKLs23 spec §4.1, P9).
 
 A ``presign`` task runs rounds 1–3 of DKLs23 with the job's signers and leaves here one
 :class:`~shardguard.protocols.dkls23.Presignature`; a later ``sign`` task naming it takes it out

@@ -687,7 +687,7 @@ class NodeService:
 
     # -- ECDSA in one step, with a pre-signature -------------------------------------------------
     def _sign_presigned(self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float) -> dict[str, Any]:
-        """A DKLs23 signing in one step (docs/NODE.md, "ECDSA in one step"; API.md §1.14): the
+        """A DKLs23 signing in one step (docs/NODE.md, "ECDSA in one step"; API.md §1.15): the
         task names one of our pre-signatures, made with these signers at this epoch, and the
         coordinator's fresh seed; our ``(u, w)`` goes to the coordinator, which combines them.
         No peer round and no witness notes: the ``presign`` task that made it, in this process

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -217,6 +218,18 @@ def _banning(task: Task, store: ShareStore, share: EcdsaKeyShare, go: Callable[.
         raise
 
 
+def _clocked(rng: Rng) -> Rng:
+    """``rng`` with the wall clock mixed in. A pre-signing's session binds no digest, so a
+    snapshot of this process restored with its RNG stream and handed the same session again
+    would otherwise make the same pre-signature twice (review finding); with the clock it makes
+    another unless the clock repeats too (docs/SECURITY.md)."""
+
+    def draw(n: int) -> bytes:
+        return hashlib.shake_256(b"shardguard/node/presign-rng/v1\x00" + rng(n) + time.time_ns().to_bytes(8, "big")).digest(n)
+
+    return draw
+
+
 def _presign(
     task: Task, store: ShareStore, go: Callable[..., Any], rng: Rng, keep: Callable[[Presignature], None]
 ) -> dict[str, Any]:
@@ -226,7 +239,7 @@ def _presign(
     share = store.load(task.key_id)
     if not isinstance(share, EcdsaKeyShare) or task.scheme != "ecdsa":
         raise TaskError("pre-signatures are for ecdsa (DKLs23) keys", "scheme")
-    party = DklsPresigner(share, signers=_signer_indices(task), instance=task.instance, rng=rng)
+    party = DklsPresigner(share, signers=_signer_indices(task), instance=task.instance, rng=_clocked(rng))
     made: Presignature = _banning(task, store, share, go, party)
     keep(made)
     return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from shardguard import local
-from shardguard.coordinator.models import Presignature
+from shardguard.coordinator import presigned as presigned_mod
+from shardguard.coordinator.models import Job, Presignature
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.protocols.dkls23 import EcdsaKeyShare, EcdsaSignature
 from shardguard.protocols.dkls23 import Presignature as NodePresignature
@@ -278,3 +280,99 @@ def test_a_wrong_share_fails_the_signing_naming_nobody(cluster: Cluster) -> None
         assert c.node(nid).report(t["task_id"], result=answer).status_code == 200
     req = c.request(rid)
     assert req["status"] == "failed" and req["error"]["reason"] == "invalid_signature" and req["error"]["culprits"] == [], req
+
+
+def test_a_signer_restarting_before_the_pre_signing_ends_leaves_nothing_in_stock(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Review finding: node-a reported, then its process died (its pre-signature with it) and
+    registered again before node-b reported: the stock row named node-a's new process. Now the
+    restart fails the job, and nothing is kept."""
+    c = Cluster(make_client(presign_stock=1, presign_inflight=1))
+    c.sign()  # three rounds; starts one presign job
+    a = [t for t in c.tasks("node-a") if t["kind"] == "presign"]
+    b = [t for t in c.tasks("node-b") if t["kind"] == "presign"]
+    parts = local.ecdsa_presign([_shares()[0], _shares()[1]])
+    result = {"presignature": parts[0].presignature_id.hex(), "R": SECP256K1.encode(parts[0].big_r).hex(), "epoch": 0}
+    assert c.node("node-a").report(a[0]["task_id"], result=result).status_code == 200
+    c.node("node-a").restart()
+    assert c.node("node-a").register().status_code == 200
+    job = c.request(a[0]["job_id"])
+    assert job["status"] == "failed" and job["error"]["reason"] == "node_restarted", job
+    assert c.node("node-b").report(b[0]["task_id"], result=result).status_code == 409
+    assert c.stock() == 0
+
+
+def test_a_signer_restarting_before_it_took_its_pre_signed_task_fails_the_signing(cluster: Cluster) -> None:
+    """Its pre-signature died with the process: the signing fails at once with the reason,
+    rather than being handed to the new process to refuse."""
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    c.node("node-b").restart()
+    assert c.node("node-b").register().status_code == 200
+    req = c.request(rid)
+    assert req["status"] == "failed" and req["error"]["reason"] == "node_restarted", req
+
+
+def test_concurrent_restocking_keeps_to_presign_inflight(make_client: Callable[..., TestClient]) -> None:
+    """Review finding (PostgreSQL): two calls at once each counted nothing in flight and each
+    started presign_inflight jobs. The key row is now held FOR UPDATE while they count."""
+    c = Cluster(make_client(presign_stock=8, presign_inflight=2))
+    co = coord(c.client)
+    started: list[int] = []
+    threads = [threading.Thread(target=lambda: started.append(co._replenish(c.key_id, ["node-a", "node-b"]))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with co.db.read() as s:
+        running = s.scalar(select(func.count()).select_from(Job).where(Job.kind == "presign", Job.status == "running"))
+    assert running == sum(started) == 2, started
+
+
+def test_concurrent_claims_take_different_pre_signatures(make_client: Callable[..., TestClient], db_url: str) -> None:
+    """Review finding (PostgreSQL): a claim locked every candidate row but took one, so a claim
+    at the same moment found none. Now each locks and takes one row at a time."""
+    c = Cluster(make_client(presign_stock=8))
+    co = coord(c.client)
+    now = dt.datetime.now(dt.UTC)
+    ids = ["node-a", "node-b"]
+    with co.db.raw.write() as conn:
+        gens = presigned_mod.generations(conn, ids)
+    with co.db.write() as s:
+        for k in range(4):
+            s.add(Presignature(key_id=c.key_id, id=bytes([k]) * 32, signer_set=presigned_mod.signer_set(ids), epoch=0,
+                               generations=gens, big_r=b"\x02" + b"\x11" * 32, created_at=now))  # fmt: skip
+    first_claimed, release = threading.Event(), threading.Event()
+    got: dict[str, Any] = {}
+
+    def first() -> None:
+        with co.db.raw.write() as conn:
+            got["first"] = presigned_mod.claim(conn, c.key_id, 0, ids, dt.datetime.now(dt.UTC), 3600)
+            first_claimed.set()
+            release.wait(5)
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_claimed.wait(5)
+    if db_url.startswith("sqlite"):  # SQLite serialises write transactions: let the first end
+        release.set()
+    with co.db.raw.write() as conn:
+        got["second"] = presigned_mod.claim(conn, c.key_id, 0, ids, dt.datetime.now(dt.UTC), 3600)
+    release.set()
+    t.join()
+    assert got["first"] is not None and got["second"] is not None
+    assert got["first"]["id"] != got["second"]["id"]
+    assert c.stock() == 2
+
+
+def test_signer_sets_beyond_presign_sets_get_no_stock(make_client: Callable[..., TestClient]) -> None:
+    """Review finding: clients choosing many signer sets made each node keep (and evict) hundreds
+    of pre-signatures, each costing a session. At most presign_sets sets are stocked."""
+    c = Cluster(make_client(presign_stock=1, presign_inflight=1, presign_sets=2))
+    for pair in (["node-a", "node-b"], ["node-a", "node-c"], ["node-b", "node-c"]):
+        c.sign(signers=pair)
+    presigns = {tuple(t["params"]["signers"]) for nid in ("node-a", "node-b", "node-c") for t in c.tasks(nid)
+                if t["kind"] == "presign"}  # fmt: skip
+    assert presigns == {("node-a", "node-b"), ("node-a", "node-c")}, presigns
