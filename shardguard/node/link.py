@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -473,8 +474,12 @@ class EventStream:
                     raise EngineError(box.error)
                 if box.status != "running":
                     raise EngineError(f"job {job} ended ({box.status}) at the coordinator")
+                if self._stop.is_set():
+                    # Not an empty answer: the engine would ask again at once, until its deadline
+                    # (a task in flight at shutdown spun and kept the process from exiting).
+                    raise EngineError("the node is stopping")
                 left = end - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0:
                     return []
                 box.changed.wait(left)
 
@@ -483,7 +488,17 @@ class EventStream:
         """Post a task's result (batched with other traffic); the coordinator's ack."""
         item = _Result(task_id, body, Future())
         self._out.put(item)
-        return item.done.result(timeout=timeout)
+        end = time.monotonic() + timeout
+        while True:
+            # In slices: once the stream stops nobody sends it, and a task thread waiting the
+            # whole timeout kept the process from exiting (interpreter exit joins task threads).
+            try:
+                return item.done.result(timeout=max(0.0, min(0.5, end - time.monotonic())))
+            except FutureTimeout:
+                if self._stop.is_set():
+                    raise EngineError("the node is stopping: the result was not sent") from None
+                if time.monotonic() >= end:
+                    raise
 
     def wait_ended(self, job: str, timeout: float) -> str:
         """The job's status once it is no longer running (or ``running`` after ``timeout``)."""

@@ -166,3 +166,40 @@ def test_a_task_handed_out_twice_runs_once() -> None:
         assert [t["task_id"] for t in tasks] == ["task_1", "task_2"]
     finally:
         s.stop()
+
+
+def test_a_stopped_stream_ends_waiting_tasks_at_once() -> None:
+    """A task in flight at shutdown (a pre-signing, say) waited for its result's ack up to 60 s
+    and its fetches returned nothing at once until the deadline: the process could not exit
+    (interpreter exit joins task threads). Now both raise as soon as the stream stops."""
+    coord = ScriptedCoordinator()
+    released = threading.Event()
+    answer = coord.request
+
+    def hanging(method: str, path: str, **kw: Any) -> Any:
+        if path.endswith("/outbox"):
+            released.wait(10)  # the coordinator never answers while the node stops
+        return answer(method, path, **kw)
+
+    coord.request = hanging  # type: ignore[method-assign]
+    s = stream(coord)
+    s.open("req_1")
+    errors: list[BaseException] = []
+
+    def wait_for_ack() -> None:
+        try:
+            s.report("task_1", {"status": "done", "result": {}}, timeout=60)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait_for_ack)
+    t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    s.stop()
+    t.join(timeout=5)
+    released.set()
+    assert not t.is_alive() and time.monotonic() - started < 3
+    assert len(errors) == 1 and isinstance(errors[0], EngineError) and "stopping" in str(errors[0])
+    with pytest.raises(EngineError, match="stopping"):
+        s.fetch("req_1", 0, 10.0)
