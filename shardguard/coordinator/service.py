@@ -2047,6 +2047,11 @@ class Coordinator:
                 self._fail_job(s, job, reason="key_changed", culprits=[], party=None, detail=f"the key is at epoch {key.epoch}")
                 return
             ids = [p["node_id"] for p in job.participants]
+            if s.get(Presignature, (key.id, bytes.fromhex(result["presignature"]))) is not None:
+                # Only signers that all agree on an id made before can report it: keep one.
+                detail = "the signers reported the id of a pre-signature kept already"
+                self._fail_job(s, job, reason="result_mismatch", culprits=ids, party=None, detail=detail)
+                return
             s.add(
                 Presignature(
                     key_id=key.id, id=bytes.fromhex(result["presignature"]), signer_set=presigned_mod.signer_set(ids),

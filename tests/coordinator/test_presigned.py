@@ -376,3 +376,20 @@ def test_signer_sets_beyond_presign_sets_get_no_stock(make_client: Callable[...,
     presigns = {tuple(t["params"]["signers"]) for nid in ("node-a", "node-b", "node-c") for t in c.tasks(nid)
                 if t["kind"] == "presign"}  # fmt: skip
     assert presigns == {("node-a", "node-b"), ("node-a", "node-c")}, presigns
+
+
+def test_a_pre_signature_id_reported_twice_is_kept_once(cluster: Cluster) -> None:
+    """Review finding: signers that all report an id kept already got a 500 (a duplicate key)."""
+    c = cluster
+    c.sign()
+    by_node = {nid: [t for t in c.tasks(nid) if t["kind"] == "presign"] for nid in ("node-a", "node-b")}
+    result = {"presignature": "07" * 32, "R": "02" + "11" * 32, "epoch": 0}
+    jobs = [t["job_id"] for t in by_node["node-a"]]
+    for job in jobs:
+        for nid in ("node-a", "node-b"):
+            task = next(t for t in by_node[nid] if t["job_id"] == job)
+            assert c.node(nid).report(task["task_id"], result=result).status_code == 200
+    ends = [c.request(job) for job in jobs]
+    assert [e["status"] for e in ends] == ["done", "failed"], ends
+    assert ends[1]["error"]["reason"] == "result_mismatch"
+    assert c.stock() == 1
