@@ -1812,9 +1812,28 @@ class Coordinator:
             self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
             if waiting:
                 self._next_jobs(job.key_id)  # jobs of this key that waited for it may start now
-            if out["job_status"] == "done" and job.kind == "presign":
-                self._replenish(job.key_id, job.params["signers"])  # until the stock is full
+            if out["job_status"] == "done" and job.kind in ("presign", "dkg", "refresh", "repair"):
+                self._restock(job)
         return out
+
+    def _restock(self, job: Any) -> None:
+        """After a pre-signing, until the stock is full; after an ECDSA key's DKG, refresh or
+        repair (no stock: a new key, or the shares just changed), for the signers a request
+        naming none would get — so even its first signing can take one step. Best effort."""
+        try:
+            if job.kind == "presign":
+                self._replenish(job.key_id, job.params["signers"])
+                return
+            if self.settings.presign_stock <= 0:
+                return
+            with self.db.raw.read() as conn:
+                key = conn.first(_KEY_FOR_SIGN_READ, {"key": job.key_id})
+                if key is None or key.scheme != "ecdsa" or key.status != "active":
+                    return
+                signers = self._default_signers(conn, key, utc_now())
+            self._replenish(job.key_id, signers)
+        except SQLAlchemyError as e:
+            log.warning("pre-signing for key %s not started: %s", job.key_id, e)
 
     def _signed(self, task_id: str, node_id: str, result: dict[str, Any], identity: bytes | None) -> dict[str, Any] | None:
         """The common report — a signer's ``done`` in a running sign job — on Core statements,
@@ -2653,6 +2672,9 @@ _KEY_FOR_SIGN = (
     select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch)
     .where(Key.id == bindparam("key"))
     .with_for_update(read=True)
+)
+_KEY_FOR_SIGN_READ = select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch).where(
+    Key.id == bindparam("key")
 )
 _KEY_FOR_READ = select(Key.id, Key.scheme, Key.status, Key.epoch).where(Key.id == bindparam("key"))
 _PRESIGNS_IN_FLIGHT = select(Job.params).where(

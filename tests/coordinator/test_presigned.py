@@ -107,18 +107,34 @@ def cluster(make_client: Callable[..., TestClient]) -> Cluster:
 
 
 def _three_round_then_stock(c: Cluster) -> None:
-    """The first signing finds no stock: three rounds, and two presign jobs start beside it."""
+    """The DKG's end started two presign jobs for the default signers (node-a, node-b); the
+    first signing, before they end, finds no stock: three rounds, and no more jobs (two are in
+    flight already). Then the jobs end and fill the stock."""
     rid = c.sign()
     a, b = c.tasks("node-a"), c.tasks("node-b")
-    assert [t["kind"] for t in a] == ["sign", "presign", "presign"], a
-    assert "presignature" not in a[0]["params"]
+    assert sorted(t["kind"] for t in a) == ["presign", "presign", "sign"], a
+    sign_a, sign_b = (next(t for t in tasks if t["kind"] == "sign") for tasks in (a, b))
+    assert "presignature" not in sign_a["params"]
     sig = local.ecdsa_sign(list(_shares()[:2]), DIGEST)
-    for nid, t in (("node-a", a[0]), ("node-b", b[0])):
+    for nid, t in (("node-a", sign_a), ("node-b", sign_b)):
         assert c.node(nid).report(t["task_id"], result=sig.to_dict()).status_code == 200
     assert c.request(rid)["status"] == "done"
     assert len(c.presign({"node-a": a, "node-b": b})) == 2
     assert c.stock() == 2
     assert c.tasks("node-a") == []  # the stock is full: nothing more
+
+
+def test_an_ecdsa_key_s_default_signers_pre_sign_once_it_is_made(cluster: Cluster) -> None:
+    """So that even the first signing can take one step; none for a FROST key."""
+    c = cluster
+    a, b, cc = c.tasks("node-a"), c.tasks("node-b"), c.tasks("node-c")
+    assert [t["kind"] for t in a] == ["presign", "presign"] and cc == []
+    assert all(t["params"] == {"signers": ["node-a", "node-b"]} for t in a + b)
+    c.presign({"node-a": a, "node-b": b})
+    rid = c.sign()
+    (task,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
+    assert "presignature" in task["params"]
+    assert c.request(rid)["status"] == "running"
 
 
 def test_a_signing_with_a_pre_signature_is_one_step_combined_here(cluster: Cluster) -> None:
@@ -321,14 +337,15 @@ def test_concurrent_restocking_keeps_to_presign_inflight(make_client: Callable[.
     c = Cluster(make_client(presign_stock=8, presign_inflight=2))
     co = coord(c.client)
     started: list[int] = []
-    threads = [threading.Thread(target=lambda: started.append(co._replenish(c.key_id, ["node-a", "node-b"]))) for _ in range(6)]
+    pair = ["node-a", "node-c"]  # not the default signers (pre-signing since the DKG)
+    threads = [threading.Thread(target=lambda: started.append(co._replenish(c.key_id, pair))) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     with co.db.read() as s:
-        running = s.scalar(select(func.count()).select_from(Job).where(Job.kind == "presign", Job.status == "running"))
-    assert running == sum(started) == 2, started
+        flying = [j.params["signers"] for j in s.scalars(select(Job).where(Job.kind == "presign", Job.status == "running"))]
+    assert flying.count(pair) == sum(started) == 2, (started, flying)
 
 
 def test_concurrent_claims_take_different_pre_signatures(make_client: Callable[..., TestClient], db_url: str) -> None:
