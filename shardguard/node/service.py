@@ -91,6 +91,10 @@ _KINDS = {
     "dkg": "keygen", "sign": "sign", "bundle": "sign", "presign": "presign", "refresh": "refresh", "repair": "repair",
     "witness": "witness",
 }  # fmt: skip
+#: Threads for pre-signing tasks (the coordinator runs at most ``presign_inflight`` per signer
+#: set), and their nice value (the other task threads keep 0).
+_BACKGROUND_WORKERS = 4
+_BACKGROUND_NICE = 10
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -211,6 +215,11 @@ class NodeService:
         self._settling_lock = threading.Lock()
         self._changing_cv = threading.Condition(threading.Lock())
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        # Pre-signings run on threads of their own at a lower scheduling priority: they make
+        # stock for later requests and should take the cores a signing in flight needs last.
+        self._background = ThreadPoolExecutor(
+            max_workers=_BACKGROUND_WORKERS, thread_name_prefix="presign", initializer=_lower_priority
+        )
         # Audit writes that a task's protocol goes on beside (a signing's entry, see _run).
         self._writes = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-write")
         # Challenges sent ahead of an admission's end (admission.py), off the tasks' path.
@@ -1413,7 +1422,8 @@ class NodeService:
     def _submit(self, task: Mapping[str, Any]) -> None:
         with self._busy_lock:
             self._busy += 1
-        self._pool.submit(self._handle_logged, task)
+        pool = self._background if task.get("kind") == "presign" else self._pool
+        pool.submit(self._handle_logged, task)
 
     def _handle_logged(self, task: Mapping[str, Any]) -> None:
         try:
@@ -1434,6 +1444,7 @@ class NodeService:
         except KeystoreError as e:
             log.warning("peer counters not written at shutdown: %s", e)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)
         self._writes.shutdown(wait=False, cancel_futures=True)
         self._nudges.shutdown(wait=False, cancel_futures=True)
         self.stream.stop()
@@ -1443,6 +1454,15 @@ class NodeService:
 
 def _nothing() -> None:
     pass
+
+
+def _lower_priority() -> None:
+    """Nice the calling thread (on Linux the nice value is per thread). Where the platform does
+    not allow it (an enclave runtime without setpriority) the thread keeps the usual priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _BACKGROUND_NICE)
+    except (OSError, AttributeError) as e:
+        log.debug("pre-signing threads keep their priority: %s", e)
 
 
 def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:

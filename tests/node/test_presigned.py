@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,25 @@ def test_pool_hands_each_out_once_and_forgets_on_drop_expiry_and_cap() -> None:
     pool.add("k", a)  # adding prunes the expired
     assert pool.count("k") == 1 and pool.count() == 1
     assert pool.drop("k") == 1 and pool.count() == 0
+
+
+def test_pre_signing_tasks_run_on_niced_threads_of_their_own(ecdsa_nodes: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They make stock for later requests: a signing in flight gets the cores first."""
+    _, services, _ = ecdsa_nodes
+    svc = services["node-1"]
+    seen: dict[str, tuple[str, int]] = {}
+    done = threading.Event()
+
+    def record(task: dict[str, Any]) -> None:
+        tid = threading.get_native_id()
+        nice = int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        seen[task["kind"]] = (threading.current_thread().name, nice)
+        if len(seen) == 2:
+            done.set()
+
+    monkeypatch.setattr(svc, "_handle_logged", record)
+    svc._submit({"kind": "presign"})
+    svc._submit({"kind": "sign"})
+    assert done.wait(5)
+    assert seen["presign"][0].startswith("presign") and seen["presign"][1] == 10, seen
+    assert seen["sign"][0].startswith("task") and seen["sign"][1] == 0, seen
