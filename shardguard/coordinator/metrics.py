@@ -79,8 +79,9 @@ class Metrics:
         )
         self.signs_started = Counter(
             "shardguard_signs_started",
-            "FROST signing jobs (requests alone and bundles) started, by mode: precommitted (one step, "
-            "nonce commitments made ahead) or two_round",
+            "Signing jobs started, by mode: FROST (requests alone and bundles) precommitted (one step, "
+            "nonce commitments made ahead) or two_round; ECDSA of a key itself presigned (one step, a "
+            "pre-signature) or three_round",
             ["mode"],
             registry=r,
         )

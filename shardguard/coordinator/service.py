@@ -481,10 +481,10 @@ class Coordinator:
                 row.generation += 1
                 row.registered_at = now
                 s.execute(delete(Commitment).where(Commitment.node_id == card.node_id))
-                # Lock order everywhere: job row, then its tasks (post_result, sweep) — so the
-                # jobs first, in id order, then the node's tasks in them.
                 # So did every pre-signature it held (API.md §1.15): a presign job it took part
                 # in is lost whatever its task's state, a pre-signed signing it has not answered.
+                # Lock order everywhere: job row, then its tasks (post_result, sweep) — so the
+                # jobs first, in id order, then the node's tasks in them.
                 job_ids = sorted(
                     set(s.scalars(select(Task.job_id).where(Task.node_id == card.node_id, Task.status == "running")))
                     | set(
@@ -964,9 +964,9 @@ class Coordinator:
     def _replenish(self, key_id: str, node_ids: Sequence[str]) -> int:
         """Start ``presign`` jobs for ``key_id`` and these signers (party-index order) until
         the stock and the jobs in flight make ``presign_stock``, at most ``presign_inflight``
-        in flight (API.md §1.15). None while a refresh or repair of the key is queued or
-        running (the shares are about to change; it drops the stock when done). Returns how
-        many it started."""
+        in flight, for at most ``presign_sets`` signer sets of the key (API.md §1.15). None
+        while a refresh or repair of the key is queued or running (the shares are about to
+        change; its start drops the stock). Returns how many it started."""
         now = utc_now()
         started: list[str] = []
         ids = list(node_ids)
