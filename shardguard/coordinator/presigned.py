@@ -7,13 +7,15 @@ coordinator keeps those here per key, signer set and epoch, with each signer's p
 ``generation`` (a restarted node holds none of its old ones). An ECDSA request for the key
 itself whose signers have one claims it — deleted in the same transaction, so no two signings
 ever name one, and replicas on PostgreSQL skip each other's locked rows — and names it in the
-job with a fresh random ``seed``. Each signer answers with its ``(u, w)`` in one step; the
-coordinator combines them (``signatures.assemble_presigned``) and verifies the signature.
+job with a fresh random ``seed``. Each signer answers with its ``(u, w)`` and the re-randomised
+nonce point ``R'`` in one step; the coordinator checks they agree on ``R'``, combines
+(``signatures.assemble_presigned``) and verifies the signature.
 
 Nothing here is secret: ``R`` and the id are public, the shares are DKLs23's round-3
-broadcast. The seed re-randomises the nonce (``R' = R + δ·G``, ``δ = H(id, PK, R, digest,
-seed)``): drawn here after the request is fixed, a client cannot know the nonce when it picks
-its digest (Groth & Shoup 2022). What a hostile coordinator could still do — name a
+broadcast. The signers shift the nonce by ``δ = H(id, PK, R, digest, seed, ρ)``: the seed,
+drawn here after the request is fixed, keeps a client from knowing ``R'`` when it picks its
+digest; ``ρ``, which only the signers know, keeps the coordinator from knowing it (Groth &
+Shoup 2022). What a hostile coordinator could still do — name a
 pre-signature twice, or one of other signers, or drop them — makes a signing fail or a
 pre-signature go unused (each node takes one out of memory before it checks anything), never
 signs twice with one nonce.

@@ -1965,11 +1965,10 @@ class Coordinator:
         with commitments made ahead (:meth:`_precommitted_end`)."""
         if not presigned(job.params):
             return cls._precommitted_end(job, key, results)
-        ordered = [results[p["node_id"]]["share"] for p in job.participants]
-        final = assemble_presigned(key.public_key, job.params[PRESIGNATURE], bytes.fromhex(job.params["digest_hex"]), ordered)
+        shares = {node: r["share"] for node, r in results.items()}
+        final, reason, detail, culprits = assemble_presigned(key.public_key, bytes.fromhex(job.params["digest_hex"]), shares)
         if final is None:
-            detail = "the signers' shares make no valid signature (a wrong share cannot be told apart: DKLs23 spec P12)"
-            return None, "invalid_signature", detail, []
+            return None, reason, detail, culprits
         problem = signature_problem(key.scheme, key.public_key, key.public_package, job.params, final)
         if problem is not None:  # pragma: no cover - assemble_presigned verified it under this key and digest
             return None, "invalid_signature", problem, []

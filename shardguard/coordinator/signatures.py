@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shardguard.crypto.bip32 import derive_public, parse_path
-from shardguard.crypto.ecdsa_combine import combine, rerandomizer
+from shardguard.crypto.ecdsa_combine import combine
 from shardguard.crypto.errors import CryptoError
 from shardguard.crypto.frost import CheaterDetection, prepare
 from shardguard.crypto.group import Point
@@ -115,11 +115,14 @@ def share_shape_problem(scheme: str, share: object) -> str | None:
 
 def presigned_share_problem(result: Mapping[str, Any]) -> tuple[str, str] | None:
     """None if ``result`` is one signer's answer in a pre-signed ECDSA signing (API.md §1.15):
-    ``{"share": {"u": hex, "w": hex}}``, two canonical secp256k1 scalars; otherwise (field,
-    problem)."""
+    ``{"share": {"u": hex, "w": hex, "R": hex}}``, two canonical secp256k1 scalars and a
+    compressed point (decoded when combined); otherwise (field, problem)."""
     share = result.get("share")
-    if set(result) != {"share"} or not isinstance(share, dict) or set(share) != {"u", "w"}:
-        return "result.share", 'a pre-signed signing reports {"share": {"u": hex, "w": hex}}, and nothing else'
+    if set(result) != {"share"} or not isinstance(share, dict) or set(share) != {"u", "w", "R"}:
+        return "result.share", 'a pre-signed signing reports {"share": {"u": hex, "w": hex, "R": hex}}, and nothing else'
+    point = _hex(share["R"])
+    if point is None or len(point) != 33 or point[0] not in (2, 3) or share["R"] != point.hex():
+        return "result.share.R", "must be a 33-byte compressed point, lower-case hex"
     for name in ("u", "w"):
         raw = _hex(share[name])
         if raw is None or len(raw) != 32 or share[name] != raw.hex() or int.from_bytes(raw, "big") >= SECP256K1.order:
@@ -128,27 +131,39 @@ def presigned_share_problem(result: Mapping[str, Any]) -> tuple[str, str] | None
 
 
 def assemble_presigned(
-    public_key_hex: str, presignature: Mapping[str, str], digest: bytes, shares: Sequence[Mapping[str, str]]
-) -> dict[str, Any] | None:
-    """The signature of a pre-signed ECDSA signing (DKLs23 spec §4.1): the job's pre-signature
-    (``{"id", "R", "seed"}``) re-randomised as every signer did (``R' = R + δ·G``), and the
-    signers' ``(u, w)`` (shapes checked by :func:`presigned_share_problem`) combined and
-    verified; the result in the shape a three-round signing reports. None if they make no valid
-    signature: a wrong share cannot be told from the others (spec P12)."""
+    public_key_hex: str, digest: bytes, shares: Mapping[str, Mapping[str, str]]
+) -> tuple[dict[str, Any] | None, str, str, list[str]]:
+    """The signature of a pre-signed ECDSA signing (DKLs23 spec §4.1) from every signer's
+    ``node id -> {"u", "w", "R"}`` (shapes checked by :func:`presigned_share_problem`): the
+    re-randomised nonce point ``R'`` they all report and their ``(u, w)`` combined and verified;
+    the result in the shape a three-round signing reports. Returns ``(result, "", "", [])`` or
+    ``(None, reason, detail, culprits)``: ``result_mismatch`` naming the signers whose ``R'``
+    differs from the others' (all of them when there is no majority), ``invalid_signature``
+    with nobody named when the shares make no valid signature (a wrong share cannot be told
+    from the others, spec P12)."""
+    counts: dict[str, int] = {}
+    for share in shares.values():
+        counts[share["R"]] = counts.get(share["R"], 0) + 1
+    if len(counts) > 1:
+        top = sorted(counts.values(), reverse=True)
+        majority = max(counts, key=counts.__getitem__) if top[0] > top[1] else None
+        culprits = sorted(node for node, share in shares.items() if share["R"] != majority)
+        return None, "result_mismatch", f"the signers report {len(counts)} different nonce points", culprits
+    problem = "the signers' shares make no valid signature (a wrong share cannot be told apart: DKLs23 spec P12)"
     try:
         key = _public_point("ecdsa", bytes.fromhex(public_key_hex))
-        big_r = SECP256K1.decode(bytes.fromhex(presignature["R"]), field="R")
-        delta = rerandomizer(bytes.fromhex(presignature["id"]), key, big_r, digest, bytes.fromhex(presignature["seed"]))
-    except (CryptoError, KeyError, ValueError):
-        return None
-    made = combine(key, big_r + SECP256K1.base_mul(delta), ((int(s["u"], 16), int(s["w"], 16)) for s in shares), digest)
+        big_r = SECP256K1.decode(bytes.fromhex(next(iter(counts))), field="R")
+    except (CryptoError, ValueError) as e:
+        return None, "invalid_signature", f"the nonce point every signer reports is not a point: {e}", []
+    made = combine(key, big_r, ((int(s["u"], 16), int(s["w"], 16)) for s in shares.values()), digest)
     if made is None:
-        return None
+        return None, "invalid_signature", problem, []
     r, s, recovery_id = made
-    return {
+    result = {
         "scheme": "ecdsa", "public_key": public_key_hex, "path": "m", "digest": digest.hex(),
         "signature": (r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex(), "recovery_id": recovery_id,
     }  # fmt: skip
+    return result, "", "", []
 
 
 def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tuple[str | None, str, str, list[str]]:

@@ -1,8 +1,9 @@
 """An ECDSA signature from additive shares of ``k·φ`` and ``φ·(m + r·x)`` (DKLs23 spec §4
 "Output"), and the re-randomiser of a pre-signature's nonce (spec §4.1; Groth & Shoup 2022).
 
-Public inputs only: the signers' round-3 values ``(u_i, w_i)`` are broadcast in DKLs23, and the
-coordinator combines a pre-signed signing's (it may not import the protocols, ARCHITECTURE §3).
+The combination takes public inputs only: the signers' round-3 values ``(u_i, w_i)`` are
+broadcast in DKLs23, and the coordinator combines a pre-signed signing's (it may not import the
+protocols, ARCHITECTURE §3) with the re-randomised nonce point the signers report.
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ __all__ = ["SEED_BYTES", "combine", "rerandomizer"]
 SEED_BYTES = 32
 
 
-def rerandomizer(presignature_id: bytes, public_key: Point, big_r: Point, digest: bytes, seed: bytes) -> int:
-    """``δ`` for one signing with one pre-signature: a hash of the pre-signature (its id and
-    ``R``), the key, the digest and the combiner's fresh seed, reduced mod q from 48 bytes
-    (bias ≤ 2^-128). ValueError for a seed or digest of the wrong size."""
+def rerandomizer(
+    presignature_id: bytes, public_key: Point, big_r: Point, digest: bytes, seed: bytes, private_nonce: bytes
+) -> int:
+    """``δ`` for one signing with one pre-signature: a hash of the pre-signature (its id, ``R``
+    and the 32 bytes only its signers know), the key, the digest and the combiner's fresh seed,
+    reduced mod q from 48 bytes (bias ≤ 2^-128). ValueError for an input of the wrong size."""
     if type(seed) is not bytes or len(seed) != SEED_BYTES:
         raise ValueError(f"the re-randomising seed must be exactly {SEED_BYTES} bytes")
     if type(digest) is not bytes or len(digest) != 32:
         raise ValueError("the digest must be exactly 32 bytes")
+    if type(private_nonce) is not bytes or len(private_nonce) != 32:
+        raise ValueError("the signers' private nonce must be exactly 32 bytes")
     t = Transcript(b"shardguard/dkls23/presign-rerandomize/v1").append(b"id", presignature_id)
     t.append(b"PK", SECP256K1.encode(public_key)).append(b"R", SECP256K1.encode(big_r)).append(b"digest", digest)
-    t.append(b"seed", seed)
+    t.append(b"seed", seed).append(b"private", private_nonce)
     return int.from_bytes(hashlib.shake_256(t.digest()).digest(48), "big") % SECP256K1.order
 
 

@@ -735,7 +735,8 @@ class NodeService:
         fields = self._audit_fields(raw) | {"presignature": pid.hex()}
         made = self._entry_first(fields, lambda: presig.share(digest, seed), task.job, deadline)
         g = share.public.suite.group
-        return {"share": {"u": g.scalar_encode(made.u).hex(), "w": g.scalar_encode(made.w).hex()}}
+        out = {"u": g.scalar_encode(made.u).hex(), "w": g.scalar_encode(made.w).hex(), "R": g.encode(made.big_r).hex()}
+        return {"share": out}
 
     def _entry_first(self, fields: Mapping[str, Any], compute: Callable[[], _T], job: str, deadline: float) -> _T:
         """A one-step signing's ``signing`` entry (a journal append) written while ``compute``

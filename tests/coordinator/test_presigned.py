@@ -91,7 +91,8 @@ class Cluster:
     def answer(self, task: dict[str, Any], node_id: str) -> dict[str, Any]:
         ref = task["params"]["presignature"]
         share = self.made[ref["id"]][node_id].share(bytes.fromhex(task["params"]["digest_hex"]), bytes.fromhex(ref["seed"]))
-        return {"share": {"u": share.u.to_bytes(32, "big").hex(), "w": share.w.to_bytes(32, "big").hex()}}
+        return {"share": {"u": share.u.to_bytes(32, "big").hex(), "w": share.w.to_bytes(32, "big").hex(),
+                          "R": SECP256K1.encode(share.big_r).hex()}}  # fmt: skip
 
     def stock(self) -> int:
         with coord(self.client).db.read() as s:
@@ -268,10 +269,12 @@ def test_signers_naming_different_pre_signatures_store_none(cluster: Cluster) ->
 @pytest.mark.parametrize(
     ("share", "field"),
     [
-        ({"u": "00" * 32}, "result.share"),
-        ({"u": "00" * 32, "w": "00" * 31}, "result.share.w"),
-        ({"u": "ff" * 32, "w": "00" * 32}, "result.share.u"),  # not below the group order
-        ({"u": "0" * 64, "w": "XX" * 32}, "result.share.w"),
+        ({"u": "00" * 32, "w": "00" * 32}, "result.share"),
+        ({"u": "00" * 32, "w": "00" * 31, "R": "02" + "11" * 32}, "result.share.w"),
+        ({"u": "ff" * 32, "w": "00" * 32, "R": "02" + "11" * 32}, "result.share.u"),  # not below the group order
+        ({"u": "0" * 64, "w": "XX" * 32, "R": "02" + "11" * 32}, "result.share.w"),
+        ({"u": "00" * 32, "w": "00" * 32, "R": "04" + "11" * 32}, "result.share.R"),
+        ({"u": "00" * 32, "w": "00" * 32, "R": "02" + "11" * 31}, "result.share.R"),
     ],
 )
 def test_a_malformed_share_is_refused_naming_the_field(cluster: Cluster, share: dict[str, str], field: str) -> None:
@@ -410,3 +413,18 @@ def test_a_pre_signature_id_reported_twice_is_kept_once(cluster: Cluster) -> Non
     assert [e["status"] for e in ends] == ["done", "failed"], ends
     assert ends[1]["error"]["reason"] == "result_mismatch"
     assert c.stock() == 1
+
+
+def test_signers_reporting_different_nonce_points_fail_the_signing_naming_them(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    tasks = {nid: next(t for t in c.tasks(nid) if t["kind"] == "sign") for nid in ("node-a", "node-b")}
+    for nid, t in tasks.items():
+        answer = c.answer(t, nid)
+        if nid == "node-b":
+            answer["share"]["R"] = SECP256K1.encode(SECP256K1.base_mul(5)).hex()
+        assert c.node(nid).report(t["task_id"], result=answer).status_code == 200
+    req = c.request(rid)
+    assert req["status"] == "failed" and req["error"]["reason"] == "result_mismatch", req
+    assert req["error"]["culprits"] == ["node-a", "node-b"]  # two signers: no majority

@@ -70,7 +70,7 @@ def test_presign_then_one_step_with_the_entry_durable_before_the_share_leaves(ec
     assert hub.posts == posts_before  # nothing went to the peer: no round, no witness notes
     assert all(svc.presignatures.count("k1") == 0 for svc in services.values())
     pk = _public_key(services["node-1"])
-    made = assemble_presigned(pk, ref, DIGEST, [r["result"]["share"] for r in results])
+    made, _, _, _ = assemble_presigned(pk, DIGEST, {n: r["result"]["share"] for n, r in zip(NODES, results, strict=True)})
     assert made is not None
     sig = bytes.fromhex(made["signature"])
     check_ecdsa_independently(

@@ -58,7 +58,8 @@ def presign(shares: list[EcdsaKeyShare], seed: int = 1) -> dict[int, Presignatur
 def sign_with(pres: Mapping[int, Presignature], digest: bytes = DIGEST, seed: bytes = SEED) -> object:
     first = next(iter(pres.values()))
     shares = [p.share(digest, seed) for p in pres.values()]
-    return presigned_signature(first.public_key, first.big_r, first.presignature_id, digest, seed, shares)
+    assert len({SECP256K1.encode(s.big_r) for s in shares}) == 1, "every signer derives the same R'"
+    return presigned_signature(first.public_key, digest, shares)
 
 
 @pytest.mark.parametrize("subset", [(1, 2), (1, 3), (2, 3)])
@@ -127,23 +128,37 @@ def test_a_wrong_share_gives_no_signature(key23: list[EcdsaKeyShare]) -> None:
         pres = presign(key23[:2])
         first = pres[1]
         shares = [p.share(DIGEST, SEED) for p in pres.values()]
-        shares[0] = PresignedShare(u=(shares[0].u + bump[0]) % Q, w=(shares[0].w + bump[1]) % Q)
-        assert presigned_signature(first.public_key, first.big_r, first.presignature_id, DIGEST, SEED, shares) is None
+        s0 = shares[0]
+        shares[0] = PresignedShare(u=(s0.u + bump[0]) % Q, w=(s0.w + bump[1]) % Q, big_r=s0.big_r)
+        assert presigned_signature(first.public_key, DIGEST, shares) is None
 
 
 def test_combiner_inputs_must_match(key23: list[EcdsaKeyShare]) -> None:
-    """Another digest, seed, id or R at the combiner than the signers used: no signature."""
+    """Another digest at the combiner than the signers used, nonce points that differ, or one
+    share missing: no signature."""
     pres = presign(key23[:2])
     first = pres[1]
     shares = [p.share(DIGEST, SEED) for p in pres.values()]
-    other = SECP256K1.base_mul(5)
-    assert presigned_signature(first.public_key, first.big_r, first.presignature_id, b"\x01" * 32, SEED, shares) is None
-    assert presigned_signature(first.public_key, first.big_r, first.presignature_id, DIGEST, b"\x02" * 32, shares) is None
-    assert presigned_signature(first.public_key, first.big_r, b"\x03" * 32, DIGEST, SEED, shares) is None
-    assert presigned_signature(first.public_key, other, first.presignature_id, DIGEST, SEED, shares) is None
-    assert presigned_signature(first.public_key, first.big_r, first.presignature_id, DIGEST, SEED, shares[:1]) is None
+    assert presigned_signature(first.public_key, b"\x01" * 32, shares) is None
+    moved = PresignedShare(u=shares[1].u, w=shares[1].w, big_r=shares[1].big_r + SECP256K1.base_mul(1))
+    assert presigned_signature(first.public_key, DIGEST, [shares[0], moved]) is None
+    assert presigned_signature(first.public_key, DIGEST, shares[:1]) is None
     with pytest.raises(UsageError):
-        presigned_signature(first.public_key, first.big_r, first.presignature_id, DIGEST, b"\x00", shares)
+        presigned_signature(first.public_key, b"\x00", shares)
+
+
+def test_the_nonce_depends_on_what_only_the_signers_know(key23: list[EcdsaKeyShare]) -> None:
+    """δ mixes in a value the signers derive from their commitment salts, which travel only
+    point to point: the combiner's seed, the digest, the id and R alone do not give R'."""
+    pres = presign(key23[:2])
+    first = pres[1]
+    private = first._private
+    assert type(private) is bytes and len(private) == 32 and pres[2]._private == private
+    share = first.share(DIGEST, SEED)
+    guess = rerandomizer(first.presignature_id, first.public_key, first.big_r, DIGEST, SEED, b"\x00" * 32)
+    assert SECP256K1.encode(first.big_r + SECP256K1.base_mul(guess)) != SECP256K1.encode(share.big_r)
+    delta = rerandomizer(first.presignature_id, first.public_key, first.big_r, DIGEST, SEED, private)
+    assert SECP256K1.encode(first.big_r + SECP256K1.base_mul(delta)) == SECP256K1.encode(share.big_r)
 
 
 def test_session_ids_differ_from_signing(key23: list[EcdsaKeyShare]) -> None:
@@ -193,12 +208,17 @@ def test_cheating_counterparty_is_banned(key23: list[EcdsaKeyShare], fresh_ban_r
 
 def test_rerandomizer_binds_every_input() -> None:
     pk, r = SECP256K1.base_mul(3), SECP256K1.base_mul(4)
-    base = rerandomizer(b"i" * 32, pk, r, DIGEST, SEED)
-    assert base != rerandomizer(b"j" * 32, pk, r, DIGEST, SEED)
-    assert base != rerandomizer(b"i" * 32, r, pk, DIGEST, SEED)
-    assert base != rerandomizer(b"i" * 32, pk, r, b"\x00" * 32, SEED)
-    assert base != rerandomizer(b"i" * 32, pk, r, DIGEST, b"\x00" * 32)
+    args = (b"i" * 32, pk, r, DIGEST, SEED, b"p" * 32)
+    base = rerandomizer(*args)
+    assert base != rerandomizer(b"j" * 32, *args[1:])
+    assert base != rerandomizer(args[0], r, pk, *args[3:])
+    assert base != rerandomizer(*args[:3], b"\x00" * 32, *args[4:])
+    assert base != rerandomizer(*args[:4], b"\x00" * 32, args[5])
+    assert base != rerandomizer(*args[:5], b"q" * 32)
     assert 0 <= base < Q
+    for bad in ((*args[:4], b"\x00", args[5]), (*args[:5], b"short"), (*args[:3], b"\x00", *args[4:])):
+        with pytest.raises(ValueError):
+            rerandomizer(*bad)
 
 
 @settings(max_examples=8, deadline=None)

@@ -122,6 +122,7 @@ class DklsRounds(Party[R]):
         self._pk: Point = g.identity()
         self._c: dict[int, tuple[int, int]] = {}
         self._big_r_sum: Point = g.identity()
+        self._private_nonce = b""
 
     def _refuse_if_banned(self, j: int) -> None:
         """A concurrent session may have banned ``j`` since we started (spec P3)."""
@@ -223,7 +224,10 @@ class DklsRounds(Party[R]):
     # -- round 3: the checks ------------------------------------------------------------------
     def _multiplied(self) -> tuple[int, int, int]:
         """Round 3's checks of every peer's round 2; returns ``(u_i, v_i, φ_i)`` and keeps
-        ``R`` (``_big_r_sum``). Every secret of the session but ``φ_i`` is dropped."""
+        ``R`` (``_big_r_sum``) and a value every signer derives alike but no one outside the
+        session learns (``_private_nonce``: a hash of every signer's commitment salt, which
+        only travels point to point, sealed, and is bound by the echoed commitments). Every
+        secret of the session but ``φ_i`` is dropped."""
         self.round = 3
         g, q = self.suite.group, self._q
         commits: dict[int, Any] = self._received(1, SignCommit)
@@ -259,6 +263,10 @@ class DklsRounds(Party[R]):
         if big_r.is_identity:
             raise self._abort(AbortReason.INVALID_SIGNATURE, field="R")
         self._big_r_sum = big_r
+        salts = Transcript(b"shardguard/dkls23/session-private-nonce").append(b"sid", self._final_sid)
+        for i in self.signers:
+            salts.append(b"salt", self._salt if i == self.me else mults[i].salt)
+        self._private_nonce = salts.digest()
         u = (u_sum + self._r * psi_sum) % q
         v = (v_sum + self._sk * psi_sum) % q
         phi = self._phi

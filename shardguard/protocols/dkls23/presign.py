@@ -15,21 +15,24 @@ copy, can never bring a used one back).
 
 **Re-randomised** (Groth & Shoup, "On the security of ECDSA with additive key derivation and
 presignatures", Eurocrypt 2022): a raw pre-signature fixes ``R`` before the message is chosen,
-and signing a raw digest chosen with ``R`` known opens a forgery (their §1.1.2). So the nonce
-is shifted at signing time by ``δ = H(id, PK, R, digest, seed)`` — ``R' = R + δ·G``, each signer
+and signing a raw digest chosen with ``R`` known opens a forgery (their §1.1.2); their proof for
+re-randomised ones needs the shift unpredictable when the request is made. So the nonce is
+shifted at signing time by ``δ = H(id, PK, R, digest, seed, ρ)`` — ``R' = R + δ·G``, each signer
 adding ``δ·φ_i`` to its ``u_i`` (``Σu' = (k + δ)·φ``) — where ``seed`` is 32 fresh random bytes
-the combiner (the coordinator) draws when the signing starts, after the request is fixed: a
-client cannot know ``R'`` when it picks its digest, as their proof requires (δ unpredictable at
-request time). A coordinator that chooses its seeds itself can predict ``δ``; against it the
-protection is the hash (a 2^-256 event per try), not their theorem. Pre-signatures are made for
-the key itself (path ``m``) only, so additive BIP32 derivation never meets them (their attack
-on derivation); a signing with a path runs the three rounds.
+the combiner (the coordinator) draws when the signing starts, after the request is fixed, and
+``ρ`` a hash of every signer's round-1 commitment salt, which only travels between the signers
+sealed point to point: the combiner never learns it. So neither a client (it knows neither) nor
+the coordinator (it lacks ``ρ``) can know ``R'`` when it picks a digest; only a coordinator and a
+signer together can (then the protection is the hash's, not their theorem). The signers report
+``R'`` with their shares. Pre-signatures are made for the key itself (path ``m``) only, so
+additive BIP32 derivation never meets them (their attack on derivation); a signing with a path
+runs the three rounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from shardguard.crypto.ecdsa_combine import SEED_BYTES, rerandomizer
 from shardguard.crypto.group import Point, Rng
@@ -44,9 +47,9 @@ from shardguard.protocols.message import Message
 __all__ = ["SEED_BYTES", "DklsPresigner", "Presignature", "PresignedShare", "presigned_signature", "rerandomizer"]
 
 
-def _delta(presignature_id: bytes, public_key: Point, big_r: Point, digest: bytes, seed: bytes) -> int:
+def _delta(presignature_id: bytes, public_key: Point, big_r: Point, digest: bytes, seed: bytes, private: bytes) -> int:
     try:
-        return rerandomizer(presignature_id, public_key, big_r, digest, seed)
+        return rerandomizer(presignature_id, public_key, big_r, digest, seed, private)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -58,16 +61,20 @@ def _check_digest(digest: bytes) -> None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PresignedShare:
-    """One signer's ``(u_i', w_i)`` for one digest: public (a round-3 broadcast of DKLs23)."""
+    """One signer's ``(u_i', w_i)`` for one digest — public (a round-3 broadcast of DKLs23) —
+    and the re-randomised nonce point ``R'`` it signed with (the signature reveals it)."""
 
     u: int
     w: int
+    big_r: Point
 
 
 class Presignature:
     """One signer's pre-signature: secret, single use. Not picklable; repr redacted."""
 
-    __slots__ = ("_secrets", "big_r", "epoch", "identifier", "key_id", "presignature_id", "public_key", "setup_id", "signers")
+    __slots__ = (
+        "_private", "_secrets", "big_r", "epoch", "identifier", "key_id", "presignature_id", "public_key", "setup_id", "signers",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -83,6 +90,7 @@ class Presignature:
         phi: int,
         u: int,
         v: int,
+        private_nonce: bytes,
     ) -> None:
         self.key_id = key_id
         self.epoch = epoch
@@ -93,6 +101,7 @@ class Presignature:
         self.public_key = public_key
         self.big_r = big_r
         self._secrets: tuple[int, int, int] | None = (phi, u, v)
+        self._private = private_nonce  # known to the signers only: the combiner cannot predict δ
 
     @property
     def used(self) -> bool:
@@ -108,12 +117,14 @@ class Presignature:
         _check_digest(digest)
         phi, u, v = held
         q = SECP256K1.order
-        delta = _delta(self.presignature_id, self.public_key, self.big_r, digest, seed)
+        private, self._private = self._private, b""
+        delta = _delta(self.presignature_id, self.public_key, self.big_r, digest, seed, private)
         big_r = self.big_r + SECP256K1.base_mul(delta)
         if big_r.is_identity:  # δ = −k: probability 2^-256, and then no signature can be made
             raise UsageError("the re-randomised nonce is the identity")
         r = int.from_bytes(SECP256K1.encode(big_r)[1:], "big") % q
-        return PresignedShare(u=(u + delta * phi) % q, w=(int.from_bytes(digest, "big") % q * phi + r * v) % q)
+        w = (int.from_bytes(digest, "big") % q * phi + r * v) % q
+        return PresignedShare(u=(u + delta * phi) % q, w=w, big_r=big_r)
 
     def __repr__(self) -> str:
         state = "used" if self.used else "unused"
@@ -123,16 +134,16 @@ class Presignature:
         raise TypeError("a pre-signature is secret and single-use: it cannot be pickled")
 
 
-def presigned_signature(
-    public_key: Point, big_r: Point, presignature_id: bytes, digest: bytes, seed: bytes, shares: Iterable[PresignedShare]
-) -> EcdsaSignature | None:
-    """The signature the signers' :meth:`Presignature.share` answers make (spec §4 "Output",
-    with the nonce point re-randomised as they did); None if it is no valid signature (a wrong
-    share cannot be told from the others, spec P12). Public inputs only: the coordinator
-    combines."""
+def presigned_signature(public_key: Point, digest: bytes, shares: Sequence[PresignedShare]) -> EcdsaSignature | None:
+    """The signature the signers' :meth:`Presignature.share` answers make (spec §4 "Output"),
+    with the re-randomised nonce point they all report; None if they report different points
+    or make no valid signature (a wrong share cannot be told from the others, spec P12).
+    Public inputs only: the coordinator combines."""
     _check_digest(digest)
-    delta = _delta(presignature_id, public_key, big_r, digest, seed)
-    return assemble(public_key, big_r + SECP256K1.base_mul(delta), ((s.u, s.w) for s in shares), digest, "m")
+    points = {SECP256K1.encode(s.big_r) for s in shares}
+    if len(points) != 1:
+        return None
+    return assemble(public_key, shares[0].big_r, ((s.u, s.w) for s in shares), digest, "m")
 
 
 class DklsPresigner(DklsRounds[Presignature]):
@@ -155,7 +166,7 @@ class DklsPresigner(DklsRounds[Presignature]):
                 Presignature(
                     key_id=public.key_id, epoch=public.epoch, setup_id=self._key.setup_id, identifier=self.me,
                     signers=tuple(self.signers), presignature_id=self._final_sid, public_key=self.public_key,
-                    big_r=self._big_r_sum, phi=phi, u=u, v=v,
+                    big_r=self._big_r_sum, phi=phi, u=u, v=v, private_nonce=self._private_nonce,
                 )
             )  # fmt: skip
         return []
