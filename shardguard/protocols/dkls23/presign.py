@@ -112,12 +112,12 @@ class Presignature:
         the secrets are gone afterwards (even if this call refuses its inputs), and a second
         call raises :class:`UsageError`."""
         held, self._secrets = self._secrets, None
+        private, self._private = self._private, b""
         if held is None:
             raise UsageError("this pre-signature was used before: each signs one digest only")
         _check_digest(digest)
         phi, u, v = held
         q = SECP256K1.order
-        private, self._private = self._private, b""
         delta = _delta(self.presignature_id, self.public_key, self.big_r, digest, seed, private)
         big_r = self.big_r + SECP256K1.base_mul(delta)
         if big_r.is_identity:  # δ = −k: probability 2^-256, and then no signature can be made
