@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 
 from shardguard.coordinator.models import Node, Presignature
 from shardguard.coordinator.rawsql import RawConnection
+from shardguard.coordinator.signatures import canonical_hex, compressed_point_hex
 
 __all__ = ["PRESIGNATURE", "claim", "presigned", "result_problem", "signer_set", "stock", "stocked_sets"]
 
@@ -121,25 +122,14 @@ def stock(conn: RawConnection, key_id: str, epoch: int, node_ids: Sequence[str],
     return int(conn.scalar(_STOCK, _where(key_id, epoch, node_ids, now, ttl)) or 0)
 
 
-def _hex_of(value: object, size: int) -> bytes | None:
-    if not isinstance(value, str) or len(value) != 2 * size:
-        return None
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        return None
-    return raw if raw.hex() == value else None
-
-
 def result_problem(result: Mapping[str, Any], epoch: int | None) -> tuple[str, str] | None:
     """None if ``result`` is a ``presign`` task's report — ``{"presignature": 32 bytes hex,
     "R": 33 bytes hex (compressed point), "epoch": the job's}`` — otherwise (field, problem)."""
     if set(result) != {"presignature", "R", "epoch"}:
         return "result", 'must be {"presignature", "R", "epoch"}'
-    if _hex_of(result["presignature"], 32) is None:
+    if canonical_hex(result["presignature"], 32) is None:
         return "result.presignature", "must be 32 bytes of lower-case hex"
-    r = _hex_of(result["R"], 33)
-    if r is None or r[0] not in (2, 3):
+    if compressed_point_hex(result["R"]) is None:
         return "result.R", "must be a 33-byte compressed point, lower-case hex"
     if type(result["epoch"]) is not int or result["epoch"] != epoch:
         return "result.epoch", f"must be the job's epoch, {epoch}"

@@ -938,13 +938,16 @@ class Coordinator:
                 log.warning("pre-signing for key %s not started: %s", key_id, e)
         return Submitted(request_id=job_id)
 
-    def _presigns_wanted(self, conn: RawConnection, key_id: str, ids: list[str], now: dt.datetime, key_stmt: Any) -> int:
-        """How many ``presign`` jobs to start for these signers now (see :meth:`_replenish`)."""
+    def _presigns_wanted(
+        self, conn: RawConnection, key_id: str, ids: list[str], now: dt.datetime, key_stmt: Any
+    ) -> tuple[int, Any]:
+        """How many ``presign`` jobs to start for these signers now (see :meth:`_replenish`),
+        and the key row ``key_stmt`` read."""
         key = conn.first(key_stmt, {"key": key_id})
         if key is None or key.status != "active" or key.scheme != "ecdsa":
-            return 0
+            return 0, key
         if conn.first(_KEY_CHANGING, {"key": key_id}) is not None:
-            return 0
+            return 0, key
         flying = [tuple(r.params.get("signers") or ()) for r in conn.execute(_PRESIGNS_IN_FLIGHT, {"key": key_id})]
         in_flight = flying.count(tuple(ids))
         have = presigned_mod.stock(conn, key_id, key.epoch, ids, now, self.settings.presign_ttl)
@@ -954,8 +957,8 @@ class Coordinator:
             # hundreds, and cost a pre-signing each for nothing).
             sets = presigned_mod.stocked_sets(conn, key_id, key.epoch, now, self.settings.presign_ttl) | set(flying)
             if len(sets) >= self.settings.presign_sets:
-                return 0
-        return min(self.settings.presign_stock - have - in_flight, self.settings.presign_inflight - in_flight)
+                return 0, key
+        return min(self.settings.presign_stock - have - in_flight, self.settings.presign_inflight - in_flight), key
 
     def _presigns(self, scheme: str, path: str | None) -> bool:
         """Whether an ECDSA signing of the key itself uses (and restocks) pre-signatures."""
@@ -971,15 +974,14 @@ class Coordinator:
         started: list[str] = []
         ids = list(node_ids)
         with self.db.raw.read() as conn:  # most calls need nothing: no write transaction for them
-            if self._presigns_wanted(conn, key_id, ids, now, _KEY_FOR_READ) <= 0:
+            if self._presigns_wanted(conn, key_id, ids, now, _KEY_FOR_RESTOCK_READ)[0] <= 0:
                 return 0
         with self.db.raw.write() as conn:
             # Again with the key row held FOR UPDATE: two calls at once (two submits, two
             # replicas) must not both count the same jobs in flight (review finding).
-            want = self._presigns_wanted(conn, key_id, ids, now, _KEY_FOR_DISPATCH)
+            want, key = self._presigns_wanted(conn, key_id, ids, now, _KEY_FOR_RESTOCK)
             if want <= 0:
                 return 0
-            key = conn.execute(_KEY_FOR_SIGN, {"key": key_id}).first()
             index = {nid: i + 1 for i, nid in enumerate(key.node_ids)}
             participants = [{"node_id": nid, "index": index[nid]} for nid in ids]
             until = now + dt.timedelta(seconds=self.settings.job_timeout)
@@ -1827,7 +1829,7 @@ class Coordinator:
             if self.settings.presign_stock <= 0:
                 return
             with self.db.raw.read() as conn:
-                key = conn.first(_KEY_FOR_SIGN_READ, {"key": job.key_id})
+                key = conn.first(_KEY_FOR_RESTOCK_READ, {"key": job.key_id})
                 if key is None or key.scheme != "ecdsa" or key.status != "active":
                     return
                 signers = self._default_signers(conn, key, utc_now())
@@ -1966,13 +1968,8 @@ class Coordinator:
         if not presigned(job.params):
             return cls._precommitted_end(job, key, results)
         shares = {node: r["share"] for node, r in results.items()}
-        final, reason, detail, culprits = assemble_presigned(key.public_key, bytes.fromhex(job.params["digest_hex"]), shares)
-        if final is None:
-            return None, reason, detail, culprits
-        problem = signature_problem(key.scheme, key.public_key, key.public_package, job.params, final)
-        if problem is not None:  # pragma: no cover - assemble_presigned verified it under this key and digest
-            return None, "invalid_signature", problem, []
-        return final, "", "", []
+        # Verified there, under the key and the request's digest (path m): no second check.
+        return assemble_presigned(key.public_key, bytes.fromhex(job.params["digest_hex"]), shares)
 
     @staticmethod
     def _precommitted_end(
@@ -2672,10 +2669,10 @@ _KEY_FOR_SIGN = (
     .where(Key.id == bindparam("key"))
     .with_for_update(read=True)
 )
-_KEY_FOR_SIGN_READ = select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch).where(
+_KEY_FOR_RESTOCK_READ = select(Key.id, Key.scheme, Key.status, Key.node_ids, Key.threshold, Key.epoch).where(
     Key.id == bindparam("key")
 )
-_KEY_FOR_READ = select(Key.id, Key.scheme, Key.status, Key.epoch).where(Key.id == bindparam("key"))
+_KEY_FOR_RESTOCK = _KEY_FOR_RESTOCK_READ.with_for_update()
 _PRESIGNS_IN_FLIGHT = select(Job.params).where(
     Job.key_id == bindparam("key"), Job.kind == "presign", Job.status.in_(("queued", "running"))
 )

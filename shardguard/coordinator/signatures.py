@@ -13,6 +13,7 @@ secp256k1 arithmetic (RFC 9591 §6 ``verify_signature``, BIP340 ``Verify``, ECDS
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from shardguard.crypto.suites import BIP340, suite_by_scheme
 __all__ = [
     "assemble_frost",
     "assemble_presigned",
+    "canonical_hex",
+    "compressed_point_hex",
     "frost_share_culprits",
     "presigned_share_problem",
     "share_shape_problem",
@@ -98,6 +101,30 @@ def signature_problem(
     return None if ok else f"the signature does not verify under the key ({scheme})"
 
 
+def canonical_hex(value: object, size: int) -> bytes | None:
+    """``value`` decoded if it is exactly ``size`` bytes of lower-case hex, else None."""
+    raw = _hex(value)
+    return raw if raw is not None and len(raw) == size and value == raw.hex() else None
+
+
+def compressed_point_hex(value: object) -> bytes | None:
+    """``value`` decoded if it is a 33-byte compressed secp256k1 encoding in lower-case hex (its
+    prefix checked, the point not: decoding does that), else None."""
+    raw = canonical_hex(value, 33)
+    return raw if raw is not None and raw[0] in (2, 3) else None
+
+
+def _disagreeing(values: Mapping[str, str]) -> list[str]:
+    """The signers (``node id -> what it reported``) outside the majority — all of them when
+    there is none — or ``[]`` when every signer reported the same."""
+    counts = collections.Counter(values.values())
+    if len(counts) < 2:
+        return []
+    (top, n1), (_, n2) = counts.most_common(2)
+    majority = top if n1 > n2 else None
+    return sorted(node for node, value in values.items() if value != majority)
+
+
 def share_shape_problem(scheme: str, share: object) -> str | None:
     """None if ``share`` is one signer's contribution to a precommitted FROST signature as a
     node reports it: ``{"r": hex group commitment, "z": hex signature share}`` of the scheme's
@@ -105,10 +132,9 @@ def share_shape_problem(scheme: str, share: object) -> str | None:
     g = suite_by_scheme(scheme).group
     if not isinstance(share, dict) or set(share) != {"r", "z"}:
         return 'must be {"r": hex, "z": hex}'
-    r, z = _hex(share["r"]), _hex(share["z"])
-    if r is None or len(r) != g.element_size or share["r"] != r.hex():
+    if canonical_hex(share["r"], g.element_size) is None:
         return f"r must be {g.element_size} bytes of lower-case hex"
-    if z is None or len(z) != g.scalar_size or share["z"] != z.hex():
+    if canonical_hex(share["z"], g.scalar_size) is None:
         return f"z must be {g.scalar_size} bytes of lower-case hex"
     return None
 
@@ -120,12 +146,11 @@ def presigned_share_problem(result: Mapping[str, Any]) -> tuple[str, str] | None
     share = result.get("share")
     if set(result) != {"share"} or not isinstance(share, dict) or set(share) != {"u", "w", "R"}:
         return "result.share", 'a pre-signed signing reports {"share": {"u": hex, "w": hex, "R": hex}}, and nothing else'
-    point = _hex(share["R"])
-    if point is None or len(point) != 33 or point[0] not in (2, 3) or share["R"] != point.hex():
+    if compressed_point_hex(share["R"]) is None:
         return "result.share.R", "must be a 33-byte compressed point, lower-case hex"
     for name in ("u", "w"):
-        raw = _hex(share[name])
-        if raw is None or len(raw) != 32 or share[name] != raw.hex() or int.from_bytes(raw, "big") >= SECP256K1.order:
+        raw = canonical_hex(share[name], 32)
+        if raw is None or int.from_bytes(raw, "big") >= SECP256K1.order:
             return f"result.share.{name}", "must be a secp256k1 scalar: 32 bytes of lower-case hex, below the group order"
     return None
 
@@ -141,22 +166,18 @@ def assemble_presigned(
     differs from the others' (all of them when there is no majority), ``invalid_signature``
     with nobody named when the shares make no valid signature (a wrong share cannot be told
     from the others, spec P12)."""
-    counts: dict[str, int] = {}
-    for share in shares.values():
-        counts[share["R"]] = counts.get(share["R"], 0) + 1
-    if len(counts) > 1:
-        top = sorted(counts.values(), reverse=True)
-        majority = max(counts, key=counts.__getitem__) if top[0] > top[1] else None
-        culprits = sorted(node for node, share in shares.items() if share["R"] != majority)
-        return None, "result_mismatch", f"the signers report {len(counts)} different nonce points", culprits
-    problem = "the signers' shares make no valid signature (a wrong share cannot be told apart: DKLs23 spec P12)"
+    points = {node: share["R"] for node, share in shares.items()}
+    culprits = _disagreeing(points)
+    if culprits:
+        return None, "result_mismatch", f"the signers report {len(set(points.values()))} different nonce points", culprits
     try:
         key = _public_point("ecdsa", bytes.fromhex(public_key_hex))
-        big_r = SECP256K1.decode(bytes.fromhex(next(iter(counts))), field="R")
+        big_r = SECP256K1.decode(bytes.fromhex(next(iter(points.values()))), field="R")
     except (CryptoError, ValueError) as e:
         return None, "invalid_signature", f"the nonce point every signer reports is not a point: {e}", []
     made = combine(key, big_r, ((int(s["u"], 16), int(s["w"], 16)) for s in shares.values()), digest)
     if made is None:
+        problem = "the signers' shares make no valid signature (a wrong share cannot be told apart: DKLs23 spec P12)"
         return None, "invalid_signature", problem, []
     r, s, recovery_id = made
     result = {
@@ -177,15 +198,12 @@ def assemble_frost(scheme: str, shares: Mapping[str, Mapping[str, str]]) -> tupl
     shares cannot be told apart here (no culprit)."""
     suite = suite_by_scheme(scheme)
     g = suite.group
-    counts: dict[str, int] = {}
-    for share in shares.values():
-        counts[share["r"]] = counts.get(share["r"], 0) + 1
-    if len(counts) > 1:
-        top = sorted(counts.values(), reverse=True)
-        majority = max(counts, key=counts.__getitem__) if top[0] > top[1] else None
-        culprits = sorted(node for node, share in shares.items() if share["r"] != majority)
-        return None, "result_mismatch", f"the signers derived {len(counts)} different group commitments", culprits
-    r = next(iter(counts))
+    commitments = {node: share["r"] for node, share in shares.items()}
+    culprits = _disagreeing(commitments)
+    if culprits:
+        detail = f"the signers derived {len(set(commitments.values()))} different group commitments"
+        return None, "result_mismatch", detail, culprits
+    r = next(iter(commitments.values()))
     try:
         point = g.decode(bytes.fromhex(r), field="r")
     except CryptoError as e:

@@ -729,7 +729,7 @@ class NodeService:
             raise TaskError("the pre-signature was made with other signers", "participants")
         if share.public.suite.group.encode(presig.big_r) != big_r:
             raise TaskError("the pre-signature's nonce point is not the one named", "presignature.R")
-        banned = (share.banned | REGISTRY.banned(share.setup_id, task.me)) & set(signers)
+        banned = REGISTRY.among(share.setup_id, task.me, share.banned, signers)
         if banned:
             raise TaskError(f"parties {sorted(banned)} are banned by this share after a failed check", "participants")
         fields = self._audit_fields(raw) | {"presignature": pid.hex()}

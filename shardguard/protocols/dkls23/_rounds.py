@@ -88,9 +88,9 @@ class DklsRounds(Party[R]):
         ids = public.quorum(signers, "signer")
         if key.identifier not in ids:
             raise UsageError(f"party {key.identifier} is not among the signers")
-        banned = (key.banned | REGISTRY.banned(key.setup_id, key.identifier)) & set(ids)
+        banned = REGISTRY.among(key.setup_id, key.identifier, key.banned, ids)
         if banned:
-            raise PeerBanned(frozenset(banned))
+            raise PeerBanned(banned)
         g = public.group
         try:
             derived = derive_public(public.group_key, key.chain_code, path)

@@ -30,6 +30,11 @@ class BanRegistry:
         with self._lock:
             return frozenset(self._bans.get((setup_id, me), ()))
 
+    def among(self, setup_id: bytes, me: int, persisted: Iterable[int], parties: Iterable[int]) -> frozenset[int]:
+        """Which of ``parties`` a share (``persisted``: its own ban list) refuses to sign with:
+        banned in the share or, since it was loaded, in this process."""
+        return (frozenset(persisted) | self.banned(setup_id, me)) & frozenset(parties)
+
     def add(self, setup_id: bytes, me: int, peers: Iterable[int]) -> None:
         with self._lock:
             self._bans.setdefault((setup_id, me), set()).update(peers)
