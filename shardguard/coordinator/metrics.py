@@ -85,6 +85,13 @@ class Metrics:
             ["mode"],
             registry=r,
         )
+        self.signs_rerun = Counter(
+            "shardguard_signs_rerun",
+            "Sign requests whose one-step signing could not run (a signer restarted, or holds no such "
+            "pre-signature or nonce) and that ran again in rounds, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.tasks_claimed = Counter("shardguard_tasks_claimed", "Tasks handed to nodes by this replica", registry=r)
         self.relay_messages = Counter("shardguard_relay_messages", "Ciphertexts accepted for relay", registry=r)
         self.relay_bytes = Counter("shardguard_relay_bytes", "Ciphertext bytes accepted for relay", registry=r)

@@ -241,9 +241,12 @@ class Job(Base):
     #: it: the same key again returns this job, with another request it is refused.
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     idempotency_fp: Mapped[str | None] = mapped_column(String(64))
-    #: A sign request run inside a bundle: the bundle's job id (it has the tasks and the
-    #: mailbox; this one ends when it does). None otherwise.
+    #: A sign request run inside a bundle, or rerun in rounds: that job's id (it has the tasks
+    #: and the mailbox; this one ends when it does). None otherwise.
     bundle_id: Mapped[str | None] = mapped_column(String(32))
+    #: A rerun: the sign request whose one-step signing could not run, run again here in rounds
+    #: (API.md §1.13, §1.15); that request's ``bundle_id`` names this job, and it ends with it.
+    carries: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     started_at: Mapped[dt.datetime | None]

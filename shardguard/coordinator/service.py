@@ -462,6 +462,7 @@ class Coordinator:
         now = utc_now()
         summary = summarize(card, platform, evidence, collateral=collateral, evidence_nonce=evidence_nonce, now=now)
         restarted: list[str] = []
+        rerun_nodes: set[str] = set()
         with self.db.write() as s:
             # The node row first, FOR UPDATE: the node's claims and reports hold it FOR KEY
             # SHARE while they check its key (_hold_identity), so none made with the old key
@@ -492,7 +493,7 @@ class Coordinator:
                             select(Task.job_id)
                             .join(Job, Job.id == Task.job_id)
                             .where(Task.node_id == card.node_id, Task.status.in_(("queued", "done")),
-                                   Job.status == "running", Job.kind.in_(("presign", "sign")))
+                                   Job.status == "running", Job.kind.in_(("presign", "sign", "bundle")))
                         )
                     )
                 )  # fmt: skip
@@ -500,7 +501,7 @@ class Coordinator:
                 for job in s.scalars(locked).all() if job_ids else []:
                     if job.kind == "presign":
                         mine: tuple[str, ...] = ("running", "queued", "done")
-                    elif presigned(job.params):
+                    elif _one_step(job.params):  # what it made ahead is gone, queued or not
                         mine = ("running", "queued")
                     else:
                         mine = ("running",)
@@ -509,16 +510,16 @@ class Coordinator:
                         .where(Task.job_id == job.id, Task.node_id == card.node_id, Task.status.in_(mine))
                         .with_for_update()
                     ).first()
-                    if handed is not None and job.status == "running":
-                        self._fail_job(
-                            s,
-                            job,
-                            reason="node_restarted",
-                            culprits=[card.node_id],
-                            party=None,
-                            detail=f"node {card.node_id} re-registered with a new identity key while running its task",
-                        )
-                        restarted.append(job.id)
+                    if handed is None or job.status != "running":
+                        continue
+                    detail = f"node {card.node_id} re-registered with a new identity key while running its task"
+                    if self._reruns(s, job, "node_restarted"):
+                        rerun_nodes.update(self._rerun(s, job, reason="node_restarted", detail=detail))
+                        if job.status == "running":
+                            continue  # a request: it goes on in its rerun
+                    else:
+                        self._fail_job(s, job, reason="node_restarted", culprits=[card.node_id], party=None, detail=detail)
+                    restarted.append(job.id)
             row.identity_public_key = card.identity_public_key
             row.kem_id = int(card.kem_id)
             row.peer_card = card.encode()
@@ -536,6 +537,8 @@ class Coordinator:
         self.notify(f"evidence:{card.node_id}", None)
         for job_id in restarted:
             self._notify_job(job_id)
+        for nid in sorted(rerun_nodes):
+            self.notify(f"node:{nid}", 1)
         if restarted:
             self.dispatch()
         return out
@@ -1209,7 +1212,7 @@ class Coordinator:
 
     def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         with self.db.read() as s:
-            q = select(Job).where(Job.kind.notin_(("bundle", "presign")))  # no client asked for these
+            q = select(Job).where(Job.kind.notin_(("bundle", "presign")), Job.carries.is_(None))  # no client asked for these
             q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
             if key_id is not None:
                 q = q.where(Job.key_id == key_id)
@@ -1741,6 +1744,7 @@ class Coordinator:
             if fast is not None:
                 return fast
         now = utc_now()
+        rerun_nodes: set[str] = set()
         with self.db.write() as s:
             if identity is not None:
                 _hold_identity(s, node_id, identity)
@@ -1763,7 +1767,8 @@ class Coordinator:
             if task.status == "queued":
                 raise ApiError(409, "task_not_claimed", "the task was never handed out")
             if task.status == "cancelled" or job.status != "running":
-                raise ApiError(409, "job_not_running", f"the job is {job.status}", extra={"job_status": job.status})
+                why = f"the job is {job.status}" if job.status != "running" else "the task was cancelled: the request runs again"
+                raise ApiError(409, "job_not_running", why, extra={"job_status": job.status})
             parts = {p["node_id"] for p in job.participants}
             task.finished_at = now
             if status == "failed":
@@ -1778,6 +1783,9 @@ class Coordinator:
                 if job.kind == "witness":
                     s.flush()
                     self._witness_ended(s, job)
+                elif self._reruns(s, job, reported["reason"]):
+                    detail = f"{node_id} could not take its step: {reported.get('detail', '')}"[:2000]
+                    rerun_nodes = self._rerun(s, job, reason=reported["reason"], detail=detail)
                 else:
                     self._fail_job(
                         s,
@@ -1810,6 +1818,8 @@ class Coordinator:
             if job.status != "running":  # as in _signed: the key row before the look for waiting jobs
                 s.execute(_KEY_HOLD, {"key": job.key_id})
             waiting = job.status != "running" and self._has_queued(s, job.key_id)
+        for nid in sorted(rerun_nodes):
+            self.notify(f"node:{nid}", 1)
         if out["job_status"] != "running":
             self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
             if waiting:
@@ -1880,11 +1890,15 @@ class Coordinator:
                         raise _GeneralPath  # result_mismatch: failed by the general path
                     conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
-                    if job.kind == "sign":  # as get_request would read it back (a bundle's members: read)
+                    if job.kind == "sign" and job.carries is None:  # as get_request would read it back (else: read)
                         ended = job._asdict() | {"status": "done", "result": result, "finished_at": now, "updated_at": now}
                         tasks = {t.node_id: _TASK_DONE_ROW for t in others} | {node_id: _TASK_DONE_ROW}
                         answer = self._job_out(types.SimpleNamespace(**ended), tasks)
-                    self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
+                    rerun = job.carries is not None
+                    self._record_end(_Ended("rerun" if rerun else job.kind, job.started_at, now), "done", "")
+                    if rerun:  # the request it carries ends with it (API.md §1.13, §1.15)
+                        conn.execute(_MEMBER_DONE, {"job": job.carries, "bundle": job.id, "now": now, "res": result})
+                        self._record_end(_Ended("sign", job.started_at, now), "done", "")
                     if job.kind == "bundle":
                         done = [
                             {"job": item["request_id"], "bundle": job.id, "now": now, "res": one}
@@ -2089,6 +2103,73 @@ class Coordinator:
                     member.finished_at = now
                     member.updated_at = now
                     self._record_end(member, "done", "")
+        elif job.carries is not None:
+            carried = s.get(Job, job.carries, with_for_update=True)
+            if carried is not None and carried.status == "running" and carried.bundle_id == job.id:
+                carried.status = "done"
+                carried.result = result
+                carried.finished_at = now
+                carried.updated_at = now
+                self._record_end(carried, "done", "")
+
+    @staticmethod
+    def _reruns(s: Session, job: Job, reason: str) -> bool:
+        """Whether a running one-step signing that ``reason`` stops runs again in rounds instead
+        of failing (:meth:`_rerun`): a request or bundle not itself a rerun, its key active."""
+        if reason not in _RERUN_REASONS or job.kind not in ("sign", "bundle") or not _one_step(job.params):
+            return False
+        key = s.get(Key, job.key_id)
+        return job.status == "running" and job.bundle_id is None and key is not None and key.status == "active"
+
+    def _rerun(self, s: Session, job: Job, *, reason: str, detail: str) -> set[str]:
+        """Run a one-step signing again in rounds (API.md §1.13, §1.15): a signer restarted and
+        lost what it made ahead, or says it holds none of it (``ONE_STEP_UNAVAILABLE``,
+        ``NONCE_UNKNOWN``), having released nothing. Each request gets a new sign job that
+        ``carries`` it, with its payload and signers, never one-step; the request ends when that
+        job ends (its ``bundle_id`` names it). The first attempt's open tasks are cancelled and
+        the shares reported in it are never combined. Safe: its nonces and pre-signatures are
+        used up, and the rerun signs the same payload with fresh ones. A bundle fails, its
+        requests rerun one by one. Returns the nodes to wake (the caller, after its commit)."""
+        now = utc_now()
+        until = now + dt.timedelta(seconds=self.settings.job_timeout)
+        key = s.get(Key, job.key_id)
+        assert key is not None  # _reruns checked it
+        s.execute(
+            update(Task)
+            .where(Task.job_id == job.id, Task.status.in_(("queued", "running")))
+            .values(status="cancelled", finished_at=now)
+            .execution_options(synchronize_session="fetch")
+        )
+        if job.kind == "bundle":
+            members = list(
+                s.scalars(
+                    select(Job).where(Job.bundle_id == job.id, Job.status == "running").order_by(Job.id).with_for_update()
+                )
+            )
+        else:
+            members = [job]
+        for member in members:
+            rerun_id = new_id("rrn")
+            params = {k: v for k, v in member.params.items() if k not in (PRECOMMITTED, PRESIGNATURE)}
+            s.add(Job(
+                id=rerun_id, kind="sign", key_id=member.key_id, params=params, status="running", result=None, error=None,
+                participants=member.participants, instance=secrets.token_bytes(32).hex(), epoch=key.epoch, attempts=1,
+                lease_owner=self.settings.replica_id, lease_until=until, next_msg_seq=1, mailbox_bytes=0,
+                requested_by=member.requested_by, carries=member.id, created_at=now, updated_at=now, started_at=now,
+            ))  # fmt: skip
+            for p in member.participants:
+                s.add(Task(id=new_id("task"), job_id=rerun_id, node_id=p["node_id"], party_index=p["index"], status="queued",
+                           created_at=now))  # fmt: skip
+            member.bundle_id = rerun_id
+            member.attempts += 1
+            member.lease_until = until
+            member.updated_at = now
+            self.metrics.signs_started.labels("three_round" if key.scheme == "ecdsa" else "two_round").inc()
+            self.metrics.signs_rerun.labels(reason if reason in _RERUN_REASONS else "other").inc()
+        s.flush()
+        if job.kind == "bundle":
+            self._fail_job(s, job, reason=reason, culprits=[], party=None, detail=f"{detail}; its requests run again in rounds")
+        return {p["node_id"] for p in job.participants}
 
     def _fail_job(self, s: Session, job: Job, *, reason: str, culprits: list[str], party: str | None, detail: str) -> None:
         now = utc_now()
@@ -2108,19 +2189,21 @@ class Coordinator:
                 key.status = "failed"
                 key.updated_at = now
         self._record_end(job, "failed", reason)
-        if job.kind == "bundle":  # every request in it fails with its reason
+        if job.kind == "bundle" or job.carries is not None:  # every request in it fails with its reason
+            what = "bundle" if job.kind == "bundle" else "rerun"
             for member in s.scalars(select(Job).where(Job.bundle_id == job.id, Job.status == "running").with_for_update()):
                 member.status = "failed"
-                member.error = job.error | {"detail": f"in bundle {job.id}: {detail}"}
+                member.error = job.error | {"detail": f"in {what} {job.id}: {detail}"}
                 member.finished_at = now
                 member.updated_at = now
                 self._record_end(member, "failed", reason)
 
     def _record_end(self, job: Job | _Ended, status: str, reason: str) -> None:
-        known = reason if reason in _REASONS else "other"
-        self.metrics.jobs_finished.labels(job.kind, status, known).inc()
+        known = reason if reason in _REASONS or reason in _RERUN_REASONS else "other"
+        kind = "rerun" if getattr(job, "carries", None) is not None else job.kind  # its request counts as "sign"
+        self.metrics.jobs_finished.labels(kind, status, known).inc()
         if job.started_at is not None and job.finished_at is not None:
-            self.metrics.job_seconds.labels(job.kind).observe((job.finished_at - job.started_at).total_seconds())
+            self.metrics.job_seconds.labels(kind).observe((job.finished_at - job.started_at).total_seconds())
 
     def _notify_job(self, job_id: str, nodes: Iterable[str] | None = None, requests: Iterable[str] = ()) -> None:
         """Wake whoever waits for the end of ``job_id``: its client, the clients of
@@ -2567,6 +2650,10 @@ class Coordinator:
         return {"jobs": jobs, "nodes": {"alive": alive, "silent": total - alive}}
 
 
+#: Why a one-step signing runs again in rounds (:meth:`Coordinator._rerun`): a signer's new
+#: process lost what it made ahead, or a signer reports it holds none of it (released nothing).
+_RERUN_REASONS = frozenset({"node_restarted", "ONE_STEP_UNAVAILABLE", "NONCE_UNKNOWN"})
+
 _REASONS = frozenset(
     {"timeout", "queue_timeout", "node_restarted", "result_mismatch", "public_key_changed", "key_not_active", "invalid_signature",
      "invalid_signature_share", "key_changed", ""}
@@ -2707,7 +2794,7 @@ _SIGN_JOB_FOR_REPORT = (
     select(
         Job.id, Job.kind, Job.status, Job.key_id, Job.participants, Job.started_at, Job.params, Job.epoch,
         Job.result, Job.error, Job.instance, Job.attempts, Job.created_at, Job.updated_at, Job.finished_at,
-        Job.lease_until, Job.bundle_id,
+        Job.lease_until, Job.bundle_id, Job.carries,
         Key.scheme, Key.public_key, Key.public_package,
     )
     .join(Key, Key.id == Job.key_id)
@@ -2801,8 +2888,10 @@ def _request_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _bundled(job: Any) -> list[str]:
-    """The requests that end with ``job`` besides itself: a bundle's."""
-    return [item["request_id"] for item in job.params["bundle"]] if job.kind == "bundle" else []
+    """The requests that end with ``job`` besides itself: a bundle's, or the one a rerun carries."""
+    if job.kind == "bundle":
+        return [item["request_id"] for item in job.params["bundle"]]
+    return [job.carries] if job.carries is not None else []
 
 
 def _card_fields(n: Any) -> dict[str, Any]:

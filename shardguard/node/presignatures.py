@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shardguard.node.tasks import TaskError
+from shardguard.node.tasks import OneStepUnavailable
 from shardguard.protocols.dkls23 import Presignature
 
 __all__ = ["KEEP_SECONDS", "PER_KEY", "PresignaturePool"]
@@ -55,13 +55,13 @@ class PresignaturePool:
                 entries.popitem(last=False)
 
     def take(self, key_id: str, presignature_id: bytes) -> Presignature:
-        """The pre-signature, out of the pool for good; TaskError if this process holds no
-        unused one of that id for the key (never made here, used, dropped or expired)."""
+        """The pre-signature, out of the pool for good; OneStepUnavailable if this process holds
+        no unused one of that id for the key (never made here, used, dropped or expired)."""
         with self._lock:
             entries = self._keys.get(key_id)
             got = entries.pop(presignature_id, None) if entries is not None else None
         if got is None or self._clock() - got[0] > self._keep:
-            raise TaskError("this node holds no unused pre-signature of that id for the key", "presignature.id")
+            raise OneStepUnavailable("this node holds no unused pre-signature of that id for the key", "presignature.id")
         return got[1]
 
     def drop(self, key_id: str) -> int:

@@ -69,7 +69,7 @@ from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
 from shardguard.node.presignatures import PresignaturePool
-from shardguard.node.tasks import Task, TaskError, precommitted_items, run_task, share_scheme
+from shardguard.node.tasks import OneStepUnavailable, Task, TaskError, precommitted_items, run_task, share_scheme
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.dkls23.bans import REGISTRY
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
@@ -667,7 +667,9 @@ class NodeService:
         while the shares are computed (their nonces are taken for good), and the shares leave
         only once it is durable."""
         if not self._fresh:
-            raise TaskError("peers have not confirmed this node's state since it started: it signs in two rounds", "commitments")
+            raise OneStepUnavailable(
+                "peers have not confirmed this node's state since it started: it signs in two rounds", "commitments"
+            )
         self._await_confirmed(task.key_id, deadline)
         share = self.shares.load(task.key_id)
         if share_scheme(share) != task.scheme:  # the scheme the commitments are signed for, and logged
@@ -1336,6 +1338,8 @@ class NodeService:
             return {"reason": "TIMEOUT", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, NonceError):  # a commitment we never made, used already, or forged
             return {"reason": f"NONCE_{e.reason.upper()}", "culprits": [], "detail": str(e)[:2000]}
+        if isinstance(e, OneStepUnavailable):  # nothing released: the coordinator runs it in rounds
+            return {"reason": "ONE_STEP_UNAVAILABLE", "culprits": [], "detail": str(e)[:2000]}
         if isinstance(e, (ProtocolError, TaskError, EngineError, ValueError)):
             return {"reason": type(e).__name__, "culprits": [], "detail": str(e)[:2000]}
         return {"reason": "INTERNAL", "culprits": [], "detail": type(e).__name__}

@@ -46,6 +46,13 @@ class TaskError(ValueError):
         super().__init__(f"{what}{f' ({field})' if field else ''}")
 
 
+class OneStepUnavailable(TaskError):
+    """A one-step signing this node cannot take: it holds no such pre-signature (used,
+    dropped, expired, or made by an earlier process), or its peers have not yet confirmed its
+    state since it started. Nothing was released; the coordinator runs the request again in
+    rounds (API.md §1.13, §1.15)."""
+
+
 class ShareStore(Protocol):
     """Where a node keeps its shares (the sealed keystore; a dict in tests)."""
 

@@ -463,3 +463,72 @@ def test_the_answer_kept_for_a_waiting_client_is_what_the_database_says(client: 
         answered = waiting.result(timeout=10)
     assert answered.status_code == 200, answered.text
     assert answered.json() == _request(client, answered.json()["request_id"]) and answered.json()["status"] == "done"
+
+
+def _play_reruns(client: TestClient, nodes: list[FakeNode], rids: list[str], messages: list[bytes]) -> None:
+    """Each request runs again in its own two-round job that carries it: play those (the
+    signature the signers would agree on) and check every request ends done with it."""
+    reruns = {}
+    for rid in rids:
+        req = _request(client, rid)
+        assert req["status"] == "running" and req["attempts"] == 2 and req["bundle"].startswith("rrn"), req
+        reruns[req["bundle"]] = rid
+    shares = list(_frost_shares(SCHEME)[:2])
+    by_message = {m: local.sign(shares, m).hex() for m in messages}
+    pk = _frost_shares(SCHEME)[0].public.public_key_bytes
+    for node in nodes[:2]:
+        tasks = []
+        while (t := node.next_task()) is not None:
+            tasks.append(t)
+        assert sorted(t["job_id"] for t in tasks) == sorted(reruns), tasks
+        for t in tasks:
+            assert t["kind"] == "sign" and "commitments" not in t["params"], t
+            message = bytes.fromhex(t["params"]["message_hex"])
+            result = {"scheme": SCHEME, "public_key": pk.hex(), "signature": by_message[message]}
+            assert node.report(t["task_id"], result=result).status_code == 200
+    for rid, message in zip(rids, messages, strict=True):
+        req = _request(client, rid)
+        assert req["status"] == "done", req
+        assert verify_independently(SCHEME, pk, message, bytes.fromhex(req["result"]["signature"]))
+
+
+def test_a_signer_restarting_before_its_one_step_task_reruns_the_signing_in_two_rounds(
+    client: TestClient, nodes: list[FakeNode]
+) -> None:
+    """The new process holds none of the nonces the old one committed to: the coordinator
+    runs the request again in two rounds rather than fail it (a rolling restart)."""
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(2)
+    rid = _sign(client, key_id, b"m", [nodes[0].node_id, nodes[1].node_id])
+    first = nodes[0].next_task()
+    assert first is not None and "commitments" in first["params"]
+    share = signers[1].answer(first, signers)
+    nodes[1].restart()
+    assert nodes[1].register().status_code == 200
+    assert nodes[0].report(first["task_id"], result=share).status_code == 409  # cancelled: never summed
+    _play_reruns(client, nodes, [rid], [b"m"])
+
+
+def test_a_signer_that_lost_its_nonce_reruns_a_bundle_request_by_request(client: TestClient, nodes: list[FakeNode]) -> None:
+    key_id, signers = _setup(client, nodes)
+    for i in (1, 2):
+        signers[i].publish(8)
+    pair = [nodes[0].node_id, nodes[1].node_id]
+    first = _sign(client, key_id, b"first", pair)
+    messages = [b"next %d" % k for k in range(3)]
+    waiting = [_sign(client, key_id, m, pair) for m in messages]
+    tasks = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    for i in (1, 2):
+        assert nodes[i - 1].report(tasks[i]["task_id"], result=signers[i].answer(tasks[i], signers)).status_code == 200  # type: ignore[index]
+    assert _request(client, first)["status"] == "done"
+    bundle = {i: nodes[i - 1].next_task() for i in (1, 2)}
+    assert bundle[1] is not None and bundle[2] is not None and bundle[1]["kind"] == "bundle"
+    error = {"reason": "NONCE_UNKNOWN", "culprits": [], "detail": "not a commitment of this process"}
+    ack = nodes[1].report(bundle[2]["task_id"], status="failed", error=error)
+    assert ack.status_code == 200 and ack.json()["job_status"] == "failed", ack.text
+    failed = _request(client, bundle[1]["job_id"])
+    assert failed["status"] == "failed" and "run again in rounds" in failed["error"]["detail"]
+    _play_reruns(client, nodes, waiting, messages)
+    metrics = client.get("/metrics").text
+    assert 'shardguard_signs_rerun_total{reason="NONCE_UNKNOWN"} 3.0' in metrics

@@ -333,16 +333,110 @@ def test_a_signer_restarting_before_the_pre_signing_ends_leaves_nothing_in_stock
     assert c.stock() == 0
 
 
-def test_a_signer_restarting_before_it_took_its_pre_signed_task_fails_the_signing(cluster: Cluster) -> None:
-    """Its pre-signature died with the process: the signing fails at once with the reason,
-    rather than being handed to the new process to refuse."""
+def _three_rounds(c: Cluster, rid: str, digest: bytes = DIGEST) -> dict[str, Any]:
+    """Play the rerun of ``rid``: node-a and node-b each get one plain sign task (no
+    pre-signature) in a new job that carries the request; they report the signature."""
+    req = c.request(rid)
+    rerun = req["bundle"]
+    assert req["status"] == "running" and req["attempts"] == 2 and rerun.startswith("rrn"), req
+    sig = local.ecdsa_sign(list(_shares()[:2]), digest)
+    for nid in ("node-a", "node-b"):
+        (task,) = [t for t in c.tasks(nid) if t["kind"] == "sign"]
+        assert task["job_id"] == rerun and "presignature" not in task["params"], task
+        assert task["params"]["digest_hex"] == digest.hex() and task["params"]["signers"] == ["node-a", "node-b"]
+        assert c.node(nid).report(task["task_id"], result=sig.to_dict()).status_code == 200
+    return c.request(rid)
+
+
+def _check_done(c: Cluster, req: dict[str, Any], digest: bytes = DIGEST) -> None:
+    assert req["status"] == "done", req
+    sig = bytes.fromhex(req["result"]["signature"])
+    check_ecdsa_independently(
+        EcdsaSignature(r=int.from_bytes(sig[:32], "big"), s=int.from_bytes(sig[32:], "big"),
+                       recovery_id=req["result"]["recovery_id"], public_key=bytes.fromhex(c.public_key), digest=digest)
+    )  # fmt: skip
+
+
+def test_a_signer_restarting_before_it_took_its_pre_signed_task_reruns_the_signing_in_rounds(cluster: Cluster) -> None:
+    """Its pre-signature died with the process: rather than fail the request (a rolling
+    restart would fail every request in flight), the coordinator runs it again in three
+    rounds, in a new job that carries it, and the request ends with that job."""
     c = cluster
     _three_round_then_stock(c)
     rid = c.sign()
     c.node("node-b").restart()
     assert c.node("node-b").register().status_code == 200
+    req = _three_rounds(c, rid)
+    _check_done(c, req)
+    assert req["attempts"] == 2 and req["error"] is None
+    listed = c.client.get("/v1/requests", headers=ADMIN).json()
+    ids = [r["request_id"] for r in (listed if isinstance(listed, list) else listed["requests"])]
+    assert rid in ids and not any(i.startswith("rrn") for i in ids)  # the rerun is no request of its own
+    metrics = c.client.get("/metrics").text
+    assert 'shardguard_signs_rerun_total{reason="node_restarted"} 1.0' in metrics
+
+
+def test_a_signer_holding_no_such_pre_signature_reruns_the_signing_and_the_other_share_is_dropped(cluster: Cluster) -> None:
+    """node-a answered its share; node-b has no such pre-signature (ONE_STEP_UNAVAILABLE,
+    nothing released): the signing runs again in rounds, node-a's lone share is never used,
+    and a late report of the first attempt is refused."""
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    (ta,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
+    (tb,) = [t for t in c.tasks("node-b") if t["kind"] == "sign"]
+    assert c.node("node-a").report(ta["task_id"], result=c.answer(ta, "node-a")).status_code == 200
+    error = {"reason": "ONE_STEP_UNAVAILABLE", "culprits": [], "detail": "no unused pre-signature of that id"}
+    ack = c.node("node-b").report(tb["task_id"], status="failed", error=error)
+    assert ack.status_code == 200 and ack.json()["job_status"] == "running", ack.text
+    req = _three_rounds(c, rid)
+    _check_done(c, req)
+    late = c.node("node-b").report(tb["task_id"], result=c.answer(tb, "node-b"))
+    assert late.status_code == 409, late.text
+
+
+@pytest.mark.parametrize("reason", ["TaskError", "NONCE_MISMATCH", "STALE_STATE"])
+def test_other_refusals_of_a_one_step_signing_fail_it(cluster: Cluster, reason: str) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    (tb,) = [t for t in c.tasks("node-b") if t["kind"] == "sign"]
+    culprits = ["node-b"] if reason == "STALE_STATE" else []
+    ack = c.node("node-b").report(tb["task_id"], status="failed", error={"reason": reason, "culprits": culprits, "detail": "x"})
+    assert ack.status_code == 200
     req = c.request(rid)
-    assert req["status"] == "failed" and req["error"]["reason"] == "node_restarted", req
+    assert req["status"] == "failed" and req["error"]["reason"] == reason and req["attempts"] == 1, req
+
+
+def test_a_failing_rerun_fails_its_request_and_is_never_rerun(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    c.node("node-b").restart()
+    assert c.node("node-b").register().status_code == 200
+    rerun = c.request(rid)["bundle"]
+    (tb,) = [t for t in c.tasks("node-b") if t["kind"] == "sign"]
+    error = {"reason": "ONE_STEP_UNAVAILABLE", "culprits": [], "detail": "x"}  # a rerun takes no one step: a plain failure
+    assert c.node("node-b").report(tb["task_id"], status="failed", error=error).status_code == 200
+    req = c.request(rid)
+    assert req["status"] == "failed" and req["error"]["reason"] == "ONE_STEP_UNAVAILABLE", req
+    assert f"in rerun {rerun}" in req["error"]["detail"]
+    assert c.request(rerun)["status"] == "failed"
+
+
+def test_a_rerun_past_its_deadline_fails_its_request(cluster: Cluster) -> None:
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    c.node("node-b").restart()
+    assert c.node("node-b").register().status_code == 200
+    rerun = c.request(rid)["bundle"]
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    with coord(c.client).db.write() as s:
+        s.execute(update(Job).where(Job.id == rerun).values(lease_until=past))
+    coord(c.client).sweep()
+    req = c.request(rid)
+    assert req["status"] == "failed" and req["error"]["reason"] == "timeout", req
 
 
 def test_concurrent_restocking_keeps_to_presign_inflight(make_client: Callable[..., TestClient]) -> None:

@@ -128,7 +128,7 @@ def test_a_refused_task_signs_nothing_and_spends_no_nonce(nodes: Stack, forge: s
     one.handle(raw)
     result = hub.results["x-1"]
     assert result["status"] == "failed", result
-    expected = "NONCE_MISMATCH" if forge == "our point" else "TaskError"
+    expected = {"our point": "NONCE_MISMATCH", "not fresh": "ONE_STEP_UNAVAILABLE"}.get(forge, "TaskError")
     assert result["error"]["reason"] == expected, result
     assert not [e for e in _entries(one, "x") if e["event"] == "signing"]
     assert len(pool) >= before  # nothing spent (a mismatch leaves the pair: it was never used)

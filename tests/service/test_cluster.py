@@ -270,6 +270,37 @@ def test_kill_a_node_and_sign_with_the_other_two(cluster: tuple[Path, Client], k
     sign(client, keys["ecdsa"], ["node-1", "node-2"])
 
 
+@pytest.mark.parametrize("scheme", ["ecdsa", "ed25519"])
+def test_a_one_step_signing_whose_signer_restarts_runs_again_in_rounds(
+    cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]], scheme: str
+) -> None:
+    """A rolling restart (API.md §1.6, "Reruns"): a request that took a pre-signature or
+    commitments made ahead while one of its signers was down would wait for a process that
+    no longer holds them; the restart makes the coordinator run it again in rounds, and it is
+    done with a signature OpenSSL / libsecp256k1 / libsodium accept."""
+    d, client = cluster
+    key = keys[scheme]
+    pair = ["node-1", "node-2"]
+    before = _signs_started(d)
+    one_step = "presigned" if scheme == "ecdsa" else "precommitted"
+    end = time.monotonic() + 30
+    while time.monotonic() < end and _signs_started(d).get(one_step, 0.0) <= before.get(one_step, 0.0):
+        sign(client, key, pair)  # until this pair signs in one step: it has stock
+    time.sleep(1.0)  # and the restock after it has ended
+    kill9(node_pid(d, "node-2"))
+    payload = hashlib.sha256(os.urandom(16)).digest()
+    if scheme == "ecdsa":
+        req = client.sign(key["key_id"], digest=payload, signers=pair, wait=False)
+    else:
+        req = client.sign(key["key_id"], message=payload, signers=pair, wait=False)
+    first = client.request(req["request_id"])
+    assert ("presignature" if scheme == "ecdsa" else "commitments") in first["params"], first
+    restart(d, client, "node-2")
+    done = client.wait(req["request_id"], timeout=JOB_TIMEOUT + 40)
+    assert done["attempts"] == 2 and done["bundle"].startswith("rrn"), done
+    check_signature(key, done["result"], payload)
+
+
 @pytest.mark.parametrize("kind", ["sign", "refresh", "dkg"])
 def test_kill9_mid_protocol_then_restart(cluster: tuple[Path, Client], keys: dict[str, dict[str, Any]], kind: str) -> None:
     d, client = cluster
