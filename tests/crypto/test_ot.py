@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 import numpy as np
@@ -38,6 +39,35 @@ def test_packed_gf128_product_matches_schoolbook(values: list[int], c: int) -> N
 
 def test_gf128_known_identities() -> None:
     assert slow_gf_mul(1 << 127, 2) == 0x87  # x^128 = x^7 + x^2 + x + 1
+
+
+def shift_xor_mul(packed: int, c: int) -> int:
+    """The plain carry-less product: one shift-and-xor of the whole pack per set bit of ``c``."""
+    acc = 0
+    for i in range(c.bit_length()):
+        if (c >> i) & 1:
+            acc ^= packed << i
+    return acc
+
+
+@given(st.lists(st.integers(0, 2**128 - 1), min_size=1, max_size=8), st.integers(0, 2**128 - 1))
+def test_windowed_mul_equals_the_bitwise_product(values: list[int], c: int) -> None:
+    rows = np.frombuffer(b"".join(v.to_bytes(16, "little") for v in values), dtype=np.uint8).reshape(len(values), 16)
+    packed = gf128.pack(rows)
+    assert gf128.mul(packed, c) == shift_xor_mul(packed, c)
+
+
+@pytest.mark.parametrize("c", [0, 1, 2, 15, 16, 0x87, 1 << 127, 2**128 - 1, 0x1111 << 100, 2**200 + 5])
+def test_windowed_mul_edge_multipliers_on_a_full_pack(c: int) -> None:
+    rows = np.frombuffer(DeterministicRng(c.to_bytes(32, "big"))(BASE_OTS * 16), dtype=np.uint8).reshape(BASE_OTS, 16)
+    packed = gf128.pack(rows)
+    assert gf128.mul(packed, c) == shift_xor_mul(packed, c)
+    assert gf128.mul(0, c) == 0
+
+
+def test_mul_refuses_a_negative_multiplier() -> None:
+    with pytest.raises(ValueError):
+        gf128.mul(1, -1)
 
 
 def _base_ots(seed: int) -> tuple[list[bytes], list[bytes], bytes, list[bytes]]:
@@ -96,6 +126,45 @@ def test_extension_outputs_correlate(setup: tuple[list[bytes], list[bytes], byte
     for j, b in enumerate(recv.choice_bits):
         assert got[j] == (v1[j] if b else v0[j])
         assert v0[j] != v1[j]
+
+
+def reference_outputs(sid: bytes, cols: np.ndarray, width: int) -> list[tuple[int, ...]]:
+    """The outputs as the module docstring defines them, one hash and reduction at a time."""
+    q = extension._Q
+    out = []
+    for j in range(extension.EXTENDED):
+        d = hashlib.shake_256(b"shardguard/ote/out/v1\x00" + sid + j.to_bytes(2, "big") + cols[j].tobytes()).digest(48 * width)
+        out.append(tuple(int.from_bytes(d[48 * k : 48 * k + 48], "big") % q for k in range(width)))
+    return out
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_unreduced_outputs_are_congruent_to_the_scalars(
+    setup: tuple[list[bytes], list[bytes], bytes, list[bytes]], width: int
+) -> None:
+    s0, s1, delta, chosen = setup
+    recv, msg = extension.extend_receive(SID, s0, s1, DeterministicRng(13))
+    send = extension.extend_send(SID, delta, chosen, msg)
+    q = extension._Q
+    flipped = send._cols ^ np.frombuffer(delta, dtype=np.uint8)
+    pairs = [
+        (recv.outputs(b"w", width), recv.unreduced_outputs(b"w", width), recv._cols),
+        (send.outputs(b"w", width)[0], send.unreduced_outputs(b"w", width)[0], send._cols),
+        (send.outputs(b"w", width)[1], send.unreduced_outputs(b"w", width)[1], flipped),
+    ]
+    for reduced, unreduced, cols in pairs:
+        assert reduced == reference_outputs(b"w", cols, width)
+        assert [tuple(x % q for x in row) for row in unreduced] == reduced
+        assert all(len(row) == width and all(0 <= x < 2**384 for x in row) for row in unreduced)
+        assert any(x >= q for row in unreduced for x in row)  # really unreduced
+
+
+def test_choice_bits_are_the_choice_string_little_endian(setup: tuple[list[bytes], list[bytes], bytes, list[bytes]]) -> None:
+    s0, s1, _, _ = setup
+    recv, _ = extension.extend_receive(SID, s0, s1, DeterministicRng(14))
+    c = int.from_bytes(recv._choices, "little")
+    assert recv.choice_bits == [(c >> j) & 1 for j in range(extension.EXTENDED)]
+    assert all(type(b) is int for b in recv.choice_bits)
 
 
 @settings(max_examples=25, deadline=None)

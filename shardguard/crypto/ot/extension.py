@@ -16,7 +16,8 @@ Sender: ``Q_ℓ = PRG(m_{Δ_ℓ}) ⊕ Δ_ℓ·U_ℓ = T_ℓ ⊕ Δ_ℓ·β'``; i
 ``q̃_ℓ = t̃_ℓ ⊕ Δ_ℓ·x̃`` for every ℓ (the caller must then ban the receiver: pitfall P3).
 Column ``j`` of ``Q`` is ``ζ_j = ψ_j ⊕ β_j·Δ`` where ``ψ_j`` is column ``j`` of ``T``; the
 outputs are ``v0_j = XOF(ζ_j)``, ``v1_j = XOF(ζ_j ⊕ Δ)`` and the receiver's ``XOF(ψ_j) =
-v{β_j}_j``. Every output is ``width`` scalars mod q from 48 bytes each (bias < 2^-128).
+v{β_j}_j``. Every output is ``width`` scalars mod q from 48 bytes each (bias < 2^-128);
+``unreduced_outputs`` gives the same values as the 384-bit integers before that reduction.
 
 The PRG is keyed by a per-extension session id, so base OTs are reused safely across sessions
 as long as ``sid`` never repeats for one pair: the caller mixes in fresh randomness.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
+from itertools import repeat
+from typing import Literal
 
 import numpy as np
 
@@ -57,6 +60,12 @@ _CHUNKS = _COLS // 128  # 4 challenge-weighted chunks + the pad chunk
 U_SIZE = BASE_OTS * _ROW
 CHECK_SIZE = BASE_OTS * gf128.ELEMENT_BYTES
 _Q = SECP256K1.order
+_OUT_BYTES = 48  # hash bytes per output scalar, before its reduction mod q (bias < 2^-128)
+_OUT_MASK = (1 << 8 * _OUT_BYTES) - 1
+_BIG: Literal["big"] = "big"  # for map(int.from_bytes, …, repeat(_BIG))
+#: ``j.to_bytes(2, "big")``: the row / column index in the PRG and output hash inputs.
+_INDEX = tuple(j.to_bytes(2, "big") for j in range(max(BASE_OTS, EXTENDED)))
+_INDEX_BYTES = np.frombuffer(b"".join(_INDEX), dtype=np.uint8).reshape(len(_INDEX), 2)
 
 
 class OtConsistencyError(Exception):
@@ -81,9 +90,8 @@ class ExtensionMessage:
 
 
 def _prg(sid: bytes, seeds: Sequence[bytes]) -> np.ndarray:
-    rows = b"".join(
-        hashlib.shake_256(b"shardguard/ote/prg/v1\x00" + sid + i.to_bytes(2, "big") + s).digest(_ROW) for i, s in enumerate(seeds)
-    )
+    prefix, shake = b"shardguard/ote/prg/v1\x00" + sid, hashlib.shake_256
+    rows = b"".join([shake(prefix + i + s).digest(_ROW) for i, s in zip(_INDEX[:BASE_OTS], seeds, strict=True)])
     return np.frombuffer(rows, dtype=np.uint8).reshape(BASE_OTS, _ROW)
 
 
@@ -102,18 +110,28 @@ def _columns(m: np.ndarray) -> np.ndarray:
     return np.packbits(np.ascontiguousarray(bits.T), axis=1, bitorder="little")
 
 
-def _outputs(sid: bytes, cols: np.ndarray, width: int) -> list[tuple[int, ...]]:
-    raw = cols.tobytes()
+def _unreduced_outputs(sid: bytes, cols: np.ndarray, width: int) -> list[tuple[int, ...]]:
+    """Row ``j``: the ``width`` 48-byte big-endian chunks of ``XOF(prefix ‖ j ‖ column j)`` as
+    integers < 2^384, *not* reduced mod q (see :meth:`ReceiverExtension.unreduced_outputs`)."""
     prefix = b"shardguard/ote/out/v1\x00" + sid
-    fb, shake, q = int.from_bytes, hashlib.shake_256, _Q
-    out: list[tuple[int, ...]] = []
-    for j in range(EXTENDED):
-        d = shake(prefix + j.to_bytes(2, "big") + raw[32 * j : 32 * j + 32]).digest(48 * width)
-        if width == 3:  # the RVOLE's width: unrolled, this is the signing hot path
-            out.append((fb(d[:48], "big") % q, fb(d[48:96], "big") % q, fb(d[96:], "big") % q))
-        else:
-            out.append(tuple(fb(d[48 * k : 48 * k + 48], "big") % q for k in range(width)))
-    return out
+    p, n = len(prefix), cols.shape[0]
+    size = p + 2 + cols.shape[1]
+    inputs = np.empty((n, size), dtype=np.uint8)  # every hash input, one per row, in one buffer
+    inputs[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
+    inputs[:, p : p + 2] = _INDEX_BYTES[:n]
+    inputs[:, p + 2 :] = cols
+    raw, shake, m = inputs.tobytes(), hashlib.shake_256, _OUT_MASK
+    digests = [shake(raw[k : k + size]).digest(_OUT_BYTES * width) for k in range(0, n * size, size)]
+    ints = map(int.from_bytes, digests, repeat(_BIG))  # one conversion per digest, then split
+    if width == 3:  # the RVOLE's width: unrolled, this is the signing hot path
+        return [(x >> 768, (x >> 384) & m, x & m) for x in ints]
+    shifts = range(8 * _OUT_BYTES * (width - 1), -1, -8 * _OUT_BYTES)
+    return [tuple((x >> k) & m for k in shifts) for x in ints]
+
+
+def _outputs(sid: bytes, cols: np.ndarray, width: int) -> list[tuple[int, ...]]:
+    q = _Q
+    return [tuple(x % q for x in row) for row in _unreduced_outputs(sid, cols, width)]
 
 
 class ReceiverExtension:
@@ -127,12 +145,18 @@ class ReceiverExtension:
 
     @property
     def choice_bits(self) -> list[int]:
-        c = int.from_bytes(self._choices, "little")
-        return [(c >> j) & 1 for j in range(EXTENDED)]
+        bits: list[int] = np.unpackbits(np.frombuffer(self._choices, dtype=np.uint8), bitorder="little").tolist()
+        return bits
 
     def outputs(self, sid: bytes, width: int) -> list[tuple[int, ...]]:
-        """``v{β_j}_j`` for every j: ``width`` scalars each."""
+        """``v{β_j}_j`` for every j: ``width`` scalars mod q each."""
         return _outputs(sid, self._cols, width)
+
+    def unreduced_outputs(self, sid: bytes, width: int) -> list[tuple[int, ...]]:
+        """:meth:`outputs` *before* the reduction: integers < 2^384, each only congruent mod q
+        to the scalar it stands for. Reduce every value mod q (or only use it in a sum or
+        product that is) before it is encoded, compared, hashed or returned."""
+        return _unreduced_outputs(sid, self._cols, width)
 
     def __repr__(self) -> str:
         return "ReceiverExtension(<redacted>)"
@@ -151,9 +175,15 @@ class SenderExtension:
         self._delta = delta
 
     def outputs(self, sid: bytes, width: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-        """``(v0, v1)``: both messages of every extended OT."""
+        """``(v0, v1)``: both messages of every extended OT, ``width`` scalars mod q each."""
         flipped = self._cols ^ np.frombuffer(self._delta, dtype=np.uint8)
         return _outputs(sid, self._cols, width), _outputs(sid, flipped, width)
+
+    def unreduced_outputs(self, sid: bytes, width: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+        """:meth:`outputs` *before* the reduction mod q; the same caveat as
+        :meth:`ReceiverExtension.unreduced_outputs`."""
+        flipped = self._cols ^ np.frombuffer(self._delta, dtype=np.uint8)
+        return _unreduced_outputs(sid, self._cols, width), _unreduced_outputs(sid, flipped, width)
 
     def __repr__(self) -> str:
         return "SenderExtension(<redacted>)"

@@ -7,10 +7,13 @@ field, DKLs23 spec §2). Elements are 128-bit integers, bit ``i`` = coefficient 
 serialised as 16 little-endian bytes.
 
 Vectorised without a Python loop per bit of data: ``rows`` elements are packed into one big
-integer with a 256-bit slot each, so a carry-less product by a public multiplier is one
-shift-and-xor of the whole pack per set bit of the *multiplier* (the Fiat–Shamir challenge,
-public), and a reduction is a handful of whole-pack operations. Timing depends on the public
-multiplier only.
+integer with a 256-bit slot each, so a carry-less product by a public multiplier is a 4-bit
+window method over the *multiplier* (the Fiat–Shamir challenge, public): 14 whole-pack
+shift/xor operations make the multiples ``pack·v`` for ``v < 16``, then one whole-pack shift
+and one xor per nibble of the multiplier (Horner, most significant nibble first). A reduction
+is a handful of whole-pack operations. Timing depends on the public multiplier only: the
+table is indexed by the multiplier's nibbles, never by the packed (secret) data, and the
+sequence of operations is the same for every packed value.
 """
 
 from __future__ import annotations
@@ -48,13 +51,23 @@ def unpack(packed: int, rows: int) -> U8:
     return raw[:, :ELEMENT_BYTES]
 
 
+def _multiples(packed: int) -> list[int]:
+    """``[packed·v for v in 0..15]`` (carry-less): 7 whole-pack shifts and 7 xors."""
+    table = [0, packed]
+    for v in range(2, 16):
+        table.append(table[v >> 1] << 1 if v & 1 == 0 else table[v - 1] ^ packed)
+    return table
+
+
 def mul(packed: int, c: int) -> int:
-    """Carry-less product of every packed element by ``c`` (unreduced, < 2^255 per slot)."""
+    """Carry-less product of every packed element by ``c`` (unreduced, < 2^255 per slot for
+    ``c < 2^128``). 4-bit window, Horner from the top nibble; the work depends on ``c`` only."""
+    if c < 0:
+        raise ValueError("the multiplier must be a non-negative integer")
+    table = _multiples(packed)
     acc = 0
-    while c:
-        low = c & -c
-        acc ^= packed << (low.bit_length() - 1)
-        c ^= low
+    for shift in range(((c.bit_length() + 3) & ~3) - 4, -4, -4):
+        acc = (acc << 4) ^ table[(c >> shift) & 15]
     return acc
 
 

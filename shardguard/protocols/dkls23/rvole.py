@@ -12,7 +12,10 @@ additive shares ``c_k + d_k = a_k·b``. ℓ = 2 inputs, ρ = 1 check column, ξ 
    ``μ = H([ḋ_{j,2} + Σ θ_k ḋ_{j,k} − β_j η]_j)`` (else ban Alice); ``d_k = Σ g_j ḋ_{j,k}``
    (:func:`bob_finish`).
 
-Scalar arithmetic is Python ``int`` (not constant-time; docs/SECURITY.md).
+Scalar arithmetic is Python ``int`` (not constant-time; docs/SECURITY.md). The OT-extension
+outputs are taken *unreduced* (< 2^384, congruent mod q to the spec's scalars): every value
+derived from them is reduced mod q before it is encoded, hashed, compared or returned, so
+the results are exactly those of reducing first.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
+from itertools import repeat
+from typing import Literal
 
 from shardguard.crypto.group import Rng
 from shardguard.crypto.ot.extension import EXTENDED, ExtensionMessage, ReceiverExtension, extend_receive, extend_send
@@ -30,6 +35,7 @@ __all__ = ["WIDTH", "BobState", "MultiplicationCheckError", "alice_answer", "bob
 #: ℓ + ρ scalars per extended OT.
 WIDTH = 3
 _Q = SECP256K1.order
+_BIG: Literal["big"] = "big"  # for map(int.from_bytes, …, repeat(_BIG))
 
 
 class MultiplicationCheckError(Exception):
@@ -58,7 +64,8 @@ def _theta(sid: bytes, a_tilde: bytes) -> tuple[int, int]:
 
 
 def _mu(sid: bytes, values: Sequence[int]) -> bytes:
-    return hashlib.shake_256(b"shardguard/rvole/mu/v1\x00" + sid + b"".join(v.to_bytes(32, "big") for v in values)).digest(64)
+    """``values`` must be reduced mod q."""
+    return hashlib.shake_256(b"shardguard/rvole/mu/v1\x00" + sid + b"".join([v.to_bytes(32, "big") for v in values])).digest(64)
 
 
 def bob_start(
@@ -82,19 +89,21 @@ def alice_answer(
 ) -> tuple[tuple[int, int], bytes, int, bytes]:
     """Alice's answer ``(c, ã, η, μ)``. Raises :class:`~shardguard.crypto.ot.extension.OtConsistencyError`."""
     ext = extend_send(ote_sid, delta, chosen, msg)
-    v0, v1 = ext.outputs(sid, WIDTH)
+    v0, v1 = ext.unreduced_outputs(sid, WIDTH)  # < 2^384: reduce mod q before any use below
     a0, a1 = inputs
     a_hat = SECP256K1.random_scalar(rng)
     q = _Q
     rows = [
-        ((x0[0] - x1[0] + a0) % q, (x0[1] - x1[1] + a1) % q, (x0[2] - x1[2] + a_hat) % q) for x0, x1 in zip(v0, v1, strict=True)
+        v.to_bytes(32, "big")
+        for (x0, y0, z0), (x1, y1, z1) in zip(v0, v1, strict=True)
+        for v in ((x0 - x1 + a0) % q, (y0 - y1 + a1) % q, (z0 - z1 + a_hat) % q)
     ]
-    a_tilde = b"".join(v.to_bytes(32, "big") for row in rows for v in row)
+    a_tilde = b"".join(rows)
     th0, th1 = _theta(sid, a_tilde)
-    eta = (a_hat + th0 * a0 + th1 * a1) % _Q
-    mu = _mu(sid, [(x[2] + th0 * x[0] + th1 * x[1]) % _Q for x in v0])
-    c0 = -sum(g * x[0] for g, x in zip(gadget, v0, strict=True)) % _Q
-    c1 = -sum(g * x[1] for g, x in zip(gadget, v0, strict=True)) % _Q
+    eta = (a_hat + th0 * a0 + th1 * a1) % q
+    mu = _mu(sid, [(z + th0 * x + th1 * y) % q for x, y, z in v0])
+    c0 = -sum([g * x[0] for g, x in zip(gadget, v0, strict=True)]) % q
+    c1 = -sum([g * x[1] for g, x in zip(gadget, v0, strict=True)]) % q
     return (c0, c1), a_tilde, eta, mu
 
 
@@ -102,20 +111,20 @@ def bob_finish(state: BobState, sid: bytes, a_tilde: bytes, eta: int, mu: bytes,
     """Bob's shares ``(d_0, d_1)``. Raises :class:`MultiplicationCheckError`."""
     if len(a_tilde) != EXTENDED * WIDTH * 32 or len(mu) != 64:
         raise MultiplicationCheckError("answer has the wrong size")
-    gamma = state._ext.outputs(sid, WIDTH)
+    gamma = state._ext.unreduced_outputs(sid, WIDTH)  # < 2^384: reduce mod q before any use below
     bits = state._ext.choice_bits
-    at = [int.from_bytes(a_tilde[32 * i : 32 * (i + 1)], "big") for i in range(EXTENDED * WIDTH)]
+    at = list(map(int.from_bytes, [a_tilde[k : k + 32] for k in range(0, len(a_tilde), 32)], repeat(_BIG)))
     if max(at) >= _Q:  # every row, whatever β: canonical scalars only (spec P10)
         raise MultiplicationCheckError("a row of the answer is not a canonical scalar")
     th0, th1 = _theta(sid, a_tilde)
     q = _Q
-    d_dot = [
-        ((gam[0] + at[3 * j]) % q, (gam[1] + at[3 * j + 1]) % q, (gam[2] + at[3 * j + 2]) % q) if bit else gam
-        for j, (gam, bit) in enumerate(zip(gamma, bits, strict=True))
+    d_dot = [  # unreduced too: ḋ_j ≡ γ_j + β_j·ã_j (mod q)
+        (gam[0] + x, gam[1] + y, gam[2] + z) if bit else gam
+        for gam, bit, x, y, z in zip(gamma, bits, at[0::3], at[1::3], at[2::3], strict=True)
     ]
-    check = _mu(sid, [(d[2] + th0 * d[0] + th1 * d[1] - bit * eta) % _Q for d, bit in zip(d_dot, bits, strict=True)])
+    check = _mu(sid, [(z + th0 * x + th1 * y - bit * eta) % q for (x, y, z), bit in zip(d_dot, bits, strict=True)])
     if not hmac.compare_digest(check, mu):
         raise MultiplicationCheckError("multiplication check failed")
-    d0 = sum(g * d[0] for g, d in zip(gadget, d_dot, strict=True)) % _Q
-    d1 = sum(g * d[1] for g, d in zip(gadget, d_dot, strict=True)) % _Q
+    d0 = sum([g * d[0] for g, d in zip(gadget, d_dot, strict=True)]) % q
+    d1 = sum([g * d[1] for g, d in zip(gadget, d_dot, strict=True)]) % q
     return d0, d1
