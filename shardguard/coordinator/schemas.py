@@ -248,8 +248,10 @@ class RequestOut(_Out):
     updated_at: str
     started_at: str | None
     finished_at: str | None
-    #: The bundle this sign request ran in, if it ran in one.
+    #: The job this sign request ran in, if another: a bundle, or its rerun in rounds (API.md §1.6).
     bundle: str | None = None
+    #: A rerun in rounds (API.md §1.6, Reruns): the sign request it runs again.
+    carries: str | None = None
 
 
 class NodeOut(_Out):

@@ -497,7 +497,12 @@ class Coordinator:
                         )
                     )
                 )  # fmt: skip
-                locked = select(Job).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update()
+                # A request carried by a bundle or rerun has no open task (its done task of a
+                # first attempt may be found above): never locked here, so the lock order stays
+                # carrier then request, as where they end (review finding: a deadlock).
+                locked = (
+                    select(Job).where(Job.id.in_(job_ids), Job.bundle_id.is_(None)).order_by(Job.id).with_for_update()
+                )
                 for job in s.scalars(locked).all() if job_ids else []:
                     if job.kind == "presign":
                         mine: tuple[str, ...] = ("running", "queued", "done")
@@ -1248,6 +1253,7 @@ class Coordinator:
             "finished_at": iso(job.finished_at),
             "deadline": iso(job.lease_until),
             "bundle": job.bundle_id,
+            "carries": job.carries,
         }
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -2128,8 +2134,9 @@ class Coordinator:
         ``carries`` it, with its payload and signers, never one-step; the request ends when that
         job ends (its ``bundle_id`` names it). The first attempt's open tasks are cancelled and
         the shares reported in it are never combined. Safe: its nonces and pre-signatures are
-        used up, and the rerun signs the same payload with fresh ones. A bundle fails, its
-        requests rerun one by one. Returns the nodes to wake (the caller, after its commit)."""
+        used up, and the rerun signs the same payload with fresh ones. A bundle fails, and the
+        requests still in it rerun together in a new bundle, in rounds. Returns the nodes to
+        wake (the caller, after its commit)."""
         now = utc_now()
         until = now + dt.timedelta(seconds=self.settings.job_timeout)
         key = s.get(Key, job.key_id)
@@ -2148,28 +2155,54 @@ class Coordinator:
             )
         else:
             members = [job]
+        if job.kind == "bundle":
+            # One new bundle, in rounds, of the requests still in it (not one job each: a signer
+            # refusing would otherwise turn a bundle into bundle_max jobs at once).
+            kind, rerun_id, carries = "bundle", new_id("bdl"), None
+            params: dict[str, Any] = {
+                "signers": job.params["signers"],
+                "bundle": [{"request_id": m.id, "message_hex": m.params["message_hex"]} for m in members],
+            }
+        else:
+            kind, rerun_id, carries = "sign", new_id("rrn"), job.id
+            params = {k: v for k, v in job.params.items() if k not in (PRECOMMITTED, PRESIGNATURE)}
+        s.add(Job(
+            id=rerun_id, kind=kind, key_id=job.key_id, params=params, status="running", result=None, error=None,
+            participants=job.participants, instance=secrets.token_bytes(32).hex(), epoch=key.epoch, attempts=1,
+            lease_owner=self.settings.replica_id, lease_until=until, next_msg_seq=1, mailbox_bytes=0,
+            requested_by=job.requested_by if carries else None, carries=carries, created_at=now, updated_at=now,
+            started_at=now,
+        ))  # fmt: skip
+        for p in job.participants:
+            s.add(Task(id=new_id("task"), job_id=rerun_id, node_id=p["node_id"], party_index=p["index"], status="queued",
+                       created_at=now))  # fmt: skip
         for member in members:
-            rerun_id = new_id("rrn")
-            params = {k: v for k, v in member.params.items() if k not in (PRECOMMITTED, PRESIGNATURE)}
-            s.add(Job(
-                id=rerun_id, kind="sign", key_id=member.key_id, params=params, status="running", result=None, error=None,
-                participants=member.participants, instance=secrets.token_bytes(32).hex(), epoch=key.epoch, attempts=1,
-                lease_owner=self.settings.replica_id, lease_until=until, next_msg_seq=1, mailbox_bytes=0,
-                requested_by=member.requested_by, carries=member.id, created_at=now, updated_at=now, started_at=now,
-            ))  # fmt: skip
-            for p in member.participants:
-                s.add(Task(id=new_id("task"), job_id=rerun_id, node_id=p["node_id"], party_index=p["index"], status="queued",
-                           created_at=now))  # fmt: skip
             member.bundle_id = rerun_id
             member.attempts += 1
             member.lease_until = until
             member.updated_at = now
-            self.metrics.signs_started.labels("three_round" if key.scheme == "ecdsa" else "two_round").inc()
             self.metrics.signs_rerun.labels(reason if reason in _RERUN_REASONS else "other").inc()
+        self.metrics.signs_started.labels("three_round" if key.scheme == "ecdsa" else "two_round").inc()
         s.flush()
         if job.kind == "bundle":
             self._fail_job(s, job, reason=reason, culprits=[], party=None, detail=f"{detail}; its requests run again in rounds")
         return {p["node_id"] for p in job.participants}
+
+    def _end_carried(self, job: Job, carrier: Job, now: dt.datetime) -> None:
+        if carrier.status == "done" and carrier.result is not None:
+            if carrier.kind == "bundle":
+                items = [item["request_id"] for item in carrier.params["bundle"]]
+                job.result = _request_results(carrier.result)[items.index(job.id)] if job.id in items else None
+            else:
+                job.result = carrier.result
+        if job.result is not None:
+            job.status = "done"
+        else:
+            job.status = "failed"
+            job.error = (carrier.error or {"reason": "", "culprits": [], "party": None}) | {
+                "detail": f"in {carrier.kind} {carrier.id}: " + str((carrier.error or {}).get("detail", "it ended without it"))}
+        job.finished_at = job.updated_at = now
+        self._record_end(job, job.status, (job.error or {}).get("reason", ""))
 
     def _fail_job(self, s: Session, job: Job, *, reason: str, culprits: list[str], party: str | None, detail: str) -> None:
         now = utc_now()
@@ -2615,6 +2648,11 @@ class Coordinator:
                     detail=f"waited more than {self.settings.queue_timeout:g} s behind other jobs of its key",
                 )
                 ended.append(job)
+            for job, carrier in s.execute(_CARRIED_BY_ENDED).all():
+                # A request whose bundle or rerun ended without ending it (a replica of an
+                # older version ended that job): it ends as its carrier did.
+                self._end_carried(job, carrier, now)
+                ended.append(job)
         for job in ended:
             self._notify_job(job.id, [p["node_id"] for p in job.participants], _bundled(job))
         started = self.dispatch()
@@ -2774,6 +2812,7 @@ _INSERT_TASK = insert(Task)
 _REQUEST = select(
     Job.id, Job.kind, Job.key_id, Job.status, Job.params, Job.result, Job.error, Job.participants, Job.instance, Job.epoch,
     Job.attempts, Job.created_at, Job.updated_at, Job.started_at, Job.finished_at, Job.lease_until, Job.bundle_id,
+    Job.carries,
 ).where(Job.id == bindparam("job"))  # fmt: skip
 _REQUEST_TASKS = select(Task.node_id, Task.status).where(Task.job_id == bindparam("job"))
 # … and for a signer's report.
@@ -2819,6 +2858,15 @@ _JOB_DONE = (
 _KEY_HOLD = select(Key.id).where(Key.id == bindparam("key")).with_for_update()
 _NODE_GENERATION = select(Node.generation).where(Node.id == bindparam("node"))
 _QUEUED_JOB = select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued").limit(1)
+_CARRIER = aliased(Job)
+#: Requests still running inside a bundle or rerun that has ended (see sweep).
+_CARRIED_BY_ENDED = (
+    select(Job, _CARRIER)
+    .join(_CARRIER, _CARRIER.id == Job.bundle_id)
+    .where(Job.status == "running", _CARRIER.status.in_(("done", "failed")))
+    .limit(100)
+    .with_for_update(of=Job, skip_locked=True)
+)
 _MEMBER_DONE = (
     update(Job)
     .where(Job.id == bindparam("job"), Job.bundle_id == bindparam("bundle"), Job.status == "running")

@@ -366,7 +366,7 @@ def test_a_signer_restarting_before_it_took_its_pre_signed_task_reruns_the_signi
     rid = c.sign()
     c.node("node-b").restart()
     assert c.node("node-b").register().status_code == 200
-    req = _three_rounds(c, rid)
+    req = _three_rounds(c, rid)  # node-a's first-attempt task, never taken, was cancelled
     _check_done(c, req)
     assert req["attempts"] == 2 and req["error"] is None
     listed = c.client.get("/v1/requests", headers=ADMIN).json()
@@ -378,8 +378,7 @@ def test_a_signer_restarting_before_it_took_its_pre_signed_task_reruns_the_signi
 
 def test_a_signer_holding_no_such_pre_signature_reruns_the_signing_and_the_other_share_is_dropped(cluster: Cluster) -> None:
     """node-a answered its share; node-b has no such pre-signature (ONE_STEP_UNAVAILABLE,
-    nothing released): the signing runs again in rounds, node-a's lone share is never used,
-    and a late report of the first attempt is refused."""
+    nothing released): the signing runs again in rounds and node-a's lone share is never used."""
     c = cluster
     _three_round_then_stock(c)
     rid = c.sign()
@@ -391,8 +390,7 @@ def test_a_signer_holding_no_such_pre_signature_reruns_the_signing_and_the_other
     assert ack.status_code == 200 and ack.json()["job_status"] == "running", ack.text
     req = _three_rounds(c, rid)
     _check_done(c, req)
-    late = c.node("node-b").report(tb["task_id"], result=c.answer(tb, "node-b"))
-    assert late.status_code == 409, late.text
+    assert req["carries"] is None and c.request(req["bundle"])["carries"] == rid
 
 
 @pytest.mark.parametrize("reason", ["TaskError", "NONCE_MISMATCH", "STALE_STATE"])
@@ -518,3 +516,43 @@ def test_a_pre_signature_id_reported_twice_is_kept_once(cluster: Cluster) -> Non
     assert [e["status"] for e in ends] == ["done", "failed"], ends
     assert ends[1]["error"]["reason"] == "result_mismatch"
     assert c.stock() == 1
+
+
+def test_a_signer_restarting_again_after_a_rerun_does_not_deadlock_with_its_end(cluster: Cluster) -> None:
+    """Review finding: node-a's registration locked the request (its done first-attempt task)
+    before the rerun, while the rerun's end locks the rerun, then the request. The request is
+    never locked there now; node-a's restart fails the rerun it is running, and the request."""
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    (ta,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
+    assert c.node("node-a").report(ta["task_id"], result=c.answer(ta, "node-a")).status_code == 200
+    c.node("node-b").restart()
+    assert c.node("node-b").register().status_code == 200
+    rerun = c.request(rid)["bundle"]
+    (ra,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
+    assert ra["job_id"] == rerun
+    c.node("node-a").restart()
+    assert c.node("node-a").register().status_code == 200
+    req = c.request(rid)
+    assert req["status"] == "failed" and req["error"]["reason"] == "node_restarted", req
+    assert f"in rerun {rerun}" in req["error"]["detail"]
+
+
+def test_the_sweep_ends_a_request_whose_rerun_ended_without_it(cluster: Cluster) -> None:
+    """A replica of an older version ends the rerun but not the request it carries: the sweep
+    ends the request as its rerun ended."""
+    c = cluster
+    _three_round_then_stock(c)
+    rid = c.sign()
+    c.node("node-b").restart()
+    assert c.node("node-b").register().status_code == 200
+    rerun = c.request(rid)["bundle"]
+    sig = local.ecdsa_sign(list(_shares()[:2]), DIGEST).to_dict()
+    now = dt.datetime.now(dt.UTC)
+    with coord(c.client).db.write() as s:
+        s.execute(update(Job).where(Job.id == rerun).values(status="done", result=sig, finished_at=now))
+    assert c.request(rid)["status"] == "running"
+    coord(c.client).sweep()
+    req = c.request(rid)
+    assert req["status"] == "done" and req["result"] == sig, req
