@@ -518,8 +518,8 @@ class Coordinator:
                     if handed is None or job.status != "running":
                         continue
                     detail = f"node {card.node_id} re-registered with a new identity key while running its task"
-                    if self._reruns(s, job, "node_restarted"):
-                        rerun_nodes.update(self._rerun(s, job, reason="node_restarted", detail=detail))
+                    if (rerun_key := self._reruns(s, job, "node_restarted")) is not None:
+                        rerun_nodes.update(self._rerun(s, job, rerun_key, reason="node_restarted", detail=detail))
                         if job.status == "running":
                             continue  # a request: it goes on in its rerun
                     else:
@@ -1789,9 +1789,9 @@ class Coordinator:
                 if job.kind == "witness":
                     s.flush()
                     self._witness_ended(s, job)
-                elif self._reruns(s, job, reported["reason"]):
+                elif (rerun_key := self._reruns(s, job, reported["reason"])) is not None:
                     detail = f"{node_id} could not take its step: {reported.get('detail', '')}"[:2000]
-                    rerun_nodes = self._rerun(s, job, reason=reported["reason"], detail=detail)
+                    rerun_nodes = self._rerun(s, job, rerun_key, reason=reported["reason"], detail=detail)
                 else:
                     self._fail_job(
                         s,
@@ -2119,15 +2119,18 @@ class Coordinator:
                 self._record_end(carried, "done", "")
 
     @staticmethod
-    def _reruns(s: Session, job: Job, reason: str) -> bool:
-        """Whether a running one-step signing that ``reason`` stops runs again in rounds instead
-        of failing (:meth:`_rerun`): a request or bundle not itself a rerun, its key active."""
+    def _reruns(s: Session, job: Job, reason: str) -> Key | None:
+        """The key of a running one-step signing that ``reason`` stops, if it runs again in
+        rounds instead of failing (:meth:`_rerun`): a request or bundle not itself a rerun, its
+        key active. ``None`` if it fails."""
         if reason not in _RERUN_REASONS or job.kind not in ("sign", "bundle") or not _one_step(job.params):
-            return False
+            return None
+        if job.status != "running" or job.bundle_id is not None:
+            return None
         key = s.get(Key, job.key_id)
-        return job.status == "running" and job.bundle_id is None and key is not None and key.status == "active"
+        return key if key is not None and key.status == "active" else None
 
-    def _rerun(self, s: Session, job: Job, *, reason: str, detail: str) -> set[str]:
+    def _rerun(self, s: Session, job: Job, key: Key, *, reason: str, detail: str) -> set[str]:
         """Run a one-step signing again in rounds (API.md §1.13, §1.15): a signer restarted and
         lost what it made ahead, or says it holds none of it (``ONE_STEP_UNAVAILABLE``,
         ``NONCE_UNKNOWN``), having released nothing. Each request gets a new sign job that
@@ -2139,8 +2142,6 @@ class Coordinator:
         wake (the caller, after its commit)."""
         now = utc_now()
         until = now + dt.timedelta(seconds=self.settings.job_timeout)
-        key = s.get(Key, job.key_id)
-        assert key is not None  # _reruns checked it
         s.execute(
             update(Task)
             .where(Task.job_id == job.id, Task.status.in_(("queued", "running")))

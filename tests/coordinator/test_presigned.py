@@ -107,6 +107,14 @@ def cluster(make_client: Callable[..., TestClient]) -> Cluster:
     return Cluster(make_client(presign_stock=2, presign_inflight=2))
 
 
+def _restart_into_rerun(c: Cluster, rid: str) -> str:
+    """node-b restarts before answering ``rid``'s one step: the request runs again in rounds;
+    returns the rerun's id."""
+    c.node("node-b").restart()
+    assert c.node("node-b").register().status_code == 200
+    return str(c.request(rid)["bundle"])
+
+
 def _three_round_then_stock(c: Cluster) -> None:
     """The DKG's end started two presign jobs for the default signers (node-a, node-b); the
     first signing, before they end, finds no stock: three rounds, and no more jobs (two are in
@@ -410,9 +418,7 @@ def test_a_failing_rerun_fails_its_request_and_is_never_rerun(cluster: Cluster) 
     c = cluster
     _three_round_then_stock(c)
     rid = c.sign()
-    c.node("node-b").restart()
-    assert c.node("node-b").register().status_code == 200
-    rerun = c.request(rid)["bundle"]
+    rerun = _restart_into_rerun(c, rid)
     (tb,) = [t for t in c.tasks("node-b") if t["kind"] == "sign"]
     error = {"reason": "ONE_STEP_UNAVAILABLE", "culprits": [], "detail": "x"}  # a rerun takes no one step: a plain failure
     assert c.node("node-b").report(tb["task_id"], status="failed", error=error).status_code == 200
@@ -426,9 +432,7 @@ def test_a_rerun_past_its_deadline_fails_its_request(cluster: Cluster) -> None:
     c = cluster
     _three_round_then_stock(c)
     rid = c.sign()
-    c.node("node-b").restart()
-    assert c.node("node-b").register().status_code == 200
-    rerun = c.request(rid)["bundle"]
+    rerun = _restart_into_rerun(c, rid)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     with coord(c.client).db.write() as s:
         s.execute(update(Job).where(Job.id == rerun).values(lease_until=past))
@@ -527,9 +531,7 @@ def test_a_signer_restarting_again_after_a_rerun_does_not_deadlock_with_its_end(
     rid = c.sign()
     (ta,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
     assert c.node("node-a").report(ta["task_id"], result=c.answer(ta, "node-a")).status_code == 200
-    c.node("node-b").restart()
-    assert c.node("node-b").register().status_code == 200
-    rerun = c.request(rid)["bundle"]
+    rerun = _restart_into_rerun(c, rid)
     (ra,) = [t for t in c.tasks("node-a") if t["kind"] == "sign"]
     assert ra["job_id"] == rerun
     c.node("node-a").restart()
@@ -545,9 +547,7 @@ def test_the_sweep_ends_a_request_whose_rerun_ended_without_it(cluster: Cluster)
     c = cluster
     _three_round_then_stock(c)
     rid = c.sign()
-    c.node("node-b").restart()
-    assert c.node("node-b").register().status_code == 200
-    rerun = c.request(rid)["bundle"]
+    rerun = _restart_into_rerun(c, rid)
     sig = local.ecdsa_sign(list(_shares()[:2]), DIGEST).to_dict()
     now = dt.datetime.now(dt.UTC)
     with coord(c.client).db.write() as s:
