@@ -1713,7 +1713,7 @@ class Coordinator:
             "committee": [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)],
             "participants": participants,
             "params": job.params,
-        }
+        } | ({"carries": job.carries} if job.kind == "sign" and getattr(job, "carries", None) else {})
 
     def post_result(
         self,
@@ -2772,7 +2772,8 @@ _CLAIMED_TASKS = (
     .limit(bindparam("limit"))
 )
 _CLAIM_JOBS = select(
-    Job.id, Job.kind, Job.key_id, Job.status, Job.epoch, Job.instance, Job.lease_until, Job.participants, Job.params
+    Job.id, Job.kind, Job.key_id, Job.status, Job.epoch, Job.instance, Job.lease_until, Job.participants, Job.params,
+    Job.carries,
 ).where(Job.id.in_(bindparam("ids", expanding=True)))
 _CLAIM_KEYS = select(Key.id, Key.scheme, Key.threshold, Key.public_key, Key.node_ids).where(
     Key.id.in_(bindparam("ids", expanding=True))

@@ -98,6 +98,9 @@ _BACKGROUND_NICE = 10
 #: Most requests in one bundle (FrostBatchSigner's limit).
 _BUNDLE_MAX = 64
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+#: A request id as the coordinator makes them (``req_`` and 20 hex digits), with room to spare:
+#: what a task names as a request goes into this node's audit log.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class StalePeer(Exception):
@@ -452,6 +455,8 @@ class NodeService:
             payload = params.get("digest_hex") or params.get("message_hex") or ""
             fields["payload_sha256"] = hashlib.sha256(bytes.fromhex(payload)).hexdigest() if payload else ""
             fields["signers"] = [p.get("node_id") for p in raw.get("participants", [])]
+            if _is_request_id(raw.get("carries")):  # a rerun: the request it signs for (API.md §1.6)
+                fields["request"] = raw["carries"]
         elif raw.get("kind") == "bundle":  # one entry for the decision to sign them all
             try:
                 items = _bundle_items(params)
@@ -523,6 +528,9 @@ class NodeService:
             raise TaskError("a participant index is named twice", "participants")
         params = dict(raw.get("params") or {})
         task_params: dict[str, Any] = {}
+        if "carries" in raw and (raw["kind"] != "sign" or not _is_request_id(raw["carries"])):
+            # What the signing entry names as the request a rerun signs for.
+            raise TaskError("only a signing carries a request, named by its id (1 to 64 of A-Z a-z 0-9 _ -)", "carries")
         if raw["kind"] == "bundle":
             # Only what the audit entry names is signed: the bundle's messages, nothing beside
             # them (a digest or message the coordinator adds would be signed unrecorded).
@@ -1479,8 +1487,8 @@ def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:
     out = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
-            raise TaskError("each request names its request_id", f"bundle[{i}]")
+        if not isinstance(item, dict) or not _is_request_id(item.get("request_id")):
+            raise TaskError("each request names its request_id (1 to 64 of A-Z a-z 0-9 _ -)", f"bundle[{i}]")
         if item["request_id"] in seen:  # the audit entry names each request once, with its message
             raise TaskError(f"request {item['request_id']!r} is listed twice", f"bundle[{i}].request_id")
         seen.add(item["request_id"])
@@ -1489,6 +1497,10 @@ def _bundle_items(params: Mapping[str, Any]) -> list[dict[str, str]]:
             raise TaskError("message_hex must be lower-case hex", f"bundle[{i}].message_hex")
         out.append({"request_id": item["request_id"], "message_hex": message})
     return out
+
+
+def _is_request_id(value: Any) -> bool:
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
 def _package_digest(public: Any) -> str:

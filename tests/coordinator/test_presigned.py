@@ -154,6 +154,7 @@ def test_a_signing_with_a_pre_signature_is_one_step_combined_here(cluster: Clust
     assert [t["kind"] for t in a] == ["sign", "presign"], a  # and one presign job to restock
     ref = a[0]["params"]["presignature"]
     assert set(ref) == {"id", "R", "seed"} and ref == b[0]["params"]["presignature"]
+    assert "carries" not in a[0] and "carries" not in a[1]  # only a rerun's task names a request
     assert c.stock() == 1
     for nid, t in (("node-a", a[0]), ("node-b", b[0])):
         assert c.node(nid).report(t["task_id"], result=c.answer(t, nid)).status_code == 200
@@ -351,6 +352,7 @@ def _three_rounds(c: Cluster, rid: str, digest: bytes = DIGEST) -> dict[str, Any
     for nid in ("node-a", "node-b"):
         (task,) = [t for t in c.tasks(nid) if t["kind"] == "sign"]
         assert task["job_id"] == rerun and "presignature" not in task["params"], task
+        assert task["carries"] == rid  # what the node's signing entry names (API.md §1.3)
         assert task["params"]["digest_hex"] == digest.hex() and task["params"]["signers"] == ["node-a", "node-b"]
         assert c.node(nid).report(task["task_id"], result=sig.to_dict()).status_code == 200
     return c.request(rid)

@@ -422,14 +422,14 @@ def test_a_caught_rollback_stays_caught_for_the_process_caught(
 # -- two-phase commit of a new epoch (service.py _confirm_staged, _settle, _resolve_pending) -----------
 def _run_all(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], kind: str, job: str,
              params: dict[str, Any], epoch: int, seconds: float = 30,
-             scheme: str = "ed25519") -> list[dict[str, Any]]:  # fmt: skip
+             scheme: str = "ed25519", extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     instance = secrets.token_hex(32)
     deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
     threads = []
     for i, nid in enumerate(NODES, start=1):
         raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": kind, "scheme": scheme, "threshold": 2,
                "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1", "epoch": epoch,
-               "params": params, "deadline": deadline}  # fmt: skip
+               "params": params, "deadline": deadline} | (extra or {})  # fmt: skip
         threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
     for t in threads:
         t.start()
@@ -593,6 +593,9 @@ def test_a_bundle_signs_every_request_in_one_session_with_one_audit_entry(
         ([{"request_id": "r", "message_hex": "0"}], "bundle[0].message_hex"),
         ([{"request_id": "r", "message_hex": "ZZ"}], "bundle[0].message_hex"),
         ([{"request_id": "r", "message_hex": "AB"}], "bundle[0].message_hex"),
+        ([{"request_id": "", "message_hex": "00"}], "bundle[0]"),
+        ([{"request_id": "r" * 65, "message_hex": "00"}], "bundle[0]"),
+        ([{"request_id": "req 1", "message_hex": "00"}], "bundle[0]"),
         # Review finding: a digest beside the bundle was signed (for an ecdsa key) with no entry naming it.
         ({"extra": {"digest_hex": "00" * 32}, "items": [{"request_id": "r", "message_hex": "00"}]}, "params"),
         ({"extra": {"message_hex": "00"}, "items": [{"request_id": "r", "message_hex": "00"}]}, "params"),
@@ -668,6 +671,59 @@ def test_a_signing_names_exactly_one_payload_and_nothing_else(
         assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and "(params)" in r["error"]["detail"], r
     for svc in services.values():
         assert not [e for e in verify_chain(svc.audit.pending(), svc.card.identity_public_key) if e.get("event") == "signing"]
+
+
+def test_a_rerun_s_signing_entry_names_the_request_it_carries(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """API.md §1.6, Reruns: a one-step signing run again in rounds is a job of its own
+    (``rrn_…``); its task names the request it carries, and so does each signer's ``signing``
+    entry, so the node's log ties the signature to the client's request without the
+    coordinator's word on which job ran it. A plain signing's entry has no such field."""
+    hub, services, parts = nodes
+    message = secrets.token_bytes(32)
+    params = {"message_hex": message.hex(), "signers": list(NODES)}
+    results = _run_all(hub, services, parts, "sign", "rrn_1", params, 0, extra={"carries": "req_0123abcd"})
+    assert [r["status"] for r in results] == ["done", "done"], results
+    sig = results[0]["result"]
+    assert verify_independently("ed25519", bytes.fromhex(sig["public_key"]), message, bytes.fromhex(sig["signature"]))
+    _sign(hub, services, parts, "plain")
+    for svc in services.values():
+        chain = verify_chain(svc.audit.pending(), svc.card.identity_public_key)
+        (rerun,) = [e for e in chain if e.get("job") == "rrn_1" and e["event"] == "signing"]
+        assert rerun["request"] == "req_0123abcd" and rerun["payload_sha256"] == hashlib.sha256(message).hexdigest()
+        (plain,) = [e for e in chain if e.get("job") == "plain" and e["event"] == "signing"]
+        assert "request" not in plain
+
+
+@pytest.mark.parametrize(
+    ("kind", "carries"),
+    [
+        ("sign", ""),
+        ("sign", "r" * 65),  # what a task names goes into the audit log: bounded
+        ("sign", "req 1"),
+        ("sign", "req_1\n"),
+        ("sign", 7),
+        ("sign", None),
+        ("sign", ["req_1"]),
+        ("bundle", "req_1"),  # only a single signing is a rerun of a request
+    ],
+)
+def test_a_task_carrying_a_malformed_request_is_refused_before_any_message(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], kind: str, carries: Any
+) -> None:
+    hub, services, parts = nodes
+    if kind == "bundle":
+        params: dict[str, Any] = {"bundle": [{"request_id": "req_1", "message_hex": "00"}], "signers": list(NODES)}
+    else:
+        params = {"message_hex": "00", "signers": list(NODES)}
+    services["node-1"].handle(_task(parts, kind, 1, params, "bad") | {"carries": carries})
+    r = hub.results["bad-1"]
+    assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and "(carries)" in r["error"]["detail"], r
+    assert ("node-1", "bad") not in hub.posts
+    signing = [e for e in verify_chain(services["node-1"].audit.pending(), services["node-1"].card.identity_public_key)
+               if e.get("event") == "signing"]  # fmt: skip
+    assert not signing
 
 
 def test_a_restarted_node_signs_only_once_the_other_holders_confirmed_it(

@@ -299,6 +299,12 @@ def test_a_one_step_signing_whose_signer_restarts_runs_again_in_rounds(
     done = client.wait(req["request_id"], timeout=JOB_TIMEOUT + 40)
     assert done["attempts"] == 2 and done["bundle"].startswith("rrn"), done
     check_signature(key, done["result"], payload)
+    # Each signer's log ties the rerun to the client's request, by its own signed entry.
+    rid, digest = req["request_id"], hashlib.sha256(payload).hexdigest()
+    for node in pair:
+        bodies = _mirrored_chain(client, node, lambda b: any(x.get("request") == rid for x in b))
+        (entry,) = [b for b in bodies if b.get("request") == rid]
+        assert entry["event"] == "signing" and entry["job"] == done["bundle"] and entry["payload_sha256"] == digest
 
 
 @pytest.mark.parametrize("kind", ["sign", "refresh", "dkg"])
