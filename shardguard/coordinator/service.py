@@ -1872,6 +1872,10 @@ class Coordinator:
                 job = conn.first(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id})
                 if job is None or job.kind not in ("sign", "bundle") or job.status != "running":
                     return None
+                if job.attempts > 1:
+                    # A rerun (attempt 2 of the requests it runs for: rare) ends them by the
+                    # general path, which times each from its own dispatch.
+                    return None
                 if conn.scalar(_TASK_FOR_REPORT, {"task": task_id}) != "running":
                     return None
                 self._check_result(job, None, result)
@@ -1896,15 +1900,11 @@ class Coordinator:
                         raise _GeneralPath  # result_mismatch: failed by the general path
                     conn.execute(_JOB_DONE, {"job": job.id, "res": result, "now": now})
                     job_status = "done"
-                    if job.kind == "sign" and job.carries is None:  # as get_request would read it back (else: read)
+                    if job.kind == "sign":  # as get_request would read it back
                         ended = job._asdict() | {"status": "done", "result": result, "finished_at": now, "updated_at": now}
                         tasks = {t.node_id: _TASK_DONE_ROW for t in others} | {node_id: _TASK_DONE_ROW}
                         answer = self._job_out(types.SimpleNamespace(**ended), tasks)
-                    rerun = job.carries is not None
-                    self._record_end(_Ended("rerun" if rerun else job.kind, job.started_at, now), "done", "")
-                    if rerun:  # the request it carries ends with it (API.md §1.13, §1.15)
-                        conn.execute(_MEMBER_DONE, {"job": job.carries, "bundle": job.id, "now": now, "res": result})
-                        self._record_end(_Ended("sign", job.started_at, now), "done", "")
+                    self._record_end(_Ended(job.kind, job.started_at, now), "done", "")
                     if job.kind == "bundle":
                         done = [
                             {"job": item["request_id"], "bundle": job.id, "now": now, "res": one}
@@ -2169,7 +2169,7 @@ class Coordinator:
             params = {k: v for k, v in job.params.items() if k not in (PRECOMMITTED, PRESIGNATURE)}
         s.add(Job(
             id=rerun_id, kind=kind, key_id=job.key_id, params=params, status="running", result=None, error=None,
-            participants=job.participants, instance=secrets.token_bytes(32).hex(), epoch=key.epoch, attempts=1,
+            participants=job.participants, instance=secrets.token_bytes(32).hex(), epoch=key.epoch, attempts=2,
             lease_owner=self.settings.replica_id, lease_until=until, next_msg_seq=1, mailbox_bytes=0,
             requested_by=job.requested_by if carries else None, carries=carries, created_at=now, updated_at=now,
             started_at=now,

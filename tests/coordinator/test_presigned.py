@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -358,6 +360,12 @@ def _three_rounds(c: Cluster, rid: str, digest: bytes = DIGEST) -> dict[str, Any
     return c.request(rid)
 
 
+def _job_seconds(c: Cluster) -> dict[str, float]:
+    """``shardguard_job_seconds_sum`` by kind."""
+    found = re.findall(r'^shardguard_job_seconds_sum\{kind="(\w+)"\} (\S+)$', c.client.get("/metrics").text, re.M)
+    return {kind: float(v) for kind, v in found}
+
+
 def _check_done(c: Cluster, req: dict[str, Any], digest: bytes = DIGEST) -> None:
     assert req["status"] == "done", req
     sig = bytes.fromhex(req["result"]["signature"])
@@ -373,12 +381,18 @@ def test_a_signer_restarting_before_it_took_its_pre_signed_task_reruns_the_signi
     rounds, in a new job that carries it, and the request ends with that job."""
     c = cluster
     _three_round_then_stock(c)
+    before = _job_seconds(c)
     rid = c.sign()
+    time.sleep(0.3)  # the first attempt's time
     c.node("node-b").restart()
     assert c.node("node-b").register().status_code == 200
     req = _three_rounds(c, rid)  # node-a's first-attempt task, never taken, was cancelled
     _check_done(c, req)
     assert req["attempts"] == 2 and req["error"] is None
+    assert c.request(req["bundle"])["attempts"] == 2
+    # The request's duration counts from its own dispatch, the rerun's from its start.
+    after = _job_seconds(c)
+    assert after["sign"] - before.get("sign", 0.0) >= 0.3 > after["rerun"], (before, after)
     listed = c.client.get("/v1/requests", headers=ADMIN).json()
     ids = [r["request_id"] for r in (listed if isinstance(listed, list) else listed["requests"])]
     assert rid in ids and not any(i.startswith("rrn") for i in ids)  # the rerun is no request of its own
