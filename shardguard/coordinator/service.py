@@ -1212,7 +1212,9 @@ class Coordinator:
             job = conn.first(_REQUEST, {"job": job_id})
             if job is None:
                 raise ApiError(404, "not_found", f"no request {job_id!r}", field="request_id")
-            tasks = {t.node_id: t for t in conn.execute(_REQUEST_TASKS, {"job": job_id})}
+            # A request in a bundle or a rerun runs in that job's tasks (its own first
+            # attempt's, if any, were cancelled).
+            tasks = {t.node_id: t for t in conn.execute(_REQUEST_TASKS, {"job": job.bundle_id or job_id})}
         return self._job_out(job, tasks)
 
     def list_requests(self, *, key_id: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:

@@ -89,12 +89,13 @@ def test_waiting_signatures_start_as_one_bundle_and_each_gets_its_own_signature(
     for r in rids[2:]:
         req = _request(client, r)
         assert req["status"] == "running" and req["bundle"] == task["job_id"] and req["attempts"] == 1
+        assert [p["task_status"] for p in req["participants"]] == ["running", "running"]  # the bundle's tasks
     _report_all([a, b], {k: v[1:] for k, v in first.items()})
     _report_all([a, b], bundled)
     pk = bytes.fromhex(_request(client, rids[0])["result"]["public_key"])
     for r, m in zip(rids, messages, strict=True):
         req = _request(client, r)
-        assert req["status"] == "done", req
+        assert req["status"] == "done" and [p["task_status"] for p in req["participants"]] == ["done", "done"], req
         assert req["result"]["public_key"] == pk.hex()
         assert verify_independently("ed25519", pk, m, bytes.fromhex(req["result"]["signature"]))
     assert _request(client, task["job_id"])["kind"] == "bundle"

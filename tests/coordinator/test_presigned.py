@@ -350,6 +350,8 @@ def _three_rounds(c: Cluster, rid: str, digest: bytes = DIGEST) -> dict[str, Any
     req = c.request(rid)
     rerun = req["bundle"]
     assert req["status"] == "running" and req["attempts"] == 2 and rerun.startswith("rrn"), req
+    # The view shows the rerun's tasks, not the first attempt's cancelled ones.
+    assert [p["task_status"] for p in req["participants"]] == ["queued", "queued"], req
     sig = local.ecdsa_sign(list(_shares()[:2]), digest)
     for nid in ("node-a", "node-b"):
         (task,) = [t for t in c.tasks(nid) if t["kind"] == "sign"]
@@ -357,7 +359,9 @@ def _three_rounds(c: Cluster, rid: str, digest: bytes = DIGEST) -> dict[str, Any
         assert task["carries"] == rid  # what the node's signing entry names (API.md §1.3)
         assert task["params"]["digest_hex"] == digest.hex() and task["params"]["signers"] == ["node-a", "node-b"]
         assert c.node(nid).report(task["task_id"], result=sig.to_dict()).status_code == 200
-    return c.request(rid)
+    done = c.request(rid)
+    assert [p["task_status"] for p in done["participants"]] == ["done", "done"], done
+    return done
 
 
 def _job_seconds(c: Cluster) -> dict[str, float]:
