@@ -1874,9 +1874,10 @@ class Coordinator:
                 job = conn.first(_SIGN_JOB_FOR_REPORT, {"job": probe.job_id})
                 if job is None or job.kind not in ("sign", "bundle") or job.status != "running":
                     return None
-                if job.attempts > 1:
-                    # A rerun (attempt 2 of the requests it runs for: rare) ends them by the
-                    # general path, which times each from its own dispatch.
+                if job.attempts > 1 or job.carries is not None:
+                    # A rerun (attempt 2 of the requests it runs for: rare; one made by an older
+                    # replica has attempts 1) ends them by the general path, which times each
+                    # from its own dispatch.
                     return None
                 if conn.scalar(_TASK_FOR_REPORT, {"task": task_id}) != "running":
                     return None

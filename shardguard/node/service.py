@@ -69,7 +69,15 @@ from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
 from shardguard.node.presignatures import PresignaturePool
-from shardguard.node.tasks import OneStepUnavailable, Task, TaskError, precommitted_items, run_task, share_scheme
+from shardguard.node.tasks import (
+    OneStepUnavailable,
+    Task,
+    TaskError,
+    check_wire,
+    precommitted_items,
+    run_task,
+    share_scheme,
+)
 from shardguard.protocols.dkls23 import EcdsaKeyShare
 from shardguard.protocols.dkls23.bans import REGISTRY
 from shardguard.protocols.errors import ProtocolAbort, ProtocolError
@@ -341,6 +349,15 @@ class NodeService:
     def handle(self, raw: Mapping[str, Any]) -> None:
         task_id = str(raw["task_id"])
         job = str(raw["job_id"])
+        try:
+            check_wire(raw)
+        except TaskError as e:
+            # Reported, with an entry naming only what is safe to name (the fields are junk).
+            kind = raw.get("kind") if isinstance(raw.get("kind"), str) and len(raw["kind"]) <= 32 else None
+            refusal = self._error(e, raw)
+            log.warning("task %s refused: %s", task_id, refusal)
+            self._finish({"task_id": task_id, "job_id": job, "kind": kind}, task_id, job, "failed", None, refusal)
+            return
         # One key-changing task (keygen, refresh, repair) per key at a time here, through its
         # settling: a second one staged over the first's epoch (review finding). The coordinator
         # runs them one at a time; one that does not is refused.
@@ -528,9 +545,13 @@ class NodeService:
             raise TaskError("a participant index is named twice", "participants")
         params = dict(raw.get("params") or {})
         task_params: dict[str, Any] = {}
-        if "carries" in raw and (raw["kind"] != "sign" or not _is_request_id(raw["carries"])):
-            # What the signing entry names as the request a rerun signs for.
-            raise TaskError("only a signing carries a request, named by its id (1 to 64 of A-Z a-z 0-9 _ -)", "carries")
+        if "carries" in raw and (
+            raw["kind"] != "sign" or "commitments" in params or "presignature" in params or not _is_request_id(raw["carries"])
+        ):
+            # What the signing entry names as the request a rerun (in rounds) signs for.
+            raise TaskError(
+                "only a signing in rounds carries a request, named by its id (1 to 64 of A-Z a-z 0-9 _ -)", "carries"
+            )
         if raw["kind"] == "bundle":
             # Only what the audit entry names is signed: the bundle's messages, nothing beside
             # them (a digest or message the coordinator adds would be signed unrecorded).

@@ -12,6 +12,7 @@ aborted session.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import secrets
 import time
@@ -29,7 +30,7 @@ from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
-__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "precommitted_items", "run_task", "share_scheme"]
+__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "check_wire", "precommitted_items", "run_task", "share_scheme"]
 
 KINDS = ("keygen", "sign", "presign", "refresh", "repair", "witness")
 _COMMITMENT_FIELDS = frozenset({"index", "id", "hiding", "binding", "signature"})
@@ -51,6 +52,69 @@ class OneStepUnavailable(TaskError):
     dropped, expired, or made by an earlier process), or its peers have not yet confirmed its
     state since it started. Nothing was released; the coordinator runs the request again in
     rounds (API.md §1.13, §1.15)."""
+
+
+_MAX_PARTIES = 255
+_NAME_CHARS = 128
+_LOWER_HEX_32 = frozenset("0123456789abcdef")
+
+
+def _need(ok: bool, what: str, field: str) -> None:
+    if not ok:
+        raise TaskError(what, field)
+
+
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return type(value) is int and lo <= value <= hi  # not a bool, not a float
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _NAME_CHARS
+
+
+def check_wire(raw: Mapping[str, Any]) -> None:
+    """The shape of a task as it comes off the wire (API.md §1.3), checked before any field is
+    used: each field of the right type and range, else :class:`TaskError` naming it. The
+    values themselves (kind, scheme, who takes part, parameters by kind) are checked where
+    they are used; this only makes sure that using them cannot fail for a wrong type."""
+    _need(_is_name(raw.get("kind")), "the task kind must be a string of 1 to 128 characters", "kind")
+    _need(_is_name(raw.get("key_id")), "key_id must be a string of 1 to 128 characters", "key_id")
+    _need(_is_name(raw.get("scheme")), "scheme must be a string of 1 to 128 characters", "scheme")
+    _need(_is_int(raw.get("threshold"), 1, _MAX_PARTIES), f"threshold must be an integer in 1..{_MAX_PARTIES}", "threshold")
+    epoch = raw.get("epoch")
+    _need(epoch is None or _is_int(epoch, 0, 2**63 - 1), "epoch must be a non-negative integer", "epoch")
+    instance = raw.get("instance")
+    _need(
+        isinstance(instance, str) and len(instance) == 64 and set(instance) <= _LOWER_HEX_32,
+        "instance must be 64 lower-case hex digits",
+        "instance",
+    )
+    you = raw.get("you")
+    _need(isinstance(you, dict) and _is_int(you.get("index"), 1, _MAX_PARTIES), "you.index must be a party index", "you")
+    parts = raw.get("participants")
+    if not (isinstance(parts, list) and 0 < len(parts) <= _MAX_PARTIES):
+        raise TaskError(f"participants must list 1 to {_MAX_PARTIES}", "participants")
+    for i, p in enumerate(parts):
+        _need(isinstance(p, dict), "each participant is an object", f"participants[{i}]")
+        _need(_is_int(p.get("index"), 1, _MAX_PARTIES), "a participant's index must be a party index", f"participants[{i}].index")
+        _need(_is_name(p.get("node_id")), "a participant's node_id must be a string of 1 to 128 characters",
+              f"participants[{i}].node_id")  # fmt: skip
+    committee = raw.get("committee")
+    if committee is not None:
+        _need(isinstance(committee, list) and len(committee) <= _MAX_PARTIES, "committee must be a list", "committee")
+        for i, c in enumerate(committee):
+            _need(isinstance(c, dict) and _is_int(c.get("index"), 1, _MAX_PARTIES) and _is_name(c.get("node_id")),
+                  "a committee entry names a node_id and its index", f"committee[{i}]")  # fmt: skip
+    _need(raw.get("params") is None or isinstance(raw.get("params"), dict), "params must be an object", "params")
+    public_key = raw.get("public_key")
+    _need(public_key is None or isinstance(public_key, str), "public_key must be a hex string or null", "public_key")
+    deadline = raw.get("deadline")
+    if deadline is not None:
+        try:
+            when = dt.datetime.fromisoformat(deadline) if isinstance(deadline, str) else None
+        except ValueError:
+            when = None
+        _need(when is not None and when.tzinfo is not None, "deadline must be an ISO 8601 time with its offset", "deadline")
 
 
 class ShareStore(Protocol):

@@ -678,8 +678,9 @@ def test_a_rerun_s_signing_entry_names_the_request_it_carries(
 ) -> None:
     """API.md §1.6, Reruns: a one-step signing run again in rounds is a job of its own
     (``rrn_…``); its task names the request it carries, and so does each signer's ``signing``
-    entry, so the node's log ties the signature to the client's request without the
-    coordinator's word on which job ran it. A plain signing's entry has no such field."""
+    entry, so the node's own signed log ties the signature to the client's request id (an id
+    the coordinator gives, as every id) beside the payload's digest. A plain signing's entry
+    has no such field."""
     hub, services, parts = nodes
     message = secrets.token_bytes(32)
     params = {"message_hex": message.hex(), "signers": list(NODES)}
@@ -706,18 +707,24 @@ def test_a_rerun_s_signing_entry_names_the_request_it_carries(
         ("sign", 7),
         ("sign", None),
         ("sign", ["req_1"]),
-        ("bundle", "req_1"),  # only a single signing is a rerun of a request
+        ("bundle", "req_1"),  # only a single signing is a rerun of a request ...
+        ("commitments", "req_1"),  # ... in rounds, never one-step
+        ("presignature", "req_1"),
     ],
 )
 def test_a_task_carrying_a_malformed_request_is_refused_before_any_message(
     nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], kind: str, carries: Any
 ) -> None:
     hub, services, parts = nodes
+    params: dict[str, Any] = {"message_hex": "00", "signers": list(NODES)}
     if kind == "bundle":
-        params: dict[str, Any] = {"bundle": [{"request_id": "req_1", "message_hex": "00"}], "signers": list(NODES)}
-    else:
-        params = {"message_hex": "00", "signers": list(NODES)}
-    services["node-1"].handle(_task(parts, kind, 1, params, "bad") | {"carries": carries})
+        params = {"bundle": [{"request_id": "req_1", "message_hex": "00"}], "signers": list(NODES)}
+    elif kind == "commitments":
+        params["commitments"] = {"node-1": {"hiding": "00", "binding": "00"}}
+    elif kind == "presignature":
+        params = {"digest_hex": "00" * 32, "signers": list(NODES), "presignature": {"id": "00", "R": "00", "seed": "00"}}
+    task_kind = "bundle" if kind == "bundle" else "sign"
+    services["node-1"].handle(_task(parts, task_kind, 1, params, "bad") | {"carries": carries})
     r = hub.results["bad-1"]
     assert r["status"] == "failed" and r["error"]["reason"] == "TaskError" and "(carries)" in r["error"]["detail"], r
     assert ("node-1", "bad") not in hub.posts
