@@ -882,8 +882,12 @@ class NodeService:
         instance = bytes.fromhex(str(raw["instance"]))
         job = str(raw["job_id"])
         sid = hashlib.sha256(b"shardguard/node/repair-package/v1\x00" + job.encode() + b"\x00" + instance).digest()
+        held = self.keystore.find_key(key_id) if me == lost else None
         if me == lost:
-            if self.keystore.find_key(key_id) is not None:  # before any message: the helpers must not forget us
+            # Before any message: the helpers must not forget us. A share an earlier repair
+            # staged, whose job's end this node never learned (a restart, a lost answer), is
+            # only pending, never used: it is repaired again (and replaced when staged).
+            if held is not None and held.current is not None:
                 raise TaskError(f"this node still holds key {key_id}: it has nothing to repair", "lost")
             got = exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers=peers, relay=self.relay, inbox=inbox,
                            messages=dict.fromkeys(peers, b"{}"), deadline=deadline)  # fmt: skip
@@ -915,6 +919,8 @@ class NodeService:
                        deadline=deadline)  # fmt: skip
         if me == lost:
             told_holders = committee.from_helpers(holders, me, self.node_id, participants, set(public.verifying_shares))
+            for epoch in held.pending if held else ():
+                self.shares.abort(key_id, epoch)  # the earlier repair's, never confirmed: this one replaces it
             committee.record(self.keystore, key_id, told_holders, replace=True)
             self.shares.stage(key_id, result)
         else:

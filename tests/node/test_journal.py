@@ -357,7 +357,8 @@ def test_the_journal_never_grows_past_what_an_open_reads(store: Keystore, monkey
 
 def test_the_first_append_of_each_process_makes_the_files_name_durable(store: Keystore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process that died after creating the file, before the directory fsync, leaves a file
-    whose name may not be durable: the next process's first append fsyncs the directory too."""
+    whose name may not be durable: the next process's open fsyncs the directory (before it
+    reads anything), so its appends need not."""
     fsyncs: list[int] = []
     real = os.fsync
     monkeypatch.setattr(ks_module.os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])

@@ -1456,3 +1456,54 @@ def test_inline_values_splice_into_exactly_the_canonical_manifest(values: dict[s
     assert spliced == ks_module._canonical(m.to_payload())
     back = ks_module._Manifest.from_payload(m.store, m.counter, json.loads(spliced))
     assert back.inline == m.inline and ks_module._manifest_json(back) == spliced
+
+
+def test_an_open_syncs_what_an_earlier_process_may_have_left_unsynced(
+    store_dir: Path, platform: SimulatedPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a process killed between a journal append's write and its fdatasync
+    leaves the frame in the page cache; the next open counted it and the next manifest write
+    anchored it, so a power loss then made every open fail (journal "cut short"). Likewise a
+    manifest renamed but not yet durable in its directory. A writable open now syncs every
+    journal file and the directory before it reads anything; a read-only open writes nothing."""
+    s = Keystore.open(store_dir, platform)
+    s.journal_append([b"one"])
+    s.put_state("x", 1)
+    s.close()
+    events: list[str] = []
+    real_fsync, real_fdatasync, real_read = os.fsync, os.fdatasync, Keystore._read
+
+    def synced(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            events.append("sync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
+
+        return sync
+
+    def read(self: Keystore, name: str, *args: Any, **kwargs: Any) -> Any:
+        events.append("read " + name)
+        return real_read(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(ks_module.os, "fsync", synced(real_fsync))
+    monkeypatch.setattr(ks_module.os, "fdatasync", synced(real_fdatasync))
+    monkeypatch.setattr(Keystore, "_read", read)
+    journals = sorted(n for n in os.listdir(store_dir) if ks_module._JOURNAL_RE.match(n))
+    assert journals
+    Keystore.open(store_dir, platform).close()
+    first_read = events.index("read " + ks_module.MANIFEST)
+    assert {f"sync {j}" for j in journals} | {f"sync {store_dir.name}"} <= set(events[:first_read]), events
+    events.clear()
+    Keystore.open(store_dir, platform, read_only=True).close()
+    assert not [e for e in events if e.startswith("sync")], events
+
+
+def test_a_deeply_nested_header_is_malformed_not_a_crash(store_dir: Path, platform: SimulatedPlatform) -> None:
+    """Review finding: the clear header is parsed before anything authenticates it; ~2,000
+    nested brackets (within MAX_HEADER) raised RecursionError out of open."""
+    Keystore.open(store_dir, platform).close()
+    header = b"[" * 2000 + b"]" * 2000
+    body = ks_module.MAGIC + bytes([ks_module.FRAME_VERSION]) + len(header).to_bytes(4, "big") + header + bytes(4)
+    (store_dir / ks_module.MANIFEST).write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(KeystoreError) as e:
+        Keystore.open(store_dir, platform)
+    assert e.value.reason is KeystoreReason.MALFORMED

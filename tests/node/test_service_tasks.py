@@ -111,12 +111,12 @@ def _start(hub: Hub, state: Path, nid: str) -> NodeService:
     return svc
 
 
-def _parts(services: dict[str, NodeService]) -> list[dict[str, Any]]:
-    """Each node's card with evidence answering the other node's challenge (no coordinator here)."""
+def _parts(services: dict[str, NodeService], ids: Sequence[str] = NODES) -> list[dict[str, Any]]:
+    """Each node's card with evidence answering the other nodes' challenges (no coordinator here)."""
     parts = []
-    for i, nid in enumerate(NODES, start=1):
+    for i, nid in enumerate(ids, start=1):
         svc = services[nid]
-        asked = [Challenge(o, services[o].admissions.book.issue(nid)) for o in NODES if o != nid]
+        asked = [Challenge(o, services[o].admissions.book.issue(nid)) for o in ids if o != nid]
         nonce = challenge_nonce(asked)
         ev = svc.platform.attest(binding(svc.card, nonce))
         parts.append({"index": i, "node_id": nid, "peer_card": base64.b64encode(svc.card.encode()).decode(),
@@ -369,6 +369,48 @@ def test_a_repair_naming_a_node_that_still_holds_its_share_is_refused_by_it(
     assert services["node-1"].keystore.peer_counters()["node-2"] == seen
 
 
+def test_a_repaired_share_whose_job_end_was_missed_is_repaired_again(tmp_path: Path) -> None:
+    """Review finding: the lost node staged its repaired share and then never learned the
+    repair's end (its answer lost, a restart): the share stayed pending for good — no later
+    task commits a repaired share — and a second repair was refused ("still holds the key").
+    A key held only as a pending epoch is repaired again, and the share then signs."""
+    ids = ("node-1", "node-2", "node-3")
+    hub = Hub()
+    services = {nid: _start(hub, tmp_path, nid) for nid in ids}
+    try:
+        shares = local.keygen("ed25519", 2, 3)
+        for i, nid in enumerate(ids[:2], start=1):  # node-3 lost its state
+            committee.record(services[nid].keystore, "k1", dict(enumerate(ids, start=1)))
+            services[nid].keystore.stage("k1", shares[i - 1])
+            services[nid].keystore.commit("k1", 0)
+        lost = services["node-3"]
+        committee.record(lost.keystore, "k1", dict(enumerate(ids, start=1)))
+        lost.keystore.stage("k1", shares[2])  # what the first repair staged; its end never came
+        parts = _parts(services, ids)
+        hub.job_end.update(dict.fromkeys(ids, "done"))
+        results = _run_all(hub, services, parts, "repair", "rep2", {"lost": "node-3"}, 0, ids=ids)
+        assert [r["status"] for r in results] == ["done"] * 3, results
+        assert lost.keystore.key_status("k1").current == 0
+        assert lost.keystore.share("k1", 0).signing_share == shares[2].signing_share  # the same share, rebuilt
+        # It signs with a helper (2-of-3): both reports hold one signature libsodium accepts.
+        message = secrets.token_bytes(32)
+        params = {"message_hex": message.hex(), "signers": ["node-1", "node-3"]}
+        raws = [_task([parts[0], parts[2]], "sign", i, params, "s-after") for i in (1, 3)]
+        raws[1]["instance"] = raws[0]["instance"]
+        threads = [threading.Thread(target=services[p["node_id"]].handle, args=(r,)) for p, r in zip((parts[0], parts[2]), raws)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        signed = [hub.results[f"s-after-{i}"] for i in (1, 3)]
+        assert [r["status"] for r in signed] == ["done", "done"], signed
+        sig = signed[0]["result"]
+        assert verify_independently("ed25519", bytes.fromhex(sig["public_key"]), message, bytes.fromhex(sig["signature"]))
+    finally:
+        for svc in services.values():
+            _stop(svc)
+
+
 def test_a_full_audit_backlog_fails_the_signing_with_its_reason_and_releases_nothing(
     nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
 ) -> None:
@@ -422,11 +464,12 @@ def test_a_caught_rollback_stays_caught_for_the_process_caught(
 # -- two-phase commit of a new epoch (service.py _confirm_staged, _settle, _resolve_pending) -----------
 def _run_all(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, Any]], kind: str, job: str,
              params: dict[str, Any], epoch: int, seconds: float = 30,
-             scheme: str = "ed25519", extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+             scheme: str = "ed25519", extra: dict[str, Any] | None = None,
+             ids: Sequence[str] = NODES) -> list[dict[str, Any]]:  # fmt: skip
     instance = secrets.token_hex(32)
     deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
     threads = []
-    for i, nid in enumerate(NODES, start=1):
+    for i, nid in enumerate(ids, start=1):
         raw = {"task_id": f"{job}-{i}", "job_id": job, "kind": kind, "scheme": scheme, "threshold": 2,
                "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1", "epoch": epoch,
                "params": params, "deadline": deadline} | (extra or {})  # fmt: skip
@@ -435,7 +478,7 @@ def _run_all(hub: Hub, services: dict[str, NodeService], parts: list[dict[str, A
         t.start()
     for t in threads:
         t.join()
-    return [hub.results[f"{job}-{i}"] for i in (1, 2)]
+    return [hub.results[f"{job}-{i}"] for i in range(1, len(ids) + 1)]
 
 
 def test_a_coordinator_that_says_done_to_one_holder_and_failed_to_another_loses_no_epoch(
