@@ -104,6 +104,8 @@ SCOPES = ("keys:write", "sign:write", "read", "nodes:register", "admin")
 JOB_KINDS = ("dkg", "sign", "presign", "refresh", "repair", "witness")
 #: Kinds that change the shares: they run alone on their key.
 EXCLUSIVE_KINDS = ("dkg", "refresh", "repair")
+#: Most queued jobs of one key that one dispatch() looks at (the rest: at the next one).
+_DISPATCH_PER_KEY = 64
 #: Most requests in one bundle (the nodes' FrostBatchSigner takes 64), and most requests ×
 #: signers (its round-2 payload: 64 items × 22 signers, 6 × 255 fit 64 KiB).
 _BUNDLE_MAX = 64
@@ -1132,6 +1134,7 @@ class Coordinator:
         alive_after = now - dt.timedelta(seconds=self.settings.node_alive_seconds)
         jobs: list[str] = []
         new: list[Job] = []
+        superseded: list[Job] = []
         with self.db.write() as s:
             _hold_identity(s, node.node_id, node.identity_public_key)
             registered_at = s.scalar(select(Node.registered_at).where(Node.id == node.node_id))
@@ -1151,22 +1154,32 @@ class Coordinator:
                 if key.status != "active":
                     continue
                 pending = None
-                for old in s.scalars(
-                    select(Job).where(
-                        Job.key_id == key.id,
-                        Job.kind == "witness",
-                        Job.requested_by == node.node_id,
-                        Job.status.in_(("queued", "running")),
-                    ).with_for_update()
-                ):
+                mine = select(Job).where(
+                    Job.key_id == key.id,
+                    Job.kind == "witness",
+                    Job.requested_by == node.node_id,
+                    Job.status.in_(("queued", "running")),
+                )
+                # Never wait for a job row while holding the key: a report ending that job
+                # holds it and then takes the key (review finding: a PostgreSQL deadlock). A
+                # job another transaction holds is about to change (ending, starting): taken
+                # as pending, as it was when the node asked.
+                olds = s.scalars(mine.with_for_update(skip_locked=True)).all()
+                taken = {o.id for o in olds}
+                busy = [jid for jid in s.scalars(mine.with_only_columns(Job.id)) if jid not in taken]
+                if busy:
+                    pending = busy[0]
+                for old in olds:
                     if old.created_at < registered_at:  # asked by an earlier process: its notes never come
                         self._fail_job(s, old, reason="superseded", culprits=[], party=None,
                                        detail="the node registered again since it asked")  # fmt: skip
+                        superseded.append(old)
                     elif fresh_ask and now - old.created_at >= restart_after:
                         # Waiting on a holder that went quiet (frozen, or down since it was
                         # last seen): a new job, with the holders seen now.
                         self._fail_job(s, old, reason="superseded", culprits=[], party=None,
                                        detail=f"asked again after {restart_after.total_seconds():g} s")  # fmt: skip
+                        superseded.append(old)
                     else:
                         pending = old.id
                 if pending is not None or not fresh_ask:
@@ -1190,6 +1203,12 @@ class Coordinator:
                 _remember(self._witness_asked, node.node_id, now)
         for job in new:
             self._started(job, "witness")
+        # What a superseded job held back (a refresh queued behind it) starts now, and its
+        # nodes hear that it ended (review finding: both waited for the sweep and the poll).
+        for old in superseded:
+            self._notify_job(old.id, [p["node_id"] for p in old.participants])
+        for key_id in sorted({old.key_id for old in superseded}):
+            self._next_jobs(key_id)
         return {"jobs": jobs}
 
     # -- requests -------------------------------------------------------------------------------
@@ -1342,7 +1361,9 @@ class Coordinator:
                     self._start_signs(conn, take, key, now)
                     in_flight[signers] += 1
                     started.append([p["node_id"] for p in take[0].participants])
-            others = changing is not None
+            # Jobs of another kind (a witness queued behind a refresh that has just ended)
+            # are dispatch()'s to start (review finding: they waited for the sweep).
+            others = changing is not None or conn.first(_QUEUED_NOT_SIGN, {"key": key_id}) is not None
             handed = self._hand_over(conn, {nid for nodes in started for nid in nodes}, now)
         for nodes in started:
             self._announce(nodes, handed)  # a node in two jobs takes its tasks once (popped)
@@ -1509,6 +1530,14 @@ class Coordinator:
                 frost = Job.key_id.in_(select(Key.id).where(Key.scheme != "ecdsa"))
                 signing.update(s.scalars(select(Job.key_id).where(Job.status == "queued", Job.kind == "sign", frost).distinct()))
                 q = q.where(or_(Job.kind != "sign", ~frost))
+            # At most _DISPATCH_PER_KEY of one key's oldest in the window, so that one key's
+            # backlog (e.g. ECDSA signatures behind its refresh) never crowds the other keys'
+            # jobs out of it (review finding). Ranked in a subquery: no FOR UPDATE beside a
+            # window function.
+            rank = func.row_number().over(partition_by=Job.key_id, order_by=(Job.created_at, Job.id))
+            ranked = q.with_only_columns(Job.id, rank.label("rank")).subquery()
+            window = select(ranked.c.id).where(ranked.c.rank <= _DISPATCH_PER_KEY)
+            q = select(Job).where(Job.id.in_(window))
             queued = s.scalars(q.order_by(Job.created_at, Job.id).limit(limit).with_for_update(skip_locked=True)).all()
             # Lock the jobs' keys (FOR UPDATE, in id order so dispatches on two replicas cannot
             # deadlock) before _blocked looks at their jobs: a submit of the same key starting
@@ -2885,6 +2914,9 @@ _KEY_CHANGING_FIRST = (
     .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
     .order_by(Job.status.desc(), Job.created_at, Job.id)  # a running one first
     .limit(1)
+)
+_QUEUED_NOT_SIGN = (
+    select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind != "sign").limit(1)
 )
 _QUEUED_SIGNS_SIGNERS = (
     select(Job.params).where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind == "sign").limit(256)

@@ -363,3 +363,32 @@ def test_one_keys_waiting_signatures_never_hide_another_keys_jobs(make_client: C
     _report_all(nodes[:2], {n: [t for t in held[n] if t["job_id"] == ysign] for n in ("node-a", "node-b")})
     assert _request(client, ysign)["status"] == "done"
     assert _request(client, refresh)["status"] == "running"  # started by the end of Y's signature
+
+
+def test_one_keys_backlog_of_any_kind_never_hides_another_keys_jobs(client: TestClient, nodes: list[FakeNode]) -> None:
+    """Review finding: only FROST signatures were kept out of dispatch()'s window of the 256
+    oldest queued jobs; 260 ECDSA signatures of key X waiting behind X's refresh hid key Y's
+    refresh, whose turn had come, from every sweep until X's backlog drained. The window now
+    holds at most 64 jobs of one key."""
+    c = coord(client)
+    x, y = run_dkg(client, nodes, "ecdsa"), run_dkg(client, nodes, "ecdsa")
+    r = client.post(f"/v1/keys/{x}/refresh", headers=ADMIN)
+    assert r.status_code == 202, r.text
+    xrefresh = r.json()["request_id"]
+    for i in range(260):
+        digest = i.to_bytes(32, "big").hex()
+        assert client.post(f"/v1/keys/{x}/sign", json={"digest_hex": digest}, headers=ADMIN).status_code == 202
+    r = client.post(f"/v1/keys/{y}/sign", json={"digest_hex": "11" * 32, "signers": ["node-a", "node-b"]}, headers=ADMIN)
+    ysign = r.json()["request_id"]
+    yrefresh = client.post(f"/v1/keys/{y}/refresh", headers=ADMIN).json()["request_id"]
+    assert _request(client, yrefresh)["status"] == "queued"  # behind Y's signature
+    for n in nodes:  # X's refresh is handed out and stays running
+        task = n.next_task()
+        assert task is not None and task["job_id"] == xrefresh, task
+    for n in nodes[:2]:
+        task = n.next_task()
+        assert task is not None and task["job_id"] == ysign, task
+        assert n.report(task["task_id"], result=sign_result(task)).status_code == 200
+    assert _request(client, ysign)["status"] == "done"
+    c.sweep()
+    assert _request(client, yrefresh)["status"] == "running"

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from shardguard.coordinator.models import Node
 
-from .conftest import ADMIN, FakeNode, coord, run_dkg
+from .conftest import ADMIN, FakeNode, coord, dkg_result, run_dkg
 
 
 def _ask(node: FakeNode, path_node: str | None = None) -> Any:
@@ -185,3 +185,35 @@ def test_a_node_that_reported_its_own_state_old_is_chosen_last_until_it_restarts
     nodes[0].restart()
     assert nodes[0].register().status_code == 200
     assert signers() == ["node-a", "node-b"]
+
+
+def test_a_witness_job_queued_behind_a_refresh_starts_when_the_refresh_ends(client: TestClient, nodes: list[FakeNode]) -> None:
+    """Review finding: the refresh's end started only the key's waiting signatures; a witness
+    job queued behind it waited for the sweep."""
+    key_id = run_dkg(client, nodes, "ed25519")
+    refresh = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN).json()["request_id"]
+    assert _request(client, refresh)["status"] == "running"
+    (witness,) = _ask(nodes[0]).json()["jobs"]
+    assert _request(client, witness)["status"] == "queued"
+    for n in nodes:
+        task = n.next_task()
+        assert task is not None and task["kind"] == "refresh", task
+        assert n.report(task["task_id"], result=dkg_result("ed25519")).status_code == 200
+    assert _request(client, refresh)["status"] == "done"
+    assert _request(client, witness)["status"] == "running"  # no sweep in between
+
+
+def test_a_refresh_waiting_for_a_superseded_witness_job_starts_at_once(make_client: Callable[..., TestClient]) -> None:
+    """Review finding: a witness job failed as superseded left the refresh queued behind it
+    waiting for the sweep."""
+    client = make_client(witness_interval=0, witness_restart=0.5)
+    nodes = _registered(client)
+    key_id = run_dkg(client, nodes, "ed25519")
+    (old,) = _ask(nodes[0]).json()["jobs"]
+    refresh = client.post(f"/v1/keys/{key_id}/refresh", headers=ADMIN).json()["request_id"]
+    assert _request(client, refresh)["status"] == "queued"  # behind the witness job
+    time.sleep(0.6)
+    (new,) = _ask(nodes[0]).json()["jobs"]  # a holder went quiet: a new job
+    assert new != old and _request(client, old)["error"]["reason"] == "superseded"
+    assert _request(client, refresh)["status"] == "running", _request(client, refresh)  # no sweep in between
+    assert _request(client, new)["status"] == "queued"  # behind the refresh now
