@@ -28,6 +28,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shardguard.coordinator.aftercommit import transaction_hooks
 from shardguard.coordinator.rawsql import RawDatabase
 
 __all__ = ["MIGRATIONS", "Database", "migrate"]
@@ -90,14 +91,16 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
+        """A write transaction; what :func:`aftercommit.after_commit` is given in it runs once
+        it has committed."""
         if self._write_lock is None:
-            with self._write() as s, s.begin():
+            with transaction_hooks(), self._write() as s, s.begin():
                 yield s
             return
         # SQLite: one writer at a time anyway; queueing our own threads on a lock wakes the
         # next one as soon as the previous commits, where SQLite's busy handler would poll
         # with sleeps of up to 100 ms.
-        with self._write_lock, self._write() as s, s.begin():
+        with transaction_hooks(), self._write_lock, self._write() as s, s.begin():
             yield s
 
     def ping(self) -> None:

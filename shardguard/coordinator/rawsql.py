@@ -28,6 +28,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from shardguard.coordinator.aftercommit import transaction_hooks
+
 __all__ = ["RawConnection", "RawDatabase", "Rows"]
 
 _NO_VALUE = object()
@@ -290,11 +292,12 @@ class RawDatabase:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[RawConnection]:
+        """As :meth:`Database.write <shardguard.coordinator.db.Database.write>`, commit hooks included."""
         if self._write_lock is None:
-            with self._transaction("") as conn:
+            with transaction_hooks(), self._transaction("") as conn:
                 yield conn
             return
-        with self._write_lock, self._transaction("BEGIN IMMEDIATE") as conn:
+        with transaction_hooks(), self._write_lock, self._transaction("BEGIN IMMEDIATE") as conn:
             yield conn
 
     @contextlib.contextmanager

@@ -53,6 +53,7 @@ from shardguard.channel.challenge import (
 from shardguard.channel.identity import CardError, PeerCard
 from shardguard.coordinator import attached, precommit, wire
 from shardguard.coordinator import presigned as presigned_mod
+from shardguard.coordinator.aftercommit import after_commit
 from shardguard.coordinator.attest import summarize
 from shardguard.coordinator.db import Database
 from shardguard.coordinator.errors import ApiError
@@ -2265,11 +2266,17 @@ class Coordinator:
                 self._record_end(member, "failed", reason)
 
     def _record_end(self, job: Job | _Ended, status: str, reason: str) -> None:
+        """Count a job's end once its transaction has committed (aftercommit.py)."""
         known = reason if reason in _REASONS or reason in _RERUN_REASONS else "other"
         kind = "rerun" if getattr(job, "carries", None) is not None else job.kind  # its request counts as "sign"
-        self.metrics.jobs_finished.labels(kind, status, known).inc()
-        if job.started_at is not None and job.finished_at is not None:
-            self.metrics.job_seconds.labels(kind).observe((job.finished_at - job.started_at).total_seconds())
+        took = (job.finished_at - job.started_at).total_seconds() if job.started_at and job.finished_at else None
+
+        def count() -> None:
+            self.metrics.jobs_finished.labels(kind, status, known).inc()
+            if took is not None:
+                self.metrics.job_seconds.labels(kind).observe(took)
+
+        after_commit(count)
 
     def _notify_job(self, job_id: str, nodes: Iterable[str] | None = None, requests: Iterable[str] = ()) -> None:
         """Wake whoever waits for the end of ``job_id``: its client, the clients of
