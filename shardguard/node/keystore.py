@@ -260,6 +260,14 @@ def _os_reason(e: OSError) -> KeystoreReason:
     return KeystoreReason.IO_ERROR
 
 
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _is_read_only_fs(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -608,8 +616,11 @@ class Keystore:
     def _lock(directory: Path, *, create: bool, read_only: bool) -> int | None:
         path = directory / LOCK
         try:
-            if create:
+            if create and not directory.is_dir():
+                made = [d for d in (directory, *directory.parents) if not d.exists()]
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                for d in made:  # each new name durable in its parent (POSIX: a directory fsync)
+                    _fsync_directory(d.parent)
             if not directory.is_dir():
                 raise KeystoreError(KeystoreReason.MISSING, directory, "state directory does not exist")
             if read_only:
@@ -772,8 +783,10 @@ class Keystore:
             if counter > limit:
                 try:
                     self._read(name, _Expect(kind, key_id, epoch, counter), MAX_RECORD)
-                except KeystoreError:
-                    pass  # not an authentic record of this store: a stray file, ignore it
+                except KeystoreError as e:
+                    if e.reason is KeystoreReason.SEALING_UNAVAILABLE:
+                        raise  # may be evidence of a rollback: not judged without the key (as journals)
+                    # not an authentic record of this store: a stray file, ignore it
                 else:
                     raise KeystoreError(
                         KeystoreReason.STALE_STATE,

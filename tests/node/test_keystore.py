@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from shardguard import local
+from shardguard.enclave.platform import SealingError, SealingReason
 from shardguard.enclave.simulated import SimulatedPlatform
 from shardguard.node import keystore as ks_module
 from shardguard.node.keystore import (
@@ -1507,3 +1508,44 @@ def test_a_deeply_nested_header_is_malformed_not_a_crash(store_dir: Path, platfo
     with pytest.raises(KeystoreError) as e:
         Keystore.open(store_dir, platform)
     assert e.value.reason is KeystoreReason.MALFORMED
+
+
+def test_a_newer_record_is_not_judged_without_the_sealing_key(
+    store_dir: Path, platform: SimulatedPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: an authentic record newer than the manifest (the manifest restored from
+    an older copy) that could not be unsealed for want of the platform's key (a KMS outage)
+    was taken for a stray file and the open went on; it now fails SEALING_UNAVAILABLE, as a
+    journal of a newer generation does, and STALE_STATE once the key is back."""
+    s = populated(store_dir, platform)
+    s.close()
+    old_manifest = (store_dir / MANIFEST).read_bytes()
+    with Keystore.open(store_dir, platform) as s:
+        s.stage("k9", at(FROST_B[0], 1))
+        s.stage("k9", at(FROST_B[0], 2))  # counter: the old manifest's + 2
+    (store_dir / MANIFEST).write_bytes(old_manifest)
+    real = platform.unseal
+
+    def no_key_for_k9(blob: bytes, *, label: bytes) -> bytes:  # only the newer records' label
+        if b"k9" in label:
+            raise SealingError(SealingReason.KEY, "KMS throttled")
+        return real(blob, label=label)
+
+    monkeypatch.setattr(platform, "unseal", no_key_for_k9)
+    assert _open_fails(store_dir, platform).reason is R.SEALING_UNAVAILABLE
+    monkeypatch.setattr(platform, "unseal", real)
+    assert _open_fails(store_dir, platform).reason is R.STALE_STATE
+
+
+def test_a_new_state_directory_s_name_is_made_durable(tmp_path: Path, platform: SimulatedPlatform,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(ks_module.os, "fsync", fsync)
+    Keystore.open(tmp_path / "a" / "b", platform).close()
+    assert str(tmp_path) in synced and str(tmp_path / "a") in synced
