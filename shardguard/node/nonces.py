@@ -22,17 +22,19 @@ notes, so a node only offers it once that check has passed in a two-round task.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from shardguard.crypto.group import Rng
 from shardguard.crypto.suites import suite_by_scheme
 from shardguard.protocols.frost import (
+    NonceError,
     NoncePool,
     PrecommittedItem,
     PrecommittedShare,
@@ -83,6 +85,8 @@ class _Scheme:
     #: handed out: the stock. Pairs of a post whose fate is unknown stay in the pool (they may
     #: be named) but are not stock: the node publishes others.
     published: dict[bytes, float] = dataclasses.field(default_factory=dict)
+    #: Pairs a task has checked and is about to sign with (:meth:`NonceStock.claimed`).
+    claimed: set[bytes] = dataclasses.field(default_factory=set)
     ttl: float = TTL_SECONDS
     keep: float = KEEP_SECONDS
     paused_until: float = 0.0
@@ -139,15 +143,29 @@ class NonceStock:
         state = self._schemes.get(scheme)
         return len(state.published) if state is not None else 0
 
-    def check(self, key_share: KeyShare, items: Sequence[PrecommittedItem]) -> None:
+    @contextlib.contextmanager
+    def claimed(self, key_share: KeyShare, items: Sequence[PrecommittedItem]) -> Iterator[None]:
         """Raise :class:`~shardguard.protocols.frost.NonceError` unless every item names one of
-        our pairs, unused, with its points: a request we can sign, checked before it is logged."""
+        our pairs, unused, with its points — a request we can sign, checked before it is logged
+        — and hold those pairs for this task until the block ends: another task naming one of
+        them meanwhile is refused here, before its entry (review finding: both passed the
+        check, both logged a ``signing`` entry, and the second then failed to sign), and the
+        publisher expires none of them in between."""
         state = self._state(key_share.public.suite.scheme)
         me = key_share.identifier
+        ids = [item.commitment_id for item in items]
         with state.lock:
             for item in items:
                 own = next(c for c in item.commitments if c[0] == me)
                 state.pool.check(item.commitment_id, own[1], own[2])
+                if item.commitment_id in state.claimed:
+                    raise NonceError("unknown", item.commitment_id)  # another task's now
+            state.claimed.update(ids)
+        try:
+            yield
+        finally:
+            with state.lock:
+                state.claimed.difference_update(ids)
 
     def sign(self, key_share: KeyShare, signers: Sequence[int], items: Sequence[PrecommittedItem]) -> list[PrecommittedShare]:
         """:func:`~shardguard.protocols.frost.sign_precommitted` with this node's pool for the
@@ -179,7 +197,8 @@ class NonceStock:
         now = self._clock()
         for scheme, state in list(self._schemes.items()):
             with state.lock:
-                state.pool.expire(now - state.keep)
+                if not state.claimed:  # a pair a task holds is never expired under it
+                    state.pool.expire(now - state.keep)
                 stale = now - max(0.0, state.ttl - RENEW_BEFORE)
                 # Oldest first (published in time order): only the stale ones are looked at, as
                 # this runs after every signing.

@@ -719,9 +719,10 @@ class NodeService:
             return verify_signature(peer.card.identity_public_key, COMMITMENT_CONTEXT, message, signature)
 
         items = precommitted_items(share, task.me, task.participants, messages, params.get("commitments"), signed_by)
-        self.nonces.check(share, items)  # every pair ours and unused: a refusal before the entry
-        fields = self._audit_fields(raw) | {"precommitted": True}
-        shares = self._entry_first(fields, lambda: self.nonces.sign(share, sorted(task.participants), items), task.job, deadline)
+        with self.nonces.claimed(share, items):  # every pair ours, unused, ours alone: a refusal before the entry
+            fields = self._audit_fields(raw) | {"precommitted": True}
+            sign = functools.partial(self.nonces.sign, share, sorted(task.participants), items)
+            shares = self._entry_first(fields, sign, task.job, deadline)
         g = share.public.suite.group
         return {"shares": [{"r": s.group_commitment.hex(), "z": g.scalar_encode(s.share).hex()} for s in shares]}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from shardguard.node.audit import verify_chain
 from shardguard.node.nonces import COMMITMENT_CONTEXT, commitment_message
 from shardguard.node.service import NodeService
 
-from .test_service_tasks import NODES, Hub, _run_all, _sign, nodes  # noqa: F401 - nodes: the fixture
+from .test_service_tasks import NODES, Hub, _run_all, _sign, _task, nodes  # noqa: F401 - nodes: the fixture
 
 Stack = tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]
 G = suite_by_scheme("ed25519").group
@@ -145,3 +146,35 @@ def test_a_signing_at_another_epoch_than_our_share_is_refused_saying_so(nodes: S
         assert "epoch 1" in r["error"]["detail"] and "epoch 0" in r["error"]["detail"]
     for svc in services.values():
         assert not [e for e in _entries(svc, "ep1") if e["event"] == "signing"]  # refused before the entry
+
+
+def test_a_second_task_naming_a_commitment_in_use_is_refused_before_its_entry(nodes: Stack) -> None:  # noqa: F811
+    """Review finding: two tasks naming one commitment (a coordinator handing it out twice)
+    both passed the check and both wrote a ``signing`` entry; the second then failed to sign,
+    its entry naming a payload never signed. The first now holds the pair from the check on:
+    the second is refused (NONCE_UNKNOWN, as for a pair used already) before any entry."""
+    hub, services, parts = nodes
+    _warm(nodes)
+    lists = _commitments(services)
+    one = services["node-1"]
+    inside, release = threading.Event(), threading.Event()
+    sign = one.nonces.sign
+
+    def slow_sign(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        release.wait(10)
+        return sign(*args, **kwargs)
+
+    one.nonces.sign = slow_sign  # type: ignore[method-assign]
+    task = _task(parts, "sign", 1, {"message_hex": "01", "commitments": lists}, "ja")
+    first = threading.Thread(target=one.handle, args=(task,))
+    first.start()
+    assert inside.wait(10)
+    one.handle(_task(parts, "sign", 1, {"message_hex": "02", "commitments": lists}, "jb"))
+    release.set()
+    first.join()
+    assert hub.results["ja-1"]["status"] == "done", hub.results["ja-1"]
+    second = hub.results["jb-1"]
+    assert second["status"] == "failed" and second["error"]["reason"] == "NONCE_UNKNOWN", second
+    assert [e["event"] for e in _entries(one, "jb")] == ["refused"]
+    assert [e["event"] for e in _entries(one, "ja")] == ["signing"]
