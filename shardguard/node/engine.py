@@ -104,10 +104,12 @@ def decode_message(data: bytes, session_id: bytes) -> Message:
 class Inbox:
     """Cursor into a job's mailbox plus envelopes held for sessions not started yet (at most
     ``max_sessions`` sessions, ``max_envelopes`` envelopes and ``max_bytes`` bytes; the excess
-    is dropped and counted in ``dropped``)."""
+    is dropped and counted in ``dropped``). ``expected``: the sessions the job will run, when
+    it knows them all ahead (a witness job: two per peer); only those are held, however many."""
 
     cursor: int = 0
     held: dict[bytes, list[tuple[str, bytes]]] = dataclasses.field(default_factory=dict)
+    expected: frozenset[bytes] | None = None
     max_sessions: int = HELD_SESSIONS
     max_envelopes: int = HELD_ENVELOPES
     max_bytes: int = HELD_BYTES
@@ -119,7 +121,8 @@ class Inbox:
         """Keep ``envelope`` for its session; False (dropped, logged) past the limits."""
         kept = self.held.get(session_id)
         if (
-            (kept is None and len(self.held) >= self.max_sessions)
+            (self.expected is not None and session_id not in self.expected)
+            or (kept is None and self.expected is None and len(self.held) >= self.max_sessions)
             or self.held_envelopes >= self.max_envelopes
             or self.held_bytes + len(envelope) > self.max_bytes
         ):

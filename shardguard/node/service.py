@@ -1035,7 +1035,6 @@ class NodeService:
         by_index = {int(p["index"]): p for p in raw["participants"]}  # one per index (_run checked)
         wanted = [p for i, p in sorted(by_index.items()) if i != task.me and (mine or p["node_id"] == asker)]
         self._remember_instance(task)
-        inbox = Inbox()
         peers: dict[int, AdmittedPeer] = {}
         waiting: dict[int, Notes] = {}
         checked: list[int] = []  # the asker: peers whose notes passed; they get an acknowledgement
@@ -1044,6 +1043,12 @@ class NodeService:
         def sid(kind: bytes, other: str) -> bytes:  # one session per pair: the asker and this peer
             parts = (b"shardguard/node/witness-job/v1", kind, task.job.encode(), task.instance, other.encode())
             return hashlib.sha256(b"\x00".join(parts)).digest()
+
+        # Every peer's note and acknowledgement has a session of its own, all read through one
+        # inbox: it holds exactly those, however many holders (review finding: past 4 sessions
+        # the notes of the 6th holder on were dropped, and a quorum above 5 was never reached).
+        pairs = [p["node_id"] for p in wanted] if mine else [self.node_id]
+        inbox = Inbox(expected=frozenset(sid(kind, other) for other in pairs for kind in (b"note", b"ack")))
 
         end = deadline - REPORT_MARGIN
         # The asker stops collecting notes a while before the others stop waiting for its

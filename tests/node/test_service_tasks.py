@@ -875,3 +875,43 @@ def test_audit_posts_stay_within_the_coordinator_s_body_limit(
     while svc.audit.pending():
         svc.flush_audit()
     assert len(posts) >= 2 and max(posts) <= 2 * 1024 * 1024 + 100_000, posts
+
+
+def test_a_witness_job_with_many_holders_takes_every_note(tmp_path: Path) -> None:
+    """Review finding: the asker reads each holder's note on a session of its own through one
+    inbox, which held at most 4 sessions not started: with 8 holders the last ones' notes were
+    dropped, and a quorum above 5 could never be reached. It now holds exactly the sessions
+    the job runs."""
+    ids = tuple(f"node-{i}" for i in range(1, 9))
+    hub = Hub()
+    services = {nid: _start(hub, tmp_path, nid) for nid in ids}
+    try:
+        shares = local.keygen("ed25519", 2, len(ids))
+        for i, nid in enumerate(ids, start=1):
+            committee.record(services[nid].keystore, "k1", dict(enumerate(ids, start=1)))
+            services[nid].keystore.stage("k1", shares[i - 1])
+            services[nid].keystore.commit("k1", 0)
+        asker = services["node-1"]
+        counter, digest = asker.keystore.announcement()
+        for nid in ids[1:]:  # every holder saw the asker's current state
+            services[nid].keystore.record_peer_counter("node-1", counter, digest)
+        parts = _parts(services, ids)
+        instance = secrets.token_hex(32)
+        deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)).isoformat()
+        threads = []
+        for i, nid in enumerate(ids, start=1):
+            raw = {"task_id": f"w-{i}", "job_id": "w", "kind": "witness", "scheme": "ed25519", "threshold": 2,
+                   "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1", "epoch": 0,
+                   "params": {"for": "node-1"}, "deadline": deadline}  # fmt: skip
+            threads.append(threading.Thread(target=services[nid].handle, args=(raw,)))
+        for t in threads[1:]:  # the holders' notes wait in the mailbox before the asker starts
+            t.start()
+        time.sleep(1.0)
+        threads[0].start()
+        for t in threads:
+            t.join()
+        assert all(hub.results[f"w-{i}"]["status"] == "done" for i in range(1, 9)), hub.results
+        assert sorted(asker._vouched) == sorted(ids[1:])
+    finally:
+        for svc in services.values():
+            _stop(svc)
