@@ -65,6 +65,14 @@ _POST_RESULTS = 64
 _BOX_MESSAGES = 4096
 _BOX_BYTES = 8 * 1024 * 1024
 _BOXES_BYTES = 64 * 1024 * 1024
+#: Most jobs taken and not yet closed: a node asks for as many tasks as it has room (32
+#: workers by default), so more can only come from a coordinator pushing unasked (review
+#: finding: 10,000 pushed tasks were all taken, each with its box and queue entry).
+_MAX_OPEN_JOBS = 512
+#: Most message bytes the outbox keeps while the coordinator does not take them (503, 429, an
+#: unreachable coordinator); past it the oldest messages go (never a task's result): their jobs
+#: will time out. A coordinator refusing every post while it pushes tasks would grow it without end.
+_PENDING_BYTES = 64 * 1024 * 1024
 #: The largest answer read from one HTTP request (the same cap as one stream frame).
 _MAX_ANSWER = 8 * 1024 * 1024
 
@@ -372,6 +380,7 @@ class EventStream:
         # tasks handed out and not yet reported) is run once. A task whose job has an open box
         # is ours already too (one task per node and job), however long ago it came.
         self._seen_tasks: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._unasked = 0  # tasks pushed past _MAX_OPEN_JOBS, not taken
         self._seq = 0
         self._out: queue.SimpleQueue[tuple[str, str, int, bytes] | _Result | None] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -563,6 +572,11 @@ class EventStream:
                 if task_id in self._seen_tasks or job_id in self._boxes:
                     log.info("task %s was pushed again: already taken, ignored", task_id)
                     continue
+                if len(self._boxes) >= _MAX_OPEN_JOBS:  # not taken: a later push may be
+                    self._unasked += 1
+                    if self._unasked & (self._unasked - 1) == 0:  # 1, 2, 4, …: a flood logs little
+                        log.warning("%d task(s) pushed beyond %d jobs open were not taken", self._unasked, _MAX_OPEN_JOBS)
+                    continue
                 self._seen_tasks[task_id] = None
                 if len(self._seen_tasks) > 4096:
                     self._seen_tasks.popitem(last=False)
@@ -615,6 +629,7 @@ class EventStream:
                     return
                 pending.append(item)
             ending = self._drain(pending)
+            pending = self._trim(pending)
             batch, pending = self._split(pending)
             try:
                 sent = self._send(batch)
@@ -639,6 +654,23 @@ class EventStream:
             if item is None:
                 return True
             pending.append(item)
+
+    def _trim(self, pending: list[tuple[str, str, int, bytes] | _Result]) -> list[tuple[str, str, int, bytes] | _Result]:
+        """``pending`` within ``_PENDING_BYTES`` of messages: the oldest messages dropped first,
+        never a result."""
+        size = sum(len(item[3]) for item in pending if not isinstance(item, _Result))
+        if size <= _PENDING_BYTES:
+            return pending
+        kept: list[tuple[str, str, int, bytes] | _Result] = []
+        dropped = 0
+        for item in pending:
+            if size > _PENDING_BYTES and not isinstance(item, _Result):
+                size -= len(item[3])
+                dropped += 1
+                continue
+            kept.append(item)
+        log.warning("outbox: %d message(s) dropped: more than %d bytes waiting for the coordinator", dropped, _PENDING_BYTES)
+        return kept
 
     @staticmethod
     def _split(

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shardguard.node import link as link_module
 from shardguard.node.engine import EngineError
 from shardguard.node.link import CoordinatorRefused, EventStream
 
@@ -203,3 +204,47 @@ def test_a_stopped_stream_ends_waiting_tasks_at_once() -> None:
     assert len(errors) == 1 and isinstance(errors[0], EngineError) and "stopping" in str(errors[0])
     with pytest.raises(EngineError, match="stopping"):
         s.fetch("req_1", 0, 10.0)
+
+
+def test_tasks_pushed_beyond_the_open_jobs_limit_are_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: a coordinator pushing tasks the node never asked for (it asks for as
+    many as it has room) had every one taken — 10,000 boxes and queue entries. Past
+    _MAX_OPEN_JOBS jobs open, a pushed task is not taken; once a job closes, a later push is."""
+    monkeypatch.setattr(link_module, "_MAX_OPEN_JOBS", 8)
+    taken: list[Any] = []
+    s = EventStream(None, "node-a", on_task=taken.append, free_slots=lambda: 0, transport="http")  # type: ignore[arg-type]
+    s._deliver({"tasks": [{"task_id": f"t{i}", "job_id": f"j{i}", "kind": "sign"} for i in range(20)]})
+    assert [t["task_id"] for t in taken] == [f"t{i}" for i in range(8)]
+    s.close("j0")
+    s._deliver({"tasks": [{"task_id": "t8", "job_id": "j8", "kind": "sign"}]})  # pushed again
+    assert taken[-1]["task_id"] == "t8" and len(taken) == 9
+
+
+class _Refusing(ScriptedCoordinator):
+    """Answers every outbox post 503."""
+
+    def request(self, method: str, path: str, *, body: Any = None, timeout: float | None = None, **kw: Any) -> Any:
+        if path.endswith("/outbox"):
+            with self.lock:
+                self.posts.append(body)
+            raise CoordinatorRefused("POST", path, 503, "busy")
+        return super().request(method, path, body=body, timeout=timeout, **kw)
+
+
+def test_the_outbox_keeps_a_bounded_backlog_while_posts_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: while every post was refused (503) the outbox kept every message of
+    every job, without end. It keeps at most _PENDING_BYTES of messages (the oldest go first),
+    and never drops a task's result."""
+    monkeypatch.setattr(link_module, "_PENDING_BYTES", 50_000)
+    coord = _Refusing()
+    s = EventStream(coord, "node-a", on_task=lambda t: None, free_slots=lambda: 4, poll=0.05, transport="http")  # type: ignore[arg-type]
+    s.start()
+    try:
+        for k in range(20):
+            s.open(f"job{k}")
+            s.post(f"job{k}", [("node-b", b"x" * 10_000)])
+        until(lambda: len(coord.posts) >= 3 and len(coord.posts[-1]["messages"]) == 5)
+        kept = [m["job"] for m in coord.posts[-1]["messages"]]
+        assert kept == [f"job{k}" for k in range(15, 20)], kept  # the newest 50,000 bytes
+    finally:
+        s.stop()
