@@ -160,6 +160,9 @@ _ACK_MARGIN = 3.0
 _AUDIT_POST_BYTES = 2 * 1024 * 1024
 #: How many session instances a node remembers, to refuse one used again (≈ 100 B each).
 _INSTANCES = 100_000
+#: Processes (identity keys) of one peer remembered as witnessed (_witnessed): restarts of it
+#: within this process's life.
+_PROCESSES_KEPT = 64
 
 
 class NodeService:
@@ -202,6 +205,10 @@ class NodeService:
         # Identity key of each peer when we last recorded its counter, and whether peers have
         # confirmed our own state since this process started (see _witness).
         self._witness_keys: dict[str, bytes] = {}
+        # Every process (identity key) of each peer whose counter we recorded in this process,
+        # the newest _PROCESSES_KEPT: never cleared (distrust, _latch_stale clear the above).
+        # A lower counter from one of them is an old message, not a rollback (_check_witness).
+        self._witnessed: dict[str, collections.OrderedDict[bytes, None]] = {}
         self._witness_lock = threading.Lock()
         self._changing: set[str] = set()  # keys with a keygen, refresh or repair running here
         self._fresh = False
@@ -1262,13 +1269,21 @@ class NodeService:
                 try:
                     self.keystore.record_peer_counter(node, peer_counter, peer_digest, defer=defer)
                     self._witness_keys[node] = identity
+                    seen = self._witnessed.setdefault(node, collections.OrderedDict())
+                    seen[identity] = None
+                    seen.move_to_end(identity)
+                    if len(seen) > _PROCESSES_KEPT:
+                        seen.popitem(last=False)
                 except KeystoreError as e:
                     if e.reason is not KeystoreReason.PEER_ROLLBACK:
                         raise
                     # A rollback needs a restart, and a restarted node has a new identity key.
-                    # The same running node announcing a lower counter is only two of its
-                    # concurrent tasks arriving out of order: nothing to record, nothing wrong.
-                    if self._witness_keys.get(node) != identity:
+                    # A process of it we recorded before announcing a lower counter is only an
+                    # old message — two of its tasks out of order, or a note of its previous
+                    # process the coordinator held back (review finding: that was taken for a
+                    # rollback, and once distrust() had cleared _witness_keys, so was a late
+                    # note of its current process): nothing to record, nothing wrong.
+                    if identity not in self._witnessed.get(node, ()):
                         self._caught[node] = (identity, str(e))  # this process stays caught (_check_rollbacks)
                         raise StalePeer(node, str(e)) from None
         try:

@@ -915,3 +915,62 @@ def test_a_witness_job_with_many_holders_takes_every_note(tmp_path: Path) -> Non
     finally:
         for svc in services.values():
             _stop(svc)
+
+
+def _sign_raw(parts: list[dict[str, Any]], index: int, job: str, seconds: float, instance: str) -> dict[str, Any]:
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+    return {"task_id": f"{job}-{index}", "job_id": job, "kind": "sign", "scheme": "ed25519", "threshold": 2,
+            "participants": parts, "you": {"index": index}, "instance": instance, "key_id": "k1", "epoch": 0,
+            "params": {"message_hex": "00"}, "deadline": deadline}  # fmt: skip
+
+
+def _held_back(hub: Hub, job: str) -> list[tuple[int, str, str, bytes]]:
+    """What the mailbox holds of ``job``, taken out (a coordinator delaying it)."""
+    with hub.cv:
+        return hub.boxes.pop(job, [])
+
+
+def _let_through(hub: Hub, job: str, envelopes: list[tuple[int, str, str, bytes]]) -> None:
+    with hub.cv:
+        box = hub.boxes.setdefault(job, [])
+        for _, sender, to, envelope in envelopes:
+            box.append((len(box) + 1, sender, to, envelope))
+        hub.cv.notify_all()
+
+
+def test_old_notes_of_an_honestly_restarted_peer_never_make_it_stale(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Review finding: node-2 restarts honestly; the coordinator holds back a job its old
+    process had posted its note in, and hands it to node-1 after node-1 recorded node-2's new,
+    higher counter — node-1 took the old process's lower counter for a rollback (STALE_PEER),
+    distrusted everything it had witnessed, and then caught node-2's *current* process on one of
+    its notes arriving late: every later task with node-2 was refused until it restarted. A
+    lower counter from a process node-1 recorded before is now an old message, nothing more."""
+    hub, services, parts_old = nodes
+    for k in range(3):
+        assert [r["status"] for r in _sign(hub, services, parts_old, f"w{k}")] == ["done", "done"]
+    one = services["node-1"]
+    t_instance = secrets.token_hex(32)
+    services["node-2"].handle(_sign_raw(parts_old, 2, "T", 1, t_instance))  # its note and round 1
+    t_held = _held_back(hub, "T")
+    late = threading.Thread(target=one.handle, args=(_sign_raw(parts_old, 1, "T", 6, t_instance),))
+    late.start()
+    time.sleep(0.5)
+    _stop(services["node-2"])  # an honest restart: same state directory, new identity key
+    services["node-2"] = _start(hub, tmp_path, "node-2")
+    parts = _parts(services)
+    assert [r["status"] for r in _sign(hub, services, parts, "n0")] == ["done", "done"]
+    u_instance = secrets.token_hex(32)
+    services["node-2"].handle(_sign_raw(parts, 2, "U", 1, u_instance))  # a note of the new process
+    u_held = _held_back(hub, "U")
+    for k in (1, 2):  # node-1 records node-2's counter moving on
+        assert [r["status"] for r in _sign(hub, services, parts, f"n{k}")] == ["done", "done"]
+    _let_through(hub, "T", t_held)  # the old process's note, at a lower counter
+    late.join()
+    assert hub.results["T-1"]["error"]["reason"] != "STALE_PEER", hub.results["T-1"]
+    _let_through(hub, "U", u_held)  # the current process's older note
+    one.handle(_sign_raw(parts, 1, "U", 5, u_instance))
+    assert hub.results["U-1"]["error"]["reason"] != "STALE_PEER", hub.results["U-1"]
+    assert not one._caught
+    assert [r["status"] for r in _sign(hub, services, parts, "after")] == ["done", "done"]
