@@ -173,9 +173,10 @@ class NonceStock:
         state = self._state(key_share.public.suite.scheme)
         try:
             with state.lock:
-                for item in items:
+                out = sign_precommitted(key_share, signers=signers, items=items, pool=state.pool)
+                for item in items:  # used: no longer stock (a refused request left them stock)
                     state.published.pop(item.commitment_id, None)
-                return sign_precommitted(key_share, signers=signers, items=items, pool=state.pool)
+                return out
         finally:
             self._wake.set()
 
@@ -210,7 +211,10 @@ class NonceStock:
             if not self._ready() or state.paused_until > now or len(state.published) >= LOW:
                 continue
             while len(state.published) < TARGET:
+                before = len(state.published)
                 posted += self._publish(scheme, state, min(BATCH, TARGET - len(state.published)), now)
+                if len(state.published) <= before:  # all used before the answer came: next round
+                    break
         return posted
 
     def _publish(self, scheme: str, state: _Scheme, want: int, now: float) -> int:
@@ -238,6 +242,10 @@ class NonceStock:
             raise
         with state.lock:
             for c in made:
+                try:  # one handed out and used before this answer came is no stock (review finding)
+                    state.pool.check(c.id, c.hiding, c.binding)
+                except NonceError:
+                    continue
                 state.published[c.id] = now
             if isinstance(answer, dict):
                 ttl, keep = answer.get("ttl_seconds"), answer.get("keep_seconds")

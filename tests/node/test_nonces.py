@@ -120,6 +120,31 @@ def test_a_used_pair_leaves_the_stock() -> None:
     assert stock.stock("ed25519") == nonces.TARGET - 1
 
 
+def test_a_pair_used_before_its_post_is_answered_is_no_stock() -> None:
+    """Review finding: the coordinator may hand a pair out (and the node sign with it) before
+    the post that published it has been answered; the answer then counted the used pair as
+    stock until it went stale, and the node published fewer than it should."""
+    stock: NonceStock | None = None
+    posts: list[int] = []
+
+    def post(scheme: str, wire: list[dict[str, str]]) -> None:
+        assert stock is not None
+        posts.append(len(wire))
+        state = stock._schemes[scheme]
+        first = wire[0]
+        g = suite_by_scheme(scheme).group
+        with state.lock:  # handed out and used meanwhile
+            state.pool.take(bytes.fromhex(first["id"]), g.decode(bytes.fromhex(first["hiding"])),
+                            g.decode(bytes.fromhex(first["binding"])))  # fmt: skip
+
+    keys = NodeKeys.generate("node-1")
+    stock = NonceStock(post, node_id="node-1", sign=keys.sign, ready=lambda: True, clock=Clock())
+    stock.enable("ed25519")
+    posted = stock.top_up()
+    assert posted == sum(posts) and stock.stock("ed25519") == posted - len(posts)  # one used per post: not stock
+    assert stock.stock("ed25519") < nonces.TARGET  # and a round ends when a post adds no stock
+
+
 def test_the_publisher_loop_survives_errors_and_stops() -> None:
     calls: list[int] = []
 
