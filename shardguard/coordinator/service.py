@@ -37,7 +37,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
@@ -1344,7 +1344,10 @@ class Coordinator:
                 return [], True
             # Ordering per key: a refresh or repair running holds every signature back; one
             # queued holds back those queued after it (dispatch() starts it when its turn comes).
-            changing = conn.first(_KEY_CHANGING_FIRST, {"key": key_id})
+            # One statement: the first refresh or repair (running first), else any other job
+            # that is no signature and waits (a witness behind a refresh that just ended).
+            first = conn.first(_KEY_WAITING_FIRST, {"key": key_id})
+            changing = first if first is not None and first.kind in EXCLUSIVE_KINDS else None
             if changing is not None and changing.status == "running":
                 return [], False
             rows = list(conn.execute(_QUEUED_SIGNS, {"key": key_id, "limit": 4 * max(1, self.settings.bundle_max)}))
@@ -1364,7 +1367,7 @@ class Coordinator:
                     started.append([p["node_id"] for p in take[0].participants])
             # Jobs of another kind (a witness queued behind a refresh that has just ended)
             # are dispatch()'s to start (review finding: they waited for the sweep).
-            others = changing is not None or conn.first(_QUEUED_NOT_SIGN, {"key": key_id}) is not None
+            others = first is not None
             handed = self._hand_over(conn, {nid for nodes in started for nid in nodes}, now)
         for nodes in started:
             self._announce(nodes, handed)  # a node in two jobs takes its tasks once (popped)
@@ -2916,14 +2919,18 @@ _MEMBER_DONE = (
 _KEY_FOR_DISPATCH = (
     select(Key.id, Key.scheme, Key.status, Key.epoch).where(Key.id == bindparam("key")).with_for_update()
 )
-_KEY_CHANGING_FIRST = (
-    select(Job.id, Job.status, Job.created_at)
-    .where(Job.key_id == bindparam("key"), Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running")))
-    .order_by(Job.status.desc(), Job.created_at, Job.id)  # a running one first
+_KEY_WAITING_FIRST = (
+    select(Job.id, Job.kind, Job.status, Job.created_at)
+    .where(
+        Job.key_id == bindparam("key"),
+        or_(
+            and_(Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running"))),
+            and_(Job.kind != "sign", Job.status == "queued"),
+        ),
+    )
+    # A refresh or repair first (a running one first of those), then the others.
+    .order_by(case((Job.kind.in_(EXCLUSIVE_KINDS), 0), else_=1), Job.status.desc(), Job.created_at, Job.id)
     .limit(1)
-)
-_QUEUED_NOT_SIGN = (
-    select(Job.id).where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind != "sign").limit(1)
 )
 _QUEUED_SIGNS_SIGNERS = (
     select(Job.params).where(Job.key_id == bindparam("key"), Job.status == "queued", Job.kind == "sign").limit(256)
