@@ -2923,10 +2923,8 @@ _KEY_WAITING_FIRST = (
     select(Job.id, Job.kind, Job.status, Job.created_at)
     .where(
         Job.key_id == bindparam("key"),
-        or_(
-            and_(Job.kind.in_(EXCLUSIVE_KINDS), Job.status.in_(("queued", "running"))),
-            and_(Job.kind != "sign", Job.status == "queued"),
-        ),
+        Job.status.in_(("queued", "running")),  # ix_jobs_key_status: never the key's ended jobs
+        or_(Job.kind.in_(EXCLUSIVE_KINDS), and_(Job.kind != "sign", Job.status == "queued")),
     )
     # A refresh or repair first (a running one first of those), then the others.
     .order_by(case((Job.kind.in_(EXCLUSIVE_KINDS), 0), else_=1), Job.status.desc(), Job.created_at, Job.id)
