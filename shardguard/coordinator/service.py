@@ -1748,7 +1748,7 @@ class Coordinator:
             "committee": [{"node_id": nid, "index": i + 1} for i, nid in enumerate(key.node_ids)],
             "participants": participants,
             "params": job.params,
-        } | ({"carries": job.carries} if job.kind == "sign" and getattr(job, "carries", None) else {})
+        } | ({"carries": job.carries} if job.carries else {})  # a rerun's sign task only
 
     def post_result(
         self,
@@ -2272,7 +2272,9 @@ class Coordinator:
         """Count a job's end once its transaction has committed (aftercommit.py)."""
         known = reason if reason in _REASONS or reason in _RERUN_REASONS else "other"
         kind = "rerun" if getattr(job, "carries", None) is not None else job.kind  # its request counts as "sign"
-        took = (job.finished_at - job.started_at).total_seconds() if job.started_at and job.finished_at else None
+        took = None
+        if job.started_at is not None and job.finished_at is not None:
+            took = (job.finished_at - job.started_at).total_seconds()
 
         def count() -> None:
             self.metrics.jobs_finished.labels(kind, status, known).inc()

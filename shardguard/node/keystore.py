@@ -260,10 +260,14 @@ def _os_reason(e: OSError) -> KeystoreReason:
     return KeystoreReason.IO_ERROR
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _sync_path(path: Path, *, directory: bool = False) -> None:
+    """fsync a directory, or fdatasync a file, through a descriptor of its own."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0))
     try:
-        os.fsync(fd)
+        if directory:
+            os.fsync(fd)
+        else:
+            os.fdatasync(fd)
     finally:
         os.close(fd)
 
@@ -620,7 +624,7 @@ class Keystore:
                 made = [d for d in (directory, *directory.parents) if not d.exists()]
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 for d in made:  # each new name durable in its parent (POSIX: a directory fsync)
-                    _fsync_directory(d.parent)
+                    _sync_path(d.parent, directory=True)
             if not directory.is_dir():
                 raise KeystoreError(KeystoreReason.MISSING, directory, "state directory does not exist")
             if read_only:
@@ -735,11 +739,7 @@ class Keystore:
         for name in sorted(names):
             if _JOURNAL_RE.match(name):
                 try:
-                    fd = os.open(self._dir / name, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
+                    _sync_path(self._dir / name)
                 except OSError as e:
                     raise _os_error(e, self._dir / name, "cannot sync the journal left by an earlier process") from None
         self._fsync_dir()

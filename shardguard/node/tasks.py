@@ -56,7 +56,7 @@ class OneStepUnavailable(TaskError):
 
 _MAX_PARTIES = 255
 _NAME_CHARS = 128
-_LOWER_HEX_32 = frozenset("0123456789abcdef")
+_LOWER_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def _need(ok: bool, what: str, field: str) -> None:
@@ -85,7 +85,7 @@ def check_wire(raw: Mapping[str, Any]) -> None:
     _need(epoch is None or _is_int(epoch, 0, 2**63 - 1), "epoch must be a non-negative integer", "epoch")
     instance = raw.get("instance")
     _need(
-        isinstance(instance, str) and len(instance) == 64 and set(instance) <= _LOWER_HEX_32,
+        isinstance(instance, str) and len(instance) == 64 and set(instance) <= _LOWER_HEX_DIGITS,
         "instance must be 64 lower-case hex digits",
         "instance",
     )
