@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     _db_args(run)
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
-    run.add_argument("--job-timeout", type=float, default=None, metavar="S", help="seconds a job may run (default 120)")
+    run.add_argument("--job-timeout", type=_job_timeout, default=None, metavar="S",
+                     help=f"seconds a job may run (default 120, at most {MAX_JOB_TIMEOUT:g})")  # fmt: skip
     run.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     run.add_argument("--replica-id", default=None, help="name of this replica (default: random)")
 
@@ -135,6 +136,21 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         db.dispose()
+
+
+#: Longest ``--job-timeout``: a node refuses a task whose deadline lies more than an hour ahead of
+#: its clock (node/sessions.py), and this leaves ten minutes for the clocks to differ.
+MAX_JOB_TIMEOUT = 3000.0
+
+
+def _job_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_JOB_TIMEOUT:  # (a NaN fails this too)
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_JOB_TIMEOUT:g} seconds")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:

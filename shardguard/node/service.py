@@ -69,13 +69,16 @@ from shardguard.node.keystore import Keystore, KeystoreError, KeystoreReason
 from shardguard.node.link import CoordinatorLink, CoordinatorRefused, EventStream
 from shardguard.node.nonces import COMMITMENT_CONTEXT, NonceStock, commitment_message
 from shardguard.node.presignatures import PresignaturePool
+from shardguard.node.sessions import SessionRegister
 from shardguard.node.tasks import (
     OneStepUnavailable,
     Task,
     TaskError,
     check_wire,
+    deadline_at,
     precommitted_items,
     run_task,
+    session_instance,
     share_scheme,
 )
 from shardguard.protocols.dkls23 import EcdsaKeyShare
@@ -158,7 +161,8 @@ _QUORUM_WAIT = 10.0
 _ACK_MARGIN = 3.0
 #: Most bytes of audit records in one ``POST /v1/audit`` (the coordinator takes 4 MiB bodies).
 _AUDIT_POST_BYTES = 2 * 1024 * 1024
-#: How many session instances a node remembers, to refuse one used again (≈ 100 B each).
+#: How many session instances whose deadlines are in reach a node remembers, to refuse one used
+#: again (≈ 200 B each; sessions.py).
 _INSTANCES = 100_000
 #: Processes (identity keys) of one peer remembered as witnessed (_witnessed): restarts of it
 #: within this process's life.
@@ -221,10 +225,9 @@ class NodeService:
         self._witness_asked = -math.inf  # when we last asked for witness jobs (monotonic)
         # Peer processes (node id → identity key, reason) caught serving an old state copy.
         self._caught: dict[str, tuple[bytes, str]] = {}
-        # Session instances this process has run (the newest _INSTANCES): a coordinator that
-        # hands out a finished session's instance again could replay its peers' messages.
-        self._instances: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._instances_lock = threading.Lock()
+        # Session instances this process has run: a coordinator that hands out a finished
+        # session's instance again could replay its peers' messages (sessions.py).
+        self._sessions = SessionRegister(_INSTANCES)
         # Keys whose new epoch this node staged and has not yet committed or dropped (waiting
         # for the job's end, _settle), with an event set when that is decided. A task for such
         # a key waits for it: the coordinator may hand it out as soon as the job is done, before
@@ -546,6 +549,8 @@ class NodeService:
             # A peer proved this state old: take part in nothing, send no note (a peer whose
             # record lags would take our counter for a newer state of ours).
             raise KeystoreError(KeystoreReason.STALE_STATE, self.keystore.directory, self._stale)
+        at = deadline_at(raw)
+        self._sessions.check(at)  # again when the session is recorded (_remember_instance)
         me = int(raw["you"]["index"])
         participants = {int(p["index"]): str(p["node_id"]) for p in raw["participants"]}
         if len(participants) != len(raw["participants"]):
@@ -597,7 +602,7 @@ class NodeService:
             threshold=int(raw["threshold"]),
             participants=participants,
             me=me,
-            instance=bytes.fromhex(str(raw["instance"])),
+            instance=session_instance(bytes.fromhex(str(raw["instance"])), at),
             key_id=str(raw["key_id"]),
             params=task_params,
         )
@@ -607,12 +612,18 @@ class NodeService:
         elif not (kind == "repair" and params.get("lost") == self.node_id):  # the lost node records it in _repair
             lost = str(params.get("lost", "")) if kind == "repair" else None
             committee.check(self.keystore, task.key_id, participants, me, self.node_id, lost=lost)
-        deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline")))
+        deadline = time.monotonic() + max(5.0, at - time.time())
         if kind == "witness":
-            return self._witness_job(raw, task, params, deadline)
+            return self._witness_job(raw, task, params, deadline, at)
         peers = {int(p["index"]): self.admissions.admit(p, deadline) for p in raw["participants"] if int(p["index"]) != me}
         self._check_rollbacks(peers)
-        self._remember_instance(task)
+        # A signing in one step (FROST commitments made ahead, an ECDSA pre-signature) sends
+        # nothing to the peers and takes nothing from them: no envelope to replay.
+        one_step = kind == "sign" and (
+            ("commitments" in params and task.scheme in SCHEMES) or "presignature" in params
+        )
+        if not one_step:
+            self._remember_instance(task, at)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
             if kind != "keygen":
@@ -623,9 +634,9 @@ class NodeService:
                 self.presignatures.drop(task.key_id)  # made with the shares about to change
         if kind == "sign" and task.scheme in SCHEMES:  # FROST
             self.nonces.enable(task.scheme)  # signs with it: keep nonces committed ahead from now on
-            if "commitments" in params:
-                return self._sign_precommitted(raw, task, params, peers, deadline)
-        if kind == "sign" and "presignature" in params:
+        if one_step and "commitments" in params:
+            return self._sign_precommitted(raw, task, params, peers, deadline)
+        if one_step:
             return self._sign_presigned(raw, task, params, deadline)
         inbox = Inbox()
         if kind == "repair":
@@ -676,18 +687,11 @@ class NodeService:
             self._confirm_staged(task, peers, inbox, deadline, result)
         return result
 
-    def _remember_instance(self, task: Task) -> None:
-        """Refuse a session instance this process has run before. Called only once the task
-        passed its checks: tasks refused at once must not push a finished session's instance
-        out of memory (review finding)."""
-        with self._instances_lock:
-            if task.instance in self._instances:
-                # Same instance, same session ids: a replay of that session's messages would be
-                # accepted, and an honest peer blamed for "equivocating" (review finding).
-                raise TaskError("this session instance was used before", "instance")
-            self._instances[task.instance] = None
-            if len(self._instances) > _INSTANCES:
-                self._instances.popitem(last=False)
+    def _remember_instance(self, task: Task, at: float) -> None:
+        """Refuse a session instance this process has run before (sessions.py). Called only
+        once the task passed its checks: tasks refused at once must not push a finished
+        session's instance out of memory (review finding)."""
+        self._sessions.run_once(task.instance, at)
 
     # -- signing in one step, with nonces committed ahead ----------------------------------------
     def _sign_precommitted(
@@ -1026,7 +1030,9 @@ class NodeService:
             out[i] = json.dumps(note).encode()
         return out
 
-    def _witness_job(self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+    def _witness_job(
+        self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float, at: float
+    ) -> dict[str, Any]:
         """A ``witness`` job (docs/NODE.md, "Rollback witness"; coordinator API.md §1.14): the
         node it is ``for`` started and asks the other holders of a key, those the coordinator
         saw lately, to confirm its state before it signs. Only witness notes cross, between that
@@ -1041,7 +1047,7 @@ class NodeService:
         mine = asker == self.node_id
         by_index = {int(p["index"]): p for p in raw["participants"]}  # one per index (_run checked)
         wanted = [p for i, p in sorted(by_index.items()) if i != task.me and (mine or p["node_id"] == asker)]
-        self._remember_instance(task)
+        self._remember_instance(task, at)
         peers: dict[int, AdmittedPeer] = {}
         waiting: dict[int, Notes] = {}
         checked: list[int] = []  # the asker: peers whose notes passed; they get an acknowledgement

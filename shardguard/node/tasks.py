@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,10 @@ from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
-__all__ = ["KINDS", "ShareStore", "Task", "TaskError", "check_wire", "precommitted_items", "run_task", "share_scheme"]
+__all__ = [
+    "KINDS", "ShareStore", "Task", "TaskError", "check_wire", "deadline_at", "precommitted_items", "run_task",
+    "session_instance", "share_scheme",
+]  # fmt: skip
 
 KINDS = ("keygen", "sign", "presign", "refresh", "repair", "witness")
 _COMMITMENT_FIELDS = frozenset({"index", "id", "hiding", "binding", "signature"})
@@ -108,13 +112,34 @@ def check_wire(raw: Mapping[str, Any]) -> None:
     _need(raw.get("params") is None or isinstance(raw.get("params"), dict), "params must be an object", "params")
     public_key = raw.get("public_key")
     _need(public_key is None or isinstance(public_key, str), "public_key must be a hex string or null", "public_key")
+    deadline_at(raw)
+
+
+def deadline_at(raw: Mapping[str, Any]) -> float:
+    """The task's ``deadline`` (required: the session is bound to it, :func:`session_instance`)
+    as POSIX seconds, else :class:`TaskError`."""
     deadline = raw.get("deadline")
-    if deadline is not None:
-        try:
-            when = dt.datetime.fromisoformat(deadline) if isinstance(deadline, str) else None
-        except ValueError:
-            when = None
-        _need(when is not None and when.tzinfo is not None, "deadline must be an ISO 8601 time with its offset", "deadline")
+    try:
+        when = dt.datetime.fromisoformat(deadline) if isinstance(deadline, str) and len(deadline) <= 64 else None
+    except ValueError:
+        when = None
+    _need(when is not None and when.tzinfo is not None, "deadline must be an ISO 8601 time with its offset", "deadline")
+    assert when is not None  # for the type checker: _need raised otherwise
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError):  # e.g. year 1 with a positive offset
+        raise TaskError("deadline is out of range", "deadline") from None
+
+
+def session_instance(instance: bytes, deadline: float) -> bytes:
+    """The instance a task's sessions run under: the coordinator's ``instance`` bound to the
+    job's deadline (whole seconds; the same for every participant, API.md §1.3). A node runs a
+    session instance once while its deadline is within reach and refuses deadlines past that,
+    so a relay cannot run a finished session again and replay its peers' envelopes in it
+    (docs/NODE.md, "Each session once")."""
+    return hashlib.sha256(
+        b"shardguard/node/session/v1\x00" + instance + math.floor(deadline).to_bytes(8, "big", signed=True)
+    ).digest()
 
 
 class ShareStore(Protocol):

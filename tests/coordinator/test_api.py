@@ -116,6 +116,17 @@ def test_cli_created_admin_token(db_url: str, make_client: Any, capsys: pytest.C
     assert main(["token", "create", "--scopes", "root", "--db", db_url]) == 2
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "3001", "1e9", "soon"])
+def test_cli_refuses_a_job_timeout_nodes_would_refuse(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nodes refuse a task whose deadline lies more than an hour ahead (node/sessions.py)."""
+    from shardguard.coordinator.server import _parser
+
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(["run", "--job-timeout", value])
+    assert e.value.code == 2 and "--job-timeout" in capsys.readouterr().err
+    assert _parser().parse_args(["run", "--job-timeout", "3000"]).job_timeout == 3000.0
+
+
 # -- validation ----------------------------------------------------------------------------------
 KEY_CASES: list[tuple[Any, str]] = [
     ({"scheme": "rsa", "threshold": 2, "nodes": ["node-a", "node-b"]}, "scheme"),

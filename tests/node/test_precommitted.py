@@ -18,7 +18,7 @@ from shardguard.node.audit import verify_chain
 from shardguard.node.nonces import COMMITMENT_CONTEXT, commitment_message
 from shardguard.node.service import NodeService
 
-from .test_service_tasks import NODES, Hub, _run_all, _sign, _task, nodes  # noqa: F401 - nodes: the fixture
+from .test_service_tasks import NODES, Hub, _run_all, _sign, _task, deadline_in, nodes  # noqa: F401 - nodes: the fixture
 
 Stack = tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]
 G = suite_by_scheme("ed25519").group
@@ -125,7 +125,7 @@ def test_a_refused_task_signs_nothing_and_spends_no_nonce(nodes: Stack, forge: s
         params = {"message_hex": "00", "commitments": [lists[0][:1]]}
     raw = {"task_id": "x-1", "job_id": "x", "kind": kind, "scheme": "secp256k1" if forge == "scheme label" else "ed25519",
            "threshold": 2, "participants": participants, "you": {"index": 1}, "instance": secrets.token_hex(32),
-           "key_id": "k1", "epoch": 0, "params": params, "deadline": "2099-01-01T00:00:00+00:00"}  # fmt: skip
+           "key_id": "k1", "epoch": 0, "params": params, "deadline": deadline_in(60)}  # fmt: skip
     one.handle(raw)
     result = hub.results["x-1"]
     assert result["status"] == "failed", result

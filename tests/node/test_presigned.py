@@ -24,7 +24,7 @@ from shardguard.node.tasks import TaskError
 from shardguard.protocols.dkls23 import EcdsaSignature, Presignature
 from tests.conftest import check_ecdsa_independently
 
-from .test_service_tasks import NODES, Hub, _run_all, two_nodes
+from .test_service_tasks import NODES, Hub, _run_all, deadline_in, two_nodes
 
 Stack = tuple[Hub, dict[str, NodeService], list[dict[str, Any]]]
 DIGEST = bytes(range(32))
@@ -125,7 +125,7 @@ def test_a_refused_one_step_signing_releases_nothing(ecdsa_nodes: Stack, forge: 
         participants = parts[:1]
     raw = {"task_id": "x-1", "job_id": "x", "kind": "sign", "scheme": "ecdsa", "threshold": 2,
            "participants": participants, "you": {"index": 1}, "instance": secrets.token_hex(32), "key_id": "k1",
-           "epoch": epoch, "params": params, "deadline": "2099-01-01T00:00:00+00:00"}  # fmt: skip
+           "epoch": epoch, "params": params, "deadline": deadline_in(60)}  # fmt: skip
     one.handle(raw)
     result = hub.results["x-1"]
     assert result["status"] == "failed" and result["result"] is None, result

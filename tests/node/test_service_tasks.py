@@ -27,7 +27,8 @@ from shardguard.node import committee
 from shardguard.node import keystore as ks_module
 from shardguard.node.audit import verify_chain
 from shardguard.node.service import NodeService
-from shardguard.node.tasks import TaskError
+from shardguard.node.sessions import SessionRegister
+from shardguard.node.tasks import TaskError, deadline_at
 
 NODES = ("node-1", "node-2")
 
@@ -310,6 +311,11 @@ def test_a_challenge_is_posted_again_until_answered(nodes: tuple[Hub, dict[str, 
     assert svc._ask_peer("node-2", b"\x01" * 32, 0.0)["answered"] is False
 
 
+def deadline_in(seconds: float) -> str:
+    """A task deadline ``seconds`` from now (nodes refuse one far ahead or long past)."""
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+
+
 # -- the committee on record (committee.py) ----------------------------------------------------------
 def _task(parts: list[dict[str, Any]], kind: str, index: int, params: dict[str, Any], job: str) -> dict[str, Any]:
     deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat()
@@ -538,6 +544,38 @@ def test_a_session_instance_used_before_is_refused_before_any_message(
     out = hub.results["again-1"]
     assert out["status"] == "failed" and "(instance)" in out["error"]["detail"], out
     assert not hub.boxes.get("again"), "nothing may be sent"
+
+
+def test_a_forgotten_session_instance_never_runs_again(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """A node remembers the instances it ran in bounded memory (node/sessions.py). One it forgot
+    stays refused under its deadline; under a new deadline it is another session, in which the
+    first run's envelopes replayed by the relay do not open: no progress, nobody blamed."""
+    hub, services, parts = nodes
+    for svc in services.values():
+        svc._sessions = SessionRegister(1)  # forgets each instance at the next task
+    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "first") | {"deadline": deadline_in(3)}
+    raw2 = _task(parts, "sign", 2, {"message_hex": "00"}, "first") | {"instance": raw["instance"], "deadline": raw["deadline"]}
+    threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, (raw, raw2), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert hub.results["first-1"]["status"] == "done", hub.results["first-1"]
+    assert [r["status"] for r in _sign(hub, services, parts, "later", 3.5)] == ["done", "done"]  # "first" forgotten
+    assert services["node-1"]._sessions.floor >= deadline_at(raw)
+    services["node-1"].handle({**raw, "task_id": "again-1", "job_id": "again"})
+    out = hub.results["again-1"]
+    assert out["status"] == "failed" and "(deadline)" in out["error"]["detail"], out
+    assert not hub.boxes.get("again"), "nothing may be sent"
+    # The old instance under a new deadline, with node-2's envelopes of "first" replayed to node-1.
+    hub.boxes["replayed"] = [m for m in hub.boxes["first"] if m[1] == "node-2" and m[2] == "node-1"]
+    assert hub.boxes["replayed"]
+    services["node-1"].handle({**raw, "task_id": "replayed-1", "job_id": "replayed", "deadline": deadline_in(4)})
+    out = hub.results["replayed-1"]
+    assert out["status"] == "failed" and out["error"]["reason"] == "TIMEOUT" and not out["error"]["culprits"], out
+    assert "round 1" in out["error"]["detail"], out  # not one of the replayed envelopes was taken
 
 
 def test_two_refreshes_never_leave_different_shares_of_one_epoch(
@@ -917,8 +955,7 @@ def test_a_witness_job_with_many_holders_takes_every_note(tmp_path: Path) -> Non
             _stop(svc)
 
 
-def _sign_raw(parts: list[dict[str, Any]], index: int, job: str, seconds: float, instance: str) -> dict[str, Any]:
-    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+def _sign_raw(parts: list[dict[str, Any]], index: int, job: str, deadline: str, instance: str) -> dict[str, Any]:
     return {"task_id": f"{job}-{index}", "job_id": job, "kind": "sign", "scheme": "ed25519", "threshold": 2,
             "participants": parts, "you": {"index": index}, "instance": instance, "key_id": "k1", "epoch": 0,
             "params": {"message_hex": "00"}, "deadline": deadline}  # fmt: skip
@@ -951,18 +988,20 @@ def test_old_notes_of_an_honestly_restarted_peer_never_make_it_stale(
     for k in range(3):
         assert [r["status"] for r in _sign(hub, services, parts_old, f"w{k}")] == ["done", "done"]
     one = services["node-1"]
-    t_instance = secrets.token_hex(32)
-    services["node-2"].handle(_sign_raw(parts_old, 2, "T", 1, t_instance))  # its note and round 1
+    # One deadline for the job (its sessions are bound to it): node-2 gives up at it, node-1
+    # starts after it passed and still waits the 5 s a node gives any task it takes.
+    t_instance, t_deadline = secrets.token_hex(32), deadline_in(1)
+    services["node-2"].handle(_sign_raw(parts_old, 2, "T", t_deadline, t_instance))  # its note and round 1
     t_held = _held_back(hub, "T")
-    late = threading.Thread(target=one.handle, args=(_sign_raw(parts_old, 1, "T", 6, t_instance),))
+    late = threading.Thread(target=one.handle, args=(_sign_raw(parts_old, 1, "T", t_deadline, t_instance),))
     late.start()
     time.sleep(0.5)
     _stop(services["node-2"])  # an honest restart: same state directory, new identity key
     services["node-2"] = _start(hub, tmp_path, "node-2")
     parts = _parts(services)
     assert [r["status"] for r in _sign(hub, services, parts, "n0")] == ["done", "done"]
-    u_instance = secrets.token_hex(32)
-    services["node-2"].handle(_sign_raw(parts, 2, "U", 1, u_instance))  # a note of the new process
+    u_instance, u_deadline = secrets.token_hex(32), deadline_in(1)
+    services["node-2"].handle(_sign_raw(parts, 2, "U", u_deadline, u_instance))  # a note of the new process
     u_held = _held_back(hub, "U")
     for k in (1, 2):  # node-1 records node-2's counter moving on
         assert [r["status"] for r in _sign(hub, services, parts, f"n{k}")] == ["done", "done"]
@@ -970,7 +1009,7 @@ def test_old_notes_of_an_honestly_restarted_peer_never_make_it_stale(
     late.join()
     assert hub.results["T-1"]["error"]["reason"] != "STALE_PEER", hub.results["T-1"]
     _let_through(hub, "U", u_held)  # the current process's older note
-    one.handle(_sign_raw(parts, 1, "U", 5, u_instance))
+    one.handle(_sign_raw(parts, 1, "U", u_deadline, u_instance))
     assert hub.results["U-1"]["error"]["reason"] != "STALE_PEER", hub.results["U-1"]
     assert not one._caught
     assert [r["status"] for r in _sign(hub, services, parts, "after")] == ["done", "done"]

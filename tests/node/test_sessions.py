@@ -1,0 +1,130 @@
+"""Each session instance once (node/sessions.py): a relay can never make a node run a session it
+ran before, whatever it hands out and whatever the node's clock does, in bounded memory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from shardguard.node.sessions import SessionRegister
+from shardguard.node.tasks import TaskError, deadline_at, session_instance
+
+EXAMPLES = 2000 if os.environ.get("SHARDGUARD_SLOW") == "1" else 200
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, t: float = NOW) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _refused(register: SessionRegister, instance: bytes, deadline: float, field: str) -> None:
+    with pytest.raises(TaskError) as e:
+        register.run_once(instance, deadline)
+    assert e.value.field == field, e.value
+
+
+def test_an_instance_runs_once() -> None:
+    register = SessionRegister(clock=Clock())
+    register.run_once(b"a" * 32, NOW + 120)
+    _refused(register, b"a" * 32, NOW + 120, "instance")
+    register.run_once(b"b" * 32, NOW + 120)
+    assert len(register) == 2
+
+
+def test_deadlines_long_past_or_far_ahead_are_refused() -> None:
+    register = SessionRegister(skew=60, ahead=3600, clock=Clock())
+    _refused(register, b"a" * 32, NOW - 61, "deadline")
+    _refused(register, b"a" * 32, NOW + 3601, "deadline")
+    register.run_once(b"a" * 32, NOW - 59)  # the coordinator's clock may run a little ahead of ours
+    register.run_once(b"b" * 32, NOW + 3599)
+    with pytest.raises(TaskError):
+        register.check(NOW - 61)
+
+
+def test_a_forgotten_instance_stays_refused_when_the_clock_goes_back() -> None:
+    clock = Clock()
+    register = SessionRegister(skew=60, clock=clock)
+    register.run_once(b"a" * 32, NOW + 120)
+    clock.t = NOW + 1000  # its deadline is out of reach: forgotten at the next task
+    register.run_once(b"b" * 32, NOW + 1100)
+    assert len(register) == 1 and register.floor == NOW + 120
+    clock.t = NOW  # the host sets the clock back: the deadline would be taken again ...
+    _refused(register, b"a" * 32, NOW + 120, "deadline")  # ... but it is not after the floor
+    register.run_once(b"c" * 32, NOW + 121)  # later deadlines still run
+
+
+def test_a_full_register_forgets_the_earliest_deadline_and_refuses_it_after() -> None:
+    register = SessionRegister(capacity=3, clock=Clock())
+    for k, d in enumerate((30, 10, 20)):
+        register.run_once(bytes([k]) * 32, NOW + d)
+    register.run_once(b"\x09" * 32, NOW + 40)  # the one at +10 goes
+    assert len(register) == 3 and register.floor == NOW + 10
+    _refused(register, b"\x01" * 32, NOW + 10, "deadline")
+    _refused(register, b"\x08" * 32, NOW + 5, "deadline")
+    # A new one whose deadline is earlier than all it holds is the one that goes: refused.
+    _refused(register, b"\x07" * 32, NOW + 15, "deadline")
+    assert register.floor == NOW + 15 and len(register) == 3
+    register.run_once(b"\x06" * 32, NOW + 50)
+
+
+def test_the_session_is_bound_to_the_deadline_in_whole_seconds() -> None:
+    instance = secrets.token_bytes(32)
+    at = deadline_at({"deadline": "2026-12-03T10:00:00.250000+00:00"})
+    assert at == deadline_at({"deadline": "2026-12-03T11:00:00.250+01:00"})  # one instant, two offsets
+    assert session_instance(instance, at) == session_instance(instance, at + 0.5)
+    assert session_instance(instance, at) != session_instance(instance, at + 1)
+    assert session_instance(instance, at) != session_instance(secrets.token_bytes(32), at)
+
+
+@pytest.mark.parametrize(
+    "deadline", [None, 17, "", "tomorrow", "2026-12-03T10:00:00", "2026-12-03T10:00:00+00:00" + " " * 64]
+)
+def test_a_task_without_a_usable_deadline_is_refused(deadline: object) -> None:
+    with pytest.raises(TaskError) as e:
+        deadline_at({"deadline": deadline})
+    assert e.value.field == "deadline"
+
+
+# Operations: move the clock (either way), or hand out an (instance, deadline) pair, as a relay
+# might: old pairs again, old instances under new deadlines, deadlines near the edges.
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("clock"), st.sampled_from([-400, -100, -30, 30, 100, 400])),
+        st.tuples(st.just("task"), st.integers(0, 2), st.sampled_from([-70, -50, 0, 50, 100, 200, 350, 450])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(steps=_steps, capacity=st.integers(1, 4))
+# Forgotten as its deadline went out of reach, then the clock set back:
+@example(steps=[("task", 0, 100), ("clock", 400), ("task", 1, 450), ("clock", -400), ("task", 0, 100)], capacity=4)
+# Pushed out of a full register by a later deadline, then handed out again:
+@example(steps=[("task", 0, 100), ("task", 1, 200), ("task", 0, 100), ("task", 2, 50)], capacity=1)
+def test_no_session_ever_runs_twice(steps: list[tuple[object, ...]], capacity: int) -> None:
+    clock = Clock()
+    register = SessionRegister(capacity, skew=60, ahead=300, clock=clock)
+    ran: set[bytes] = set()
+    for step in steps:
+        if step[0] == "clock":
+            clock.t += int(step[1])  # type: ignore[call-overload]
+            continue
+        _, which, offset = step
+        deadline = NOW + int(offset)  # type: ignore[call-overload]
+        session = session_instance(bytes([int(which)]) * 32, deadline)  # type: ignore[call-overload]
+        try:
+            register.run_once(session, deadline)
+        except TaskError:
+            continue
+        assert session not in ran, "a session ran twice"
+        ran.add(session)
+        assert len(register) <= capacity
