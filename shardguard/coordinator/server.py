@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shardguard.coordinator.settings import MAX_JOB_TIMEOUT
+
 if TYPE_CHECKING:
     from shardguard.coordinator.settings import Settings
 
@@ -136,11 +138,6 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         db.dispose()
-
-
-#: Longest ``--job-timeout``: a node refuses a task whose deadline lies more than an hour ahead of
-#: its clock (node/sessions.py), and this leaves ten minutes for the clocks to differ.
-MAX_JOB_TIMEOUT = 3000.0
 
 
 def _job_timeout(text: str) -> float:

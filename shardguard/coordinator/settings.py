@@ -6,7 +6,11 @@ import dataclasses
 import secrets
 from pathlib import Path
 
-__all__ = ["Settings"]
+__all__ = ["MAX_JOB_TIMEOUT", "Settings"]
+
+#: Longest ``job_timeout``: a node refuses a task whose deadline lies more than an hour ahead of
+#: its clock (node/sessions.py), and this leaves ten minutes for the clocks to differ.
+MAX_JOB_TIMEOUT = 3000.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,7 +86,8 @@ class Settings:
     #: theirs about ten minutes longer, node/presignatures.py).
     presign_ttl: float = 3600.0
 
-    #: Seconds a dispatched job may run before it fails with reason ``timeout``.
+    #: Seconds a dispatched job may run before it fails with reason ``timeout`` (at most
+    #: :data:`MAX_JOB_TIMEOUT`).
     job_timeout: float = 120.0
     #: Seconds a job may wait in the queue (behind another job of its key) before it fails.
     queue_timeout: float = 600.0
@@ -111,6 +116,10 @@ class Settings:
 
     #: Whether GET /metrics needs no token (else: a token with the ``read`` scope).
     metrics_public: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.job_timeout <= MAX_JOB_TIMEOUT:  # (a NaN fails this too)
+            raise ValueError(f"job_timeout must be above 0 and at most {MAX_JOB_TIMEOUT:g} seconds")
 
     def database_url(self) -> str:
         """The effective SQLAlchemy URL (psycopg 3 driver for PostgreSQL)."""

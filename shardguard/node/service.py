@@ -640,7 +640,7 @@ class NodeService:
             return self._sign_presigned(raw, task, params, deadline)
         inbox = Inbox()
         if kind == "repair":
-            return self._repair(raw, participants, me, peers, inbox, deadline)
+            return self._repair(raw, participants, me, peers, inbox, deadline, task.instance)
         if kind == "presign":
             # No witness notes: recording peers' counters is a disk write, and a pre-signing
             # changes nothing and signs nothing. What guards the one-step signing it enables is
@@ -687,7 +687,7 @@ class NodeService:
             self._confirm_staged(task, peers, inbox, deadline, result)
         return result
 
-    def _remember_instance(self, task: Task, at: float) -> None:
+    def _remember_instance(self, task: Task, at: int) -> None:
         """Refuse a session instance this process has run before (sessions.py). Called only
         once the task passed its checks: tasks refused at once must not push a finished
         session's instance out of memory (review finding)."""
@@ -880,10 +880,12 @@ class NodeService:
         peers: Mapping[int, AdmittedPeer],
         inbox: Inbox,
         deadline: float,
+        instance: bytes,
     ) -> dict[str, Any]:
         """Share repair (RTS) for a node that lost its state (FROST keys). The helpers tell the
         lost node the public key package over the sealed channels — all must agree, so the
-        coordinator cannot substitute one — and its record of their counters starts afresh."""
+        coordinator cannot substitute one — and its record of their counters starts afresh.
+        ``instance``: the task's, bound to its deadline (sessions.py), as every session's."""
         key_id = str(raw["key_id"])
         lost_node = str((raw.get("params") or {}).get("lost", ""))
         index = {n: i for i, n in participants.items()}
@@ -891,7 +893,6 @@ class NodeService:
             raise TaskError("the lost node is not among the participants", "lost")
         lost = index[lost_node]
         helpers = sorted(i for i in participants if i != lost)
-        instance = bytes.fromhex(str(raw["instance"]))
         job = str(raw["job_id"])
         sid = hashlib.sha256(b"shardguard/node/repair-package/v1\x00" + job.encode() + b"\x00" + instance).digest()
         held = self.keystore.find_key(key_id) if me == lost else None
@@ -1031,7 +1032,7 @@ class NodeService:
         return out
 
     def _witness_job(
-        self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float, at: float
+        self, raw: Mapping[str, Any], task: Task, params: Mapping[str, Any], deadline: float, at: int
     ) -> dict[str, Any]:
         """A ``witness`` job (docs/NODE.md, "Rollback witness"; coordinator API.md §1.14): the
         node it is ``for`` started and asks the other holders of a key, those the coordinator

@@ -7,8 +7,10 @@ two messages for one round (``EQUIVOCATION``, with its own signatures as "proof"
 DKLs23 pairwise check and is banned until the next refresh.
 
 Remembering every instance would take memory without end; forgetting old ones would open a
-window for exactly that replay. Instead a task's sessions are bound to the job's deadline
-(:func:`~shardguard.node.tasks.session_instance`) and this register
+window for exactly that replay. Instead a task's sessions are bound to the job's deadline in
+whole seconds (:func:`~shardguard.node.tasks.deadline_at`,
+:func:`~shardguard.node.tasks.session_instance`) and this register, given that same value
+(two deadlines within one second are one session: review finding),
 
 * refuses a deadline that passed more than ``skew`` seconds ago by this node's clock, or that
   lies more than ``ahead`` seconds ahead;
@@ -17,16 +19,22 @@ window for exactly that replay. Instead a task's sessions are bound to the job's
   deadline;
 * refuses every deadline at or before the latest deadline it forgot (``floor``).
 
-A forgotten instance can therefore never run again: its deadline is at or below the floor, and
+A forgotten session can therefore never run again: its deadline is at or below the floor, and
 the same instance under another deadline is another session. This holds whatever the clock
-does; a clock that jumps only makes the node refuse tasks (a forward jump lifts the floor) or
-keep instances longer (a backward one). Within one process only: a restarted node has new
-identity and channel keys, under which no envelope of an earlier process opens.
+does; a clock that jumps only makes the node refuse tasks or keep instances longer. Within one
+process only: a restarted node has new identity and channel keys, under which no envelope of
+an earlier process opens.
+
+Memory: at most ``capacity`` entries (~200 B each). They stay until their deadline is out of
+reach, so a node records at most ``capacity / (job_timeout + skew)`` tasks a second (555 at
+the defaults) before it forgets by capacity; then the floor rises to the earliest deadline it
+holds, and a task that arrives late, or shares that whole second, is refused.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import threading
 import time
@@ -50,7 +58,10 @@ class SessionRegister:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: set[bytes] = set()
-        self._by_deadline: list[tuple[float, bytes]] = []  # a heap: earliest deadline first
+        # A heap: earliest deadline first, and of one deadline the one recorded first (so that a
+        # full register forgets an older session rather than refuse the new one in its second).
+        self._by_deadline: list[tuple[float, int, bytes]] = []
+        self._order = itertools.count()
         self._floor = -math.inf  # the latest deadline forgotten
 
     def __len__(self) -> int:
@@ -76,9 +87,9 @@ class SessionRegister:
             if instance in self._held:
                 raise TaskError("this session instance was used before", "instance")
             self._held.add(instance)
-            heapq.heappush(self._by_deadline, (deadline, instance))
+            heapq.heappush(self._by_deadline, (deadline, next(self._order), instance))
             while len(self._held) > self._capacity:
-                earliest, gone = heapq.heappop(self._by_deadline)
+                earliest, _, gone = heapq.heappop(self._by_deadline)
                 self._held.discard(gone)
                 self._floor = max(self._floor, earliest)
                 if gone == instance:
@@ -97,6 +108,6 @@ class SessionRegister:
     def _forget_before(self, limit: float) -> None:
         heap = self._by_deadline
         while heap and heap[0][0] < limit:
-            earliest, gone = heapq.heappop(heap)
+            earliest, _, gone = heapq.heappop(heap)
             self._held.discard(gone)
             self._floor = max(self._floor, earliest)

@@ -115,9 +115,10 @@ def check_wire(raw: Mapping[str, Any]) -> None:
     deadline_at(raw)
 
 
-def deadline_at(raw: Mapping[str, Any]) -> float:
+def deadline_at(raw: Mapping[str, Any]) -> int:
     """The task's ``deadline`` (required: the session is bound to it, :func:`session_instance`)
-    as POSIX seconds, else :class:`TaskError`."""
+    as whole POSIX seconds, rounded down, else :class:`TaskError`. Whole seconds everywhere:
+    two deadlines in one second are one session, so the node must hold them for one."""
     deadline = raw.get("deadline")
     try:
         when = dt.datetime.fromisoformat(deadline) if isinstance(deadline, str) and len(deadline) <= 64 else None
@@ -126,19 +127,19 @@ def deadline_at(raw: Mapping[str, Any]) -> float:
     _need(when is not None and when.tzinfo is not None, "deadline must be an ISO 8601 time with its offset", "deadline")
     assert when is not None  # for the type checker: _need raised otherwise
     try:
-        return when.timestamp()
+        return math.floor(when.timestamp())
     except (OverflowError, ValueError):  # e.g. year 1 with a positive offset
         raise TaskError("deadline is out of range", "deadline") from None
 
 
-def session_instance(instance: bytes, deadline: float) -> bytes:
+def session_instance(instance: bytes, deadline: int) -> bytes:
     """The instance a task's sessions run under: the coordinator's ``instance`` bound to the
-    job's deadline (whole seconds; the same for every participant, API.md §1.3). A node runs a
+    job's deadline (:func:`deadline_at`; the same for every participant, API.md §1.3). A node runs a
     session instance once while its deadline is within reach and refuses deadlines past that,
     so a relay cannot run a finished session again and replay its peers' envelopes in it
     (docs/NODE.md, "Each session once")."""
     return hashlib.sha256(
-        b"shardguard/node/session/v1\x00" + instance + math.floor(deadline).to_bytes(8, "big", signed=True)
+        b"shardguard/node/session/v1\x00" + instance + deadline.to_bytes(8, "big", signed=True)
     ).digest()
 
 

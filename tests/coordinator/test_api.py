@@ -22,6 +22,7 @@ from shardguard.channel.identity import NodeKeys, binding
 from shardguard.coordinator import wire
 from shardguard.coordinator.models import ApiToken, MailboxMessage, Node, Task
 from shardguard.coordinator.service import utc_now
+from shardguard.coordinator.settings import Settings
 from shardguard.enclave.simulated import SimulatedPlatform
 
 from .conftest import ADMIN, BOOT, FakeNode, coord, dkg_result, run_dkg, sign_result, token
@@ -125,6 +126,9 @@ def test_cli_refuses_a_job_timeout_nodes_would_refuse(value: str, capsys: pytest
         _parser().parse_args(["run", "--job-timeout", value])
     assert e.value.code == 2 and "--job-timeout" in capsys.readouterr().err
     assert _parser().parse_args(["run", "--job-timeout", "3000"]).job_timeout == 3000.0
+    if value not in ("soon",):  # and for an embedded coordinator, its Settings
+        with pytest.raises(ValueError, match="job_timeout"):
+            Settings(job_timeout=float(value))
 
 
 # -- validation ----------------------------------------------------------------------------------

@@ -555,7 +555,7 @@ def test_a_forgotten_session_instance_never_runs_again(
     hub, services, parts = nodes
     for svc in services.values():
         svc._sessions = SessionRegister(1)  # forgets each instance at the next task
-    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "first") | {"deadline": deadline_in(3)}
+    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "first") | {"deadline": deadline_in(2)}
     raw2 = _task(parts, "sign", 2, {"message_hex": "00"}, "first") | {"instance": raw["instance"], "deadline": raw["deadline"]}
     threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, (raw, raw2), strict=True)]
     for t in threads:
@@ -572,10 +572,50 @@ def test_a_forgotten_session_instance_never_runs_again(
     # The old instance under a new deadline, with node-2's envelopes of "first" replayed to node-1.
     hub.boxes["replayed"] = [m for m in hub.boxes["first"] if m[1] == "node-2" and m[2] == "node-1"]
     assert hub.boxes["replayed"]
-    services["node-1"].handle({**raw, "task_id": "replayed-1", "job_id": "replayed", "deadline": deadline_in(4)})
+    services["node-1"].handle({**raw, "task_id": "replayed-1", "job_id": "replayed", "deadline": deadline_in(5)})
     out = hub.results["replayed-1"]
     assert out["status"] == "failed" and out["error"]["reason"] == "TIMEOUT" and not out["error"]["culprits"], out
     assert "round 1" in out["error"]["detail"], out  # not one of the replayed envelopes was taken
+
+
+def test_a_repair_handed_out_again_under_a_new_deadline_takes_none_of_the_old_envelopes(tmp_path: Path) -> None:
+    """Review finding: the repair's sessions were built from the coordinator's raw instance, so
+    the same repair job handed to the lost node again under another deadline (another session
+    in the register) opened the first run's envelopes and finished from them alone."""
+    ids = ("node-1", "node-2", "node-3")
+    hub = Hub()
+    services = {nid: _start(hub, tmp_path, nid) for nid in ids}
+    try:
+        shares = local.keygen("ed25519", 2, 3)
+        for i, nid in enumerate(ids[:2], start=1):
+            committee.record(services[nid].keystore, "k1", dict(enumerate(ids, start=1)))
+            services[nid].keystore.stage("k1", shares[i - 1])
+            services[nid].keystore.commit("k1", 0)
+        lost = services["node-3"]
+        parts = _parts(services, ids)
+        hub.job_end.update({"node-1": "done", "node-2": "done", "node-3": "failed"})  # node-3 drops what it staged
+        instance = secrets.token_hex(32)
+
+        def raw(i: int, task_id: str, deadline: str) -> dict[str, Any]:
+            return {"task_id": task_id, "job_id": "rep", "kind": "repair", "scheme": "ed25519", "threshold": 2,
+                    "participants": parts, "you": {"index": i}, "instance": instance, "key_id": "k1", "epoch": 0,
+                    "params": {"lost": "node-3"}, "deadline": deadline}  # fmt: skip
+
+        first = deadline_in(30)
+        threads = [threading.Thread(target=services[n].handle, args=(raw(i, f"rep-{i}", first),)) for i, n in enumerate(ids, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [hub.results[f"rep-{i}"]["status"] for i in (1, 2, 3)] == ["done"] * 3, hub.results
+        assert lost.keystore.find_key("k1") is None  # its job failed, as node-3 was told
+        lost.handle(raw(3, "rep-3-again", deadline_in(4)))  # the helpers do nothing this time
+        out = hub.results["rep-3-again"]
+        assert out["status"] == "failed" and out["error"]["reason"] == "TIMEOUT" and not out["error"]["culprits"], out
+        assert lost.keystore.find_key("k1") is None
+    finally:
+        for svc in services.values():
+            _stop(svc)
 
 
 def test_two_refreshes_never_leave_different_shares_of_one_epoch(
