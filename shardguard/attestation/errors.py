@@ -24,6 +24,7 @@ class AttestationReason(enum.Enum):
     QE_IDENTITY = "quoting enclave does not match its identity"
     TD_ATTRIBUTES = "TD attributes are not acceptable"
     SERVICE_TD = "a service TD is bound to the TD (MRSERVICETD is not zero)"
+    MIGRATION_AGENT = "the guest policy lets a migration agent be bound to the VM (SEV-SNP MIGRATE_MA)"
     DEBUG = "debug mode is not allowed"
     MEASUREMENT = "measurement is not in the policy allow-list"
     PLATFORM = "platform is not allowed by the policy"

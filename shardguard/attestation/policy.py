@@ -6,6 +6,7 @@ allow_simulated = false          # simulated evidence is for development only
 allow_debug = false              # debug enclaves/VMs expose their memory
 require_sept_ve_disable = true   # TDX: TD_ATTRIBUTES.SEPT_VE_DISABLE must be set
 allow_service_td = false         # TDX 1.5: MRSERVICETD must be zero (no bound service TD)
+allow_migration_agent = false    # SEV-SNP: guest policy MIGRATE_MA (bit 18) must be clear
 min_tcb_status = "UpToDate"      # worst acceptable TCB status (see result.TCB_ORDER)
 max_age_seconds = 600            # evidence with its own timestamp (Nitro) must be this fresh
 
@@ -43,6 +44,7 @@ _KEYS = {
     "require_measurements",
     "require_sept_ve_disable",
     "allow_service_td",
+    "allow_migration_agent",
 }
 
 
@@ -62,6 +64,12 @@ class VerificationPolicy:
     #: TDX 1.5: accept a TD with a bound service TD (MRSERVICETD ≠ 0, e.g. a migration TD, which
     #: can reach the TD's state). Off by default, as in dcap-qvl (``allow_service_td``).
     allow_service_td: bool = False
+    #: SEV-SNP: accept a guest whose launch policy sets MIGRATE_MA (bit 18), so that a
+    #: migration agent can be bound to it and move — or copy — its state. The measurement does
+    #: not cover the policy, so an approved image can be started so by any host. Off by
+    #: default: a node's nonces committed ahead and pre-signatures are single-use only while its
+    #: memory cannot be copied (docs/SECURITY.md), as TDX's MIGRATABLE attribute is refused.
+    allow_migration_agent: bool = False
     measurements: Mapping[str, Mapping[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,7 +90,8 @@ class VerificationPolicy:
     def permissive_for_inspection(cls) -> VerificationPolicy:
         """For ``attest verify`` without ``--policy``: proves the evidence (signatures,
         chains, collateral) and reports its fields, but allows any measurement, TCB status,
-        debug flag, SEPT_VE_DISABLE and service TD. Simulated evidence is still refused."""
+        debug flag, SEPT_VE_DISABLE, service TD and migration agent. Simulated evidence is still
+        refused."""
         return cls(
             allow_debug=True,
             min_tcb_status="Unknown",
@@ -90,6 +99,7 @@ class VerificationPolicy:
             require_measurements=False,
             require_sept_ve_disable=False,
             allow_service_td=True,
+            allow_migration_agent=True,
         )
 
     @classmethod
@@ -147,6 +157,7 @@ class VerificationPolicy:
             require_measurements=typed("require_measurements", bool, True),
             require_sept_ve_disable=typed("require_sept_ve_disable", bool, True),
             allow_service_td=typed("allow_service_td", bool, False),
+            allow_migration_agent=typed("allow_migration_agent", bool, False),
             measurements=meas,
         )
 
@@ -175,6 +186,15 @@ class VerificationPolicy:
                     platform=plat,
                     field="mr_servicetd",
                 )
+        # Fail closed, as for TDX: an SEV-SNP result without the field (not made by
+        # verify_sev_snp) is refused.
+        if plat == "sev-snp" and not v.simulated and not self.allow_migration_agent and v.fields.get("migrate_ma") is not False:
+            raise AttestationError(
+                AttestationReason.MIGRATION_AGENT,
+                "guest policy bit 18 (MIGRATE_MA) is set (allow_migration_agent is off)",
+                platform=plat,
+                field="policy",
+            )
         if v.tcb_status != "n/a" and TCB_ORDER.index(v.tcb_status) > TCB_ORDER.index(self.min_tcb_status):
             raise AttestationError(
                 AttestationReason.TCB_STATUS, f"{v.tcb_status} is worse than {self.min_tcb_status}", platform=plat

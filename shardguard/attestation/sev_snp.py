@@ -107,6 +107,7 @@ _POLICY_BITS = {
     25: "page_swap_disable",
 }
 _POLICY_DEBUG = 1 << 19
+_POLICY_MIGRATE_MA = 1 << 18
 _PLATFORM_INFO_BITS = {
     0: "smt_en",
     1: "tsme_en",
@@ -265,6 +266,7 @@ class SnpReport:
             "policy_abi_major": (self.policy >> 8) & 0xFF,
             "policy_bits": {name: bool(self.policy >> bit & 1) for bit, name in _POLICY_BITS.items()},
             "policy_debug_allowed": self.debug,
+            "migrate_ma": bool(self.policy & _POLICY_MIGRATE_MA),
             "family_id": self.family_id.hex(),
             "image_id": self.image_id.hex(),
             "vmpl": self.vmpl,
@@ -612,7 +614,7 @@ def verify_sev_snp(
     (CHAIN_INVALID); ECDSA P-384/SHA-384 over ``[0, 0x2A0)`` (BAD_SIGNATURE); signer → ASK/ASVK
     → pinned ARK, all valid at ``at``; the report's CPUID names the same product as the root;
     REPORTED_TCB equals the certificate's SPLs and CHIP_ID its hwID (TCB_MISMATCH). Policy
-    (debug, measurements) is for :class:`VerificationPolicy`.
+    (debug, migration agent, measurements) is for :class:`VerificationPolicy`.
     """
     rep = parse_report(report)
     signer = _load_signer(signer_cert)

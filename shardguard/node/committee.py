@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from shardguard.node.keystore import Keystore
 from shardguard.node.tasks import TaskError
 
-__all__ = ["check", "from_helpers", "record", "recorded"]
+__all__ = ["check", "from_helpers", "record", "recorded", "refuse_existing"]
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a keystore name once prefixed
 
@@ -47,10 +47,14 @@ def record(keystore: Keystore, key_id: str, committee: Mapping[int, str], *, rep
     whose share this node holds is refused, and so is a key id already on record unless
     ``replace`` (a repair after a failed one): a coordinator must not redefine a key's holders
     by sending another keygen — not even while the first one still runs (review finding)."""
-    name = _name(key_id)
-    if keystore.find_key(key_id) is not None or (not replace and keystore.get_state(name) is not None):
+    refuse_existing(keystore, key_id, replace=replace)
+    keystore.put_state(_name(key_id), {str(i): n for i, n in sorted(committee.items())})
+
+
+def refuse_existing(keystore: Keystore, key_id: str, *, replace: bool = False) -> None:
+    """What :func:`record` refuses, checked without writing (a keygen, before its admissions)."""
+    if keystore.find_key(key_id) is not None or (not replace and keystore.get_state(_name(key_id)) is not None):
         raise TaskError(f"key {key_id} already exists on this node", "key_id")
-    keystore.put_state(name, {str(i): n for i, n in sorted(committee.items())})
 
 
 def check(

@@ -234,10 +234,12 @@ class NonceStock:
         except Exception as e:
             status = getattr(e, "status", None)
             if isinstance(status, int) and 400 <= status < 500:
-                # Refused, so never handed out: forgotten now. (A post whose fate is unknown
-                # keeps its pairs, uncounted: the coordinator may hand them out.)
+                # Refused, so never handed out: forgotten now — except one a task holds
+                # already (a coordinator that handed it out and then refused the post: review
+                # finding; the task signs with it or it expires). A post whose fate is unknown
+                # keeps its pairs, uncounted: the coordinator may hand them out.
                 with state.lock:
-                    state.pool.discard([c.id for c in made])
+                    state.pool.discard([c.id for c in made if c.id not in state.claimed])
             state.paused_until = now + BACKOFF
             raise
         with state.lock:

@@ -607,8 +607,10 @@ class NodeService:
             params=task_params,
         )
         # Who holds which index is ours to know, not the coordinator's to say (committee.py).
+        # A keygen records it once its peers are admitted and its session is recorded (below):
+        # one refused before that must leave no record behind (review finding).
         if kind == "keygen":
-            committee.record(self.keystore, task.key_id, participants)
+            committee.refuse_existing(self.keystore, task.key_id)
         elif not (kind == "repair" and params.get("lost") == self.node_id):  # the lost node records it in _repair
             lost = str(params.get("lost", "")) if kind == "repair" else None
             committee.check(self.keystore, task.key_id, participants, me, self.node_id, lost=lost)
@@ -624,6 +626,8 @@ class NodeService:
         )
         if not one_step:
             self._remember_instance(task, at)
+        if kind == "keygen":  # one key-changing task per key at a time (handle): no race here
+            committee.record(self.keystore, task.key_id, participants)
         if task.key_id:
             self._await_settled(task.key_id, deadline)
             if kind != "keygen":

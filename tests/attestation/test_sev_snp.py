@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -60,6 +61,7 @@ RENAMED = {"flags_0x48": "signer_info"}  # expected_fields.json's name -> our fi
 EXTRA_FIELDS = {
     "author_key_en",
     "mask_chip_key",
+    "migrate_ma",
     "platform_info_bits",
     "policy_abi_major",
     "policy_abi_minor",
@@ -115,6 +117,7 @@ def test_genuine_report_verifies_with_exactly_the_expected_fields(name: str, exp
     v5 = {"launch_mit_vector", "current_mit_vector"} if exp["version"] >= 5 else set()
     assert set(v.fields) == {RENAMED.get(k, k) for k in exp if k not in META} | EXTRA_FIELDS | v5
     assert v.debug is exp["policy_debug_allowed"]
+    assert v.fields["migrate_ma"] is False  # none of the samples allows a migration agent
     assert v.report_data == bytes.fromhex(exp["report_data"])
     assert v.measurements == {
         k: exp[k] for k in ("measurement", "host_data", "id_key_digest", "author_key_digest", "family_id", "image_id")
@@ -186,6 +189,29 @@ def test_debug_sample_refused_by_default_policy_and_accepted_with_allow_debug() 
     t = verify(TRUSTEE)
     assert not t.debug
     VerificationPolicy(measurements={"sev-snp": {"measurement": (t.measurements["measurement"],)}}).check(t, now=now)
+
+
+def test_a_guest_that_allows_a_migration_agent_is_refused_unless_the_policy_allows_it() -> None:
+    """Review finding: MIGRATE_MA (guest policy bit 18) lets a migration agent move or copy
+    the VM's state, and the measurement does not cover the policy, so any host could start an
+    approved image so. A copied node would sign twice with one nonce pair committed ahead or
+    one pre-signature (docs/SECURITY.md); TDX's MIGRATABLE attribute is refused likewise."""
+    pol = struct.unpack_from("<Q", report(TRUSTEE), 0x08)[0]
+    assert not pol >> 18 & 1
+    rep, vcek, pki = milan_forgery(patch={0x08: struct.pack("<Q", pol | 1 << 18)})
+    v = verify_sev_snp(rep, signer_cert=vcek, chain=pki.chain_pem, at=FORGED_AT, roots=pki.roots)
+    assert v.fields["migrate_ma"] is True and v.fields["policy_bits"]["migrate_ma"] is True
+    allowed = {"sev-snp": {"measurement": (v.measurements["measurement"],)}}
+    err = refused(R.MIGRATION_AGENT, VerificationPolicy(measurements=allowed).check, v, now=FORGED_AT)
+    assert err.field == "policy"
+    VerificationPolicy(measurements=allowed, allow_migration_agent=True).check(v, now=FORGED_AT)
+    VerificationPolicy.permissive_for_inspection().check(v, now=FORGED_AT)
+    # Fail closed: an SEV-SNP result that does not say is refused too.
+    bare = dataclasses.replace(v, fields={k: x for k, x in v.fields.items() if k != "migrate_ma"})
+    refused(R.MIGRATION_AGENT, VerificationPolicy(measurements=allowed).check, bare, now=FORGED_AT)
+    assert VerificationPolicy.from_toml("allow_migration_agent = true\n").allow_migration_agent
+    with pytest.raises(AttestationError):
+        VerificationPolicy.from_toml("allow_migration_agent = 1\n")
 
 
 def test_teekit_report_data_binds_nonce_and_x25519_key() -> None:

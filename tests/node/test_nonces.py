@@ -145,6 +145,31 @@ def test_a_pair_used_before_its_post_is_answered_is_no_stock() -> None:
     assert stock.stock("ed25519") < nonces.TARGET  # and a round ends when a post adds no stock
 
 
+def test_a_refused_post_keeps_a_pair_a_task_already_holds() -> None:
+    """Review finding: a coordinator handed a just-posted pair to a task, which claimed it and
+    wrote its ``signing`` entry, and then answered the post 4xx: the pair was discarded under
+    the task, which failed with NONCE_UNKNOWN after its entry (the case ``claimed`` exists for)."""
+    stock: NonceStock | None = None
+    held: list[bytes] = []
+
+    def post(scheme: str, wire: list[dict[str, str]]) -> None:
+        assert stock is not None
+        state = stock._schemes[scheme]
+        with state.lock:  # a task claims the first pair (NonceStock.claimed) ...
+            held.append(bytes.fromhex(wire[0]["id"]))
+            state.claimed.add(held[0])
+        raise CoordinatorRefused("POST", "/v1/nodes/node-1/commitments", 409, "commitments_full")  # ... then 4xx
+
+    keys = NodeKeys.generate("node-1")
+    stock = NonceStock(post, node_id="node-1", sign=keys.sign, ready=lambda: True, clock=Clock())
+    stock.enable("ed25519")
+    with pytest.raises(CoordinatorRefused):
+        stock.top_up()
+    state = stock._schemes["ed25519"]
+    assert stock.unused("ed25519") == 1 and held[0] in state.pool._entries  # the held pair only
+    assert stock.stock("ed25519") == 0  # and it is no stock
+
+
 def test_the_publisher_loop_survives_errors_and_stops() -> None:
     calls: list[int] = []
 

@@ -578,6 +578,35 @@ def test_a_forgotten_session_instance_never_runs_again(
     assert "round 1" in out["error"]["detail"], out  # not one of the replayed envelopes was taken
 
 
+def test_a_keygen_refused_before_it_runs_leaves_no_committee_record(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
+) -> None:
+    """Review finding: a keygen refused as a session run before had already recorded its
+    committee, so the key id's genuine keygen was refused afterwards ("already exists")."""
+    hub, services, parts = nodes
+    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "s")
+    raw2 = _task(parts, "sign", 2, {"message_hex": "00"}, "s") | {"instance": raw["instance"], "deadline": raw["deadline"]}
+    threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, (raw, raw2), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [hub.results[f"s-{i}"]["status"] for i in (1, 2)] == ["done", "done"]
+    replay = raw | {"task_id": "replay-1", "job_id": "replay", "kind": "dkg", "key_id": "k9", "params": {}}
+    services["node-1"].handle(replay)  # the signing's session again, as a keygen of a new key
+    out = hub.results["replay-1"]
+    assert out["status"] == "failed" and "(instance)" in out["error"]["detail"], out
+    assert committee.recorded(services["node-1"].keystore, "k9") is None
+    instance, deadline = secrets.token_hex(32), deadline_in(30)
+    threads = [threading.Thread(target=services[n].handle, args=(_task(parts, "dkg", i, {}, "gen") | {
+        "key_id": "k9", "instance": instance, "deadline": deadline},)) for i, n in enumerate(NODES, 1)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [hub.results[f"gen-{i}"]["status"] for i in (1, 2)] == ["done", "done"], hub.results
+
+
 def test_a_repair_handed_out_again_under_a_new_deadline_takes_none_of_the_old_envelopes(tmp_path: Path) -> None:
     """Review finding: the repair's sessions were built from the coordinator's raw instance, so
     the same repair job handed to the lost node again under another deadline (another session
