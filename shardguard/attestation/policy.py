@@ -12,11 +12,15 @@ max_age_seconds = 600            # evidence with its own timestamp (Nitro) must 
 
 [measurements.nitro]             # every listed key must match one of its values
 pcr0 = ["f4d48b81…"]
-[measurements.tdx]
+[measurements.tdx]               # the TD firmware, and the kernel and its command line / initrd
 mrtd = ["91eb2b44…"]
+rtmr1 = ["…"]
+rtmr2 = ["…"]
 ```
 A platform with no ``[measurements.<platform>]`` table accepts any measurement only when
-``require_measurements = false`` (default true: an empty allow-list accepts nothing).
+``require_measurements = false`` (default true: an empty allow-list accepts nothing). A table
+must pin what identifies the code on its platform (:data:`CODE_IDENTITY`) unless
+``require_code_identity = false``, and an empty table is refused.
 """
 
 from __future__ import annotations
@@ -31,9 +35,22 @@ from typing import Any
 from shardguard.attestation.errors import AttestationError, AttestationReason
 from shardguard.attestation.result import TCB_ORDER, Verified
 
-__all__ = ["PLATFORMS", "VerificationPolicy"]
+__all__ = ["CODE_IDENTITY", "PLATFORMS", "VerificationPolicy"]
 
 PLATFORMS = ("nitro", "sev-snp", "tdx", "sgx")
+#: Per platform, the sets of measurements that identify the code a node runs; a measurement
+#: table pins one of them whole (review finding: TDX MRTD measures only the TD firmware — the
+#: kernel and initrd go to RTMR1/RTMR2 — and SEV-SNP HOST_DATA, Nitro PCR3/PCR4, TDX MROWNER or
+#: SGX ISVSVN are chosen by the host or say nothing of the code). SEV-SNP ID_KEY_DIGEST: the
+#: firmware launches only an image whose ID block that key signed. SGX MRSIGNER with
+#: ISVPRODID: the signer's enclaves of that product.
+CODE_IDENTITY: Mapping[str, tuple[frozenset[str], ...]] = {
+    "nitro": (frozenset({"pcr0"}),),
+    "sev-snp": (frozenset({"measurement"}), frozenset({"id_key_digest"})),
+    "tdx": (frozenset({"mrtd", "rtmr1", "rtmr2"}),),
+    "sgx": (frozenset({"mrenclave"}), frozenset({"mrsigner", "isv_prod_id"})),
+    "simulated": (frozenset({"pcr0"}),),
+}
 _KEYS = {
     "allowed_platforms",
     "allow_simulated",
@@ -45,6 +62,7 @@ _KEYS = {
     "require_sept_ve_disable",
     "allow_service_td",
     "allow_migration_agent",
+    "require_code_identity",
 }
 
 
@@ -70,6 +88,9 @@ class VerificationPolicy:
     #: default: a node's nonces committed ahead and pre-signatures are single-use only while its
     #: memory cannot be copied (docs/SECURITY.md), as TDX's MIGRATABLE attribute is refused.
     allow_migration_agent: bool = False
+    #: Refuse a measurement table that does not pin one of the platform's :data:`CODE_IDENTITY`
+    #: sets whole (at construction: ``POLICY``).
+    require_code_identity: bool = True
     measurements: Mapping[str, Mapping[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,9 +103,19 @@ class VerificationPolicy:
             )
         if self.max_age_seconds is not None and self.max_age_seconds <= 0:
             raise AttestationError(AttestationReason.POLICY, "must be positive", field="max_age_seconds")
-        for plat in self.measurements:
+        for plat, table in self.measurements.items():
             if plat not in (*PLATFORMS, "simulated"):
                 raise AttestationError(AttestationReason.POLICY, f"unknown platform {plat!r}", field="measurements")
+            if not table or any(not values for values in table.values()):
+                # It would pin nothing: every listed name is checked, and none is listed.
+                raise AttestationError(AttestationReason.POLICY, "an empty allow-list", field=f"measurements.{plat}")
+            if self.require_code_identity and not any(need <= set(table) for need in CODE_IDENTITY[plat]):
+                sets = " or ".join("{" + ", ".join(sorted(need)) + "}" for need in CODE_IDENTITY[plat])
+                raise AttestationError(
+                    AttestationReason.POLICY,
+                    f"pins no code identity: list {sets} (or set require_code_identity = false)",
+                    field=f"measurements.{plat}",
+                )
 
     @classmethod
     def permissive_for_inspection(cls) -> VerificationPolicy:
@@ -158,6 +189,7 @@ class VerificationPolicy:
             require_sept_ve_disable=typed("require_sept_ve_disable", bool, True),
             allow_service_td=typed("allow_service_td", bool, False),
             allow_migration_agent=typed("allow_migration_agent", bool, False),
+            require_code_identity=typed("require_code_identity", bool, True),
             measurements=meas,
         )
 

@@ -349,8 +349,9 @@ def test_debug_samples_are_refused_by_a_default_policy(name: str) -> None:
 
 def test_verify_evidence_with_collateral_and_an_allow_list() -> None:
     q = quote_bytes(TDX10)
-    mrtd = expected_fields()["tdx"]["dcapqvl_tdx10_v4_quote.bin"]["body"]["mr_td"]
-    policy = VerificationPolicy.from_dict({"measurements": {"tdx": {"mrtd": [mrtd]}}})
+    body = expected_fields()["tdx"]["dcapqvl_tdx10_v4_quote.bin"]["body"]
+    code = {"mrtd": [body["mr_td"]], "rtmr1": [body["rtmr1"]], "rtmr2": [body["rtmr2"]]}  # the TD's code identity
+    policy = VerificationPolicy.from_dict({"measurements": {"tdx": code}})
     coll = fixture_bytes(DCAPQVL_COLLATERAL[TDX10])
     v = verify_evidence("tdx", q, policy=policy, collateral=coll, at=AT[TDX10], expected_report_data=q[0x238:0x278])
     assert v.tcb_status == "UpToDate"

@@ -73,3 +73,46 @@ def test_policy_file_validation(tmp_path: Path) -> None:
         VerificationPolicy.from_toml("not = [toml")
     p = VerificationPolicy.from_toml('[measurements.sgx]\nmrenclave = ["AB" ]')
     assert p.measurements["sgx"]["mrenclave"] == ("ab",)
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "empty"),
+    [
+        ("[measurements.tdx]\nmrtd = ['aa']", "measurements.tdx", False),  # the TD firmware only: any kernel
+        ("[measurements.tdx]\nmrtd = ['aa']\nrtmr1 = ['bb']", "measurements.tdx", False),
+        ("[measurements.sev-snp]\nhost_data = ['aa']", "measurements.sev-snp", False),  # chosen by the host
+        ("[measurements.nitro]\npcr3 = ['aa']", "measurements.nitro", False),  # the parent's IAM role
+        ("[measurements.sgx]\nmrsigner = ['aa']", "measurements.sgx", False),  # any enclave of that signer
+        ("[measurements.sgx]\nisv_svn = ['0001']", "measurements.sgx", False),
+        ("[measurements.sev-snp]\n", "measurements.sev-snp", True),  # would pin nothing at all
+        ("[measurements.tdx]\nmrtd = []\nrtmr1 = ['bb']\nrtmr2 = ['cc']", "measurements.tdx", True),
+    ],
+)
+def test_a_measurement_table_must_pin_the_code(table: str, field: str, empty: bool) -> None:
+    """Review finding: every listed name is checked, so a table pinning only what does not
+    identify the code (or nothing) accepted any code on that platform."""
+    with pytest.raises(AttestationError) as e:
+        VerificationPolicy.from_toml(table)
+    assert e.value.reason is AttestationReason.POLICY and e.value.field == field, e.value
+    lax = "require_code_identity = false\n" + table  # the operator's explicit choice ...
+    if empty:
+        with pytest.raises(AttestationError):  # ... but an empty allow-list is refused regardless
+            VerificationPolicy.from_toml(lax)
+    else:
+        VerificationPolicy.from_toml(lax)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "[measurements.tdx]\nmrtd = ['aa']\nrtmr1 = ['bb']\nrtmr2 = ['cc']\nrtmr3 = ['dd']",
+        "[measurements.sev-snp]\nmeasurement = ['aa']\nhost_data = ['bb']",
+        "[measurements.sev-snp]\nid_key_digest = ['aa']",
+        "[measurements.nitro]\npcr0 = ['aa']\npcr8 = ['bb']",
+        "[measurements.sgx]\nmrsigner = ['aa']\nisv_prod_id = ['0001']",
+        "[measurements.sgx]\nmrenclave = ['aa']",
+        "[measurements.simulated]\npcr0 = ['aa']",
+    ],
+)
+def test_tables_that_pin_the_code_are_taken(table: str) -> None:
+    VerificationPolicy.from_toml(table)
