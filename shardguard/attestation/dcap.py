@@ -2778,6 +2778,7 @@ def _check_collateral(
         "window": [max([w[1] for w in windows]).isoformat(), min([w[2] for w in windows]).isoformat()],
         "tcb_info_issue_date": tcb_info.issue_date.isoformat(),
         "tcb_evaluation_data_number": tcb_info.evaluation_data_number,
+        "qe_identity_evaluation_data_number": qe_identity.evaluation_data_number if qe_identity is not None else None,
         "checked": [w[0] for w in windows],
         "qe_identity_checked": qe_identity is not None,
         "revocation_checked": {"root_ca_crl": coll.root_ca_crl is not None, "pck_crl": coll.pck_crl is not None},

@@ -7,8 +7,16 @@ allow_debug = false              # debug enclaves/VMs expose their memory
 require_sept_ve_disable = true   # TDX: TD_ATTRIBUTES.SEPT_VE_DISABLE must be set
 allow_service_td = false         # TDX 1.5: MRSERVICETD must be zero (no bound service TD)
 allow_migration_agent = false    # SEV-SNP: guest policy MIGRATE_MA (bit 18) must be clear
+require_snp_alias_check = true   # SEV-SNP: PLATFORM_INFO ALIAS_CHECK_COMPLETE (BadRAM mitigated)
+require_snp_tcb = true           # SEV-SNP: evidence of a product without a floor below is refused
 min_tcb_status = "UpToDate"      # worst acceptable TCB status (see result.TCB_ORDER)
 max_age_seconds = 600            # evidence with its own timestamp (Nitro) must be this fresh
+
+[min_snp_tcb.Milan]              # lowest SPLs (reported, committed and launch TCB): AMD bulletins
+bootloader = 3
+tee = 0
+snp = 8
+microcode = 115
 
 [measurements.nitro]             # every listed key must match one of its values
 pcr0 = ["f4d48b81…"]
@@ -63,7 +71,14 @@ _KEYS = {
     "allow_service_td",
     "allow_migration_agent",
     "require_code_identity",
+    "min_tcb_evaluation_data_number",
+    "require_snp_alias_check",
+    "require_snp_tcb",
+    "min_snp_tcb",
 }
+#: SEV-SNP products and the TCB components a floor may name (``fields["tcb"]``).
+SNP_PRODUCTS = ("Milan", "Genoa", "Turin")
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,6 +106,22 @@ class VerificationPolicy:
     #: Refuse a measurement table that does not pin one of the platform's :data:`CODE_IDENTITY`
     #: sets whole (at construction: ``POLICY``).
     require_code_identity: bool = True
+    #: TDX/SGX: the oldest Intel TCB evaluation (``tcbEvaluationDataNumber`` of the TCB info and
+    #: the QE identity) accepted; 0 = any. Collateral comes from the peer, so without a floor an
+    #: older TCB info still inside its ~30-day validity — from before a TCB recovery — keeps a
+    #: platform "UpToDate" (review finding). Raise it with each Intel TCB recovery.
+    min_tcb_evaluation_data_number: int = 0
+    #: SEV-SNP: refuse a platform whose PLATFORM_INFO lacks ALIAS_CHECK_COMPLETE (bit 5): its
+    #: firmware has not checked the DIMMs for aliased addresses, the BadRAM attack
+    #: (CVE-2024-21944) on SNP memory integrity (review finding).
+    require_snp_alias_check: bool = True
+    #: SEV-SNP has no TCB status (AMD publishes none), so the floor is the policy's: per product,
+    #: the lowest SPL of each component, checked on the reported (certificate-bound), committed
+    #: and launch TCBs. ``require_snp_tcb`` refuses evidence of a product with no floor here,
+    #: as ``require_measurements`` does for measurements (review finding: without it, SNP
+    #: firmware with known flaws — CacheWarp, BadRAM — passed).
+    require_snp_tcb: bool = True
+    min_snp_tcb: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     measurements: Mapping[str, Mapping[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,6 +131,22 @@ class VerificationPolicy:
         if self.min_tcb_status not in TCB_ORDER:
             raise AttestationError(
                 AttestationReason.POLICY, f"unknown TCB status {self.min_tcb_status!r}", field="min_tcb_status"
+            )
+        for product, floor in self.min_snp_tcb.items():
+            if product not in SNP_PRODUCTS:
+                raise AttestationError(AttestationReason.POLICY, f"unknown SEV-SNP product {product!r}", field="min_snp_tcb")
+            if not isinstance(floor, Mapping) or not floor:
+                where = f"min_snp_tcb.{product}"
+                raise AttestationError(AttestationReason.POLICY, "a table naming at least one component", field=where)
+            for name, value in floor.items():
+                if name not in SNP_TCB_COMPONENTS or type(value) is not int or not 0 <= value <= 255:
+                    raise AttestationError(
+                        AttestationReason.POLICY, "a TCB component (bootloader, tee, snp, microcode, fmc) = 0..255",
+                        field=f"min_snp_tcb.{product}.{name}",
+                    )
+        if type(self.min_tcb_evaluation_data_number) is not int or self.min_tcb_evaluation_data_number < 0:
+            raise AttestationError(
+                AttestationReason.POLICY, "must be a non-negative integer", field="min_tcb_evaluation_data_number"
             )
         if self.max_age_seconds is not None and self.max_age_seconds <= 0:
             raise AttestationError(AttestationReason.POLICY, "must be positive", field="max_age_seconds")
@@ -131,6 +178,8 @@ class VerificationPolicy:
             require_sept_ve_disable=False,
             allow_service_td=True,
             allow_migration_agent=True,
+            require_snp_alias_check=False,
+            require_snp_tcb=False,
         )
 
     @classmethod
@@ -190,8 +239,44 @@ class VerificationPolicy:
             allow_service_td=typed("allow_service_td", bool, False),
             allow_migration_agent=typed("allow_migration_agent", bool, False),
             require_code_identity=typed("require_code_identity", bool, True),
+            min_tcb_evaluation_data_number=typed("min_tcb_evaluation_data_number", int, 0),
+            require_snp_alias_check=typed("require_snp_alias_check", bool, True),
+            require_snp_tcb=typed("require_snp_tcb", bool, True),
+            min_snp_tcb={str(k): dict(t) if isinstance(t, dict) else t for k, t in typed("min_snp_tcb", dict, {}).items()},
             measurements=meas,
         )
+
+    def _check_snp_platform(self, v: Verified) -> None:
+        """ALIAS_CHECK_COMPLETE and the TCB floor (fail closed: a result without the fields, not
+        made by verify_sev_snp, is refused)."""
+        plat = v.platform
+        if self.require_snp_alias_check and (v.fields.get("platform_info_bits") or {}).get("alias_check_complete") is not True:
+            raise AttestationError(
+                AttestationReason.TCB_STATUS,
+                "PLATFORM_INFO.ALIAS_CHECK_COMPLETE is clear: memory aliasing (BadRAM) not ruled out (require_snp_alias_check)",
+                platform=plat,
+                field="platform_info",
+            )
+        product = v.fields.get("product")
+        floor = self.min_snp_tcb.get(product) if isinstance(product, str) else None
+        if floor is None:
+            if self.require_snp_tcb:
+                raise AttestationError(
+                    AttestationReason.TCB_STATUS,
+                    f"the policy sets no min_snp_tcb for {product} (require_snp_tcb)",
+                    platform=plat,
+                    field="min_snp_tcb",
+                )
+            return
+        tcbs = v.fields.get("tcb") or {}
+        for which in ("reported", "committed", "launch"):
+            for name, least in floor.items():
+                got = (tcbs.get(which) or {}).get(name)
+                if not isinstance(got, int) or got < least:
+                    raise AttestationError(
+                        AttestationReason.TCB_STATUS, f"{which} TCB {name} = {got}, below min_snp_tcb.{product}.{name} = {least}",
+                        platform=plat, field=f"tcb.{which}.{name}",
+                    )
 
     def check(self, v: Verified, *, now: dt.datetime) -> None:
         """Apply the policy to verified evidence; raise the first reason it is refused."""
@@ -227,6 +312,20 @@ class VerificationPolicy:
                 platform=plat,
                 field="policy",
             )
+        if plat == "sev-snp" and not v.simulated:
+            self._check_snp_platform(v)
+        if self.min_tcb_evaluation_data_number and plat in ("tdx", "sgx") and not v.simulated:
+            # Fail closed: no collateral, or a number missing, is below any floor.
+            coll = v.fields.get("collateral") or {}
+            for name in ("tcb_evaluation_data_number", "qe_identity_evaluation_data_number"):
+                got = coll.get(name)
+                if not isinstance(got, int) or got < self.min_tcb_evaluation_data_number:
+                    raise AttestationError(
+                        AttestationReason.COLLATERAL_INVALID,
+                        f"{name} is {got}, below min_tcb_evaluation_data_number {self.min_tcb_evaluation_data_number}",
+                        platform=plat,
+                        field=name,
+                    )
         if v.tcb_status != "n/a" and TCB_ORDER.index(v.tcb_status) > TCB_ORDER.index(self.min_tcb_status):
             raise AttestationError(
                 AttestationReason.TCB_STATUS, f"{v.tcb_status} is worse than {self.min_tcb_status}", platform=plat

@@ -108,6 +108,11 @@ _POLICY_BITS = {
 }
 _POLICY_DEBUG = 1 << 19
 _POLICY_MIGRATE_MA = 1 << 18
+_POLICY_MUST_BE_ONE = 1 << 17
+#: The ABI version bits (0-15) and every named bit; any other bit is one this verifier cannot
+#: judge, and is refused (as TDX's reserved TD_ATTRIBUTES bits are).
+_POLICY_KNOWN = 0xFFFF | sum(1 << bit for bit in _POLICY_BITS)
+_NO_MIGRATION_AGENT = b"\xff" * 32  # REPORT_ID_MA of a guest with no migration agent
 _PLATFORM_INFO_BITS = {
     0: "smt_en",
     1: "tsme_en",
@@ -594,6 +599,24 @@ def _check_tcb(rep: SnpReport, signer: _SignerCert, product: str) -> TcbVersion:
     return reported
 
 
+def _check_guest(rep: SnpReport) -> None:
+    """What the signed report says of the guest that no policy may accept (review finding):
+    a report the hypervisor asked for (VMPL 0xFFFFFFFF: its REPORT_DATA is not the guest's),
+    guest policy bits this verifier does not know or that the ABI fixes, and a migration agent
+    named while the policy allows none. (MIGRATE_MA and DEBUG are the policy's to judge.)"""
+    if rep.vmpl > 3:
+        raise _err(AttestationReason.UNSUPPORTED, f"VMPL {rep.vmpl:#x}: a report the hypervisor requested, not the guest", "vmpl")
+    if not rep.policy & _POLICY_MUST_BE_ONE:
+        raise _err(AttestationReason.MALFORMED, "guest policy bit 17 (reserved, must be one) is clear", "policy")
+    unknown = rep.policy & ~_POLICY_KNOWN
+    if unknown:
+        raise _err(AttestationReason.UNSUPPORTED, f"guest policy sets bits {unknown:#x} this verifier cannot judge", "policy")
+    if not rep.policy & _POLICY_MIGRATE_MA and rep.report_id_ma != _NO_MIGRATION_AGENT:
+        raise _err(
+            AttestationReason.MALFORMED, "REPORT_ID_MA names a migration agent the guest policy does not allow", "report_id_ma"
+        )
+
+
 def verify_sev_snp(
     report: bytes,
     *,
@@ -648,6 +671,7 @@ def verify_sev_snp(
             "cpuid",
         )
     _check_tcb(rep, signer, product)
+    _check_guest(rep)
 
     fields = rep.fields(product)
     fields.update(
@@ -666,6 +690,9 @@ def verify_sev_snp(
             "author_key_digest": rep.author_key_digest.hex(),
             "family_id": rep.family_id.hex(),
             "image_id": rep.image_id.hex(),
+            # Pinnable: with an SVSM or a paravisor at VMPL 0 the guest OS runs (and asks for
+            # its reports) at a higher VMPL; the measurement is the launch image's.
+            "vmpl": rep.vmpl.to_bytes(4, "big").hex(),
         },
         tcb_status="n/a",  # SNP has no Intel-style status: the decoded TCBs are in fields["tcb"]
         debug=rep.debug,

@@ -364,6 +364,25 @@ def test_verify_evidence_with_collateral_and_an_allow_list() -> None:
     assert v.advisory_ids == ("INTEL-SA-00289", "INTEL-SA-00615")
 
 
+def test_collateral_older_than_the_policys_tcb_evaluation_is_refused() -> None:
+    """Review finding: collateral comes from the peer, and an older TCB info still within its
+    validity (from before an Intel TCB recovery) kept the platform UpToDate."""
+    q, coll = quote_bytes(TDX10), fixture_bytes(DCAPQVL_COLLATERAL[TDX10])
+    base = {"require_measurements": False}
+    v = verify_evidence("tdx", q, policy=VerificationPolicy.from_dict(base), collateral=coll, at=AT[TDX10])
+    assert (v.fields["collateral"]["tcb_evaluation_data_number"], v.fields["collateral"]["qe_identity_evaluation_data_number"]) \
+        == (17, 17)  # fmt: skip
+    at_17 = VerificationPolicy.from_dict(base | {"min_tcb_evaluation_data_number": 17})
+    verify_evidence("tdx", q, policy=at_17, collateral=coll, at=AT[TDX10])
+    at_18 = VerificationPolicy.from_dict(base | {"min_tcb_evaluation_data_number": 18})
+    err = refused(R.COLLATERAL_INVALID, verify_evidence, "tdx", q, policy=at_18, collateral=coll, at=AT[TDX10])
+    assert err.field == "tcb_evaluation_data_number"
+    lax = VerificationPolicy.from_dict(base | {"min_tcb_evaluation_data_number": 1, "min_tcb_status": "Unknown"})
+    refused(R.COLLATERAL_INVALID, verify_evidence, "tdx", q, policy=lax, at=AT[TDX10])  # none: below any floor
+    for bad in ({"min_tcb_evaluation_data_number": -1}, {"min_tcb_evaluation_data_number": "18"}):
+        refused(R.POLICY, VerificationPolicy.from_dict, bad)
+
+
 # -- genuine collateral ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "status", "advisories"),

@@ -121,7 +121,7 @@ def test_genuine_report_verifies_with_exactly_the_expected_fields(name: str, exp
     assert v.report_data == bytes.fromhex(exp["report_data"])
     assert v.measurements == {
         k: exp[k] for k in ("measurement", "host_data", "id_key_digest", "author_key_digest", "family_id", "image_id")
-    }
+    } | {"vmpl": exp["vmpl"].to_bytes(4, "big").hex()}
     assert v.fields["product"] == exp["signer_cert_extensions"]["productName1"].split("-")[0]
     assert v.fields["root"] == f"ARK-{v.fields['product']}"
     assert hashlib.sha256(report(name)).hexdigest() == exp["report_sha256"]
@@ -172,12 +172,22 @@ def test_turin_tcb_layout_differs() -> None:
     refused(R.MALFORMED, decode_tcb, raw[:7], "Milan")
 
 
+def accepting(v: Any, **kw: Any) -> VerificationPolicy:
+    """A policy that accepts ``v``'s code and platform: its measurement, its own SPLs as the
+    floor, and no alias check (the samples' firmware predates it)."""
+    tcbs = v.fields["tcb"]
+    floor = {k: min(tcbs[w][k] for w in ("reported", "committed", "launch")) for k in ("bootloader", "tee", "snp", "microcode")}
+    kw.setdefault("require_snp_alias_check", False)
+    code = {"sev-snp": {"measurement": (v.measurements["measurement"],)}}
+    return VerificationPolicy(measurements=code, min_snp_tcb={v.fields["product"]: floor}, **kw)
+
+
 def test_debug_sample_refused_by_default_policy_and_accepted_with_allow_debug() -> None:
     v = verify(GOSEV)
     assert v.debug and v.fields["policy"] == "0xb0000" and v.fields["policy_bits"]["debug"]
     now = AT[GOSEV]
     refused(R.DEBUG, VerificationPolicy().check, v, now=now)
-    allowed = VerificationPolicy(allow_debug=True, measurements={"sev-snp": {"measurement": (v.measurements["measurement"],)}})
+    allowed = accepting(v, allow_debug=True)
     allowed.check(v, now=now)
     # The same through the single entry point, with the VCEK as collateral.
     got = verify_evidence("sev-snp", report(GOSEV), policy=allowed, collateral=signer(GOSEV), at=now)
@@ -185,10 +195,10 @@ def test_debug_sample_refused_by_default_policy_and_accepted_with_allow_debug() 
     with pytest.raises(AttestationError) as ei:
         verify_evidence("sev-snp", report(GOSEV), policy=VerificationPolicy(), collateral=signer(GOSEV), at=now)
     assert ei.value.reason is R.DEBUG
-    # A production sample passes the default policy once its measurement is allowed.
+    # A production sample passes once its measurement and platform are allowed.
     t = verify(TRUSTEE)
     assert not t.debug
-    VerificationPolicy(measurements={"sev-snp": {"measurement": (t.measurements["measurement"],)}}).check(t, now=now)
+    accepting(t).check(t, now=now)
 
 
 def test_a_guest_that_allows_a_migration_agent_is_refused_unless_the_policy_allows_it() -> None:
@@ -201,24 +211,88 @@ def test_a_guest_that_allows_a_migration_agent_is_refused_unless_the_policy_allo
     rep, vcek, pki = milan_forgery(patch={0x08: struct.pack("<Q", pol | 1 << 18)})
     v = verify_sev_snp(rep, signer_cert=vcek, chain=pki.chain_pem, at=FORGED_AT, roots=pki.roots)
     assert v.fields["migrate_ma"] is True and v.fields["policy_bits"]["migrate_ma"] is True
-    allowed = {"sev-snp": {"measurement": (v.measurements["measurement"],)}}
-    err = refused(R.MIGRATION_AGENT, VerificationPolicy(measurements=allowed).check, v, now=FORGED_AT)
+    err = refused(R.MIGRATION_AGENT, accepting(v).check, v, now=FORGED_AT)
     assert err.field == "policy"
-    VerificationPolicy(measurements=allowed, allow_migration_agent=True).check(v, now=FORGED_AT)
+    accepting(v, allow_migration_agent=True).check(v, now=FORGED_AT)
     VerificationPolicy.permissive_for_inspection().check(v, now=FORGED_AT)
     # Fail closed: an SEV-SNP result that does not say is refused too.
     bare = dataclasses.replace(v, fields={k: x for k, x in v.fields.items() if k != "migrate_ma"})
-    refused(R.MIGRATION_AGENT, VerificationPolicy(measurements=allowed).check, bare, now=FORGED_AT)
+    refused(R.MIGRATION_AGENT, accepting(v).check, bare, now=FORGED_AT)
     assert VerificationPolicy.from_toml("allow_migration_agent = true\n").allow_migration_agent
     with pytest.raises(AttestationError):
         VerificationPolicy.from_toml("allow_migration_agent = 1\n")
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason", "field"),
+    [
+        ({0x30: struct.pack("<I", 0xFFFFFFFF)}, R.UNSUPPORTED, "vmpl"),  # asked for by the hypervisor
+        ({0x30: struct.pack("<I", 4)}, R.UNSUPPORTED, "vmpl"),
+        ({0x08: struct.pack("<Q", 0x1001F)}, R.MALFORMED, "policy"),  # bit 17 (must be one) clear
+        ({0x08: struct.pack("<Q", 0x3001F | 1 << 30)}, R.UNSUPPORTED, "policy"),  # a bit not yet defined
+        ({0x08: struct.pack("<Q", 0x3001F | 1 << 63)}, R.UNSUPPORTED, "policy"),
+        ({0x160: bytes(32)}, R.MALFORMED, "report_id_ma"),  # a migration agent the policy does not allow
+    ],
+)
+def test_what_no_policy_may_accept_of_a_guest_is_refused(patch: dict[int, bytes], reason: R, field: str) -> None:
+    """Review finding: VMPL, unknown guest policy bits and REPORT_ID_MA were parsed, not judged."""
+    rep, vcek, pki = milan_forgery(patch=patch)
+    err = refused(reason, verify_sev_snp, rep, signer_cert=vcek, chain=pki.chain_pem, at=FORGED_AT, roots=pki.roots)
+    assert err.field == field
+
+
+def test_the_vmpl_can_be_pinned() -> None:
+    rep, vcek, pki = milan_forgery(patch={0x30: struct.pack("<I", 1)})  # an OS under an SVSM at VMPL 0
+    v = verify_sev_snp(rep, signer_cert=vcek, chain=pki.chain_pem, at=FORGED_AT, roots=pki.roots)
+    assert v.measurements["vmpl"] == "00000001"
+    accepting(v).check(v, now=FORGED_AT)
+    pinned = dataclasses.replace(accepting(v), measurements={"sev-snp": {"measurement": (v.measurements["measurement"],),
+                                                                         "vmpl": ("00000000",)}})  # fmt: skip
+    err = refused(R.MEASUREMENT, pinned.check, v, now=FORGED_AT)
+    assert err.field == "vmpl"
+
+
+def test_the_platform_must_rule_out_memory_aliasing_and_meet_the_tcb_floor() -> None:
+    """Review finding: SEV-SNP has no TCB status, so firmware with known flaws (CacheWarp,
+    BadRAM) passed every policy. Now: ALIAS_CHECK_COMPLETE by default, and a floor per product
+    on the reported, committed and launch TCBs, required for any product evidence comes from."""
+    t, g = verify(TRUSTEE), verify(TEEKIT)  # Milan: alias check incomplete / complete
+    assert (t.fields["platform_info_bits"]["alias_check_complete"], g.fields["platform_info_bits"]["alias_check_complete"]) \
+        == (False, True)  # fmt: skip
+    err = refused(R.TCB_STATUS, accepting(t, require_snp_alias_check=True).check, t, now=AT[TRUSTEE])
+    assert err.field == "platform_info"
+    accepting(g, require_snp_alias_check=True).check(g, now=AT[TEEKIT])
+    # The floor: one step above the sample's microcode is refused, naming the TCB and component.
+    higher = accepting(t)
+    higher = dataclasses.replace(higher, min_snp_tcb={"Milan": dict(higher.min_snp_tcb["Milan"], microcode=116)})
+    err = refused(R.TCB_STATUS, higher.check, t, now=AT[TRUSTEE])
+    assert err.field == "tcb.reported.microcode"
+    # No floor for the product the evidence comes from: refused unless require_snp_tcb is off.
+    genoa_only = dataclasses.replace(accepting(t), min_snp_tcb={"Genoa": {"snp": 1}})
+    assert refused(R.TCB_STATUS, genoa_only.check, t, now=AT[TRUSTEE]).field == "min_snp_tcb"
+    dataclasses.replace(genoa_only, require_snp_tcb=False).check(t, now=AT[TRUSTEE])
+    VerificationPolicy.permissive_for_inspection().check(t, now=AT[TRUSTEE])
+    # From TOML, and what a floor may name.
+    p = VerificationPolicy.from_toml("[min_snp_tcb.Milan]\nsnp = 8\nmicrocode = 115\n")
+    assert p.min_snp_tcb == {"Milan": {"snp": 8, "microcode": 115}} and p.require_snp_alias_check and p.require_snp_tcb
+    for bad, field in (
+        ("[min_snp_tcb.Venice]\nsnp = 1", "min_snp_tcb"),
+        ("[min_snp_tcb.Milan]\nspeed = 1", "min_snp_tcb.Milan.speed"),
+        ("[min_snp_tcb.Milan]\nsnp = 256", "min_snp_tcb.Milan.snp"),
+        ('[min_snp_tcb.Milan]\nsnp = "8"', "min_snp_tcb.Milan.snp"),
+        ("[min_snp_tcb.Milan]\n", "min_snp_tcb.Milan"),
+        ("min_snp_tcb = 3", "min_snp_tcb"),
+    ):
+        with pytest.raises(AttestationError) as ei:
+            VerificationPolicy.from_toml(bad)
+        assert ei.value.reason is R.POLICY and ei.value.field == field, (bad, ei.value)
 
 
 def test_teekit_report_data_binds_nonce_and_x25519_key() -> None:
     inputs = dict(line.split("=", 1) for line in fixture_bytes(SNP + "teekit_gcp_milan_v5_report_inputs.txt").decode().split())
     binding = hashlib.sha512(bytes.fromhex(inputs["NONCE"]) + bytes.fromhex(inputs["X25519_KEY"])).digest()
     assert verify(TEEKIT).report_data == binding
-    policy = VerificationPolicy(require_measurements=False)
+    policy = dataclasses.replace(accepting(verify(TEEKIT)), require_measurements=False, measurements={})
     verify_evidence("sev-snp", report(TEEKIT), policy=policy, collateral=signer(TEEKIT), expected_report_data=binding)
     with pytest.raises(AttestationError) as ei:
         verify_evidence("sev-snp", report(TEEKIT), policy=policy, collateral=signer(TEEKIT), expected_report_data=bytes(64))
