@@ -41,7 +41,7 @@ from shardguard.protocols.dkls23._messages import SignCommit, SignMultiply, Sign
 from shardguard.protocols.dkls23._rounds import DklsRounds
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare
 from shardguard.protocols.dkls23.signature import EcdsaSignature, assemble
-from shardguard.protocols.errors import UsageError
+from shardguard.protocols.errors import ProtocolAbort, UsageError
 from shardguard.protocols.message import Message
 
 __all__ = ["SEED_BYTES", "DklsPresigner", "Presignature", "PresignedShare", "presigned_signature", "rerandomizer"]
@@ -157,16 +157,26 @@ class DklsPresigner(DklsRounds[Presignature]):
         super().__init__(key, signers=signers, instance=instance, rng=rng)
 
     def _advance(self) -> list[Message]:
+        # Chained, as DklsSigner._advance (review finding).
+        out: list[Message] = []
         if self.round == 1 and self._have_all(1, SignCommit) and self._have_all(1, SignOtStart):
-            return self._round2()
+            out += self._round2()
         if self.round == 2 and self._have_all(2, SignMultiply):
-            u, v, phi = self._multiplied()
-            public = self._key.public
-            self._finish(
-                Presignature(
-                    key_id=public.key_id, epoch=public.epoch, setup_id=self._key.setup_id, identifier=self.me,
-                    signers=tuple(self.signers), presignature_id=self._final_sid, public_key=self.public_key,
-                    big_r=self._big_r_sum, phi=phi, u=u, v=v, private_nonce=self._private_nonce,
-                )
-            )  # fmt: skip
-        return []
+            try:
+                self._complete()
+            except ProtocolAbort as e:
+                e.outgoing = out + e.outgoing  # what an in-order delivery would have sent already
+                raise
+        return out
+
+    def _complete(self) -> None:
+        """Round 2's checks and multiplication: the pre-signature (DKLs23 spec §4.1)."""
+        u, v, phi = self._multiplied()
+        public = self._key.public
+        self._finish(
+            Presignature(
+                key_id=public.key_id, epoch=public.epoch, setup_id=self._key.setup_id, identifier=self.me,
+                signers=tuple(self.signers), presignature_id=self._final_sid, public_key=self.public_key,
+                big_r=self._big_r_sum, phi=phi, u=u, v=v, private_nonce=self._private_nonce,
+            )
+        )  # fmt: skip

@@ -19,7 +19,7 @@ from shardguard.protocols.dkls23._messages import SignCommit, SignMultiply, Sign
 from shardguard.protocols.dkls23._rounds import DklsRounds
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare
 from shardguard.protocols.dkls23.signature import EcdsaSignature, assemble
-from shardguard.protocols.errors import AbortReason, UsageError
+from shardguard.protocols.errors import AbortReason, ProtocolAbort, UsageError
 from shardguard.protocols.message import Message
 
 __all__ = ["DklsSigner"]
@@ -48,13 +48,21 @@ class DklsSigner(DklsRounds[EcdsaSignature]):
         self._share: SignShare | None = None
 
     def _advance(self) -> list[Message]:
-        if self.round == 1 and self._have_all(1, SignCommit) and self._have_all(1, SignOtStart):
-            return self._round2()
-        if self.round == 2 and self._have_all(2, SignMultiply):
-            return self._round3()
-        if self.round == 3 and self._have_all(3, SignShare):
-            self._combine()
-        return []
+        # Chained: one delivery may complete several rounds, since a peer's later-round message
+        # can come before another peer's earlier one (review finding: one step per delivery
+        # left a party waiting with every input in).
+        out: list[Message] = []
+        try:
+            if self.round == 1 and self._have_all(1, SignCommit) and self._have_all(1, SignOtStart):
+                out += self._round2()
+            if self.round == 2 and self._have_all(2, SignMultiply):
+                out += self._round3()
+            if self.round == 3 and self._have_all(3, SignShare):
+                self._combine()
+        except ProtocolAbort as e:
+            e.outgoing = out + e.outgoing  # what an in-order delivery would have sent already
+            raise
+        return out
 
     # -- round 3 ----------------------------------------------------------------------------
     def _round3(self) -> list[Message]:
