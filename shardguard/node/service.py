@@ -75,6 +75,7 @@ from shardguard.node.tasks import (
     Task,
     TaskError,
     check_wire,
+    clocked_rng,
     deadline_at,
     precommitted_items,
     run_task,
@@ -929,7 +930,7 @@ class NodeService:
                                  sort_keys=True).encode()  # fmt: skip
             exchange(job=job, session_id=sid, me=self.keys, card=self.card, peers={lost: peers[lost]}, relay=self.relay,
                      inbox=inbox, messages={lost: package}, deadline=deadline)  # fmt: skip
-            party = RepairHelper(share, helpers=helpers, lost=lost, instance=instance, rng=secrets.token_bytes)
+            party = RepairHelper(share, helpers=helpers, lost=lost, instance=instance, rng=clocked_rng(secrets.token_bytes))
             public = share.public
         result = drive(party, job=job, me=self.keys, card=self.card, peers=peers if me == lost else
                        {i: p for i, p in peers.items() if i in (*helpers, lost)}, relay=self.relay, inbox=inbox,

@@ -32,7 +32,7 @@ from shardguard.protocols.refresh import Refresh
 from shardguard.protocols.suites import SCHEMES, suite_by_scheme
 
 __all__ = [
-    "KINDS", "ShareStore", "Task", "TaskError", "check_wire", "deadline_at", "precommitted_items", "run_task",
+    "KINDS", "ShareStore", "Task", "TaskError", "check_wire", "clocked_rng", "deadline_at", "precommitted_items", "run_task",
     "session_instance", "share_scheme",
 ]  # fmt: skip
 
@@ -217,6 +217,7 @@ def run_task(
     made: it never leaves the node, the result names it.
     """
     inbox = inbox if inbox is not None else Inbox()
+    rng = clocked_rng(rng)
 
     def go(party: Any, release: tuple[Callable[[], None], Callable[[], None]] | None = None) -> Any:
         at_start, gate = release or (None, None)
@@ -315,14 +316,16 @@ def _banning(task: Task, store: ShareStore, share: EcdsaKeyShare, go: Callable[.
         raise
 
 
-def _clocked(rng: Rng) -> Rng:
-    """``rng`` with the wall clock mixed in. A pre-signing's session binds no digest, so a
-    snapshot of this process restored with its RNG stream and handed the same session again
-    would otherwise make the same pre-signature twice (review finding); with the clock it makes
-    another unless the clock repeats too (docs/SECURITY.md)."""
+def clocked_rng(rng: Rng) -> Rng:
+    """``rng`` with the wall clock mixed in, for every session a task runs. A snapshot of this
+    process restored with its RNG stream and handed a session it ran before (its register of
+    sessions, sessions.py, is memory only) would otherwise draw the same nonces again: with a
+    co-signer that changes its own, two DKLs23 signatures of one digest give the key away, and
+    a pre-signing's session binds no digest at all (review findings). With the clock, it draws
+    others unless the clock repeats too (docs/SECURITY.md)."""
 
     def draw(n: int) -> bytes:
-        return hashlib.shake_256(b"shardguard/node/presign-rng/v1\x00" + rng(n) + time.time_ns().to_bytes(8, "big")).digest(n)
+        return hashlib.shake_256(b"shardguard/node/task-rng/v1\x00" + rng(n) + time.time_ns().to_bytes(8, "big")).digest(n)
 
     return draw
 
@@ -336,7 +339,7 @@ def _presign(
     share = store.load(task.key_id)
     if not isinstance(share, EcdsaKeyShare) or task.scheme != "ecdsa":
         raise TaskError("pre-signatures are for ecdsa (DKLs23) keys", "scheme")
-    party = DklsPresigner(share, signers=_signer_indices(task), instance=task.instance, rng=_clocked(rng))
+    party = DklsPresigner(share, signers=_signer_indices(task), instance=task.instance, rng=rng)
     made: Presignature = _banning(task, store, share, go, party)
     keep(made)
     return {

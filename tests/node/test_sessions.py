@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import time
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shardguard.node.sessions import SessionRegister
-from shardguard.node.tasks import TaskError, deadline_at, session_instance
+from shardguard.node.tasks import TaskError, clocked_rng, deadline_at, session_instance
+from tests.helpers.rng import DeterministicRng
 
 EXAMPLES = 2000 if os.environ.get("SHARDGUARD_SLOW") == "1" else 200
 NOW = 1_800_000_000.0
@@ -142,3 +144,13 @@ def test_no_session_ever_runs_twice(steps: list[tuple[object, ...]], capacity: i
         assert session not in ran, "a session ran twice"
         ran.add(session)
         assert len(register) <= capacity
+
+
+def test_a_replayed_rng_stream_draws_afresh_in_a_task() -> None:
+    """Review finding: the register is memory only, so a restored snapshot (its RNG stream
+    replayed) could be handed a session it ran; a co-signer changing only its own draws then
+    recovers the ECDSA key from two signatures of one digest. Every task's RNG mixes the clock."""
+    first, again = clocked_rng(DeterministicRng(7)), clocked_rng(DeterministicRng(7))
+    a = first(32)
+    time.sleep(0.001)
+    assert again(32) != a and len(a) == 32
