@@ -9,6 +9,12 @@ The quote, its PCK chain and the collateral are proven by :func:`.dcap.verify_qu
   the key that signed its SIGSTRUCT), ``isv_prod_id`` and ``isv_svn`` (product and security
   version the signer assigned). The two numbers are hex of the 16-bit value, big-endian
   (``isv_prod_id`` 7 → ``"0007"``), so a policy can list them like any other measurement;
+* also pinnable: ``attributes`` (ATTRIBUTES.FLAGS), ``xfrm``, ``misc_select``, ``config_id`` and
+  ``config_svn`` (fixed-width hex). MRENCLAVE covers none of them: whoever signs a SIGSTRUCT
+  for the same code chooses them (review finding);
+* refused whatever the policy: ATTRIBUTES.FLAGS bits the SDM reserves, a 32-bit enclave
+  (MODE64BIT clear), and PROVISIONKEY or EINITTOKEN_KEY (Intel's provisioning and launch
+  enclaves' keys: no signer enclave has a use for them);
 * ``debug`` is ATTRIBUTES.FLAGS bit 1 (DEBUG): a debug enclave's memory is readable by its host;
 * ``report_data`` is the 64 bytes the enclave bound into its report (Gramine's
   ``user_report_data``).
@@ -27,6 +33,11 @@ from shardguard.attestation.result import Verified
 __all__ = ["verify_sgx"]
 
 PLATFORM: Final = "sgx"
+#: ATTRIBUTES.FLAGS ([SDM] vol. 3D §38.7.1): INIT 0, DEBUG 1, MODE64BIT 2, PROVISIONKEY 4,
+#: EINITTOKEN_KEY 5, CET 6, KSS 7, AEXNOTIFY 10; the rest is reserved.
+_MODE64BIT: Final = 1 << 2
+_KEYS_REFUSED: Final = {4: "PROVISIONKEY", 5: "EINITTOKEN_KEY"}
+_FLAGS_KNOWN: Final = sum(1 << b for b in (0, 1, 2, 4, 5, 6, 7, 10))
 
 
 def verify_sgx(
@@ -59,11 +70,32 @@ def verify_sgx(
         )
     fields = verdict.to_fields()
     h = fields["body"]  # the body's fields, already in hex: not rendered twice
+    flags = int.from_bytes(body.attributes[:8], "little")
+    if flags & ~_FLAGS_KNOWN:
+        raise AttestationError(
+            AttestationReason.UNSUPPORTED, f"ATTRIBUTES.FLAGS sets reserved bits {flags & ~_FLAGS_KNOWN:#x}",
+            platform=PLATFORM, field="attributes",
+        )  # fmt: skip
+    if not flags & _MODE64BIT:
+        raise AttestationError(
+            AttestationReason.UNSUPPORTED, "a 32-bit enclave (MODE64BIT clear)", platform=PLATFORM, field="attributes"
+        )
+    for bit, name in _KEYS_REFUSED.items():
+        if flags >> bit & 1:
+            raise AttestationError(
+                AttestationReason.UNSUPPORTED, f"ATTRIBUTES.{name} is set: a key only Intel's own enclaves may use",
+                platform=PLATFORM, field="attributes",
+            )  # fmt: skip
     measurements = {
         "mrenclave": h["mr_enclave"],
         "mrsigner": h["mr_signer"],
         "isv_prod_id": body.isv_prod_id.to_bytes(2, "big").hex(),
         "isv_svn": body.isv_svn.to_bytes(2, "big").hex(),
+        "attributes": body.attributes[:8].hex(),
+        "xfrm": body.attributes[8:16].hex(),
+        "misc_select": body.misc_select.to_bytes(4, "big").hex(),
+        "config_id": body.config_id.hex(),
+        "config_svn": body.config_svn.to_bytes(2, "big").hex(),
     }
     fields["enclave_debug"] = body.debug
     return Verified(

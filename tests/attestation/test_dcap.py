@@ -282,6 +282,11 @@ def test_genuine_quote_verifies_with_exactly_the_expected_fields(name: str, expe
             "mrsigner": body["mr_signer"],
             "isv_prod_id": f"{body['isv_prod_id']:04x}",
             "isv_svn": f"{body['isv_svn']:04x}",
+            "attributes": body["attributes"][:16],
+            "xfrm": body["attributes"][16:],
+            "misc_select": f"{int(body['misc_select'], 16):08x}",
+            "config_id": f["body"]["config_id"],  # (not in expected_fields.json)
+            "config_svn": f"{f['body']['config_svn']:04x}",
         }
     assert f["fmspc"] == exp["pck"]["FMSPC"] and f["root"] == "intel-sgx-root-ca"
     json.dumps(v.to_dict())  # JSON-safe
@@ -1253,3 +1258,55 @@ def test_random_pcs_text_raises_only_attestation_errors(pos: int, insert: str, c
         parse_tcb_info(coll.tcb_info)
     except AttestationError as e:
         assert e.reason is R.COLLATERAL_INVALID
+
+
+# -- SGX ATTRIBUTES (review finding: only DEBUG was judged) --------------------------------------------
+_SGX_FLAGS = 0x30 + 0x30  # the report body starts after the 48-byte header; ATTRIBUTES.FLAGS at 0x30
+
+
+def _sgx_with(edit: Any) -> tuple[bytes, dict[bytes, str]]:
+    """The genuine SGX quote with ``edit`` applied to its signed bytes, re-signed under FakePki."""
+    pki = FakePki(quote_bytes(SGX))
+    signed = bytearray(pki.signed)
+    edit(signed)
+    return pki.quote(signed=bytes(signed)), pki.roots
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda b: b.__setitem__(_SGX_FLAGS, b[_SGX_FLAGS] & ~0x04), "MODE64BIT"),
+        (lambda b: b.__setitem__(_SGX_FLAGS, b[_SGX_FLAGS] | 0x10), "PROVISIONKEY"),
+        (lambda b: b.__setitem__(_SGX_FLAGS, b[_SGX_FLAGS] | 0x20), "EINITTOKEN_KEY"),
+        (lambda b: b.__setitem__(_SGX_FLAGS, b[_SGX_FLAGS] | 0x08), "reserved"),
+        (lambda b: b.__setitem__(_SGX_FLAGS + 1, 0x03), "reserved"),
+        (lambda b: b.__setitem__(_SGX_FLAGS + 7, 0x80), "reserved"),
+    ],
+)
+def test_sgx_attributes_no_signer_enclave_has_are_refused(edit: Any, what: str) -> None:
+    quote, roots = _sgx_with(edit)
+    err = refused(R.UNSUPPORTED, verify_sgx, quote, at=AT[SGX], roots=roots)
+    assert err.field == "attributes" and what in err.detail, err
+
+
+def test_sgx_attributes_mrenclave_does_not_cover_can_be_pinned() -> None:
+    """KSS with a CONFIGID the loader chose, a MISCSELECT: same MRENCLAVE, other measurements."""
+
+    def kss(b: bytearray) -> None:
+        b[_SGX_FLAGS] |= 0x80
+        b[0x30 + 0xC0 : 0x30 + 0x100] = b"\x41" * 64
+        b[0x30 + 0x104 : 0x30 + 0x106] = b"\x07\x00"
+        b[0x30 + 0x10 : 0x30 + 0x14] = b"\x01\x00\x00\x00"
+
+    quote, roots = _sgx_with(kss)
+    v = verify_sgx(quote, at=AT[SGX], roots=roots)
+    genuine = verify_sgx(quote_bytes(SGX), at=AT[SGX])
+    assert v.measurements["mrenclave"] == genuine.measurements["mrenclave"]
+    got = [v.measurements[k] for k in ("attributes", "config_id", "config_svn", "misc_select")]
+    assert got == ["8500000000000000", "41" * 64, "0007", "00000001"]
+    pinned = VerificationPolicy(
+        min_tcb_status="Unknown",
+        measurements={"sgx": {k: (genuine.measurements[k],) for k in ("mrenclave", "attributes", "config_id", "misc_select")}},
+    )
+    pinned.check(genuine, now=AT[SGX])
+    assert refused(R.MEASUREMENT, pinned.check, v, now=AT[SGX]).field == "attributes"
