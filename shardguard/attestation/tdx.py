@@ -74,6 +74,10 @@ def verify_tdx(
         "mrownerconfig": h["mr_owner_config"],
         "mrseam": h["mr_seam"],
         "mrsignerseam": h["mr_signer_seam"],
+        # Pinnable (review finding): the TD attributes the verifier accepts (TPA, PERFMON, …)
+        # and the extended features, as in the report (little-endian).
+        "td_attributes": h["td_attributes"],
+        "xfam": h["xfam"],
     }
     fields["td_debug"] = body.debug
     fields["sept_ve_disable"] = body.sept_ve_disable

@@ -270,6 +270,8 @@ def test_genuine_quote_verifies_with_exactly_the_expected_fields(name: str, expe
             "mrownerconfig": body["mr_owner_config"],
             "mrseam": body["mr_seam"],
             "mrsignerseam": body["mr_signer_seam"],
+            "td_attributes": body["td_attributes"],
+            "xfam": body["xfam"],
         }
         assert f["tee_tcb_svn"] == body["tee_tcb_svn"]
         # TD_ATTRIBUTES bit 28, and MRSERVICETD (TDX 1.5 only, zero in the one sample) ≠ 0.

@@ -20,7 +20,11 @@ v{β_j}_j``. Every output is ``width`` scalars mod q from 48 bytes each (bias < 
 ``unreduced_outputs`` gives the same values as the 384-bit integers before that reduction.
 
 The PRG is keyed by a per-extension session id, so base OTs are reused safely across sessions
-as long as ``sid`` never repeats for one pair: the caller mixes in fresh randomness.
+as long as ``sid`` never repeats for one pair. In DKLs23 (``protocols/dkls23/_rounds.py``) that
+id carries the receiver's (Bob's) fresh nonce only; the outputs are hashed again under a session
+id that binds every party's round-1 commitment, the sender's (Alice's) own fresh nonce too, so a
+Bob who repeats his nonce cannot make her pads repeat (review note: keep that second key if this
+changes).
 All bit-matrix work is numpy and big-integer bulk operations; no Python loop runs per bit.
 """
 
