@@ -14,10 +14,11 @@ for every protocol; the subclass sees only decoded, validated payloads.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from shardguard.crypto.ciphersuite import Ciphersuite
@@ -134,6 +135,17 @@ class Party(Generic[R]):
         self._inbox.setdefault(key[:2], {})[m.sender] = payload
 
     # -- helpers for subclasses -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _sending_on_abort(self, out: list[Message]) -> Iterator[None]:
+        """Rounds chained in one step: the messages ``out`` holds when a ProtocolAbort is
+        raised inside ride on it (``outgoing``), as an in-order delivery would have sent them
+        already, so the peers abort too rather than wait."""
+        try:
+            yield
+        except ProtocolAbort as e:
+            e.outgoing = out + e.outgoing
+            raise
+
     def _guard(self, step: object) -> list[Message]:
         # Any exception (a ProtocolAbort, or a bug) leaves the party ABORTED: no half-states.
         try:

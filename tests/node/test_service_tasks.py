@@ -555,14 +555,9 @@ def test_a_forgotten_session_instance_never_runs_again(
     hub, services, parts = nodes
     for svc in services.values():
         svc._sessions = SessionRegister(1)  # forgets each instance at the next task
-    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "first") | {"deadline": deadline_in(2)}
-    raw2 = _task(parts, "sign", 2, {"message_hex": "00"}, "first") | {"instance": raw["instance"], "deadline": raw["deadline"]}
-    threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, (raw, raw2), strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert hub.results["first-1"]["status"] == "done", hub.results["first-1"]
+    session = {"instance": secrets.token_hex(32), "deadline": deadline_in(2)}
+    assert _run_all(hub, services, parts, "sign", "first", {"message_hex": "00"}, 0, extra=session)[0]["status"] == "done"
+    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "first") | session  # node-1's task of it
     assert [r["status"] for r in _sign(hub, services, parts, "later", 3.5)] == ["done", "done"]  # "first" forgotten
     assert services["node-1"]._sessions.floor >= deadline_at(raw)
     services["node-1"].handle({**raw, "task_id": "again-1", "job_id": "again"})
@@ -584,27 +579,17 @@ def test_a_keygen_refused_before_it_runs_leaves_no_committee_record(
     """Review finding: a keygen refused as a session run before had already recorded its
     committee, so the key id's genuine keygen was refused afterwards ("already exists")."""
     hub, services, parts = nodes
-    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "s")
-    raw2 = _task(parts, "sign", 2, {"message_hex": "00"}, "s") | {"instance": raw["instance"], "deadline": raw["deadline"]}
-    threads = [threading.Thread(target=services[n].handle, args=(r,)) for n, r in zip(NODES, (raw, raw2), strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [hub.results[f"s-{i}"]["status"] for i in (1, 2)] == ["done", "done"]
+    session = {"instance": secrets.token_hex(32), "deadline": deadline_in(30)}
+    signed = _run_all(hub, services, parts, "sign", "s", {"message_hex": "00"}, 0, extra=session)
+    assert [r["status"] for r in signed] == ["done", "done"], signed
+    raw = _task(parts, "sign", 1, {"message_hex": "00"}, "s") | session
     replay = raw | {"task_id": "replay-1", "job_id": "replay", "kind": "dkg", "key_id": "k9", "params": {}}
     services["node-1"].handle(replay)  # the signing's session again, as a keygen of a new key
     out = hub.results["replay-1"]
     assert out["status"] == "failed" and "(instance)" in out["error"]["detail"], out
     assert committee.recorded(services["node-1"].keystore, "k9") is None
-    instance, deadline = secrets.token_hex(32), deadline_in(30)
-    threads = [threading.Thread(target=services[n].handle, args=(_task(parts, "dkg", i, {}, "gen") | {
-        "key_id": "k9", "instance": instance, "deadline": deadline},)) for i, n in enumerate(NODES, 1)]  # fmt: skip
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [hub.results[f"gen-{i}"]["status"] for i in (1, 2)] == ["done", "done"], hub.results
+    genuine = _run_all(hub, services, parts, "dkg", "gen", {}, 0, extra={"key_id": "k9"})  # a fresh session
+    assert [r["status"] for r in genuine] == ["done", "done"], genuine
 
 
 def test_a_repair_handed_out_again_under_a_new_deadline_takes_none_of_the_old_envelopes(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from shardguard.protocols.dkls23._messages import SignCommit, SignMultiply, Sign
 from shardguard.protocols.dkls23._rounds import DklsRounds
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare
 from shardguard.protocols.dkls23.signature import EcdsaSignature, assemble
-from shardguard.protocols.errors import ProtocolAbort, UsageError
+from shardguard.protocols.errors import UsageError
 from shardguard.protocols.message import Message
 
 __all__ = ["SEED_BYTES", "DklsPresigner", "Presignature", "PresignedShare", "presigned_signature", "rerandomizer"]
@@ -159,14 +159,11 @@ class DklsPresigner(DklsRounds[Presignature]):
     def _advance(self) -> list[Message]:
         # Chained, as DklsSigner._advance (review finding).
         out: list[Message] = []
-        if self.round == 1 and self._have_all(1, SignCommit) and self._have_all(1, SignOtStart):
-            out += self._round2()
-        if self.round == 2 and self._have_all(2, SignMultiply):
-            try:
+        with self._sending_on_abort(out):
+            if self.round == 1 and self._have_all(1, SignCommit) and self._have_all(1, SignOtStart):
+                out += self._round2()
+            if self.round == 2 and self._have_all(2, SignMultiply):
                 self._complete()
-            except ProtocolAbort as e:
-                e.outgoing = out + e.outgoing  # what an in-order delivery would have sent already
-                raise
         return out
 
     def _complete(self) -> None:

@@ -25,7 +25,7 @@ from shardguard.crypto.ot import base as base_ot
 from shardguard.crypto.transcript import Transcript
 from shardguard.protocols.dkls23._messages import SetupCommit, SetupConfirm, SetupOtAnswer, SetupOtStart, SetupReveal
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare, PairwiseSetup
-from shardguard.protocols.errors import AbortReason, ProtocolAbort, UsageError
+from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.keys import KeyShare
 from shardguard.protocols.message import Message
 from shardguard.protocols.party import Party
@@ -110,16 +110,13 @@ class OtSetup(Party[EcdsaKeyShare]):
     def _advance(self) -> list[Message]:
         # Chained, as DklsSigner._advance (review finding).
         out: list[Message] = []
-        try:
+        with self._sending_on_abort(out):
             if self.round == 1 and self._have_all(1, SetupCommit) and self._have_all(1, SetupOtStart):
                 out += self._round2()
             if self.round == 2 and self._have_all(2, SetupReveal) and self._have_all(2, SetupOtAnswer):
                 out += self._round3()
             if self.round == 3 and self._have_all(3, SetupConfirm):
                 self._finish_setup()
-        except ProtocolAbort as e:
-            e.outgoing = out + e.outgoing  # what an in-order delivery would have sent already
-            raise
         return out
 
     def _round2(self) -> list[Message]:

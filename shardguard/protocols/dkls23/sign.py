@@ -19,7 +19,7 @@ from shardguard.protocols.dkls23._messages import SignCommit, SignMultiply, Sign
 from shardguard.protocols.dkls23._rounds import DklsRounds
 from shardguard.protocols.dkls23.keys import EcdsaKeyShare
 from shardguard.protocols.dkls23.signature import EcdsaSignature, assemble
-from shardguard.protocols.errors import AbortReason, ProtocolAbort, UsageError
+from shardguard.protocols.errors import AbortReason, UsageError
 from shardguard.protocols.message import Message
 
 __all__ = ["DklsSigner"]
@@ -52,16 +52,13 @@ class DklsSigner(DklsRounds[EcdsaSignature]):
         # can come before another peer's earlier one (review finding: one step per delivery
         # left a party waiting with every input in).
         out: list[Message] = []
-        try:
+        with self._sending_on_abort(out):
             if self.round == 1 and self._have_all(1, SignCommit) and self._have_all(1, SignOtStart):
                 out += self._round2()
             if self.round == 2 and self._have_all(2, SignMultiply):
                 out += self._round3()
             if self.round == 3 and self._have_all(3, SignShare):
                 self._combine()
-        except ProtocolAbort as e:
-            e.outgoing = out + e.outgoing  # what an in-order delivery would have sent already
-            raise
         return out
 
     # -- round 3 ----------------------------------------------------------------------------
