@@ -12,11 +12,10 @@ require_snp_tcb = true           # SEV-SNP: evidence of a product without a floo
 min_tcb_status = "UpToDate"      # worst acceptable TCB status (see result.TCB_ORDER)
 max_age_seconds = 600            # evidence with its own timestamp (Nitro) must be this fresh
 
-[min_snp_tcb.Milan]              # lowest SPLs (reported, committed and launch TCB): AMD bulletins
-bootloader = 3
-tee = 0
-snp = 8
-microcode = 115
+[min_snp_tcb.Milan]              # lowest SPLs (reported, committed and launch TCB); placeholders:
+bootloader = 4                   # take the current minimums from AMD's security bulletins
+snp = 24
+microcode = 217
 
 [measurements.nitro]             # every listed key must match one of its values
 pcr0 = ["f4d48b81…"]
@@ -49,12 +48,17 @@ PLATFORMS = ("nitro", "sev-snp", "tdx", "sgx")
 #: Per platform, the sets of measurements that identify the code a node runs; a measurement
 #: table pins one of them whole (review finding: TDX MRTD measures only the TD firmware — the
 #: kernel and initrd go to RTMR1/RTMR2 — and SEV-SNP HOST_DATA, Nitro PCR3/PCR4, TDX MROWNER or
-#: SGX ISVSVN are chosen by the host or say nothing of the code). SEV-SNP ID_KEY_DIGEST: the
-#: firmware launches only an image whose ID block that key signed. SGX MRSIGNER with
-#: ISVPRODID: the signer's enclaves of that product.
+#: SGX ISVSVN are chosen by the host or say nothing of the code). SEV-SNP ID_KEY_DIGEST with
+#: IMAGE_ID: the firmware launches only an image whose ID block that key signed, of that image
+#: line. SGX MRSIGNER with ISVPRODID: the signer's enclaves of that product. An all-zero SEV-SNP
+#: ID_KEY_DIGEST (or MEASUREMENT) is refused: a guest launched without an ID block reports an
+#: all-zero ID_KEY_DIGEST (the AWS and GCP samples), so pinning it accepted any code (review
+#: finding).
+#: TDX RTMR0 (TD HOB, UEFI variables, the host's ACPI tables) varies with the VM's shape, so it
+#: is not required; pin it per shape where the host must not choose ACPI tables.
 CODE_IDENTITY: Mapping[str, tuple[frozenset[str], ...]] = {
     "nitro": (frozenset({"pcr0"}),),
-    "sev-snp": (frozenset({"measurement"}), frozenset({"id_key_digest"})),
+    "sev-snp": (frozenset({"measurement"}), frozenset({"id_key_digest", "image_id"})),
     "tdx": (frozenset({"mrtd", "rtmr1", "rtmr2"}),),
     "sgx": (frozenset({"mrenclave"}), frozenset({"mrsigner", "isv_prod_id"})),
     "simulated": (frozenset({"pcr0"}),),
@@ -138,12 +142,19 @@ class VerificationPolicy:
             if not isinstance(floor, Mapping) or not floor:
                 where = f"min_snp_tcb.{product}"
                 raise AttestationError(AttestationReason.POLICY, "a table naming at least one component", field=where)
+            components = SNP_TCB_COMPONENTS if product == "Turin" else SNP_TCB_COMPONENTS[:4]  # FMC: Turin's only
             for name, value in floor.items():
-                if name not in SNP_TCB_COMPONENTS or type(value) is not int or not 0 <= value <= 255:
+                if name not in components or type(value) is not int or not 0 <= value <= 255:
                     raise AttestationError(
-                        AttestationReason.POLICY, "a TCB component (bootloader, tee, snp, microcode, fmc) = 0..255",
+                        AttestationReason.POLICY, f"a TCB component ({', '.join(components)}) = 0..255",
                         field=f"min_snp_tcb.{product}.{name}",
                     )
+        if self.require_snp_tcb and "sev-snp" in self.measurements and not self.min_snp_tcb:
+            # It would load, then refuse every SEV-SNP peer (review finding): say so now.
+            raise AttestationError(
+                AttestationReason.POLICY, "SEV-SNP measurements but no [min_snp_tcb.<product>] (or require_snp_tcb = false)",
+                field="min_snp_tcb",
+            )  # fmt: skip
         if type(self.min_tcb_evaluation_data_number) is not int or self.min_tcb_evaluation_data_number < 0:
             raise AttestationError(
                 AttestationReason.POLICY, "must be a non-negative integer", field="min_tcb_evaluation_data_number"
@@ -156,6 +167,12 @@ class VerificationPolicy:
             if not table or any(not values for values in table.values()):
                 # It would pin nothing: every listed name is checked, and none is listed.
                 raise AttestationError(AttestationReason.POLICY, "an empty allow-list", field=f"measurements.{plat}")
+            for name, values in table.items():
+                if plat == "sev-snp" and name in ("measurement", "id_key_digest") and any(set(v) == {"0"} for v in values):
+                    raise AttestationError(
+                        AttestationReason.POLICY, "an all-zero value pins nothing (a guest without an ID block reports it)",
+                        field=f"measurements.{plat}.{name}",
+                    )  # fmt: skip
             if self.require_code_identity and not any(need <= set(table) for need in CODE_IDENTITY[plat]):
                 sets = " or ".join("{" + ", ".join(sorted(need)) + "}" for need in CODE_IDENTITY[plat])
                 raise AttestationError(
@@ -168,8 +185,8 @@ class VerificationPolicy:
     def permissive_for_inspection(cls) -> VerificationPolicy:
         """For ``attest verify`` without ``--policy``: proves the evidence (signatures,
         chains, collateral) and reports its fields, but allows any measurement, TCB status,
-        debug flag, SEPT_VE_DISABLE, service TD and migration agent. Simulated evidence is still
-        refused."""
+        debug flag, SEPT_VE_DISABLE, service TD, migration agent, SEV-SNP alias check and TCB floor.
+        Simulated evidence is still refused."""
         return cls(
             allow_debug=True,
             min_tcb_status="Unknown",
@@ -260,7 +277,8 @@ class VerificationPolicy:
         product = v.fields.get("product")
         floor = self.min_snp_tcb.get(product) if isinstance(product, str) else None
         if floor is None:
-            if self.require_snp_tcb:
+            if self.require_snp_tcb and not (self.require_measurements and "sev-snp" not in self.measurements):
+                # (With no SEV-SNP measurements at all, MEASUREMENT says why, after.)
                 raise AttestationError(
                     AttestationReason.TCB_STATUS,
                     f"the policy sets no min_snp_tcb for {product} (require_snp_tcb)",

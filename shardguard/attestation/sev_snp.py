@@ -613,8 +613,10 @@ def _check_guest(rep: SnpReport) -> None:
         raise _err(AttestationReason.UNSUPPORTED, f"guest policy sets bits {unknown:#x} this verifier cannot judge", "policy")
     if not rep.policy & _POLICY_MIGRATE_MA and rep.report_id_ma != _NO_MIGRATION_AGENT:
         raise _err(
-            AttestationReason.MALFORMED, "REPORT_ID_MA names a migration agent the guest policy does not allow", "report_id_ma"
+            AttestationReason.MIGRATION_AGENT, "REPORT_ID_MA names a migration agent the guest policy forbids", "report_id_ma"
         )
+    if rep.signer_info & ~0x1F:  # AUTHOR_KEY_EN, MASK_CHIP_KEY, SIGNING_KEY; the rest is reserved
+        raise _err(AttestationReason.MALFORMED, f"SIGNER_INFO sets reserved bits {rep.signer_info & ~0x1F:#x}", "signer_info")
 
 
 def verify_sev_snp(
@@ -636,8 +638,9 @@ def verify_sev_snp(
     Checks, in order: the report parses; the signer kind matches the report's SIGNING_KEY
     (CHAIN_INVALID); ECDSA P-384/SHA-384 over ``[0, 0x2A0)`` (BAD_SIGNATURE); signer → ASK/ASVK
     → pinned ARK, all valid at ``at``; the report's CPUID names the same product as the root;
-    REPORTED_TCB equals the certificate's SPLs and CHIP_ID its hwID (TCB_MISMATCH). Policy
-    (debug, migration agent, measurements) is for :class:`VerificationPolicy`.
+    REPORTED_TCB equals the certificate's SPLs and CHIP_ID its hwID (TCB_MISMATCH); the guest
+    (:func:`_check_guest`: VMPL, guest policy bits, REPORT_ID_MA, SIGNER_INFO). Policy (debug,
+    migration agent, alias check, TCB floor, measurements) is for :class:`VerificationPolicy`.
     """
     rep = parse_report(report)
     signer = _load_signer(signer_cert)

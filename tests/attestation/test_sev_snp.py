@@ -231,7 +231,8 @@ def test_a_guest_that_allows_a_migration_agent_is_refused_unless_the_policy_allo
         ({0x08: struct.pack("<Q", 0x1001F)}, R.MALFORMED, "policy"),  # bit 17 (must be one) clear
         ({0x08: struct.pack("<Q", 0x3001F | 1 << 30)}, R.UNSUPPORTED, "policy"),  # a bit not yet defined
         ({0x08: struct.pack("<Q", 0x3001F | 1 << 63)}, R.UNSUPPORTED, "policy"),
-        ({0x160: bytes(32)}, R.MALFORMED, "report_id_ma"),  # a migration agent the policy does not allow
+        ({0x160: bytes(32)}, R.MIGRATION_AGENT, "report_id_ma"),  # a migration agent the policy does not allow
+        ({0x48: struct.pack("<I", 1 << 9)}, R.MALFORMED, "signer_info"),  # a reserved bit
     ],
 )
 def test_what_no_policy_may_accept_of_a_guest_is_refused(patch: dict[int, bytes], reason: R, field: str) -> None:

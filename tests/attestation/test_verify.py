@@ -80,11 +80,16 @@ def test_policy_file_validation(tmp_path: Path) -> None:
     [
         ("[measurements.tdx]\nmrtd = ['aa']", "measurements.tdx", False),  # the TD firmware only: any kernel
         ("[measurements.tdx]\nmrtd = ['aa']\nrtmr1 = ['bb']", "measurements.tdx", False),
-        ("[measurements.sev-snp]\nhost_data = ['aa']", "measurements.sev-snp", False),  # chosen by the host
+        ("require_snp_tcb = false\n[measurements.sev-snp]\nhost_data = ['aa']", "measurements.sev-snp", False),  # host's
+        ("require_snp_tcb = false\n[measurements.sev-snp]\nid_key_digest = ['aa']", "measurements.sev-snp", False),
+        ("require_snp_tcb = false\n[measurements.sev-snp]\nmeasurement = ['00']", "measurements.sev-snp.measurement", True),
+        ("require_snp_tcb = false\n[measurements.sev-snp]\nid_key_digest = ['000000']\nimage_id = ['aa']",
+         "measurements.sev-snp.id_key_digest", True),  # no ID block: any code (review finding)
+        ("[measurements.sev-snp]\nmeasurement = ['aa']", "min_snp_tcb", True),  # would refuse every SNP peer
         ("[measurements.nitro]\npcr3 = ['aa']", "measurements.nitro", False),  # the parent's IAM role
         ("[measurements.sgx]\nmrsigner = ['aa']", "measurements.sgx", False),  # any enclave of that signer
         ("[measurements.sgx]\nisv_svn = ['0001']", "measurements.sgx", False),
-        ("[measurements.sev-snp]\n", "measurements.sev-snp", True),  # would pin nothing at all
+        ("require_snp_tcb = false\n[measurements.sev-snp]\n", "measurements.sev-snp", True),  # pins nothing at all
         ("[measurements.tdx]\nmrtd = []\nrtmr1 = ['bb']\nrtmr2 = ['cc']", "measurements.tdx", True),
     ],
 )
@@ -95,7 +100,7 @@ def test_a_measurement_table_must_pin_the_code(table: str, field: str, empty: bo
         VerificationPolicy.from_toml(table)
     assert e.value.reason is AttestationReason.POLICY and e.value.field == field, e.value
     lax = "require_code_identity = false\n" + table  # the operator's explicit choice ...
-    if empty:
+    if empty:  # (or refused whatever: empty, all-zero, no SNP floor)
         with pytest.raises(AttestationError):  # ... but an empty allow-list is refused regardless
             VerificationPolicy.from_toml(lax)
     else:
@@ -106,8 +111,9 @@ def test_a_measurement_table_must_pin_the_code(table: str, field: str, empty: bo
     "table",
     [
         "[measurements.tdx]\nmrtd = ['aa']\nrtmr1 = ['bb']\nrtmr2 = ['cc']\nrtmr3 = ['dd']",
-        "[measurements.sev-snp]\nmeasurement = ['aa']\nhost_data = ['bb']",
-        "[measurements.sev-snp]\nid_key_digest = ['aa']",
+        "[min_snp_tcb.Milan]\nsnp = 1\n[measurements.sev-snp]\nmeasurement = ['aa']\nhost_data = ['bb']",
+        "require_snp_tcb = false\n[measurements.sev-snp]\nid_key_digest = ['aa']\nimage_id = ['bb']",
+        "[min_snp_tcb.Turin]\nfmc = 1\n[measurements.sev-snp]\nmeasurement = ['aa']",
         "[measurements.nitro]\npcr0 = ['aa']\npcr8 = ['bb']",
         "[measurements.sgx]\nmrsigner = ['aa']\nisv_prod_id = ['0001']",
         "[measurements.sgx]\nmrenclave = ['aa']",
@@ -116,3 +122,10 @@ def test_a_measurement_table_must_pin_the_code(table: str, field: str, empty: bo
 )
 def test_tables_that_pin_the_code_are_taken(table: str) -> None:
     VerificationPolicy.from_toml(table)
+
+
+def test_fmc_is_a_turin_component_only() -> None:
+    """Review finding: a Milan floor naming fmc loaded, then refused every Milan report."""
+    with pytest.raises(AttestationError) as e:
+        VerificationPolicy.from_toml("[min_snp_tcb.Milan]\nfmc = 0\n")
+    assert e.value.field == "min_snp_tcb.Milan.fmc"
