@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -241,6 +242,8 @@ def write_new(directory: Path, shares: Sequence[AnyShare]) -> None:
         raise KeyStoreError("already exists and is not an empty directory; refusing to overwrite", directory)
     parent = directory.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
+    for left in parent.glob(f".{glob.escape(directory.name)}.tmp-*"):  # a killed write_new's, whole shares
+        shutil.rmtree(left, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.tmp-"))
     try:
         for name, (data, mode) in _files_for(shares).items():
@@ -285,9 +288,25 @@ def replace_set(directory: Path, shares: Sequence[AnyShare], removed: Iterable[i
     recover(directory)
 
 
+def _sweep_temps(directory: Path) -> None:
+    """Delete what a killed :func:`write_file_atomic` left behind in ``directory``: its temp
+    files hold a whole share (0600), which a refresh must not leave behind (review finding)."""
+    removed = False
+    for p in directory.glob(".*.tmp"):
+        if p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed = True
+    if removed:
+        _fsync_dir(directory)
+
+
 def recover(directory: Path) -> None:
-    """Finish (marker present) or undo (marker absent) an interrupted :func:`replace_set`."""
+    """Finish (marker present) or undo (marker absent) an interrupted :func:`replace_set`, and
+    delete temp files a killed write left."""
     directory = Path(directory)
+    if directory.is_dir():
+        _sweep_temps(directory)
     pending = directory / PENDING
     if not pending.is_dir():
         return

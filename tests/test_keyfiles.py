@@ -271,3 +271,18 @@ def test_record_bans(ecdsa_shares, tmp_path: Path) -> None:  # type: ignore[no-u
     with pytest.raises(KeyStoreError, match="changed on disk"):
         keyfiles.record_bans(d, loaded, {2})
     assert not keyfiles.load_ecdsa_share(d, 1).banned
+
+
+def test_temp_copies_a_killed_write_left_are_swept(keydir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding: a write_file_atomic or write_new killed mid-way left a whole share in a
+    temp file (0600) that outlived the next refresh."""
+    d, shares = keydir
+    left = d / ".share-1.json.abc123.tmp"  # what mkstemp names it
+    left.write_bytes(b'{"share": "old"}')
+    staging = tmp_path / ".key2.tmp-xyz"
+    staging.mkdir()
+    (staging / "share-1.json").write_bytes(b"old")
+    keyfiles.load_shares(d, [1, 2, 3])  # every read recovers first
+    assert not left.exists()
+    keyfiles.write_new(tmp_path / "key2", shares)
+    assert not staging.exists() and keyfiles.load_shares(tmp_path / "key2", [1, 2, 3])

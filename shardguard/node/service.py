@@ -537,10 +537,18 @@ class NodeService:
         if not batch:
             return
         try:
-            self.link.request("POST", "/v1/audit", body={"entries": batch})
-            self.audit.mirrored(r["seq"] for r in batch)
+            answer = self.link.request("POST", "/v1/audit", body={"entries": batch})
         except (httpx.HTTPError, EngineError) as e:
             log.warning("audit mirror deferred: %s", e)
+            return
+        # Forgotten only once the coordinator says it kept every one (review finding: any 2xx
+        # answer was taken for "kept"); else they stay pending and go again.
+        counts: list[Any] = [answer.get(k) for k in ("accepted", "duplicates")] if isinstance(answer, dict) else []
+        kept = counts[0] + counts[1] if len(counts) == 2 and all(type(c) is int for c in counts) else None
+        if kept != len(batch):
+            log.warning("audit mirror deferred: the coordinator kept %s of %d entries", kept, len(batch))
+            return
+        self.audit.mirrored(r["seq"] for r in batch)
 
     def _run(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         kind = _KINDS.get(str(raw["kind"]))
@@ -1623,8 +1631,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # back as another node. Only when it changes: a read-only disk fails in the keystore, clearly.
         write_file_atomic(id_file, f"{node_id}\n".encode(), 0o644)
     platform = open_platform(args.platform, state_dir=args.state / "platform")
+    policy = _policy(args, platform)
+    if policy.allow_simulated and platform.kind != "simulated":
+        # The development root's private key is public: a hardware node that admitted simulated
+        # peers would trust evidence anyone can make, with the shares its enclave unseals
+        # (review finding: the host chooses the command line unless the image measures it).
+        ap.error(f"allow_simulated on a {platform.kind} node would admit peers anyone can forge; refused")
     service = NodeService(
-        coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=_policy(args, platform),
+        coordinator=args.coordinator, state=args.state, node_id=node_id, platform=platform, policy=policy,
         enroll_token=enroll,
     )
     (args.state / "node.pid").write_text(f"{os.getpid()}\n")

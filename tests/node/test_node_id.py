@@ -28,3 +28,24 @@ def test_an_invalid_node_id_argument_is_refused(tmp_path: Path, capsys: pytest.C
         service.main(["--coordinator", "http://127.0.0.1:9", "--state", str(tmp_path), "--node-id", "bad id/../x"])
     assert e.value.code == 2 and "not a valid node id" in capsys.readouterr().err
     assert not (tmp_path / "node-id").exists()
+
+
+@pytest.mark.parametrize("how", [["--allow-simulated"], ["--policy", "POLICY"]])
+def test_a_hardware_node_refuses_to_admit_simulated_peers(
+    tmp_path: Path, how: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the host chooses the command line unless the image measures it; with
+    allow_simulated a hardware node unsealed its shares and admitted evidence anyone can make
+    (the development root's key is public)."""
+
+    class Snp:
+        kind = "tsm-sev-snp"
+        measurement = "ab" * 48
+
+    monkeypatch.setattr(service, "open_platform", lambda *a, **k: Snp())
+    policy = tmp_path / "policy.toml"
+    policy.write_text("allow_simulated = true\nrequire_measurements = false\n")
+    args = [str(policy) if a == "POLICY" else a for a in how]
+    with pytest.raises(SystemExit) as e:
+        service.main(["--coordinator", "http://127.0.0.1:9", "--state", str(tmp_path / "s"), *args])
+    assert e.value.code == 2 and "allow_simulated on a tsm-sev-snp node" in capsys.readouterr().err

@@ -969,6 +969,27 @@ def test_audit_posts_stay_within_the_coordinator_s_body_limit(
     assert len(posts) >= 2 and max(posts) <= 2 * 1024 * 1024 + 100_000, posts
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [{}, None, {"accepted": 0, "duplicates": 0}, {"accepted": "3", "duplicates": 0}, {"accepted": 1, "duplicates": True}],
+)
+def test_audit_entries_stay_pending_unless_the_coordinator_kept_them_all(
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], answer: Any
+) -> None:
+    """Review finding: any 2xx answer to the mirror post made the node forget its entries."""
+    _, services, _ = nodes
+    svc = services["node-1"]
+    for i in range(3):
+        svc.audit.append("noted", i=i)
+    before = len(svc.audit.pending())
+    svc.link.request = lambda *a, **k: answer  # type: ignore[method-assign]
+    svc.flush_audit()
+    assert len(svc.audit.pending()) == before
+    svc.link.request = lambda method, path, body=None, **_: {"accepted": len(body["entries"]) - 1, "duplicates": 1}  # type: ignore[method-assign]
+    svc.flush_audit()
+    assert svc.audit.pending() == []
+
+
 def test_a_witness_job_with_many_holders_takes_every_note(tmp_path: Path) -> None:
     """Review finding: the asker reads each holder's note on a session of its own through one
     inbox, which held at most 4 sessions not started: with 8 holders the last ones' notes were
