@@ -379,7 +379,8 @@ def _manifest_json(m: _Manifest, history: str | None = None) -> bytes:
         head += b'"inline":{' + b",".join([b'"%s":%s' % (name.encode(), m.inline[name]) for name in sorted(m.inline)]) + b"},"
     if m.journal != (0, 0):  # likewise: a store that never used its journal reads as before
         head += b'"journal":{"gen":%d,"records":%d},' % m.journal
-    return head + f'"keys":{{{",".join(keys)}}},"prev":"{m.prev}","state":{{{state}}}}}'.encode()
+    tail = f',"witness":{{"seq":{m.witness[0]},"sha256":"{m.witness[1]}"}}' if m.witness != (0, "") else ""
+    return head + f'"keys":{{{",".join(keys)}}},"prev":"{m.prev}","state":{{{state}}}{tail}}}'.encode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,6 +433,9 @@ class _Manifest:
     inline: dict[str, bytes] = dataclasses.field(default_factory=dict)
     #: The journal's anchor: its generation and how many records it held at this commit.
     journal: tuple[int, int] = (0, 0)
+    #: The witness file's anchor: its sequence number and the SHA-256 of its plaintext when this
+    #: manifest was written ((0, "") before the first witness write, and in older manifests).
+    witness: tuple[int, str] = (0, "")
 
     def files(self) -> set[str]:
         out = {e.file for e in self.state.values()}
@@ -451,8 +455,9 @@ class _Manifest:
     def copy(self) -> _Manifest:
         keys = {kid: _KeyEntry(k.group, k.current, dict(k.pending)) for kid, k in self.keys.items()}
         return _Manifest(
-            self.store, self.counter, self.prev, list(self.history), keys, dict(self.state), dict(self.inline), self.journal
-        )
+            self.store, self.counter, self.prev, list(self.history), keys, dict(self.state), dict(self.inline), self.journal,
+            self.witness,
+        )  # fmt: skip
 
     def to_payload(self) -> dict[str, Any]:
         optional: dict[str, Any] = {}  # fields left out when empty: older manifests had none
@@ -460,6 +465,8 @@ class _Manifest:
             optional["inline"] = {name: json.loads(v) for name, v in sorted(self.inline.items())}
         if self.journal != (0, 0):
             optional["journal"] = {"gen": self.journal[0], "records": self.journal[1]}
+        if self.witness != (0, ""):
+            optional["witness"] = {"seq": self.witness[0], "sha256": self.witness[1]}
         return optional | {
             "prev": self.prev,
             "history": [[c, d] for c, d in self.history],
@@ -476,8 +483,13 @@ class _Manifest:
 
     @classmethod
     def from_payload(cls, store: str, counter: int, p: object) -> _Manifest:
-        if not isinstance(p, dict) or set(p) - {"inline", "journal"} != {"prev", "history", "keys", "state"}:
+        if not isinstance(p, dict) or set(p) - {"inline", "journal", "witness"} != {"prev", "history", "keys", "state"}:
             raise ValueError("manifest fields")
+        witness = p.get("witness", {"seq": 0, "sha256": ""})
+        if not isinstance(witness, dict) or set(witness) != {"seq", "sha256"}:
+            raise ValueError("witness anchor")
+        if not (_is_int(witness["seq"]) and isinstance(witness["sha256"], str) and len(witness["sha256"]) in (0, 64)):
+            raise ValueError("witness anchor values")
         journal = p.get("journal", {"gen": 0, "records": 0})
         if not isinstance(journal, dict) or set(journal) != {"gen", "records"}:
             raise ValueError("journal anchor")
@@ -502,7 +514,10 @@ class _Manifest:
                 raise ValueError("history order")
             bytes.fromhex(item[1])
             hist.append((item[0], item[1]))
-        out = cls(store, counter, prev, hist, {}, {}, journal=(journal["gen"], journal["records"]))
+        out = cls(
+            store, counter, prev, hist, {}, {}, journal=(journal["gen"], journal["records"]),
+            witness=(witness["seq"], witness["sha256"]),
+        )  # fmt: skip
         for name, e in state.items():
             if not _NAME_RE.match(name):
                 raise ValueError("state name")
@@ -583,6 +598,7 @@ class Keystore:
         self._state: dict[str, bytes] = {}  # state name -> canonical JSON of the value
         self._witness: dict[str, PeerCounter] = {}
         self._witness_seq = 0
+        self._witness_sha = ""  # SHA-256 of the witness file's plaintext (its anchor, with the seq)
         # Changes of _witness in this process, and how many of them the witness file holds
         # (record_peer_counter(defer=True) makes the two differ until the next write).
         self._witness_gen = 0
@@ -728,6 +744,22 @@ class Keystore:
         self._load_journal(names)
         if WITNESS in names:
             self._load_witness()
+        self._check_witness_anchor()
+
+    def _check_witness_anchor(self) -> None:
+        """The witness file must be at least the one the manifest anchors (review finding: an
+        older copy, or none, opened silently, and this node then confirmed a rolled-back peer).
+        A newer one (written after the manifest: deferred peer counters) is taken as it is."""
+        seq, sha = self._manifest.witness
+        if seq == 0:
+            return
+        path = self._dir / WITNESS
+        if self._witness_seq < seq or (self._witness_seq == seq and self._witness_sha != sha):
+            got = "missing" if self._witness_seq == 0 else f"at {self._witness_seq}"
+            raise KeystoreError(
+                KeystoreReason.STALE_STATE, path,
+                f"the witness file is {got}, older than or other than the {seq} the manifest anchors: an older copy",
+            )  # fmt: skip
 
     def _sync_left_behind(self, names: Iterable[str]) -> None:
         """Make durable what an earlier process wrote and may not have synced (killed between
@@ -905,7 +937,7 @@ class Keystore:
 
     def _load_witness(self) -> None:
         path = self._dir / WITNESS
-        _, counter, _, payload = self._read(WITNESS, _Expect(_WITNESS_KIND, _WITNESS_KIND), MAX_WITNESS)
+        _, counter, plaintext, payload = self._read(WITNESS, _Expect(_WITNESS_KIND, _WITNESS_KIND), MAX_WITNESS)
         peers: dict[str, PeerCounter] = {}
         try:
             if not isinstance(payload, dict) or set(payload) != {"peers"} or not isinstance(payload["peers"], dict):
@@ -921,6 +953,7 @@ class Keystore:
             raise KeystoreError(KeystoreReason.INVALID_RECORD, path, "witness file content is invalid") from None
         self._witness = peers
         self._witness_seq = counter
+        self._witness_sha = hashlib.sha256(plaintext).hexdigest()
 
     # reading one file -------------------------------------------------------------------------
 
@@ -1136,6 +1169,10 @@ class Keystore:
         new.history = [*old.history, (old.counter, new.prev)][-HISTORY:]
         if new.journal[0] == old.journal[0]:  # the anchor: what the journal holds now (rule 8)
             new.journal = (old.journal[0], self._journal_count)
+        # Deferred witness values go first, in this transaction; the manifest anchors the file
+        # it leaves (its sequence number and digest), so an older copy is refused at open.
+        witness_due = self._encode_witness(self._witness) if self._witness_saved < self._witness_gen else None
+        new.witness = (witness_due[0], witness_due[2]) if witness_due is not None else (self._witness_seq, self._witness_sha)
         encoded = []
         for entry, payload in records:
             data, _ = self._encode(entry.kind, entry.key_id, entry.epoch, entry.counter, payload)
@@ -1148,11 +1185,11 @@ class Keystore:
         written: list[str] = []
         witness = None
         try:
-            if self._witness_saved < self._witness_gen:
+            if witness_due is not None:
                 # Deferred witness values (record_peer_counter(defer=True)) go first and share
-                # this transaction's directory fsyncs. The file stands on its own (the manifest
-                # does not name it): if this transaction fails later, it keeps the newer values.
-                self._write_witness(self._witness, fsync_dir=False)
+                # this transaction's directory fsyncs. If this transaction fails later, the file
+                # keeps the newer values (above the old manifest's anchor: taken at open).
+                self._write_witness(self._witness, fsync_dir=False, encoded=witness_due)
                 witness = self._witness_gen
             for entry, data, _ in encoded:
                 self._write_file(entry.file, data)
@@ -1626,14 +1663,22 @@ class Keystore:
             self._witness_saved = self._witness_gen
             return True
 
-    def _write_witness(self, peers: dict[str, PeerCounter], *, fsync_dir: bool = True) -> None:
-        """Write ``peers`` as the witness file (the caller adopts them). Without ``fsync_dir``
-        the caller fsyncs the directory (a transaction: with its own fsyncs)."""
+    def _encode_witness(self, peers: dict[str, PeerCounter]) -> tuple[int, bytes, str]:
+        """The next witness file: (its sequence number, its bytes, its plaintext's SHA-256)."""
         seq = self._witness_seq + 1
         payload = {"peers": {p: {"counter": v.counter, "digest": v.digest.hex()} for p, v in sorted(peers.items())}}
-        data, _ = self._encode(_WITNESS_KIND, _WITNESS_KIND, 0, seq, _payload_bytes(payload, self._dir))
+        data, plain = self._encode(_WITNESS_KIND, _WITNESS_KIND, 0, seq, _payload_bytes(payload, self._dir))
+        return seq, data, hashlib.sha256(plain).hexdigest()
+
+    def _write_witness(
+        self, peers: dict[str, PeerCounter], *, fsync_dir: bool = True, encoded: tuple[int, bytes, str] | None = None
+    ) -> None:
+        """Write ``peers`` as the witness file (the caller adopts them), or what
+        :meth:`_encode_witness` made of them. Without ``fsync_dir`` the caller fsyncs the
+        directory (a transaction: with its own fsyncs)."""
+        seq, data, sha = encoded if encoded is not None else self._encode_witness(peers)
         self._write_file(WITNESS, data)
-        self._witness_seq = seq  # the file holds it now: the next write takes the next number
+        self._witness_seq, self._witness_sha = seq, sha  # the file holds it now: the next write takes the next number
         if fsync_dir:
             try:
                 self._fsync_dir()

@@ -1549,3 +1549,31 @@ def test_a_new_state_directory_s_name_is_made_durable(tmp_path: Path, platform: 
     monkeypatch.setattr(ks_module.os, "fsync", fsync)
     Keystore.open(tmp_path / "a" / "b", platform).close()
     assert str(tmp_path) in synced and str(tmp_path / "a") in synced
+
+
+def test_a_witness_file_older_than_the_manifest_anchors_is_refused(store_dir: Path, platform: SimulatedPlatform) -> None:
+    """Review finding: the witness file (what this node recorded of its peers) stood on its
+    own, so a host could put back an older copy (or remove it) together with a peer's old
+    state directory, and this node confirmed the rolled-back peer. The manifest now anchors it."""
+    with Keystore.open(store_dir, platform) as s:
+        s.record_peer_counter("node-a", 3, b"\x01" * 32)
+        s.put_state("x", 1)  # a manifest write: anchors the witness file as it is now
+    old = (store_dir / WITNESS).read_bytes()
+    with Keystore.open(store_dir, platform) as s:
+        s.record_peer_counter("node-a", 7, b"\x02" * 32)
+        s.put_state("x", 2)
+    later = (store_dir / WITNESS).read_bytes()
+    (store_dir / WITNESS).write_bytes(old)  # the older copy: refused
+    with pytest.raises(KeystoreError) as e:
+        Keystore.open(store_dir, platform)
+    assert e.value.reason is KeystoreReason.STALE_STATE and "witness" in str(e.value)
+    (store_dir / WITNESS).unlink()  # none at all: refused too
+    with pytest.raises(KeystoreError) as e:
+        Keystore.open(store_dir, platform)
+    assert e.value.reason is KeystoreReason.STALE_STATE
+    (store_dir / WITNESS).write_bytes(later)
+    with Keystore.open(store_dir, platform) as s:
+        s.record_peer_counter("node-a", 9, b"\x03" * 32)  # written on its own, past the anchor: fine
+        assert s.peer_counters()["node-a"].counter == 9
+    with Keystore.open(store_dir, platform) as s:
+        assert s.peer_counters()["node-a"].counter == 9
