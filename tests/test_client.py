@@ -62,3 +62,61 @@ def test_queries_are_written_as_httpx_wrote_them() -> None:
 def test_a_coordinator_url_the_client_cannot_use_is_refused_at_once(url: str) -> None:
     with pytest.raises(ValueError, match="coordinator URL"):
         Client(url, "t")
+
+
+def test_the_key_is_pinned_at_creation_and_a_swap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: the key was pinned at the first signature, so a coordinator could show
+    the real key at creation and then answer the first signing under a key of its own."""
+    import hashlib
+    from typing import Any
+
+    import coincurve
+
+    from tests.coordinator.conftest import dkg_result
+
+    real = dkg_result("ecdsa")
+    evil_sk = coincurve.PrivateKey(hashlib.sha256(b"the coordinator's own key").digest())
+    evil = {"public_key": evil_sk.public_key.format().hex(), "chain_code": real["chain_code"]}
+    digest = hashlib.sha256(b"pay bob").digest()
+    sig = evil_sk.sign_recoverable(digest, hasher=None)
+    shown = {"n": 0}
+
+    def call(method: str, path: str, **_: Any) -> Any:
+        if (method, path) == ("POST", "/v1/keys"):
+            return {"key_id": "key_1", "request_id": "req_1"}
+        if path == "/v1/requests/req_1":
+            return {"request_id": "req_1", "status": "done"}
+        if path == "/v1/keys/key_1":
+            shown["n"] += 1
+            pk = real if shown["n"] == 1 else evil  # the real key at creation, its own afterwards
+            return {"key_id": "key_1", "scheme": "ecdsa", "public_key": pk["public_key"], "public_package": pk}
+        if path == "/v1/keys/key_1/sign":
+            result = {"scheme": "ecdsa", "public_key": evil["public_key"], "path": "m", "digest": digest.hex(),
+                      "signature": sig[:64].hex(), "recovery_id": sig[64]}  # fmt: skip
+            return {"request_id": "req_2", "status": "done", "result": result}
+        raise AssertionError(path)
+
+    with Client("http://127.0.0.1:1", "t") as c:
+        monkeypatch.setattr(c, "_call", call)
+        assert c.create_key("ecdsa", 2, ["a", "b", "c"])["public_key"] == real["public_key"]
+        with pytest.raises(SignatureRejected):
+            c.sign("key_1", digest=digest)  # checked under the key pinned at creation
+        with pytest.raises(SignatureRejected):
+            c.key("key_1")  # and the other key is refused where it is shown
+
+
+def test_a_result_with_another_recovery_id_or_scheme_is_refused() -> None:
+    """Review finding: a flipped recovery id (Ethereum's v: another address) and a wrong scheme
+    label passed the check."""
+    import hashlib
+
+    from shardguard.coordinator.signatures import signature_problem
+    from tests.coordinator.conftest import dkg_result, sign_result
+
+    digest = hashlib.sha256(b"tx").digest()
+    params = {"digest_hex": digest.hex()}
+    res = sign_result({"scheme": "ecdsa", "params": params})
+    key = dkg_result("ecdsa")
+    assert signature_problem("ecdsa", key["public_key"], key, params, res) is None
+    for bad in ({"recovery_id": res["recovery_id"] ^ 1}, {"recovery_id": 4}, {"recovery_id": "0"}, {"scheme": "bip340"}):
+        assert signature_problem("ecdsa", key["public_key"], key, params, res | bad) is not None, bad

@@ -20,7 +20,7 @@ import json as jsonlib
 import secrets
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -51,6 +51,11 @@ class RequestFailed(Exception):
         super().__init__(
             f"request {request.get('request_id')} failed: {self.reason}{blame}{': ' + self.detail if self.detail else ''}"
         )
+
+
+def _identity(key: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """What must never change about a key: its scheme, group key and chain code."""
+    return key.get("scheme"), key.get("public_key"), (key.get("public_package") or {}).get("chain_code")
 
 
 class SignatureRejected(Exception):
@@ -155,7 +160,22 @@ class Client:
         return list(self._call("GET", "/v1/keys"))
 
     def key(self, key_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/keys/{key_id}"))
+        """The key as the coordinator shows it. Its group key, scheme and chain code are pinned
+        the first time this client sees them (at creation, for a key it made) and every later
+        answer must show the same (review finding: they were pinned at the first signature,
+        so a coordinator could show one key at creation and sign under another)."""
+        key = dict(self._call("GET", f"/v1/keys/{key_id}"))
+        self._pin(key_id, key)
+        return key
+
+    def _pin(self, key_id: str, key: dict[str, Any]) -> None:
+        if not key.get("public_key"):
+            return  # no group key yet (its DKG runs): nothing to pin
+        pinned = self._keys.setdefault(key_id, key)
+        if _identity(pinned) != _identity(key):
+            raise SignatureRejected(
+                "-", f"the coordinator now shows key {key_id} with another group key, scheme or chain code than it did"
+            )
 
     def request(self, request_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/requests/{request_id}"))
@@ -247,7 +267,7 @@ class Client:
     def _check_signature(self, key_id: str, body: dict[str, Any], request: dict[str, Any]) -> None:
         key = self._keys.get(key_id)
         if key is None:  # pinned at first sight: a coordinator cannot swap the key later
-            key = self._keys[key_id] = self.key(key_id)
+            key = self._keys.setdefault(key_id, self.key(key_id))
         problem = signature_problem(
             str(key["scheme"]), key.get("public_key"), key.get("public_package"), body, request.get("result") or {}
         )

@@ -1776,6 +1776,12 @@ class Coordinator:
                 raise ApiError(
                     422, "validation_error", "holds a number that is not finite (NaN or Infinity)", field=name
                 ) from None
+            except RecursionError:  # review finding: ~950 levels parsed, then failed here with a 500
+                raise ApiError(422, "validation_error", "nested too deeply", field=name) from None
+        epoch = result.get("epoch") if isinstance(result, dict) else None
+        if epoch is not None and not (type(epoch) is int and 0 <= epoch < 2**31):
+            # Stored in an INTEGER column (review finding: a larger one failed every report, 500).
+            raise ApiError(422, "validation_error", "epoch must be an integer in 0..2**31-1", field="result.epoch")
             if name == "result" and size > self.settings.max_result_bytes:
                 raise ApiError(
                     413, "payload_too_large", f"result larger than {self.settings.max_result_bytes} bytes", field="result"

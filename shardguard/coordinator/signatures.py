@@ -25,6 +25,7 @@ from shardguard.crypto.frost import CheaterDetection, prepare
 from shardguard.crypto.group import Point
 from shardguard.crypto.secp256k1 import SECP256K1
 from shardguard.crypto.suites import BIP340, suite_by_scheme
+from shardguard.crypto.suites.ecdsa import recover_public_key
 
 __all__ = [
     "assemble_frost",
@@ -68,6 +69,8 @@ def signature_problem(
     key = _hex(public_key_hex)
     if sig is None or key is None:
         return "the result has no hex signature, or the key no public key"
+    if "scheme" in result and result["scheme"] != scheme:  # a label a caller may act on (review finding)
+        return f"the result names scheme {result['scheme']!r}, the key is {scheme}"
     path = str(params.get("path") or "m")
     try:
         suite = suite_by_scheme(scheme)
@@ -84,6 +87,12 @@ def signature_problem(
             if result.get("public_key") != SECP256K1.encode(signer).hex():
                 return f"the result names another public key than the key's at {path}"
             ok = suite.verify(signer, digest, sig)
+            rid = result.get("recovery_id")
+            # Review finding: a flipped recovery id (Ethereum's v) passed, and recovered another
+            # address. Present, it must recover the signer.
+            bad_rid = rid is not None and (type(rid) is not int or not 0 <= rid <= 3)
+            if ok and rid is not None and (bad_rid or recover_public_key(digest, sig, rid) != signer):
+                return "the result's recovery id does not recover the key"
         else:
             message = _hex(params.get("message_hex"))
             if message is None:

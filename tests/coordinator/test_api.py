@@ -1099,3 +1099,42 @@ def test_node_listing_pages_and_reads_no_blobs(client: TestClient) -> None:
     assert [n["node_id"] for n in client.get("/v1/nodes", headers=reader).json()] == ["node-a", "node-b", "node-c"]
     err(client.get("/v1/nodes", params={"limit": 0}, headers=reader), 422, "validation_error", "limit")
     err(client.get("/v1/nodes", params={"limit": 1001}, headers=reader), 422, "validation_error", "limit")
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/requests?key_id=%00", "/v1/nodes?after=a%00", "/v1/audit?node=%00", "/v1/requests?key_id=a%20b"]
+)
+def test_query_ids_are_ids(client: TestClient, url: str) -> None:
+    """Review finding: a NUL byte in a query id reached psycopg (a 500 on PostgreSQL)."""
+    err(client.get(url, headers=ADMIN), 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    ("result", "field"),
+    [({"epoch": 2**31}, "result.epoch"), ({"epoch": -1}, "result.epoch"), ({"epoch": "1"}, "result.epoch"), (None, "result")],
+)
+def test_a_report_the_database_cannot_hold_is_a_422(client: TestClient, result: Any, field: str) -> None:
+    """Review findings: an epoch past the INTEGER column, or a result nested ~950 deep, failed
+    every report with a 500 (and the job then ran into its timeout)."""
+    from shardguard.coordinator.errors import ApiError
+
+    if result is None:  # nested deeper than json.dumps recurses
+        result = {"x": 0}
+        for _ in range(5000):
+            result = {"x": result}
+    with pytest.raises(ApiError) as e:
+        coord(client).post_result("task_nope", "node-a", "done", result, None)
+    assert e.value.status == 422 and e.value.field == field, e.value
+
+
+def test_queue_gauges_are_read_at_most_once_per_interval() -> None:
+    """Review finding: every scrape (unauthenticated by default) counted every job ever made."""
+    from prometheus_client import generate_latest
+
+    from shardguard.coordinator.metrics import Metrics
+
+    m = Metrics()
+    reads: list[int] = []
+    m.add_queue_collector(lambda: reads.append(1) or {"jobs": {"sign/done": 3}, "nodes": {"alive": 1}})
+    texts = [generate_latest(m.registry).decode() for _ in range(5)]
+    assert len(reads) == 1 and all('shardguard_jobs{kind="sign",status="done"} 3.0' in t for t in texts)
