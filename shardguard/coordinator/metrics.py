@@ -44,6 +44,12 @@ class _QueueCollector(Collector):
             raise LookupError("the database did not answer")
         return counts
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families without their values: registering must not read (nor cache) counts."""
+        yield GaugeMetricFamily("shardguard_coordinator_db_up", "1 when the database answered the scrape")
+        yield GaugeMetricFamily("shardguard_jobs", "Jobs in the database by kind and status", labels=["kind", "status"])
+        yield GaugeMetricFamily("shardguard_nodes", "Registered nodes by liveness", labels=["state"])
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             counts = self._counts()
