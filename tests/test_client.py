@@ -120,3 +120,10 @@ def test_a_result_with_another_recovery_id_or_scheme_is_refused() -> None:
     assert signature_problem("ecdsa", key["public_key"], key, params, res) is None
     for bad in ({"recovery_id": res["recovery_id"] ^ 1}, {"recovery_id": 4}, {"recovery_id": "0"}, {"scheme": "bip340"}):
         assert signature_problem("ecdsa", key["public_key"], key, params, res | bad) is not None, bad
+
+
+@pytest.mark.parametrize("key_id", ["../tokens", "..", "k?x=1", "a/b", "a%2fb", "", "k" * 65, "ké"])
+def test_an_id_is_one_path_segment_of_id_characters(key_id: str) -> None:
+    """Review finding: an id the caller passed went into the URL as it was ("?", "%", "/", "..")."""
+    with Client("http://127.0.0.1:1", "t") as c, pytest.raises(ValueError, match="not an API path"):
+        c.key(key_id)

@@ -17,6 +17,7 @@ the key's public key as this client first saw it, over the digest or message thi
 from __future__ import annotations
 
 import json as jsonlib
+import re
 import secrets
 import time
 import urllib.parse
@@ -51,6 +52,18 @@ class RequestFailed(Exception):
         super().__init__(
             f"request {request.get('request_id')} failed: {self.reason}{blame}{': ' + self.detail if self.detail else ''}"
         )
+
+
+#: An id as the API takes it in a path (coordinator app.py ``_ID``).
+_ID_CHARS = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _seg(value: str) -> str:
+    """``value`` as one path segment: an id the caller passed in goes into the URL only if it is
+    one (review finding: "?", "%", "/" or ".." in one went into the URL live)."""
+    if not isinstance(value, str) or not _ID_CHARS.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"not an API path: {str(value)[:80]!r} is no id (1 to 64 of A-Z a-z 0-9 . _ -)")
+    return value
 
 
 def _identity(key: Mapping[str, Any]) -> tuple[Any, Any, Any]:
@@ -154,7 +167,7 @@ class Client:
 
     def node(self, node_id: str) -> dict[str, Any]:
         """One node with its card, evidence, collateral and the challenges the evidence answers."""
-        return dict(self._call("GET", f"/v1/nodes/{node_id}"))
+        return dict(self._call("GET", f"/v1/nodes/{_seg(node_id)}"))
 
     def keys(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/keys"))
@@ -164,7 +177,7 @@ class Client:
         the first time this client sees them (at creation, for a key it made) and every later
         answer must show the same (review finding: they were pinned at the first signature,
         so a coordinator could show one key at creation and sign under another)."""
-        key = dict(self._call("GET", f"/v1/keys/{key_id}"))
+        key = dict(self._call("GET", f"/v1/keys/{_seg(key_id)}"))
         self._pin(key_id, key)
         return key
 
@@ -178,7 +191,7 @@ class Client:
             )
 
     def request(self, request_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/requests/{request_id}"))
+        return dict(self._call("GET", f"/v1/requests/{_seg(request_id)}"))
 
     def requests(self, *, key_id: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest requests (``GET /v1/requests``), of one key and in one status if given."""
@@ -191,9 +204,10 @@ class Client:
     def wait(self, request_id: str, timeout: float = 180.0) -> dict[str, Any]:
         """Long-poll until the request is done (returned) or failed (:class:`RequestFailed`)."""
         end = time.monotonic() + timeout
+        path = f"/v1/requests/{_seg(request_id)}"
         while True:
             left = end - time.monotonic()
-            r = dict(self._call("GET", f"/v1/requests/{request_id}", params={"wait": max(0.0, min(left, 25.0))}, timeout=60))
+            r = dict(self._call("GET", path, params={"wait": max(0.0, min(left, 25.0))}, timeout=60))
             if r["status"] == "done":
                 return r
             if r["status"] == "failed":
@@ -235,7 +249,7 @@ class Client:
         ``idempotency_key`` as for :meth:`create_key`: a lost answer is retried, never signed twice."""
         if not wait:
             body = _sign_body(digest, message, path, signers)
-            return self._write(f"/v1/keys/{key_id}/sign", body, idempotency_key)
+            return self._write(f"/v1/keys/{_seg(key_id)}/sign", body, idempotency_key)
         req = self.sign_request(
             key_id, digest=digest, message=message, path=path, signers=signers, idempotency_key=idempotency_key
         )
@@ -257,7 +271,7 @@ class Client:
         within the server's long-poll, as it normally does; a lost answer is asked again under
         the same idempotency key (a fresh one unless given), so the digest is signed once."""
         body = _sign_body(digest, message, path, signers)
-        out = self._write(f"/v1/keys/{key_id}/sign", body, idempotency_key, params={"wait": min(25.0, timeout)}, timeout=60)
+        out = self._write(f"/v1/keys/{_seg(key_id)}/sign", body, idempotency_key, params={"wait": min(25.0, timeout)}, timeout=60)
         if out.get("status") == "failed":
             raise RequestFailed(out)
         done = out if out.get("status") == "done" else self.wait(out["request_id"], timeout=timeout)
@@ -275,7 +289,7 @@ class Client:
             raise SignatureRejected(str(request.get("request_id")), problem)
 
     def refresh(self, key_id: str, *, wait: bool = True, idempotency_key: str | None = None) -> dict[str, Any]:
-        out = self._write(f"/v1/keys/{key_id}/refresh", None, idempotency_key)
+        out = self._write(f"/v1/keys/{_seg(key_id)}/refresh", None, idempotency_key)
         return self.wait(out["request_id"]) if wait else out
 
     def repair(
@@ -291,7 +305,7 @@ class Client:
         body: dict[str, Any] = {"lost": lost}
         if helpers is not None:
             body["helpers"] = list(helpers)
-        out = self._write(f"/v1/keys/{key_id}/repair", body, idempotency_key)
+        out = self._write(f"/v1/keys/{_seg(key_id)}/repair", body, idempotency_key)
         return self.wait(out["request_id"]) if wait else out
 
     def create_token(self, scopes: Sequence[str], label: str = "") -> dict[str, Any]:
