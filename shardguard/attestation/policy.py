@@ -264,9 +264,16 @@ class VerificationPolicy:
         )
 
     def _check_snp_platform(self, v: Verified) -> None:
-        """ALIAS_CHECK_COMPLETE and the TCB floor (fail closed: a result without the fields, not
-        made by verify_sev_snp, is refused)."""
+        """MIGRATE_MA, ALIAS_CHECK_COMPLETE and the TCB floor (fail closed, as for TDX: a result
+        without the fields, not made by verify_sev_snp, is refused)."""
         plat = v.platform
+        if not self.allow_migration_agent and v.fields.get("migrate_ma") is not False:
+            raise AttestationError(
+                AttestationReason.MIGRATION_AGENT,
+                "guest policy bit 18 (MIGRATE_MA) is set (allow_migration_agent is off)",
+                platform=plat,
+                field="policy",
+            )
         if self.require_snp_alias_check and (v.fields.get("platform_info_bits") or {}).get("alias_check_complete") is not True:
             raise AttestationError(
                 AttestationReason.TCB_STATUS,
@@ -321,15 +328,6 @@ class VerificationPolicy:
                     platform=plat,
                     field="mr_servicetd",
                 )
-        # Fail closed, as for TDX: an SEV-SNP result without the field (not made by
-        # verify_sev_snp) is refused.
-        if plat == "sev-snp" and not v.simulated and not self.allow_migration_agent and v.fields.get("migrate_ma") is not False:
-            raise AttestationError(
-                AttestationReason.MIGRATION_AGENT,
-                "guest policy bit 18 (MIGRATE_MA) is set (allow_migration_agent is off)",
-                platform=plat,
-                field="policy",
-            )
         if plat == "sev-snp" and not v.simulated:
             self._check_snp_platform(v)
         if self.min_tcb_evaluation_data_number and plat in ("tdx", "sgx") and not v.simulated:

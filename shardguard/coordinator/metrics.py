@@ -30,7 +30,8 @@ class _QueueCollector(Collector):
         self._lock = threading.Lock()
         self._last: tuple[float, dict[str, dict[str, int]] | None] = (-math.inf, None)
 
-    def _counts(self) -> dict[str, dict[str, int]]:
+    def _counts(self) -> dict[str, dict[str, int]] | None:
+        """The counts, or None if the database did not answer."""
         with self._lock:
             at, counts = self._last
             now = time.monotonic()
@@ -40,8 +41,6 @@ class _QueueCollector(Collector):
                 except Exception:  # a scrape must not fail because the database is down
                     counts = None
                 self._last = (now, counts)
-        if counts is None:
-            raise LookupError("the database did not answer")
         return counts
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
@@ -51,9 +50,8 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily("shardguard_nodes", "Registered nodes by liveness", labels=["state"])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            counts = self._counts()
-        except LookupError:  # a scrape must not fail because the database is down
+        counts = self._counts()
+        if counts is None:  # the database is down: say so, nothing more
             up = GaugeMetricFamily("shardguard_coordinator_db_up", "1 when the database answered the scrape")
             up.add_metric([], 0)
             yield up

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shardguard.coordinator.settings import MAX_JOB_TIMEOUT
+from shardguard.coordinator.settings import MAX_JOB_TIMEOUT, check_job_timeout
 
 if TYPE_CHECKING:
     from shardguard.coordinator.settings import Settings
@@ -145,8 +145,10 @@ def _job_timeout(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= MAX_JOB_TIMEOUT:  # (a NaN fails this too)
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_JOB_TIMEOUT:g} seconds")
+    try:
+        check_job_timeout(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return value
 
 

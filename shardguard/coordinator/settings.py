@@ -6,11 +6,18 @@ import dataclasses
 import secrets
 from pathlib import Path
 
-__all__ = ["MAX_JOB_TIMEOUT", "Settings"]
+__all__ = ["MAX_JOB_TIMEOUT", "Settings", "check_job_timeout"]
 
 #: Longest ``job_timeout``: a node refuses a task whose deadline lies more than an hour ahead of
 #: its clock (node/sessions.py), and this leaves ten minutes for the clocks to differ.
 MAX_JOB_TIMEOUT = 3000.0
+
+
+def check_job_timeout(seconds: float) -> None:
+    """ValueError unless ``seconds`` is a job timeout nodes take (above 0, at most
+    :data:`MAX_JOB_TIMEOUT`; a NaN fails too)."""
+    if not 0 < seconds <= MAX_JOB_TIMEOUT:
+        raise ValueError(f"job_timeout must be above 0 and at most {MAX_JOB_TIMEOUT:g} seconds")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,8 +125,7 @@ class Settings:
     metrics_public: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.job_timeout <= MAX_JOB_TIMEOUT:  # (a NaN fails this too)
-            raise ValueError(f"job_timeout must be above 0 and at most {MAX_JOB_TIMEOUT:g} seconds")
+        check_job_timeout(self.job_timeout)
 
     def database_url(self) -> str:
         """The effective SQLAlchemy URL (psycopg 3 driver for PostgreSQL)."""

@@ -1189,7 +1189,7 @@ class Keystore:
                 # Deferred witness values (record_peer_counter(defer=True)) go first and share
                 # this transaction's directory fsyncs. If this transaction fails later, the file
                 # keeps the newer values (above the old manifest's anchor: taken at open).
-                self._write_witness(self._witness, fsync_dir=False, encoded=witness_due)
+                self._write_witness(witness_due, fsync_dir=False)
                 witness = self._witness_gen
             for entry, data, _ in encoded:
                 self._write_file(entry.file, data)
@@ -1489,7 +1489,7 @@ class Keystore:
                 raise KeystoreError(KeystoreReason.TOO_LARGE, path, f"the journal would pass {MAX_JOURNAL} bytes; compact it")
             if self._witness_saved < self._witness_gen:
                 witness = self._witness_gen
-                self._write_witness(self._witness)
+                self._write_witness(self._encode_witness(self._witness))
                 self._witness_saved = witness
             try:
                 if self._journal_fd is None:
@@ -1626,7 +1626,7 @@ class Keystore:
                     )
             peers = {**self._witness, peer: PeerCounter(counter, digest)}
             if not defer:
-                self._write_witness(peers)
+                self._write_witness(self._encode_witness(peers))
             self._witness = peers
             self._witness_gen += 1
             if not defer:
@@ -1646,7 +1646,7 @@ class Keystore:
             if self._witness_saved >= (self._witness_gen if upto is None else upto):
                 return False
             self._check_usable(write=True)
-            self._write_witness(self._witness)
+            self._write_witness(self._encode_witness(self._witness))
             self._witness_saved = self._witness_gen
             return True
 
@@ -1657,7 +1657,7 @@ class Keystore:
             if peer not in self._witness:
                 return False
             peers = {p: v for p, v in self._witness.items() if p != peer}
-            self._write_witness(peers)
+            self._write_witness(self._encode_witness(peers))
             self._witness = peers
             self._witness_gen += 1
             self._witness_saved = self._witness_gen
@@ -1670,13 +1670,11 @@ class Keystore:
         data, plain = self._encode(_WITNESS_KIND, _WITNESS_KIND, 0, seq, _payload_bytes(payload, self._dir))
         return seq, data, hashlib.sha256(plain).hexdigest()
 
-    def _write_witness(
-        self, peers: dict[str, PeerCounter], *, fsync_dir: bool = True, encoded: tuple[int, bytes, str] | None = None
-    ) -> None:
-        """Write ``peers`` as the witness file (the caller adopts them), or what
-        :meth:`_encode_witness` made of them. Without ``fsync_dir`` the caller fsyncs the
-        directory (a transaction: with its own fsyncs)."""
-        seq, data, sha = encoded if encoded is not None else self._encode_witness(peers)
+    def _write_witness(self, encoded: tuple[int, bytes, str], *, fsync_dir: bool = True) -> None:
+        """Write what :meth:`_encode_witness` made as the witness file (the caller adopts its
+        peers). Without ``fsync_dir`` the caller fsyncs the directory (a transaction: with its
+        own fsyncs)."""
+        seq, data, sha = encoded
         self._write_file(WITNESS, data)
         self._witness_seq, self._witness_sha = seq, sha  # the file holds it now: the next write takes the next number
         if fsync_dir:

@@ -23,7 +23,6 @@ import argparse
 import base64
 import collections
 import contextlib
-import datetime as dt
 import functools
 import gc
 import hashlib
@@ -376,7 +375,7 @@ class NodeService:
         entered = False
         try:
             if changing:
-                self._changing_enter(changing, time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))))
+                self._changing_enter(changing, time.monotonic() + max(5.0, deadline_at(raw) - time.time()))
                 entered = True
             status, result, error = "done", self._run(raw), None
         except Exception as e:  # every failure is reported with a reason, never lost
@@ -543,9 +542,8 @@ class NodeService:
             return
         # Forgotten only once the coordinator says it kept every one (review finding: any 2xx
         # answer was taken for "kept"); else they stay pending and go again.
-        counts: list[Any] = [answer.get(k) for k in ("accepted", "duplicates")] if isinstance(answer, dict) else []
-        kept = counts[0] + counts[1] if len(counts) == 2 and all(type(c) is int for c in counts) else None
-        if kept != len(batch):
+        kept: list[Any] = [answer.get("accepted"), answer.get("duplicates")] if isinstance(answer, dict) else []
+        if not (len(kept) == 2 and all(type(n) is int for n in kept) and sum(kept) == len(batch)):
             log.warning("audit mirror deferred: the coordinator kept %s of %d entries", kept, len(batch))
             return
         self.audit.mirrored(r["seq"] for r in batch)
@@ -1365,7 +1363,7 @@ class NodeService:
         its job failed: no other holder relies on it)."""
         key_id = str(raw["key_id"])
         epoch = int(result.get("epoch", result.get("public", {}).get("epoch", 0)))
-        deadline = time.monotonic() + max(5.0, _seconds_until(raw.get("deadline"))) + 30
+        deadline = time.monotonic() + max(5.0, deadline_at(raw) - time.time()) + 30
         if job_status == "running":
             job_status = self.stream.wait_ended(job, max(0.0, deadline - time.monotonic()))
         repaired = raw["kind"] == "repair"  # one node stages, at the key's current epoch: no phase one
@@ -1579,15 +1577,6 @@ def _package_digest(public: Any) -> str:
 def _staged_name(key_id: str) -> str:
     """Keystore state: the epoch of ``key_id`` that every holder confirmed staging, and its job."""
     return f"staged-{key_id}"
-
-
-def _seconds_until(iso: Any) -> float:
-    if not iso:
-        return 60.0
-    try:
-        return (dt.datetime.fromisoformat(str(iso)) - dt.datetime.now(dt.UTC)).total_seconds()
-    except ValueError:
-        return 60.0
 
 
 def _policy(args: argparse.Namespace, platform: Platform) -> VerificationPolicy:

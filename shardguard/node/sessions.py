@@ -89,10 +89,7 @@ class SessionRegister:
             self._held.add(instance)
             heapq.heappush(self._by_deadline, (deadline, next(self._order), instance))
             while len(self._held) > self._capacity:
-                earliest, _, gone = heapq.heappop(self._by_deadline)
-                self._held.discard(gone)
-                self._floor = max(self._floor, earliest)
-                if gone == instance:
+                if self._forget_earliest() == instance:
                     raise TaskError(
                         f"{self._capacity} sessions with later deadlines are in reach: this one's is the earliest", "deadline"
                     )
@@ -106,8 +103,12 @@ class SessionRegister:
             raise TaskError("the deadline is not after that of a session this node no longer remembers", "deadline")
 
     def _forget_before(self, limit: float) -> None:
-        heap = self._by_deadline
-        while heap and heap[0][0] < limit:
-            earliest, _, gone = heapq.heappop(heap)
-            self._held.discard(gone)
-            self._floor = max(self._floor, earliest)
+        while self._by_deadline and self._by_deadline[0][0] < limit:
+            self._forget_earliest()
+
+    def _forget_earliest(self) -> bytes:
+        """Forget the session with the earliest deadline (raising the floor to it); its instance."""
+        earliest, _, gone = heapq.heappop(self._by_deadline)
+        self._held.discard(gone)
+        self._floor = max(self._floor, earliest)
+        return gone

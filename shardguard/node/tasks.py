@@ -124,8 +124,8 @@ def deadline_at(raw: Mapping[str, Any]) -> int:
         when = dt.datetime.fromisoformat(deadline) if isinstance(deadline, str) and len(deadline) <= 64 else None
     except ValueError:
         when = None
-    _need(when is not None and when.tzinfo is not None, "deadline must be an ISO 8601 time with its offset", "deadline")
-    assert when is not None  # for the type checker: _need raised otherwise
+    if when is None or when.tzinfo is None:
+        raise TaskError("deadline must be an ISO 8601 time with its offset", "deadline")
     try:
         return math.floor(when.timestamp())
     except (OverflowError, ValueError):  # e.g. year 1 with a positive offset

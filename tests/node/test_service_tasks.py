@@ -213,7 +213,7 @@ def test_a_task_waits_while_its_key_s_new_epoch_is_being_decided(
 
 
 def test_a_stale_peer_seen_early_is_distrusted_even_if_the_task_then_fails(
-    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+    nodes: tuple[Hub, dict[str, NodeService], list[dict[str, Any]]],
 ) -> None:
     """Witness notes are read as soon as all have arrived (the engine's idle hook). If they are
     inconsistent (here: a peer saw this node further on than it is), the node stops trusting
@@ -226,7 +226,6 @@ def test_a_stale_peer_seen_early_is_distrusted_even_if_the_task_then_fails(
     assert one._fresh
     # node-2 "saw" node-1 much further on than node-1 is: node-1's state looks like an old copy.
     two.keystore.record_peer_counter("node-1", one.keystore.counter + 100, secrets.token_bytes(32))
-    monkeypatch.setattr("shardguard.node.service._seconds_until", lambda _d: 0.0)  # a 5 s task deadline
     hub.allow["node-2", "cold"] = 2  # its witness note and round 1 arrive; its round 2 is lost
     results = _sign(hub, services, parts, "cold", seconds=5)
     assert results[0]["status"] == "failed", results[0]
